@@ -100,3 +100,44 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(ConfigBase):
+    """How to build a :class:`retrieval.model.TwinEncoder`: two towers, projection heads, temperature.
+
+    Tower names come from ``retrieval.towers.IMAGE_TOWERS`` / ``TEXT_TOWERS``; ``"hf:<id-or-path>"``
+    loads a transformers backbone (hub id or local folder). The defaults build a small model that
+    trains from scratch on a CPU; a tiny one (``embed_dim=32, image_size=32``, widths 16-32, one layer)
+    builds and runs a forward in milliseconds.
+    """
+
+    image_tower: str = "cnn"  # "cnn" | "vit" | "hf:<id-or-path>" (CLIP/SigLIP vision, ViT, ConvNeXt, DINOv2, ...)
+    text_tower: str = "gru"  # "gru" | "transformer" | "hf:<id-or-path>" (BERT-like encoders, CLIP/SigLIP text)
+    embed_dim: int = 256  # size of the shared space both projection heads map into
+    projection: str = "linear"  # head on each tower: "linear" | "mlp" | "none" (tower output used as is)
+    image_size: int = 128  # square input side for the from-scratch image towers (hf towers use their processor)
+    image_width: int = 64  # cnn: channels of the first stage (doubled per stage); vit: token width
+    image_layers: int = 3  # cnn: residual stages; vit: transformer blocks
+    image_heads: int = 4  # vit: attention heads
+    patch_size: int = 8  # vit: side of a square patch (image_size must be divisible by it)
+    image_mean: tuple[float, ...] = (0.485, 0.456, 0.406)  # normalisation of the from-scratch image towers
+    image_std: tuple[float, ...] = (0.229, 0.224, 0.225)  # (ImageNet statistics)
+    text_width: int = 256  # gru: hidden size per direction; transformer: token width
+    text_layers: int = 2  # gru / transformer layers
+    text_heads: int = 4  # transformer: attention heads
+    context_length: int = 64  # max tokens per caption (longer captions are truncated)
+    vocab_size: int = 8192  # target vocabulary of the tokenizer trained on the captions
+    tokenizer: str = "bpe"  # tokenizer trained on the captions: "bpe" (byte-level) | "wordpiece"
+    lowercase: bool = True  # lowercase captions before tokenizing (trained tokenizers only)
+    pooling: str = "auto"  # text pooling: "auto" | "mean" | "cls" | "pooler" (auto: pooler for CLIP/SigLIP, else mean)
+    dropout: float = 0.0  # dropout inside the from-scratch towers
+    shared: bool = False  # Siamese mode: vit + transformer run one shared trunk and one projection head
+    lock_image: bool = False  # freeze the image tower (LiT, Zhai et al. 2022)
+    lock_text: bool = False  # freeze the text tower
+    unfreeze_image_layers: int = 0  # with lock_image: train the last N blocks (and the final norm) again
+    unfreeze_text_layers: int = 0  # with lock_text: train the last N blocks (and the final norm) again
+    init_logit_scale: float = 2.6592  # initial log of the logit multiplier (log(1/0.07), CLIP); log(10) for SigLIP
+    init_logit_bias: float = -10.0  # initial logit bias (SigLIP); used only when use_bias is true
+    use_bias: bool = False  # learn a logit bias (for the sigmoid loss)
+    learn_logit_scale: bool = True  # make logit_scale trainable (false keeps a fixed temperature)

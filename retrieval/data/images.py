@@ -1,0 +1,109 @@
+"""Safe image decoding: every broken input becomes :class:`ImageDecodeError`, never a crash.
+
+An image reference is a local path, raw bytes, or ``"tar://<abs shard path>#<member name>"``
+for a file inside a webdataset shard. Decoding applies the EXIF orientation, composites
+transparency (RGBA, LA, palette with transparency) on white, converts everything to RGB and
+refuses images larger than ``max_pixels`` (decompression bombs).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+import warnings
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+# 89 million pixels is Pillow's own warning threshold; above it we refuse to decode.
+DEFAULT_MAX_PIXELS = 89_478_485
+TAR_PREFIX = "tar://"
+
+
+class ImageDecodeError(ValueError):
+    """An image could not be read or decoded (missing, corrupt, truncated, too large)."""
+
+
+def tar_ref(shard: str | os.PathLike[str], member: str) -> str:
+    """The reference of ``member`` inside the tar ``shard`` (absolute path)."""
+    return f"{TAR_PREFIX}{Path(shard).resolve()}#{member}"
+
+
+def split_tar_ref(ref: str) -> tuple[str, str]:
+    """``"tar://<shard>#<member>"`` -> ``(shard, member)``."""
+    body = ref[len(TAR_PREFIX) :]
+    shard, sep, member = body.partition("#")
+    if not sep or not shard or not member:
+        raise ImageDecodeError(
+            f"malformed tar reference {ref!r}: expected 'tar://<shard path>#<member name>'"
+        )
+    return shard, member
+
+
+def read_ref_bytes(ref: str | os.PathLike[str]) -> bytes:
+    """The raw bytes behind an image reference; :class:`ImageDecodeError` when unreadable."""
+    text = str(ref)
+    try:
+        if text.startswith(TAR_PREFIX):
+            shard, member = split_tar_ref(text)
+            with tarfile.open(shard, "r") as tar:
+                fh = tar.extractfile(member)
+                if fh is None:
+                    raise ImageDecodeError(f"{member!r} in {shard} is not a regular file")
+                return fh.read()
+        return Path(text).read_bytes()
+    except ImageDecodeError:
+        raise
+    except (OSError, KeyError, tarfile.TarError) as exc:
+        raise ImageDecodeError(f"cannot read image {text}: {exc}") from exc
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB copy of ``image``: transparency composited on white, grayscale/CMYK/16-bit converted."""
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "RGB" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        # 16-bit / float grayscale: scale to 8 bits before converting.
+        image = (
+            image.convert("I").point(lambda v: v * (1.0 / 256.0)).convert("L")
+            if image.mode != "F"
+            else image.convert("L")
+        )
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def load_image(
+    ref: str | os.PathLike[str] | bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """Decode an image safely into an RGB ``PIL.Image``.
+
+    ``ref`` is a path, raw bytes or a ``tar://`` reference. Raises :class:`ImageDecodeError`
+    (a ``ValueError``) when the file is missing, unreadable, corrupt, truncated, or has more
+    than ``max_pixels`` pixels (``None`` disables the limit).
+    """
+    name = "<bytes>" if isinstance(ref, (bytes, bytearray)) else str(ref)
+    data = bytes(ref) if isinstance(ref, (bytes, bytearray)) else read_ref_bytes(ref)
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            width, height = probe.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageDecodeError(
+                    f"image {name} has {width}x{height} = {width * height} pixels, more than max_pixels="
+                    f"{max_pixels}: refusing to decode (possible decompression bomb); raise max_pixels to allow it"
+                )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                probe.load()  # full decode: truncated data raises here
+                image = ImageOps.exif_transpose(probe) or probe
+                return to_rgb(image).copy()
+    except ImageDecodeError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"image {name} is too large to decode safely: {exc}") from exc
+    except (OSError, ValueError, SyntaxError, EOFError, Image.UnidentifiedImageError) as exc:
+        raise ImageDecodeError(f"cannot decode image {name}: {exc}") from exc

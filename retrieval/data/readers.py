@@ -1,0 +1,400 @@
+"""Read image-caption pairs from the formats users already have.
+
+* manifests: JSON Lines (``.jsonl``), ``.csv`` / ``.tsv`` and ``.parquet`` with configurable
+  image / caption / id columns; relative image paths are relative to the manifest;
+* an image folder with a same-name sidecar ``.txt`` caption file (and optional ``.json``
+  metadata), as img2dataset and clip-retrieval write them;
+* webdataset ``.tar`` shards (a shard, a folder of shards or a glob), whose images are
+  referenced as ``"tar://<abs shard path>#<member name>"``.
+
+Several captions per image are first-class: several rows with the same image, a list of
+captions in one row (JSON / Parquet list, or a JSON list string in CSV), or one caption per
+line of a sidecar ``.txt``. Rows that cannot be used (empty caption, missing column, bad JSON)
+are skipped and listed in :attr:`PairSet.skipped` with where and why; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import glob
+import json
+import os
+import tarfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrieval.data.images import TAR_PREFIX, tar_ref
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+MANIFEST_EXTENSIONS = (".jsonl", ".csv", ".tsv", ".parquet")
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    """One image-caption pair. ``image`` is an absolute path or a ``tar://`` reference."""
+
+    image: str
+    caption: str
+    image_id: str
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclasses.dataclass
+class PairSet:
+    """Pairs read from a source, plus what was skipped as ``(where, reason)``."""
+
+    pairs: list[Pair]
+    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __iter__(self) -> Iterator[Pair]:
+        return iter(self.pairs)
+
+    def __getitem__(self, index: int) -> Pair:
+        return self.pairs[index]
+
+    def images(self) -> list[str]:
+        """Unique image references in first-seen order (one per ``image_id``)."""
+        seen: dict[str, str] = {}
+        for pair in self.pairs:
+            seen.setdefault(pair.image_id, pair.image)
+        return list(seen.values())
+
+    def image_ids(self) -> list[str]:
+        """Unique image ids, aligned with :meth:`images`."""
+        return list(dict.fromkeys(pair.image_id for pair in self.pairs))
+
+    def captions(self) -> list[str]:
+        """Every caption, one per pair (aligned with :meth:`text_to_image`)."""
+        return [pair.caption for pair in self.pairs]
+
+    def text_to_image(self) -> np.ndarray:
+        """``[n_pairs]`` int64: caption ``i`` belongs to image ``images()[result[i]]``."""
+        index = {image_id: i for i, image_id in enumerate(self.image_ids())}
+        return np.asarray([index[pair.image_id] for pair in self.pairs], dtype=np.int64)
+
+
+class _Collector:
+    """Accumulates pairs and skips with the same rules for every format."""
+
+    def __init__(self) -> None:
+        self.pairs: list[Pair] = []
+        self.skipped: list[tuple[str, str]] = []
+
+    def skip(self, where: str, reason: str) -> None:
+        self.skipped.append((where, reason))
+
+    def add(self, where: str, image: str, captions: Any, image_id: Any, metadata: dict[str, Any]) -> None:
+        texts = _caption_list(captions)
+        if texts is None:
+            self.skip(
+                where, f"caption is a {type(captions).__name__}, expected a string or a list of strings"
+            )
+            return
+        if not texts:
+            self.skip(where, "no caption")
+            return
+        key = str(image_id) if image_id not in (None, "") else image
+        for n, text in enumerate(texts):
+            text = text.strip() if isinstance(text, str) else text
+            if not isinstance(text, str):
+                self.skip(f"{where} caption {n}", f"caption is a {type(text).__name__}, expected a string")
+            elif not text:
+                self.skip(f"{where} caption {n}" if len(texts) > 1 else where, "empty caption")
+            else:
+                self.pairs.append(Pair(image=image, caption=text, image_id=key, metadata=dict(metadata)))
+
+    def result(self) -> PairSet:
+        return PairSet(self.pairs, self.skipped)
+
+
+def _caption_list(value: Any) -> list[Any] | None:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            try:
+                parsed = json.loads(stripped)
+            except json.JSONDecodeError:
+                return [value]
+            if isinstance(parsed, list):
+                return parsed
+        return [value]
+    if isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
+        return list(value.tolist() if hasattr(value, "tolist") else value)
+    return None
+
+
+def _resolve_image(value: Any, base: Path) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+        return None
+    value = value.strip()
+    if value.startswith(TAR_PREFIX):
+        return value
+    path = Path(os.path.expanduser(value))
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _add_rows(
+    rows: Iterable[tuple[str, dict[str, Any]]],
+    base: Path,
+    out: _Collector,
+    image_column: str,
+    caption_column: str,
+    id_column: str | None,
+    split: str | None,
+) -> int:
+    count = 0
+    for where, row in rows:
+        count += 1
+        if split is not None and "split" in row and str(row["split"]) != split:
+            continue
+        missing = [c for c in (image_column, caption_column) if c not in row]
+        if missing:
+            out.skip(where, f"no {missing} field (found {sorted(row)}); pass image_column=/caption_column=")
+            continue
+        image = _resolve_image(row[image_column], base)
+        if image is None:
+            out.skip(where, f"{image_column!r} is empty or not a string")
+            continue
+        if image.startswith(("http://", "https://")):
+            out.skip(where, "remote image URLs are not fetched; download the images first (e.g. img2dataset)")
+            continue
+        image_id = row.get(id_column) if id_column else None
+        if id_column and image_id in (None, ""):
+            out.skip(where, f"no {id_column!r} value")
+            continue
+        metadata = {k: _jsonable(v) for k, v in row.items() if k not in (image_column, caption_column)}
+        out.add(where, image, row[caption_column], image_id, metadata)
+    return count
+
+
+def _jsonl_rows(path: Path, out: _Collector) -> Iterator[tuple[str, dict[str, Any]]]:
+    with path.open("r", encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                out.skip(where, f"invalid JSON: {exc.msg}")
+                continue
+            if not isinstance(row, dict):
+                out.skip(where, f"expected a JSON object, found {type(row).__name__}")
+                continue
+            yield where, row
+
+
+def _csv_rows(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[str, dict[str, Any]]]:
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    with path.open("r", encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh, delimiter=delimiter)
+        header = reader.fieldnames or []
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise ValueError(
+                f"{path} has no column(s) {missing}; its columns are {header}: "
+                "pass image_column= / caption_column= / id_column= naming yours"
+            )
+        for number, row in enumerate(reader, 2):
+            yield f"{path}:{number}", {k: v for k, v in row.items() if k is not None}
+
+
+def _parquet_rows(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[str, dict[str, Any]]]:
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(path)
+    names = parquet.schema_arrow.names
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise ValueError(
+            f"{path} has no column(s) {missing}; its columns are {names}: "
+            "pass image_column= / caption_column= / id_column= naming yours"
+        )
+    number = 0
+    for batch in parquet.iter_batches(batch_size=4096):
+        for row in batch.to_pylist():
+            yield f"{path}:row {number}", row
+            number += 1
+
+
+def _read_manifest(
+    path: Path,
+    out: _Collector,
+    image_column: str,
+    caption_column: str,
+    id_column: str | None,
+    split: str | None,
+) -> None:
+    suffix = path.suffix.lower()
+    columns = tuple(c for c in (image_column, caption_column, id_column) if c)
+    if suffix == ".jsonl":
+        rows: Iterable[tuple[str, dict[str, Any]]] = _jsonl_rows(path, out)
+    elif suffix in (".csv", ".tsv"):
+        rows = _csv_rows(path, columns)
+    else:
+        rows = _parquet_rows(path, columns)
+    _add_rows(rows, path.parent.resolve(), out, image_column, caption_column, id_column, split)
+
+
+def _read_text(path: Path) -> str:
+    return path.read_text(encoding="utf-8", errors="replace")
+
+
+def _read_folder(root: Path, out: _Collector, caption_column: str, id_column: str | None) -> None:
+    images = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    for image in images:
+        where = str(image)
+        metadata: dict[str, Any] = {}
+        sidecar_json = image.with_suffix(".json")
+        if sidecar_json.is_file():
+            try:
+                loaded = json.loads(_read_text(sidecar_json))
+                metadata = loaded if isinstance(loaded, dict) else {"json": loaded}
+            except json.JSONDecodeError as exc:
+                out.skip(str(sidecar_json), f"invalid JSON metadata ignored: {exc.msg}")
+        sidecar_txt = image.with_suffix(".txt")
+        if sidecar_txt.is_file():
+            captions: Any = _read_text(sidecar_txt).splitlines()
+            if not any(c.strip() for c in captions):
+                captions = [""]
+        elif caption_column in metadata:
+            captions = metadata[caption_column]
+        else:
+            out.skip(where, f"no caption: expected {sidecar_txt.name} beside the image")
+            continue
+        image_id = metadata.get(id_column) if id_column else None
+        metadata = {k: _jsonable(v) for k, v in metadata.items() if k != caption_column}
+        metadata.setdefault("path", str(image.relative_to(root)))
+        out.add(where, str(image.resolve()), captions, image_id, metadata)
+
+
+def _split_member(name: str) -> tuple[str, str]:
+    """webdataset convention: the key is the path up to the first dot of the file name."""
+    folder, _, filename = name.rpartition("/")
+    stem, _, ext = filename.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext.lower()
+
+
+def _read_shard(shard: Path, out: _Collector, caption_column: str, id_column: str | None) -> None:
+    groups: dict[str, dict[str, Any]] = {}
+    try:
+        with tarfile.open(shard, "r") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, ext = _split_member(member.name)
+                group = groups.setdefault(key, {})
+                if "." + ext.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS:
+                    group["image"] = member.name
+                elif ext in ("txt", "json"):
+                    fh = tar.extractfile(member)
+                    group[ext] = fh.read().decode("utf-8", errors="replace") if fh else ""
+    except (OSError, tarfile.TarError) as exc:
+        out.skip(str(shard), f"unreadable tar shard after {len(groups)} samples: {exc}")
+    for key, group in groups.items():
+        where = f"{shard}#{key}"
+        if "image" not in group:
+            out.skip(where, "no image member in this sample")
+            continue
+        metadata: dict[str, Any] = {}
+        if "json" in group:
+            try:
+                loaded = json.loads(group["json"])
+                metadata = loaded if isinstance(loaded, dict) else {"json": loaded}
+            except json.JSONDecodeError as exc:
+                out.skip(where, f"invalid JSON metadata ignored: {exc.msg}")
+        if "txt" in group:
+            captions: Any = group["txt"].splitlines() or [""]
+        elif caption_column in metadata:
+            captions = metadata[caption_column]
+        else:
+            out.skip(where, "no caption: expected a .txt member")
+            continue
+        image_id = metadata.get(id_column) if id_column else None
+        metadata = {k: _jsonable(v) for k, v in metadata.items() if k != caption_column}
+        metadata.setdefault("key", key)
+        out.add(where, tar_ref(shard, group["image"]), captions, image_id, metadata)
+
+
+def read_pairs(
+    source: str | os.PathLike[str],
+    *,
+    image_column: str = "image",
+    caption_column: str = "caption",
+    id_column: str | None = None,
+    split: str | None = None,
+) -> PairSet:
+    """Read image-caption pairs from a manifest, an image folder, or webdataset shards.
+
+    ``source`` is a ``.jsonl`` / ``.csv`` / ``.tsv`` / ``.parquet`` manifest, a ``.tar`` shard,
+    a glob of shards (``"data/{0..9}.tar"`` is not expanded; use ``"data/*.tar"``), a folder of
+    shards, or an image folder with sidecar ``.txt`` captions. ``image_id`` defaults to the image
+    reference; ``id_column`` names a column (or a sidecar JSON field) to use instead. ``split``
+    keeps rows whose ``split`` field equals it; for a folder holding ``<split>.jsonl`` (or another
+    manifest type) that manifest is read. Unusable rows are in ``PairSet.skipped``.
+    """
+    text = os.fspath(source)
+    out = _Collector()
+    if any(ch in text for ch in "*?[") and not Path(text).exists():
+        shards = sorted(glob.glob(text))
+        if not shards:
+            raise FileNotFoundError(f"no files match {text!r}: check the pattern")
+        for shard in shards:
+            _read_one(Path(shard), out, image_column, caption_column, id_column, split)
+        return out.result()
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: expected a manifest, an image folder or .tar shards")
+    if path.is_dir() and split is not None:
+        for ext in MANIFEST_EXTENSIONS:
+            candidate = path / f"{split}{ext}"
+            if candidate.is_file():
+                _read_one(candidate, out, image_column, caption_column, id_column, None)
+                return out.result()
+    _read_one(path, out, image_column, caption_column, id_column, split)
+    return out.result()
+
+
+def _read_one(
+    path: Path,
+    out: _Collector,
+    image_column: str,
+    caption_column: str,
+    id_column: str | None,
+    split: str | None,
+) -> None:
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        shards = sorted(path.glob("*.tar"))
+        has_images = any(p.suffix.lower() in IMAGE_EXTENSIONS for p in path.rglob("*"))
+        if shards and not has_images:
+            for shard in shards:
+                _read_shard(shard, out, caption_column, id_column)
+        else:
+            _read_folder(path, out, caption_column, id_column)
+    elif suffix in MANIFEST_EXTENSIONS:
+        _read_manifest(path, out, image_column, caption_column, id_column, split)
+    elif suffix == ".tar":
+        _read_shard(path, out, caption_column, id_column)
+    else:
+        raise ValueError(
+            f"cannot read pairs from {path}: expected one of {list(MANIFEST_EXTENSIONS)}, a .tar shard, "
+            "a folder of shards or an image folder with sidecar .txt captions"
+        )

@@ -1,0 +1,377 @@
+"""TwinEncoder: an image tower and a text tower, each followed by a projection head into one
+shared space of unit vectors, plus the learnable temperature (and bias) the losses use.
+
+Radford et al. 2021 (CLIP) for the two-tower layout and the log-parametrised temperature;
+Zhai et al. 2023 (SigLIP) for the logit bias; Zhai et al. 2022 (LiT) for locked towers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from retrieval.config import ModelConfig, atomic_write_text
+from retrieval.towers import ImageTower, TextTower, build_image_tower, build_text_tower, lock
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_FILE = "retrieval_model.json"
+FORMAT_VERSION = 1
+# Config fields that change what the embeddings are; training-only switches (locks, init values) do not.
+_FINGERPRINT_FIELDS = (
+    "image_tower",
+    "text_tower",
+    "embed_dim",
+    "projection",
+    "pooling",
+    "context_length",
+    "shared",
+)
+
+
+def default_device() -> torch.device:
+    """``cuda`` when available, else ``cpu``."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _projection(kind: str, in_dim: int, out_dim: int, what: str) -> nn.Module:
+    if kind == "linear":
+        return nn.Linear(in_dim, out_dim, bias=False)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(in_dim, in_dim), nn.GELU(), nn.Linear(in_dim, out_dim))
+    if kind == "none":
+        if in_dim != out_dim:
+            raise ValueError(
+                f"projection='none' needs the {what} output ({in_dim}) to equal embed_dim ({out_dim}); "
+                "set embed_dim to it or use projection='linear'"
+            )
+        return nn.Identity()
+    raise ValueError(f"unknown projection {kind!r}; expected one of ['linear', 'mlp', 'none']")
+
+
+class TwinEncoder(nn.Module):
+    """Image tower + text tower + projection heads -> float32 unit vectors of size ``embed_dim``.
+
+    ``logit_scale`` is the log of the similarity multiplier (losses receive ``logit_scale.exp()``);
+    ``logit_bias`` exists when ``config.use_bias``. Build one with :func:`build_model`,
+    :meth:`load` or :meth:`from_pretrained`.
+    """
+
+    def __init__(self, config: ModelConfig, image_tower: ImageTower, text_tower: TextTower) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_dim = config.embed_dim
+        self.image_tower = image_tower
+        self.text_tower = text_tower
+        if config.shared:
+            if not hasattr(text_tower, "share_trunk"):
+                raise ValueError(
+                    "shared=True needs image_tower='vit' and text_tower='transformer' (one trunk for both "
+                    f"modalities), received {config.image_tower!r} and {config.text_tower!r}"
+                )
+            text_tower.share_trunk(image_tower)  # type: ignore[operator]
+        self.image_projection = _projection(
+            config.projection, image_tower.output_dim, config.embed_dim, "image tower"
+        )
+        self.text_projection = (
+            self.image_projection
+            if config.shared
+            else _projection(config.projection, text_tower.output_dim, config.embed_dim, "text tower")
+        )
+        self.logit_scale = nn.Parameter(
+            torch.tensor(float(config.init_logit_scale)), requires_grad=config.learn_logit_scale
+        )
+        self.logit_bias = (
+            nn.Parameter(torch.tensor(float(config.init_logit_bias))) if config.use_bias else None
+        )
+        if config.lock_image or config.unfreeze_image_layers:
+            lock(image_tower, config.unfreeze_image_layers, what="image tower")
+        if config.lock_text or config.unfreeze_text_layers:
+            lock(text_tower, config.unfreeze_text_layers, what="text tower")
+
+    # ----------------------------------------------------------------- basics
+    @property
+    def device(self) -> torch.device:
+        return self.logit_scale.device
+
+    def train(self, mode: bool = True) -> TwinEncoder:
+        """Like ``nn.Module.train``, but a fully locked tower stays in eval mode (no dropout, LiT)."""
+        super().train(mode)
+        for tower, locked in (
+            (self.image_tower, self._fully_locked(self.image_tower)),
+            (self.text_tower, self._fully_locked(self.text_tower)),
+        ):
+            if locked:
+                tower.eval()
+        return self
+
+    @staticmethod
+    def _fully_locked(tower: nn.Module) -> bool:
+        return not any(p.requires_grad for p in tower.parameters())
+
+    def image_transform(self, train: bool = False) -> Callable[[Image.Image], torch.Tensor]:
+        """The image tower's preprocessing: PIL image -> ``[3, H, W]`` float32 (``train`` adds augmentation)."""
+        return self.image_tower.image_transform(train)
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """``{"input_ids": [B, L], "attention_mask": [B, L]}`` (int64, CPU)."""
+        if isinstance(texts, str):
+            raise ValueError(
+                f"tokenize expects a list of strings, received one string {texts[:40]!r}: wrap it in [...]"
+            )
+        return self.text_tower.tokenize(list(texts))
+
+    # ------------------------------------------------------- training path
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` -> ``[B, D]`` unit vectors (differentiable)."""
+        features = self.image_tower(pixel_values.to(self.device))  # [B, F_img]
+        return F.normalize(self.image_projection(features).float(), dim=-1)  # [B, D]
+
+    def text_features(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Tokens from :meth:`tokenize` -> ``[B, D]`` unit vectors (differentiable)."""
+        input_ids = tokens["input_ids"].to(self.device)  # [B, L]
+        attention_mask = tokens.get("attention_mask")
+        mask = (
+            torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(self.device)
+        )  # [B, L]
+        features = self.text_tower(input_ids, mask)  # [B, F_txt]
+        return F.normalize(self.text_projection(features).float(), dim=-1)  # [B, D]
+
+    def forward(
+        self, pixel_values: torch.Tensor, tokens: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(image_features [B, D], text_features [B, D])``."""
+        return self.image_features(pixel_values), self.text_features(tokens)
+
+    # ------------------------------------------------------ inference path
+    def _prepare(self, device: str | torch.device | None) -> tuple[torch.device, bool]:
+        target = torch.device(device) if device is not None else self.device
+        if target != self.device:
+            self.to(target)
+        was_training = self.training
+        self.eval()
+        return target, was_training
+
+    def encode_images(
+        self,
+        images: Sequence[Image.Image | str | os.PathLike[str]],
+        batch_size: int = 64,
+        device: str | torch.device | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Encode images (PIL images, paths or ``tar://`` references) -> ``[N, D]`` float32 CPU unit vectors.
+
+        Runs under ``torch.inference_mode`` in batches on ``device`` (default: where the model is; the
+        model moves there). A path that cannot be decoded raises :class:`retrieval.data.ImageDecodeError`.
+        """
+        from retrieval.data.images import load_image
+
+        _check_batch_size(batch_size)
+        transform = self.image_transform(train=False)
+        target, was_training = self._prepare(device)
+        chunks: list[torch.Tensor] = []
+        try:
+            with torch.inference_mode():
+                for start in _progress(range(0, len(images), batch_size), progress, "images"):
+                    batch = [
+                        img if isinstance(img, Image.Image) else load_image(img)
+                        for img in images[start : start + batch_size]
+                    ]
+                    pixel_values = torch.stack([transform(img) for img in batch]).to(target)  # [b, 3, H, W]
+                    chunks.append(self.image_features(pixel_values).float().cpu())  # [b, D]
+        finally:
+            self.train(was_training)
+        return torch.cat(chunks) if chunks else torch.empty((0, self.embed_dim), dtype=torch.float32)
+
+    def encode_texts(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 256,
+        device: str | torch.device | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Encode captions -> ``[N, D]`` float32 CPU unit vectors (``torch.inference_mode``, batched)."""
+        _check_batch_size(batch_size)
+        if isinstance(texts, str):
+            raise ValueError(
+                f"encode_texts expects a list of strings, received one string {texts[:40]!r}: wrap it in [...]"
+            )
+        _, was_training = self._prepare(device)
+        chunks: list[torch.Tensor] = []
+        try:
+            with torch.inference_mode():
+                for start in _progress(range(0, len(texts), batch_size), progress, "texts"):
+                    tokens = self.tokenize(list(texts[start : start + batch_size]))
+                    chunks.append(self.text_features(tokens).float().cpu())  # [b, D]
+        finally:
+            self.train(was_training)
+        return torch.cat(chunks) if chunks else torch.empty((0, self.embed_dim), dtype=torch.float32)
+
+    # ------------------------------------------------------------- identity
+    def preprocess_config(self) -> dict[str, Any]:
+        """What the model does to inputs before the weights see them (part of :meth:`fingerprint`)."""
+        return {
+            "image": self.image_tower.preprocess_config(),
+            "text": self.text_tower.preprocess_config(),
+            "model": {name: getattr(self.config, name) for name in _FINGERPRINT_FIELDS},
+        }
+
+    def fingerprint(self) -> str:
+        """sha256 hex digest of every tensor (by name, in sorted order: dtype, shape, bytes) and of
+        :meth:`preprocess_config`. Equal across save/load and processes; any weight change alters it."""
+        digest = hashlib.sha256(b"retrieval-twin-encoder-v1\0")
+        digest.update(json.dumps(self.preprocess_config(), sort_keys=True, default=str).encode("utf-8"))
+        for name, tensor in sorted(_unique_state(self).items()):
+            flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+            digest.update(f"\0{name}\0{flat.dtype}\0{tuple(tensor.shape)}\0".encode())
+            digest.update(flat.view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+    # ------------------------------------------------------------ save/load
+    def save(self, directory: str | os.PathLike[str]) -> None:
+        """Write ``config.json`` + ``model.safetensors`` + tower assets (tokenizer, processor, backbone
+        config) to ``directory``, atomically: a temporary sibling folder is renamed into place. An existing
+        model folder is replaced; any other non-empty folder raises ``FileExistsError``."""
+        from safetensors.torch import save_model
+
+        directory = Path(directory)
+        if directory.exists() and (
+            not directory.is_dir() or (any(directory.iterdir()) and not (directory / WEIGHTS_FILE).exists())
+        ):
+            raise FileExistsError(
+                f"{directory} exists and is not a saved model: choose a new or empty folder"
+            )
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            self.config.save(tmp / CONFIG_FILE)
+            save_model(self, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+            _fsync(tmp / WEIGHTS_FILE)
+            self.image_tower.save_assets(tmp / "image_tower")
+            self.text_tower.save_assets(tmp / "text_tower")
+            info = {
+                "format_version": FORMAT_VERSION,
+                "fingerprint": self.fingerprint(),
+                "embed_dim": self.embed_dim,
+            }
+            atomic_write_text(tmp / FORMAT_FILE, json.dumps(info, indent=2) + "\n")
+            _swap_in(tmp, directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], device: str | torch.device | None = None) -> TwinEncoder:
+        """Rebuild a model saved by :meth:`save` (offline: nothing is fetched), on ``device``
+        (default: CUDA when available)."""
+        from safetensors.torch import load_model
+
+        directory = Path(directory)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(
+                    f"{directory / name} is missing: expected a folder written by TwinEncoder.save"
+                )
+        config = ModelConfig.load(directory / CONFIG_FILE)
+        image_assets = directory / "image_tower"
+        text_assets = directory / "text_tower"
+        image_tower = build_image_tower(config, assets=image_assets if image_assets.is_dir() else None)
+        text_tower = build_text_tower(config, assets=text_assets if text_assets.is_dir() else None)
+        model = cls(config, image_tower, text_tower)
+        load_model(model, str(directory / WEIGHTS_FILE), strict=True)
+        return model.to(torch.device(device) if device is not None else default_device())
+
+    @classmethod
+    def from_pretrained(
+        cls, id_or_path: str | os.PathLike[str], device: str | torch.device | None = None
+    ) -> TwinEncoder:
+        """A folder saved by :meth:`save`, or a transformers ``CLIPModel`` / ``SiglipModel`` checkpoint
+        (hub id or local folder) with its projections, temperature, bias, processor and tokenizer."""
+        path = Path(id_or_path)
+        if (path / WEIGHTS_FILE).is_file() and (path / FORMAT_FILE).is_file():
+            return cls.load(path, device=device)
+        from retrieval.towers.hf import load_dual_encoder
+
+        config, image_tower, text_tower, scale, bias = load_dual_encoder(str(id_or_path))
+        model = cls(config, image_tower, text_tower)
+        with torch.no_grad():
+            model.logit_scale.fill_(scale)
+            if model.logit_bias is not None and bias is not None:
+                model.logit_bias.fill_(bias)
+        return model.to(torch.device(device) if device is not None else default_device())
+
+
+def build_model(
+    config: ModelConfig, captions: Iterable[str] | None = None, device: str | torch.device | None = None
+) -> TwinEncoder:
+    """A fresh :class:`TwinEncoder` for ``config``. Trained tokenizers (``gru``, ``transformer``) learn
+    from ``captions``; without captions they keep a byte-level alphabet (BPE). Placed on ``device``
+    (default: CUDA when available)."""
+    if not isinstance(config, ModelConfig):
+        raise ValueError(f"build_model expects a ModelConfig, received {type(config).__name__}")
+    image_tower = build_image_tower(config)
+    text_tower = build_text_tower(config, captions)
+    model = TwinEncoder(config, image_tower, text_tower)
+    return model.to(torch.device(device) if device is not None else default_device())
+
+
+def _unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``state_dict`` with shared tensors kept once (under their first name in sorted order)."""
+    seen: set[tuple[int, int, tuple[int, ...]]] = set()
+    unique: dict[str, torch.Tensor] = {}
+    for name, tensor in sorted(model.state_dict().items()):
+        key = (tensor.data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if tensor.numel() and key in seen:
+            continue
+        seen.add(key)
+        unique[name] = tensor
+    return unique
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, received {batch_size!r}")
+
+
+def _progress(iterable: Iterable[int], enabled: bool, unit: str) -> Iterable[int]:
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=f"encoding {unit}", unit="batch")
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _swap_in(tmp: Path, directory: Path) -> None:
+    """Rename ``tmp`` to ``directory``; an existing ``directory`` is moved aside first and removed after."""
+    old = None
+    if directory.exists():
+        old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(directory, old)
+    try:
+        os.replace(tmp, directory)
+    except BaseException:
+        if old is not None:
+            os.replace(old, directory)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

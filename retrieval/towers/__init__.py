@@ -1,0 +1,152 @@
+"""Image and text towers behind one small interface, looked up by name.
+
+``IMAGE_TOWERS`` / ``TEXT_TOWERS`` map a name to a builder; ``"hf:<id-or-path>"`` selects the
+``"hf"`` builder with the transformers id or folder as its argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from retrieval.config import ModelConfig
+from retrieval.towers.base import ImageTower, TextTower, lock, masked_mean
+from retrieval.towers.scratch import CNNImageTower, GRUTextTower, TransformerTextTower, ViTImageTower
+from retrieval.towers.tokenizer import CaptionTokenizer
+
+ImageBuilder = Callable[[ModelConfig, "str | None", "Path | None"], ImageTower]
+TextBuilder = Callable[[ModelConfig, "str | None", "Iterable[str] | None", "Path | None"], TextTower]
+
+
+def _no_argument(kind: str, name: str, argument: str | None) -> None:
+    if argument:
+        raise ValueError(f"{kind} tower {name!r} takes no ':<argument>', received {name}:{argument}")
+
+
+def _build_cnn(config: ModelConfig, argument: str | None, assets: Path | None) -> ImageTower:
+    _no_argument("image", "cnn", argument)
+    return CNNImageTower(
+        config.image_size, config.image_width, config.image_layers, config.image_mean, config.image_std
+    )
+
+
+def _build_vit(config: ModelConfig, argument: str | None, assets: Path | None) -> ImageTower:
+    _no_argument("image", "vit", argument)
+    return ViTImageTower(
+        config.image_size,
+        config.patch_size,
+        config.image_width,
+        config.image_layers,
+        config.image_heads,
+        config.dropout,
+        config.image_mean,
+        config.image_std,
+    )
+
+
+def _build_hf_image(config: ModelConfig, argument: str | None, assets: Path | None) -> ImageTower:
+    from retrieval.towers.hf import build_hf_image_tower
+
+    return build_hf_image_tower(config, _hf_argument(argument), assets)
+
+
+def _caption_tokenizer(
+    config: ModelConfig, captions: Iterable[str] | None, assets: Path | None
+) -> CaptionTokenizer:
+    if assets is not None:
+        return CaptionTokenizer.load(assets / "tokenizer.json", config.context_length)
+    return CaptionTokenizer.train(
+        captions or [],
+        vocab_size=config.vocab_size,
+        context_length=config.context_length,
+        kind=config.tokenizer,
+        lowercase=config.lowercase,
+    )
+
+
+def _build_gru(
+    config: ModelConfig, argument: str | None, captions: Iterable[str] | None, assets: Path | None
+) -> TextTower:
+    _no_argument("text", "gru", argument)
+    tokenizer = _caption_tokenizer(config, captions, assets)
+    return GRUTextTower(tokenizer, config.text_width, config.text_layers, config.dropout)
+
+
+def _build_transformer(
+    config: ModelConfig, argument: str | None, captions: Iterable[str] | None, assets: Path | None
+) -> TextTower:
+    _no_argument("text", "transformer", argument)
+    tokenizer = _caption_tokenizer(config, captions, assets)
+    pooling = "mean" if config.pooling in ("auto", "mean") else config.pooling
+    if config.shared:  # one trunk for both modalities: its size follows the image settings
+        return TransformerTextTower(
+            tokenizer, config.image_width, 0, config.image_heads, config.dropout, pooling
+        )
+    return TransformerTextTower(
+        tokenizer, config.text_width, config.text_layers, config.text_heads, config.dropout, pooling
+    )
+
+
+def _build_hf_text(
+    config: ModelConfig, argument: str | None, captions: Iterable[str] | None, assets: Path | None
+) -> TextTower:
+    from retrieval.towers.hf import build_hf_text_tower
+
+    return build_hf_text_tower(config, _hf_argument(argument), assets)
+
+
+def _hf_argument(argument: str | None) -> str:
+    if not argument:
+        raise ValueError(
+            "an hf tower needs a model: 'hf:<hub id or local folder>', e.g. 'hf:openai/clip-vit-base-patch32'"
+        )
+    return argument
+
+
+IMAGE_TOWERS: dict[str, ImageBuilder] = {"cnn": _build_cnn, "vit": _build_vit, "hf": _build_hf_image}
+TEXT_TOWERS: dict[str, TextBuilder] = {
+    "gru": _build_gru,
+    "transformer": _build_transformer,
+    "hf": _build_hf_text,
+}
+
+
+def parse_tower_name(name: str, table: dict[str, object], kind: str) -> tuple[str, str | None]:
+    """``"hf:org/model"`` -> ``("hf", "org/model")``; unknown names raise ``ValueError`` listing the choices."""
+    base, sep, argument = name.partition(":")
+    if base not in table:
+        choices = [f"{n}:<id-or-path>" if n == "hf" else n for n in table]
+        raise ValueError(f"unknown {kind} tower {name!r}; expected one of {choices}")
+    return base, (argument if sep else None)
+
+
+def build_image_tower(config: ModelConfig, assets: Path | None = None) -> ImageTower:
+    """The image tower named by ``config.image_tower`` (``assets``: a saved tower folder to rebuild from)."""
+    base, argument = parse_tower_name(config.image_tower, IMAGE_TOWERS, "image")
+    return IMAGE_TOWERS[base](config, argument, assets)
+
+
+def build_text_tower(
+    config: ModelConfig, captions: Iterable[str] | None = None, assets: Path | None = None
+) -> TextTower:
+    """The text tower named by ``config.text_tower``; trained tokenizers learn from ``captions``."""
+    base, argument = parse_tower_name(config.text_tower, TEXT_TOWERS, "text")
+    return TEXT_TOWERS[base](config, argument, captions, assets)
+
+
+__all__ = [
+    "IMAGE_TOWERS",
+    "TEXT_TOWERS",
+    "CNNImageTower",
+    "CaptionTokenizer",
+    "GRUTextTower",
+    "ImageTower",
+    "TextTower",
+    "TransformerTextTower",
+    "ViTImageTower",
+    "build_image_tower",
+    "build_text_tower",
+    "lock",
+    "masked_mean",
+    "parse_tower_name",
+]

@@ -1,0 +1,92 @@
+"""The small interface every tower implements, and LiT-style locking.
+
+An image tower maps ``pixel_values [B, 3, H, W]`` to features ``[B, output_dim]`` and declares its
+own preprocessing (``image_transform``); a text tower tokenizes strings (``tokenize``) and maps the
+tokens to ``[B, output_dim]``. Both list their repeated ``blocks()`` (input to output) and the
+``head()`` modules after them, which is what partial unfreezing works on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+
+
+class ImageTower(nn.Module):
+    """Base class of image towers."""
+
+    output_dim: int
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # [B, 3, H, W] -> [B, output_dim]
+        raise NotImplementedError
+
+    def image_transform(self, train: bool = False) -> Callable[[Image.Image], torch.Tensor]:
+        raise NotImplementedError
+
+    def preprocess_config(self) -> dict[str, Any]:
+        """JSON-able description of the preprocessing (part of the model fingerprint)."""
+        return self.image_transform(False).config()  # type: ignore[attr-defined]
+
+    def blocks(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def head(self) -> list[nn.Module]:
+        return []
+
+    def save_assets(self, directory: Path) -> None:
+        """Write what a rebuild needs besides the weights (processor, backbone config)."""
+
+
+class TextTower(nn.Module):
+    """Base class of text towers."""
+
+    output_dim: int
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:  # [B, L] -> [B, D]
+        raise NotImplementedError
+
+    def preprocess_config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def blocks(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def head(self) -> list[nn.Module]:
+        return []
+
+    def save_assets(self, directory: Path) -> None:
+        """Write what a rebuild needs besides the weights (tokenizer, backbone config)."""
+
+
+def lock(tower: nn.Module, unfreeze_last: int = 0, *, what: str = "tower") -> None:
+    """Freeze every parameter of ``tower`` except its last ``unfreeze_last`` blocks and, when any block
+    is trained, the head after them (LiT: Zhai et al. 2022, "LiT: Zero-Shot Transfer with Locked-image
+    text Tuning")."""
+    blocks = tower.blocks()  # type: ignore[operator]
+    if unfreeze_last < 0 or unfreeze_last > len(blocks):
+        raise ValueError(
+            f"cannot unfreeze the last {unfreeze_last} layers of the {what}: it has {len(blocks)} blocks; "
+            f"pass a number between 0 and {len(blocks)}"
+        )
+    for parameter in tower.parameters():
+        parameter.requires_grad_(False)
+    if unfreeze_last:
+        for module in [*blocks[len(blocks) - unfreeze_last :], *tower.head()]:  # type: ignore[operator]
+            for parameter in module.parameters():
+                parameter.requires_grad_(True)
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the positions where ``mask`` is 1: ``[B, L, H]``, ``[B, L]`` -> ``[B, H]``."""
+    weights = mask.to(hidden.dtype).unsqueeze(-1)  # [B, L, 1]
+    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # [B, H]
