@@ -141,3 +141,37 @@ class ModelConfig(ConfigBase):
     init_logit_bias: float = -10.0  # initial logit bias (SigLIP); used only when use_bias is true
     use_bias: bool = False  # learn a logit bias (for the sigmoid loss)
     learn_logit_scale: bool = True  # make logit_scale trainable (false keeps a fixed temperature)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig(ConfigBase):
+    """How :func:`retrieval.serve.create_app` serves collections over HTTP.
+
+    Collections are chosen by name in every request. A collection is searched by text or
+    image only when a model is known for it (``models[name]``, else ``model``); without one,
+    only raw-embedding and item-to-item searches work. The image endpoint serves files only
+    from inside the collection's declared media root.
+    """
+
+    collections: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> collection directory
+    model: str | None = None  # default model directory (TwinEncoder.save layout) for every collection
+    models: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> model directory, overrides `model`
+    media_roots: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> folder the image endpoint may serve
+    host: str = "127.0.0.1"  # interface to bind; anything but loopback needs an api_key (or allow_insecure)
+    port: int = 8000  # TCP port to bind
+    api_key: str | None = None  # when set, every data endpoint requires the header X-API-Key with this value
+    allow_insecure: bool = False  # allow binding a non-loopback interface without an api_key
+    allow_image_urls: bool = False  # let clients ask the server to download a query image from a URL
+    allow_private_urls: bool = False  # with allow_image_urls: also fetch from loopback/private/link-local hosts
+    url_timeout: float = 10.0  # seconds allowed for downloading a query image from a URL
+    max_upload_bytes: int = 10 * 1024 * 1024  # largest accepted query image (upload, base64 or URL download)
+    max_image_pixels: int = 40_000_000  # larger query images are refused before decoding (decompression bombs)
+    max_text_chars: int = 1000  # longest accepted text query
+    max_k: int = 100  # most results one search may ask for
+    max_result_ids: int = 1000  # clip-retrieval `num_result_ids` is capped at this many
+    workers: int = 4  # threads that decode and encode queries (the model is shared by all of them)
+    reload_interval: float = 2.0  # seconds between checks for a collection changed on disk (0: only on /reload)
+    cors_origins: tuple[str, ...] = ()  # origins allowed to call the API from a browser ("*" for any)
+    hidden_fields: tuple[str, ...] = ()  # metadata fields never returned (e.g. "path" to hide server paths)
+    device: str | None = None  # torch device for the models; None: "cuda" when available, else "cpu"
+    mmap: bool = False  # open collections memory-mapped (large indexes, less RAM, slower first queries)

@@ -1,0 +1,256 @@
+"""The FastAPI application: :func:`create_app` wires collections, models, limits, auth and routes.
+
+Endpoints (OpenAPI docs at ``/docs``):
+
+==========================================  =============================================
+``GET  /``                                  the search page
+``GET  /healthz``                           liveness and the served collection names
+``GET  /collections``                       every collection's info
+``GET  /collections/{name}``                count, dim, metric, index spec, fingerprints
+``POST /collections/{name}/reload``         reopen a collection changed on disk
+``POST /collections/{name}/search/text``    search by text
+``POST /collections/{name}/search/image``   search by an uploaded image (multipart)
+``POST /collections/{name}/search/url``     search by an image URL (only when enabled)
+``POST /collections/{name}/search/embedding``  search by a raw query vector
+``POST /collections/{name}/search/item``    search by a stored item's vector ("more like this")
+``GET  /collections/{name}/items/{id}``     an item's metadata
+``GET  /collections/{name}/items/{id}/image``  an item's image file (inside the media root only)
+``POST /knn-service``, ``/indices-list``, ``POST /metadata``  clip-retrieval's back-end API
+==========================================  =============================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from retrieval.config import ServeConfig
+from retrieval.serve.errors import ApiError, not_found
+from retrieval.serve.inputs import BodyLimitMiddleware
+from retrieval.serve.service import Encoder, ModelRunner, ServedCollection, load_model
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+API_KEY_HEADER = "X-API-Key"
+# Paths anyone may read without the API key: the page, liveness and the API description.
+PUBLIC_PATHS = frozenset(
+    {"/", "/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/favicon.ico"}
+)
+
+
+class Service:
+    """Everything the routes share: the config, the served collections and the worker pool."""
+
+    def __init__(
+        self,
+        config: ServeConfig,
+        *,
+        model: Encoder | None = None,
+        models: Mapping[str, Encoder] | None = None,
+    ) -> None:
+        if not config.collections:
+            raise ValueError(
+                "ServeConfig.collections is empty: give at least one NAME -> collection directory"
+            )
+        for field in (
+            "max_k",
+            "max_text_chars",
+            "max_upload_bytes",
+            "max_image_pixels",
+            "workers",
+            "max_result_ids",
+        ):
+            if getattr(config, field) < 1:
+                raise ValueError(f"ServeConfig.{field} must be >= 1, received {getattr(config, field)}")
+        unknown = sorted(
+            (set(config.models) | set(config.media_roots) | set(models or {})) - set(config.collections)
+        )
+        if unknown:
+            raise ValueError(
+                f"models/media roots given for unknown collection name(s) {unknown}; "
+                f"served collections are {sorted(config.collections)}"
+            )
+        self.config = config
+        self.pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="serve-worker")
+        self.collections: dict[str, ServedCollection] = {}
+        runners: dict[str, ModelRunner] = {}  # model source -> runner, so a model is loaded once
+
+        def runner_for(name: str) -> ModelRunner | None:
+            if models and name in models:
+                key = f"<object {id(models[name])}>"
+                if key not in runners:
+                    runners[key] = ModelRunner(models[name], f"in-memory model for {name!r}")
+                return runners[key]
+            directory = config.models.get(name, config.model)
+            if directory is None:
+                if model is None:
+                    return None
+                runners.setdefault("<default>", ModelRunner(model, "in-memory default model"))
+                return runners["<default>"]
+            if directory not in runners:
+                runners[directory] = load_model(directory, device=config.device)
+            return runners[directory]
+
+        try:
+            for name, path in config.collections.items():
+                self.collections[name] = ServedCollection(
+                    name,
+                    path,
+                    runner_for(name),
+                    media_root=config.media_roots.get(name),
+                    reload_interval=config.reload_interval,
+                    mmap=config.mmap,
+                    hidden_fields=config.hidden_fields,
+                )
+        except BaseException:
+            self.close()
+            raise
+
+    def get(self, name: str | None) -> ServedCollection:
+        if not name:
+            return next(iter(self.collections.values()))
+        try:
+            return self.collections[name]
+        except KeyError:
+            raise not_found(
+                "unknown_collection",
+                f"no collection named {name!r}; served collections: {sorted(self.collections)}",
+            ) from None
+
+    async def work(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run CPU work (decoding, encoding) in the shared worker pool."""
+        return await asyncio.wrap_future(self.pool.submit(fn, *args))
+
+    def close(self) -> None:
+        for served in self.collections.values():
+            served.close()
+        self.collections.clear()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _error_body(code: str, detail: str, **extra: Any) -> dict[str, Any]:
+    return {"error": code, "detail": detail, **extra}
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(_error_body(exc.code, str(exc.detail)), status_code=exc.status_code)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(
+            _error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "form"))
+            problems.append(f"{where or 'request'}: {err.get('msg', 'invalid')}")
+        detail = "invalid request: " + "; ".join(problems)
+        return JSONResponse(_error_body("invalid_request", detail), status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - a bug
+        logger.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse(_error_body("internal", "internal error; see the server log"), status_code=500)
+
+
+def _page() -> str:
+    return resources.files("retrieval").joinpath("serve_static/index.html").read_text(encoding="utf-8")
+
+
+def create_app(
+    config: ServeConfig,
+    *,
+    model: Encoder | None = None,
+    models: Mapping[str, Encoder] | None = None,
+) -> FastAPI:
+    """Build the service for ``config``: collections are opened and models loaded now, once.
+
+    ``model`` / ``models`` pass already-built encoders (anything with ``encode_texts``,
+    ``encode_images`` and ``fingerprint()``) instead of loading them from ``config.model`` /
+    ``config.models`` directories. Raises ``ValueError`` for an unusable config, a collection
+    built by another model, or a missing collection.
+    """
+    from retrieval.serve.clip_compat import clip_router
+    from retrieval.serve.routes import api_router
+
+    service = Service(config, model=model, models=models)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        service.close()
+
+    app = FastAPI(
+        title="siamese-retrieval",
+        summary="Search image/text collections by text, image or embedding.",
+        version=_version(),
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    _install_error_handlers(app)
+
+    @app.middleware("http")
+    async def _check_api_key(request: Request, call_next: Callable[[Request], Any]) -> Any:
+        key = config.api_key
+        if key and request.method != "OPTIONS" and request.url.path not in PUBLIC_PATHS:
+            given = request.headers.get(API_KEY_HEADER, "")
+            if not hmac.compare_digest(given.encode(), key.encode()):
+                return JSONResponse(
+                    _error_body(
+                        "unauthorized", f"missing or wrong API key: send it in the {API_KEY_HEADER} header"
+                    ),
+                    status_code=401,
+                )
+        response = await call_next(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+    # Base64 inflates an image by 4/3; leave room for the JSON or multipart around it.
+    app.add_middleware(BodyLimitMiddleware, limit=config.max_upload_bytes * 4 // 3 + 64 * 1024)
+    if config.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(config.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", API_KEY_HEADER],
+        )
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(_page(), headers={"Cache-Control": "no-cache"})
+
+    @app.get(
+        "/healthz", tags=["service"], summary="Liveness: the service answers and which collections it serves"
+    )
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "collections": sorted(service.collections)}
+
+    app.include_router(api_router(service))
+    app.include_router(clip_router(service))
+    return app
+
+
+def _version() -> str:
+    from retrieval import __version__
+
+    return __version__

@@ -1,0 +1,274 @@
+"""Checking what clients send: request size, images, base64, URLs, texts, filters.
+
+Everything here turns bad input into :class:`~retrieval.serve.errors.ApiError` (a 4xx with a
+JSON body naming the problem); nothing here lets an exception reach the client as a 500.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import json
+import math
+import socket
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+from PIL import Image
+
+from retrieval.serve.errors import ApiError, bad_request, too_large
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+# Operators a range filter may use (the collection's filter language).
+RANGE_OPERATORS = frozenset({"gt", "gte", "lt", "lte"})
+_SCALARS = (str, int, float, bool)
+
+
+class _BodyTooLarge(ApiError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, "too_large", f"request body is larger than {limit} bytes; send a smaller image")
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over ``limit`` bytes: by ``Content-Length`` up front, and by counting
+    the bytes actually received (chunked uploads, lying headers) while the body streams in."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                text = value.decode("latin-1").strip()
+                if not text.isdigit():
+                    await _send_json(send, 400, "bad_request", f"invalid Content-Length header {text!r}")
+                    return
+                if int(text) > self.limit:
+                    await _send_json(
+                        send,
+                        413,
+                        "too_large",
+                        f"request body of {text} bytes is larger than {self.limit} bytes",
+                    )
+                    return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _BodyTooLarge(self.limit)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+async def _send_json(send: Send, status: int, code: str, detail: str) -> None:
+    body = json.dumps({"error": code, "detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
+    """Bytes of an uploaded image -> RGB ``PIL.Image``, refusing empty, oversized, undecodable and
+    bomb-sized images with a 4xx."""
+    from retrieval.data import ImageDecodeError, load_image
+
+    if not data:
+        raise bad_request("bad_image", "the image is empty (0 bytes)")
+    if len(data) > max_bytes:
+        raise too_large(f"the image has {len(data)} bytes, more than the limit of {max_bytes}")
+    try:
+        return load_image(data, max_pixels=max_pixels)
+    except ImageDecodeError as exc:
+        raise bad_request("bad_image", f"cannot use the query image: {exc}") from None
+
+
+def decode_base64(text: str, *, max_bytes: int) -> bytes:
+    """A base64 string (optionally a ``data:...;base64,`` URL) -> bytes, with a size check first."""
+    if not isinstance(text, str) or not text.strip():
+        raise bad_request("bad_image", "the base64 image is empty")
+    if text.startswith("data:"):
+        _, _, text = text.partition(",")
+    if len(text) * 3 // 4 > max_bytes + 3:
+        raise too_large(f"the base64 image decodes to more than the limit of {max_bytes} bytes")
+    try:
+        return base64.b64decode(text, validate=False)
+    except (binascii.Error, ValueError) as exc:
+        raise bad_request("bad_image", f"the image is not valid base64: {exc}") from None
+
+
+def check_text(text: Any, max_chars: int) -> str:
+    if not isinstance(text, str):
+        raise bad_request("bad_text", f"text must be a string, received {type(text).__name__}")
+    stripped = text.strip()
+    if not stripped:
+        raise bad_request("empty_text", "the text query is empty; type something to search for")
+    if len(text) > max_chars:
+        raise bad_request(
+            "text_too_long", f"the text query has {len(text)} characters, more than the limit of {max_chars}"
+        )
+    return stripped
+
+
+def check_k(k: Any, max_k: int, name: str = "k") -> int:
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise bad_request("bad_k", f"{name} must be an integer, received {k!r}")
+    if not 1 <= k <= max_k:
+        raise bad_request("bad_k", f"{name}={k} is out of range: expected 1 <= {name} <= {max_k}")
+    return k
+
+
+def check_modality(modality: Any) -> str | None:
+    if modality in (None, ""):
+        return None
+    if modality not in ("image", "text"):
+        raise bad_request(
+            "bad_modality", f"modality must be 'image' or 'text' (or omitted), received {modality!r}"
+        )
+    return str(modality)
+
+
+def check_where(where: Any, fields: list[str]) -> dict[str, Any] | None:
+    """Validate a metadata filter against the collection's fields (unknown fields are a 400)."""
+    if where in (None, {}):
+        return None
+    if isinstance(where, str):
+        try:
+            where = json.loads(where)
+        except json.JSONDecodeError as exc:
+            raise bad_request("bad_filter", f"where is not valid JSON: {exc}") from None
+        if where in (None, {}):
+            return None
+    if not isinstance(where, dict):
+        raise bad_request("bad_filter", f"where must be an object {{field: condition}}, received {where!r}")
+    unknown = sorted(set(where) - set(fields))
+    if unknown:
+        raise bad_request(
+            "unknown_field", f"unknown filter field(s) {unknown}; this collection has fields {sorted(fields)}"
+        )
+    for field, cond in where.items():
+        if isinstance(cond, _SCALARS):
+            continue
+        if isinstance(cond, list) and cond and all(isinstance(v, _SCALARS) for v in cond):
+            continue
+        if (
+            isinstance(cond, dict)
+            and cond
+            and set(cond) <= RANGE_OPERATORS
+            and all(isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in cond.values())
+        ):
+            continue
+        raise bad_request(
+            "bad_filter",
+            f"filter on {field!r} is {cond!r}: expected a value, a non-empty list of values, or "
+            f"an object with operators from {sorted(RANGE_OPERATORS)}",
+        )
+    return dict(where)
+
+
+def check_embedding(values: Any, dim: int, max_rows: int) -> np.ndarray:
+    """A JSON vector (or list of vectors) -> float32 ``[n, dim]`` unit rows."""
+    if not isinstance(values, list) or not values:
+        raise bad_request("bad_embedding", "embedding must be a non-empty list of numbers (or of vectors)")
+    rows = values if isinstance(values[0], list) else [values]
+    if len(rows) > max_rows:
+        raise bad_request("bad_embedding", f"{len(rows)} query vectors, more than the limit of {max_rows}")
+    for row in rows:
+        if not isinstance(row, list) or len(row) != dim:
+            got = len(row) if isinstance(row, list) else type(row).__name__
+            raise bad_request(
+                "bad_embedding",
+                f"query vector has dim {got}, this collection has dim {dim}: encode with its model",
+            )
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row):
+            raise bad_request("bad_embedding", "embedding values must all be numbers")
+    array = np.asarray(rows, dtype=np.float64)  # [n, d]
+    if not np.isfinite(array).all():
+        raise bad_request("bad_embedding", "embedding contains NaN or infinite values")
+    norms = np.linalg.norm(array, axis=1, keepdims=True)  # [n, 1]
+    if (norms == 0).any():
+        raise bad_request("bad_embedding", "embedding is all zeros; cannot normalise it")
+    return (array / norms).astype(np.float32)  # [n, d] unit rows
+
+
+def _is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    return not (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+    )
+
+
+def fetch_image_url(url: Any, *, max_bytes: int, timeout: float, allow_private: bool) -> bytes:
+    """Download a query image (http/https only, no redirects, size-capped while streaming).
+
+    Hosts resolving to loopback, private, link-local or reserved addresses are refused unless
+    ``allow_private`` (server-side request forgery)."""
+    import httpx
+
+    if not isinstance(url, str) or not url:
+        raise bad_request("bad_url", "image_url must be a non-empty string")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise bad_request("bad_url", f"image_url must be an http(s) URL with a host, received {url[:200]!r}")
+    if not allow_private:
+        try:
+            infos = socket.getaddrinfo(parts.hostname, parts.port or 80, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            raise bad_request("bad_url", f"cannot resolve {parts.hostname!r}: {exc}") from None
+        if not infos or not all(_is_public(str(info[4][0])) for info in infos):
+            raise ApiError(
+                403, "url_refused", f"{parts.hostname!r} resolves to a private or local address; refused"
+            )
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        with httpx.stream("GET", url, timeout=timeout, follow_redirects=False) as response:
+            if response.status_code != 200:
+                raise bad_request(
+                    "bad_url", f"GET {url[:200]} answered HTTP {response.status_code}, expected 200"
+                )
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise too_large(f"the image at image_url is larger than the limit of {max_bytes} bytes")
+                chunks.append(chunk)
+    except httpx.HTTPError as exc:
+        raise bad_request("bad_url", f"cannot download image_url: {exc}") from None
+    return b"".join(chunks)
+
+
+def json_safe(value: Any) -> Any:
+    """Metadata values as plain JSON types (numpy scalars, bytes, non-finite floats)."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)

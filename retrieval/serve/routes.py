@@ -1,0 +1,243 @@
+"""The service's own JSON API under ``/collections``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.responses import FileResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from retrieval.serve.errors import bad_request, not_found
+from retrieval.serve.inputs import (
+    check_embedding,
+    check_k,
+    check_modality,
+    check_text,
+    check_where,
+    decode_image,
+    fetch_image_url,
+)
+from retrieval.serve.service import IMAGE_FIELDS, Hit, ServedCollection
+
+if TYPE_CHECKING:
+    from retrieval.serve.app import Service
+
+# Images served from the media root may be SVG: never let them run scripts in our origin.
+MEDIA_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; sandbox",
+    "Cache-Control": "public, max-age=3600",
+}
+
+Modality = Literal["image", "text"]
+
+
+class _Query(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    k: int = Field(10, description="number of results (1 .. the server's max_k)")
+    where: dict[str, Any] | None = Field(
+        None,
+        description='metadata filter: {"field": value} | {"field": [v1, v2]} | {"field": {"gte": a, "lt": b}}',
+    )
+    modality: Modality | None = Field(
+        None, description="only items of this modality (when the collection records it)"
+    )
+
+
+class TextQuery(_Query):
+    text: str = Field(..., description="the query text")
+
+
+class UrlQuery(_Query):
+    url: str = Field(..., description="http(s) URL of the query image (the server must allow image URLs)")
+
+
+class EmbeddingQuery(_Query):
+    embedding: list[float] = Field(..., description="query vector of the collection's dim (normalised here)")
+
+
+class ItemQuery(_Query):
+    id: int = Field(..., description="id of a stored item whose vector is the query")
+
+
+class HitOut(BaseModel):
+    id: int
+    score: float
+    metadata: dict[str, Any]
+    image_url: str | None = Field(None, description="where the page can fetch the item's image, if served")
+
+
+class SearchOut(BaseModel):
+    collection: str
+    k: int
+    took_ms: float
+    hits: list[HitOut]
+
+
+class ItemOut(BaseModel):
+    id: int
+    metadata: dict[str, Any]
+    image_url: str | None = None
+
+
+def image_path(served: ServedCollection, item_id: int, metadata: dict[str, Any]) -> str | None:
+    """The relative URL of an item's image, when the collection serves media and the item has a file."""
+    if served.media_root is None or not any(isinstance(metadata.get(f), str) for f in IMAGE_FIELDS):
+        return None
+    return f"/collections/{served.name}/items/{item_id}/image"
+
+
+def visible(served: ServedCollection, metadata: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metadata.items() if k not in served.hidden_fields}
+
+
+def hit_out(served: ServedCollection, hit: Hit) -> HitOut:
+    return HitOut(
+        id=hit.id,
+        score=hit.score,
+        metadata=visible(served, hit.metadata),
+        image_url=image_path(served, hit.id, hit.metadata),
+    )
+
+
+def api_router(service: Service) -> APIRouter:
+    config = service.config
+    router = APIRouter(prefix="/collections", tags=["collections"])
+
+    async def run_search(
+        served: ServedCollection, vector: np.ndarray, k: int, where: Any, modality: Any, t0: float
+    ) -> SearchOut:
+        k = check_k(k, config.max_k)
+        modality = check_modality(modality)
+        fields = await served.run(served.fields)
+        where = check_where(where, fields)
+        hits = (await served.run(served.search, vector, k, where, modality))[0]
+        return SearchOut(
+            collection=served.name,
+            k=k,
+            took_ms=round((time.perf_counter() - t0) * 1000, 3),
+            hits=[hit_out(served, h) for h in hits],
+        )
+
+    def need_model(served: ServedCollection) -> Any:
+        if served.model is None:
+            raise bad_request(
+                "no_model",
+                f"collection {served.name!r} is served without a model, so it can only be searched by "
+                "embedding or item; start the server with --model to search by text or image",
+            )
+        return served.model
+
+    async def encode_image_bytes(served: ServedCollection, data: bytes) -> np.ndarray:
+        runner = need_model(served)
+        image = await service.work(
+            lambda: decode_image(data, max_bytes=config.max_upload_bytes, max_pixels=config.max_image_pixels)
+        )
+        return await service.work(runner.encode_images, [image])  # [1, D]
+
+    @router.get("", summary="Every served collection's info")
+    async def list_collections() -> dict[str, Any]:
+        return {"collections": [await s.run(s.info) for s in service.collections.values()]}
+
+    @router.get("/{name}", summary="A collection's count, dim, metric, index spec and model fingerprints")
+    async def collection_info(name: str) -> dict[str, Any]:
+        served = service.get(name)
+        return await served.run(served.info)
+
+    @router.post("/{name}/reload", summary="Reopen a collection changed on disk by another process")
+    async def reload(name: str) -> dict[str, Any]:
+        served = service.get(name)
+        reloaded = await served.run(served._reload, True)
+        return {"reloaded": reloaded, "info": await served.run(served.info)}
+
+    @router.post("/{name}/search/text", summary="Search by text")
+    async def search_text(name: str, query: TextQuery) -> SearchOut:
+        t0 = time.perf_counter()
+        served = service.get(name)
+        text = check_text(query.text, config.max_text_chars)
+        check_k(query.k, config.max_k)
+        runner = need_model(served)
+        vector = await service.work(runner.encode_texts, [text])  # [1, D]
+        return await run_search(served, vector, query.k, query.where, query.modality, t0)
+
+    @router.post("/{name}/search/image", summary="Search by an uploaded image (multipart form)")
+    async def search_image(
+        name: str,
+        image: Annotated[UploadFile, File(description="the query image (PNG, JPEG, WebP, ...)")],
+        k: Annotated[int, Form()] = 10,
+        where: Annotated[str | None, Form(description="metadata filter as a JSON object")] = None,
+        modality: Annotated[Modality | None, Form()] = None,
+    ) -> SearchOut:
+        t0 = time.perf_counter()
+        served = service.get(name)
+        check_k(k, config.max_k)
+        need_model(served)
+        data = await image.read(config.max_upload_bytes + 1)
+        vector = await encode_image_bytes(served, data)
+        return await run_search(served, vector, k, where, modality, t0)
+
+    @router.post(
+        "/{name}/search/url", summary="Search by an image URL (off unless the server allows image URLs)"
+    )
+    async def search_url(name: str, query: UrlQuery) -> SearchOut:
+        t0 = time.perf_counter()
+        served = service.get(name)
+        if not config.allow_image_urls:
+            raise bad_request(
+                "urls_disabled",
+                "this server does not download images from URLs; start it with --allow-image-urls",
+            )
+        check_k(query.k, config.max_k)
+        need_model(served)
+        data = await service.work(
+            lambda: fetch_image_url(
+                query.url,
+                max_bytes=config.max_upload_bytes,
+                timeout=config.url_timeout,
+                allow_private=config.allow_private_urls,
+            )
+        )
+        vector = await encode_image_bytes(served, data)
+        return await run_search(served, vector, query.k, query.where, query.modality, t0)
+
+    @router.post("/{name}/search/embedding", summary="Search by a raw query vector")
+    async def search_embedding(name: str, query: EmbeddingQuery) -> SearchOut:
+        t0 = time.perf_counter()
+        served = service.get(name)
+        vector = check_embedding(query.embedding, await served.run(served.dim), 1)
+        return await run_search(served, vector, query.k, query.where, query.modality, t0)
+
+    @router.post("/{name}/search/item", summary="Search by a stored item's vector (more like this)")
+    async def search_item(name: str, query: ItemQuery) -> SearchOut:
+        t0 = time.perf_counter()
+        served = service.get(name)
+        vector = await served.run(served.item_vector, query.id)
+        return await run_search(served, vector, query.k, query.where, query.modality, t0)
+
+    @router.get("/{name}/items/{item_id}", summary="An item's metadata")
+    async def item(name: str, item_id: int) -> ItemOut:
+        served = service.get(name)
+        found = await served.run(served.metadata, [item_id])
+        if item_id not in found:
+            raise not_found("unknown_item", f"collection {name!r} has no item with id {item_id}")
+        meta = found[item_id]
+        return ItemOut(
+            id=item_id, metadata=visible(served, meta), image_url=image_path(served, item_id, meta)
+        )
+
+    @router.get(
+        "/{name}/items/{item_id}/image",
+        summary="An item's image file (only files inside the collection's media root)",
+        response_class=Response,
+    )
+    async def item_image(name: str, item_id: int) -> Response:
+        served = service.get(name)
+        content, media_type = await served.run(served.media, item_id)
+        if isinstance(content, Path):
+            return FileResponse(content, media_type=media_type, headers=MEDIA_HEADERS)
+        return Response(content, media_type=media_type, headers=MEDIA_HEADERS)
+
+    return router

@@ -1,0 +1,181 @@
+"""Every endpoint of the service's own API, on a tiny collection with a keyword encoder."""
+
+from __future__ import annotations
+
+import json
+
+from ._fakes import DIM, keyword_vector, png_bytes
+
+
+def test_healthz_and_docs(client):
+    assert client.get("/healthz").json() == {"status": "ok", "collections": ["shapes"]}
+    spec = client.get("/openapi.json").json()
+    paths = set(spec["paths"])
+    assert {"/collections/{name}/search/text", "/knn-service", "/metadata", "/indices-list"} <= paths
+    assert client.get("/docs").status_code == 200
+
+
+def test_collection_info(client):
+    info = client.get("/collections/shapes").json()
+    assert info["count"] == 24
+    assert info["dim"] == DIM
+    assert info["metric"] == "ip"
+    assert info["index_spec"] == "Flat"
+    assert info["fingerprint"] == info["model_fingerprint"] == "keyword-onehot-v1"
+    assert {"modality", "path", "caption", "color", "size"} <= set(info["fields"])
+    listed = client.get("/collections").json()["collections"]
+    assert [c["name"] for c in listed] == ["shapes"]
+
+
+def test_search_text_finds_the_colour(client):
+    r = client.post(
+        "/collections/shapes/search/text", json={"text": "something red", "k": 5, "modality": "image"}
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["collection"] == "shapes" and body["k"] == 5
+    hits = body["hits"]
+    assert len(hits) == 5
+    assert hits[4]["score"] < 1e-5 < hits[3]["score"]  # the four red squares, then unrelated items
+    hits = hits[:4]
+    assert all(h["metadata"]["color"] == "red" and h["metadata"]["modality"] == "image" for h in hits)
+    assert all(abs(h["score"] - 1.0) < 1e-5 for h in hits)
+    assert hits[0]["image_url"] == f"/collections/shapes/items/{hits[0]['id']}/image"
+
+
+def test_search_text_with_filter_and_modality(client):
+    r = client.post(
+        "/collections/shapes/search/text",
+        json={"text": "blue", "k": 3, "where": {"size": {"gte": 2}}, "modality": "image"},
+    )
+    hits = r.json()["hits"]
+    assert [h["metadata"]["size"] >= 2 for h in hits] == [True] * len(hits)
+    assert hits[0]["metadata"]["color"] == "blue"
+    r = client.post("/collections/shapes/search/text", json={"text": "cat", "k": 1, "modality": "text"})
+    top = r.json()["hits"][0]
+    assert top["metadata"] == {"modality": "text", "caption": "the word cat", "color": "cat", "size": -1}
+    assert top["image_url"] is None
+
+
+def test_search_uploaded_image(client):
+    r = client.post(
+        "/collections/shapes/search/image",
+        files={"image": ("q.png", png_bytes("green"), "image/png")},
+        data={"k": "4", "modality": "image", "where": json.dumps({"size": [0, 1, 2, 3]})},
+    )
+    assert r.status_code == 200, r.text
+    assert {h["metadata"]["color"] for h in r.json()["hits"]} == {"green"}
+
+
+def test_search_embedding_and_item(client):
+    vec = (keyword_vector("yellow") * 3).tolist()  # not unit: the server normalises it
+    r = client.post(
+        "/collections/shapes/search/embedding", json={"embedding": vec, "k": 2, "modality": "image"}
+    )
+    assert r.status_code == 200, r.text
+    hits = r.json()["hits"]
+    assert [h["metadata"]["color"] for h in hits] == ["yellow", "yellow"]
+    r = client.post("/collections/shapes/search/item", json={"id": hits[0]["id"], "k": 3})
+    assert r.status_code == 200, r.text
+    assert {h["metadata"]["color"] for h in r.json()["hits"]} == {"yellow"}
+
+
+def test_item_metadata_and_image(client):
+    r = client.post("/collections/shapes/search/text", json={"text": "red", "k": 1, "modality": "image"})
+    hit = r.json()["hits"][0]
+    item = client.get(f"/collections/shapes/items/{hit['id']}").json()
+    assert item["id"] == hit["id"] and item["metadata"]["color"] == "red"
+    img = client.get(item["image_url"])
+    assert img.status_code == 200
+    assert img.headers["content-type"] == "image/png"
+    assert img.content[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "sandbox" in img.headers["content-security-policy"]
+
+
+def test_page_is_served(client):
+    r = client.get("/")
+    assert r.status_code == 200
+    assert "text/html" in r.headers["content-type"]
+    assert "<title>" in r.text and "search/text" in r.text
+
+
+def test_url_search_is_off_by_default(client):
+    r = client.post("/collections/shapes/search/url", json={"url": "http://example.com/a.png"})
+    assert r.status_code == 400
+    assert r.json()["error"] == "urls_disabled"
+
+
+def test_hidden_fields_are_not_returned_but_images_still_served(config, encoder):
+    from fastapi.testclient import TestClient
+
+    from retrieval.serve import create_app
+
+    app = create_app(config.replace(hidden_fields=["path"]), model=encoder)
+    with TestClient(app) as c:
+        hit = c.post(
+            "/collections/shapes/search/text", json={"text": "red", "k": 1, "modality": "image"}
+        ).json()["hits"][0]
+        assert "path" not in hit["metadata"]
+        assert c.get(hit["image_url"]).status_code == 200
+
+
+def test_several_collections_and_no_model(tmp_path, config, encoder):
+    from fastapi.testclient import TestClient
+
+    from retrieval.serve import create_app
+
+    from .conftest import build_collection
+
+    other = build_collection(tmp_path / "two", name="other", fingerprint=None)
+    cfg = config.replace(collections={**config.collections, "other": str(other)})
+    app = create_app(cfg, models={"shapes": encoder})
+    with TestClient(app) as c:
+        assert c.get("/healthz").json()["collections"] == ["other", "shapes"]
+        info = c.get("/collections/other").json()
+        assert info["text_search"] is False and info["model_fingerprint"] is None
+        r = c.post("/collections/other/search/text", json={"text": "red"})
+        assert r.status_code == 400 and r.json()["error"] == "no_model"
+        vec = keyword_vector("red").tolist()
+        r = c.post("/collections/other/search/embedding", json={"embedding": vec, "k": 1})
+        assert r.status_code == 200 and r.json()["hits"][0]["metadata"]["color"] == "red"
+        # no media root declared for "other": its images are not served
+        hit = r.json()["hits"][0]
+        assert hit["image_url"] is None
+        r = c.get(f"/collections/other/items/{hit['id']}/image")
+        assert r.status_code == 404 and r.json()["error"] == "no_media_root"
+
+
+def test_model_mismatch_is_refused_at_startup(tmp_path, config):
+    import pytest
+
+    from retrieval.serve import create_app
+
+    class Other:
+        def encode_texts(self, texts):  # pragma: no cover - never called
+            raise AssertionError
+
+        def encode_images(self, images):  # pragma: no cover - never called
+            raise AssertionError
+
+        def fingerprint(self):
+            return "another-model"
+
+    with pytest.raises(ValueError, match="another-model"):
+        create_app(config, model=Other())
+
+
+def test_reload_picks_up_items_added_by_another_writer(client, collection_dir):
+    from indexes import Collection
+
+    with Collection.open(collection_dir) as coll:
+        coll.add(
+            keyword_vector("dog")[None, :],
+            [{"modality": "image", "caption": "a dog", "color": "dog", "size": 9}],
+        )
+    r = client.post("/collections/shapes/reload")
+    assert r.status_code == 200 and r.json()["reloaded"] is True
+    assert r.json()["info"]["count"] == 25
+    hits = client.post(
+        "/collections/shapes/search/text", json={"text": "dog", "k": 1, "modality": "image"}
+    ).json()
+    assert hits["hits"][0]["metadata"]["caption"] == "a dog"
