@@ -175,3 +175,31 @@ class ServeConfig(ConfigBase):
     hidden_fields: tuple[str, ...] = ()  # metadata fields never returned (e.g. "path" to hide server paths)
     device: str | None = None  # torch device for the models; None: "cuda" when available, else "cpu"
     mmap: bool = False  # open collections memory-mapped (large indexes, less RAM, slower first queries)
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedConfig(ConfigBase):
+    """How :func:`retrieval.embed.embed_corpus` embeds a corpus into a collection."""
+
+    modality: str = "both"  # what to embed: "images", "texts" or "both" (images first)
+    batch_size: int = 64  # items per forward pass
+    num_workers: int = 2  # DataLoader processes reading and decoding images (0: in the main process)
+    device: str | None = None  # "cpu", "cuda", "cuda:1", ...; None picks "cuda" when available
+    shard_size: int = 4096  # vectors per committed shard: the unit of work kept after an interruption
+    engine: str = "local"  # "local" (DataLoader in this process) or "ray" (Ray Data actor pool)
+    ray_address: str | None = None  # Ray cluster address for engine "ray"; None joins a running Ray or starts a local one
+    num_actors: int = 2  # encoder actors in the Ray pool (each holds one model copy)
+    npy_export: str | None = None  # also write clip-retrieval's .npy + parquet layout into this folder
+    index: str = "auto"  # index of a new collection: "auto" or an indexes / FAISS factory spec
+    progress: bool = True  # show a progress bar (items/s, ETA)
+
+    def __post_init__(self) -> None:
+        choices = {"modality": ("images", "texts", "both"), "engine": ("local", "ray")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"EmbedConfig.{name} must be one of {list(allowed)}; received {getattr(self, name)!r}")
+        for name in ("batch_size", "shard_size", "num_actors"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"EmbedConfig.{name} must be >= 1; received {getattr(self, name)!r}")
+        if self.num_workers < 0:
+            raise ValueError(f"EmbedConfig.num_workers must be >= 0; received {self.num_workers!r}")

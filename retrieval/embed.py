@@ -1,0 +1,206 @@
+"""Embed a corpus into an :class:`indexes.Collection`: streamed, batched, resumable.
+
+``embed_corpus(model, source, collection_path, config)`` reads the corpus with the data
+layer, skips every item already done, encodes the rest batch by batch (a ``DataLoader``
+with workers, or a Ray Data actor pool) and commits the vectors in shards of
+``config.shard_size`` to a state folder inside the collection (``<collection>/embed``).
+The collection is then extended from the new shards. Memory holds one shard of vectors
+at a time, however large the corpus.
+
+Killed at any point (even ``kill -9``), the same call finishes the job and gives the same
+collection as an uninterrupted run; called on a finished job it does nothing; called after
+files were added to the corpus it embeds only the new ones. Broken inputs are skipped,
+counted by reason and listed in ``errors.jsonl`` in the state folder.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrieval.config import EmbedConfig
+from retrieval.embedding import engines
+from retrieval.embedding.items import Item, corpus_items
+from retrieval.embedding.store import EmbedState, open_or_create, state_dir
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EmbedConfig", "EmbedSummary", "embed_corpus", "recorded_model_dir", "state_dir"]
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedSummary:
+    """What one :func:`embed_corpus` call did."""
+
+    collection_path: Path  # the collection written
+    embedded: int  # items encoded by this call
+    skipped: dict[
+        str, int
+    ]  # reason -> items skipped by this call (missing_file, decode_error, empty_caption, ...)
+    already_done: int  # items found done (embedded or skipped) by an earlier call
+    collection_size: int  # vectors added to the collection by this call
+    errors_path: Path  # JSONL file listing every skipped input of the corpus
+    state_path: Path  # folder with the committed shards
+    npy_export: Path | None  # clip-retrieval style export folder, when asked for
+    seconds: float  # wall time of the call
+
+    @property
+    def skipped_total(self) -> int:
+        return sum(self.skipped.values())
+
+    def __str__(self) -> str:
+        skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items())) or "none"
+        return (
+            f"embedded {self.embedded}, already done {self.already_done}, skipped {self.skipped_total} ({skipped}) "
+            f"in {self.seconds:.1f}s -> {self.collection_path} (errors: {self.errors_path})"
+        )
+
+
+def embed_corpus(
+    model: Any,
+    source: Any,
+    collection_path: str | Path,
+    config: EmbedConfig | None = None,
+    *,
+    model_dir: str | Path | None = None,
+) -> EmbedSummary:
+    """Embed ``source`` with ``model`` into the collection at ``collection_path``.
+
+    ``model`` is a :class:`retrieval.model.TwinEncoder` (or anything with ``image_transform``,
+    ``image_features``, ``encode_texts``, ``fingerprint`` and ``embed_dim``); ``source`` is
+    what :func:`retrieval.data.read_pairs` reads (manifest, image folder with sidecars,
+    webdataset shards), a ``PairSet`` or a sequence of pairs. The collection is created when
+    missing and records ``model.fingerprint()``; an existing collection made by another model
+    raises ``ValueError``. Items carry metadata ``modality`` ("image" | "text"), ``path``,
+    ``caption``, ``image_id`` and the pair's extra fields. ``model_dir``, the folder the model
+    was loaded from, is recorded so searches can load it (:func:`recorded_model_dir`).
+    """
+    config = config or EmbedConfig()
+    started = time.perf_counter()
+    collection_path = Path(collection_path)
+    fingerprint = str(model.fingerprint())
+    dim = int(model.embed_dim)
+    # A collection made by another model is refused before any work is done.
+    open_or_create(collection_path, dim, config.index, fingerprint).close()
+    state = EmbedState(state_dir(collection_path))
+    state.check_model(fingerprint, dim)
+    if model_dir is not None:
+        state.record(model_dir=str(Path(model_dir).resolve()))
+    # Shards committed by an interrupted run go in first.
+    added = state.sync_collection(collection_path, config.index, fingerprint, dim)
+
+    items, source_skips = corpus_items(source, config.modality)
+    done = state.done_keys()
+    pending = [it for it in items if it.key not in done]
+    skipped: collections.Counter[str] = collections.Counter(s.reason for s in source_skips)
+    embedded = 0
+    if pending:
+        device = engines.pick_device(config.device)
+        logger.info(
+            "embedding %d items (%d already done) on %s", len(pending), len(items) - len(pending), device
+        )
+        with _progress(len(pending), config.progress) as bar:
+            for modality in ("image", "text"):
+                todo = [it for it in pending if it.modality == modality]
+                if not todo:
+                    continue
+                batches = _batches(model, todo, modality, config, device)
+                for n_ok, failed in _commit(state, modality, batches, config.shard_size, dim):
+                    embedded += n_ok
+                    skipped.update(reason for _, reason, _ in failed)
+                    bar.update(n_ok + len(failed))
+    added += state.sync_collection(collection_path, config.index, fingerprint, dim)
+    state.write_errors(source_skips, {it.key for it in items})
+    export = Path(config.npy_export) if config.npy_export else None
+    if export is not None:
+        state.export_npy(export)
+    return EmbedSummary(
+        collection_path=collection_path,
+        embedded=embedded,
+        skipped=dict(skipped),
+        already_done=len(items) - len(pending),
+        collection_size=added,
+        errors_path=state.errors_path,
+        state_path=state.root,
+        npy_export=export,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _batches(
+    model: Any, items: Sequence[Item], modality: str, config: EmbedConfig, device: str
+) -> Iterator[engines.EncodedBatch]:
+    if config.engine == "ray":
+        with engines.ray_session(config.ray_address):
+            yield from engines.ray_batches(
+                model, items, modality, config.batch_size, config.num_actors, device
+            )
+    elif modality == "image":
+        yield from engines.local_images(model, items, config.batch_size, config.num_workers, device)
+    else:
+        yield from engines.local_texts(model, items, config.batch_size, device)
+
+
+def _commit(
+    state: EmbedState, modality: str, batches: Iterator[engines.EncodedBatch], shard_size: int, dim: int
+) -> Iterator[tuple[int, list[tuple[Item, str, str]]]]:
+    """Buffer batches and write a shard each time ``shard_size`` items are handled; yields per batch
+    (embedded, failed) once the batch is in the buffer."""
+    buf_items: list[Item] = []
+    buf_vectors: list[np.ndarray] = []
+    buf_failed: list[tuple[Item, str, str]] = []
+
+    def flush() -> None:
+        vectors = np.concatenate(buf_vectors) if buf_vectors else np.zeros((0, dim), np.float32)  # [n, D]
+        state.write_shard(modality, buf_items, vectors, buf_failed)
+        buf_items.clear()
+        buf_vectors.clear()
+        buf_failed.clear()
+
+    for batch in batches:
+        buf_items.extend(batch.items)
+        if len(batch.items):
+            buf_vectors.append(batch.vectors)
+        buf_failed.extend(batch.failed)
+        if len(buf_items) + len(buf_failed) >= shard_size:
+            flush()
+        yield len(batch.items), batch.failed
+    if buf_items or buf_failed:
+        flush()
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled or not sys.stderr.isatty():
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="item", desc="embed", dynamic_ncols=True)
+
+
+def recorded_model_dir(collection_path: str | Path) -> Path | None:
+    """The model folder recorded when the collection was embedded (``model_dir=``), if any."""
+    path = state_dir(collection_path) / "state.json"
+    if not path.exists():
+        return None
+    recorded = json.loads(path.read_text(encoding="utf-8")).get("model_dir")
+    return Path(recorded) if recorded else None

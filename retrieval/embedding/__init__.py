@@ -1,0 +1,1 @@
+"""Internals of :mod:`retrieval.embed`: corpus items and their keys, encoding engines, committed shards."""

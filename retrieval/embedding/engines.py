@@ -1,0 +1,269 @@
+"""Engines that turn items into vectors, batch by batch.
+
+Both yield :class:`EncodedBatch` objects in item order; the caller commits them to shards.
+
+* ``local``: a torch ``DataLoader`` whose workers read, decode and transform images while the
+  main process runs the forward passes.
+* ``ray``: Ray Data, ``from_items`` over the item list and ``map_batches`` with an actor pool
+  of encoders (each actor holds one copy of the model); for a cluster pass its address.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from retrieval.embedding.items import Item
+
+
+@dataclasses.dataclass
+class EncodedBatch:
+    """Vectors for some items of one modality; ``failed`` items were skipped."""
+
+    items: list[Item]  # items that got a vector, in order
+    vectors: np.ndarray  # [len(items), D] float32, unit norm
+    failed: list[tuple[Item, str, str]]  # (item, reason, detail)
+
+
+def pick_device(device: str | None) -> str:
+    """``device`` as given, else ``"cuda"`` when available, else ``"cpu"``."""
+    import torch
+
+    if device:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _unit(vectors: Any) -> np.ndarray:
+    array = np.asarray(vectors.detach().cpu() if hasattr(vectors, "detach") else vectors, dtype=np.float32)
+    norms = np.linalg.norm(array, axis=1, keepdims=True)  # [B, 1]
+    return array / np.maximum(norms, 1e-12)
+
+
+@contextlib.contextmanager
+def inference_on(model: Any, device: str) -> Iterator[Any]:
+    """Run ``model`` in eval mode on ``device``; its mode and device are restored afterwards."""
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        yield model
+        return
+    first = next(model.parameters(), None)
+    original = first.device if first is not None else None
+    was_training = model.training
+    model.eval()
+    if original is not None and original != torch.device(device):
+        model.to(device)
+    try:
+        with torch.inference_mode():
+            yield model
+    finally:
+        if original is not None and original != torch.device(device):
+            model.to(original)
+        model.train(was_training)
+
+
+def load_transformed(ref: str, transform: Callable[[Any], Any]) -> tuple[Any, str, str]:
+    """(tensor, "", "") for a readable image, else (None, reason, detail)."""
+    from retrieval.data import ImageDecodeError, load_image
+
+    try:
+        image = load_image(ref)
+    except ImageDecodeError as exc:
+        return None, "decode_error", str(exc)
+    try:
+        return transform(image), "", ""
+    except Exception as exc:  # a transform failing on a decoded image is a per-item problem
+        return None, "transform_error", f"{type(exc).__name__}: {exc}"
+
+
+def encode_pixels(model: Any, pixels: Any, device: str) -> np.ndarray:
+    """[B, 3, H, W] tensor -> [B, D] float32 unit vectors."""
+    return _unit(model.image_features(pixels.to(device)))  # [B, D]
+
+
+def encode_captions(model: Any, captions: Sequence[str], device: str) -> np.ndarray:
+    return _unit(
+        model.encode_texts(list(captions), batch_size=max(1, len(captions)), device=device)
+    )  # [B, D]
+
+
+# -- local ------------------------------------------------------------------------------------
+class _ImageDataset:
+    """torch Dataset over image items: (position, tensor | None, reason, detail)."""
+
+    def __init__(self, refs: Sequence[str], transform: Callable[[Any], Any]) -> None:
+        self.refs = refs
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, i: int) -> tuple[int, Any, str, str]:
+        tensor, reason, detail = load_transformed(self.refs[i], self.transform)
+        return i, tensor, reason, detail
+
+
+def _collate(batch: list[tuple[int, Any, str, str]]) -> tuple[list[int], Any, list[tuple[int, str, str]]]:
+    import torch
+
+    good = [(i, t) for i, t, _, _ in batch if t is not None]
+    bad = [(i, reason, detail) for i, t, reason, detail in batch if t is None]
+    pixels = torch.stack([t for _, t in good]) if good else None  # [B, 3, H, W]
+    return [i for i, _ in good], pixels, bad
+
+
+def local_images(
+    model: Any, items: Sequence[Item], batch_size: int, num_workers: int, device: str
+) -> Iterator[EncodedBatch]:
+    from torch.utils.data import DataLoader
+
+    dataset = _ImageDataset([it.ref for it in items], model.image_transform())
+    loader = DataLoader(
+        dataset,  # type: ignore[arg-type]
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        pin_memory=device.startswith("cuda"),
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
+    with inference_on(model, device):
+        for positions, pixels, bad in loader:
+            vectors = encode_pixels(model, pixels, device) if pixels is not None else _empty(model)
+            yield EncodedBatch(
+                [items[i] for i in positions],
+                vectors,
+                [(items[i], reason, detail) for i, reason, detail in bad],
+            )
+
+
+def local_texts(model: Any, items: Sequence[Item], batch_size: int, device: str) -> Iterator[EncodedBatch]:
+    with inference_on(model, device):
+        for start in range(0, len(items), batch_size):
+            chunk = list(items[start : start + batch_size])
+            yield EncodedBatch(chunk, encode_captions(model, [it.ref for it in chunk], device), [])
+
+
+def _empty(model: Any) -> np.ndarray:
+    return np.zeros((0, int(model.embed_dim)), dtype=np.float32)
+
+
+# -- ray --------------------------------------------------------------------------------------
+class RayEncoder:
+    """Ray Data actor: holds one model copy, encodes batches of rows ``{"pos", "ref"}``."""
+
+    def __init__(self, model_ref: list[Any], modality: str, device: str) -> None:
+        import ray
+
+        self.model = ray.get(model_ref[0])
+        self.modality = modality
+        self.device = device
+        self.transform = self.model.image_transform() if modality == "image" else None
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        positions = np.asarray(batch["pos"], dtype=np.int64)
+        refs = [str(r) for r in batch["ref"]]
+        dim = int(self.model.embed_dim)
+        vectors = np.zeros((len(refs), dim), dtype=np.float32)  # [B, D]
+        ok = np.zeros(len(refs), dtype=bool)
+        reasons = [""] * len(refs)
+        details = [""] * len(refs)
+        with inference_on(self.model, self.device):
+            if self.modality == "text":
+                vectors[:] = encode_captions(self.model, refs, self.device)
+                ok[:] = True
+            else:
+                good: list[int] = []
+                tensors = []
+                for j, ref in enumerate(refs):
+                    tensor, reasons[j], details[j] = load_transformed(ref, self.transform)  # type: ignore[arg-type]
+                    if tensor is not None:
+                        good.append(j)
+                        tensors.append(tensor)
+                if good:
+                    vectors[good] = encode_pixels(self.model, torch.stack(tensors), self.device)
+                    ok[good] = True
+        return {
+            "pos": positions,
+            "vector": vectors,
+            "ok": ok,
+            "reason": np.array(reasons, dtype=object),
+            "detail": np.array(details, dtype=object),
+        }
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None) -> Iterator[None]:
+    """Use the running Ray, else connect to ``address`` / start a local one (shut down afterwards)."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+    if address:
+        kwargs["address"] = address
+    elif os.environ.get("RAY_TMPDIR"):
+        kwargs["_temp_dir"] = os.environ["RAY_TMPDIR"]
+    ray.init(**kwargs)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def ray_batches(
+    model: Any,
+    items: Sequence[Item],
+    modality: str,
+    batch_size: int,
+    num_actors: int,
+    device: str,
+) -> Iterator[EncodedBatch]:
+    """Encode ``items`` with a Ray Data actor pool; batches come back in item order."""
+    import ray
+    import ray.data
+
+    if not items:
+        return
+    ctx = ray.data.DataContext.get_current()
+    previous_order, previous_progress = ctx.execution_options.preserve_order, ctx.enable_progress_bars
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False
+    try:
+        model_ref = ray.put(model)
+        rows = [{"pos": i, "ref": it.ref} for i, it in enumerate(items)]
+        blocks = max(1, min(math.ceil(len(rows) / batch_size), 4 * max(1, num_actors) * 8))
+        dataset = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
+            RayEncoder,
+            fn_constructor_kwargs={"model_ref": [model_ref], "modality": modality, "device": device},
+            batch_size=batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=max(1, num_actors)),
+            num_cpus=1,
+            num_gpus=1 if device.startswith("cuda") else 0,
+            udf_modifying_row_count=False,
+        )
+        for out in dataset.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=2):
+            positions = out["pos"].tolist()
+            ok = out["ok"]
+            good = [p for p, flag in zip(positions, ok) if flag]
+            bad = [
+                (items[p], str(r), str(d))
+                for p, flag, r, d in zip(positions, ok, out["reason"], out["detail"])
+                if not flag
+            ]
+            yield EncodedBatch([items[p] for p in good], np.asarray(out["vector"][ok], dtype=np.float32), bad)
+    finally:
+        ctx.execution_options.preserve_order = previous_order
+        ctx.enable_progress_bars = previous_progress

@@ -1,0 +1,303 @@
+"""Committed embedding work: shards on disk, the record of what is done, the collection built from them.
+
+Layout of the state folder (``<collection>/embed``, see :func:`state_dir`)::
+
+    state.json                 model fingerprint, dim, which shards the collection already holds
+    shards/000000-image.npz    vectors [n, d] float32, keys, metadata (JSON), skipped keys + reasons
+    shards/000001-text.npz
+    errors.jsonl               every input that was skipped, one JSON object a line
+
+A shard is written atomically (temporary file, fsync, rename), so it is either whole or
+absent: the shards on disk *are* the record of what is done. The collection is derived
+from them: before adding shards the state records an intent (the shards and the
+collection's size before), so after a crash a re-run can tell whether the collection saved
+them, and rebuilds it from the shards when it cannot tell.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrieval.config import atomic_write_bytes, atomic_write_text
+from retrieval.embedding.items import Item, SourceSkip
+
+logger = logging.getLogger(__name__)
+
+_SHARD_RE = re.compile(r"^(\d{6})-(image|text)\.npz$")
+
+
+def state_dir(collection_path: str | Path) -> Path:
+    """Where the embedding state of the collection at ``collection_path`` lives: its ``embed/``
+    subfolder (``indexes`` keeps its own files beside it and leaves other folders alone)."""
+    return Path(collection_path) / "embed"
+
+
+class Shard:
+    """One committed shard file (loaded lazily)."""
+
+    def __init__(self, path: Path) -> None:
+        match = _SHARD_RE.match(path.name)
+        assert match is not None, path
+        self.path = path
+        self.number = int(match.group(1))
+        self.modality = match.group(2)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def load(self) -> dict[str, np.ndarray]:
+        with np.load(self.path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+
+    def keys(self) -> tuple[list[str], list[str]]:
+        """(embedded keys, skipped keys)."""
+        with np.load(self.path, allow_pickle=False) as data:
+            return data["keys"].tolist(), data["skip_keys"].tolist()
+
+    def vectors_and_metadata(self) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        with np.load(self.path, allow_pickle=False) as data:
+            return data["vectors"], [json.loads(m) for m in data["metadata"].tolist()]
+
+
+def _str_array(values: Sequence[str]) -> np.ndarray:
+    return np.array(list(values), dtype=np.str_) if values else np.zeros(0, dtype="<U1")
+
+
+class EmbedState:
+    """The state folder of one collection: shards, done keys, ingest record, errors file."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.shard_dir = root / "shards"
+        self.state_path = root / "state.json"
+        self.errors_path = root / "errors.jsonl"
+        self.shard_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.shard_dir.glob(".*.tmp"):  # left by a writer killed mid-write
+            stale.unlink(missing_ok=True)
+        self.state: dict[str, Any] = (
+            json.loads(self.state_path.read_text(encoding="utf-8")) if self.state_path.exists() else {}
+        )
+
+    # -- record -----------------------------------------------------------------------------
+    def check_model(self, fingerprint: str, dim: int) -> None:
+        """Refuse to mix shards of another model; remember this model on first use."""
+        known = self.state.get("fingerprint")
+        if known is not None and known != fingerprint:
+            raise ValueError(
+                f"the embedding state {self.root} was made by model {known}, the model given is {fingerprint}: "
+                "embed into a new collection, or delete the collection and its state folder to start over"
+            )
+        if known is None:
+            self.state.update(fingerprint=fingerprint, dim=int(dim), ingested=[], intent=None)
+            self.save_state()
+
+    def record(self, **fields: Any) -> None:
+        """Store extra facts (e.g. the model folder) in the state file."""
+        if any(self.state.get(k) != v for k, v in fields.items()):
+            self.state.update(fields)
+            self.save_state()
+
+    def save_state(self) -> None:
+        atomic_write_text(self.state_path, json.dumps(self.state, indent=2, sort_keys=True) + "\n")
+
+    def shards(self) -> list[Shard]:
+        found = [Shard(p) for p in self.shard_dir.iterdir() if _SHARD_RE.match(p.name)]
+        return sorted(found, key=lambda s: s.number)
+
+    def done_keys(self) -> dict[str, str]:
+        """key -> "embedded" | "skipped" for every item already handled."""
+        done: dict[str, str] = {}
+        for shard in self.shards():
+            embedded, skipped = shard.keys()
+            done.update(dict.fromkeys(skipped, "skipped"))
+            done.update(dict.fromkeys(embedded, "embedded"))
+        return done
+
+    def write_shard(
+        self,
+        modality: str,
+        items: Sequence[Item],
+        vectors: np.ndarray,
+        skipped: Sequence[tuple[Item, str, str]],
+    ) -> Shard:
+        """Commit one shard atomically; ``skipped`` holds (item, reason, detail)."""
+        assert vectors.shape[0] == len(items), (vectors.shape, len(items))
+        existing = self.shards()
+        number = existing[-1].number + 1 if existing else 0
+        buffer = io.BytesIO()
+        np.savez(
+            buffer,
+            vectors=np.ascontiguousarray(vectors, dtype=np.float32),
+            keys=_str_array([it.key for it in items]),
+            metadata=_str_array([json.dumps(it.metadata, sort_keys=True) for it in items]),
+            skip_keys=_str_array([it.key for it, _, _ in skipped]),
+            skip_records=_str_array(
+                [
+                    json.dumps(
+                        {
+                            "where": it.ref if it.modality == "image" else it.metadata.get("path"),
+                            "modality": it.modality,
+                            "reason": reason,
+                            "detail": detail,
+                        }
+                    )
+                    for it, reason, detail in skipped
+                ]
+            ),
+        )
+        path = self.shard_dir / f"{number:06d}-{modality}.npz"
+        atomic_write_bytes(path, buffer.getvalue())
+        return Shard(path)
+
+    # -- collection ---------------------------------------------------------------------------
+    def sync_collection(self, collection_path: Path, index: str, fingerprint: str, dim: int) -> int:
+        """Add every shard the collection does not hold yet; returns how many vectors were added."""
+        ingested = set(self.state.get("ingested", []))
+        intent = self.state.get("intent")
+        coll = open_or_create(collection_path, dim, index, fingerprint)
+        try:
+            if intent is not None:
+                if _intent_applied(coll, intent, self.shard_dir):
+                    ingested |= set(intent["shards"])
+                elif len(coll) != intent["count_before"]:
+                    intent = "rebuild"
+                if intent != "rebuild":
+                    self.state.update(ingested=sorted(ingested), intent=None)
+                    self.save_state()
+            elif len(coll) and not ingested:
+                raise ValueError(
+                    f"collection {collection_path} already holds {len(coll)} vectors that were not embedded "
+                    f"from this state folder ({self.root}): choose a new output path"
+                )
+            if intent != "rebuild":
+                pending = [s for s in self.shards() if s.name not in ingested]
+                return self._add(coll, pending, ingested) if pending else 0
+        finally:
+            coll.close()
+        logger.warning("collection %s does not match its shards: rebuilding it from them", collection_path)
+        return self._rebuild(collection_path, index, fingerprint, dim)
+
+    def _add(self, coll: Any, pending: list[Shard], ingested: set[str]) -> int:
+        self.state["intent"] = {"shards": [s.name for s in pending], "count_before": len(coll)}
+        self.save_state()
+        added = 0
+        for shard in pending:
+            vectors, metadata = shard.vectors_and_metadata()
+            if len(vectors):
+                coll.add(vectors, metadata)
+                added += len(vectors)
+        if coll.needs_rebuild:
+            coll.rebuild()
+        coll.save()
+        self.state.update(ingested=sorted(ingested | {s.name for s in pending}), intent=None)
+        self.save_state()
+        return added
+
+    def _rebuild(self, collection_path: Path, index: str, fingerprint: str, dim: int) -> int:
+        from indexes import Collection
+
+        with Collection.create(
+            collection_path, dim, index=index, fingerprint=fingerprint, overwrite=True
+        ) as coll:
+            return self._add(coll, self.shards(), set())
+
+    # -- outputs ------------------------------------------------------------------------------
+    def write_errors(self, source_skips: Sequence[SourceSkip], current_keys: set[str]) -> int:
+        """Rewrite the errors file: skips found in the source now, plus skipped items still in it."""
+        lines = [
+            json.dumps({"where": s.where, "modality": None, "reason": s.reason, "detail": s.detail})
+            for s in source_skips
+        ]
+        for shard in self.shards():
+            with np.load(shard.path, allow_pickle=False) as data:
+                for key, record in zip(data["skip_keys"].tolist(), data["skip_records"].tolist()):
+                    if key in current_keys:
+                        lines.append(record)
+        atomic_write_text(self.errors_path, "".join(line + "\n" for line in lines))
+        return len(lines)
+
+    def export_npy(self, out: Path) -> None:
+        """Write clip-retrieval's layout: ``img_emb/img_emb_<i>.npy``, ``text_emb/text_emb_<i>.npy`` and
+        ``metadata/metadata_<i>.parquet`` (rows aligned with ``img_emb_<i>``; with texts only, with
+        ``text_emb_<i>``). With both modalities the caption rows go to ``text_metadata/``. Files
+        already written are kept, so an incremental run only adds new ones."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        shards = self.shards()
+        has_images = any(s.modality == "image" for s in shards)
+        counters = {"image": 0, "text": 0}
+        for shard in shards:
+            i = counters[shard.modality]
+            counters[shard.modality] += 1
+            if shard.modality == "image":
+                emb_path, meta_path = (
+                    out / "img_emb" / f"img_emb_{i}.npy",
+                    out / "metadata" / f"metadata_{i}.parquet",
+                )
+            else:
+                emb_path = out / "text_emb" / f"text_emb_{i}.npy"
+                folder = "text_metadata" if has_images else "metadata"
+                meta_path = out / folder / f"{folder}_{i}.parquet"
+            if emb_path.exists() and meta_path.exists():
+                continue
+            vectors, metadata = shard.vectors_and_metadata()
+            buffer = io.BytesIO()
+            np.save(buffer, vectors)
+            atomic_write_bytes(emb_path, buffer.getvalue())
+            rows = [
+                {"image_path": m.get("path"), **{k: v for k, v in m.items() if k != "path"}} for m in metadata
+            ]
+            table = (
+                pa.Table.from_pylist(rows) if rows else pa.table({"image_path": pa.array([], pa.string())})
+            )
+            sink = io.BytesIO()
+            pq.write_table(table, sink)
+            atomic_write_bytes(meta_path, sink.getvalue())
+
+
+def open_or_create(collection_path: Path, dim: int, index: str, fingerprint: str) -> Any:
+    from indexes import Collection
+
+    path = Path(collection_path)
+    if not path.exists():
+        return Collection.create(path, dim, index=index, fingerprint=fingerprint)
+    coll = Collection.open(path)
+    if coll.fingerprint is not None and coll.fingerprint != fingerprint:
+        fp = coll.fingerprint
+        coll.close()
+        raise ValueError(
+            f"collection {path} was made by model {fp}, the model given is {fingerprint}: "
+            "embed with the model that made it, or choose a new output path"
+        )
+    if coll.dim != dim:
+        d = coll.dim
+        coll.close()
+        raise ValueError(
+            f"collection {path} has dim {d}, the model embeds in dim {dim}: choose a new output path"
+        )
+    return coll
+
+
+def _intent_applied(coll: Any, intent: dict[str, Any], shard_dir: Path) -> bool:
+    """Whether the collection saved the shards of an interrupted ingest (count and last item match)."""
+    expected: list[dict[str, Any]] = []  # metadata of the shards, in the order they were added
+    for name in intent["shards"]:
+        _, metadata = Shard(shard_dir / name).vectors_and_metadata()
+        expected += metadata
+    if len(coll) != intent["count_before"] + len(expected):
+        return False
+    if not expected:
+        return True
+    last_id = coll.ids()[-1:]
+    stored = coll.get(last_id)[0]
+    return all(stored.get(k) == expected[-1].get(k) for k in ("modality", "path", "caption"))

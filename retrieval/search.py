@@ -1,0 +1,389 @@
+"""Query a collection with a twin encoder: text->image, image->text, image->image, text->text.
+
+A :class:`Searcher` pairs a model with the :class:`indexes.Collection` it embedded. Every
+method encodes its queries, asks the collection for the ``k`` best items of the wanted
+modality (the ``modality`` metadata field, merged with any ``where=`` filter) and returns
+:class:`Hit` objects, best first. Single-query methods return ``list[Hit]``; their
+``*_batch`` twins take a sequence and return ``list[list[Hit]]``.
+
+``refine=r`` asks the index for ``r * k`` candidates and re-scores them exactly with the
+stored vectors (useful with compressed indexes such as IVF-PQ). Composed queries add an
+image query and a text query (``(1 - w) * image + w * text``, renormalised), e.g. a photo
+plus "in red", in the spirit of the vector-arithmetic queries of Kiros et al. 2014
+("Unifying visual-semantic embeddings with multimodal neural language models").
+
+Example::
+
+    searcher = Searcher(TwinEncoder.load("model/"), Collection.open("photos.coll"))
+    for hit in searcher.text_to_image("a red bicycle", k=5, where={"split": "test"}):
+        print(hit.score, hit.metadata["path"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Hit", "Searcher", "search_collection"]
+
+ImageQuery = Any  # PIL.Image.Image | str | os.PathLike: an image or the path of one
+
+
+@dataclasses.dataclass(frozen=True)
+class Hit:
+    """One search result: the item's collection id, its score (cosine, higher is better) and metadata."""
+
+    id: int
+    score: float
+    metadata: dict[str, Any]
+
+
+class Searcher:
+    """Search ``collection`` with queries encoded by ``model``.
+
+    ``collection`` is an open :class:`indexes.Collection` or the path of one (opened read-only
+    and closed by :meth:`close`). ``model`` may be ``None`` for raw-vector search only. A model
+    whose fingerprint differs from the one the collection records raises ``ValueError``.
+    """
+
+    def __init__(self, model: Any, collection: Any, *, device: str | None = None) -> None:
+        self._owns = isinstance(collection, (str, os.PathLike))
+        if self._owns:
+            from indexes import Collection
+
+            collection = Collection.open(collection, read_only=True)
+        self.model = model
+        self.collection = collection
+        self.device = device
+        try:
+            self._check_model()
+        except Exception:
+            self.close()
+            raise
+        self._has_modality = "modality" in set(collection.fields())
+
+    def _check_model(self) -> None:
+        if self.model is None:
+            return
+        model_fp, coll_fp = str(self.model.fingerprint()), self.collection.fingerprint
+        if coll_fp is not None and coll_fp != model_fp:
+            raise ValueError(
+                f"collection {self.collection.path} was embedded by model {coll_fp}, but the model given has "
+                f"fingerprint {model_fp}: search with the model that built the collection, or re-embed the corpus"
+            )
+        if int(self.model.embed_dim) != int(self.collection.dim):
+            raise ValueError(
+                f"model embeds in dim {self.model.embed_dim}, collection {self.collection.path} has dim "
+                f"{self.collection.dim}: use the model that built the collection"
+            )
+
+    def close(self) -> None:
+        """Close the collection when this searcher opened it."""
+        if self._owns:
+            self.collection.close()
+
+    def __enter__(self) -> Searcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- encoding ---------------------------------------------------------------------------
+    def _need_model(self) -> Any:
+        if self.model is None:
+            raise ValueError("this Searcher has no model: pass one to encode text or image queries")
+        return self.model
+
+    def encode_texts(self, queries: Sequence[str]) -> np.ndarray:
+        """[n, D] float32 unit vectors for text queries."""
+        if isinstance(queries, str) or not isinstance(queries, Sequence):
+            raise TypeError(f"text queries must be a sequence of str; received {type(queries).__name__}")
+        for q in queries:
+            if not isinstance(q, str):
+                raise TypeError(f"a text query must be a str; received {type(q).__name__} ({q!r:.60})")
+            if not q.strip():
+                raise ValueError("a text query is empty: give some words to search for")
+        if not queries:
+            return np.zeros((0, int(self.collection.dim)), dtype=np.float32)
+        model = self._need_model()
+        vectors = model.encode_texts(list(queries), batch_size=max(1, len(queries)), device=self.device)
+        return _as_queries(vectors, self.collection.dim)
+
+    def encode_images(self, images: Sequence[ImageQuery]) -> np.ndarray:
+        """[n, D] float32 unit vectors for image queries (PIL images or paths)."""
+        if isinstance(images, (str, os.PathLike)) or not isinstance(images, Sequence):
+            raise TypeError(
+                f"image queries must be a sequence of images or paths; received {type(images).__name__}"
+            )
+        decoded = [_load_query_image(image) for image in images]
+        if not decoded:
+            return np.zeros((0, int(self.collection.dim)), dtype=np.float32)
+        model = self._need_model()
+        vectors = model.encode_images(decoded, batch_size=max(1, len(decoded)), device=self.device)
+        return _as_queries(vectors, self.collection.dim)
+
+    # -- raw vectors --------------------------------------------------------------------------
+    def search_vector(
+        self,
+        vector: Any,
+        k: int = 10,
+        *,
+        modality: str | None = None,
+        where: Mapping[str, Any] | None = None,
+        refine: int | None = None,
+    ) -> list[Hit]:
+        """Hits for one raw query vector [D] (normalised here); ``modality`` "image" / "text" / None (all)."""
+        array = np.asarray(vector)
+        if array.ndim != 1:
+            raise ValueError(
+                f"search_vector takes one vector of shape [{self.collection.dim}]; received shape {array.shape}"
+            )
+        return self.search_vectors(array[None, :], k, modality=modality, where=where, refine=refine)[0]
+
+    def search_vectors(
+        self,
+        vectors: Any,
+        k: int = 10,
+        *,
+        modality: str | None = None,
+        where: Mapping[str, Any] | None = None,
+        refine: int | None = None,
+    ) -> list[list[Hit]]:
+        """Hits for each row of raw query vectors [n, D] (rows normalised here)."""
+        queries = _as_queries(vectors, self.collection.dim)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive int; received {k!r}")
+        if refine is not None and (
+            isinstance(refine, bool) or not isinstance(refine, (int, np.integer)) or refine < 1
+        ):
+            raise ValueError(
+                f"refine must be a positive int (candidates per result) or None; received {refine!r}"
+            )
+        if len(queries) == 0:
+            return []
+        filters = self._filters(modality, where)
+        scores, ids = self.collection.search(queries, int(k), where=filters, refine=refine)  # [n, k] each
+        return self._hits(scores, ids)
+
+    # -- the four directions --------------------------------------------------------------------
+    def text_to_image(
+        self, query: str, k: int = 10, *, where: Mapping[str, Any] | None = None, refine: int | None = None
+    ) -> list[Hit]:
+        """Images best matching a text query."""
+        return self.text_to_image_batch([_one_text(query)], k, where=where, refine=refine)[0]
+
+    def text_to_image_batch(
+        self,
+        queries: Sequence[str],
+        k: int = 10,
+        *,
+        where: Mapping[str, Any] | None = None,
+        refine: int | None = None,
+    ) -> list[list[Hit]]:
+        return self.search_vectors(
+            self.encode_texts(queries), k, modality="image", where=where, refine=refine
+        )
+
+    def text_to_text(
+        self, query: str, k: int = 10, *, where: Mapping[str, Any] | None = None, refine: int | None = None
+    ) -> list[Hit]:
+        """Captions best matching a text query."""
+        return self.text_to_text_batch([_one_text(query)], k, where=where, refine=refine)[0]
+
+    def text_to_text_batch(
+        self,
+        queries: Sequence[str],
+        k: int = 10,
+        *,
+        where: Mapping[str, Any] | None = None,
+        refine: int | None = None,
+    ) -> list[list[Hit]]:
+        return self.search_vectors(self.encode_texts(queries), k, modality="text", where=where, refine=refine)
+
+    def image_to_text(
+        self,
+        image: ImageQuery,
+        k: int = 10,
+        *,
+        where: Mapping[str, Any] | None = None,
+        refine: int | None = None,
+    ) -> list[Hit]:
+        """Captions best matching an image (a PIL image or a path)."""
+        return self.image_to_text_batch([image], k, where=where, refine=refine)[0]
+
+    def image_to_text_batch(
+        self,
+        images: Sequence[ImageQuery],
+        k: int = 10,
+        *,
+        where: Mapping[str, Any] | None = None,
+        refine: int | None = None,
+    ) -> list[list[Hit]]:
+        return self.search_vectors(self.encode_images(images), k, modality="text", where=where, refine=refine)
+
+    def image_to_image(
+        self,
+        image: ImageQuery,
+        k: int = 10,
+        *,
+        where: Mapping[str, Any] | None = None,
+        refine: int | None = None,
+    ) -> list[Hit]:
+        """Images most similar to an image (a PIL image or a path)."""
+        return self.image_to_image_batch([image], k, where=where, refine=refine)[0]
+
+    def image_to_image_batch(
+        self,
+        images: Sequence[ImageQuery],
+        k: int = 10,
+        *,
+        where: Mapping[str, Any] | None = None,
+        refine: int | None = None,
+    ) -> list[list[Hit]]:
+        return self.search_vectors(
+            self.encode_images(images), k, modality="image", where=where, refine=refine
+        )
+
+    def composed(
+        self,
+        image: ImageQuery,
+        text: str,
+        k: int = 10,
+        *,
+        text_weight: float = 0.5,
+        modality: str | None = "image",
+        where: Mapping[str, Any] | None = None,
+        refine: int | None = None,
+    ) -> list[Hit]:
+        """Items best matching an image modified by a text: ``(1 - w) * image + w * text``, renormalised.
+
+        ``text_weight`` (``w``) in [0, 1] moves the query from the image (0) to the text (1).
+        """
+        if not 0.0 <= float(text_weight) <= 1.0:
+            raise ValueError(f"text_weight must be in [0, 1]; received {text_weight!r}")
+        image_vec = self.encode_images([image])[0]  # [D]
+        text_vec = self.encode_texts([_one_text(text)])[0]  # [D]
+        query = (1.0 - text_weight) * image_vec + text_weight * text_vec  # [D]
+        if np.linalg.norm(query) < 1e-6:
+            raise ValueError("the image and text queries cancel out: change text_weight")
+        return self.search_vector(query, k, modality=modality, where=where, refine=refine)
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _filters(self, modality: str | None, where: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        if where is not None and not isinstance(where, Mapping):
+            raise TypeError(f"where must be a mapping of field -> condition; received {type(where).__name__}")
+        if modality not in (None, "image", "text"):
+            raise ValueError(f"modality must be 'image', 'text' or None; received {modality!r}")
+        merged = dict(where or {})
+        if modality is None or not self._has_modality:
+            return merged or None
+        if "modality" in merged:
+            wanted = merged["modality"]
+            allowed = set(wanted) if isinstance(wanted, (list, tuple, set)) else {wanted}
+            if modality not in allowed:
+                raise ValueError(
+                    f"where={{'modality': {wanted!r}}} contradicts a search for {modality} items: drop the "
+                    "modality condition or use the method for the modality you want"
+                )
+        merged["modality"] = modality
+        return merged
+
+    def _hits(self, scores: np.ndarray, ids: np.ndarray) -> list[list[Hit]]:
+        valid = ids >= 0  # [n, k]; -1 pads rows with fewer than k matches
+        flat = ids[valid]
+        metadata = self.collection.get(flat) if len(flat) else []
+        by_id = {int(i): m for i, m in zip(flat.tolist(), metadata)}
+        return [
+            [
+                Hit(int(i), float(s), dict(by_id[int(i)]))
+                for i, s, ok in zip(row_ids, row_scores, row_ok)
+                if ok
+            ]
+            for row_ids, row_scores, row_ok in zip(ids, scores, valid)
+        ]
+
+
+def _one_text(query: Any) -> str:
+    if not isinstance(query, str):
+        hint = " (use the *_batch method for several queries)" if isinstance(query, (list, tuple)) else ""
+        raise TypeError(f"a text query must be a str; received {type(query).__name__}{hint}")
+    return query
+
+
+def _load_query_image(image: Any) -> Any:
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return image.convert("RGB") if image.mode != "RGB" else image
+    if isinstance(image, (str, os.PathLike)):
+        text = os.fspath(image)
+        if not text.startswith("tar://") and not os.path.isfile(text):
+            raise FileNotFoundError(
+                f"image query {text!r} is not a file: give a PIL image or an image path (for text, use text_to_*)"
+            )
+        from retrieval.data import load_image
+
+        return load_image(text)
+    raise TypeError(f"an image query must be a PIL image or a path; received {type(image).__name__}")
+
+
+def _as_queries(vectors: Any, dim: int) -> np.ndarray:
+    """[n, D] float32, finite, L2-normalised; readable errors for bad shapes."""
+    if hasattr(vectors, "detach"):
+        vectors = vectors.detach().cpu().numpy()
+    array = np.asarray(vectors)
+    if array.dtype == object or not np.issubdtype(array.dtype, np.number):
+        raise TypeError(f"query vectors must be numeric; received dtype {array.dtype}")
+    if array.ndim != 2 or array.shape[1] != dim:
+        raise ValueError(f"query vectors must have shape [n, {dim}]; received shape {array.shape}")
+    array = array.astype(np.float32, copy=True)
+    if not np.isfinite(array).all():
+        raise ValueError("query vectors contain NaN or infinity")
+    norms = np.linalg.norm(array, axis=1, keepdims=True)  # [n, 1]
+    if (norms < 1e-12).any():
+        raise ValueError("a query vector is all zeros: it has no direction to search along")
+    return array / norms
+
+
+def search_collection(
+    collection_path: str | Path,
+    query: str | None = None,
+    *,
+    image: ImageQuery | None = None,
+    model_dir: str | Path | None = None,
+    k: int = 10,
+    where: Mapping[str, Any] | None = None,
+    text_weight: float = 0.5,
+    modality: str | None = None,
+) -> list[Hit]:
+    """One-call search for scripts and the CLI: loads the model (``model_dir``, else the one recorded
+    when the collection was embedded) and queries with text, an image, or both (composed).
+
+    ``modality`` is what to return: "image" | "text"; by default images for text queries and for
+    composed queries, images for image queries too.
+    """
+    if query is None and image is None:
+        raise ValueError("give a text query, an image, or both")
+    from retrieval.embed import recorded_model_dir
+    from retrieval.model import TwinEncoder
+
+    model_path = Path(model_dir) if model_dir is not None else recorded_model_dir(collection_path)
+    if model_path is None:
+        raise ValueError(
+            f"no model recorded for collection {collection_path}: pass the model folder (--model DIR)"
+        )
+    model = TwinEncoder.load(model_path)
+    target = modality or "image"
+    with Searcher(model, collection_path) as searcher:
+        if query is not None and image is not None:
+            return searcher.composed(image, query, k, text_weight=text_weight, modality=target, where=where)
+        if image is not None:
+            vectors = searcher.encode_images([image])
+        else:
+            vectors = searcher.encode_texts([_one_text(query)])
+        return searcher.search_vectors(vectors, k, modality=target, where=where)[0]

@@ -1,0 +1,183 @@
+"""embed_corpus: counts, metadata, idempotent re-runs, incremental updates, broken inputs, exports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from fake_model import KeywordEncoder, write_corpus
+
+from indexes import Collection
+from retrieval.config import EmbedConfig
+from retrieval.embed import embed_corpus, recorded_model_dir, state_dir
+
+
+def _contents(path: Path) -> list[tuple[str, str, tuple[float, ...]]]:
+    """(modality, path-or-caption, rounded vector) of every item, sorted: comparable across runs."""
+    with Collection.open(path, read_only=True) as coll:
+        ids = coll.ids()
+        metadata = coll.get(ids)
+        vectors = coll.vectors(ids)
+    rows = [
+        (m["modality"], m["path"] if m["modality"] == "image" else m["caption"], tuple(np.round(v, 5)))
+        for m, v in zip(metadata, vectors)
+    ]
+    return sorted(rows)
+
+
+def test_embeds_images_and_texts_with_metadata(fake_model, corpus, config, tmp_path):
+    summary = embed_corpus(fake_model, corpus, tmp_path / "coll", config)
+    assert summary.embedded == 40 and summary.already_done == 0 and summary.skipped == {}
+    assert summary.collection_size == 40
+    with Collection.open(tmp_path / "coll", read_only=True) as coll:
+        assert len(coll) == 40 and coll.dim == fake_model.embed_dim
+        assert coll.fingerprint == fake_model.fingerprint()
+        ids = coll.ids()
+        metadata = coll.get(ids)
+        vectors = coll.vectors(ids)
+    assert {m["modality"] for m in metadata} == {"image", "text"}
+    images = [m for m in metadata if m["modality"] == "image"]
+    texts = [m for m in metadata if m["modality"] == "text"]
+    assert len(images) == len(texts) == 20
+    assert all(Path(m["path"]).exists() and m["caption"].startswith("a ") for m in metadata)
+    assert {m["split"] for m in metadata} == {"train", "test"}  # extra manifest fields kept
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    # Vectors are exactly what the model gives for each item.
+    captions = [m["caption"] for m, v in zip(metadata, vectors) if m["modality"] == "text"]
+    expected = fake_model.encode_texts(captions).numpy()
+    got = np.stack([v for m, v in zip(metadata, vectors) if m["modality"] == "text"])
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("modality,count", [("images", 20), ("texts", 20)])
+def test_one_modality(fake_model, corpus, config, tmp_path, modality, count):
+    summary = embed_corpus(fake_model, corpus, tmp_path / "coll", config.replace(modality=modality))
+    assert summary.embedded == count
+    with Collection.open(tmp_path / "coll", read_only=True) as coll:
+        assert {m["modality"] for m in coll.get(coll.ids())} == {modality[:-1]}
+
+
+def test_rerun_of_finished_job_does_nothing(fake_model, corpus, config, tmp_path):
+    embed_corpus(fake_model, corpus, tmp_path / "coll", config)
+    shards = sorted(p.name for p in (state_dir(tmp_path / "coll") / "shards").iterdir())
+    before = _contents(tmp_path / "coll")
+    summary = embed_corpus(fake_model, corpus, tmp_path / "coll", config)
+    assert summary.embedded == 0 and summary.already_done == 40 and summary.collection_size == 0
+    assert sorted(p.name for p in (state_dir(tmp_path / "coll") / "shards").iterdir()) == shards
+    assert _contents(tmp_path / "coll") == before
+
+
+def test_incremental_update_embeds_only_new_items(fake_model, corpus, config, tmp_path):
+    embed_corpus(fake_model, corpus, tmp_path / "coll", config)
+    rows = write_corpus(tmp_path / "images", 5, start=20)
+    with corpus.open("a") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+    summary = embed_corpus(fake_model, corpus, tmp_path / "coll", config)
+    assert summary.embedded == 10 and summary.already_done == 40
+    embed_corpus(fake_model, corpus, tmp_path / "fresh", config)
+    assert _contents(tmp_path / "coll") == _contents(tmp_path / "fresh")
+
+
+def test_shard_size_does_not_change_the_result(fake_model, corpus, config, tmp_path):
+    embed_corpus(fake_model, corpus, tmp_path / "small", config.replace(shard_size=3, batch_size=2))
+    embed_corpus(fake_model, corpus, tmp_path / "large", config.replace(shard_size=1000, batch_size=16))
+    assert _contents(tmp_path / "small") == _contents(tmp_path / "large")
+
+
+def test_dataloader_workers_give_the_same_result(fake_model, corpus, config, tmp_path):
+    embed_corpus(fake_model, corpus, tmp_path / "main", config.replace(num_workers=0))
+    embed_corpus(fake_model, corpus, tmp_path / "workers", config.replace(num_workers=2))
+    assert _contents(tmp_path / "main") == _contents(tmp_path / "workers")
+
+
+def test_broken_inputs_are_skipped_counted_and_listed(fake_model, corpus, config, tmp_path):
+    rows = [json.loads(line) for line in corpus.read_text().splitlines()]
+    Path(rows[0]["image"]).write_bytes(b"not a png at all")  # corrupt
+    Path(rows[1]["image"]).write_bytes(Path(rows[2]["image"]).read_bytes()[:40])  # truncated
+    Path(rows[3]["image"]).unlink()  # missing
+    rows[4]["caption"] = "   "  # empty caption
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = embed_corpus(fake_model, corpus, tmp_path / "coll", config)
+    assert summary.skipped_total >= 3
+    assert summary.embedded + summary.skipped_total >= 36
+    errors = [json.loads(line) for line in summary.errors_path.read_text().splitlines()]
+    assert len(errors) == summary.skipped_total
+    mentioned = " ".join(json.dumps(e) for e in errors)
+    broken = [rows[0]["image"], rows[1]["image"], rows[3]["image"]]
+    for path in broken:
+        assert Path(path).name in mentioned
+    with Collection.open(tmp_path / "coll", read_only=True) as coll:
+        paths = {m["path"] for m in coll.get(coll.ids()) if m["modality"] == "image"}
+    assert not set(broken) & paths
+    again = embed_corpus(fake_model, corpus, tmp_path / "coll", config)
+    assert again.embedded == 0  # broken items are not retried until they change
+    assert len(again.errors_path.read_text().splitlines()) == len(errors)
+
+
+def test_collection_of_another_model_is_refused(fake_model, corpus, config, tmp_path):
+    embed_corpus(fake_model, corpus, tmp_path / "coll", config)
+    other = KeywordEncoder(salt="-other")
+    with pytest.raises(ValueError, match=r"keyword-onehot-17-other") as info:
+        embed_corpus(other, corpus, tmp_path / "coll", config)
+    assert fake_model.fingerprint() in str(info.value)
+
+
+def test_npy_export_in_clip_retrieval_layout(fake_model, corpus, config, tmp_path):
+    out = tmp_path / "export"
+    embed_corpus(fake_model, corpus, tmp_path / "coll", config.replace(npy_export=str(out)))
+    img = sorted((out / "img_emb").glob("img_emb_*.npy"), key=lambda p: int(p.stem.split("_")[-1]))
+    txt = sorted((out / "text_emb").glob("text_emb_*.npy"), key=lambda p: int(p.stem.split("_")[-1]))
+    assert img[0].name == "img_emb_0.npy" and txt[0].name == "text_emb_0.npy"
+    image_vectors = np.concatenate([np.load(p) for p in img])
+    assert image_vectors.shape == (20, fake_model.embed_dim) and image_vectors.dtype == np.float32
+    assert sum(len(np.load(p)) for p in txt) == 20
+    for i, path in enumerate(img):
+        table = pq.read_table(out / "metadata" / f"metadata_{i}.parquet")
+        assert table.num_rows == len(np.load(path))
+        assert {"image_path", "caption"} <= set(table.column_names)
+
+
+def test_model_dir_is_recorded(fake_model, corpus, config, tmp_path):
+    assert recorded_model_dir(tmp_path / "coll") is None
+    embed_corpus(fake_model, corpus, tmp_path / "coll", config, model_dir=tmp_path / "model")
+    assert recorded_model_dir(tmp_path / "coll") == (tmp_path / "model").resolve()
+
+
+def test_interrupted_ingest_is_recovered(fake_model, corpus, config, tmp_path, monkeypatch):
+    """A crash after shards are committed but before the collection is saved loses nothing."""
+    calls = {"n": 0}
+    original = Collection.save
+
+    def failing_save(self):
+        calls["n"] += 1
+        if calls["n"] > 1:  # let the empty collection be created, fail when vectors are added
+            raise KeyboardInterrupt
+        original(self)
+
+    monkeypatch.setattr(Collection, "save", failing_save)
+    with pytest.raises(KeyboardInterrupt):
+        embed_corpus(fake_model, corpus, tmp_path / "coll", config)
+    monkeypatch.setattr(Collection, "save", original)
+    summary = embed_corpus(fake_model, corpus, tmp_path / "coll", config)
+    assert summary.embedded == 0 and summary.collection_size == 40
+    embed_corpus(fake_model, corpus, tmp_path / "fresh", config)
+    assert _contents(tmp_path / "coll") == _contents(tmp_path / "fresh")
+
+
+def test_config_round_trip_and_validation():
+    config = EmbedConfig(modality="texts", engine="ray", num_actors=3)
+    assert EmbedConfig.from_json(config.to_json()) == config
+    with pytest.raises(ValueError, match="modality"):
+        EmbedConfig(modality="audio")
+    with pytest.raises(ValueError, match="engine"):
+        EmbedConfig(engine="spark")
+    with pytest.raises(ValueError, match="batch_size"):
+        EmbedConfig(batch_size=0)
+
+
+def test_source_of_wrong_type_is_a_clear_error(fake_model, config, tmp_path):
+    with pytest.raises(TypeError, match="source"):
+        embed_corpus(fake_model, 42, tmp_path / "coll", config)
