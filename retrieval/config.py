@@ -203,3 +203,19 @@ class EmbedConfig(ConfigBase):
                 raise ValueError(f"EmbedConfig.{name} must be >= 1; received {getattr(self, name)!r}")
         if self.num_workers < 0:
             raise ValueError(f"EmbedConfig.num_workers must be >= 0; received {self.num_workers!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig(ConfigBase):
+    """Settings of :func:`retrieval.evaluate.evaluate_model` beyond the cutoffs and the batch size."""
+
+    chunk_size: int = 4096  # queries and candidates per block of scores (memory ~ chunk_size^2 floats)
+    top_n: int = 10  # best hits kept per query for the per-query CSV and the sample grids
+    n_samples: int = 8  # queries drawn (seeded) for each sample grid of the report
+    zero_shot_label_column: str | None = None  # pair metadata field with a class name: adds zero-shot accuracy
+    templates: tuple[str, ...] = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.", "{}")  # prompts
+    key_field: str = "image_id"  # collection metadata field that names an item's image (index evaluation)
+    refine: int | None = None  # with a collection: exact re-scoring of refine * k index candidates
+    device: str | None = None  # "cpu" | "cuda" | None: cuda when available, else cpu
+    progress: bool = False  # progress bars while encoding
+    seed: int = 0  # which queries the sample grids show

@@ -1,7 +1,18 @@
-"""Measuring retrieval: metrics on score matrices and embeddings, evaluation of models, reports."""
+"""Measuring retrieval: metrics on score matrices and embeddings, model evaluation, index cost, reports.
+
+* :mod:`~retrieval.evaluate.metrics` -- pure metric functions (R@K, true recall, MRR, mAP@K,
+  nDCG@K, ranks; definitions and the tie policy in its docstring).
+* :mod:`~retrieval.evaluate.zeroshot` -- zero-shot classification with prompt templates.
+* :mod:`~retrieval.evaluate.index_eval` -- exact search vs a collection's ANN index.
+* :mod:`~retrieval.evaluate.evaluator` -- :func:`evaluate_model` on a pair set.
+* :mod:`~retrieval.evaluate.report` -- the report directory (JSON, Markdown, plots, CSV).
+"""
 
 from __future__ import annotations
 
+from retrieval.config import EvalConfig
+from retrieval.evaluate.evaluator import EvalResult, evaluate_model
+from retrieval.evaluate.index_eval import IndexComparison, compare_index
 from retrieval.evaluate.metrics import (
     Ranking,
     ranking_metrics,
@@ -10,12 +21,31 @@ from retrieval.evaluate.metrics import (
     retrieval_rankings,
     retrieval_rankings_from_embeddings,
 )
+from retrieval.evaluate.report import write_report
+from retrieval.evaluate.zeroshot import (
+    DEFAULT_TEMPLATES,
+    ZeroShotResult,
+    class_embeddings,
+    zero_shot_classify,
+    zero_shot_from_labels,
+)
 
 __all__ = [
+    "DEFAULT_TEMPLATES",
+    "EvalConfig",
+    "EvalResult",
+    "IndexComparison",
     "Ranking",
+    "ZeroShotResult",
+    "class_embeddings",
+    "compare_index",
+    "evaluate_model",
     "ranking_metrics",
     "retrieval_metrics",
     "retrieval_metrics_from_embeddings",
     "retrieval_rankings",
     "retrieval_rankings_from_embeddings",
+    "write_report",
+    "zero_shot_classify",
+    "zero_shot_from_labels",
 ]

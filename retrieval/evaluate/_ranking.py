@@ -86,10 +86,12 @@ def rank_pairs(
     device = g.device
     n_texts = g.shape[0]
     texts = torch.arange(n_texts, device=device)
+    matched = g >= 0  # a negative entry: the text's image is not among the images (used internally)
     if queries_are_texts:  # t2i: query t, relevant candidate g[t]
-        pair_q, pair_c = texts, g
+        pair_q, pair_c = texts[matched], g[matched]
     else:  # i2t: query g[t], relevant candidate t
         order = torch.sort(g, stable=True).indices
+        order = order[matched[order]]
         pair_q, pair_c = g[order], texts[order]
     ptr = torch.zeros(n_queries + 1, dtype=torch.int64, device=device)
     ptr[1:] = torch.cumsum(torch.bincount(pair_q, minlength=n_queries), 0)

@@ -191,25 +191,37 @@ def retrieval_rankings_from_embeddings(
         )
     _check_sizes(te.shape[0], ie.shape[0])
     chunk_size = _check_chunk(chunk_size)
-    dev = (
-        torch.device(device)
-        if device is not None
-        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    )
+    dev = resolve_device(device)
     dtype = torch.promote_types(te.dtype, ie.dtype)
     te, ie = te.to(dev, dtype), ie.to(dev, dtype)
     g = _check_targets(text_to_image, te.shape[0], ie.shape[0], dev)
+    t2i = embedding_ranking(te, ie, g, True, chunk_size, top_n)
+    i2t = embedding_ranking(te, ie, g, False, chunk_size, top_n)
+    return t2i, i2t
 
-    def t2i_block(qs: slice, cs: torch.Tensor | slice) -> torch.Tensor:
-        return te[qs] @ ie[cs].T  # [b, c]
 
-    def i2t_block(qs: slice, cs: torch.Tensor | slice) -> torch.Tensor:
-        return ie[qs] @ te[cs].T  # [b, c]
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as given, else CUDA when available, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def embedding_ranking(
+    te: torch.Tensor, ie: torch.Tensor, g: torch.Tensor, text_queries: bool, chunk_size: int, top_n: int = 0
+) -> Ranking:
+    """One direction's :class:`Ranking` from checked tensors on one device.
+
+    ``g[t] < 0`` marks a text whose image is not among ``ie`` (internal use: such a
+    text has no relevant image, and is relevant to no image).
+    """
+    queries, candidates = (te, ie) if text_queries else (ie, te)
+
+    def block(qs: slice, cs: torch.Tensor | slice) -> torch.Tensor:
+        return queries[qs] @ candidates[cs].T  # [b, c]
 
     with torch.inference_mode():
-        t2i = rank_pairs(t2i_block, te.shape[0], ie.shape[0], g, True, chunk_size, top_n=top_n)
-        i2t = rank_pairs(i2t_block, ie.shape[0], te.shape[0], g, False, chunk_size, top_n=top_n)
-    return t2i, i2t
+        return rank_pairs(block, len(queries), len(candidates), g, text_queries, chunk_size, top_n=top_n)
 
 
 def ranking_metrics(

@@ -109,9 +109,9 @@ def test_chunked_equals_dense_exact_ties(chunk_size):
 @pytest.mark.parametrize("chunk_size", [5, 32, 1000])
 def test_chunked_equals_dense_random_unit_vectors(chunk_size):
     gen = torch.Generator().manual_seed(chunk_size)
-    text = torch.nn.functional.normalize(torch.randn(300, 16, generator=gen), dim=1)
-    image = torch.nn.functional.normalize(torch.randn(120, 16, generator=gen), dim=1)
-    g = torch.randint(0, 120, (300,), generator=gen)
+    text = torch.nn.functional.normalize(torch.randn(150, 16, generator=gen), dim=1)
+    image = torch.nn.functional.normalize(torch.randn(60, 16, generator=gen), dim=1)
+    g = torch.randint(0, 60, (150,), generator=gen)
     text = torch.nn.functional.normalize(text + 0.8 * image[g], dim=1)  # make retrieval non-trivial
     dense = retrieval_metrics(text @ image.T, g)
     chunked = retrieval_metrics_from_embeddings(text.numpy(), image, g.numpy(), chunk_size=chunk_size)

@@ -1,0 +1,231 @@
+"""What an approximate index costs in recall: the same queries, exact vs through ``Collection.search``.
+
+The candidates are the collection's items: its image items for text-to-image, its
+text items for image-to-text (told apart by the ``modality`` metadata field when
+the collection has one; otherwise every item is an image). An item is matched to
+an evaluated image by a metadata field (``image_id`` by default, as written by
+``retrieval embed``); items that match nothing are distractors.
+
+* exact: the queries are scored against every candidate's stored vector
+  (``Collection.vectors``), ranked with :mod:`retrieval.evaluate.metrics`.
+* index: ``Collection.search(queries, k=max(ks))``; a relevant item's rank is its
+  position in the returned list, with the same pessimistic tie policy
+  (returned non-relevant items with an equal score count against it). Items not
+  returned rank beyond ``max(ks)``, so only the ``@K`` metrics are reported.
+
+When an image appears several times among the candidates, its first item is the
+relevant one and the others are distractors, in both measurements.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from retrieval.evaluate._ranking import Ranking
+from retrieval.evaluate.metrics import _check_ks, embedding_ranking, ranking_metrics
+
+__all__ = ["IndexComparison", "compare_index"]
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexComparison:
+    """Exact and index-based metrics over the same candidates.
+
+    Attributes:
+        index_spec: the collection's index description (``Collection.index_spec``).
+        exact: metrics of exact search (all keys, e.g. ``t2i/R@10``, ``t2i/MRR``).
+        index: ``@K`` metrics through ``Collection.search`` (e.g. ``t2i/R@10``).
+        n_image_items: image candidates in the collection.
+        n_text_items: text candidates in the collection (0: no i2t comparison).
+        missing_images: evaluated images with no item in the collection (their texts are left out of t2i).
+        refine: the ``refine`` factor passed to ``Collection.search``.
+    """
+
+    index_spec: str
+    exact: dict[str, float]
+    index: dict[str, float]
+    n_image_items: int
+    n_text_items: int
+    missing_images: int
+    refine: int | None = None
+
+    def rows(self) -> list[tuple[str, float, float]]:
+        """``(metric, exact, via index)`` for every metric measured both ways."""
+        return [(key, self.exact[key], value) for key, value in self.index.items() if key in self.exact]
+
+    def markdown(self) -> str:
+        """A Markdown table: metric, exact, via the index, difference."""
+        via = f"via {self.index_spec}" + (f" (refine {self.refine})" if self.refine else "")
+        lines = [f"| metric | exact | {via} | difference |", "|---|---:|---:|---:|"]
+        for key, exact, approx in self.rows():
+            lines.append(f"| {key} | {exact:.4f} | {approx:.4f} | {approx - exact:+.4f} |")
+        return "\n".join(lines)
+
+
+def _item_targets(metadata: list[dict[str, Any]], image_index: dict[str, int], key_field: str) -> np.ndarray:
+    """``[n_items]`` evaluated-image index of each item, ``-1`` when it matches none."""
+    out = np.full(len(metadata), -1, dtype=np.int64)
+    for j, meta in enumerate(metadata):
+        key = meta.get(key_field)
+        if key is not None:
+            out[j] = image_index.get(str(key), -1)
+    return out
+
+
+def _first_item_per_image(targets: np.ndarray, n_images: int) -> np.ndarray:
+    """``[n_images]`` position of the first item of each image, ``-1`` when it has none."""
+    first = np.full(n_images, -1, dtype=np.int64)
+    matched = np.nonzero(targets >= 0)[0]
+    # reversed assignment: the earliest position wins
+    first[targets[matched[::-1]]] = matched[::-1]
+    return first
+
+
+def _ranking_from_hits(
+    hit_ids: np.ndarray, hit_scores: np.ndarray, relevant_items: list[np.ndarray], n_candidates: int
+) -> Ranking:
+    """A :class:`Ranking` from search results ``[n, k]``; ``relevant_items[q]`` are query ``q``'s relevant ids.
+
+    Relevant items missing from the results get ranks past ``n_candidates`` (never within any K).
+    """
+    qs, cs, rs = [], [], []
+    for q, (ids, scores, rel) in enumerate(zip(hit_ids, hit_scores, relevant_items)):
+        if len(rel) == 0:
+            continue
+        valid = ids >= 0
+        order = np.argsort(-np.where(valid, scores, -np.inf), kind="stable")
+        ids, scores, valid = ids[order], scores[order], valid[order]
+        is_rel = valid & np.isin(ids, rel)
+        nonrel_scores = scores[valid & ~is_rel]
+        found = ids[is_rel]
+        # pessimistic: j-th relevant hit + non-relevant hits scoring at least as high
+        ranks = np.arange(1, len(found) + 1) + (nonrel_scores[None, :] >= scores[is_rel][:, None]).sum(1)
+        missing = np.setdiff1d(rel, found)
+        qs.append(np.full(len(rel), q, dtype=np.int64))
+        cs.append(np.concatenate([found, missing]).astype(np.int64))
+        rs.append(np.concatenate([ranks, n_candidates + 1 + np.arange(len(missing))]).astype(np.int64))
+    cat = (lambda parts: np.concatenate(parts)) if qs else (lambda parts: np.zeros(0, dtype=np.int64))
+    return Ranking(len(hit_ids), n_candidates, cat(qs), cat(cs), cat(rs))
+
+
+def _search(collection: Any, queries: np.ndarray, k: int, where: dict[str, Any] | None, refine: int | None):
+    kwargs: dict[str, Any] = {"where": where}
+    if refine:
+        kwargs["refine"] = refine
+    scores, ids = collection.search(queries, k, **kwargs)
+    return np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float32)
+
+
+def _at_k(metrics: dict[str, float]) -> dict[str, float]:
+    return {key: value for key, value in metrics.items() if "@" in key}
+
+
+def compare_index(
+    collection: Any,
+    text_emb: Any,
+    image_emb: Any,
+    image_keys: Sequence[str],
+    text_to_image: Any,
+    ks: Sequence[int] = (1, 5, 10),
+    *,
+    key_field: str = "image_id",
+    refine: int | None = None,
+    chunk_size: int = 4096,
+) -> IndexComparison:
+    """Retrieval metrics of exact search and of the collection's index, side by side.
+
+    Args:
+        collection: an open ``indexes.Collection`` holding vectors of the evaluated
+            images (and, for image-to-text, texts), made by the same model.
+        text_emb: ``[T, D]`` query embeddings of the evaluated texts.
+        image_emb: ``[I, D]`` query embeddings of the evaluated images.
+        image_keys: ``I`` keys of the evaluated images (``PairSet.image_ids()``),
+            matched against each item's ``key_field`` metadata.
+        text_to_image: ``[T]`` image index of each text.
+        ks: cutoffs; the index is searched with ``k = max(ks)``.
+        key_field: metadata field of the collection's items naming their image.
+        refine: passed to ``Collection.search`` (exact re-scoring of ``refine * k`` candidates).
+        chunk_size: block size of the exact scoring.
+    """
+    ks = _check_ks(ks)
+    k_max = max(ks)
+    te = torch.as_tensor(np.asarray(text_emb, dtype=np.float32))  # [T, D]
+    ie = torch.as_tensor(np.asarray(image_emb, dtype=np.float32))  # [I, D]
+    g = np.asarray(text_to_image, dtype=np.int64)  # [T]
+    if te.ndim != 2 or ie.ndim != 2 or te.shape[1] != ie.shape[1]:
+        raise ValueError(
+            f"text_emb {tuple(te.shape)} and image_emb {tuple(ie.shape)} must be [n, D] with one D"
+        )
+    if te.shape[1] != collection.dim:
+        raise ValueError(
+            f"embeddings have dim {te.shape[1]} but collection {collection.path} has dim {collection.dim}: "
+            "evaluate with the model that built the collection"
+        )
+    if len(image_keys) != ie.shape[0] or g.shape != (te.shape[0],):
+        raise ValueError(
+            f"expected {ie.shape[0]} image keys and {te.shape[0]} text_to_image entries, "
+            f"received {len(image_keys)} and {g.shape[0] if g.ndim else g.shape}"
+        )
+    n_images = ie.shape[0]
+    image_index = {str(key): i for i, key in enumerate(image_keys)}
+    ids = np.asarray(collection.ids(), dtype=np.int64)
+    metadata = collection.get(ids)
+    has_modality = "modality" in collection.fields()
+    modality = np.array([m.get("modality", "image") if has_modality else "image" for m in metadata])
+    image_ids, text_ids = ids[modality == "image"], ids[modality == "text"]
+    if len(image_ids) == 0:
+        raise ValueError(
+            f"collection {collection.path} holds no image items (metadata 'modality' == 'image'): "
+            "embed the images of the evaluation set into it"
+        )
+    image_meta = [m for m, mod in zip(metadata, modality) if mod == "image"]
+    image_targets = _item_targets(image_meta, image_index, key_field)  # [Ni]
+    first_item = _first_item_per_image(image_targets, n_images)  # [I]
+    missing_images = int((first_item < 0).sum())
+    if missing_images == n_images:
+        raise ValueError(
+            f"none of the {n_images} evaluated images is in collection {collection.path} "
+            f"(matched on metadata field {key_field!r}): embed this evaluation set into it"
+        )
+    g_items = first_item[g]  # [T] candidate position of each text's image, -1 when missing
+
+    exact: dict[str, float] = {}
+    index: dict[str, float] = {}
+    where_image = {"modality": "image"} if has_modality else None
+    # text -> image
+    cand = torch.as_tensor(np.asarray(collection.vectors(image_ids), dtype=np.float32))  # [Ni, D]
+    t2i_exact = embedding_ranking(te, cand, torch.as_tensor(g_items), True, chunk_size)
+    exact.update(ranking_metrics(t2i_exact, ks, "t2i/"))
+    hit_ids, hit_scores = _search(collection, te.numpy(), k_max, where_image, refine)
+    relevant = [image_ids[[j]] if j >= 0 else image_ids[:0] for j in g_items]
+    index.update(
+        _at_k(ranking_metrics(_ranking_from_hits(hit_ids, hit_scores, relevant, len(image_ids)), ks, "t2i/"))
+    )
+    # image -> text
+    if len(text_ids):
+        text_meta = [m for m, mod in zip(metadata, modality) if mod == "text"]
+        text_targets = _item_targets(text_meta, image_index, key_field)  # [Nt] image of each text item
+        if (text_targets >= 0).any():
+            tcand = torch.as_tensor(np.asarray(collection.vectors(text_ids), dtype=np.float32))  # [Nt, D]
+            i2t_exact = embedding_ranking(tcand, ie, torch.as_tensor(text_targets), False, chunk_size)
+            exact.update(ranking_metrics(i2t_exact, ks, "i2t/", true_recall=True))
+            hit_ids, hit_scores = _search(collection, ie.numpy(), k_max, {"modality": "text"}, refine)
+            order = np.argsort(text_targets, kind="stable")
+            bounds = np.searchsorted(text_targets[order], np.arange(n_images + 1))
+            relevant = [text_ids[order[bounds[i] : bounds[i + 1]]] for i in range(n_images)]
+            ranking = _ranking_from_hits(hit_ids, hit_scores, relevant, len(text_ids))
+            index.update(_at_k(ranking_metrics(ranking, ks, "i2t/", true_recall=True)))
+    return IndexComparison(
+        index_spec=str(getattr(collection, "index_spec", "index")),
+        exact=exact,
+        index=index,
+        n_image_items=len(image_ids),
+        n_text_items=len(text_ids),
+        missing_images=missing_images,
+        refine=refine,
+    )

@@ -1,0 +1,127 @@
+"""evaluate_model, zero-shot classification and the report directory, with a fake keyword encoder."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from eval_fakes import OBJECTS, KeywordEncoder, make_pairs
+from PIL import Image
+
+from retrieval.config import EvalConfig
+from retrieval.data import PairSet
+from retrieval.evaluate import (
+    DEFAULT_TEMPLATES,
+    evaluate_model,
+    retrieval_metrics,
+    zero_shot_classify,
+)
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    return make_pairs(tmp_path_factory.mktemp("images"))
+
+
+def test_metrics_equal_the_pure_function(pairs):
+    model = KeywordEncoder()
+    result = evaluate_model(model, pairs, ks=(1, 5), batch_size=4)
+    text = model.encode_texts(pairs.captions())
+    image = model.encode_images(pairs.images())
+    assert result.metrics == pytest.approx(
+        retrieval_metrics(text @ image.T, pairs.text_to_image(), ks=(1, 5)), abs=1e-12
+    )
+    assert result.metrics["t2i/n_queries"] == len(pairs)
+    assert 0 < result.metrics["t2i/R@1"] < 1  # "the car" is ambiguous, "a red car" is not
+    assert result.report_dir is None
+    assert result.t2i.top_ids.shape == (len(pairs), 10)
+
+
+def test_report_files_are_valid(pairs, tmp_path):
+    config = EvalConfig(zero_shot_label_column="object", n_samples=4, top_n=3)
+    result = evaluate_model(KeywordEncoder(), pairs, ks=(1, 5), report_dir=tmp_path / "report", config=config)
+    out = tmp_path / "report"
+    assert result.report_dir == out
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["metrics"]["t2i/R@1"] == pytest.approx(result.metrics["t2i/R@1"])
+    assert summary["zero_shot"]["classes"] == sorted(OBJECTS)
+    for name in (
+        "recall_at_k.png",
+        "rank_histogram.png",
+        "samples_t2i.png",
+        "samples_i2t.png",
+        "zero_shot_confusion.png",
+    ):
+        with Image.open(out / name) as im:
+            im.verify()
+    with Image.open(out / "samples_t2i.png") as im:
+        assert im.height >= 4 * 96  # one row per sample query
+    with open(out / "queries_t2i.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(pairs)
+    assert [int(r["rank"]) for r in rows] == result.t2i.first_rank.tolist()
+    assert rows[0]["ground_truth_image"] == pairs.images()[0]
+    with open(out / "queries_i2t.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == len(pairs.images())
+    md = (out / "report.md").read_text()
+    assert "| 5 |" in md and "Zero-shot" in md and "recall_at_k.png" in md
+    assert not list(out.glob("*.tmp"))
+
+
+def test_zero_shot_on_keyword_images(pairs):
+    result = evaluate_model(KeywordEncoder(), pairs, config=EvalConfig(zero_shot_label_column="object"))
+    zs = result.zero_shot
+    assert zs.accuracy["top1"] == 1.0  # image names contain the object word
+    assert result.metrics["zeroshot/top1"] == 1.0
+    assert zs.confusion.sum() == len(pairs.images())
+    assert np.trace(zs.confusion) == len(pairs.images())
+
+
+def test_zero_shot_unknown_column_names_the_available_fields(pairs):
+    with pytest.raises(ValueError, match=r"'colour'.*\['n', 'object'\]"):
+        evaluate_model(KeywordEncoder(), pairs, config=EvalConfig(zero_shot_label_column="colour"))
+
+
+def test_zero_shot_classify_ties_and_errors():
+    r = zero_shot_classify(np.ones((2, 2)), np.eye(2), [0, 1], ["a", "b"], ks=(1, 2))
+    assert r.accuracy == {"top1": 0.0, "top2": 1.0}  # ties count against
+    assert r.per_class_accuracy == {"a": 0.0, "b": 0.0}
+    with pytest.raises(ValueError, match="class indices"):
+        zero_shot_classify(np.ones((2, 2)), np.eye(2), [0, 2], ["a", "b"])
+    with pytest.raises(ValueError, match="same D"):
+        zero_shot_classify(np.ones((2, 3)), np.eye(2), [0, 1], ["a", "b"])
+
+
+def test_templates_must_have_a_slot(pairs):
+    with pytest.raises(ValueError, match="must contain"):
+        evaluate_model(
+            KeywordEncoder(),
+            pairs,
+            config=EvalConfig(zero_shot_label_column="object", templates=("a photo",)),
+        )
+    assert EvalConfig().templates == DEFAULT_TEMPLATES
+
+
+def test_broken_images_are_skipped_and_listed(tmp_path):
+    pairs = make_pairs(tmp_path / "img", broken=True)
+    result = evaluate_model(KeywordEncoder(), pairs, batch_size=5, report_dir=tmp_path / "r")
+    assert len(result.images) == len(pairs.images()) - 1
+    assert len(result.captions) == len(pairs) - 1
+    reasons = dict(result.skipped)
+    assert any("broken" in where for where in reasons)
+    summary = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert summary["n_skipped"] == len(result.skipped) == 2  # the image and its caption
+    clean = evaluate_model(KeywordEncoder(), PairSet([p for p in pairs if p.image_id != "broken"]))
+    assert result.metrics == clean.metrics
+
+
+def test_empty_pairs_is_a_clear_error():
+    with pytest.raises(ValueError, match="empty"):
+        evaluate_model(KeywordEncoder(), PairSet([]))
+
+
+def test_config_round_trips():
+    config = EvalConfig(zero_shot_label_column="label", refine=4, templates=("{}",))
+    assert EvalConfig.from_json(config.to_json()) == config
