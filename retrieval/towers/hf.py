@@ -94,6 +94,7 @@ def _head_modules(backbone: nn.Module, blocks_name: str, projection: nn.Module |
         if name
         and name.split(".")[-1] in _HEAD_NAMES
         and name.count(".") <= 1
+        and "embed" not in name
         and not name.startswith(blocks_name)
     ]
     return heads + ([projection] if projection is not None else [])
