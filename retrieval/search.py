@@ -139,7 +139,7 @@ class Searcher:
     ) -> list[Hit]:
         """Hits for one raw query vector [D] (normalised here); ``modality`` "image" / "text" / None (all)."""
         array = np.asarray(vector)
-        if array.ndim != 1:
+        if array.ndim != 1 or array.shape[0] != self.collection.dim:
             raise ValueError(
                 f"search_vector takes one vector of shape [{self.collection.dim}]; received shape {array.shape}"
             )

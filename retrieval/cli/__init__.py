@@ -16,6 +16,8 @@ from collections.abc import Sequence
 # name -> module in this package that registers it; kept explicit (no discovery).
 COMMANDS: dict[str, str] = {
     "info": "retrieval.cli.info",
+    "embed": "retrieval.cli.embed",
+    "search": "retrieval.cli.search",
 }
 
 

@@ -1,0 +1,70 @@
+"""A run killed with SIGKILL mid-way is finished by the next run, with the same result."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+from fake_model import KeywordEncoder
+
+from indexes import Collection
+from retrieval.embed import embed_corpus, state_dir
+
+SCRIPT = """
+import sys
+sys.path.insert(0, {fake_dir!r})
+from fake_model import KeywordEncoder
+from retrieval.config import EmbedConfig
+from retrieval.embed import embed_corpus
+
+config = EmbedConfig(batch_size=2, num_workers=0, shard_size=4, progress=False, index="Flat")
+embed_corpus(KeywordEncoder(delay=0.1), {manifest!r}, {out!r}, config)
+"""
+
+
+def _contents(path: Path) -> list[tuple[str, str, tuple[float, ...]]]:
+    with Collection.open(path, read_only=True) as coll:
+        ids = coll.ids()
+        rows = zip(coll.get(ids), coll.vectors(ids))
+        return sorted(
+            (m["modality"], m["path"] if m["modality"] == "image" else m["caption"], tuple(np.round(v, 5)))
+            for m, v in rows
+        )
+
+
+def test_kill_9_then_rerun_equals_an_uninterrupted_run(corpus, config, tmp_path):
+    out = tmp_path / "coll"
+    script = tmp_path / "run.py"
+    fake_dir = str(Path(__file__).resolve().parent)
+    script.write_text(textwrap.dedent(SCRIPT.format(fake_dir=fake_dir, manifest=str(corpus), out=str(out))))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    shards = state_dir(out) / "shards"
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if shards.is_dir() and len(list(shards.glob("*.npz"))) >= 3:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, f"the run ended before it could be killed: {proc.stdout.read().decode()}"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    done_before = len(list(shards.glob("*.npz")))
+    assert 3 <= done_before < 10  # 40 items in shards of 4: interrupted mid-way
+
+    resumed = embed_corpus(KeywordEncoder(), corpus, out, config)
+    assert resumed.already_done >= 12 and resumed.embedded == 40 - resumed.already_done
+    again = embed_corpus(KeywordEncoder(), corpus, out, config)
+    assert again.embedded == 0 and again.collection_size == 0
+
+    embed_corpus(KeywordEncoder(), corpus, tmp_path / "uninterrupted", config)
+    assert _contents(out) == _contents(tmp_path / "uninterrupted")
+    with Collection.open(out, read_only=True) as coll:
+        assert len(coll) == 40
