@@ -1,0 +1,217 @@
+"""FAISS indexes behind one small interface: build from a factory string, train, add, search, save, load.
+
+Every index built here answers with the collection's own int64 ids: IVF indexes store
+ids natively, every other kind is wrapped in ``IndexIDMap2``. Scores follow one
+convention, *higher is better*: inner products for ``metric="ip"`` and negated squared
+L2 distances for ``metric="l2"``.
+
+Kinds (what the wrapped index is, found by unwrapping pre-transforms and id maps):
+
+========  =======================  ============  ==============  ===================
+kind      example specs            training      remove_ids      ID selectors
+========  =======================  ============  ==============  ===================
+flat      ``Flat``                 no            yes             yes (not used)
+hnsw      ``HNSW32``               no            **no**          yes
+ivf       ``IVF1024,Flat``,        yes           yes             yes
+          ``IVF4096,PQ32x8``,
+          ``OPQ32,IVF1024,PQ32``
+codes     ``PQ32``, ``SQ8``, ...   maybe         yes             no
+========  =======================  ============  ==============  ===================
+
+HNSW graphs cannot delete nodes; the collection masks removed ids with a selector
+(tombstones) until the index is rebuilt from the raw vector store.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+__all__ = [
+    "METRICS",
+    "IndexInfo",
+    "build_index",
+    "describe",
+    "has_codes",
+    "index_ids_search",
+    "min_train_size",
+    "read_index",
+    "search_params",
+    "set_params",
+    "train_index",
+    "write_index",
+]
+
+METRICS: dict[str, int] = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
+
+# faiss's own k-means advice: at least 39 training points per centroid.
+POINTS_PER_CENTROID = 39
+# upper bound on the training sample: faiss subsamples k-means input to 256 points per centroid anyway.
+MAX_POINTS_PER_CENTROID = 256
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """What kind of index a factory string builds."""
+
+    kind: str  # "flat" | "hnsw" | "ivf" | "codes"
+    nlist: int  # IVF lists (0 when not IVF)
+    needs_training: bool  # the untrained index cannot take vectors yet
+    supports_remove: bool  # index.remove_ids works
+    supports_selector: bool  # search accepts SearchParameters(sel=...)
+
+
+def _unwrap(index: faiss.Index) -> faiss.Index:
+    index = faiss.downcast_index(index)
+    while True:
+        if isinstance(index, (faiss.IndexPreTransform, faiss.IndexIDMap2, faiss.IndexIDMap)):
+            index = faiss.downcast_index(index.index)
+        else:
+            return index
+
+
+def describe(index: faiss.Index) -> IndexInfo:
+    """Classify an index (see the module table)."""
+    inner = _unwrap(index)
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        return IndexInfo("ivf", int(ivf.nlist), True, True, True)
+    if isinstance(inner, faiss.IndexHNSW):
+        return IndexInfo("hnsw", 0, False, False, True)
+    if isinstance(inner, faiss.IndexFlat):
+        return IndexInfo("flat", 0, False, True, True)
+    return IndexInfo("codes", 0, True, True, False)
+
+
+_SPEC_RE = re.compile(r"^[A-Za-z0-9_,.x=\-]+$")
+
+
+def build_index(spec: str, dim: int, metric: str) -> faiss.Index:
+    """A new, empty index for factory string ``spec`` that stores the caller's int64 ids.
+
+    Raises ``ValueError`` when FAISS rejects the string or ``dim`` does not suit it.
+    """
+    if not isinstance(spec, str) or not spec.strip() or not _SPEC_RE.match(spec.strip()):
+        raise ValueError(
+            f"index spec {spec!r} is not a FAISS factory string; expected e.g. 'Flat', 'HNSW32', "
+            "'IVF1024,Flat', 'IVF4096,PQ32x8', 'OPQ32,IVF1024,PQ32' or 'auto'"
+        )
+    spec = spec.strip()
+    if metric not in METRICS:
+        raise ValueError(f"metric {metric!r} is not supported; expected one of {sorted(METRICS)}")
+    if spec.upper().startswith("IDMAP"):
+        raise ValueError(
+            f"index spec {spec!r} should not include IDMap: ids are always kept; drop the 'IDMap,' prefix"
+        )
+    try:
+        index = faiss.index_factory(int(dim), spec, METRICS[metric])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+        raise ValueError(
+            f"FAISS cannot build index spec {spec!r} for dim {dim} ({first}); check the factory string "
+            "(for PQm the dim must be divisible by m) or use index='auto'"
+        ) from exc
+    if faiss.try_extract_index_ivf(index) is None:
+        index = faiss.IndexIDMap2(index)
+    return index
+
+
+def has_codes(index: faiss.Index) -> bool:
+    """True when the index stores compressed vectors (scores are approximate: worth refining)."""
+    if isinstance(faiss.downcast_index(index), faiss.IndexPreTransform):
+        return True  # OPQ and other transforms feed compressed codes in practice
+    inner = _unwrap(index)
+    return not isinstance(inner, (faiss.IndexFlat, faiss.IndexHNSWFlat, faiss.IndexIVFFlat))
+
+
+def min_train_size(index: faiss.Index) -> int:
+    """How many vectors the collection waits for before training ``index`` (0: no training)."""
+    info = describe(index)
+    if not info.needs_training:
+        return 0
+    need = 1
+    if info.kind == "ivf":
+        need = max(need, POINTS_PER_CENTROID * info.nlist)
+    inner = _unwrap(index)
+    pq = getattr(inner, "pq", None)
+    if pq is not None:
+        need = max(need, POINTS_PER_CENTROID * (1 << int(pq.nbits)))
+    elif info.kind == "codes":
+        need = max(need, 1_000)
+    return need
+
+
+def train_index(index: faiss.Index, vectors: np.ndarray, seed: int = 0) -> int:
+    """Train on a seeded random sample of ``vectors`` [n, d]; returns the sample size used."""
+    n = vectors.shape[0]
+    info = describe(index)
+    cap = max(MAX_POINTS_PER_CENTROID * max(info.nlist, 1), 65_536)
+    if n > cap:
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False))
+        sample = np.ascontiguousarray(vectors[rows])  # [cap, d]
+    else:
+        sample = np.ascontiguousarray(vectors)  # [n, d]
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.cp.seed = seed
+    index.train(sample)
+    return int(sample.shape[0])
+
+
+def set_params(index: faiss.Index, params: dict[str, Any]) -> None:
+    """Apply ``nprobe`` / ``efSearch`` from ``params`` to ``index`` (missing keys keep defaults)."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and params.get("nprobe"):
+        ivf.nprobe = int(min(params["nprobe"], ivf.nlist))
+    inner = _unwrap(index)
+    if isinstance(inner, faiss.IndexHNSW) and params.get("efSearch"):
+        inner.hnsw.efSearch = int(params["efSearch"])
+
+
+def search_params(index: faiss.Index, selector: faiss.IDSelector | None, k: int) -> faiss.SearchParameters | None:
+    """SearchParameters carrying ``selector`` plus the index's current nprobe / efSearch."""
+    if selector is None:
+        return None
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        return faiss.SearchParametersIVF(sel=selector, nprobe=int(ivf.nprobe))
+    inner = _unwrap(index)
+    if isinstance(inner, faiss.IndexHNSW):
+        return faiss.SearchParametersHNSW(sel=selector, efSearch=max(int(inner.hnsw.efSearch), k))
+    return faiss.SearchParameters(sel=selector)
+
+
+def index_ids_search(
+    index: faiss.Index, queries: np.ndarray, k: int, metric: str, params: faiss.SearchParameters | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Search ``queries`` [n, d] float32 -> (scores [n, k] float32 higher-is-better, ids [n, k] int64)."""
+    inner = _unwrap(index)
+    if isinstance(inner, faiss.IndexHNSW) and params is None and inner.hnsw.efSearch < k:
+        params = faiss.SearchParametersHNSW(efSearch=int(k))
+    scores, ids = index.search(queries, k, params=params)  # [n, k], [n, k]
+    if metric == "l2":
+        np.negative(scores, out=scores)
+    scores[ids < 0] = -np.inf
+    return scores, ids
+
+
+def write_index(index: faiss.Index, path: Path) -> None:
+    """Write ``index`` to ``path`` and fsync it."""
+    faiss.write_index(index, str(path))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_index(path: Path, mmap: bool = False) -> faiss.Index:
+    """Read an index; ``mmap=True`` maps IVF inverted lists from disk instead of loading them."""
+    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+    return faiss.read_index(str(path), flags)

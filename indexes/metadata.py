@@ -1,0 +1,316 @@
+"""SQLite metadata store: one JSON object of fields per item id, and ``where`` filters compiled to SQL.
+
+Each item is a row ``(id INTEGER PRIMARY KEY, data TEXT)`` where ``data`` is the item's
+fields as a JSON object; a second table counts how many items carry each field, so a
+filter on a field no item has is rejected by name instead of silently matching nothing.
+
+Filters (``where``) are dicts; several keys combine with AND::
+
+    {"modality": "image"}                       # equality
+    {"lang": ["en", "fr"]}                      # membership ("in")
+    {"year": {"gte": 2000, "lt": 2010}}         # ranges: gt, gte, lt, lte
+    {"lang": {"in": ["en"]}, "tag": {"ne": "x"}} # explicit operators: eq, ne, in, gt, gte, lt, lte
+
+Values are always bound as SQL parameters (never pasted into the SQL text), and field
+names travel as bound JSON paths too. Range bounds must be numbers or strings; a numeric
+range only matches numeric values and a string range only strings, so ``{"gte": 3}`` never
+matches the text ``"abc"`` through SQLite's cross-type ordering.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["FILTER_OPERATORS", "MetadataStore", "validate_metadata"]
+
+# operator name -> SQL comparison applied to json_extract(data, path)
+FILTER_OPERATORS: dict[str, str] = {
+    "eq": "=",
+    "ne": "!=",
+    "in": "IN",
+    "gt": ">",
+    "gte": ">=",
+    "lt": "<",
+    "lte": "<=",
+}
+_RANGE_OPS = ("gt", "gte", "lt", "lte")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS fields (name TEXT PRIMARY KEY, n INTEGER NOT NULL);
+"""
+
+
+def _json_path(field: str) -> str:
+    # Field names never contain '"' (validate_metadata refuses them), so quoting is safe.
+    return '$."' + field + '"'
+
+
+def validate_metadata(metadata: Sequence[dict[str, Any] | None] | None, n: int) -> list[str]:
+    """Check ``metadata`` (one dict per vector, or ``None``) and return one JSON text per item.
+
+    Raises ``ValueError`` naming the first bad item. The caller's dicts are not modified.
+    """
+    if metadata is None:
+        return ["{}"] * n
+    if isinstance(metadata, dict) or not isinstance(metadata, Sequence) or isinstance(metadata, str):
+        raise ValueError(
+            f"metadata must be a list with one dict per vector, received {type(metadata).__name__}: "
+            "wrap a single dict in a list"
+        )
+    if len(metadata) != n:
+        raise ValueError(
+            f"metadata has {len(metadata)} entries but {n} vectors were given: pass exactly one dict "
+            "(or None) per vector"
+        )
+    texts: list[str] = []
+    for i, item in enumerate(metadata):
+        if item is None:
+            texts.append("{}")
+            continue
+        if not isinstance(item, dict):
+            raise ValueError(f"metadata[{i}] must be a dict, received {type(item).__name__}")
+        for key in item:
+            if not isinstance(key, str) or not key or '"' in key:
+                raise ValueError(
+                    f"metadata[{i}] has field name {key!r}: field names must be non-empty strings "
+                    'without double quotes (")'
+                )
+        try:
+            texts.append(json.dumps(item, allow_nan=False, ensure_ascii=False, separators=(",", ":")))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"metadata[{i}] is not JSON-serialisable ({exc}): use str/int/float/bool/None, lists and dicts; "
+                "NaN and infinity are not allowed"
+            ) from exc
+    return texts
+
+
+def _check_scalar(field: str, value: Any, what: str) -> None:
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"filter on {field!r}: {what} {value!r} is not finite; use a finite number")
+        return
+    if isinstance(value, np.generic):
+        return
+    raise ValueError(
+        f"filter on {field!r}: {what} must be a str, number, bool or None, received {type(value).__name__}"
+    )
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars -> Python scalars; bools -> ints (JSON true/false read back as 1/0 in SQLite)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
+class MetadataStore:
+    """id -> fields, backed by one SQLite connection (a file, or ``":memory:"``).
+
+    Parameters
+    ----------
+    connection:
+        An open ``sqlite3.Connection``; the store owns it and closes it in :meth:`close`.
+    read_only:
+        Refuse writes (the connection should then be opened read-only as well).
+    """
+
+    def __init__(self, connection: sqlite3.Connection, read_only: bool = False) -> None:
+        self._con = connection
+        self.read_only = read_only
+        if not read_only:
+            self._con.executescript(_SCHEMA)
+        self._fields: dict[str, int] = dict(self._con.execute("SELECT name, n FROM fields").fetchall())
+
+    # ----- construction -------------------------------------------------------------------
+    @classmethod
+    def in_memory(cls) -> MetadataStore:
+        return cls(sqlite3.connect(":memory:", check_same_thread=False))
+
+    @classmethod
+    def load_copy(cls, path: Path) -> MetadataStore:
+        """A writable in-memory copy of the database file at ``path`` (the file is left untouched)."""
+        src = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
+        try:
+            dst = sqlite3.connect(":memory:", check_same_thread=False)
+            src.backup(dst)
+        finally:
+            src.close()
+        return cls(dst)
+
+    @classmethod
+    def open_read_only(cls, path: Path) -> MetadataStore:
+        """Open the committed (never again modified) file at ``path`` read-only."""
+        uri = f"file:{Path(path).resolve()}?mode=ro&immutable=1"
+        con = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        return cls(con, read_only=True)
+
+    def write_to(self, path: Path) -> None:
+        """Copy the whole database to a new file ``path`` (used by the collection's atomic save)."""
+        dst = sqlite3.connect(str(path))
+        try:
+            self._con.backup(dst)
+            dst.commit()
+        finally:
+            dst.close()
+
+    def close(self) -> None:
+        self._con.close()
+
+    # ----- contents -----------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self._con.execute("SELECT count(*) FROM items").fetchone()[0])
+
+    def fields(self) -> list[str]:
+        """Names of the fields at least one item carries, sorted."""
+        return sorted(name for name, n in self._fields.items() if n > 0)
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise ValueError("this metadata store is read-only: open the collection with read_only=False")
+
+    def insert(self, ids: np.ndarray, texts: Sequence[str]) -> None:
+        """Store ``texts[i]`` (a JSON object, see :func:`validate_metadata`) under ``ids[i]``."""
+        self._writable()
+        counts: dict[str, int] = {}
+        for text in texts:
+            if text != "{}":
+                for key in json.loads(text):
+                    counts[key] = counts.get(key, 0) + 1
+        with self._con:
+            self._con.executemany(
+                "INSERT INTO items (id, data) VALUES (?, ?)", zip((int(i) for i in ids), texts)
+            )
+            self._bump(counts, +1)
+
+    def delete(self, ids: np.ndarray) -> None:
+        self._writable()
+        counts: dict[str, int] = {}
+        for data in self._rows(ids).values():
+            for key in data:
+                counts[key] = counts.get(key, 0) + 1
+        with self._con:
+            self._con.execute(
+                "DELETE FROM items WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps([int(i) for i in ids]),),
+            )
+            self._bump(counts, -1)
+
+    def _bump(self, counts: dict[str, int], sign: int) -> None:
+        for key, n in counts.items():
+            self._fields[key] = self._fields.get(key, 0) + sign * n
+            self._con.execute(
+                "INSERT INTO fields (name, n) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET n = excluded.n",
+                (key, self._fields[key]),
+            )
+
+    def _rows(self, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        out: dict[int, dict[str, Any]] = {}
+        id_list = [int(i) for i in ids]
+        for start in range(0, len(id_list), 100_000):
+            chunk = json.dumps(id_list[start : start + 100_000])
+            cur = self._con.execute(
+                "SELECT id, data FROM items WHERE id IN (SELECT value FROM json_each(?))", (chunk,)
+            )
+            out.update((int(i), json.loads(data)) for i, data in cur)
+        return out
+
+    def get(self, ids: Iterable[int]) -> list[dict[str, Any]]:
+        """Fields of each id, in the order given; the caller has already checked the ids exist."""
+        id_list = [int(i) for i in ids]
+        rows = self._rows(id_list)
+        missing = [i for i in id_list if i not in rows]
+        assert not missing, f"metadata missing for ids {missing[:5]}"
+        return [rows[i] for i in id_list]
+
+    def all_ids(self) -> np.ndarray:
+        cur = self._con.execute("SELECT id FROM items ORDER BY id")
+        return np.fromiter((row[0] for row in cur), dtype=np.int64)
+
+    # ----- filters ------------------------------------------------------------------------
+    def compile(self, where: dict[str, Any]) -> tuple[str, list[Any]]:
+        """``where`` -> (SQL condition, parameters); raises ``ValueError`` on anything malformed."""
+        if not isinstance(where, dict):
+            raise ValueError(
+                f"where must be a dict like {{'field': value}}, received {type(where).__name__}"
+            )
+        if not where:
+            raise ValueError("where is an empty dict: pass None to search without a filter")
+        known = self.fields()
+        clauses: list[str] = []
+        params: list[Any] = []
+        for field, cond in where.items():
+            if not isinstance(field, str) or field not in known:
+                raise ValueError(
+                    f"unknown filter field {field!r}; fields present in this collection: {known}: "
+                    "check the spelling, or add items carrying that field first"
+                )
+            path = _json_path(field)
+            if isinstance(cond, dict):
+                if not cond:
+                    raise ValueError(f"filter on {field!r} has an empty operator dict; use e.g. {{'gte': 1}}")
+                ops = cond.items()
+            elif isinstance(cond, (list, tuple, set, frozenset)):
+                ops = [("in", list(cond))]
+            else:
+                ops = [("eq", cond)]
+            for op, value in ops:
+                if op not in FILTER_OPERATORS:
+                    raise ValueError(
+                        f"filter on {field!r}: unknown operator {op!r}; expected one of {sorted(FILTER_OPERATORS)}"
+                    )
+                clause, clause_params = self._clause(field, path, op, value)
+                clauses.append(clause)
+                params.extend(clause_params)
+        return " AND ".join(clauses), params
+
+    @staticmethod
+    def _clause(field: str, path: str, op: str, value: Any) -> tuple[str, list[Any]]:
+        expr = "json_extract(data, ?)"
+        if op == "in":
+            if not isinstance(value, (list, tuple, set, frozenset)):
+                raise ValueError(f"filter on {field!r}: 'in' needs a list of values, received {type(value).__name__}")
+            values = list(value)
+            if not values:
+                return "0", []  # membership in an empty list matches nothing
+            for v in values:
+                _check_scalar(field, v, "each 'in' value")
+            non_null = [_plain(v) for v in values if v is not None]
+            parts = []
+            params: list[Any] = []
+            if non_null:
+                parts.append(f"{expr} IN ({', '.join('?' * len(non_null))})")
+                params.extend([path, *non_null])
+            if len(non_null) < len(values):
+                parts.append(f"{expr} IS NULL")
+                params.append(path)
+            return "(" + " OR ".join(parts) + ")", params
+        _check_scalar(field, value, f"the {op!r} value")
+        if op in ("eq", "ne") and value is None:
+            return f"{expr} IS {'NOT ' if op == 'ne' else ''}NULL", [path]
+        if op in _RANGE_OPS:
+            if value is None or isinstance(value, (bool, np.bool_)):
+                raise ValueError(
+                    f"filter on {field!r}: range operator {op!r} needs a number or a string, received {value!r}"
+                )
+            kinds = "('text')" if isinstance(value, str) else "('integer', 'real')"
+            return (f"(json_type(data, ?) IN {kinds} AND {expr} {FILTER_OPERATORS[op]} ?)", [path, path, _plain(value)])
+        return f"{expr} {FILTER_OPERATORS[op]} ?", [path, _plain(value)]
+
+    def matching_ids(self, where: dict[str, Any]) -> np.ndarray:
+        """Sorted int64 ids of the items matching ``where``."""
+        condition, params = self.compile(where)
+        cur = self._con.execute(f"SELECT id FROM items WHERE {condition} ORDER BY id", params)
+        return np.fromiter((row[0] for row in cur), dtype=np.int64)
