@@ -153,7 +153,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(
+            exc.status_code, "http_error"
+        )
         return JSONResponse(
             _error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
         )
@@ -171,6 +173,42 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - a bug
         logger.exception("unexpected error on %s %s", request.method, request.url.path)
         return JSONResponse(_error_body("internal", "internal error; see the server log"), status_code=500)
+
+
+class ApiKeyMiddleware:
+    """Require the ``X-API-Key`` header (when a key is configured) on everything but
+    :data:`PUBLIC_PATHS`, and mark every response ``nosniff``. Plain ASGI, so errors raised while
+    a body streams in (the size limit) reach the routes' error handling unchanged."""
+
+    def __init__(self, app: Any, api_key: str | None) -> None:
+        self.app = app
+        self.key = api_key.encode() if api_key else None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.key is not None and scope["method"] != "OPTIONS" and scope["path"] not in PUBLIC_PATHS:
+            given = dict(scope.get("headers", ())).get(API_KEY_HEADER.lower().encode(), b"")
+            if not hmac.compare_digest(given, self.key):
+                response = JSONResponse(
+                    _error_body(
+                        "unauthorized", f"missing or wrong API key: send it in the {API_KEY_HEADER} header"
+                    ),
+                    status_code=401,
+                )
+                await response(scope, receive, send)
+                return
+
+        async def send_nosniff(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                if not any(name.lower() == b"x-content-type-options" for name, _ in headers):
+                    headers.append((b"x-content-type-options", b"nosniff"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_nosniff)
 
 
 def _page() -> str:
@@ -209,22 +247,7 @@ def create_app(
     app.state.service = service
     _install_error_handlers(app)
 
-    @app.middleware("http")
-    async def _check_api_key(request: Request, call_next: Callable[[Request], Any]) -> Any:
-        key = config.api_key
-        if key and request.method != "OPTIONS" and request.url.path not in PUBLIC_PATHS:
-            given = request.headers.get(API_KEY_HEADER, "")
-            if not hmac.compare_digest(given.encode(), key.encode()):
-                return JSONResponse(
-                    _error_body(
-                        "unauthorized", f"missing or wrong API key: send it in the {API_KEY_HEADER} header"
-                    ),
-                    status_code=401,
-                )
-        response = await call_next(request)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        return response
-
+    app.add_middleware(ApiKeyMiddleware, api_key=config.api_key)
     # Base64 inflates an image by 4/3; leave room for the JSON or multipart around it.
     app.add_middleware(BodyLimitMiddleware, limit=config.max_upload_bytes * 4 // 3 + 64 * 1024)
     if config.cors_origins:

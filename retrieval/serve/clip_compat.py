@@ -171,10 +171,9 @@ def clip_router(service: Service) -> APIRouter:
                 "no_model",
                 f"collection {served.name!r} is served without a model: only embedding_input works",
             )
-        runner = served.model
         if _present(text):
             return await service.work(
-                runner.encode_texts, [check_text(text, config.max_text_chars)]
+                served.encode_texts, [check_text(text, config.max_text_chars)]
             )  # [1, D]
         if _present(image):
             data = decode_base64(image, max_bytes=config.max_upload_bytes)
@@ -195,7 +194,7 @@ def clip_router(service: Service) -> APIRouter:
         picture = await service.work(
             lambda: decode_image(data, max_bytes=config.max_upload_bytes, max_pixels=config.max_image_pixels)
         )
-        return await service.work(runner.encode_images, [picture])  # [1, D]
+        return await service.work(served.encode_images, [picture])  # [1, D]
 
     @router.post(
         "/metadata",

@@ -122,21 +122,16 @@ def api_router(service: Service) -> APIRouter:
             hits=[hit_out(served, h) for h in hits],
         )
 
-    def need_model(served: ServedCollection) -> Any:
+    def need_model(served: ServedCollection) -> None:
         if served.model is None:
-            raise bad_request(
-                "no_model",
-                f"collection {served.name!r} is served without a model, so it can only be searched by "
-                "embedding or item; start the server with --model to search by text or image",
-            )
-        return served.model
+            served.encode_texts([])  # raises the "no model" error
 
     async def encode_image_bytes(served: ServedCollection, data: bytes) -> np.ndarray:
-        runner = need_model(served)
+        need_model(served)
         image = await service.work(
             lambda: decode_image(data, max_bytes=config.max_upload_bytes, max_pixels=config.max_image_pixels)
         )
-        return await service.work(runner.encode_images, [image])  # [1, D]
+        return await service.work(served.encode_images, [image])  # [1, D]
 
     @router.get("", summary="Every served collection's info")
     async def list_collections() -> dict[str, Any]:
@@ -159,8 +154,8 @@ def api_router(service: Service) -> APIRouter:
         served = service.get(name)
         text = check_text(query.text, config.max_text_chars)
         check_k(query.k, config.max_k)
-        runner = need_model(served)
-        vector = await service.work(runner.encode_texts, [text])  # [1, D]
+        need_model(served)
+        vector = await service.work(served.encode_texts, [text])  # [1, D]
         return await run_search(served, vector, query.k, query.where, query.modality, t0)
 
     @router.post("/{name}/search/image", summary="Search by an uploaded image (multipart form)")

@@ -15,7 +15,6 @@ or forced through :meth:`ServedCollection.reload`.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import threading
@@ -27,6 +26,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from retrieval.search import Hit, Searcher
 from retrieval.serve.errors import ApiError, bad_request, not_found
 from retrieval.serve.inputs import json_safe
 
@@ -60,40 +60,29 @@ class Encoder(Protocol):
     def fingerprint(self) -> str: ...
 
 
-@dataclasses.dataclass(frozen=True)
-class Hit:
-    """One search result: the item's id, its score (higher is closer) and its metadata."""
-
-    id: int
-    score: float
-    metadata: dict[str, Any]
-
-
-def _as_array(vectors: Any) -> np.ndarray:
-    if hasattr(vectors, "detach"):
-        vectors = vectors.detach().cpu().numpy()
-    return np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
-
-
 class ModelRunner:
-    """A model shared by every collection that uses it.
-
-    Image encoding runs concurrently; text encoding is serialised because tokenizers keep
+    """A model shared by every collection that uses it, as the :class:`~retrieval.search.Searcher`
+    sees it: the fingerprint is computed once (hashing weights on every reload would be slow),
+    image encoding runs concurrently, and text encoding is serialised because tokenizers keep
     per-call state (padding/truncation settings) that concurrent calls could trample.
     """
 
     def __init__(self, model: Encoder, source: str) -> None:
         self.model = model
         self.source = source
-        self.fingerprint = str(model.fingerprint())
+        self._fingerprint = str(model.fingerprint())
+        self.embed_dim = int(getattr(model, "embed_dim", 0) or 0)
         self._text_lock = threading.Lock()
 
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        with self._text_lock:
-            return _as_array(self.model.encode_texts(list(texts)))  # [N, D]
+    def fingerprint(self) -> str:
+        return self._fingerprint
 
-    def encode_images(self, images: Sequence[Any]) -> np.ndarray:
-        return _as_array(self.model.encode_images(list(images)))  # [N, D]
+    def encode_texts(self, texts: Sequence[str], **kwargs: Any) -> Any:
+        with self._text_lock:
+            return self.model.encode_texts(list(texts), **kwargs)  # [N, D]
+
+    def encode_images(self, images: Sequence[Any], **kwargs: Any) -> Any:
+        return self.model.encode_images(list(images), **kwargs)  # [N, D]
 
 
 def load_model(directory: str, device: str | None = None) -> ModelRunner:
@@ -131,7 +120,11 @@ def _disk_signature(path: Path) -> tuple[tuple[str, int, int], ...]:
 
 
 class ServedCollection:
-    """One collection served under ``name``; see the module docstring for the threading rules."""
+    """One collection served under ``name``; see the module docstring for the threading rules.
+
+    Searches go through a :class:`~retrieval.search.Searcher` pairing the collection with its
+    model; a reload builds a new searcher on the reopened collection and swaps it in.
+    """
 
     def __init__(
         self,
@@ -155,10 +148,14 @@ class ServedCollection:
         self._mmap = mmap
         self._opener = opener
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"collection-{name}")
-        self._collection: Any = None
+        self._searcher: Searcher | None = None
         self._signature: tuple[tuple[str, int, int], ...] = ()
         self._checked_at = 0.0
-        self.call(self._open_initial)
+        try:
+            self.call(self._open_initial)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            raise
 
     # -- running work in the owner thread -------------------------------------------------
 
@@ -172,9 +169,9 @@ class ServedCollection:
 
     def close(self) -> None:
         def _close() -> None:
-            if self._collection is not None:
-                self._collection.close()
-                self._collection = None
+            if self._searcher is not None:
+                self._searcher.collection.close()
+                self._searcher = None
 
         try:
             self._executor.submit(_close).result()
@@ -183,23 +180,17 @@ class ServedCollection:
 
     # -- opening and reloading (owner thread only) ----------------------------------------
 
-    def _check_model(self, collection: Any) -> None:
-        stored = getattr(collection, "fingerprint", None)
-        if self.model is not None and stored and stored != self.model.fingerprint:
-            raise ValueError(
-                f"collection {self.name!r} at {self.path} was built by model {stored}, but the model from "
-                f"{self.model.source} has fingerprint {self.model.fingerprint}: serve it with the model that built it"
-            )
-
-    def _open_initial(self) -> None:
-        signature = _disk_signature(self.path)
-        collection = self._opener(self.path, self._mmap)
+    def _searcher_for(self, collection: Any) -> Searcher:
         try:
-            self._check_model(collection)
+            return Searcher(self.model, collection)  # checks the model's fingerprint and dim
         except BaseException:
             collection.close()
             raise
-        self._collection, self._signature = collection, signature
+
+    def _open_initial(self) -> None:
+        signature = _disk_signature(self.path)
+        self._searcher = self._searcher_for(self._opener(self.path, self._mmap))
+        self._signature = signature
         self._checked_at = time.monotonic()
 
     def _reload(self, force: bool) -> bool:
@@ -209,35 +200,53 @@ class ServedCollection:
         if not force and signature == self._signature:
             return False
         try:
-            fresh = self._opener(self.path, self._mmap)
-            self._check_model(fresh)
-        except Exception as exc:  # a writer may be mid-save: keep serving the old state
+            fresh = self._searcher_for(self._opener(self.path, self._mmap))
+        except Exception as exc:  # a writer may be mid-save or gone wrong: keep serving the old state
             logger.warning(
                 "collection %r changed on disk but could not be reopened (%s); retrying later", self.name, exc
             )
             if force:
                 raise bad_request("reload_failed", f"cannot reopen collection {self.name!r}: {exc}") from None
             return False
-        old, self._collection, self._signature = self._collection, fresh, signature
+        old, self._searcher, self._signature = self._searcher, fresh, signature
         self.reloads += 1
         if old is not None:
-            old.close()
-        logger.info("collection %r reloaded: %d items", self.name, len(fresh))
+            old.collection.close()
+        logger.info("collection %r reloaded: %d items", self.name, len(fresh.collection))
         return True
 
-    def _fresh(self) -> Any:
+    def _fresh(self) -> Searcher:
         if self.reload_interval > 0 and time.monotonic() - self._checked_at >= self.reload_interval:
             self._reload(force=False)
-        return self._collection
+        assert self._searcher is not None, "collection used after close()"
+        return self._searcher
 
     def reload(self, force: bool = True) -> bool:
         """Reopen the collection now (synchronous); returns whether it was reopened."""
         return self.call(self._reload, force)
 
+    # -- encoding (any worker thread) --------------------------------------------------------
+
+    def _encoder(self) -> Searcher:
+        searcher = self._searcher
+        if searcher is None or self.model is None:
+            raise bad_request(
+                "no_model",
+                f"collection {self.name!r} is served without a model, so it can only be searched by "
+                "embedding or item; start the server with --model to search by text or image",
+            )
+        return searcher
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return self._encoder().encode_texts(list(texts))  # [n, D] unit rows
+
+    def encode_images(self, images: Sequence[Any]) -> np.ndarray:
+        return self._encoder().encode_images(list(images))  # [n, D] unit rows
+
     # -- queries (owner thread only) -------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
-        c = self._fresh()
+        c = self._fresh().collection
         return {
             "name": self.name,
             "count": len(c),
@@ -245,7 +254,7 @@ class ServedCollection:
             "metric": str(c.metric),
             "index_spec": str(c.index_spec),
             "fingerprint": c.fingerprint,
-            "model_fingerprint": self.model.fingerprint if self.model else None,
+            "model_fingerprint": self.model.fingerprint() if self.model else None,
             "fields": sorted(c.fields()),
             "text_search": self.model is not None,
             "image_search": self.model is not None,
@@ -254,41 +263,20 @@ class ServedCollection:
         }
 
     def fields(self) -> list[str]:
-        return list(self._fresh().fields())
+        return list(self._fresh().collection.fields())
 
     def dim(self) -> int:
-        return int(self._fresh().dim)
-
-    @staticmethod
-    def _visible(metadata: dict[str, Any]) -> dict[str, Any]:
-        # Hidden fields are dropped when responses are built: the image endpoint still needs them.
-        return json_safe(dict(metadata))
+        return int(self._fresh().collection.dim)
 
     def metadata(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         """Metadata (JSON-safe) of the ids that exist; unknown or removed ids are left out."""
-        c = self._fresh()
-        return {i: self._visible(m) for i, m in self._get_existing(c, ids).items()}
-
-    @staticmethod
-    def _get_existing(c: Any, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-        ids = [int(i) for i in ids]
-        if not ids:
-            return {}
-        try:
-            return dict(zip(ids, c.get(np.asarray(ids, dtype=np.int64)), strict=True))
-        except (KeyError, ValueError, IndexError):
-            found = {}
-            for i in ids:
-                try:
-                    found[i] = c.get(np.asarray([i], dtype=np.int64))[0]
-                except (KeyError, ValueError, IndexError):
-                    continue
-            return found
+        c = self._fresh().collection
+        return {i: json_safe(m) for i, m in _get_existing(c, ids).items()}
 
     def item_vector(self, item_id: int) -> np.ndarray:
-        c = self._fresh()
+        c = self._fresh().collection
         try:
-            return np.asarray(c.vectors(np.asarray([item_id], dtype=np.int64)), dtype=np.float32)  # [1, D]
+            return np.asarray(c.vectors([int(item_id)]), dtype=np.float32)  # [1, D]
         except (KeyError, ValueError, IndexError):
             raise not_found(
                 "unknown_item", f"collection {self.name!r} has no item with id {item_id}"
@@ -304,20 +292,12 @@ class ServedCollection:
         fetch: int | None = None,
         deduplicate: bool = False,
     ) -> list[list[Hit]]:
-        """Top-``k`` hits (with metadata) per query row; ``fetch`` asks the index for more
-        candidates (kept without metadata beyond ``k``); ``deduplicate`` drops near-copies."""
-        c = self._fresh()
+        """Top-``k`` hits per query row; ``fetch`` asks for more candidates (ids and scores past
+        ``k`` are kept, for clip-retrieval's ``num_result_ids``); ``deduplicate`` drops near-copies."""
+        searcher = self._fresh()
+        c = searcher.collection
         fields = set(c.fields())
-        where = dict(where or {})
-        if (
-            modality is not None
-            and "modality" in fields
-            and where.setdefault("modality", modality) != modality
-        ):
-            raise bad_request(
-                "bad_filter", f"modality={modality!r} contradicts the filter modality={where['modality']!r}"
-            )
-        unknown = sorted(set(where) - fields)
+        unknown = sorted(set(where or {}) - fields)
         if unknown:
             raise bad_request(
                 "unknown_field",
@@ -328,26 +308,16 @@ class ServedCollection:
                 "bad_embedding",
                 f"query vector has dim {queries.shape[1]}, collection {self.name!r} has dim {c.dim}",
             )
-        want = max(k, fetch or 0)
         try:
-            scores, ids = c.search(queries, want, where=where or None)  # [n, want] each
+            rows = searcher.search_vectors(queries, max(k, fetch or 0), modality=modality, where=where)
         except ValueError as exc:
             raise bad_request("bad_query", f"search refused: {exc}") from None
         results = []
-        for row_scores, row_ids in zip(scores, ids):
-            keep = row_ids >= 0
-            row_ids, row_scores = row_ids[keep], row_scores[keep]
-            if deduplicate and len(row_ids) > 1:
-                order = _unique_rows(np.asarray(c.vectors(row_ids), dtype=np.float32))
-                row_ids, row_scores = row_ids[order], row_scores[order]
-            meta = self._get_existing(c, row_ids[:k].tolist())
-            hits = [
-                Hit(int(i), float(s), self._visible(meta[int(i)]))
-                for i, s in zip(row_ids[:k], row_scores[:k])
-                if int(i) in meta
-            ]
-            hits += [Hit(int(i), float(s), {}) for i, s in zip(row_ids[k:], row_scores[k:])]
-            results.append(hits)
+        for hits in rows:
+            if deduplicate and len(hits) > 1:
+                keep = _unique_rows(np.asarray(c.vectors([h.id for h in hits]), dtype=np.float32))
+                hits = [hits[i] for i in keep]
+            results.append([Hit(h.id, h.score, json_safe(h.metadata)) for h in hits])
         return results
 
     def media(self, item_id: int) -> tuple[Path | bytes, str]:
@@ -358,14 +328,30 @@ class ServedCollection:
                 f"collection {self.name!r} has no media root, so its images are not served; "
                 "start the server with --media-root to declare the folder holding them",
             )
-        c = self._fresh()
-        meta = self._get_existing(c, [item_id]).get(int(item_id))
+        meta = _get_existing(self._fresh().collection, [item_id]).get(int(item_id))
         if meta is None:
             raise not_found("unknown_item", f"collection {self.name!r} has no item with id {item_id}")
         ref = next((meta[f] for f in IMAGE_FIELDS if isinstance(meta.get(f), str) and meta[f]), None)
         if ref is None:
             raise not_found("no_image", f"item {item_id} of {self.name!r} has no image file")
         return resolve_media(self.media_root, ref)
+
+
+def _get_existing(c: Any, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """Metadata of the ids that exist in ``c`` (the collection raises on unknown ids: retry one by one)."""
+    ids = [int(i) for i in ids]
+    if not ids:
+        return {}
+    try:
+        return dict(zip(ids, c.get(ids), strict=True))
+    except (KeyError, ValueError, IndexError):
+        found = {}
+        for i in ids:
+            try:
+                found[i] = c.get([i])[0]
+            except (KeyError, ValueError, IndexError):
+                continue
+        return found
 
 
 def _unique_rows(vectors: np.ndarray, threshold: float = 0.94) -> np.ndarray:

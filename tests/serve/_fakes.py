@@ -26,14 +26,16 @@ def keyword_vector(text: str) -> np.ndarray:
 class KeywordEncoder:
     """Texts -> one-hot keywords; images -> the one-hot of their nearest named colour."""
 
+    embed_dim = len(KEYWORDS)
+
     def __init__(self) -> None:
         self.calls = 0
 
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+    def encode_texts(self, texts: Sequence[str], **kwargs: Any) -> np.ndarray:
         self.calls += 1
         return np.stack([keyword_vector(t) for t in texts])  # [N, D]
 
-    def encode_images(self, images: Sequence[Any]) -> np.ndarray:
+    def encode_images(self, images: Sequence[Any], **kwargs: Any) -> np.ndarray:
         self.calls += 1
         rows = []
         for image in images:
