@@ -8,7 +8,9 @@ an evaluated image by a metadata field (``image_id`` by default, as written by
 
 * exact: the queries are scored against every candidate's stored vector
   (``Collection.vectors``), ranked with :mod:`retrieval.evaluate.metrics`.
-* index: ``Collection.search(queries, k=max(ks))``; a relevant item's rank is its
+* index: ``Collection.search(queries, k=max(ks), where={"modality": ...})``, the
+  path a :class:`retrieval.search.Searcher` takes (a collection may answer small
+  filtered searches exactly; the comparison notes it); a relevant item's rank is its
   position in the returned list, with the same pessimistic tie policy
   (returned non-relevant items with an equal score count against it). Items not
   returned rank beyond ``max(ks)``, so only the ``@K`` metrics are reported.
@@ -44,6 +46,7 @@ class IndexComparison:
         n_text_items: text candidates in the collection (0: no i2t comparison).
         missing_images: evaluated images with no item in the collection (their texts are left out of t2i).
         refine: the ``refine`` factor passed to ``Collection.search``.
+        notes: remarks for the reader (e.g. searches the collection answered exactly).
     """
 
     index_spec: str
@@ -53,6 +56,7 @@ class IndexComparison:
     n_text_items: int
     missing_images: int
     refine: int | None = None
+    notes: tuple[str, ...] = ()
 
     def rows(self) -> list[tuple[str, float, float]]:
         """``(metric, exact, via index)`` for every metric measured both ways."""
@@ -64,6 +68,7 @@ class IndexComparison:
         lines = [f"| metric | exact | {via} | difference |", "|---|---:|---:|---:|"]
         for key, exact, approx in self.rows():
             lines.append(f"| {key} | {exact:.4f} | {approx:.4f} | {approx - exact:+.4f} |")
+        lines += ["", *self.notes] if self.notes else []
         return "\n".join(lines)
 
 
@@ -220,7 +225,19 @@ def compare_index(
             relevant = [text_ids[order[bounds[i] : bounds[i + 1]]] for i in range(n_images)]
             ranking = _ranking_from_hits(hit_ids, hit_scores, relevant, len(text_ids))
             index.update(_at_k(ranking_metrics(ranking, ks, "i2t/", true_recall=True)))
+    notes = []
+    exact_max = getattr(collection, "exact_filter_max", None)
+    if has_modality and isinstance(exact_max, int):
+        small = [
+            name for name, n in (("images", len(image_ids)), ("texts", len(text_ids))) if 0 < n <= exact_max
+        ]
+        if small:
+            notes.append(
+                f"The collection answers searches filtered to at most {exact_max} items exactly "
+                f"({' and '.join(small)} here), as a Searcher would: the index is not used for them."
+            )
     return IndexComparison(
+        notes=tuple(notes),
         index_spec=str(getattr(collection, "index_spec", "index")),
         exact=exact,
         index=index,
