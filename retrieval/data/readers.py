@@ -296,9 +296,13 @@ def _read_shard(shard: Path, out: _Collector, caption_column: str, id_column: st
     groups: dict[str, dict[str, Any]] = {}
     try:
         with tarfile.open(shard, "r") as tar:
+            shard_size = shard.stat().st_size
             for member in tar:
                 if not member.isfile():
                     continue
+                if member.offset_data + member.size > shard_size:
+                    out.skip(f"{shard}#{member.name}", "truncated tar shard: this member is cut off")
+                    break
                 key, ext = _split_member(member.name)
                 group = groups.setdefault(key, {})
                 if "." + ext.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS:
@@ -307,7 +311,7 @@ def _read_shard(shard: Path, out: _Collector, caption_column: str, id_column: st
                     fh = tar.extractfile(member)
                     group[ext] = fh.read().decode("utf-8", errors="replace") if fh else ""
     except (OSError, tarfile.TarError) as exc:
-        out.skip(str(shard), f"unreadable tar shard after {len(groups)} samples: {exc}")
+        out.skip(str(shard), f"unreadable tar shard after {len(groups)} samples: {exc}")  # keep what was read
     for key, group in groups.items():
         where = f"{shard}#{key}"
         if "image" not in group:

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import jpeg_bytes, rgb_image
+from PIL import Image
+
+from retrieval.data import ImageDecodeError, load_image, tar_ref
+
+
+def test_rgb_file_round_trip(tmp_path: Path) -> None:
+    rgb_image().save(tmp_path / "x.png")
+    image = load_image(tmp_path / "x.png")
+    assert image.mode == "RGB" and image.size == (24, 16)
+    assert np.array_equal(np.asarray(image), np.asarray(rgb_image()))
+
+
+def test_bytes_input() -> None:
+    image = load_image(jpeg_bytes(rgb_image()))
+    assert image.mode == "RGB" and image.size == (24, 16)
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed
+    rgb_image(30, 10).save(tmp_path / "rot.jpg", exif=exif.tobytes())
+    assert load_image(tmp_path / "rot.jpg").size == (10, 30)
+
+
+def test_rgba_is_composited_on_white(tmp_path: Path) -> None:
+    image = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    image.putpixel((0, 0), (255, 0, 0, 255))
+    image.save(tmp_path / "t.png")
+    loaded = load_image(tmp_path / "t.png")
+    assert loaded.mode == "RGB"
+    assert loaded.getpixel((1, 1)) == (255, 255, 255)
+    assert loaded.getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_la_is_composited_on_white(tmp_path: Path) -> None:
+    Image.new("LA", (3, 3), (0, 0)).save(tmp_path / "la.png")
+    assert load_image(tmp_path / "la.png").getpixel((1, 1)) == (255, 255, 255)
+
+
+def test_palette_with_transparency(tmp_path: Path) -> None:
+    image = Image.new("P", (4, 4), 0)
+    image.putpalette([0, 0, 255] + [0, 255, 0] * 255)
+    image.info["transparency"] = 0
+    image.save(tmp_path / "p.png", transparency=0)
+    image.save(tmp_path / "p.gif", transparency=0)
+    for name in ("p.png", "p.gif"):
+        assert load_image(tmp_path / name).getpixel((2, 2)) == (255, 255, 255)
+
+
+def test_palette_without_transparency(tmp_path: Path) -> None:
+    image = Image.new("P", (4, 4), 1)
+    image.putpalette([0, 0, 255] + [0, 255, 0] * 255)
+    image.save(tmp_path / "p.png")
+    assert load_image(tmp_path / "p.png").getpixel((0, 0)) == (0, 255, 0)
+
+
+@pytest.mark.parametrize("mode", ["L", "1", "I;16", "CMYK"])
+def test_other_modes_become_rgb(tmp_path: Path, mode: str) -> None:
+    path = tmp_path / ("x.tif" if mode == "CMYK" else "x.png")
+    Image.new(mode, (5, 5)).save(path)
+    image = load_image(path)
+    assert image.mode == "RGB" and image.size == (5, 5)
+
+
+def test_grayscale_values_preserved(tmp_path: Path) -> None:
+    Image.new("L", (2, 2), 77).save(tmp_path / "g.png")
+    assert load_image(tmp_path / "g.png").getpixel((0, 0)) == (77, 77, 77)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ImageDecodeError, match="cannot read image"):
+        load_image(tmp_path / "nope.jpg")
+
+
+def test_corrupt_file(tmp_path: Path) -> None:
+    (tmp_path / "bad.jpg").write_bytes(b"this is not an image")
+    with pytest.raises(ImageDecodeError, match="cannot decode"):
+        load_image(tmp_path / "bad.jpg")
+
+
+def test_truncated_file(tmp_path: Path) -> None:
+    data = jpeg_bytes(rgb_image(64, 64))
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageDecodeError):
+        load_image(tmp_path / "cut.jpg")
+
+
+def test_decompression_bomb_is_refused(tmp_path: Path) -> None:
+    Image.new("L", (1000, 1000)).save(tmp_path / "big.png")
+    with pytest.raises(ImageDecodeError, match="max_pixels"):
+        load_image(tmp_path / "big.png", max_pixels=10_000)
+    assert load_image(tmp_path / "big.png", max_pixels=None).size == (1000, 1000)
+
+
+def test_bomb_error_is_a_value_error(tmp_path: Path) -> None:
+    assert issubclass(ImageDecodeError, ValueError)
+
+
+def test_tar_reference(tmp_path: Path) -> None:
+    shard = tmp_path / "s.tar"
+    data = jpeg_bytes(rgb_image())
+    with tarfile.open(shard, "w") as tar:
+        info = tarfile.TarInfo("k1.jpg")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    assert load_image(tar_ref(shard, "k1.jpg")).size == (24, 16)
+    with pytest.raises(ImageDecodeError):
+        load_image(tar_ref(shard, "missing.jpg"))
+    with pytest.raises(ImageDecodeError, match="malformed"):
+        load_image("tar://nohash")
