@@ -131,7 +131,7 @@ def clip_router(service: Service) -> APIRouter:
         body = await _json_body(request)
         served = service.get(body.get("indice_name"))
         modality = check_modality(body.get("modality", "image")) or "image"
-        num_images = check_k(body.get("num_images", 40), config.max_k, "num_images")
+        num_images = check_k(body.get("num_images", min(40, config.max_k)), config.max_k, "num_images")
         num_ids = body.get("num_result_ids")
         num_ids = num_images if num_ids is None else check_k(num_ids, 10**9, "num_result_ids")
         num_ids = min(max(num_ids, num_images), config.max_result_ids)
