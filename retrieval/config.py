@@ -219,3 +219,69 @@ class EvalConfig(ConfigBase):
     device: str | None = None  # "cpu" | "cuda" | None: cuda when available, else cpu
     progress: bool = False  # progress bars while encoding
     seed: int = 0  # which queries the sample grids show
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(ConfigBase):
+    """How ``retrieval.train.train`` trains a :class:`retrieval.model.TwinEncoder` on image-caption pairs.
+
+    The defaults are the toolkit's documented default recipe: AdamW, cosine schedule with a short
+    warmup, the CLIP loss, gradient clipping at 1, fp32 on CPU and mixed precision on GPU. One
+    optimizer step sees ``batch_size * grad_accum * world_size`` pairs; in-batch negatives come from
+    each ``batch_size * world_size`` micro-batch (features are gathered across ranks).
+    """
+
+    train_data: str = ""  # training pairs: manifest (.jsonl/.csv/.tsv/.parquet), image folder, .tar shard(s)
+    out_dir: str = ""  # run folder: checkpoints, best/ and final/ models, metrics.jsonl, plots
+    val_data: str | None = None  # validation pairs (same formats); None: no validation, no early stopping
+    image_column: str = "image"  # manifest column with the image path (relative to the manifest)
+    caption_column: str = "caption"  # manifest column with the caption (a string or a list of strings)
+    id_column: str | None = None  # manifest column naming the image (default: the image path)
+    model: ModelConfig = dataclasses.field(default_factory=lambda: ModelConfig())  # towers, dim, temperature
+    loss: str = "clip"  # retrieval.losses.LOSSES name: "clip" | "siglip" | "contrastive" | "triplet"
+    optimizer: str = "adamw"  # "adamw" | "adam" | "sgd" (with momentum) | "adagrad" | "rmsprop"
+    lr: float = 1e-3  # peak learning rate (reached after warmup, then cosine decay to lr * min_lr_ratio)
+    min_lr_ratio: float = 0.0  # final learning rate as a fraction of lr
+    weight_decay: float = 0.1  # decoupled (adamw) or L2 decay; never on biases, norms or the logit scale/bias
+    momentum: float = 0.9  # sgd and rmsprop momentum
+    betas: tuple[float, float] = (0.9, 0.98)  # adam/adamw moment decays (CLIP's 0.98 steadies training)
+    warmup_steps: int = 50  # linear warmup from 0 to lr over this many optimizer steps
+    epochs: int = 10  # passes over the training pairs
+    max_steps: int | None = None  # stop after this many optimizer steps (also sets the schedule length)
+    time_budget: float | None = None  # stop (with a checkpoint) after this many seconds of training
+    batch_size: int = 64  # pairs per micro-batch per process (the negatives each pair is contrasted with)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    clip_grad_norm: float | None = 1.0  # clip the global gradient norm to this (None: no clipping)
+    precision: str = "auto"  # "auto" (bf16/fp16 autocast on CUDA, fp32 on CPU) | "fp32" | "bf16" | "fp16"
+    seed: int = 0  # seeds weights, data order and augmentation; same seed + CPU -> same weights
+    num_workers: int = 0  # DataLoader worker processes decoding images (0: in the training process)
+    checkpoint_every: int = 200  # optimizer steps between checkpoints (0: only at the end / on interrupt)
+    keep_checkpoints: int = 2  # most recent step checkpoints kept on disk
+    early_stopping_patience: int | None = 5  # stop after this many validations without gain (None: never)
+    select_metric: str = "mean_recall"  # validation metric for best/ and early stopping (higher is better)
+    val_batch_size: int = 256  # batch size when encoding the validation set
+    sample_weight_column: str | None = None  # metadata field with per-pair sampling weights (class imbalance)
+    device: str | None = None  # "cpu" | "cuda" | "cuda:1"; None: cuda when available, else cpu
+    progress: bool = True  # tqdm bar with loss and pairs/s (also off when stderr is not a terminal)
+
+    def __post_init__(self) -> None:
+        choices = {
+            "optimizer": ("adamw", "adam", "sgd", "adagrad", "rmsprop"),
+            "precision": ("auto", "fp32", "bf16", "fp16"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                value = getattr(self, name)
+                raise ValueError(f"unknown TrainConfig.{name} {value!r}; choose one of {list(allowed)}")
+        for name in ("batch_size", "grad_accum", "epochs", "val_batch_size", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1; received {getattr(self, name)!r}")
+        for name in ("warmup_steps", "num_workers", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0; received {getattr(self, name)!r}")
+        if not self.lr > 0:
+            raise ValueError(f"TrainConfig.lr must be positive; received {self.lr!r}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"TrainConfig.max_steps must be >= 1 or None; received {self.max_steps!r}")
+        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
+            raise ValueError(f"TrainConfig.clip_grad_norm must be > 0 or None; got {self.clip_grad_norm!r}")

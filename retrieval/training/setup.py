@@ -1,0 +1,225 @@
+"""What a run needs before its first step: checked config, data, model, precision, signal handling,
+and the per-epoch validation."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from retrieval.config import TrainConfig
+from retrieval.training.distributed import DistContext, barrier, broadcast_module
+from retrieval.training.optim import check_optimizer_name
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# fields a resumed run may change; every other difference is an error
+RESUMABLE_CHANGES = frozenset(
+    {
+        "train_data",
+        "val_data",
+        "out_dir",
+        "epochs",
+        "max_steps",
+        "time_budget",
+        "num_workers",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "early_stopping_patience",
+        "val_batch_size",
+        "device",
+        "progress",
+    }
+)
+
+
+def check_config(config: TrainConfig) -> None:
+    """Reject settings that cannot work, before anything is read or built."""
+    from retrieval.losses import LOSSES
+
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"train expects a TrainConfig, received {type(config).__name__}")
+    if not config.train_data:
+        raise ValueError(
+            "TrainConfig.train_data is empty: give the training manifest, image folder or shards"
+        )
+    if not config.out_dir:
+        raise ValueError("TrainConfig.out_dir is empty: give a folder for checkpoints, models and metrics")
+    LOSSES[config.loss]  # unknown name -> ValueError listing the choices
+    check_optimizer_name(config.optimizer)
+
+
+def check_resume_config(saved: TrainConfig, given: TrainConfig) -> None:
+    """A resumed run must train the same thing; only the fields in ``RESUMABLE_CHANGES`` may differ."""
+    old, new = saved.to_dict(), given.to_dict()
+    changed = sorted(k for k in old if k not in RESUMABLE_CHANGES and old[k] != new.get(k))
+    if changed:
+        details = "; ".join(f"{k}: {old[k]!r} -> {new.get(k)!r}" for k in changed)
+        raise ValueError(
+            f"cannot resume: the config differs from the run's config.json in {details}. "
+            "Resume with the original settings, or start a new run in another out_dir"
+        )
+
+
+def read_data(config: TrainConfig) -> tuple[Any, Any, int]:
+    """``(train PairSet, val PairSet or None, skipped count)``; logs what was skipped."""
+    from retrieval.data import read_pairs
+
+    kwargs = {
+        "image_column": config.image_column,
+        "caption_column": config.caption_column,
+        "id_column": config.id_column,
+    }
+    train_pairs = read_pairs(config.train_data, **kwargs)
+    if len(train_pairs) == 0:
+        raise ValueError(
+            f"no usable pairs in {config.train_data} ({len(train_pairs.skipped)} skipped, e.g. "
+            f"{train_pairs.skipped[:3]}): check image_column / caption_column and the paths"
+        )
+    skipped = len(train_pairs.skipped)
+    if skipped:
+        logger.warning("training data: %d entries skipped, e.g. %s", skipped, train_pairs.skipped[:3])
+    val_pairs = None
+    if config.val_data:
+        val_pairs = read_pairs(config.val_data, **kwargs)
+        if len(val_pairs) == 0:
+            raise ValueError(f"no usable pairs in the validation data {config.val_data}")
+        if val_pairs.skipped:
+            logger.warning("validation data: %d entries skipped", len(val_pairs.skipped))
+    logger.info(
+        "%d training pairs (%d images)%s",
+        len(train_pairs),
+        len(train_pairs.images()),
+        f", {len(val_pairs)} validation pairs" if val_pairs is not None else "",
+    )
+    return train_pairs, val_pairs, skipped
+
+
+def prepare_model(
+    config: TrainConfig,
+    ctx: DistContext,
+    model: Any,
+    train_pairs: Any,
+    resume_from: Path | None,
+    ckpt_root: Path,
+) -> tuple[Any, TrainConfig]:
+    """The model to train on ``ctx.device`` and the config (``model`` updated for the sigmoid loss).
+
+    Priority: the checkpoint being resumed, then a model passed in, then ``build_model(config.model)``
+    with the tokenizer trained on the training captions. Every rank ends with rank 0's weights.
+    """
+    from retrieval.model import TwinEncoder, build_model
+
+    torch.manual_seed(config.seed)
+    if config.loss == "siglip" and model is None and not config.model.use_bias:
+        logger.info("the siglip loss learns a logit bias: building the model with use_bias=True")
+        config = config.replace(model=config.model.replace(use_bias=True))
+    if resume_from is not None:
+        model = TwinEncoder.load(resume_from / "model", device=ctx.device)
+    elif model is None:
+        if ctx.enabled:
+            # The tokenizer is trained on rank 0 only, then every rank loads the same folder.
+            init_dir = ckpt_root / "init"
+            if ctx.is_main:
+                build_model(config.model, captions=train_pairs.captions(), device="cpu").save(init_dir)
+            barrier(ctx)
+            model = TwinEncoder.load(init_dir, device=ctx.device)
+        else:
+            model = build_model(config.model, captions=train_pairs.captions(), device=ctx.device)
+    else:
+        model = model.to(ctx.device)
+    if config.loss == "siglip" and getattr(model, "logit_bias", None) is None:
+        logger.warning(
+            "the siglip loss without a logit bias (model built with use_bias=False): bias fixed at 0"
+        )
+    broadcast_module(model, ctx)
+    return model, config
+
+
+@dataclasses.dataclass(frozen=True)
+class Precision:
+    """Resolved mixed-precision policy: autocast dtype (None: fp32) and whether to scale the loss."""
+
+    dtype: torch.dtype | None
+    use_scaler: bool
+
+    def autocast(self, device: torch.device) -> Any:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.dtype)
+
+
+def resolve_precision(name: str, device: torch.device) -> Precision:
+    """``"auto"``: bf16 autocast on CUDA GPUs that support it, else fp16 with loss scaling; fp32 on CPU.
+    ``"bf16"`` also works on CPU (autocast); ``"fp16"`` needs CUDA."""
+    cuda = device.type == "cuda"
+    if name == "auto":
+        if not cuda:
+            return Precision(None, False)
+        name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if name == "fp32":
+        return Precision(None, False)
+    if name == "bf16":
+        if cuda and not torch.cuda.is_bf16_supported():
+            raise ValueError("precision 'bf16' is not supported by this GPU: use 'fp16' or 'auto'")
+        return Precision(torch.bfloat16, False)
+    if name == "fp16":
+        if not cuda:
+            raise ValueError("precision 'fp16' needs a CUDA device: use 'bf16' or 'fp32' on CPU")
+        return Precision(torch.float16, True)
+    raise ValueError(f"unknown precision {name!r}; choose one of {list(PRECISIONS)}")
+
+
+def validate(model: Any, pairs: Any, config: TrainConfig, device: torch.device) -> dict[str, float]:
+    """Retrieval metrics of ``model`` on validation ``pairs`` (t2i/i2t R@1/5/10, MRR, ...) plus
+    ``"mean_recall"``, the mean of the six R@K (the "rsum" of VSE papers divided by 6)."""
+    from retrieval.evaluate import retrieval_metrics_from_embeddings
+
+    was_training = model.training
+    try:
+        image_emb = model.encode_images(
+            pairs.images(), batch_size=config.val_batch_size, device=device
+        )  # [I, D]
+        text_emb = model.encode_texts(
+            pairs.captions(), batch_size=config.val_batch_size, device=device
+        )  # [T, D]
+    finally:
+        model.train(was_training)
+    metrics = retrieval_metrics_from_embeddings(text_emb, image_emb, pairs.text_to_image(), ks=(1, 5, 10))
+    recalls = [metrics[f"{d}/R@{k}"] for d in ("t2i", "i2t") for k in (1, 5, 10)]
+    metrics["mean_recall"] = sum(recalls) / len(recalls)
+    return {k: float(v) for k, v in metrics.items()}
+
+
+class StopSignals:
+    """Context manager: the first Ctrl-C (SIGINT) or SIGTERM sets ``requested`` so the loop can stop
+    at the next step boundary with a checkpoint; a second Ctrl-C raises ``KeyboardInterrupt`` at once.
+    Outside the main thread it installs nothing."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.warning("%s received: stopping after this step with a checkpoint", signal.Signals(signum).name)
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
