@@ -109,15 +109,11 @@ def embed_corpus(
             "embedding %d items (%d already done) on %s", len(pending), len(items) - len(pending), device
         )
         with _progress(len(pending), config.progress) as bar:
-            for modality in ("image", "text"):
-                todo = [it for it in pending if it.modality == modality]
-                if not todo:
-                    continue
-                batches = _batches(model, todo, modality, config, device)
-                for n_ok, failed in _commit(state, modality, batches, config.shard_size, dim):
-                    embedded += n_ok
-                    skipped.update(reason for _, reason, _ in failed)
-                    bar.update(n_ok + len(failed))
+            batches = _batches(model, pending, config, device)
+            for n_ok, failed in _commit(state, batches, config.shard_size, dim):
+                embedded += n_ok
+                skipped.update(reason for _, reason, _ in failed)
+                bar.update(n_ok + len(failed))
     added += state.sync_collection(collection_path, config.index, fingerprint, dim)
     state.write_errors(source_skips, {it.key for it in items})
     export = Path(config.npy_export) if config.npy_export else None
@@ -137,27 +133,30 @@ def embed_corpus(
 
 
 def _batches(
-    model: Any, items: Sequence[Item], modality: str, config: EmbedConfig, device: str
+    model: Any, items: Sequence[Item], config: EmbedConfig, device: str
 ) -> Iterator[engines.EncodedBatch]:
+    """Encoded batches of ``items`` (images first, then texts), each of one modality, in order."""
     if config.engine == "ray":
         with engines.ray_session(config.ray_address):
-            yield from engines.ray_batches(
-                model, items, modality, config.batch_size, config.num_actors, device
-            )
-    elif modality == "image":
-        yield from engines.local_images(model, items, config.batch_size, config.num_workers, device)
-    else:
-        yield from engines.local_texts(model, items, config.batch_size, device)
+            yield from engines.ray_batches(model, items, config.batch_size, config.num_actors, device)
+        return
+    images = [it for it in items if it.modality == "image"]
+    texts = [it for it in items if it.modality == "text"]
+    if images:
+        yield from engines.local_images(model, images, config.batch_size, config.num_workers, device)
+    if texts:
+        yield from engines.local_texts(model, texts, config.batch_size, device)
 
 
 def _commit(
-    state: EmbedState, modality: str, batches: Iterator[engines.EncodedBatch], shard_size: int, dim: int
+    state: EmbedState, batches: Iterator[engines.EncodedBatch], shard_size: int, dim: int
 ) -> Iterator[tuple[int, list[tuple[Item, str, str]]]]:
-    """Buffer batches and write a shard each time ``shard_size`` items are handled; yields per batch
-    (embedded, failed) once the batch is in the buffer."""
+    """Buffer batches and write a shard each time ``shard_size`` items of one modality are handled
+    (or the modality changes); yields (embedded, failed) per batch once it is buffered."""
     buf_items: list[Item] = []
     buf_vectors: list[np.ndarray] = []
     buf_failed: list[tuple[Item, str, str]] = []
+    modality = ""
 
     def flush() -> None:
         vectors = np.concatenate(buf_vectors) if buf_vectors else np.zeros((0, dim), np.float32)  # [n, D]
@@ -167,6 +166,9 @@ def _commit(
         buf_failed.clear()
 
     for batch in batches:
+        if batch.modality != modality and (buf_items or buf_failed):
+            flush()
+        modality = batch.modality
         buf_items.extend(batch.items)
         if len(batch.items):
             buf_vectors.append(batch.vectors)

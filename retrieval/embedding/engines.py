@@ -26,6 +26,7 @@ from retrieval.embedding.items import Item
 class EncodedBatch:
     """Vectors for some items of one modality; ``failed`` items were skipped."""
 
+    modality: str  # "image" | "text"
     items: list[Item]  # items that got a vector, in order
     vectors: np.ndarray  # [len(items), D] float32, unit norm
     failed: list[tuple[Item, str, str]]  # (item, reason, detail)
@@ -139,6 +140,7 @@ def local_images(
         for positions, pixels, bad in loader:
             vectors = encode_pixels(model, pixels, device) if pixels is not None else _empty(model)
             yield EncodedBatch(
+                "image",
                 [items[i] for i in positions],
                 vectors,
                 [(items[i], reason, detail) for i, reason, detail in bad],
@@ -149,7 +151,7 @@ def local_texts(model: Any, items: Sequence[Item], batch_size: int, device: str)
     with inference_on(model, device):
         for start in range(0, len(items), batch_size):
             chunk = list(items[start : start + batch_size])
-            yield EncodedBatch(chunk, encode_captions(model, [it.ref for it in chunk], device), [])
+            yield EncodedBatch("text", chunk, encode_captions(model, [it.ref for it in chunk], device), [])
 
 
 def _empty(model: Any) -> np.ndarray:
@@ -158,43 +160,42 @@ def _empty(model: Any) -> np.ndarray:
 
 # -- ray --------------------------------------------------------------------------------------
 class RayEncoder:
-    """Ray Data actor: holds one model copy, encodes batches of rows ``{"pos", "ref"}``."""
+    """Ray Data actor: holds one model copy, encodes batches of rows ``{"pos", "ref", "modality"}``."""
 
-    def __init__(self, model_ref: list[Any], modality: str, device: str) -> None:
+    def __init__(self, model_ref: list[Any], device: str) -> None:
         import ray
 
         self.model = ray.get(model_ref[0])
-        self.modality = modality
         self.device = device
-        self.transform = self.model.image_transform() if modality == "image" else None
+        self.transform: Callable[[Any], Any] | None = None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        positions = np.asarray(batch["pos"], dtype=np.int64)
         refs = [str(r) for r in batch["ref"]]
-        dim = int(self.model.embed_dim)
-        vectors = np.zeros((len(refs), dim), dtype=np.float32)  # [B, D]
-        ok = np.zeros(len(refs), dtype=bool)
+        is_text = np.asarray([str(m) == "text" for m in batch["modality"]], dtype=bool)
+        vectors = np.zeros((len(refs), int(self.model.embed_dim)), dtype=np.float32)  # [B, D]
+        ok = is_text.copy()
         reasons = [""] * len(refs)
         details = [""] * len(refs)
         with inference_on(self.model, self.device):
-            if self.modality == "text":
-                vectors[:] = encode_captions(self.model, refs, self.device)
-                ok[:] = True
-            else:
-                good: list[int] = []
-                tensors = []
-                for j, ref in enumerate(refs):
-                    tensor, reasons[j], details[j] = load_transformed(ref, self.transform)  # type: ignore[arg-type]
-                    if tensor is not None:
-                        good.append(j)
-                        tensors.append(tensor)
-                if good:
-                    vectors[good] = encode_pixels(self.model, torch.stack(tensors), self.device)
-                    ok[good] = True
+            texts = np.flatnonzero(is_text)
+            if len(texts):
+                vectors[texts] = encode_captions(self.model, [refs[j] for j in texts], self.device)
+            good: list[int] = []
+            tensors = []
+            for j in np.flatnonzero(~is_text):
+                if self.transform is None:
+                    self.transform = self.model.image_transform()
+                tensor, reasons[j], details[j] = load_transformed(refs[j], self.transform)
+                if tensor is not None:
+                    good.append(int(j))
+                    tensors.append(tensor)
+            if good:
+                vectors[good] = encode_pixels(self.model, torch.stack(tensors), self.device)
+                ok[good] = True
         return {
-            "pos": positions,
+            "pos": np.asarray(batch["pos"], dtype=np.int64),
             "vector": vectors,
             "ok": ok,
             "reason": np.array(reasons, dtype=object),
@@ -223,30 +224,26 @@ def ray_session(address: str | None) -> Iterator[None]:
 
 
 def ray_batches(
-    model: Any,
-    items: Sequence[Item],
-    modality: str,
-    batch_size: int,
-    num_actors: int,
-    device: str,
+    model: Any, items: Sequence[Item], batch_size: int, num_actors: int, device: str
 ) -> Iterator[EncodedBatch]:
-    """Encode ``items`` with a Ray Data actor pool; batches come back in item order."""
+    """Encode ``items`` with a Ray Data actor pool (one pool for both modalities); batches come
+    back in item order, each of one modality."""
     import ray
     import ray.data
 
     if not items:
         return
     ctx = ray.data.DataContext.get_current()
-    previous_order, previous_progress = ctx.execution_options.preserve_order, ctx.enable_progress_bars
-    ctx.execution_options.preserve_order = True
+    previous = ctx.execution_options.preserve_order, ctx.enable_progress_bars
+    ctx.execution_options.preserve_order = True  # shards get the same items as with the local engine
     ctx.enable_progress_bars = False
     try:
         model_ref = ray.put(model)
-        rows = [{"pos": i, "ref": it.ref} for i, it in enumerate(items)]
-        blocks = max(1, min(math.ceil(len(rows) / batch_size), 4 * max(1, num_actors) * 8))
+        rows = [{"pos": i, "ref": it.ref, "modality": it.modality} for i, it in enumerate(items)]
+        blocks = max(1, min(math.ceil(len(rows) / batch_size), 64 * max(1, num_actors)))
         dataset = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
             RayEncoder,
-            fn_constructor_kwargs={"model_ref": [model_ref], "modality": modality, "device": device},
+            fn_constructor_kwargs={"model_ref": [model_ref], "device": device},
             batch_size=batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=max(1, num_actors)),
@@ -256,14 +253,18 @@ def ray_batches(
         )
         for out in dataset.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=2):
             positions = out["pos"].tolist()
-            ok = out["ok"]
-            good = [p for p, flag in zip(positions, ok) if flag]
-            bad = [
-                (items[p], str(r), str(d))
-                for p, flag, r, d in zip(positions, ok, out["reason"], out["detail"])
-                if not flag
-            ]
-            yield EncodedBatch([items[p] for p in good], np.asarray(out["vector"][ok], dtype=np.float32), bad)
+            rows_ok = out["ok"]
+            for modality in ("image", "text"):
+                mine = [j for j, p in enumerate(positions) if items[p].modality == modality]
+                if not mine:
+                    continue
+                good = [j for j in mine if rows_ok[j]]
+                bad = [
+                    (items[positions[j]], str(out["reason"][j]), str(out["detail"][j]))
+                    for j in mine
+                    if not rows_ok[j]
+                ]
+                vectors = np.asarray(out["vector"][good], dtype=np.float32).reshape(len(good), -1)  # [b, D]
+                yield EncodedBatch(modality, [items[positions[j]] for j in good], vectors, bad)
     finally:
-        ctx.execution_options.preserve_order = previous_order
-        ctx.enable_progress_bars = previous_progress
+        ctx.execution_options.preserve_order, ctx.enable_progress_bars = previous

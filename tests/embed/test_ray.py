@@ -1,0 +1,59 @@
+"""The Ray Data engine writes the same collection as the local one."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+from fake_model import KeywordEncoder
+
+from indexes import Collection
+from retrieval.embed import embed_corpus
+
+pytestmark = pytest.mark.ray
+
+
+def _contents(path):
+    with Collection.open(path, read_only=True) as coll:
+        ids = coll.ids()
+        return [
+            (m["modality"], m["path"], m["caption"], tuple(np.round(v, 5)))
+            for m, v in zip(coll.get(ids), coll.vectors(ids))
+        ]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    try:
+        import ray
+        import ray.data
+    except ImportError as exc:  # the distributed extra is not installed
+        print(f"skipping the Ray engine test: ray cannot be imported ({exc})")
+        pytest.skip(f"ray cannot be imported: {exc}")
+    import ray.cloudpickle
+
+    # The fake encoder lives in a test folder Ray workers cannot import: ship it by value.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[KeywordEncoder.__module__])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_AUTH_MODE", "disabled")  # no token written to the home folder
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=os.environ["RAY_TMPDIR"])
+        yield ray
+        ray.shutdown()
+
+
+def test_ray_engine_equals_local_engine(local_ray, corpus, config, tmp_path):
+    rows = corpus.read_text().splitlines()
+    broken = rows[2].split('"image": "')[1].split('"')[0]
+    with open(broken, "wb") as fh:
+        fh.write(b"broken")
+    local = embed_corpus(KeywordEncoder(), corpus, tmp_path / "local", config)
+    distributed = embed_corpus(
+        KeywordEncoder(), corpus, tmp_path / "ray", config.replace(engine="ray", num_actors=2)
+    )
+    assert distributed.embedded == local.embedded == 39
+    assert distributed.skipped == local.skipped == {"decode_error": 1}
+    assert _contents(tmp_path / "ray") == _contents(tmp_path / "local")
+    again = embed_corpus(KeywordEncoder(), corpus, tmp_path / "ray", config.replace(engine="ray"))
+    assert again.embedded == 0
