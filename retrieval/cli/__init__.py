@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "info": "retrieval.cli.info",
     "embed": "retrieval.cli.embed",
     "search": "retrieval.cli.search",
+    "eval": "retrieval.cli.eval",
 }
 
 
