@@ -8,6 +8,7 @@ tokens to ``[B, output_dim]``. Both list their repeated ``blocks()`` (input to o
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,13 @@ class ImageTower(nn.Module):
         return []
 
     def save_assets(self, directory: Path) -> None:
-        """Write what a rebuild needs besides the weights (processor, backbone config)."""
+        """Write what a rebuild needs besides the weights (processor, backbone config); by default the
+        preprocessing settings, for people reading the folder."""
+        from retrieval.config import atomic_write_text
+
+        directory.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(self.preprocess_config(), indent=2, sort_keys=True, default=str)
+        atomic_write_text(directory / "preprocess.json", text + "\n")
 
 
 class TextTower(nn.Module):

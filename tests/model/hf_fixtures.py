@@ -1,0 +1,68 @@
+"""Tiny random transformers checkpoints written to a temporary folder (the hub is never contacted)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+WORDS = ["a", "red", "blue", "green", "car", "dog", "cat", "photo", "of", "the", "running", "small", "big"]
+TEXT = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4}
+VISION = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4}
+
+
+def word_tokenizer(max_length: int):
+    """A word-level fast tokenizer over WORDS with [PAD]=0, [UNK]=1, [BOS]=2, [EOS]=3."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[BOS]": 2, "[EOS]": 3, **{w: i + 4 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[BOS] $A [EOS]", special_tokens=[("[BOS]", 2), ("[EOS]", 3)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        bos_token="[BOS]",
+        eos_token="[EOS]",
+        model_max_length=max_length,
+    )
+
+
+def save_tiny_clip(path: Path) -> Path:
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config={**TEXT, "vocab_size": 4 + len(WORDS), "max_position_embeddings": 16, "eos_token_id": 3},
+        vision_config={**VISION, "image_size": 30, "patch_size": 6},
+        projection_dim=24,
+    )
+    CLIPModel(config).eval().save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}).save_pretrained(
+        path
+    )
+    word_tokenizer(16).save_pretrained(path)
+    return path
+
+
+def save_tiny_siglip(path: Path) -> Path:
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    torch.manual_seed(1)
+    config = SiglipConfig(
+        text_config={**TEXT, "vocab_size": 4 + len(WORDS), "max_position_embeddings": 12},
+        vision_config={**VISION, "image_size": 32, "patch_size": 8},
+    )
+    model = SiglipModel(config).eval()
+    with torch.no_grad():
+        model.logit_scale.fill_(2.3)
+        model.logit_bias.fill_(-7.0)
+    model.save_pretrained(path)
+    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
+    word_tokenizer(12).save_pretrained(path)
+    return path
