@@ -73,6 +73,11 @@ def dataset(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture
+def tiny_model() -> ModelConfig:
+    return TINY_MODEL
+
+
+@pytest.fixture
 def config(dataset, tmp_path) -> TrainConfig:
     """A run that takes about a second on a busy CPU: 36 pairs, batch 8, 2 epochs."""
     return TrainConfig(
