@@ -52,6 +52,13 @@ PUBLIC_PATHS = frozenset(
 )
 
 
+# The page loads nothing from elsewhere and renders results as text, never as HTML.
+PAGE_CSP = (
+    "default-src 'self'; img-src 'self' blob: data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
+
+
 class Service:
     """Everything the routes share: the config, the served collections and the worker pool."""
 
@@ -260,7 +267,7 @@ def create_app(
 
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:
-        return HTMLResponse(_page(), headers={"Cache-Control": "no-cache"})
+        return HTMLResponse(_page(), headers={"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_CSP})
 
     @app.get(
         "/healthz", tags=["service"], summary="Liveness: the service answers and which collections it serves"

@@ -133,9 +133,15 @@ def api_router(service: Service) -> APIRouter:
         )
         return await service.work(served.encode_images, [image])  # [1, D]
 
-    @router.get("", summary="Every served collection's info")
+    @router.get("", summary="Every served collection's info, and the request limits")
     async def list_collections() -> dict[str, Any]:
-        return {"collections": [await s.run(s.info) for s in service.collections.values()]}
+        limits = {
+            "max_k": config.max_k,
+            "max_text_chars": config.max_text_chars,
+            "max_upload_bytes": config.max_upload_bytes,
+            "image_urls": config.allow_image_urls,
+        }
+        return {"collections": [await s.run(s.info) for s in service.collections.values()], "limits": limits}
 
     @router.get("/{name}", summary="A collection's count, dim, metric, index spec and model fingerprints")
     async def collection_info(name: str) -> dict[str, Any]:

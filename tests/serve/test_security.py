@@ -148,7 +148,7 @@ def test_non_loopback_bind_needs_an_api_key():
 
 
 class _PngHandler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_GET(self) -> None:
         if self.path == "/green.png":
             body = png_bytes("green")
             self.send_response(200)
