@@ -574,7 +574,7 @@ class Collection:
         else:
             refine = int(self._params.get("refine", 0))
         n_live = len(self)
-        if where is not None:
+        if where is not None and not (isinstance(where, dict) and not where):  # {} filters nothing out
             match = self._match(where)  # sorted int64 [m]
             if match.size == 0:
                 return self._padded(q.shape[0], k)

@@ -117,6 +117,9 @@ def build_index(spec: str, dim: int, metric: str) -> faiss.Index:
             f"FAISS cannot build index spec {spec!r} for dim {dim} ({first}); check the factory string "
             "(for PQm the dim must be divisible by m) or use index='auto'"
         ) from exc
+    inner = _unwrap(index)
+    if hasattr(inner, "do_polysemous_training"):
+        inner.do_polysemous_training = False  # only serves polysemous filtering, which is never enabled here
     if faiss.try_extract_index_ivf(index) is None:
         index = faiss.IndexIDMap2(index)
     return index
