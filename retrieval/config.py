@@ -135,8 +135,8 @@ class ModelConfig(ConfigBase):
     shared: bool = False  # Siamese mode: vit + transformer run one shared trunk and one projection head
     lock_image: bool = False  # freeze the image tower (LiT, Zhai et al. 2022)
     lock_text: bool = False  # freeze the text tower
-    unfreeze_image_layers: int = 0  # with lock_image: train the last N blocks (and the final norm) again
-    unfreeze_text_layers: int = 0  # with lock_text: train the last N blocks (and the final norm) again
+    unfreeze_image_layers: int = 0  # > 0: freeze the image tower except its last N blocks and final norm
+    unfreeze_text_layers: int = 0  # > 0: freeze the text tower except its last N blocks and final norm
     init_logit_scale: float = 2.6592  # initial log of the logit multiplier (log(1/0.07), CLIP); log(10) for SigLIP
     init_logit_bias: float = -10.0  # initial logit bias (SigLIP); used only when use_bias is true
     use_bias: bool = False  # learn a logit bias (for the sigmoid loss)

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-# Up to this many relevant items per query, non-relevant scores are counted with one
-# comparison pass per relevant item; above it, each block row is sorted once instead.
-LOOP_MAX_RELEVANT = 16
+# Up to this many relevant items per query, scores are counted with one comparison pass
+# per relevant item; above it, with one bucketing pass against the sorted thresholds.
+LOOP_MAX_RELEVANT = 2
 
 BlockFn = Callable[[slice, "torch.Tensor | slice"], torch.Tensor]
 PairFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -74,7 +74,7 @@ def rank_pairs(
     pair_scores: PairFn | None = None,
     top_n: int = 0,
 ) -> Ranking:
-    """Rank every relevant pair; see the module docstring.
+    """Rank every relevant pair; see the module docstring. Scores must be finite (callers check).
 
     ``block(query_slice, candidates)`` returns the scores of a contiguous range of
     queries against a slice or an index tensor of candidates. ``pair_scores(q, c)``,
@@ -122,26 +122,14 @@ def rank_pairs(
         for c0 in range(0, n_candidates, chunk_size):
             c1 = min(c0 + chunk_size, n_candidates)
             s = block(qs, slice(c0, c1))  # [b, c]
-            if not bool(torch.isfinite(s).all()):
-                raise ValueError(
-                    "scores contain NaN or infinite values (first in queries "
-                    f"{q0}..{q1 - 1}, candidates {c0}..{c1 - 1}); expected finite similarities: "
-                    "check the embeddings or the score matrix"
-                )
-            cand = torch.arange(c0, c1, device=device)
-            if queries_are_texts:
-                relevant = g[q0:q1, None] == cand[None, :]  # [b, c]
-            else:
-                relevant = g[None, c0:c1] == torch.arange(q0, q1, device=device)[:, None]  # [b, c]
-            masked = s.masked_fill(relevant, float("-inf"))  # [b, c] relevant items never count
-            if m_max <= LOOP_MAX_RELEVANT:
-                for j in range(m_max):
-                    counts[:, j] += (masked >= thresholds[:, j : j + 1]).sum(1)
-            else:
-                ordered = torch.sort(masked, dim=1).values  # [b, c]
-                counts += (c1 - c0) - torch.searchsorted(ordered, thresholds.contiguous(), right=False)
+            _count_at_least(s, thresholds, m_max, counts)  # every candidate, relevant ones included
+            # take the relevant candidates of this block back out, using the block's own scores
+            inside = (cc >= c0) & (cc < c1)  # [p]
+            rows = cq[inside] - q0  # [r]
+            own = s[rows, cc[inside] - c0]  # [r]
+            counts.index_add_(0, rows, -(own[:, None] >= thresholds[rows]).to(torch.int64))  # [r, m]
             if top_n > 0:
-                top_s, top_i = _merge_top(top_s, top_i, s, cand, top_n)
+                top_s, top_i = _merge_top(top_s, top_i, s, torch.arange(c0, c1, device=device), top_n)
         ranks = pos + 1 + counts[cq - q0, pos]  # [p] pessimistic 1-based ranks
         out_q.append(cq)
         out_c.append(cc)
@@ -162,6 +150,20 @@ def rank_pairs(
         top_ids=cat(out_ids) if top_n > 0 else None,
         top_scores=cat(out_scores) if top_n > 0 else None,
     )
+
+
+def _count_at_least(s: torch.Tensor, thresholds: torch.Tensor, m_max: int, counts: torch.Tensor) -> None:
+    """``counts[i, j] += #{c: s[i, c] >= thresholds[i, j]}`` for ``j < m_max`` (in place)."""
+    if m_max <= LOOP_MAX_RELEVANT:
+        for j in range(m_max):
+            counts[:, j] += (s >= thresholds[:, j : j + 1]).sum(1)
+        return
+    asc, perm = torch.sort(thresholds, dim=1)  # [b, m] ascending (+inf padding last)
+    below = torch.searchsorted(asc, s.contiguous(), right=True)  # [b, c] thresholds <= each score
+    hist = torch.zeros(asc.shape[0], asc.shape[1] + 1, dtype=torch.int64, device=s.device)
+    hist.scatter_add_(1, below, torch.ones_like(below))  # [b, m + 1]
+    at_least = hist.flip(1).cumsum(1).flip(1)[:, 1:]  # [b, m] scores >= asc[:, j]
+    counts.scatter_add_(1, perm, at_least)
 
 
 def _pair_scores_from_blocks(

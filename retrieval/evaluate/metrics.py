@@ -112,6 +112,16 @@ def _check_targets(text_to_image: Any, n_texts: int, n_images: int, device: torc
     return g.to(device)
 
 
+def _check_finite(x: torch.Tensor, name: str) -> None:
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        where = tuple(int(i) for i in torch.nonzero(bad)[0])
+        raise ValueError(
+            f"{name} contain NaN or infinite values (first at index {where}); "
+            "expected finite numbers: check the model outputs or the score matrix"
+        )
+
+
 def _check_sizes(n_texts: int, n_images: int) -> None:
     if n_texts == 0 or n_images == 0:
         raise ValueError(
@@ -141,6 +151,7 @@ def retrieval_rankings(
     _check_sizes(n_texts, n_images)
     g = _check_targets(text_to_image, n_texts, n_images, s.device)
     chunk_size = _check_chunk(chunk_size)
+    _check_finite(s, "scores")
     st = s.T  # [I, T] view, no copy
 
     def t2i_block(qs: slice, cs: torch.Tensor | slice) -> torch.Tensor:
@@ -215,6 +226,8 @@ def embedding_ranking(
     ``g[t] < 0`` marks a text whose image is not among ``ie`` (internal use: such a
     text has no relevant image, and is relevant to no image).
     """
+    _check_finite(te, "text embeddings")
+    _check_finite(ie, "image embeddings")
     queries, candidates = (te, ie) if text_queries else (ie, te)
 
     def block(qs: slice, cs: torch.Tensor | slice) -> torch.Tensor:

@@ -262,7 +262,7 @@ def markdown_summary(result: EvalResult, files: list[str]) -> str:
                   f"{zs.metrics()['zeroshot/mean_per_class']:.4f}."]  # fmt: skip
     lines += ["", "## Files", ""]
     for name in files:
-        lines.append(f"![{name}]({name})" if name.endswith(".png") else f"- [{name}]({name})")
+        lines.append(f"![{name}]({name})\n" if name.endswith(".png") else f"- [{name}]({name})")
     return "\n".join(lines) + "\n"
 
 
