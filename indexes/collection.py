@@ -581,7 +581,8 @@ class Collection:
             ann_ok = self._kind.supports_selector and self._kind.kind != "flat" and self._index.is_trained
             if not ann_ok or match.size <= self.exact_filter_max or match.size <= k:
                 return self._exact(q, k, self._store.rows_of(match))
-            scores, ids = self._ann(q, k, refine, faiss.IDSelectorBatch(match))
+            frac = match.size / max(int(self._index.ntotal), 1)
+            scores, ids = self._ann(q, k, refine, faiss.IDSelectorBatch(match), frac)
             return self._fill_short(q, k, scores, ids, match)
         if n_live == 0:
             return self._padded(q.shape[0], k)
@@ -615,9 +616,10 @@ class Collection:
             self._tomb_sel = (faiss.IDSelectorNot(batch), batch)  # keep the inner selector alive
         return self._tomb_sel[0]
 
-    def _ann(self, q: np.ndarray, k: int, refine: int, selector: Any) -> tuple[np.ndarray, np.ndarray]:
+    def _ann(self, q: np.ndarray, k: int, refine: int, selector: Any,
+             fraction: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         kk = k * refine if refine else k
-        params = fi.search_params(self._index, selector, kk)
+        params = fi.search_params(self._index, selector, kk, fraction)
         scores, ids = fi.index_ids_search(self._index, q, kk, self._metric, params)  # [n, kk]
         if refine:
             scores, ids = self._rescore(q, ids, k)

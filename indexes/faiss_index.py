@@ -177,16 +177,24 @@ def set_params(index: faiss.Index, params: dict[str, Any]) -> None:
         inner.hnsw.efSearch = int(params["efSearch"])
 
 
-def search_params(index: faiss.Index, selector: faiss.IDSelector | None, k: int) -> faiss.SearchParameters | None:
-    """SearchParameters carrying ``selector`` plus the index's current nprobe / efSearch."""
+def search_params(
+    index: faiss.Index, selector: faiss.IDSelector | None, k: int, fraction: float = 1.0
+) -> faiss.SearchParameters | None:
+    """SearchParameters carrying ``selector`` plus the index's current nprobe / efSearch.
+
+    ``fraction`` is the share of the index the selector accepts: a filtered search meets
+    correspondingly fewer eligible items per list or graph step, so nprobe / efSearch grow
+    by ``1 / fraction`` (at most 16x; skipped items cost a membership test, not a distance).
+    """
     if selector is None:
         return None
+    boost = min(16.0, 1.0 / max(fraction, 1e-6))
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
-        return faiss.SearchParametersIVF(sel=selector, nprobe=int(ivf.nprobe))
+        return faiss.SearchParametersIVF(sel=selector, nprobe=int(min(ivf.nlist, ivf.nprobe * boost)))
     inner = _unwrap(index)
     if isinstance(inner, faiss.IndexHNSW):
-        return faiss.SearchParametersHNSW(sel=selector, efSearch=max(int(inner.hnsw.efSearch), k))
+        return faiss.SearchParametersHNSW(sel=selector, efSearch=int(max(int(inner.hnsw.efSearch), k) * boost))
     return faiss.SearchParameters(sel=selector)
 
 

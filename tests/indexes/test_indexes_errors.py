@@ -146,10 +146,10 @@ def test_open_errors(tmp_path: Path) -> None:
     Collection.create(tmp_path / "c", 4, index="Flat").close()
     manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
     (tmp_path / "c" / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
-    with pytest.raises(ValueError, match="format version 99.*upgrade"):
+    with pytest.raises(ValueError, match=r"format version 99.*upgrade"):
         Collection.open(tmp_path / "c")
     (tmp_path / "c" / "manifest.json").write_text(json.dumps({**manifest, "count": 5}))
-    with pytest.raises(ValueError, match="manifest says 5 items.*vector store holds 0"):
+    with pytest.raises(ValueError, match=r"manifest says 5 items.*vector store holds 0"):
         Collection.open(tmp_path / "c", read_only=True)
     (tmp_path / "c" / "manifest.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
