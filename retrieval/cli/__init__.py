@@ -19,6 +19,8 @@ COMMANDS: dict[str, str] = {
     "embed": "retrieval.cli.embed",
     "search": "retrieval.cli.search",
     "eval": "retrieval.cli.eval",
+    "serve": "retrieval.cli.serve",
+    "train": "retrieval.cli.train",
 }
 
 

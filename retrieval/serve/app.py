@@ -102,12 +102,14 @@ class Service:
                 if key not in runners:
                     runners[key] = ModelRunner(models[name], f"in-memory model for {name!r}")
                 return runners[key]
-            directory = config.models.get(name, config.model)
-            if directory is None:
-                if model is None:
-                    return None
+            directory = config.models.get(name)
+            if directory is None and model is not None:
                 runners.setdefault("<default>", ModelRunner(model, "in-memory default model"))
                 return runners["<default>"]
+            if directory is None:
+                directory = config.model or _recorded_model(config.collections[name])
+            if directory is None:
+                return None
             if directory not in runners:
                 runners[directory] = load_model(directory, device=config.device)
             return runners[directory]
@@ -147,6 +149,17 @@ class Service:
             served.close()
         self.collections.clear()
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _recorded_model(collection_path: str) -> str | None:
+    """The model folder ``retrieval embed`` recorded for a collection, if it still exists."""
+    from retrieval.embed import recorded_model_dir
+
+    try:
+        recorded = recorded_model_dir(collection_path)
+    except (OSError, ValueError):
+        return None
+    return str(recorded) if recorded is not None and recorded.is_dir() else None
 
 
 def _error_body(code: str, detail: str, **extra: Any) -> dict[str, Any]:
@@ -267,7 +280,9 @@ def create_app(
 
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:
-        return HTMLResponse(_page(), headers={"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_CSP})
+        return HTMLResponse(
+            _page(), headers={"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_CSP}
+        )
 
     @app.get(
         "/healthz", tags=["service"], summary="Liveness: the service answers and which collections it serves"

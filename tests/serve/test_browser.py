@@ -46,7 +46,9 @@ def _until(check, what: str, timeout: float = 15.0) -> None:
 
 
 def _img_loaded(img) -> bool:
-    return bool(img.get_property("complete").json_value()) and img.get_property("naturalWidth").json_value() > 0
+    return (
+        bool(img.get_property("complete").json_value()) and img.get_property("naturalWidth").json_value() > 0
+    )
 
 
 def _free_port() -> int:
@@ -91,7 +93,10 @@ def test_search_page_in_chromium(live_server, tmp_path: Path):
             page = browser.new_page(viewport={"width": 1100, "height": 800})
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.on("console", lambda msg: errors.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None)
+            page.on(
+                "console",
+                lambda msg: errors.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None,
+            )
             page.goto(live_server)
             page.set_default_timeout(15_000)
             page.wait_for_selector("#collection option", state="attached")
@@ -100,8 +105,12 @@ def test_search_page_in_chromium(live_server, tmp_path: Path):
             try:
                 page.wait_for_selector(".result img")
             except Exception:
-                raise AssertionError(f"no thumbnails; status {page.inner_text('#status')!r}, errors {errors}") from None
-            _until(lambda: all(_img_loaded(i) for i in page.query_selector_all(".result img")), "thumbnails load")
+                raise AssertionError(
+                    f"no thumbnails; status {page.inner_text('#status')!r}, errors {errors}"
+                ) from None
+            _until(
+                lambda: all(_img_loaded(i) for i in page.query_selector_all(".result img")), "thumbnails load"
+            )
             first = page.locator(".result .caption").all_inner_texts()
             assert first[:4] == ["a red square"] * 4
             assert "results for" in page.inner_text("#status")
@@ -124,7 +133,8 @@ def test_search_page_in_chromium(live_server, tmp_path: Path):
             page.fill("#query", "blue")
             page.click("#search-btn")
             _until(
-                lambda: page.locator(".result .caption").all_inner_texts()[:4] == ["a blue square"] * 4, "blue results"
+                lambda: page.locator(".result .caption").all_inner_texts()[:4] == ["a blue square"] * 4,
+                "blue results",
             )
             page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
             shot = os.environ.get("RETRIEVAL_SCREENSHOT")

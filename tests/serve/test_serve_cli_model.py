@@ -1,0 +1,130 @@
+"""`retrieval serve` on the command line, and the service with a real (tiny, random) TwinEncoder
+loaded from disk (safetensors + JSON)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrieval.cli import main
+from retrieval.config import ServeConfig
+
+from ._fakes import COLORS, color_png, png_bytes
+
+
+def test_cli_builds_the_config_and_calls_run(monkeypatch, tmp_path, collection_dir):
+    seen: list[ServeConfig] = []
+    monkeypatch.setattr("retrieval.serve.run", seen.append)
+    monkeypatch.setenv("RETRIEVAL_API_KEY", "from-env")
+    code = main(
+        [
+            "serve",
+            str(collection_dir),
+            "--name",
+            "pics",
+            "--media-root",
+            str(tmp_path / "media"),
+            "--port",
+            "9123",
+            "--max-k",
+            "7",
+            "--cors-origin",
+            "*",
+            "--hide-field",
+            "path",
+        ]
+    )
+    assert code == 0
+    (config,) = seen
+    assert config.collections == {"pics": str(collection_dir)}
+    assert config.media_roots == {"pics": str(tmp_path / "media")}
+    assert (config.host, config.port, config.max_k, config.api_key) == ("127.0.0.1", 9123, 7, "from-env")
+    assert config.cors_origins == ("*",) and config.hidden_fields == ("path",)
+    assert config.allow_image_urls is False
+
+    seen.clear()
+    monkeypatch.delenv("RETRIEVAL_API_KEY")
+    assert main(["serve", f"a={collection_dir}", f"b={collection_dir}", "--media-root", f"b={tmp_path}"]) == 0
+    assert seen[0].collections == {"a": str(collection_dir), "b": str(collection_dir)}
+    assert seen[0].media_roots == {"b": str(tmp_path)} and seen[0].api_key is None
+
+
+def test_cli_errors(capsys, collection_dir):
+    assert main(["serve"]) == 1
+    assert "at least one collection" in capsys.readouterr().err
+    assert main(["serve", str(collection_dir), "--host", "0.0.0.0"]) == 1
+    assert "API key" in capsys.readouterr().err
+    assert main(["serve", f"a={collection_dir}", f"a={collection_dir}"]) == 1
+    assert "twice" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from retrieval.config import ModelConfig
+    from retrieval.model import build_model
+
+    config = ModelConfig(
+        embed_dim=16,
+        image_size=32,
+        image_width=8,
+        image_layers=1,
+        text_width=16,
+        text_layers=1,
+        vocab_size=200,
+        context_length=16,
+    )
+    model = build_model(config, [f"a {c} square" for c in COLORS], device="cpu")
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    model.save(folder)
+    return folder
+
+
+def test_real_twin_encoder_from_disk(tmp_path, tiny_model_dir):
+    from fastapi.testclient import TestClient
+
+    from indexes import Collection
+    from retrieval.model import TwinEncoder
+    from retrieval.serve import create_app
+
+    model = TwinEncoder.load(tiny_model_dir, device="cpu")
+    files = [color_png(tmp_path / "media" / f"{c}.png", c, 32) for c in COLORS]
+    captions = [f"a {c} square" for c in COLORS]
+    image_vecs = model.encode_images([str(f) for f in files]).numpy()
+    text_vecs = model.encode_texts(captions).numpy()
+    meta = [{"modality": "image", "path": str(f), "caption": c} for f, c in zip(files, captions)]
+    meta += [{"modality": "text", "caption": c} for c in captions]
+    with Collection.create(
+        tmp_path / "coll", dim=model.embed_dim, index="Flat", fingerprint=model.fingerprint()
+    ) as c:
+        c.add(np.concatenate([image_vecs, text_vecs]), meta)
+
+    config = ServeConfig(
+        collections={"tiny": str(tmp_path / "coll")},
+        model=str(tiny_model_dir),
+        media_roots={"tiny": str(tmp_path / "media")},
+        reload_interval=0,
+    )
+    with TestClient(create_app(config)) as client:
+        info = client.get("/collections/tiny").json()
+        assert info["model_fingerprint"] == info["fingerprint"] == model.fingerprint()
+        # text -> text: a caption finds itself first (same encoder, same text)
+        r = client.post(
+            "/collections/tiny/search/text", json={"text": "a blue square", "k": 1, "modality": "text"}
+        )
+        assert r.status_code == 200, r.text
+        top = r.json()["hits"][0]
+        assert top["metadata"]["caption"] == "a blue square" and top["score"] == pytest.approx(1.0, abs=1e-4)
+        # image -> image: an uploaded copy of a stored image finds it first
+        r = client.post(
+            "/collections/tiny/search/image",
+            files={"image": ("q.png", png_bytes("green", 32), "image/png")},
+            data={"k": "1", "modality": "image"},
+        )
+        assert r.status_code == 200, r.text
+        top = r.json()["hits"][0]
+        assert top["metadata"]["caption"] == "a green square" and top["score"] == pytest.approx(1.0, abs=1e-4)
+        # clip-retrieval client body against the real model
+        r = client.post("/knn-service", json={"text": "a red square", "modality": "text", "num_images": 2})
+        assert r.status_code == 200 and r.json()[0]["caption"] == "a red square"
