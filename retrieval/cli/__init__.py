@@ -20,7 +20,6 @@ COMMANDS: dict[str, str] = {
     "search": "retrieval.cli.search",
     "eval": "retrieval.cli.eval",
     "serve": "retrieval.cli.serve",
-    "train": "retrieval.cli.train",
 }
 
 
