@@ -32,15 +32,8 @@ WEIGHTS_FILE = "model.safetensors"
 FORMAT_FILE = "retrieval_model.json"
 FORMAT_VERSION = 1
 # Config fields that change what the embeddings are; training-only switches (locks, init values) do not.
-_FINGERPRINT_FIELDS = (
-    "image_tower",
-    "text_tower",
-    "embed_dim",
-    "projection",
-    "pooling",
-    "context_length",
-    "shared",
-)
+# Tower names are left out on purpose: "hf:<path>" would make the same weights differ by where they were read.
+_FINGERPRINT_FIELDS = ("embed_dim", "projection", "pooling", "context_length", "shared")
 
 
 def default_device() -> torch.device:
@@ -178,7 +171,7 @@ class TwinEncoder(nn.Module):
         Runs under ``torch.inference_mode`` in batches on ``device`` (default: where the model is; the
         model moves there). A path that cannot be decoded raises :class:`retrieval.data.ImageDecodeError`.
         """
-        from retrieval.data.images import load_image
+        from retrieval.data.images import load_image, to_rgb
 
         _check_batch_size(batch_size)
         transform = self.image_transform(train=False)
@@ -188,7 +181,7 @@ class TwinEncoder(nn.Module):
             with torch.inference_mode():
                 for start in _progress(range(0, len(images), batch_size), progress, "images"):
                     batch = [
-                        img if isinstance(img, Image.Image) else load_image(img)
+                        to_rgb(img) if isinstance(img, Image.Image) else load_image(img)
                         for img in images[start : start + batch_size]
                     ]
                     pixel_values = torch.stack([transform(img) for img in batch]).to(target)  # [b, 3, H, W]
@@ -228,6 +221,7 @@ class TwinEncoder(nn.Module):
             "image": self.image_tower.preprocess_config(),
             "text": self.text_tower.preprocess_config(),
             "model": {name: getattr(self.config, name) for name in _FINGERPRINT_FIELDS},
+            "towers": [type(self.image_tower).__name__, type(self.text_tower).__name__],
         }
 
     def fingerprint(self) -> str:

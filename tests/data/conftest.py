@@ -1,24 +1,11 @@
-"""Small images (good and broken) written to tmp_path."""
+"""Small images written to tmp_path."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
-
-
-def rgb_image(width: int = 24, height: int = 16, seed: int = 0) -> Image.Image:
-    array = np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-    return Image.fromarray(array, "RGB")
-
-
-def jpeg_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
+from data_helpers import rgb_image
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import pickle
 from pathlib import Path
 
 import torch
-from conftest import jpeg_bytes, rgb_image
+from data_helpers import jpeg_bytes, rgb_image
 from PIL import Image
 from torch.utils.data import DataLoader
 

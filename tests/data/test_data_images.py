@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import jpeg_bytes, rgb_image
+from data_helpers import jpeg_bytes, rgb_image
 from PIL import Image
 
 from retrieval.data import ImageDecodeError, load_image, tar_ref

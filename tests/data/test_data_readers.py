@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import jpeg_bytes, rgb_image
+from data_helpers import jpeg_bytes, rgb_image
 
 from retrieval.data import read_pairs
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config
+from model_helpers import tiny_config
 from PIL import Image
 
 from retrieval.model import TwinEncoder, build_model
@@ -85,6 +85,9 @@ def test_saved_pretrained_model_loads_without_the_source(clip_dir: Path, tmp_pat
     source = tmp_path / "source"
     shutil.copytree(clip_dir, source)
     model = TwinEncoder.from_pretrained(source, device="cpu")
+    assert (
+        model.fingerprint() == TwinEncoder.from_pretrained(clip_dir, device="cpu").fingerprint()
+    )  # path-free
     model.save(tmp_path / "saved")
     expected = model.encode_texts(TEXTS)
     shutil.rmtree(source)

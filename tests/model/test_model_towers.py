@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CAPTIONS, tiny_config
+from model_helpers import CAPTIONS, tiny_config
 
 from retrieval.model import build_model
 from retrieval.towers import IMAGE_TOWERS, TEXT_TOWERS, CaptionTokenizer, build_image_tower, build_text_tower
@@ -11,8 +11,8 @@ COMBOS = [("cnn", "gru"), ("cnn", "transformer"), ("vit", "gru"), ("vit", "trans
 
 
 def test_registries_are_tables() -> None:
-    assert set(IMAGE_TOWERS) == {"cnn", "vit", "hf"}
-    assert set(TEXT_TOWERS) == {"gru", "transformer", "hf"}
+    assert {"cnn", "vit", "hf"} <= set(IMAGE_TOWERS)
+    assert {"gru", "transformer", "hf"} <= set(TEXT_TOWERS)
 
 
 def test_unknown_tower_names_list_the_choices() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CAPTIONS, tiny_config
+from model_helpers import CAPTIONS, tiny_config
 from PIL import Image
 
 from retrieval.config import ModelConfig

@@ -1,0 +1,30 @@
+"""Tiny model settings shared by the model tests."""
+
+from __future__ import annotations
+
+from retrieval.config import ModelConfig
+
+CAPTIONS = [
+    "a red car",
+    "a blue dog running",
+    "two green cats",
+    "a small red boat on the water",
+    "the big dog",
+]
+TINY = {
+    "embed_dim": 32,
+    "image_size": 32,
+    "image_width": 16,
+    "image_layers": 2,
+    "image_heads": 2,
+    "patch_size": 8,
+    "text_width": 16,
+    "text_layers": 2,
+    "text_heads": 2,
+    "vocab_size": 300,
+    "context_length": 16,
+}
+
+
+def tiny_config(image_tower: str = "cnn", text_tower: str = "gru", **changes: object) -> ModelConfig:
+    return ModelConfig(image_tower=image_tower, text_tower=text_tower, **{**TINY, **changes})
