@@ -2,6 +2,35 @@
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+# Public names -> the module defining them; imported on first access so `import retrieval`
+# (and the CLI) stays fast and does not pull in torch until a model is used.
+_LAZY: dict[str, str] = {
+    "ModelConfig": "retrieval.config",
+    "TwinEncoder": "retrieval.model",
+    "build_model": "retrieval.model",
+    "Pair": "retrieval.data",
+    "PairSet": "retrieval.data",
+    "PairDataset": "retrieval.data",
+    "ImageDecodeError": "retrieval.data",
+    "collate_pairs": "retrieval.data",
+    "load_image": "retrieval.data",
+    "read_pairs": "retrieval.data",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'retrieval' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
+
+__all__ = ["__version__", *_LAZY]
