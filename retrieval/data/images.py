@@ -8,6 +8,7 @@ refuses images larger than ``max_pixels`` (decompression bombs).
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import tarfile
@@ -41,17 +42,44 @@ def split_tar_ref(ref: str) -> tuple[str, str]:
     return shard, member
 
 
+@functools.lru_cache(maxsize=32)
+def _tar_index(shard: str, mtime_ns: int, size: int) -> dict[str, tuple[int, int]] | None:
+    """``member -> (data offset, size)`` of an uncompressed shard, read once per process (and per shard
+    version); ``None`` for compressed shards, whose offsets cannot be seeked to."""
+    with open(shard, "rb") as fh:
+        magic = fh.read(6)
+    if magic[:2] == b"\x1f\x8b" or magic[:3] == b"BZh" or magic == b"\xfd7zXZ\x00":
+        return None
+    with tarfile.open(shard, "r:") as tar:
+        return {m.name: (m.offset_data, m.size) for m in tar if m.isfile()}
+
+
+def _read_tar_member(shard: str, member: str) -> bytes:
+    stat = os.stat(shard)
+    index = _tar_index(shard, stat.st_mtime_ns, stat.st_size)
+    if index is None:
+        with tarfile.open(shard, "r") as tar:
+            fh = tar.extractfile(member)
+            if fh is None:
+                raise ImageDecodeError(f"{member!r} in {shard} is not a regular file")
+            return fh.read()
+    if member not in index:
+        raise ImageDecodeError(f"cannot read image {member!r}: no such member in {shard}")
+    offset, size = index[member]
+    with open(shard, "rb") as fh:
+        fh.seek(offset)
+        data = fh.read(size)
+    if len(data) != size:
+        raise ImageDecodeError(f"{member!r} in {shard} is cut off ({len(data)} of {size} bytes)")
+    return data
+
+
 def read_ref_bytes(ref: str | os.PathLike[str]) -> bytes:
     """The raw bytes behind an image reference; :class:`ImageDecodeError` when unreadable."""
     text = str(ref)
     try:
         if text.startswith(TAR_PREFIX):
-            shard, member = split_tar_ref(text)
-            with tarfile.open(shard, "r") as tar:
-                fh = tar.extractfile(member)
-                if fh is None:
-                    raise ImageDecodeError(f"{member!r} in {shard} is not a regular file")
-                return fh.read()
+            return _read_tar_member(*split_tar_ref(text))
         return Path(text).read_bytes()
     except ImageDecodeError:
         raise

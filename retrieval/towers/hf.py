@@ -13,6 +13,7 @@ rebuilt offline with ``AutoModel.from_config`` and the weights from ``model.safe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -57,6 +58,18 @@ def _load_backbone(source: str, half: str) -> tuple[nn.Module, nn.Module | None,
     return AutoModel.from_pretrained(source, **_float32()), None, hf_config
 
 
+def _skip_init() -> contextlib.AbstractContextManager[Any]:
+    """transformers' context that skips random initialisation (its module moved between versions)."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        try:
+            from transformers.modeling_utils import no_init_weights
+        except ImportError:
+            return contextlib.nullcontext()
+    return no_init_weights()
+
+
 def _rebuild_backbone(assets: Path) -> tuple[nn.Module, nn.Module | None, dict[str, Any]]:
     import transformers
     from transformers import AutoConfig, AutoModel
@@ -67,10 +80,11 @@ def _rebuild_backbone(assets: Path) -> tuple[nn.Module, nn.Module | None, dict[s
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     hf_config = AutoConfig.from_pretrained(assets)
     model_class = getattr(transformers, str(meta.get("class", "")), None)
-    if isinstance(model_class, type) and issubclass(model_class, transformers.PreTrainedModel):
-        backbone = model_class(hf_config).to(torch.float32)
-    else:
-        backbone = AutoModel.from_config(hf_config, **_float32())
+    with _skip_init():  # every weight is overwritten from model.safetensors (strictly) right after
+        if isinstance(model_class, type) and issubclass(model_class, transformers.PreTrainedModel):
+            backbone = model_class(hf_config).to(torch.float32)
+        else:
+            backbone = AutoModel.from_config(hf_config, **_float32())
     projection = nn.Linear(*meta["projection"], bias=False) if meta.get("projection") else None
     return backbone, projection, meta
 

@@ -117,3 +117,21 @@ def test_tar_reference(tmp_path: Path) -> None:
         load_image(tar_ref(shard, "missing.jpg"))
     with pytest.raises(ImageDecodeError, match="malformed"):
         load_image("tar://nohash")
+
+
+def test_tar_members_read_through_an_index_and_from_compressed_shards(tmp_path: Path) -> None:
+    pictures = {f"{i:04d}.jpg": jpeg_bytes(rgb_image(seed=i)) for i in range(4)}
+    for name, mode in (("s.tar", "w"), ("s.tar.gz", "w:gz")):
+        with tarfile.open(tmp_path / name, mode) as tar:
+            for member, data in pictures.items():
+                info = tarfile.TarInfo(member)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        for member, data in pictures.items():
+            expected = np.asarray(load_image(data))
+            assert np.array_equal(np.asarray(load_image(tar_ref(tmp_path / name, member))), expected)
+    raw = (tmp_path / "s.tar").read_bytes()
+    (tmp_path / "cut.tar").write_bytes(raw[:2000])  # the second image's header survives, its data does not
+    with pytest.raises(ImageDecodeError):
+        load_image(tar_ref(tmp_path / "cut.tar", "0001.jpg"))
+    assert load_image(tar_ref(tmp_path / "cut.tar", "0000.jpg")).size == (24, 16)
