@@ -49,6 +49,10 @@ class Searcher:
     ``collection`` is an open :class:`indexes.Collection` or the path of one (opened read-only
     and closed by :meth:`close`). ``model`` may be ``None`` for raw-vector search only. A model
     whose fingerprint differs from the one the collection records raises ``ValueError``.
+
+    Items are told apart by their ``modality`` metadata field (as :func:`retrieval.embed.embed_corpus`
+    writes it). A collection without that field is searched whole; one holding a single modality
+    is searched without a filter (faster), so items added there without the field also come back.
     """
 
     def __init__(self, model: Any, collection: Any, *, device: str | None = None) -> None:
@@ -66,6 +70,7 @@ class Searcher:
             self.close()
             raise
         self._has_modality = "modality" in set(collection.fields())
+        self._single: tuple[int, str | None] = (-1, None)  # (collection size, its only modality)
 
     def _check_model(self) -> None:
         if self.model is None:
@@ -111,7 +116,17 @@ class Searcher:
         if not queries:
             return np.zeros((0, int(self.collection.dim)), dtype=np.float32)
         model = self._need_model()
-        vectors = model.encode_texts(list(queries), batch_size=max(1, len(queries)), device=self.device)
+        if _direct(model, "text_features", self.device):
+            # A model already in eval mode is called directly: encode_texts would switch modes every call.
+            import torch
+
+            with torch.inference_mode():
+                chunks = [
+                    model.text_features(model.tokenize(list(queries[lo : lo + 256])))  # [b, D]
+                    for lo in range(0, len(queries), 256)
+                ]
+            return _as_queries(torch.cat(chunks).float().cpu(), self.collection.dim)
+        vectors = model.encode_texts(list(queries), batch_size=256, device=self.device)
         return _as_queries(vectors, self.collection.dim)
 
     def encode_images(self, images: Sequence[ImageQuery]) -> np.ndarray:
@@ -124,7 +139,7 @@ class Searcher:
         if not decoded:
             return np.zeros((0, int(self.collection.dim)), dtype=np.float32)
         model = self._need_model()
-        vectors = model.encode_images(decoded, batch_size=max(1, len(decoded)), device=self.device)
+        vectors = model.encode_images(decoded, batch_size=64, device=self.device)
         return _as_queries(vectors, self.collection.dim)
 
     # -- raw vectors --------------------------------------------------------------------------
@@ -290,8 +305,23 @@ class Searcher:
                     f"where={{'modality': {wanted!r}}} contradicts a search for {modality} items: drop the "
                     "modality condition or use the method for the modality you want"
                 )
-        merged["modality"] = modality
-        return merged
+        if self._only_modality() != modality:  # when every item is of this modality, no filter is faster
+            merged["modality"] = modality
+        return merged or None
+
+    def _only_modality(self) -> str | None:
+        """The modality of every item when the collection holds one only (checked once per size)."""
+        size = len(self.collection)
+        if self._single[0] != size:
+            probe = np.zeros((1, int(self.collection.dim)), dtype=np.float32)  # [1, D]
+            probe[0, 0] = 1.0
+            present = [
+                m
+                for m in ("image", "text")
+                if self.collection.search(probe, 1, where={"modality": m})[1][0, 0] >= 0
+            ]
+            self._single = (size, present[0] if len(present) == 1 else None)
+        return self._single[1]
 
     def _hits(self, scores: np.ndarray, ids: np.ndarray) -> list[list[Hit]]:
         valid = ids >= 0  # [n, k]; -1 pads rows with fewer than k matches
@@ -306,6 +336,11 @@ class Searcher:
             ]
             for row_ids, row_scores, row_ok in zip(ids, scores, valid)
         ]
+
+
+def _direct(model: Any, method: str, device: str | None) -> bool:
+    """Whether ``model.<method>`` can be called directly: an eval-mode torch model staying where it is."""
+    return device is None and hasattr(model, method) and getattr(model, "training", True) is False
 
 
 def _one_text(query: Any) -> str:
@@ -377,7 +412,7 @@ def search_collection(
         raise ValueError(
             f"no model recorded for collection {collection_path}: pass the model folder (--model DIR)"
         )
-    model = TwinEncoder.load(model_path)
+    model = TwinEncoder.load(model_path).eval()
     target = modality or "image"
     with Searcher(model, collection_path) as searcher:
         if query is not None and image is not None:

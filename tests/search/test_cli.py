@@ -89,3 +89,12 @@ def test_real_model_searches_all_directions(embedded, tiny_model_dir, corpus_row
         own = searcher.image_to_image(corpus_rows[0]["image"], k=1)[0]
         assert own.metadata["path"] == corpus_rows[0]["image"]
         assert len(searcher.image_to_text_batch([corpus_rows[0]["image"], corpus_rows[1]["image"]], k=2)) == 2
+
+
+def test_eval_mode_fast_path_matches_encode_texts(embedded, tiny_model_dir):
+    model = TwinEncoder.load(tiny_model_dir, device="cpu")
+    queries = ["a red dog", "blue sky over a house", "cat"]
+    expected = model.encode_texts(queries).numpy()
+    with Searcher(model.eval(), embedded) as searcher:
+        np.testing.assert_allclose(searcher.encode_texts(queries), expected, atol=1e-5)
+    assert model.training is False
