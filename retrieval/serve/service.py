@@ -9,7 +9,8 @@ pool of worker threads and overlaps freely.
 
 A reload reopens a collection whose files changed on disk (another process added or removed
 items and saved): checked at most every ``reload_interval`` seconds when a request arrives,
-or forced through :meth:`ServedCollection.reload`.
+then opened in a helper thread while queries go on against the old version, and swapped in
+by the owner thread; or forced (synchronously) through :meth:`ServedCollection.reload`.
 """
 
 from __future__ import annotations
@@ -151,6 +152,7 @@ class ServedCollection:
         self._searcher: Searcher | None = None
         self._signature: tuple[tuple[str, int, int], ...] = ()
         self._checked_at = 0.0
+        self._reloading = False  # a background reopen is under way
         try:
             self.call(self._open_initial)
         except BaseException:
@@ -194,7 +196,7 @@ class ServedCollection:
         self._checked_at = time.monotonic()
 
     def _reload(self, force: bool) -> bool:
-        """Reopen the collection if its files changed (or ``force``); keep the old one on failure."""
+        """Reopen the collection now if its files changed (or ``force``); keep the old one on failure."""
         signature = _disk_signature(self.path)
         self._checked_at = time.monotonic()
         if not force and signature == self._signature:
@@ -208,16 +210,54 @@ class ServedCollection:
             if force:
                 raise bad_request("reload_failed", f"cannot reopen collection {self.name!r}: {exc}") from None
             return False
+        self._swap(fresh, signature)
+        return True
+
+    def _swap(self, fresh: Searcher, signature: tuple[tuple[str, int, int], ...]) -> None:
         old, self._searcher, self._signature = self._searcher, fresh, signature
         self.reloads += 1
         if old is not None:
             old.collection.close()
         logger.info("collection %r reloaded: %d items", self.name, len(fresh.collection))
-        return True
+
+    def _reopen_in_background(self, signature: tuple[tuple[str, int, int], ...]) -> None:
+        """Open the changed collection in a helper thread (queries keep using the old one meanwhile),
+        then swap it in from the owner thread."""
+
+        def work() -> None:
+            try:
+                fresh = self._searcher_for(self._opener(self.path, self._mmap))
+            except Exception as exc:
+                logger.warning("collection %r changed on disk but could not be reopened (%s)", self.name, exc)
+                self._reloading = False
+                return
+
+            def swap() -> None:
+                self._reloading = False
+                if self._searcher is None:  # closed meanwhile
+                    fresh.collection.close()
+                else:
+                    self._swap(fresh, signature)
+
+            try:
+                self._executor.submit(swap)
+            except RuntimeError:  # shut down meanwhile
+                fresh.collection.close()
+
+        self._reloading = True
+        threading.Thread(target=work, name=f"reload-{self.name}", daemon=True).start()
 
     def _fresh(self) -> Searcher:
-        if self.reload_interval > 0 and time.monotonic() - self._checked_at >= self.reload_interval:
-            self._reload(force=False)
+        now = time.monotonic()
+        if (
+            self.reload_interval > 0
+            and not self._reloading
+            and now - self._checked_at >= self.reload_interval
+        ):
+            self._checked_at = now
+            signature = _disk_signature(self.path)
+            if signature != self._signature:
+                self._reopen_in_background(signature)
         assert self._searcher is not None, "collection used after close()"
         return self._searcher
 

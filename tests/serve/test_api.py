@@ -179,3 +179,24 @@ def test_reload_picks_up_items_added_by_another_writer(client, collection_dir):
         "/collections/shapes/search/text", json={"text": "dog", "k": 1, "modality": "image"}
     ).json()
     assert hits["hits"][0]["metadata"]["caption"] == "a dog"
+
+
+def test_automatic_reload_when_the_collection_changes_on_disk(config, encoder, collection_dir):
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from indexes import Collection
+    from retrieval.serve import create_app
+
+    with TestClient(create_app(config.replace(reload_interval=0.05), model=encoder)) as c:
+        assert c.get("/collections/shapes").json()["count"] == 24
+        with Collection.open(collection_dir) as coll:
+            coll.add(
+                keyword_vector("cat")[None, :], [{"modality": "image", "caption": "a cat", "color": "cat"}]
+            )
+        deadline = time.monotonic() + 20
+        while c.get("/collections/shapes").json()["count"] != 25:
+            assert time.monotonic() < deadline, "the change on disk was never picked up"
+            time.sleep(0.05)
+        assert c.get("/collections/shapes").json()["reloads"] == 1
