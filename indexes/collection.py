@@ -244,8 +244,9 @@ class Collection:
                 try:
                     coll = cls._load(path, manifest, mmap, read_only, lock_fd)
                     break
-                except (FileNotFoundError, sqlite3.Error):
-                    # a concurrent save replaced this version while we loaded it: read the new manifest
+                except (OSError, RuntimeError, ValueError, sqlite3.Error):
+                    # a concurrent save may have replaced this version while we loaded it (FAISS reports a
+                    # vanished file as RuntimeError): retry with the new manifest, else it is a real error
                     if attempt == 9 or _read_manifest(path).get("data") == manifest.get("data"):
                         raise
             if not read_only:
@@ -589,7 +590,7 @@ class Collection:
         if not self._index.is_trained:
             return self._exact(q, k, None)
         scores, ids = self._ann(q, k, refine, self._tombstone_selector())
-        return scores, ids
+        return self._fill_short(q, k, scores, ids, None)
 
     def _padded(self, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         return np.full((n, k), -np.inf, dtype=np.float32), np.full((n, k), -1, dtype=np.int64)
@@ -667,12 +668,13 @@ class Collection:
         return scores, ids
 
     def _fill_short(self, q: np.ndarray, k: int, scores: np.ndarray, ids: np.ndarray,
-                    match: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Rows where the filtered ANN search found fewer than min(k, matches): answer them exactly."""
-        want = min(k, match.size)
+                    match: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Rows where the ANN search found fewer than min(k, eligible items) (e.g. too few in the
+        probed IVF lists): answer them exactly. ``match`` None means every live item is eligible."""
+        want = min(k, len(self) if match is None else match.size)
         short = np.flatnonzero((ids >= 0).sum(axis=1) < want)
         if short.size:
-            s, i = self._exact(q[short], k, self._store.rows_of(match))
+            s, i = self._exact(q[short], k, None if match is None else self._store.rows_of(match))
             scores[short], ids[short] = s, i
         return scores, ids
 
