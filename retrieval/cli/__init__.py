@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "search": "retrieval.cli.search",
     "eval": "retrieval.cli.eval",
     "serve": "retrieval.cli.serve",
+    "train": "retrieval.cli.train",
 }
 
 

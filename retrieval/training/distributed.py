@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -85,8 +86,27 @@ def init_distributed(device_preference: str | None = None) -> DistContext:
 
 
 def shutdown(ctx: DistContext) -> None:
+    """Leave the process group this context created (after every rank got here)."""
     if ctx.owns_group and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
+
+
+class _AllGather(torch.autograd.Function):
+    """All-gather whose backward hands each rank the sum over ranks of the gradient of its own rows."""
+
+    @staticmethod
+    def forward(fctx: Any, x: Tensor, rank: int, world_size: int) -> Tensor:
+        parts = [torch.empty_like(x) for _ in range(world_size)]
+        dist.all_gather(parts, x.contiguous())
+        fctx.rank, fctx.rows = rank, x.shape[0]
+        return torch.cat(parts)  # [world_size * m, ...]
+
+    @staticmethod
+    def backward(fctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        total = grad.contiguous().clone()  # [world_size * m, ...]
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total[fctx.rank * fctx.rows : (fctx.rank + 1) * fctx.rows], None, None
 
 
 def gather_with_grad(x: Tensor, ctx: DistContext) -> Tensor:
@@ -97,15 +117,15 @@ def gather_with_grad(x: Tensor, ctx: DistContext) -> Tensor:
     """
     if not ctx.enabled:
         return x
-    from torch.distributed.nn.functional import all_gather
-
     counts = _gather_counts(x.shape[0], ctx, x.device)
     largest = max(counts)
     if x.shape[0] < largest:
-        pad = x.new_zeros((largest - x.shape[0], *x.shape[1:]))
-        x = torch.cat([x, pad])  # [largest, ...]
-    parts = all_gather(x.contiguous())
-    return torch.cat([part[:n] for part, n in zip(parts, counts)])  # [sum b_r, ...]
+        x = torch.cat([x, x.new_zeros((largest - x.shape[0], *x.shape[1:]))])  # [largest, ...]
+    gathered = _AllGather.apply(x, ctx.rank, ctx.world_size)  # [world_size * largest, ...]
+    keep = [r * largest + i for r, n in enumerate(counts) for i in range(n)]
+    if len(keep) == gathered.shape[0]:
+        return gathered
+    return gathered[torch.tensor(keep, device=gathered.device)]  # [sum b_r, ...]
 
 
 def gather_no_grad(x: Tensor, ctx: DistContext) -> Tensor:

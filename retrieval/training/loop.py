@@ -54,6 +54,8 @@ logger = logging.getLogger(__name__)
 # stop as if interrupted (checkpoint, then return with status "interrupted").
 StepCallback = Callable[[dict[str, Any]], Any]
 
+PLOT_EVERY_SECONDS = 30.0  # plots are redrawn after a validation at most this often (and at the end)
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
@@ -121,6 +123,7 @@ class _Run:
         self.best_metrics: dict[str, float] = {}
         self.bad_epochs = 0
         self.last_checkpoint: Path | None = None
+        self.last_plot = -math.inf
         if self.resume_from is not None:
             state = ckpt.restore_training_state(
                 self.resume_from, self.optimizer, self.scaler, restore_rng=True
@@ -217,6 +220,8 @@ class _Run:
                     if n_stop or n_late or at_max:
                         status = "interrupted" if n_stop else ("time_budget" if n_late else "max_steps")
                         if not last_of_epoch:
+                            if status != "interrupted":  # a planned stop: validate what we have
+                                self._end_of_epoch(self.epoch + self.step_in_epoch / len(plan))
                             self._checkpoint()
                             break
                     if (
@@ -228,7 +233,7 @@ class _Run:
                 if self.step_in_epoch >= len(plan):  # the epoch is complete
                     self.epoch += 1
                     self.step_in_epoch = 0
-                    if self._end_of_epoch() and status == "completed":
+                    if self._end_of_epoch(self.epoch) and status == "completed":
                         status = "early_stopped"
                     self._checkpoint()
         bar.close()
@@ -284,8 +289,9 @@ class _Run:
         )
 
     # ---------------------------------------------------------- epoch end / files
-    def _end_of_epoch(self) -> bool:
-        """Validate (rank 0), keep the best model, log; returns True when early stopping triggers."""
+    def _end_of_epoch(self, epoch: float) -> bool:
+        """Validate (rank 0), keep the best model, log; returns True when early stopping triggers.
+        ``epoch`` is the number of epochs trained so far (fractional for a stop mid-epoch)."""
         config, ctx = self.config, self.ctx
         stop = 0.0
         if ctx.is_main and self.val_pairs is not None:
@@ -303,11 +309,11 @@ class _Run:
             else:
                 self.bad_epochs += 1
             self.log.append(
-                {"kind": "val", "step": self.step, "epoch": self.epoch, "improved": improved, **metrics}
+                {"kind": "val", "step": self.step, "epoch": round(epoch, 4), "improved": improved, **metrics}
             )
             logger.info(
-                "epoch %d: %s %.4f (best %.4f)%s",
-                self.epoch,
+                "epoch %g: %s %.4f (best %.4f)%s",
+                round(epoch, 2),
                 config.select_metric,
                 value,
                 self.best,
@@ -315,7 +321,9 @@ class _Run:
             )
             patience = config.early_stopping_patience
             stop = float(patience is not None and patience > 0 and self.bad_epochs >= patience)
-            plot_history(self.log.records(), self.run_dir)
+            if time.perf_counter() - self.last_plot > PLOT_EVERY_SECONDS:
+                plot_history(self.log.records(), self.run_dir)
+                self.last_plot = time.perf_counter()
         if ctx.enabled:
             stop, bad = all_reduce_sum([stop, float(self.bad_epochs if ctx.is_main else 0)], ctx)
             self.bad_epochs = int(bad)

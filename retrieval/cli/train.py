@@ -1,0 +1,95 @@
+"""``retrieval train DATA --out DIR [--val DATA] [--config JSON] [--resume] [KEY=VALUE ...]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+EPILOG = """\
+overrides: KEY=VALUE pairs set any TrainConfig field, nested model fields with a dot; values are
+JSON when they parse as JSON, else strings. Give them right after DATA or anywhere with --set:
+  retrieval train pairs.jsonl lr=3e-4 model.embed_dim=128 --out runs/a --val val.jsonl
+  retrieval train pairs.jsonl --out runs/a --set loss=siglip --set model.text_tower=transformer
+Precedence: TrainConfig defaults < --config JSON < options < overrides. Ctrl-C stops after the current
+step with a checkpoint; --resume continues from it exactly."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train twin encoders on image-caption pairs (checkpoints, validation recall, resume)",
+        description="Train a TwinEncoder on DATA and write checkpoints, best/ and final/ model folders, "
+        "metrics.jsonl and loss/recall plots to --out.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "data", help="training pairs: manifest (.jsonl/.csv/.tsv/.parquet), image folder, .tar shard(s)"
+    )
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="TrainConfig overrides (see below)")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder (checkpoints, models, metrics)")
+    p.add_argument("--val", default=None, metavar="DATA", help="validation pairs (recall per epoch, best/)")
+    p.add_argument(
+        "--config", default=None, metavar="JSON", help="a TrainConfig JSON file (e.g. a run's config.json)"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its latest checkpoint"
+    )
+    p.add_argument(
+        "--set", action="append", default=[], dest="set_overrides", metavar="KEY=VALUE", help="an override"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(base: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``base`` (a TrainConfig dict) with ``KEY=VALUE`` overrides applied; ``a.b=v`` sets a nested field."""
+    result = json.loads(json.dumps(base))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} is not KEY=VALUE (e.g. lr=3e-4 or model.embed_dim=128)")
+        *parents, leaf = key.strip().split(".")
+        target = result
+        for name in parents:
+            if not isinstance(target.get(name), dict):
+                raise ValueError(
+                    f"override {item!r}: {name!r} is not a nested config (e.g. model.embed_dim=128)"
+                )
+            target = target[name]
+        target[leaf] = _parse_value(value)
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    from retrieval.config import TrainConfig
+    from retrieval.train import TrainingDivergedError, train
+
+    base = TrainConfig.load(args.config) if args.config else TrainConfig()
+    data = base.to_dict()
+    data.update(train_data=args.data, out_dir=args.out)
+    if args.val is not None:
+        data["val_data"] = args.val
+    if args.no_progress:
+        data["progress"] = False
+    config = TrainConfig.from_dict(apply_overrides(data, [*args.overrides, *args.set_overrides]))
+    try:
+        result = train(config, resume=args.resume)
+    except TrainingDivergedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    best = f", best {config.select_metric} {result.best_metric:.4f}" if result.best_metric is not None else ""
+    print(
+        f"{result.status}: {result.steps} steps, {result.epochs_completed} epochs, "
+        f"{result.pairs_per_second:.0f} pairs/s{best}\nmodel: {result.model_dir}\nrun: {result.run_dir}"
+    )
+    return 130 if result.status == "interrupted" else 0
