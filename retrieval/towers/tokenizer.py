@@ -1,8 +1,9 @@
 """A caption tokenizer trained on the training captions with the ``tokenizers`` library.
 
 Byte-level BPE (Sennrich et al. 2016; GPT-2's byte alphabet, so no caption is ever out of
-vocabulary) or WordPiece (Schuster & Nakajima 2012, as in BERT). Every sequence is
-``[CLS] tokens [EOS]``; ``[PAD]`` has id 0. Saved as a single ``tokenizer.json``.
+vocabulary) or WordPiece (Schuster & Nakajima 2012, as in BERT: greedy longest match with "##"
+continuations; its pieces are learned by BPE merges, as the tokenizers library's own trainer does).
+Every sequence is ``[CLS] tokens [EOS]``; ``[PAD]`` has id 0. Saved as a single ``tokenizer.json``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -45,30 +45,47 @@ class CaptionTokenizer:
         kind: str = "bpe",
         lowercase: bool = True,
     ) -> CaptionTokenizer:
-        """Learn a vocabulary of at most ``vocab_size`` tokens from ``captions`` (may be empty: BPE then
-        keeps the 256-byte alphabet)."""
+        """Learn a vocabulary of about ``vocab_size`` tokens from ``captions`` (may be empty: BPE then keeps
+        the 256-byte alphabet). Training is deterministic: the same captions give the same tokenizer in
+        every process."""
         if kind not in KINDS:
             raise ValueError(f"unknown tokenizer {kind!r}; expected one of {list(KINDS)}")
-        steps = [normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else [])
+        texts = [c for c in captions if isinstance(c, str)]
+        normalizer = normalizers.Sequence(
+            [normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else [])
+        )
         if kind == "bpe":
             tokenizer = Tokenizer(models.BPE())
+            tokenizer.normalizer = normalizer
             tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
             tokenizer.decoder = decoders.ByteLevel()
-            trainer: Any = trainers.BpeTrainer(
-                vocab_size=vocab_size,
-                special_tokens=SPECIAL_TOKENS,
-                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                show_progress=False,
-            )
+            alphabet = pre_tokenizers.ByteLevel.alphabet()
+            target = vocab_size
         else:
-            tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+            # A BPE model over a sorted character alphabet (merge ties then break the same way in every
+            # process), turned into a WordPiece vocabulary: every learned piece as a word start and as a
+            # "##" continuation, tokenized greedily longest-match-first as in BERT.
+            tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
+            tokenizer.normalizer = normalizer
+            tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+            alphabet = sorted(
+                {ch for text in texts for ch in normalizer.normalize_str(text) if not ch.isspace()}
+            )
+            target = max(len(SPECIAL_TOKENS) + len(alphabet), (vocab_size + len(SPECIAL_TOKENS)) // 2)
+        trainer = trainers.BpeTrainer(
+            vocab_size=target, special_tokens=SPECIAL_TOKENS, initial_alphabet=alphabet, show_progress=False
+        )
+        tokenizer.train_from_iterator(texts, trainer=trainer)
+        if kind == "wordpiece":
+            pieces = [t for t, _ in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])]
+            vocab: dict[str, int] = {}
+            for piece in pieces:
+                for token in (piece,) if piece in SPECIAL_TOKENS else (piece, f"##{piece}"):
+                    vocab.setdefault(token, len(vocab))
+            tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+            tokenizer.normalizer = normalizer
             tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
             tokenizer.decoder = decoders.WordPiece()
-            trainer = trainers.WordPieceTrainer(
-                vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False
-            )
-        tokenizer.normalizer = normalizers.Sequence(steps)
-        tokenizer.train_from_iterator((c for c in captions if isinstance(c, str)), trainer=trainer)
         tokenizer.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [EOS]",
             special_tokens=[

@@ -145,3 +145,26 @@ def test_shared_mode_runs_one_trunk() -> None:
     assert model.image_tower.layers[0].linear1.weight.grad is not None
     with pytest.raises(ValueError, match="shared=True needs image_tower='vit' and text_tower='transformer'"):
         build_model(tiny_config(shared=True), device="cpu")
+
+
+def test_tokenizer_training_is_the_same_in_every_process() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "from retrieval.towers.tokenizer import CaptionTokenizer as T\n"
+        f"captions = {CAPTIONS!r} * 5 + ['x%dy%d' % (i, 7 * i) for i in range(200)]\n"
+        "for kind in ('bpe', 'wordpiece'):\n"
+        "    print(T.train(captions, vocab_size=320, context_length=16, kind=kind).digest())\n"
+    )
+    runs = [
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        for _ in "ab"
+    ]
+    assert runs[0] == runs[1] and len(runs[0].split()) == 2
+    captions = CAPTIONS * 5 + [f"x{i}y{7 * i}" for i in range(200)]
+    here = [
+        CaptionTokenizer.train(captions, vocab_size=320, context_length=16, kind=k).digest()
+        for k in ("bpe", "wordpiece")
+    ]
+    assert runs[0].split() == here
