@@ -200,8 +200,9 @@ def check_embedding(values: Any, dim: int, max_rows: int) -> np.ndarray:
     array = np.asarray(rows, dtype=np.float64)  # [n, d]
     if not np.isfinite(array).all():
         raise bad_request("bad_embedding", "embedding contains NaN or infinite values")
+    array = array / np.abs(array).max(axis=1, keepdims=True).clip(min=1e-300)  # [n, d]; no overflow below
     norms = np.linalg.norm(array, axis=1, keepdims=True)  # [n, 1]
-    if (norms == 0).any():
+    if not (norms > 0).all():
         raise bad_request("bad_embedding", "embedding is all zeros; cannot normalise it")
     return (array / norms).astype(np.float32)  # [n, d] unit rows
 

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 # Images served from the media root may be SVG: never let them run scripts in our origin.
 MEDIA_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; sandbox",
-    "Cache-Control": "public, max-age=3600",
+    "Cache-Control": "private, max-age=3600",
 }
 
 Modality = Literal["image", "text"]

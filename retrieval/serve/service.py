@@ -317,7 +317,7 @@ class ServedCollection:
         c = self._fresh().collection
         try:
             return np.asarray(c.vectors([int(item_id)]), dtype=np.float32)  # [1, D]
-        except (KeyError, ValueError, IndexError):
+        except (KeyError, ValueError, IndexError, OverflowError):
             raise not_found(
                 "unknown_item", f"collection {self.name!r} has no item with id {item_id}"
             ) from None
@@ -350,7 +350,7 @@ class ServedCollection:
             )
         try:
             rows = searcher.search_vectors(queries, max(k, fetch or 0), modality=modality, where=where)
-        except ValueError as exc:
+        except (ValueError, TypeError, OverflowError) as exc:  # e.g. a filter value SQLite cannot hold
             raise bad_request("bad_query", f"search refused: {exc}") from None
         results = []
         for hits in rows:
@@ -384,12 +384,12 @@ def _get_existing(c: Any, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         return {}
     try:
         return dict(zip(ids, c.get(ids), strict=True))
-    except (KeyError, ValueError, IndexError):
+    except (KeyError, ValueError, IndexError, OverflowError):
         found = {}
         for i in ids:
             try:
                 found[i] = c.get([i])[0]
-            except (KeyError, ValueError, IndexError):
+            except (KeyError, ValueError, IndexError, OverflowError):
                 continue
         return found
 

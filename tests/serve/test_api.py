@@ -200,3 +200,14 @@ def test_automatic_reload_when_the_collection_changes_on_disk(config, encoder, c
             assert time.monotonic() < deadline, "the change on disk was never picked up"
             time.sleep(0.05)
         assert c.get("/collections/shapes").json()["reloads"] == 1
+
+
+def test_no_pickle_in_the_service():
+    from pathlib import Path
+
+    import retrieval.serve
+
+    for source in Path(retrieval.serve.__file__).parent.glob("*.py"):
+        text = source.read_text(encoding="utf-8")
+        for banned in ("import pickle", "torch.load(", "allow_pickle=True", "joblib"):
+            assert banned not in text, f"{source.name} uses {banned}"
