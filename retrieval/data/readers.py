@@ -258,7 +258,13 @@ def _read_text(path: Path) -> str:
 
 
 def _read_folder(root: Path, out: _Collector, caption_column: str, id_column: str | None) -> None:
-    images = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    images = sorted(
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)  # ._a.jpg, .cache/, ...
+        and p.is_file()
+    )
     for image in images:
         where = str(image)
         metadata: dict[str, Any] = {}

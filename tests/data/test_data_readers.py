@@ -112,6 +112,9 @@ def test_image_folder_with_sidecars(image_dir: Path) -> None:
     (image_dir / "sub" / "c.txt").write_text("c caption", encoding="utf-8")
     (image_dir / "orphan.txt").write_text("no image", encoding="utf-8")
     rgb_image().save(image_dir / "nocap.jpg")
+    (image_dir / "._a.jpg").write_bytes(b"AppleDouble")  # hidden files are not images of the set
+    (image_dir / ".thumbs").mkdir()
+    rgb_image().save(image_dir / ".thumbs" / "a.jpg")
     pairs = read_pairs(image_dir, id_column="key")
     assert pairs.captions() == ["first caption", "second caption", "c caption"]
     assert pairs[0].image_id == "000" and pairs[0].metadata["width"] == 24
