@@ -20,6 +20,10 @@ _LAZY: dict[str, str] = {
     "collate_pairs": "retrieval.data",
     "load_image": "retrieval.data",
     "read_pairs": "retrieval.data",
+    "EvalConfig": "retrieval.config",
+    "evaluate_model": "retrieval.evaluate",
+    "retrieval_metrics": "retrieval.evaluate",
+    "retrieval_metrics_from_embeddings": "retrieval.evaluate",
 }
 
 

@@ -11,6 +11,7 @@ from eval_reference import reference_metrics
 
 import retrieval.evaluate._ranking as ranking_mod
 import retrieval.evaluate.metrics as metrics_mod
+import retrieval.evaluate.zeroshot as zeroshot_mod
 from retrieval.evaluate import (
     retrieval_metrics,
     retrieval_metrics_from_embeddings,
@@ -168,7 +169,22 @@ def test_bad_ks_and_embedding_dims():
         retrieval_metrics_from_embeddings(np.zeros((2, 3)), np.zeros((2, 3)), [0, 1], chunk_size=0)
 
 
-def test_docstring_examples():
-    result = doctest.testmod(metrics_mod, raise_on_error=False)
+@pytest.mark.parametrize("module", [metrics_mod, zeroshot_mod])
+def test_docstring_examples(module):
+    result = doctest.testmod(module, raise_on_error=False)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+@pytest.mark.parametrize("loop_max", [0, 2, 100])
+def test_chunked_counting_paths_with_many_captions_and_captionless_images(monkeypatch, loop_max):
+    rng = np.random.default_rng(loop_max)
+    text = rng.integers(-1, 2, size=(90, 5)).astype(np.float32)
+    image = rng.integers(-1, 2, size=(12, 5)).astype(np.float32)
+    g = rng.integers(0, 9, size=90)  # images 9..11 have no caption; ~10 captions per image
+    want = reference_metrics(text.astype(np.float64) @ image.T.astype(np.float64), g, ks=KS)
+    monkeypatch.setattr(ranking_mod, "LOOP_MAX_RELEVANT", loop_max)
+    for chunk_size in (4, 13, 200):
+        got = retrieval_metrics_from_embeddings(text, image, g, ks=KS, chunk_size=chunk_size)
+        assert_same(got, want)
+    assert want["i2t/n_queries"] == 9
