@@ -69,6 +69,7 @@ RETRAIN_GROWTH = 4.0  # needs_rebuild once the collection holds this many times 
 TUNE_MIN = 1_000  # below this many vectors, ANN parameters are not tuned (defaults are used)
 TUNE_QUERIES = 200  # sample queries used to measure recall when tuning
 EXACT_FILTER_MAX = 20_000  # filters matching at most this many items are answered by exact search
+HNSW_SPARSE_FILTER = 0.05  # HNSW searches filters accepting less than this share exactly
 _ADD_BATCH = 65_536
 
 
@@ -166,7 +167,7 @@ class Collection:
         self._lock_fd = lock_fd
         self._dirty = False
         self._closed = False
-        self._where_cache: dict[str, np.ndarray] = {}
+        self._where_cache: dict[str, Any] = {}  # filter JSON -> matching ids; "sel:" + JSON -> selector
         fi.set_params(index, self._params)
 
     # ================================================================ create / open / close
@@ -475,7 +476,8 @@ class Collection:
                 f"use vectors from the model that built it (fingerprint {self._fingerprint})"
             )
         arr = np.ascontiguousarray(arr, dtype=np.float32)
-        if arr.size and not np.isfinite(arr).all():
+        # one float64 reduction (NaN/inf propagate) instead of a full boolean mask in the common case
+        if arr.size and not np.isfinite(arr.sum(dtype=np.float64)) and not np.isfinite(arr).all():
             bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
             raise ValueError(
                 f"{what} contain NaN or infinite values in rows {bad[:5].tolist()}"
@@ -579,11 +581,14 @@ class Collection:
             match = self._match(where)  # sorted int64 [m]
             if match.size == 0:
                 return self._padded(q.shape[0], k)
-            ann_ok = self._kind.supports_selector and self._kind.kind != "flat" and self._index.is_trained
-            if not ann_ok or match.size <= self.exact_filter_max or match.size <= k:
-                return self._exact(q, k, self._store.rows_of(match))
             frac = match.size / max(int(self._index.ntotal), 1)
-            scores, ids = self._ann(q, k, refine, faiss.IDSelectorBatch(match), frac)
+            ann_ok = self._kind.supports_selector and self._kind.kind != "flat" and self._index.is_trained
+            # Exact search over the matches when they are few; also for HNSW under very selective
+            # filters, where a filtered graph walk loses recall (its eligible neighbours are sparse).
+            hnsw_sparse = self._kind.kind == "hnsw" and frac < HNSW_SPARSE_FILTER
+            if not ann_ok or match.size <= self.exact_filter_max or match.size <= k or hnsw_sparse:
+                return self._exact(q, k, self._store.rows_of(match))
+            scores, ids = self._ann(q, k, refine, self._selector(where, match), frac)
             return self._fill_short(q, k, scores, ids, match)
         if n_live == 0:
             return self._padded(q.shape[0], k)
@@ -608,6 +613,15 @@ class Collection:
                 self._where_cache.pop(next(iter(self._where_cache)))
             self._where_cache[key] = match
         return match
+
+    def _selector(self, where: dict[str, Any], match: np.ndarray) -> Any:
+        """An IDSelectorBatch over ``match``, cached with the filter (building one costs ~20 ns per id)."""
+        key = "sel:" + json.dumps(where, sort_keys=True, default=repr)
+        sel = self._where_cache.get(key)
+        if sel is None:
+            sel = faiss.IDSelectorBatch(match)
+            self._where_cache[key] = sel
+        return sel
 
     def _tombstone_selector(self) -> Any:
         if self._tomb.size == 0:

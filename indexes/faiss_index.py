@@ -52,8 +52,8 @@ METRICS: dict[str, int] = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_
 
 # faiss's own k-means advice: at least 39 training points per centroid.
 POINTS_PER_CENTROID = 39
-# upper bound on the training sample: faiss subsamples k-means input to 256 points per centroid anyway.
-MAX_POINTS_PER_CENTROID = 256
+# upper bound on the training sample (k-means cost grows with it; 64 per centroid is ample for IVF).
+MAX_POINTS_PER_CENTROID = 64
 
 
 @dataclass(frozen=True)
