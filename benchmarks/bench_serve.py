@@ -6,7 +6,8 @@ images and 10 % texts with realistic metadata), starts ``retrieval serve`` on a 
 port in a child process, then runs two phases with ``--clients`` concurrent HTTP clients sending
 ``--queries`` queries each phase (half text, half uploaded PNG images; k=10, images only):
 
-1. ``static``: the collection does not change;
+1. ``static``: the collection does not change (first one client alone, for the latency of an
+   unloaded server, then all the clients);
 2. ``writes + reloads``: a second process adds ``--add-batch`` items at a time to the collection
    (saving after each batch) while the server notices the change and reopens it.
 
@@ -269,14 +270,9 @@ def main() -> None:
         images = _png_pool(np.random.default_rng(args.seed), 32)
         load(base, 2, 20, 30, images, args.seed + 99)  # warm-up
 
-        rows = [
-            (
-                "static",
-                load(base, args.clients, args.queries, args.max_seconds, images, args.seed + 1),
-                "",
-                "",
-            )
-        ]
+        single = load(base, 1, max(50, args.queries // 8), args.max_seconds, images, args.seed + 3)
+        static = load(base, args.clients, args.queries, args.max_seconds, images, args.seed + 1)
+        rows = [("static, one client", single, 1, "", ""), ("static", static, args.clients, "", "")]
         write_seconds = args.max_seconds
         proc = subprocess.Popen(
             [sys.executable, __file__, "--writer", str(coll_dir), str(write_seconds), str(args.add_batch)],
@@ -294,9 +290,14 @@ def main() -> None:
         batches, added = (int(x) for x in out.split()) if out.strip() else (0, 0)
         if proc.returncode:
             print(f"writer failed: {err[-500:]}", file=sys.stderr)
-        time.sleep(1.5)  # one reload interval, so the last save is picked up
+        deadline = time.monotonic() + 60  # the server notices the last save within a reload interval
         after = httpx.get(f"{base}/collections/bench", timeout=30).json()
-        rows.append(("writes + reloads", during, f"{added} in {batches} saves", str(after["reloads"])))
+        while after["count"] < info["count"] + added and time.monotonic() < deadline:
+            time.sleep(0.5)
+            after = httpx.get(f"{base}/collections/bench", timeout=30).json()
+        rows.append(
+            ("writes + reloads", during, args.clients, f"{added} in {batches} saves", str(after["reloads"]))
+        )
         report(args, info, build_s, rows, after)
     finally:
         if server is not None:
@@ -312,15 +313,15 @@ def main() -> None:
 def report(args: argparse.Namespace, info: dict, build_s: float, rows: list, after: dict) -> None:
     header = "| phase | clients | queries | errors | p50 ms | p99 ms | mean ms | queries/s | items added | reloads |"
     lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
-    for name, r, added, reloads in rows:
+    for name, r, clients, added, reloads in rows:
         lines.append(
-            f"| {name} | {args.clients} | {r['sent']} | {r['errors']} | {r['p50']:.1f} | {r['p99']:.1f} | "
+            f"| {name} | {clients} | {r['sent']} | {r['errors']} | {r['p50']:.1f} | {r['p99']:.1f} | "
             f"{r['mean']:.1f} | {r['qps']:.1f} | {added or '-'} | {reloads or '-'} |"
         )
     table = "\n".join(lines)
     print()
     print(table)
-    for name, r, _, _ in rows:
+    for name, r, *_ in rows:
         if r["first_error"]:
             print(f"first error in {name}: {r['first_error']}")
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
