@@ -90,9 +90,10 @@ def encode_pixels(model: Any, pixels: Any, device: str) -> np.ndarray:
 
 
 def encode_captions(model: Any, captions: Sequence[str], device: str) -> np.ndarray:
-    return _unit(
-        model.encode_texts(list(captions), batch_size=max(1, len(captions)), device=device)
-    )  # [B, D]
+    """Captions -> [B, D] float32 unit vectors (call inside :func:`inference_on`)."""
+    if hasattr(model, "text_features") and hasattr(model, "tokenize"):
+        return _unit(model.text_features(model.tokenize(list(captions))))  # [B, D]
+    return _unit(model.encode_texts(list(captions), batch_size=max(1, len(captions)), device=device))
 
 
 # -- local ------------------------------------------------------------------------------------
