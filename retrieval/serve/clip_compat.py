@@ -166,11 +166,7 @@ def clip_router(service: Service) -> APIRouter:
             return check_embedding(embedding, await served.run(served.dim), 1)
         if not any(_present(v) for v in (text, image, url, embedding)):
             raise bad_request("no_query", "fill one of text, image (base64), image_url or embedding_input")
-        if served.model is None:
-            raise bad_request(
-                "no_model",
-                f"collection {served.name!r} is served without a model: only embedding_input works",
-            )
+        served.require_model()
         if _present(text):
             return await service.work(
                 served.encode_texts, [check_text(text, config.max_text_chars)]

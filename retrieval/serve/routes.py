@@ -107,13 +107,15 @@ def api_router(service: Service) -> APIRouter:
     config = service.config
     router = APIRouter(prefix="/collections", tags=["collections"])
 
-    async def run_search(
-        served: ServedCollection, vector: np.ndarray, k: int, where: Any, modality: Any, t0: float
-    ) -> SearchOut:
-        k = check_k(k, config.max_k)
-        modality = check_modality(modality)
+    async def checked(served: ServedCollection, k: Any, where: Any, modality: Any) -> tuple[Any, ...]:
+        """Validate the common query fields before any encoding work is spent."""
         fields = await served.run(served.fields)
-        where = check_where(where, fields)
+        return check_k(k, config.max_k), check_where(where, fields), check_modality(modality)
+
+    async def run_search(
+        served: ServedCollection, vector: np.ndarray, query: tuple[Any, ...], t0: float
+    ) -> SearchOut:
+        k, where, modality = query
         hits = (await served.run(served.search, vector, k, where, modality))[0]
         return SearchOut(
             collection=served.name,
@@ -122,12 +124,8 @@ def api_router(service: Service) -> APIRouter:
             hits=[hit_out(served, h) for h in hits],
         )
 
-    def need_model(served: ServedCollection) -> None:
-        if served.model is None:
-            served.encode_texts([])  # raises the "no model" error
-
     async def encode_image_bytes(served: ServedCollection, data: bytes) -> np.ndarray:
-        need_model(served)
+        served.require_model()
         image = await service.work(
             lambda: decode_image(data, max_bytes=config.max_upload_bytes, max_pixels=config.max_image_pixels)
         )
@@ -151,7 +149,7 @@ def api_router(service: Service) -> APIRouter:
     @router.post("/{name}/reload", summary="Reopen a collection changed on disk by another process")
     async def reload(name: str) -> dict[str, Any]:
         served = service.get(name)
-        reloaded = await served.run(served._reload, True)
+        reloaded = await served.run(served.reopen, True)
         return {"reloaded": reloaded, "info": await served.run(served.info)}
 
     @router.post("/{name}/search/text", summary="Search by text")
@@ -159,10 +157,10 @@ def api_router(service: Service) -> APIRouter:
         t0 = time.perf_counter()
         served = service.get(name)
         text = check_text(query.text, config.max_text_chars)
-        check_k(query.k, config.max_k)
-        need_model(served)
+        checks = await checked(served, query.k, query.where, query.modality)
+        served.require_model()
         vector = await service.work(served.encode_texts, [text])  # [1, D]
-        return await run_search(served, vector, query.k, query.where, query.modality, t0)
+        return await run_search(served, vector, checks, t0)
 
     @router.post("/{name}/search/image", summary="Search by an uploaded image (multipart form)")
     async def search_image(
@@ -174,11 +172,11 @@ def api_router(service: Service) -> APIRouter:
     ) -> SearchOut:
         t0 = time.perf_counter()
         served = service.get(name)
-        check_k(k, config.max_k)
-        need_model(served)
+        checks = await checked(served, k, where, modality)
+        served.require_model()
         data = await image.read(config.max_upload_bytes + 1)
         vector = await encode_image_bytes(served, data)
-        return await run_search(served, vector, k, where, modality, t0)
+        return await run_search(served, vector, checks, t0)
 
     @router.post(
         "/{name}/search/url", summary="Search by an image URL (off unless the server allows image URLs)"
@@ -191,8 +189,8 @@ def api_router(service: Service) -> APIRouter:
                 "urls_disabled",
                 "this server does not download images from URLs; start it with --allow-image-urls",
             )
-        check_k(query.k, config.max_k)
-        need_model(served)
+        checks = await checked(served, query.k, query.where, query.modality)
+        served.require_model()
         data = await service.work(
             lambda: fetch_image_url(
                 query.url,
@@ -202,21 +200,23 @@ def api_router(service: Service) -> APIRouter:
             )
         )
         vector = await encode_image_bytes(served, data)
-        return await run_search(served, vector, query.k, query.where, query.modality, t0)
+        return await run_search(served, vector, checks, t0)
 
     @router.post("/{name}/search/embedding", summary="Search by a raw query vector")
     async def search_embedding(name: str, query: EmbeddingQuery) -> SearchOut:
         t0 = time.perf_counter()
         served = service.get(name)
+        checks = await checked(served, query.k, query.where, query.modality)
         vector = check_embedding(query.embedding, await served.run(served.dim), 1)
-        return await run_search(served, vector, query.k, query.where, query.modality, t0)
+        return await run_search(served, vector, checks, t0)
 
     @router.post("/{name}/search/item", summary="Search by a stored item's vector (more like this)")
     async def search_item(name: str, query: ItemQuery) -> SearchOut:
         t0 = time.perf_counter()
         served = service.get(name)
+        checks = await checked(served, query.k, query.where, query.modality)
         vector = await served.run(served.item_vector, query.id)
-        return await run_search(served, vector, query.k, query.where, query.modality, t0)
+        return await run_search(served, vector, checks, t0)
 
     @router.get("/{name}/items/{item_id}", summary="An item's metadata")
     async def item(name: str, item_id: int) -> ItemOut:

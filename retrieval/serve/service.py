@@ -195,8 +195,9 @@ class ServedCollection:
         self._signature = signature
         self._checked_at = time.monotonic()
 
-    def _reload(self, force: bool) -> bool:
-        """Reopen the collection now if its files changed (or ``force``); keep the old one on failure."""
+    def reopen(self, force: bool) -> bool:
+        """Reopen the collection now if its files changed (or ``force``); keep the old one on failure.
+        Owner thread only: call it through :meth:`run` / :meth:`call`, or use :meth:`reload`."""
         signature = _disk_signature(self.path)
         self._checked_at = time.monotonic()
         if not force and signature == self._signature:
@@ -263,9 +264,13 @@ class ServedCollection:
 
     def reload(self, force: bool = True) -> bool:
         """Reopen the collection now (synchronous); returns whether it was reopened."""
-        return self.call(self._reload, force)
+        return self.call(self.reopen, force)
 
     # -- encoding (any worker thread) --------------------------------------------------------
+
+    def require_model(self) -> None:
+        """Raise the 400 "no model" error unless this collection can encode text and image queries."""
+        self._encoder()
 
     def _encoder(self) -> Searcher:
         searcher = self._searcher
