@@ -238,7 +238,8 @@ class Collection:
         """
         path = Path(path)
         read_only = read_only or mmap
-        lock_fd = None if read_only else cls._lock(path if path.is_dir() else path.parent)
+        _read_manifest(path)  # a missing path or a non-collection fails here, before any lock file is made
+        lock_fd = None if read_only else cls._lock(path)
         try:
             for attempt in range(10):
                 manifest = _read_manifest(path)
@@ -808,6 +809,7 @@ class Collection:
             return
         version = int(self._manifest.get("version", 0)) + 1
         name = f"v{version:06d}-{secrets.token_hex(4)}"
+        self._store = self._store.compacted()  # drops removed rows; changes nothing visible
         folder = self._path / name
         folder.mkdir()
         try:
@@ -832,7 +834,6 @@ class Collection:
             raise
         previous = self._manifest.get("data")
         self._manifest = manifest
-        self._store = self._store.compacted()
         self._dirty = False
         if previous:
             self._remove_folder(self._path / str(previous))

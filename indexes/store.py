@@ -105,8 +105,8 @@ class VectorStore:
         self.n_dead += int(rows.size)
 
     def compacted(self) -> VectorStore:
-        """A copy without dead rows (self when there are none and no spare capacity)."""
-        if self.n_dead == 0 and self._n == self._ids.shape[0]:
+        """A copy without dead rows (self when there are none)."""
+        if self.n_dead == 0:
             return self
         rows = self.live_rows()
         return VectorStore(self.dim, self._vecs[rows].astype(np.float32, copy=False), self._ids[rows].copy())
@@ -115,8 +115,8 @@ class VectorStore:
     def save(self, folder: Path) -> None:
         """Write ``vectors.npy`` and ``ids.npy`` (live rows only) into ``folder``, fsynced."""
         store = self.compacted()
-        _save_npy(folder / "vectors.npy", store.vectors_view)
-        _save_npy(folder / "ids.npy", store.ids_view)
+        _save_npy(folder / "vectors.npy", np.ascontiguousarray(store.vectors_view))
+        _save_npy(folder / "ids.npy", np.ascontiguousarray(store.ids_view))
 
     @classmethod
     def load(cls, folder: Path, dim: int, mmap: bool) -> VectorStore:

@@ -140,6 +140,9 @@ def test_create_refuses_existing(tmp_path: Path) -> None:
 def test_open_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         Collection.open(tmp_path / "nope", read_only=True)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Collection.open(tmp_path / "nope")
+    assert list(tmp_path.iterdir()) == [], "no lock file left beside a missing collection"
     (tmp_path / "plain").mkdir()
     with pytest.raises(ValueError, match="not a collection"):
         Collection.open(tmp_path / "plain", read_only=True)
