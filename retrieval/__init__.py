@@ -24,6 +24,11 @@ _LAZY: dict[str, str] = {
     "evaluate_model": "retrieval.evaluate",
     "retrieval_metrics": "retrieval.evaluate",
     "retrieval_metrics_from_embeddings": "retrieval.evaluate",
+    "EmbedConfig": "retrieval.config",
+    "EmbedSummary": "retrieval.embed",
+    "embed_corpus": "retrieval.embed",
+    "Hit": "retrieval.search",
+    "Searcher": "retrieval.search",
 }
 
 

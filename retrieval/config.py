@@ -192,6 +192,10 @@ class EmbedConfig(ConfigBase):
     npy_export: str | None = None  # also write clip-retrieval's .npy + parquet layout into this folder
     index: str = "auto"  # index of a new collection: "auto" or an indexes / FAISS factory spec
     progress: bool = True  # show a progress bar (items/s, ETA)
+    image_column: str = "image"  # manifest column holding the image path (see retrieval.data.read_pairs)
+    caption_column: str = "caption"  # manifest column holding the caption(s)
+    id_column: str | None = None  # manifest column / sidecar field naming the image id (default: the image path)
+    split: str | None = None  # only rows of this split (a `split` field, or <split>.jsonl in a folder)
 
     def __post_init__(self) -> None:
         choices = {"modality": ("images", "texts", "both"), "engine": ("local", "ray")}

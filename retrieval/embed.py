@@ -98,7 +98,13 @@ def embed_corpus(
     # Shards committed by an interrupted run go in first.
     added = state.sync_collection(collection_path, config.index, fingerprint, dim)
 
-    items, source_skips = corpus_items(source, config.modality)
+    read_options = {
+        "image_column": config.image_column,
+        "caption_column": config.caption_column,
+        "id_column": config.id_column,
+        "split": config.split,
+    }
+    items, source_skips = corpus_items(source, config.modality, **read_options)
     done = state.done_keys()
     pending = [it for it in items if it.key not in done]
     skipped: collections.Counter[str] = collections.Counter(s.reason for s in source_skips)

@@ -31,6 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--ray-address", default=None, help="Ray cluster address (engine ray)")
     p.add_argument("--num-actors", type=int, default=2, help="encoder actors (engine ray)")
+    p.add_argument("--image-column", default="image", help="manifest column with the image path")
+    p.add_argument("--caption-column", default="caption", help="manifest column with the caption(s)")
+    p.add_argument("--id-column", default=None, help="manifest column with the image id (default: the path)")
+    p.add_argument("--split", default=None, help="only rows of this split")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -52,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
         npy_export=args.npy_export,
         index=args.index,
         progress=not args.no_progress,
+        image_column=args.image_column,
+        caption_column=args.caption_column,
+        id_column=args.id_column,
+        split=args.split,
     )
     model = TwinEncoder.load(args.model, device=args.device)
     summary = embed_corpus(model, args.source, args.out, config, model_dir=args.model)

@@ -50,13 +50,14 @@ class SourceSkip:
     detail: str  # human-readable explanation
 
 
-def read_source(source: Any) -> tuple[list[PairLike], list[SourceSkip]]:
-    """Pairs of ``source``: a path the data layer reads (manifest, image folder, shards),
-    a ``PairSet``, or a sequence of pair-like records."""
+def read_source(source: Any, **read_options: Any) -> tuple[list[PairLike], list[SourceSkip]]:
+    """Pairs of ``source``: a path the data layer reads (manifest, image folder, shards; with
+    ``read_options`` for :func:`retrieval.data.read_pairs`), a ``PairSet``, or a sequence of
+    pair-like records."""
     if isinstance(source, (str, os.PathLike)):
         from retrieval.data import read_pairs
 
-        pair_set = read_pairs(source)
+        pair_set = read_pairs(source, **read_options)
         skips = [
             SourceSkip(str(where), "unreadable_record", str(reason)) for where, reason in pair_set.skipped
         ]
@@ -135,11 +136,11 @@ def text_items(pairs: Iterable[PairLike]) -> tuple[list[Item], list[SourceSkip]]
     return items, skips
 
 
-def corpus_items(source: Any, modality: str) -> tuple[list[Item], list[SourceSkip]]:
+def corpus_items(source: Any, modality: str, **read_options: Any) -> tuple[list[Item], list[SourceSkip]]:
     """All items of ``source`` for ``modality`` ("images" | "texts" | "both"), images first."""
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {list(MODALITIES)}; received {modality!r}")
-    pairs, skips = read_source(source)
+    pairs, skips = read_source(source, **read_options)
     items: list[Item] = []
     if modality in ("images", "both"):
         found, missing = image_items(pairs)

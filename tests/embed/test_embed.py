@@ -181,3 +181,14 @@ def test_config_round_trip_and_validation():
 def test_source_of_wrong_type_is_a_clear_error(fake_model, config, tmp_path):
     with pytest.raises(TypeError, match="source"):
         embed_corpus(fake_model, 42, tmp_path / "coll", config)
+
+
+def test_manifest_columns_are_configurable(fake_model, corpus, config, tmp_path):
+    renamed = tmp_path / "renamed.jsonl"
+    renamed.write_text(corpus.read_text().replace('"image":', '"file":').replace('"caption":', '"text":'))
+    config = config.replace(image_column="file", caption_column="text", id_column="image_id", split="test")
+    summary = embed_corpus(fake_model, renamed, tmp_path / "coll", config)
+    assert summary.embedded == 10  # 5 test images and their captions
+    with Collection.open(tmp_path / "coll", read_only=True) as coll:
+        metadata = coll.get(coll.ids())
+    assert {m["image_id"] for m in metadata} == {f"img_{i:05d}" for i in range(0, 20, 4)}
