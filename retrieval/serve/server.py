@@ -43,4 +43,5 @@ def run(config: ServeConfig) -> None:
     check_exposure(config)
     app = create_app(config)
     logger.info("serving %s on http://%s:%d/", sorted(config.collections), config.host, config.port)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False)
+    # log_config=None: uvicorn logs through the handlers the caller (the CLI) configured.
+    uvicorn.run(app, host=config.host, port=config.port, log_config=None, access_log=False)

@@ -51,6 +51,16 @@ def test_cli_builds_the_config_and_calls_run(monkeypatch, tmp_path, collection_d
     assert seen[0].media_roots == {"b": str(tmp_path)} and seen[0].api_key is None
 
 
+def test_cli_reads_a_config_file(monkeypatch, tmp_path, collection_dir):
+    seen: list[ServeConfig] = []
+    monkeypatch.setattr("retrieval.serve.run", seen.append)
+    file = tmp_path / "serve.json"
+    ServeConfig(collections={"x": str(collection_dir)}, max_k=5, allow_image_urls=True).save(file)
+    assert main(["serve", "--config", str(file), "--port", "8111"]) == 0
+    assert seen[0].collections == {"x": str(collection_dir)}
+    assert (seen[0].max_k, seen[0].allow_image_urls, seen[0].port) == (5, True, 8111)
+
+
 def test_cli_errors(capsys, collection_dir):
     assert main(["serve"]) == 1
     assert "at least one collection" in capsys.readouterr().err
@@ -128,3 +138,40 @@ def test_real_twin_encoder_from_disk(tmp_path, tiny_model_dir):
         # clip-retrieval client body against the real model
         r = client.post("/knn-service", json={"text": "a red square", "modality": "text", "num_images": 2})
         assert r.status_code == 200 and r.json()[0]["caption"] == "a red square"
+
+
+def test_retrieval_serve_process_answers_and_stops(collection_dir):
+    """The real command in a child process: it binds loopback, answers, and stops on SIGTERM."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "retrieval", "-q", "serve", f"shapes={collection_dir}", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.communicate()[1]
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "server did not start"
+                time.sleep(0.2)
+        assert r.json() == {"status": "ok", "collections": ["shapes"]}
+        vec = [1.0] + [0.0] * 7
+        r = httpx.post(f"http://127.0.0.1:{port}/knn-service", json={"embedding_input": vec, "num_images": 2})
+        assert r.status_code == 200 and len(r.json()) == 2
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
