@@ -578,6 +578,14 @@ class Collection:
         else:
             refine = int(self._params.get("refine", 0))
         n_live = len(self)
+        if 0 < n_live < k:  # never ask FAISS for more results than items: pad afterwards
+            scores, ids = self._search(q, n_live, where, refine, n_live)
+            pad_s, pad_i = self._padded(q.shape[0], k - n_live)
+            return np.hstack([scores, pad_s]), np.hstack([ids, pad_i])
+        return self._search(q, k, where, refine, n_live)
+
+    def _search(self, q: np.ndarray, k: int, where: dict[str, Any] | None, refine: int,
+                n_live: int) -> tuple[np.ndarray, np.ndarray]:
         if where is not None and not (isinstance(where, dict) and not where):  # {} filters nothing out
             match = self._match(where)  # sorted int64 [m]
             if match.size == 0:
