@@ -54,6 +54,8 @@ _VOLATILE_SUFFIXES = ("-wal", "-shm", "-journal", ".lock", ".tmp")
 class Encoder(Protocol):
     """What the service needs from a model (a :class:`retrieval.model.TwinEncoder` fits)."""
 
+    embed_dim: int  # size of the vectors it emits
+
     def encode_texts(self, texts: Sequence[str]) -> Any: ...  # [N, D] unit rows (Tensor or array)
 
     def encode_images(self, images: Sequence[Any]) -> Any: ...  # [N, D] unit rows
@@ -142,6 +144,10 @@ class ServedCollection:
         self.name = name
         self.path = Path(path)
         self.model = model
+        if media_root is not None and not Path(media_root).is_dir():
+            raise ValueError(
+                f"media root {media_root} of collection {name!r} is not a folder: give the folder of its images"
+            )
         self.media_root = Path(media_root).resolve() if media_root is not None else None
         self.reload_interval = reload_interval
         self.hidden_fields = frozenset(hidden_fields)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from ._fakes import png_bytes
+
 pytestmark = pytest.mark.browser
 
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
@@ -135,6 +137,15 @@ def test_search_page_in_chromium(live_server, tmp_path: Path):
             _until(
                 lambda: page.locator(".result .caption").all_inner_texts()[:4] == ["a blue square"] * 4,
                 "blue results",
+            )
+            # an image chosen in the drop zone's file input searches by that image
+            query = tmp_path / "query.png"
+            query.write_bytes(png_bytes("green"))
+            page.set_input_files("#file", str(query))
+            _until(lambda: "your image" in page.inner_text("#status"), "the image search runs")
+            _until(
+                lambda: page.locator(".result .caption").all_inner_texts()[:4] == ["a green square"] * 4,
+                "green results",
             )
             page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
             shot = os.environ.get("RETRIEVAL_SCREENSHOT")
