@@ -189,7 +189,7 @@ class _Run:
                 plan = plan_epoch(n, config.batch_size, ctx.world_size, ctx.rank, config.grad_accum)
                 batches = self._loader(order, plan[self.step_in_epoch :])
                 for micro_plan in plan[self.step_in_epoch :]:
-                    torch.manual_seed(item_seed(config.seed + 7919 * ctx.rank, -2, self.step))  # dropout
+                    _seed_step(item_seed(config.seed + 7919 * ctx.rank, -2, self.step), ctx.device)
                     set_lr(
                         self.optimizer,
                         config.lr * lr_factor(self.step, config.warmup_steps, total, config.min_lr_ratio),
@@ -387,6 +387,14 @@ class _Run:
             metrics_path=self.log.path,
             checkpoint=self.last_checkpoint,
         )
+
+
+def _seed_step(seed: int, device: torch.device) -> None:
+    """Seed this step's randomness (dropout) so a resumed run draws exactly what the original did.
+    Only the generators in use are seeded (``torch.manual_seed`` also queues every accelerator)."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(seed)
 
 
 def _build_loss(name: str) -> torch.nn.Module:

@@ -9,12 +9,10 @@ as an uninterrupted run, with any number of DataLoader workers.
 from __future__ import annotations
 
 import math
-import random
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset, WeightedRandomSampler
 
@@ -95,8 +93,13 @@ def plan_epoch(n: int, batch_size: int, world_size: int, rank: int, grad_accum: 
 
 
 class SeededItems(Dataset):
-    """Wraps a map-style dataset; ``self[(index, seed)]`` runs ``dataset[index]`` with torch, numpy and
-    ``random`` seeded by ``seed`` and restores the caller's generators afterwards."""
+    """Wraps a map-style dataset; ``self[(index, seed)]`` runs ``dataset[index]`` with torch's CPU
+    generator seeded by ``seed`` and restores the caller's generator state afterwards.
+
+    Augmentation must draw from torch's generator (as the :mod:`retrieval.data` transforms do) to be
+    reproducible. Only the CPU generator is touched: ``torch.manual_seed`` would also queue lazy
+    seeding of every accelerator, which costs milliseconds per item.
+    """
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -106,13 +109,10 @@ class SeededItems(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         index, seed = key
-        py_state, np_state = random.getstate(), np.random.get_state()
+        generator = torch.default_generator
+        state = generator.get_state()
+        generator.manual_seed(seed)
         try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                random.seed(seed)
-                np.random.seed(seed % (1 << 32))
-                return self.dataset[index]
+            return self.dataset[index]
         finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
+            generator.set_state(state)
