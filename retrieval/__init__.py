@@ -29,6 +29,10 @@ _LAZY: dict[str, str] = {
     "embed_corpus": "retrieval.embed",
     "Hit": "retrieval.search",
     "Searcher": "retrieval.search",
+    "TrainConfig": "retrieval.config",
+    "TrainResult": "retrieval.training",
+    "TrainingDivergedError": "retrieval.training",
+    "LOSSES": "retrieval.losses",
 }
 
 
