@@ -107,6 +107,7 @@ def embed_corpus(
     items, source_skips = corpus_items(source, config.modality, **read_options)
     done = state.done_keys()
     pending = [it for it in items if it.key not in done]
+    replaces = _changed_images(pending, done)
     skipped: collections.Counter[str] = collections.Counter(s.reason for s in source_skips)
     embedded = 0
     if pending:
@@ -116,7 +117,7 @@ def embed_corpus(
         )
         with _progress(len(pending), config.progress) as bar:
             batches = _batches(model, pending, config, device)
-            for n_ok, failed in _commit(state, batches, config.shard_size, dim):
+            for n_ok, failed in _commit(state, batches, config.shard_size, dim, replaces):
                 embedded += n_ok
                 skipped.update(reason for _, reason, _ in failed)
                 bar.update(n_ok + len(failed))
@@ -155,7 +156,11 @@ def _batches(
 
 
 def _commit(
-    state: EmbedState, batches: Iterator[engines.EncodedBatch], shard_size: int, dim: int
+    state: EmbedState,
+    batches: Iterator[engines.EncodedBatch],
+    shard_size: int,
+    dim: int,
+    replaces: set[str],
 ) -> Iterator[tuple[int, list[tuple[Item, str, str]]]]:
     """Buffer batches and write a shard each time ``shard_size`` items of one modality are handled
     (or the modality changes); yields (embedded, failed) per batch once it is buffered."""
@@ -166,7 +171,7 @@ def _commit(
 
     def flush() -> None:
         vectors = np.concatenate(buf_vectors) if buf_vectors else np.zeros((0, dim), np.float32)  # [n, D]
-        state.write_shard(modality, buf_items, vectors, buf_failed)
+        state.write_shard(modality, buf_items, vectors, buf_failed, replaces)
         buf_items.clear()
         buf_vectors.clear()
         buf_failed.clear()
@@ -184,6 +189,16 @@ def _commit(
         yield len(batch.items), batch.failed
     if buf_items or buf_failed:
         flush()
+
+
+def _changed_images(pending: Sequence[Item], done: dict[str, str]) -> set[str]:
+    """Keys of pending images whose file was embedded before under another key (it changed)."""
+    before = {
+        key[len("image:") :].rsplit(":", 2)[0]
+        for key, how in done.items()
+        if key.startswith("image:") and how == "embedded"
+    }
+    return {it.key for it in pending if it.modality == "image" and it.ref in before}
 
 
 class _NoBar:

@@ -9,9 +9,10 @@ Layout of the state folder (``<collection>/embed``, see :func:`state_dir`)::
 
 A shard is written atomically (temporary file, fsync, rename), so it is either whole or
 absent: the shards on disk *are* the record of what is done. The collection is derived
-from them: before adding shards the state records an intent (the shards and the
-collection's size before), so after a crash a re-run can tell whether the collection saved
-them, and rebuilds it from the shards when it cannot tell.
+from them: before saving added shards the state records an intent (the shards, the
+collection's save counter and size before), so after a crash a re-run can tell whether the
+collection saved them, and rebuilds it from the shards when it cannot tell. An image file
+that changed on disk gets a new key, is embedded again and replaces its earlier version.
 """
 
 from __future__ import annotations
@@ -62,6 +63,12 @@ class Shard:
         """(embedded keys, skipped keys)."""
         with np.load(self.path, allow_pickle=False) as data:
             return data["keys"].tolist(), data["skip_keys"].tolist()
+
+    def replaces(self) -> list[bool]:
+        """Per embedded item: whether it replaces an earlier version of the same image file."""
+        with np.load(self.path, allow_pickle=False) as data:
+            n = len(data["keys"])
+            return data["replaces"].tolist() if "replaces" in data.files else [False] * n
 
     def vectors_and_metadata(self) -> tuple[np.ndarray, list[dict[str, Any]]]:
         with np.load(self.path, allow_pickle=False) as data:
@@ -128,8 +135,10 @@ class EmbedState:
         items: Sequence[Item],
         vectors: np.ndarray,
         skipped: Sequence[tuple[Item, str, str]],
+        replaces: set[str] = frozenset(),  # type: ignore[assignment]
     ) -> Shard:
-        """Commit one shard atomically; ``skipped`` holds (item, reason, detail)."""
+        """Commit one shard atomically; ``skipped`` holds (item, reason, detail); items whose key is in
+        ``replaces`` supersede an earlier version of their file when added to the collection."""
         assert vectors.shape[0] == len(items), (vectors.shape, len(items))
         existing = self.shards()
         number = existing[-1].number + 1 if existing else 0
@@ -138,6 +147,7 @@ class EmbedState:
             buffer,
             vectors=np.ascontiguousarray(vectors, dtype=np.float32),
             keys=_str_array([it.key for it in items]),
+            replaces=np.array([it.key in replaces for it in items], dtype=bool),
             metadata=_str_array([json.dumps(it.metadata, sort_keys=True) for it in items]),
             skip_keys=_str_array([it.key for it, _, _ in skipped]),
             skip_records=_str_array(
@@ -166,11 +176,12 @@ class EmbedState:
         coll = open_or_create(collection_path, dim, index, fingerprint)
         try:
             if intent is not None:
-                if _intent_applied(coll, intent, self.shard_dir):
-                    ingested |= set(intent["shards"])
-                elif len(coll) != intent["count_before"]:
+                applied = _intent_applied(coll, intent)
+                if applied is None:
                     intent = "rebuild"
-                if intent != "rebuild":
+                else:
+                    if applied:
+                        ingested |= set(intent["shards"])
                     self.state.update(ingested=sorted(ingested), intent=None)
                     self.save_state()
             elif len(coll) and not ingested:
@@ -187,16 +198,27 @@ class EmbedState:
         return self._rebuild(collection_path, index, fingerprint, dim)
 
     def _add(self, coll: Any, pending: list[Shard], ingested: set[str]) -> int:
-        self.state["intent"] = {"shards": [s.name for s in pending], "count_before": len(coll)}
-        self.save_state()
+        """Add ``pending`` shards in order (an image flagged as replacing an earlier version of its file
+        removes that version), then save once, recording the intent first so a crash is detectable."""
+        count_before, version_before = len(coll), _version(coll)
         added = 0
         for shard in pending:
             vectors, metadata = shard.vectors_and_metadata()
+            stale = _superseded(coll, [m for m, r in zip(metadata, shard.replaces()) if r])
             if len(vectors):
                 coll.add(vectors, metadata)
                 added += len(vectors)
+            if len(stale):
+                coll.remove(stale)
         if coll.needs_rebuild:
             coll.rebuild()
+        self.state["intent"] = {
+            "shards": [s.name for s in pending],
+            "count_before": count_before,
+            "count_after": len(coll),
+            "version_before": version_before,
+        }
+        self.save_state()
         coll.save()
         self.state.update(ingested=sorted(ingested | {s.name for s in pending}), intent=None)
         self.save_state()
@@ -288,16 +310,34 @@ def open_or_create(collection_path: Path, dim: int, index: str, fingerprint: str
     return coll
 
 
-def _intent_applied(coll: Any, intent: dict[str, Any], shard_dir: Path) -> bool:
-    """Whether the collection saved the shards of an interrupted ingest (count and last item match)."""
-    expected: list[dict[str, Any]] = []  # metadata of the shards, in the order they were added
-    for name in intent["shards"]:
-        _, metadata = Shard(shard_dir / name).vectors_and_metadata()
-        expected += metadata
-    if len(coll) != intent["count_before"] + len(expected):
-        return False
-    if not expected:
+def _version(coll: Any) -> int | None:
+    version = coll.info().get("version")
+    return int(version) if version is not None else None
+
+
+def _intent_applied(coll: Any, intent: dict[str, Any]) -> bool | None:
+    """Whether the save of an interrupted ingest happened: True, False, or None when unsure.
+
+    The collection's save counter tells (the writer lock keeps other writers out meanwhile);
+    without one, the item count decides when it differs before and after."""
+    version, before = _version(coll), intent.get("version_before")
+    if version is not None and before is not None:
+        return version > before
+    if intent["count_after"] == intent["count_before"]:
+        return None
+    if len(coll) == intent["count_after"]:
         return True
-    last_id = coll.ids()[-1:]
-    stored = coll.get(last_id)[0]
-    return all(stored.get(k) == expected[-1].get(k) for k in ("modality", "path", "caption"))
+    return False if len(coll) == intent["count_before"] else None
+
+
+def _superseded(coll: Any, replacing: list[dict[str, Any]]) -> np.ndarray:
+    """Ids of the earlier image items with the paths of ``replacing`` (files changed since embedded)."""
+    if not replacing or "path" not in coll.fields():
+        return np.zeros(0, dtype=np.int64)
+    probe = np.zeros((1, coll.dim), dtype=np.float32)  # [1, D]
+    probe[0, 0] = 1.0
+    found: list[np.ndarray] = []
+    for meta in replacing:
+        _, ids = coll.search(probe, 8, where={"modality": "image", "path": meta["path"]})  # [1, 8]
+        found.append(ids[0][ids[0] >= 0])
+    return np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)

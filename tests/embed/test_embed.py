@@ -192,3 +192,28 @@ def test_manifest_columns_are_configurable(fake_model, corpus, config, tmp_path)
     with Collection.open(tmp_path / "coll", read_only=True) as coll:
         metadata = coll.get(coll.ids())
     assert {m["image_id"] for m in metadata} == {f"img_{i:05d}" for i in range(0, 20, 4)}
+
+
+def test_changed_image_replaces_its_earlier_version(fake_model, corpus, config, tmp_path):
+    import os
+
+    from fake_model import write_image
+
+    embed_corpus(fake_model, corpus, tmp_path / "coll", config)
+    path = json.loads(corpus.read_text().splitlines()[0])["image"]  # a red image
+    write_image(path, "blue", seed=0)
+    os.utime(path, ns=(time_ns := os.stat(path).st_mtime_ns + 10**9, time_ns))
+    summary = embed_corpus(fake_model, corpus, tmp_path / "coll", config)
+    assert summary.embedded == 1 and summary.already_done == 39
+    with Collection.open(tmp_path / "coll", read_only=True) as coll:
+        assert len(coll) == 40
+        ids = [
+            i
+            for i, m in zip(coll.ids(), coll.get(coll.ids()))
+            if m["path"] == path and m["modality"] == "image"
+        ]
+        assert len(ids) == 1
+        vector = coll.vectors(ids)[0]
+    assert np.argmax(vector) == 2  # the "blue" dimension of the keyword encoder
+    embed_corpus(fake_model, corpus, tmp_path / "fresh", config)
+    assert _contents(tmp_path / "coll") == _contents(tmp_path / "fresh")
