@@ -156,7 +156,8 @@ class TwinEncoder(nn.Module):
         if target != self.device:
             self.to(target)
         was_training = self.training
-        self.eval()
+        if was_training:  # an eval-mode model is never touched, so concurrent encodes are safe
+            self.eval()
         return target, was_training
 
     def encode_images(
@@ -187,7 +188,8 @@ class TwinEncoder(nn.Module):
                     pixel_values = torch.stack([transform(img) for img in batch]).to(target)  # [b, 3, H, W]
                     chunks.append(self.image_features(pixel_values).float().cpu())  # [b, D]
         finally:
-            self.train(was_training)
+            if was_training:
+                self.train()
         return torch.cat(chunks) if chunks else torch.empty((0, self.embed_dim), dtype=torch.float32)
 
     def encode_texts(
@@ -211,7 +213,8 @@ class TwinEncoder(nn.Module):
                     tokens = self.tokenize(list(texts[start : start + batch_size]))
                     chunks.append(self.text_features(tokens).float().cpu())  # [b, D]
         finally:
-            self.train(was_training)
+            if was_training:
+                self.train()
         return torch.cat(chunks) if chunks else torch.empty((0, self.embed_dim), dtype=torch.float32)
 
     # ------------------------------------------------------------- identity
@@ -272,7 +275,7 @@ class TwinEncoder(nn.Module):
     @classmethod
     def load(cls, directory: str | os.PathLike[str], device: str | torch.device | None = None) -> TwinEncoder:
         """Rebuild a model saved by :meth:`save` (offline: nothing is fetched), on ``device``
-        (default: CUDA when available)."""
+        (default: CUDA when available), in eval mode (call ``.train()`` to fine-tune it)."""
         from safetensors.torch import load_model
 
         directory = Path(directory)
@@ -288,14 +291,15 @@ class TwinEncoder(nn.Module):
         text_tower = build_text_tower(config, assets=text_assets if text_assets.is_dir() else None)
         model = cls(config, image_tower, text_tower)
         load_model(model, str(directory / WEIGHTS_FILE), strict=True)
-        return model.to(torch.device(device) if device is not None else default_device())
+        return model.to(torch.device(device) if device is not None else default_device()).eval()
 
     @classmethod
     def from_pretrained(
         cls, id_or_path: str | os.PathLike[str], device: str | torch.device | None = None
     ) -> TwinEncoder:
         """A folder saved by :meth:`save`, or a transformers ``CLIPModel`` / ``SiglipModel`` checkpoint
-        (hub id or local folder) with its projections, temperature, bias, processor and tokenizer."""
+        (hub id or local folder) with its projections, temperature, bias, processor and tokenizer;
+        returned in eval mode."""
         path = Path(id_or_path)
         if (path / WEIGHTS_FILE).is_file() and (path / FORMAT_FILE).is_file():
             return cls.load(path, device=device)
@@ -307,7 +311,7 @@ class TwinEncoder(nn.Module):
             model.logit_scale.fill_(scale)
             if model.logit_bias is not None and bias is not None:
                 model.logit_bias.fill_(bias)
-        return model.to(torch.device(device) if device is not None else default_device())
+        return model.to(torch.device(device) if device is not None else default_device()).eval()
 
 
 def build_model(

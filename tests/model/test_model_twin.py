@@ -106,6 +106,7 @@ def test_save_load_round_trip(tmp_path: Path, image_tower: str, text_tower: str,
     assert files == ["config.json", "image_tower", "model.safetensors", "retrieval_model.json", "text_tower"]
     assert (tmp_path / "m" / "text_tower" / "tokenizer.json").is_file()
     loaded = TwinEncoder.load(tmp_path / "m", device="cpu")
+    assert not loaded.training  # ready for inference
     assert loaded.config == model.config
     assert loaded.logit_scale.item() == 3.0
     pics = images(3)
