@@ -71,7 +71,7 @@ class TrainResult:
     last_loss: float  # training loss of the last step
     pairs_per_second: float  # training throughput of this call (all ranks)
     seconds: float  # wall time of this call's training loop
-    skipped: int  # pairs skipped (unreadable manifest rows, broken images, empty captions)
+    skipped: int  # pairs skipped: unreadable manifest rows, empty captions, broken images met in batches
     metrics_path: Path  # metrics.jsonl
     checkpoint: Path | None  # the last checkpoint written
 
@@ -110,7 +110,7 @@ class _Run:
         self.ckpt_root = self.run_dir / "checkpoints"
         self.log = MetricsLog(self.run_dir / "metrics.jsonl")
         self.resume_from = self._find_resume(resume)
-        self.train_pairs, self.val_pairs, self.skipped = read_data(config)
+        self.train_pairs, self.val_pairs, self.skipped = read_data(config, check_val_images=ctx.is_main)
         self.model, self.config = prepare_model(
             config, ctx, model, self.train_pairs, self.resume_from, self.ckpt_root
         )
@@ -201,6 +201,7 @@ class _Run:
                     self.step += 1
                     self.step_in_epoch += 1
                     pairs_seen += result.pairs
+                    self.skipped += result.skipped
                     last_loss = result.loss
                     record = self._train_record(result, steps_per_epoch)
                     if ctx.is_main:

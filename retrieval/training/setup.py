@@ -68,8 +68,13 @@ def check_resume_config(saved: TrainConfig, given: TrainConfig) -> None:
         )
 
 
-def read_data(config: TrainConfig) -> tuple[Any, Any, int]:
-    """``(train PairSet, val PairSet or None, skipped count)``; logs what was skipped."""
+def read_data(config: TrainConfig, check_val_images: bool = True) -> tuple[Any, Any, int]:
+    """``(train PairSet, val PairSet or None, skipped count)``; logs what was skipped.
+
+    Training images are decoded lazily (a broken one is dropped from its batch and counted);
+    validation images are decoded once up front (``check_val_images``) and pairs whose image is
+    broken are left out, so validation never fails at the end of an epoch.
+    """
     from retrieval.data import read_pairs
 
     kwargs = {
@@ -91,8 +96,14 @@ def read_data(config: TrainConfig) -> tuple[Any, Any, int]:
         val_pairs = read_pairs(config.val_data, **kwargs)
         if len(val_pairs) == 0:
             raise ValueError(f"no usable pairs in the validation data {config.val_data}")
+        if check_val_images:
+            val_pairs = _decodable(val_pairs)
+            if len(val_pairs) == 0:
+                raise ValueError(f"no validation pair in {config.val_data} has a readable image")
         if val_pairs.skipped:
-            logger.warning("validation data: %d entries skipped", len(val_pairs.skipped))
+            logger.warning(
+                "validation data: %d entries skipped, e.g. %s", len(val_pairs.skipped), val_pairs.skipped[:3]
+            )
     logger.info(
         "%d training pairs (%d images)%s",
         len(train_pairs),
@@ -100,6 +111,22 @@ def read_data(config: TrainConfig) -> tuple[Any, Any, int]:
         f", {len(val_pairs)} validation pairs" if val_pairs is not None else "",
     )
     return train_pairs, val_pairs, skipped
+
+
+def _decodable(pairs: Any) -> Any:
+    """``pairs`` without the pairs whose image cannot be decoded (recorded in ``skipped``)."""
+    from retrieval.data import ImageDecodeError, PairSet, load_image
+
+    broken: dict[str, str] = {}
+    for ref in pairs.images():
+        try:
+            load_image(ref)
+        except (ImageDecodeError, OSError, ValueError) as exc:
+            broken[ref] = str(exc)
+    if not broken:
+        return pairs
+    kept = [p for p in pairs.pairs if p.image not in broken]
+    return PairSet(kept, [*pairs.skipped, *broken.items()])
 
 
 def prepare_model(

@@ -93,15 +93,44 @@ def test_resume_reaches_the_same_weights(config, tmp_path, stop_at):
     assert train_steps == list(range(1, whole.steps + 1))  # no step logged twice
 
 
-def test_sigint_stops_at_a_step_boundary_with_a_checkpoint(config):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_stops_at_a_step_boundary_with_a_checkpoint(config, signum):
+    before = signal.getsignal(signum)
+
     def interrupt(record):
         if record["step"] == 2:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signum)
 
     result = train(config, callback=interrupt)
     assert result.status == "interrupted" and result.steps == 2
     assert latest_checkpoint(result.run_dir / "checkpoints").name == "step-00000002"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert result.model_dir == result.run_dir / "checkpoints" / "step-00000002" / "model"
+    assert signal.getsignal(signum) is before  # handler restored
+
+
+def test_broken_images_are_skipped_and_counted(config, dataset, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train", "val"):
+        lines = dataset[name].read_text().splitlines()
+        rows = [json.loads(line) for line in lines]
+        for row in rows:
+            row["image"] = str(dataset[name].parent / row["image"])
+        (data / "broken.png").write_bytes(b"\x89PNG not really")
+        rows += [
+            {"image": "broken.png", "caption": "a broken picture"},
+            {"image": rows[0]["image"], "caption": ""},
+        ]
+        (data / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = config.replace(
+        train_data=str(data / "train.jsonl"), val_data=str(data / "val.jsonl"), batch_size=37
+    )
+    result = train(config.replace(epochs=1))  # 37 = every pair in one batch, the broken one included
+    assert result.status == "completed" and result.steps == 1
+    assert result.skipped == 2  # the empty caption (when read) and the broken image (in its batch)
+    records = [json.loads(x) for x in result.metrics_path.read_text().splitlines()]
+    assert records[0]["pairs"] == 36 and records[0]["skipped"] == 1
+    assert records[-1]["kind"] == "val" and records[-1]["t2i/n_queries"] == 20
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(config):
