@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import secrets
 import shutil
 import sqlite3
@@ -44,25 +43,15 @@ from typing import Any
 import faiss
 import numpy as np
 
-from indexes import auto
+from indexes import auto, exact, persist
 from indexes import faiss_index as fi
 from indexes.metadata import MetadataStore, validate_metadata
+from indexes.persist import FORMAT, FORMAT_VERSION, MANIFEST, CollectionBusyError
 from indexes.store import VectorStore
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - non-POSIX platforms: no inter-process writer lock
-    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "Collection", "CollectionBusyError"]
 
 logger = logging.getLogger(__name__)
-
-FORMAT = "indexes.collection"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-LOCK = ".writer.lock"
-_DATA_RE = re.compile(r"^v\d{6}-[0-9a-f]{8}$")
 
 TOMBSTONE_REBUILD_FRACTION = 0.10  # needs_rebuild once this share of the index is removed-but-present
 RETRAIN_GROWTH = 4.0  # needs_rebuild once the collection holds this many times the vectors it was trained with
@@ -71,57 +60,6 @@ TUNE_QUERIES = 200  # sample queries used to measure recall when tuning
 EXACT_FILTER_MAX = 20_000  # filters matching at most this many items are answered by exact search
 HNSW_SPARSE_FILTER = 0.05  # HNSW searches filters accepting less than this share exactly
 _ADD_BATCH = 65_536
-
-
-class CollectionBusyError(RuntimeError):
-    """Another writable handle (in this or another process) holds the collection."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
-    """Atomically replace ``path/manifest.json``: the commit point of every save."""
-    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    tmp = path / f".{MANIFEST}.{secrets.token_hex(4)}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path / MANIFEST)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path)
-
-
-def _read_manifest(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        raise FileNotFoundError(f"collection {path} does not exist; create it with Collection.create({str(path)!r}, dim)")
-    if not path.is_dir():
-        raise ValueError(f"{path} is a file, not a collection directory")
-    file = path / MANIFEST
-    if not file.exists():
-        raise ValueError(f"{path} is not a collection (no {MANIFEST}); create one with Collection.create(path, dim)")
-    try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{file} is not valid JSON ({exc}); the collection is damaged") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ValueError(f"{file} is not an indexes collection manifest (expected format {FORMAT!r})")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(
-            f"collection {path} has format version {version!r}, this library reads up to {FORMAT_VERSION}: "
-            "upgrade the indexes package"
-        )
-    return manifest
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -206,11 +144,11 @@ class Collection:
                 if not overwrite:
                     raise FileExistsError(f"collection {path} already exists: open it, or pass overwrite=True")
         path.mkdir(parents=True, exist_ok=True)
-        lock_fd = cls._lock(path)
+        lock_fd = persist.lock(path)
         try:
             now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             try:
-                old = _read_manifest(path) if (path / MANIFEST).exists() else None
+                old = persist.read_manifest(path) if (path / MANIFEST).exists() else None
             except ValueError:
                 old = None  # a damaged collection being overwritten
             manifest = {
@@ -224,7 +162,7 @@ class Collection:
             coll._dirty = True
             coll.save()
         except BaseException:
-            cls._unlock(lock_fd)
+            persist.unlock(lock_fd)
             raise
         return coll
 
@@ -238,24 +176,24 @@ class Collection:
         """
         path = Path(path)
         read_only = read_only or mmap
-        _read_manifest(path)  # a missing path or a non-collection fails here, before any lock file is made
-        lock_fd = None if read_only else cls._lock(path)
+        persist.read_manifest(path)  # a missing path or a non-collection fails here, before any lock file is made
+        lock_fd = None if read_only else persist.lock(path)
         try:
             for attempt in range(10):
-                manifest = _read_manifest(path)
+                manifest = persist.read_manifest(path)
                 try:
                     coll = cls._load(path, manifest, mmap, read_only, lock_fd)
                     break
                 except (OSError, RuntimeError, ValueError, sqlite3.Error):
                     # a concurrent save may have replaced this version while we loaded it (FAISS reports a
                     # vanished file as RuntimeError): retry with the new manifest, else it is a real error
-                    if attempt == 9 or _read_manifest(path).get("data") == manifest.get("data"):
+                    if attempt == 9 or persist.read_manifest(path).get("data") == manifest.get("data"):
                         raise
             if not read_only:
                 coll._remove_stale_folders()
             return coll
         except BaseException:
-            cls._unlock(lock_fd)
+            persist.unlock(lock_fd)
             raise
 
     @classmethod
@@ -296,26 +234,6 @@ class Collection:
             raise
         return cls(path, manifest, index, store, meta, tomb, read_only, lock_fd)
 
-    @staticmethod
-    def _lock(path: Path) -> int | None:
-        if fcntl is None or not path.is_dir():
-            return None
-        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise CollectionBusyError(
-                f"collection {path} is already open for writing (in this or another process): close that "
-                "handle first, or open with read_only=True"
-            ) from None
-        return fd
-
-    @staticmethod
-    def _unlock(fd: int | None) -> None:
-        if fd is not None:
-            os.close(fd)  # closing the descriptor releases the flock
-
     def close(self) -> None:
         """Release files and the writer lock. Unsaved changes are discarded (with a warning)."""
         if self._closed:
@@ -324,7 +242,7 @@ class Collection:
             logger.warning("closing collection %s with unsaved changes; call save() to keep them", self._path)
         self._closed = True
         self._meta.close()
-        self._unlock(self._lock_fd)
+        persist.unlock(self._lock_fd)
         self._lock_fd = None
 
     def __enter__(self) -> Collection:
@@ -607,7 +525,7 @@ class Collection:
         return self._fill_short(q, k, scores, ids, None)
 
     def _padded(self, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return np.full((n, k), -np.inf, dtype=np.float32), np.full((n, k), -1, dtype=np.int64)
+        return exact.padded(n, k)
 
     def _match(self, where: dict[str, Any]) -> np.ndarray:
         try:
@@ -651,44 +569,15 @@ class Collection:
 
     def _rescore(self, q: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact scores of candidate ids [n, c] from the raw store; best k per row."""
-        n, c = cand.shape
-        out_s, out_i = self._padded(n, k)
-        step = max(1, (1 << 24) // max(c * self._dim, 1))
-        for lo in range(0, n, step):
-            hi = min(n, lo + step)
-            rows = self._store.rows_of(cand[lo:hi])  # [b, c]
-            vecs = self._store.vectors_view[np.maximum(rows, 0)]  # [b, c, d]
-            if self._metric == "ip":
-                s = np.einsum("bd,bcd->bc", q[lo:hi], vecs)  # [b, c]
-            else:
-                s = -np.square(vecs - q[lo:hi, None, :]).sum(axis=2)  # [b, c]
-            s = np.where(rows >= 0, s, -np.inf).astype(np.float32)
-            order = np.argsort(-s, axis=1, kind="stable")[:, :k]  # [b, min(c, k)]
-            w = order.shape[1]
-            out_s[lo:hi, :w] = np.take_along_axis(s, order, axis=1)
-            out_i[lo:hi, :w] = np.where(np.isfinite(out_s[lo:hi, :w]), np.take_along_axis(cand[lo:hi], order, axis=1), -1)
-        return out_s, out_i
+        rows = self._store.rows_of(cand)  # [n, c]
+        return exact.rescore(q, cand, rows, self._store.vectors_view, k, self._metric)
 
     def _exact(self, q: np.ndarray, k: int, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Brute-force search over ``rows`` of the raw store (None: every live row)."""
         if rows is None and self._store.n_dead == 0:
-            base = self._store.vectors_view  # [n_rows, d], no copy
-            row_ids = self._store.ids_view
-        else:
-            rows = self._store.live_rows() if rows is None else rows
-            base = self._store.gather(rows)  # [m, d]
-            row_ids = self._store.ids_view[rows]
-        scores, ids = self._padded(q.shape[0], k)
-        kk = min(k, base.shape[0])
-        if kk == 0:
-            return scores, ids
-        d, pos = faiss.knn(q, np.ascontiguousarray(base), kk, metric=fi.METRICS[self._metric])  # [n, kk]
-        if self._metric == "l2":
-            d = -d
-        ok = pos >= 0
-        scores[:, :kk] = np.where(ok, d, -np.inf)
-        ids[:, :kk] = np.where(ok, row_ids[np.maximum(pos, 0)], -1)
-        return scores, ids
+            return exact.knn(q, self._store.vectors_view, self._store.ids_view, k, self._metric)  # no copy
+        rows = self._store.live_rows() if rows is None else rows
+        return exact.knn(q, self._store.gather(rows), self._store.ids_view[rows], k, self._metric)
 
     def _fill_short(self, q: np.ndarray, k: int, scores: np.ndarray, ids: np.ndarray,
                     match: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -828,15 +717,15 @@ class Collection:
                 np.save(fh, self._tomb, allow_pickle=False)
                 fh.flush()
                 os.fsync(fh.fileno())
-            _fsync_dir(folder)
-            _fsync_dir(self._path)
+            persist.fsync_dir(folder)
+            persist.fsync_dir(self._path)
             manifest = dict(self._manifest)
             manifest.update(
                 version=version, data=name, count=len(self), next_id=self._next_id, index_requested=self._requested,
                 index_spec=self._spec, params=dict(self._params), fingerprint=self._fingerprint,
                 updated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             )
-            _write_manifest(self._path, manifest)  # commit point
+            persist.write_manifest(self._path, manifest)  # commit point
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -844,18 +733,12 @@ class Collection:
         self._manifest = manifest
         self._dirty = False
         if previous:
-            self._remove_folder(self._path / str(previous))
+            persist.remove_folder(self._path / str(previous))
         self._remove_stale_folders()
-
-    def _remove_folder(self, folder: Path) -> None:
-        try:
-            shutil.rmtree(folder)
-        except OSError as exc:
-            logger.warning("could not delete old collection data %s (%s); it is unused and safe to delete", folder, exc)
 
     def _remove_stale_folders(self) -> None:
         """Delete data folders the manifest does not name (left by an interrupted save)."""
         current = self._manifest.get("data")
         for child in self._path.iterdir():
-            if child.is_dir() and _DATA_RE.match(child.name) and child.name != current:
-                self._remove_folder(child)
+            if child.is_dir() and persist.DATA_RE.match(child.name) and child.name != current:
+                persist.remove_folder(child)

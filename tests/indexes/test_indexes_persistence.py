@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 from idx_helpers import clustered
 
-from indexes import Collection, faiss_index, metadata, store
-from indexes import collection as collection_module
+from indexes import Collection, faiss_index, metadata, persist, store
 
 D = 8
 
@@ -33,7 +32,7 @@ STEPS = {
     "write_index": (faiss_index, "write_index"),
     "vectors": (store, "_save_npy"),
     "metadata": (metadata.MetadataStore, "write_to"),
-    "fsync_dir": (collection_module, "_fsync_dir"),
+    "fsync_dir": (persist, "fsync_dir"),
     "manifest_replace": (os, "replace"),
 }
 
@@ -66,7 +65,7 @@ def test_failure_after_commit_is_not_an_error(tmp_path: Path, monkeypatch: pytes
     _make(path)
     with Collection.open(path) as coll:
         coll.add(clustered(1, D))
-        monkeypatch.setattr(collection_module.shutil, "rmtree", _boom)
+        monkeypatch.setattr(persist.shutil, "rmtree", _boom)
         coll.save()  # old folder cannot be deleted: logged, the save itself committed
         monkeypatch.undo()
     with Collection.open(path) as coll:  # the writable open sweeps the leftover folder
