@@ -22,6 +22,16 @@ Scores are *higher is better*: inner products for ``metric="ip"`` (cosine on uni
 vectors) and negated squared Euclidean distances for ``metric="l2"``. Missing results
 are padded with id ``-1`` and score ``-inf``.
 
+Module map: :mod:`indexes.persist` (manifest, fsync, lock), :mod:`indexes.store` (raw vectors),
+:mod:`indexes.metadata` (SQLite + filters), :mod:`indexes.faiss_index` (FAISS), :mod:`indexes.auto`
+(index choice and tuning), :mod:`indexes.exact` (brute force for filters, refine, untrained indexes).
+
+Search plan: no filter -> the ANN index (tombstones masked by a selector); a filter matching at
+most ``exact_filter_max`` items (or under 5 % of an HNSW index) -> exact search over the
+matches; a broader filter -> the ANN index with an ``IDSelectorBatch`` of the matching ids and
+nprobe / efSearch widened by the selectivity. Any row left with fewer than k hits while k
+eligible items exist is answered exactly, so filtered searches return k hits when k match.
+
 Removal: Flat, IVF and PQ indexes delete ids in place; HNSW graphs cannot, so removed
 ids become tombstones masked out of every search by an ID selector, and ``needs_rebuild``
 turns true once they exceed 10 % of the index (``rebuild()`` rebuilds it from the raw store).

@@ -11,6 +11,9 @@ Filters (``where``) are dicts; several keys combine with AND::
     {"year": {"gte": 2000, "lt": 2010}}         # ranges: gt, gte, lt, lte
     {"lang": {"in": ["en"]}, "tag": {"ne": "x"}} # explicit operators: eq, ne, in, gt, gte, lt, lte
 
+``ne`` matches items that carry the field with another value (items without the field do
+not match); ``{"field": None}`` matches items where the field is null or missing.
+
 Values are always bound as SQL parameters (never pasted into the SQL text), and field
 names travel as bound JSON paths too. Range bounds must be numbers or strings; a numeric
 range only matches numeric values and a string range only strings, so ``{"gte": 3}`` never
