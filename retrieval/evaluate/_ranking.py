@@ -64,92 +64,136 @@ class Ranking:
         return first
 
 
-def rank_pairs(
+def _sort_pairs_by_score(
+    pq: torch.Tensor, pc: torch.Tensor, scores: torch.Tensor, ptr: torch.Tensor, p0: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pairs grouped by query, each group ordered by decreasing score; also each pair's 0-based position."""
+    by_score = torch.sort(scores, descending=True, stable=True).indices
+    by_query = torch.sort(pq[by_score], stable=True).indices
+    perm = by_score[by_query]
+    pq, pc, scores = pq[perm], pc[perm], scores[perm]
+    pos = torch.arange(len(pq), device=pq.device) - (ptr[pq] - p0)  # [p]
+    return pq, pc, scores, pos
+
+
+def rank_both(
     block: BlockFn,
-    n_queries: int,
-    n_candidates: int,
+    n_texts: int,
+    n_images: int,
     text_to_image: torch.Tensor,
-    queries_are_texts: bool,
     chunk_size: int,
+    *,
     pair_scores: PairFn | None = None,
     top_n: int = 0,
-) -> Ranking:
-    """Rank every relevant pair; see the module docstring. Scores must be finite (callers check).
+    t2i: bool = True,
+    i2t: bool = True,
+) -> tuple[Ranking | None, Ranking | None]:
+    """Rank every relevant pair in both directions with one sweep over score blocks.
 
-    ``block(query_slice, candidates)`` returns the scores of a contiguous range of
-    queries against a slice or an index tensor of candidates. ``pair_scores(q, c)``,
-    when given, returns the scores of individual pairs (cheap for a dense matrix);
-    otherwise they are read from blocks, so that a pair's score is computed the same
-    way as the scores it is compared with.
+    ``block(text_slice, images)`` returns the ``[b_t, b_i]`` scores of a contiguous
+    range of texts against a slice or an index tensor of images; each block serves
+    both directions (t2i counts along its rows, i2t along its columns), so the
+    scores are computed once. ``pair_scores(t, i)``, when given, returns the scores
+    of individual pairs (cheap for a dense matrix); otherwise they are read from
+    blocks. A relevant item is never counted against itself: it is taken back out
+    using the block's own score. Scores must be finite (callers check).
+    ``text_to_image[t] < 0`` marks a text without an image among the candidates.
     """
     g = text_to_image  # [T] int64, on the scoring device
     device = g.device
-    n_texts = g.shape[0]
     texts = torch.arange(n_texts, device=device)
-    matched = g >= 0  # a negative entry: the text's image is not among the images (used internally)
-    if queries_are_texts:  # t2i: query t, relevant candidate g[t]
-        pair_q, pair_c = texts[matched], g[matched]
-    else:  # i2t: query g[t], relevant candidate t
-        order = torch.sort(g, stable=True).indices
-        order = order[matched[order]]
-        pair_q, pair_c = g[order], texts[order]
-    ptr = torch.zeros(n_queries + 1, dtype=torch.int64, device=device)
-    ptr[1:] = torch.cumsum(torch.bincount(pair_q, minlength=n_queries), 0)
+    matched = g >= 0  # [T]
+
+    # 1. the score of every relevant pair (the thresholds of both directions)
+    pair = None  # [T] score of (t, g[t]); +inf for unmatched texts, which then never count
+    for t0 in range(0, n_texts, chunk_size):
+        t1 = min(t0 + chunk_size, n_texts)
+        tq = texts[t0:t1][matched[t0:t1]]
+        ti = g[tq]
+        scores = pair_scores(tq, ti) if pair_scores is not None else _pair_scores_from_blocks(
+            block, slice(t0, t1), tq, ti, chunk_size
+        )  # fmt: skip
+        if pair is None:
+            pair = torch.full((n_texts,), float("inf"), dtype=scores.dtype, device=device)
+        pair[tq] = scores
+    assert pair is not None
+
+    # i2t pairs grouped by image
+    order = torch.sort(g, stable=True).indices
+    order = order[matched[order]]
+    i2t_q, i2t_c = g[order], texts[order]  # [P] image, text
+    ptr = torch.zeros(n_images + 1, dtype=torch.int64, device=device)
+    ptr[1:] = torch.cumsum(torch.bincount(i2t_q, minlength=n_images), 0)
     ptr_cpu = ptr.cpu()
 
+    t2i_counts = torch.zeros(n_texts, dtype=torch.int64, device=device)  # scores >= the text's pair score
+    t2i_top: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # text chunk start -> running top
     out_q, out_c, out_r, out_ids, out_scores = [], [], [], [], []
-    for q0 in range(0, n_queries, chunk_size):
-        q1 = min(q0 + chunk_size, n_queries)
-        qs = slice(q0, q1)
-        p0, p1 = int(ptr_cpu[q0]), int(ptr_cpu[q1])
-        cq, cc = pair_q[p0:p1], pair_c[p0:p1]  # [p] pairs of this chunk, grouped by query
-        scores = (
-            pair_scores(cq, cc)
-            if pair_scores is not None
-            else _pair_scores_from_blocks(block, qs, cq, cc, chunk_size)
-        )
-        # order the pairs of each query by decreasing score (stable two-key sort)
-        by_score = torch.sort(scores, descending=True, stable=True).indices
-        by_query = torch.sort(cq[by_score], stable=True).indices
-        perm = by_score[by_query]
-        cq, cc, scores = cq[perm], cc[perm], scores[perm]
-        pos = torch.arange(p1 - p0, device=device) - (ptr[cq] - p0)  # [p] 0-based position within the query
+    for i0 in range(0, n_images, chunk_size):
+        i1 = min(i0 + chunk_size, n_images)
+        p0, p1 = int(ptr_cpu[i0]), int(ptr_cpu[i1])
+        cq, cc, cs, pos = _sort_pairs_by_score(i2t_q[p0:p1], i2t_c[p0:p1], pair[i2t_c[p0:p1]], ptr, p0)
         m_max = int(pos.max()) + 1 if p1 > p0 else 0
-        thresholds = torch.full((q1 - q0, max(m_max, 1)), float("inf"), dtype=scores.dtype, device=device)
-        thresholds[cq - q0, pos] = scores  # [b, m] relevant scores, +inf padding never counts
-        counts = torch.zeros_like(thresholds, dtype=torch.int64)  # non-relevant scores >= each threshold
+        thresholds = torch.full((i1 - i0, max(m_max, 1)), float("inf"), dtype=pair.dtype, device=device)
+        thresholds[cq - i0, pos] = cs  # [b_i, m] captions' scores, best first; +inf padding never counts
+        counts = torch.zeros_like(thresholds, dtype=torch.int64)
         top_s = top_i = None
-        for c0 in range(0, n_candidates, chunk_size):
-            c1 = min(c0 + chunk_size, n_candidates)
-            s = block(qs, slice(c0, c1))  # [b, c]
-            _count_at_least(s, thresholds, m_max, counts)  # every candidate, relevant ones included
-            # take the relevant candidates of this block back out, using the block's own scores
-            inside = (cc >= c0) & (cc < c1)  # [p]
-            rows = cq[inside] - q0  # [r]
-            own = s[rows, cc[inside] - c0]  # [r]
-            counts.index_add_(0, rows, -(own[:, None] >= thresholds[rows]).to(torch.int64))  # [r, m]
+        for t0 in range(0, n_texts, chunk_size):
+            t1 = min(t0 + chunk_size, n_texts)
+            s = block(slice(t0, t1), slice(i0, i1))  # [b_t, b_i]
+            if t2i:
+                thr = pair[t0:t1]  # [b_t]
+                t2i_counts[t0:t1] += (s >= thr[:, None]).sum(1)
+                own_t = texts[t0:t1][(g[t0:t1] >= i0) & (g[t0:t1] < i1)]  # texts whose image is in this block
+                own = s[own_t - t0, g[own_t] - i0]
+                t2i_counts[own_t] -= (own >= pair[own_t]).to(torch.int64)
+                if top_n > 0:
+                    prev = t2i_top.get(t0)
+                    t2i_top[t0] = _merge_top(prev, s, torch.arange(i0, i1, device=device), top_n)
+            if i2t:
+                _count_at_least(s.T, thresholds, m_max, counts)  # [b_i, b_t] view
+                inside = (cc >= t0) & (cc < t1)  # chunk pairs whose caption is in this block
+                rows = cq[inside] - i0  # [r]
+                own = s[cc[inside] - t0, rows]  # [r]
+                counts.index_add_(0, rows, -(own[:, None] >= thresholds[rows]).to(torch.int64))  # [r, m]
+                if top_n > 0:
+                    prev = (top_s, top_i) if top_s is not None else None
+                    top_s, top_i = _merge_top(prev, s.T, torch.arange(t0, t1, device=device), top_n)
+        if i2t:
+            out_q.append(cq)
+            out_c.append(cc)
+            out_r.append(pos + 1 + counts[cq - i0, pos])  # [p] pessimistic 1-based ranks
             if top_n > 0:
-                top_s, top_i = _merge_top(top_s, top_i, s, torch.arange(c0, c1, device=device), top_n)
-        ranks = pos + 1 + counts[cq - q0, pos]  # [p] pessimistic 1-based ranks
-        out_q.append(cq)
-        out_c.append(cc)
-        out_r.append(ranks)
-        if top_n > 0:
-            out_ids.append(top_i)
-            out_scores.append(top_s)
+                out_ids.append(top_i)
+                out_scores.append(top_s)
 
     def cat(parts: list[torch.Tensor]) -> np.ndarray:
         return torch.cat(parts).cpu().numpy() if parts else np.zeros(0, dtype=np.int64)
 
-    return Ranking(
-        n_queries=n_queries,
-        n_candidates=n_candidates,
-        pair_query=cat(out_q),
-        pair_candidate=cat(out_c),
-        pair_rank=cat(out_r),
-        top_ids=cat(out_ids) if top_n > 0 else None,
-        top_scores=cat(out_scores) if top_n > 0 else None,
-    )
+    t2i_ranking = i2t_ranking = None
+    if t2i:
+        tq = texts[matched]
+        tops = [t2i_top[t0] for t0 in sorted(t2i_top)]
+        t2i_ranking = Ranking(
+            n_queries=n_texts,
+            n_candidates=n_images,
+            pair_query=tq.cpu().numpy(),
+            pair_candidate=g[matched].cpu().numpy(),
+            pair_rank=(1 + t2i_counts[matched]).cpu().numpy(),
+            top_ids=cat([t[1] for t in tops]) if top_n > 0 else None,
+            top_scores=cat([t[0] for t in tops]) if top_n > 0 else None,
+        )
+    if i2t:
+        i2t_ranking = Ranking(
+            n_queries=n_images,
+            n_candidates=n_texts,
+            pair_query=cat(out_q),
+            pair_candidate=cat(out_c),
+            pair_rank=cat(out_r),
+            top_ids=cat(out_ids) if top_n > 0 else None,
+            top_scores=cat(out_scores) if top_n > 0 else None,
+        )
+    return t2i_ranking, i2t_ranking
 
 
 def _count_at_least(s: torch.Tensor, thresholds: torch.Tensor, m_max: int, counts: torch.Tensor) -> None:
@@ -158,8 +202,9 @@ def _count_at_least(s: torch.Tensor, thresholds: torch.Tensor, m_max: int, count
         for j in range(m_max):
             counts[:, j] += (s >= thresholds[:, j : j + 1]).sum(1)
         return
+    s = s.contiguous()  # [b, c] (a transposed view is copied once)
     asc, perm = torch.sort(thresholds, dim=1)  # [b, m] ascending (+inf padding last)
-    below = torch.searchsorted(asc, s.contiguous(), right=True)  # [b, c] thresholds <= each score
+    below = torch.searchsorted(asc, s, right=True)  # [b, c] thresholds <= each score
     hist = torch.zeros(asc.shape[0], asc.shape[1] + 1, dtype=torch.int64, device=s.device)
     hist.scatter_add_(1, below, torch.ones_like(below))  # [b, m + 1]
     at_least = hist.flip(1).cumsum(1).flip(1)[:, 1:]  # [b, m] scores >= asc[:, j]
@@ -183,13 +228,13 @@ def _pair_scores_from_blocks(
 
 
 def _merge_top(
-    top_s: torch.Tensor | None, top_i: torch.Tensor | None, s: torch.Tensor, cand: torch.Tensor, top_n: int
+    prev: tuple[torch.Tensor, torch.Tensor] | None, s: torch.Tensor, cand: torch.Tensor, top_n: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Running top-``top_n`` over candidate blocks."""
-    ids = cand[None, :].expand_as(s)  # [b, c]
-    if top_s is not None and top_i is not None:
-        s = torch.cat([top_s, s], 1)
-        ids = torch.cat([top_i, ids], 1)
+    """Running top-``top_n`` (scores, ids) over candidate blocks; ``s`` is ``[b, c]``."""
+    ids = cand[None, :].expand(s.shape[0], -1)  # [b, c]
+    if prev is not None:
+        s = torch.cat([prev[0], s], 1)
+        ids = torch.cat([prev[1], ids], 1)
     k = min(top_n, s.shape[1])
     best_s, idx = torch.topk(s, k, dim=1)  # [b, k]
     return best_s, torch.gather(ids, 1, idx)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from retrieval.evaluate._ranking import Ranking
-from retrieval.evaluate.metrics import _check_ks, embedding_ranking, ranking_metrics
+from retrieval.evaluate.metrics import _check_ks, embedding_rankings, ranking_metrics
 
 __all__ = ["IndexComparison", "compare_index"]
 
@@ -204,7 +204,8 @@ def compare_index(
     where_image = {"modality": "image"} if has_modality else None
     # text -> image
     cand = torch.as_tensor(np.asarray(collection.vectors(image_ids), dtype=np.float32))  # [Ni, D]
-    t2i_exact = embedding_ranking(te, cand, torch.as_tensor(g_items), True, chunk_size)
+    t2i_exact, _ = embedding_rankings(te, cand, torch.as_tensor(g_items), chunk_size, i2t=False)
+    assert t2i_exact is not None
     exact.update(ranking_metrics(t2i_exact, ks, "t2i/"))
     hit_ids, hit_scores = _search(collection, te.numpy(), k_max, where_image, refine)
     relevant = [image_ids[[j]] if j >= 0 else image_ids[:0] for j in g_items]
@@ -217,7 +218,8 @@ def compare_index(
         text_targets = _item_targets(text_meta, image_index, key_field)  # [Nt] image of each text item
         if (text_targets >= 0).any():
             tcand = torch.as_tensor(np.asarray(collection.vectors(text_ids), dtype=np.float32))  # [Nt, D]
-            i2t_exact = embedding_ranking(tcand, ie, torch.as_tensor(text_targets), False, chunk_size)
+            _, i2t_exact = embedding_rankings(tcand, ie, torch.as_tensor(text_targets), chunk_size, t2i=False)
+            assert i2t_exact is not None
             exact.update(ranking_metrics(i2t_exact, ks, "i2t/", true_recall=True))
             hit_ids, hit_scores = _search(collection, ie.numpy(), k_max, {"modality": "text"}, refine)
             order = np.argsort(text_targets, kind="stable")

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from retrieval.evaluate._ranking import Ranking, rank_pairs
+from retrieval.evaluate._ranking import Ranking, rank_both
 
 __all__ = [
     "Ranking",
@@ -152,20 +152,14 @@ def retrieval_rankings(
     g = _check_targets(text_to_image, n_texts, n_images, s.device)
     chunk_size = _check_chunk(chunk_size)
     _check_finite(s, "scores")
-    st = s.T  # [I, T] view, no copy
 
-    def t2i_block(qs: slice, cs: torch.Tensor | slice) -> torch.Tensor:
-        return s[qs][:, cs]
+    def block(ts: slice, images: torch.Tensor | slice) -> torch.Tensor:
+        return s[ts][:, images]  # [b_t, b_i] view or gather
 
-    def i2t_block(qs: slice, cs: torch.Tensor | slice) -> torch.Tensor:
-        return st[qs][:, cs]
-
-    t2i = rank_pairs(
-        t2i_block, n_texts, n_images, g, True, chunk_size, pair_scores=lambda q, c: s[q, c], top_n=top_n
+    t2i, i2t = rank_both(
+        block, n_texts, n_images, g, chunk_size, pair_scores=lambda t, i: s[t, i], top_n=top_n
     )
-    i2t = rank_pairs(
-        i2t_block, n_images, n_texts, g, False, chunk_size, pair_scores=lambda q, c: st[q, c], top_n=top_n
-    )
+    assert t2i is not None and i2t is not None
     return t2i, i2t
 
 
@@ -206,8 +200,8 @@ def retrieval_rankings_from_embeddings(
     dtype = torch.promote_types(te.dtype, ie.dtype)
     te, ie = te.to(dev, dtype), ie.to(dev, dtype)
     g = _check_targets(text_to_image, te.shape[0], ie.shape[0], dev)
-    t2i = embedding_ranking(te, ie, g, True, chunk_size, top_n)
-    i2t = embedding_ranking(te, ie, g, False, chunk_size, top_n)
+    t2i, i2t = embedding_rankings(te, ie, g, chunk_size, top_n)
+    assert t2i is not None and i2t is not None
     return t2i, i2t
 
 
@@ -218,23 +212,29 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def embedding_ranking(
-    te: torch.Tensor, ie: torch.Tensor, g: torch.Tensor, text_queries: bool, chunk_size: int, top_n: int = 0
-) -> Ranking:
-    """One direction's :class:`Ranking` from checked tensors on one device.
+def embedding_rankings(
+    te: torch.Tensor,
+    ie: torch.Tensor,
+    g: torch.Tensor,
+    chunk_size: int,
+    top_n: int = 0,
+    *,
+    t2i: bool = True,
+    i2t: bool = True,
+) -> tuple[Ranking | None, Ranking | None]:
+    """The requested directions' :class:`Ranking` from checked tensors on one device.
 
     ``g[t] < 0`` marks a text whose image is not among ``ie`` (internal use: such a
     text has no relevant image, and is relevant to no image).
     """
     _check_finite(te, "text embeddings")
     _check_finite(ie, "image embeddings")
-    queries, candidates = (te, ie) if text_queries else (ie, te)
 
-    def block(qs: slice, cs: torch.Tensor | slice) -> torch.Tensor:
-        return queries[qs] @ candidates[cs].T  # [b, c]
+    def block(ts: slice, images: torch.Tensor | slice) -> torch.Tensor:
+        return te[ts] @ ie[images].T  # [b_t, b_i]
 
     with torch.inference_mode():
-        return rank_pairs(block, len(queries), len(candidates), g, text_queries, chunk_size, top_n=top_n)
+        return rank_both(block, len(te), len(ie), g, chunk_size, top_n=top_n, t2i=t2i, i2t=i2t)
 
 
 def ranking_metrics(
