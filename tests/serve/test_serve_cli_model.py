@@ -174,8 +174,10 @@ def test_retrieval_serve_process_answers_and_stops(collection_dir):
                 time.sleep(0.2)
         assert r.json() == {"status": "ok", "collections": ["shapes"]}
         vec = [1.0] + [0.0] * 7
-        r = httpx.post(f"http://127.0.0.1:{port}/knn-service", json={"embedding_input": vec, "num_images": 2})
-        assert r.status_code == 200 and len(r.json()) == 2
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/knn-service", json={"embedding_input": vec, "num_images": 2}, timeout=30
+        )
+        assert r.status_code == 200 and len(r.json()) == 2, r.text
     finally:
         proc.terminate()
         proc.wait(timeout=30)
