@@ -1,11 +1,11 @@
 """Block-wise ranking engine shared by the dense and the chunked metric entry points.
 
-Given a way to compute a block of scores ``[queries, candidates]`` and the
-relation "text ``t`` belongs to image ``text_to_image[t]``", it returns, for every
-relevant (query, candidate) pair, the 1-based rank of that candidate in the
-query's ranking, under the pessimistic tie policy described in
-:mod:`retrieval.evaluate.metrics`. Only ``chunk_size x chunk_size`` blocks of scores
-exist at any time.
+Given a way to compute a block of scores ``[texts, images]`` and the relation
+"text ``t`` belongs to image ``text_to_image[t]``", it returns, for every relevant
+pair and in both directions, the 1-based rank of the relevant item in its query's
+ranking, under the pessimistic tie policy of :mod:`retrieval.evaluate.metrics`.
+One sweep over ``chunk_size x chunk_size`` blocks serves both directions; no
+larger piece of the score matrix ever exists.
 """
 
 from __future__ import annotations

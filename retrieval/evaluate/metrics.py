@@ -34,6 +34,12 @@ query's ``m`` relevant items)
     * ``median_rank``, ``mean_rank``: of ``r_1``.
 
 ``K`` larger than the number of candidates is allowed (every query then hits).
+
+Chunked scoring (:func:`retrieval_metrics_from_embeddings`) computes scores block
+by block in float32; a pair's own score and the scores it is compared with may
+come from different matrix products, so two scores that differ only by rounding
+(about 1e-7) can be ordered either way. Exact ties (duplicate vectors, exactly
+representable products, a given score matrix) follow the policy above.
 """
 
 from __future__ import annotations
