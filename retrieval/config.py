@@ -267,6 +267,7 @@ class TrainConfig(ConfigBase):
     sample_weight_column: str | None = None  # metadata field with per-pair sampling weights (class imbalance)
     device: str | None = None  # "cpu" | "cuda" | "cuda:1"; None: cuda when available, else cpu
     progress: bool = True  # tqdm bar with loss and pairs/s (also off when stderr is not a terminal)
+    cache_frozen_text: bool = True  # fully locked text tower: encode each caption once, train the head only
 
     def __post_init__(self) -> None:
         choices = {
@@ -289,3 +290,20 @@ class TrainConfig(ConfigBase):
             raise ValueError(f"TrainConfig.max_steps must be >= 1 or None; received {self.max_steps!r}")
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
             raise ValueError(f"TrainConfig.clip_grad_norm must be > 0 or None; got {self.clip_grad_norm!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig(ConfigBase):
+    """Settings of ``retrieval demo`` (:func:`retrieval.demo.run_demo`): OpenMoji data, the default
+    recipe, a collection, a report and a few queries."""
+
+    out_dir: str | None = None  # demo folder (run/, collection/, report/, demo.json); None: cache_dir("demo")
+    data_dir: str | None = None  # where the OpenMoji dataset is built; None: cache_dir("openmoji")
+    time_budget: float = 360.0  # training stops after this many seconds (the best epoch so far is kept)
+    limit: int | None = None  # use only this many emoji (quick runs and tests)
+    image_px: int = 72  # side of the rendered emoji PNGs
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)  # the recipe; data paths filled in
+    n_queries: int = 3  # example text->image and image->text queries shown
+    k: int = 5  # hits shown per example query
+    progress: bool = True  # progress bars (also off when stderr is not a terminal)
+    seed: int = 0  # dataset split and choice of example queries

@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "eval": "retrieval.cli.eval",
     "serve": "retrieval.cli.serve",
     "train": "retrieval.cli.train",
+    "demo": "retrieval.cli.demo",
 }
 
 
