@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -46,6 +47,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 API_KEY_HEADER = "X-API-Key"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # Paths anyone may read without the API key: the page, liveness and the API description.
 PUBLIC_PATHS = frozenset(
     {"/", "/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/favicon.ico"}
@@ -83,6 +85,11 @@ class Service:
         ):
             if getattr(config, field) < 1:
                 raise ValueError(f"ServeConfig.{field} must be >= 1, received {getattr(config, field)}")
+        bad_names = sorted(n for n in config.collections if not _NAME.fullmatch(n))
+        if bad_names:
+            raise ValueError(
+                f"collection name(s) {bad_names} cannot appear in URLs: use letters, digits, '.', '_' or '-'"
+            )
         unknown = sorted(
             (set(config.models) | set(config.media_roots) | set(models or {})) - set(config.collections)
         )
@@ -104,7 +111,8 @@ class Service:
                 return runners[key]
             directory = config.models.get(name)
             if directory is None and model is not None:
-                runners.setdefault("<default>", ModelRunner(model, "in-memory default model"))
+                if "<default>" not in runners:
+                    runners["<default>"] = ModelRunner(model, "in-memory default model")
                 return runners["<default>"]
             if directory is None:
                 directory = config.model or _recorded_model(config.collections[name])

@@ -211,3 +211,14 @@ def test_no_pickle_in_the_service():
         text = source.read_text(encoding="utf-8")
         for banned in ("import pickle", "torch.load(", "allow_pickle=True", "joblib"):
             assert banned not in text, f"{source.name} uses {banned}"
+
+
+def test_collection_names_must_fit_in_urls(config, encoder):
+    import pytest
+
+    from retrieval.serve import create_app
+
+    with pytest.raises(ValueError, match="URLs"):
+        create_app(
+            config.replace(collections={"a/b": config.collections["shapes"]}, media_roots={}), model=encoder
+        )
