@@ -24,7 +24,7 @@ from retrieval.config import EmbedConfig
 from retrieval.embed import embed_corpus
 
 config = EmbedConfig(batch_size=2, num_workers=0, shard_size=4, progress=False, index="Flat")
-embed_corpus(KeywordEncoder(delay=0.1), {manifest!r}, {out!r}, config)
+embed_corpus(KeywordEncoder(delay=0.2), {manifest!r}, {out!r}, config)
 """
 
 
@@ -48,7 +48,7 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(corpus, config, tmp_path)
     deadline = time.monotonic() + 60
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            if shards.is_dir() and len(list(shards.glob("*.npz"))) >= 3:
+            if shards.is_dir() and len(list(shards.glob("*.npz"))) >= 2:
                 break
             time.sleep(0.02)
         assert proc.poll() is None, f"the run ended before it could be killed: {proc.stdout.read().decode()}"
@@ -57,10 +57,10 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(corpus, config, tmp_path)
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     done_before = len(list(shards.glob("*.npz")))
-    assert 3 <= done_before < 10  # 40 items in shards of 4: interrupted mid-way
+    assert 2 <= done_before < 10, done_before  # 40 items in shards of 4: interrupted mid-way
 
     resumed = embed_corpus(KeywordEncoder(), corpus, out, config)
-    assert resumed.already_done >= 12 and resumed.embedded == 40 - resumed.already_done
+    assert resumed.already_done >= 8 and resumed.embedded == 40 - resumed.already_done > 0
     again = embed_corpus(KeywordEncoder(), corpus, out, config)
     assert again.embedded == 0 and again.collection_size == 0
 
