@@ -119,6 +119,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-upload-bytes", type=int, default=None, help="largest accepted query image")
     p.add_argument("--max-k", type=int, default=None, help="most results per query (default 100)")
     p.add_argument("--workers", type=int, default=None, help="threads encoding queries (default 4)")
+    p.add_argument("--batch-size", type=int, default=None, help="most queries encoded together (default 32)")
     p.add_argument(
         "--reload-interval", type=float, default=None, help="seconds between checks for changes on disk"
     )

@@ -81,6 +81,7 @@ class Service:
             "max_upload_bytes",
             "max_image_pixels",
             "workers",
+            "batch_size",
             "max_result_ids",
         ):
             if getattr(config, field) < 1:
@@ -107,19 +108,21 @@ class Service:
             if models and name in models:
                 key = f"<object {id(models[name])}>"
                 if key not in runners:
-                    runners[key] = ModelRunner(models[name], f"in-memory model for {name!r}")
+                    runners[key] = ModelRunner(
+                        models[name], f"in-memory model for {name!r}", config.batch_size
+                    )
                 return runners[key]
             directory = config.models.get(name)
             if directory is None and model is not None:
                 if "<default>" not in runners:
-                    runners["<default>"] = ModelRunner(model, "in-memory default model")
+                    runners["<default>"] = ModelRunner(model, "in-memory default model", config.batch_size)
                 return runners["<default>"]
             if directory is None:
                 directory = config.model or _recorded_model(config.collections[name])
             if directory is None:
                 return None
             if directory not in runners:
-                runners[directory] = load_model(directory, device=config.device)
+                runners[directory] = load_model(directory, device=config.device, batch_size=config.batch_size)
             return runners[directory]
 
         try:

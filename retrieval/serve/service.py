@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -63,38 +63,97 @@ class Encoder(Protocol):
     def fingerprint(self) -> str: ...
 
 
+class _Batcher:
+    """Merge concurrent calls of ``fn(items) -> rows`` into one call over all their items.
+
+    One call runs at a time; requests that arrive while it runs queue up and the next caller
+    to get the turn runs them all together (at most ``max_items`` per call). An idle server
+    adds no delay; a busy one encodes many queries per forward pass, which is what a CPU or a
+    GPU is fastest at. Serialising the calls also keeps tokenizers, whose per-call state
+    concurrent calls could trample, to one thread at a time.
+    """
+
+    def __init__(self, fn: Callable[[list[Any]], Any], max_items: int) -> None:
+        self._fn = fn
+        self._max = max(1, max_items)
+        self._pending: list[tuple[list[Any], Future[Any]]] = []
+        self._queue_lock = threading.Lock()
+        self._turn = threading.Lock()
+        self.calls = 0  # model calls made (for tests and benchmarks)
+
+    def __call__(self, items: Sequence[Any]) -> Any:
+        mine: Future[Any] = Future()
+        with self._queue_lock:
+            self._pending.append((list(items), mine))
+        while not mine.done():
+            with self._turn:
+                if mine.done():
+                    break
+                with self._queue_lock:
+                    batch, size = [], 0
+                    while self._pending and (not batch or size + len(self._pending[0][0]) <= self._max):
+                        entry = self._pending.pop(0)
+                        batch.append(entry)
+                        size += len(entry[0])
+                self._run(batch)
+        return mine.result()
+
+    def _run(self, batch: list[tuple[list[Any], Future[Any]]]) -> None:
+        flat = [item for items, _ in batch for item in items]
+        try:
+            rows = self._fn(flat)  # [sum n, D]
+            self.calls += 1
+        except BaseException as exc:
+            for _, future in batch:
+                future.set_exception(exc)
+            return
+        start = 0
+        for items, future in batch:
+            future.set_result(rows[start : start + len(items)])  # [n, D]
+            start += len(items)
+
+
 class ModelRunner:
     """A model shared by every collection that uses it, as the :class:`~retrieval.search.Searcher`
     sees it: the fingerprint is computed once (hashing weights on every reload would be slow),
-    image encoding runs concurrently, and text encoding is serialised because tokenizers keep
-    per-call state (padding/truncation settings) that concurrent calls could trample.
+    and concurrent queries are encoded in batches (see :class:`_Batcher`), texts and images
+    each one call at a time.
     """
 
-    def __init__(self, model: Encoder, source: str) -> None:
+    def __init__(self, model: Encoder, source: str, batch_size: int = 32) -> None:
         self.model = model
         self.source = source
         self._fingerprint = str(model.fingerprint())
         self.embed_dim = int(getattr(model, "embed_dim", 0) or 0)
-        self._text_lock = threading.Lock()
+        self._texts = _Batcher(
+            lambda items: model.encode_texts(items, batch_size=max(1, len(items))), batch_size
+        )
+        self._images = _Batcher(
+            lambda items: model.encode_images(items, batch_size=max(1, len(items))), batch_size
+        )
 
     def fingerprint(self) -> str:
         return self._fingerprint
 
     def encode_texts(self, texts: Sequence[str], **kwargs: Any) -> Any:
-        with self._text_lock:
-            return self.model.encode_texts(list(texts), **kwargs)  # [N, D]
+        return self._texts(texts)  # [N, D]
 
     def encode_images(self, images: Sequence[Any], **kwargs: Any) -> Any:
-        return self.model.encode_images(list(images), **kwargs)  # [N, D]
+        return self._images(images)  # [N, D]
+
+    @property
+    def calls(self) -> int:
+        """Model calls made so far (fewer than queries when batching worked)."""
+        return self._texts.calls + self._images.calls
 
 
-def load_model(directory: str, device: str | None = None) -> ModelRunner:
+def load_model(directory: str, device: str | None = None, batch_size: int = 32) -> ModelRunner:
     """Load a saved :class:`~retrieval.model.TwinEncoder` (safetensors + JSON, no pickle)."""
     from retrieval.model import TwinEncoder
 
     model = TwinEncoder.load(directory, device=device)
     model.eval()
-    return ModelRunner(model, directory)
+    return ModelRunner(model, directory, batch_size)
 
 
 def _open_collection(path: Path, mmap: bool) -> Any:
