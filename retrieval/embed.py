@@ -89,6 +89,13 @@ def embed_corpus(
     collection_path = Path(collection_path)
     fingerprint = str(model.fingerprint())
     dim = int(model.embed_dim)
+    read_options = {
+        "image_column": config.image_column,
+        "caption_column": config.caption_column,
+        "id_column": config.id_column,
+        "split": config.split,
+    }
+    items, source_skips = corpus_items(source, config.modality, **read_options)
     # A collection made by another model is refused before any work is done.
     open_or_create(collection_path, dim, config.index, fingerprint).close()
     state = EmbedState(state_dir(collection_path))
@@ -98,13 +105,6 @@ def embed_corpus(
     # Shards committed by an interrupted run go in first.
     added = state.sync_collection(collection_path, config.index, fingerprint, dim)
 
-    read_options = {
-        "image_column": config.image_column,
-        "caption_column": config.caption_column,
-        "id_column": config.id_column,
-        "split": config.split,
-    }
-    items, source_skips = corpus_items(source, config.modality, **read_options)
     done = state.done_keys()
     pending = [it for it in items if it.key not in done]
     replaces = _changed_images(pending, done)
@@ -121,7 +121,7 @@ def embed_corpus(
                 embedded += n_ok
                 skipped.update(reason for _, reason, _ in failed)
                 bar.update(n_ok + len(failed))
-    added += state.sync_collection(collection_path, config.index, fingerprint, dim)
+        added += state.sync_collection(collection_path, config.index, fingerprint, dim)
     state.write_errors(source_skips, {it.key for it in items})
     export = Path(config.npy_export) if config.npy_export else None
     if export is not None:

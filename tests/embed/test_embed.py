@@ -217,3 +217,9 @@ def test_changed_image_replaces_its_earlier_version(fake_model, corpus, config, 
     assert np.argmax(vector) == 2  # the "blue" dimension of the keyword encoder
     embed_corpus(fake_model, corpus, tmp_path / "fresh", config)
     assert _contents(tmp_path / "coll") == _contents(tmp_path / "fresh")
+
+
+def test_missing_source_leaves_no_collection_behind(fake_model, config, tmp_path):
+    with pytest.raises((FileNotFoundError, ValueError)):
+        embed_corpus(fake_model, tmp_path / "nope.jsonl", tmp_path / "coll", config)
+    assert not (tmp_path / "coll").exists()
