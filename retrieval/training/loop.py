@@ -33,6 +33,7 @@ from retrieval.training.distributed import (
     init_distributed,
     shutdown,
 )
+from retrieval.training.frozen import FrozenTextFeatures, text_tower_is_frozen
 from retrieval.training.history import MetricsLog, plot_history
 from retrieval.training.optim import build_optimizer, lr_factor, set_lr
 from retrieval.training.sampling import SeededItems, epoch_order, item_seed, plan_epoch, sample_weights
@@ -177,6 +178,15 @@ class _Run:
             if self.resume_from is not None:
                 self.log.truncate_after(self.step)
         self.dataset = SeededItems(_pair_dataset(self.train_pairs, self.model.image_transform(train=True)))
+        self.text_cache = None
+        if config.cache_frozen_text and text_tower_is_frozen(self.model):
+            self.text_cache = FrozenTextFeatures(
+                self.model,
+                self.train_pairs.captions(),
+                ctx.device,
+                config.val_batch_size,
+                self.precision.autocast(ctx.device),
+            )
         self.model.train()
         status, start, pairs_seen, last_loss = "completed", time.perf_counter(), 0, math.nan
         bar = _progress_bar(total, self.step, enabled=config.progress and ctx.is_main)

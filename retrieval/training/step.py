@@ -41,19 +41,23 @@ def batch_loss(
     batch: dict[str, Any],
     ctx: DistContext,
     autocast: Any,
+    text_cache: Any = None,
 ) -> tuple[Tensor | None, int]:
     """Loss of one micro-batch over the global batch (features of all ranks); ``(None, 0)`` when the
-    global batch is empty. Differentiable with respect to this rank's parameters."""
+    global batch is empty. Differentiable with respect to this rank's parameters. ``text_cache``
+    (a :class:`~retrieval.training.frozen.FrozenTextFeatures`) replaces a locked text tower."""
     device = ctx.device
     n_local = len(batch["captions"])
     with autocast:
         if n_local:
             pixel_values = batch["pixel_values"].to(device, non_blocking=True)  # [b, 3, H, W]
-            tokens = {
-                k: v.to(device, non_blocking=True) for k, v in model.tokenize(batch["captions"]).items()
-            }
             image_emb = model.image_features(pixel_values)  # [b, D]
-            text_emb = model.text_features(tokens)  # [b, D]
+            if text_cache is not None:
+                text_emb = text_cache(model, batch["captions"])  # [b, D]
+            else:
+                captions = batch["captions"]
+                tokens = {k: v.to(device, non_blocking=True) for k, v in model.tokenize(captions).items()}
+                text_emb = model.text_features(tokens)  # [b, D]
         else:  # every item of this shard was broken: take part in the collectives with no rows
             image_emb = torch.zeros(0, model.embed_dim, device=device, requires_grad=True)  # [0, D]
             text_emb = torch.zeros(0, model.embed_dim, device=device, requires_grad=True)  # [0, D]
@@ -84,7 +88,8 @@ def train_step(run: Any, batches: Iterator[dict[str, Any]], n_micro: int) -> Ste
         batch = next(batches)
         data_seconds += time.perf_counter() - t0
         skipped += int(batch.get("skipped", 0))
-        loss, n = batch_loss(model, run.loss_fn, batch, ctx, run.precision.autocast(ctx.device))
+        autocast = run.precision.autocast(ctx.device)
+        loss, n = batch_loss(model, run.loss_fn, batch, ctx, autocast, run.text_cache)
         if loss is None:
             continue
         if not torch.isfinite(loss):

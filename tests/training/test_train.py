@@ -198,3 +198,24 @@ def test_user_errors_are_clear(config, tmp_path):
         train(config.replace(precision="fp16"))
     with pytest.raises(ValueError, match="no metadata field 'nope'"):
         train(config.replace(sample_weight_column="nope"))
+
+
+def test_locked_text_tower_is_encoded_once_and_matches_the_uncached_run(config, tmp_path):
+    config = config.replace(model=config.model.replace(lock_text=True), val_data=None, epochs=2)
+    torch.manual_seed(0)
+    build_model(config.model, captions=["a red circle", "a blue square"], device="cpu").save(
+        tmp_path / "init"
+    )
+    calls = []
+    model = TwinEncoder.load(tmp_path / "init", device="cpu")
+    model.text_tower.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    cached = train(config.replace(out_dir=str(tmp_path / "cached")), model=model)
+    assert calls == [16, 4]  # the 20 unique captions once, in batches of val_batch_size, before step 1
+    plain = train(
+        config.replace(out_dir=str(tmp_path / "plain"), cache_frozen_text=False),
+        model=TwinEncoder.load(tmp_path / "init", device="cpu"),
+    )
+    a, b = _weights(cached.model_dir), _weights(plain.model_dir)
+    assert any(k.startswith("text_tower.") for k in a)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6, msg=key)
