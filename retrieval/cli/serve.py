@@ -64,6 +64,7 @@ def build_config(args: argparse.Namespace) -> Any:
         "port",
         "max_k",
         "workers",
+        "batch_size",
         "reload_interval",
         "device",
         "max_upload_bytes",

@@ -34,6 +34,8 @@ def test_cli_builds_the_config_and_calls_run(monkeypatch, tmp_path, collection_d
             "*",
             "--hide-field",
             "path",
+            "--batch-size",
+            "5",
         ]
     )
     assert code == 0
@@ -41,7 +43,7 @@ def test_cli_builds_the_config_and_calls_run(monkeypatch, tmp_path, collection_d
     assert config.collections == {"pics": str(collection_dir)}
     assert config.media_roots == {"pics": str(tmp_path / "media")}
     assert (config.host, config.port, config.max_k, config.api_key) == ("127.0.0.1", 9123, 7, "from-env")
-    assert config.cors_origins == ("*",) and config.hidden_fields == ("path",)
+    assert config.cors_origins == ("*",) and config.hidden_fields == ("path",) and config.batch_size == 5
     assert config.allow_image_urls is False
 
     seen.clear()
