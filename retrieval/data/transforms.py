@@ -71,10 +71,17 @@ def resize_center_crop(image: Image.Image, size: int, resample: str = "bicubic")
     return image.crop((left, top, left + size, top + size))
 
 
-def to_tensor(image: Image.Image) -> torch.Tensor:
-    """RGB ``PIL.Image`` -> ``[3, H, W]`` float32 in ``[0, 1]``."""
-    array = np.asarray(image.convert("RGB"), dtype=np.uint8)  # [H, W, 3]
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).to(torch.float32).div_(255.0)  # [3, H, W]
+def to_tensor(
+    image: Image.Image, mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0)
+) -> torch.Tensor:
+    """RGB ``PIL.Image`` -> ``[3, H, W]`` float32 ``(pixel / 255 - mean) / std``.
+
+    Computed in numpy: per-image tensors are small, and torch's intra-op threads only add
+    synchronisation cost here (much more on a busy machine)."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32)  # [H, W, 3]
+    scale = np.asarray(std, dtype=np.float32) * 255.0  # [3]
+    array = (array - np.asarray(mean, dtype=np.float32) * 255.0) / scale  # [H, W, 3]
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))  # [3, H, W]
 
 
 class ImageTransform:
@@ -94,8 +101,10 @@ class ImageTransform:
         if resample not in _RESAMPLE:
             raise ValueError(f"unknown resample {resample!r}; expected one of {sorted(_RESAMPLE)}")
         self.size = int(size)
-        self.mean = torch.tensor(list(mean), dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(list(std), dtype=torch.float32).view(3, 1, 1)
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError(f"mean and std need 3 values (R, G, B), std > 0; received {mean!r}, {std!r}")
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
         self.train = train
         self.resample = resample
         self.scale = scale
@@ -106,8 +115,8 @@ class ImageTransform:
         return {
             "kind": "resize_center_crop",
             "size": self.size,
-            "mean": self.mean.flatten().tolist(),
-            "std": self.std.flatten().tolist(),
+            "mean": list(self.mean),
+            "std": list(self.std),
             "resample": self.resample,
         }
 
@@ -119,7 +128,7 @@ class ImageTransform:
             image = color_jitter(image, self.jitter)
         else:
             image = resize_center_crop(image, self.size, self.resample)
-        return (to_tensor(image) - self.mean) / self.std  # [3, S, S]
+        return to_tensor(image, self.mean, self.std)  # [3, S, S]
 
     def __repr__(self) -> str:
         return f"ImageTransform(size={self.size}, train={self.train})"
