@@ -47,7 +47,7 @@ class EmbedSummary:
         str, int
     ]  # reason -> items skipped by this call (missing_file, decode_error, empty_caption, ...)
     already_done: int  # items found done (embedded or skipped) by an earlier call
-    collection_size: int  # vectors added to the collection by this call
+    added: int  # vectors added to the collection by this call
     errors_path: Path  # JSONL file listing every skipped input of the corpus
     state_path: Path  # folder with the committed shards
     npy_export: Path | None  # clip-retrieval style export folder, when asked for
@@ -131,7 +131,7 @@ def embed_corpus(
         embedded=embedded,
         skipped=dict(skipped),
         already_done=len(items) - len(pending),
-        collection_size=added,
+        added=added,
         errors_path=state.errors_path,
         state_path=state.root,
         npy_export=export,

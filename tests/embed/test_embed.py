@@ -31,7 +31,7 @@ def _contents(path: Path) -> list[tuple[str, str, tuple[float, ...]]]:
 def test_embeds_images_and_texts_with_metadata(fake_model, corpus, config, tmp_path):
     summary = embed_corpus(fake_model, corpus, tmp_path / "coll", config)
     assert summary.embedded == 40 and summary.already_done == 0 and summary.skipped == {}
-    assert summary.collection_size == 40
+    assert summary.added == 40
     with Collection.open(tmp_path / "coll", read_only=True) as coll:
         assert len(coll) == 40 and coll.dim == fake_model.embed_dim
         assert coll.fingerprint == fake_model.fingerprint()
@@ -65,7 +65,7 @@ def test_rerun_of_finished_job_does_nothing(fake_model, corpus, config, tmp_path
     shards = sorted(p.name for p in (state_dir(tmp_path / "coll") / "shards").iterdir())
     before = _contents(tmp_path / "coll")
     summary = embed_corpus(fake_model, corpus, tmp_path / "coll", config)
-    assert summary.embedded == 0 and summary.already_done == 40 and summary.collection_size == 0
+    assert summary.embedded == 0 and summary.already_done == 40 and summary.added == 0
     assert sorted(p.name for p in (state_dir(tmp_path / "coll") / "shards").iterdir()) == shards
     assert _contents(tmp_path / "coll") == before
 
@@ -162,7 +162,7 @@ def test_interrupted_ingest_is_recovered(fake_model, corpus, config, tmp_path, m
         embed_corpus(fake_model, corpus, tmp_path / "coll", config)
     monkeypatch.setattr(Collection, "save", original)
     summary = embed_corpus(fake_model, corpus, tmp_path / "coll", config)
-    assert summary.embedded == 0 and summary.collection_size == 40
+    assert summary.embedded == 0 and summary.added == 40
     embed_corpus(fake_model, corpus, tmp_path / "fresh", config)
     assert _contents(tmp_path / "coll") == _contents(tmp_path / "fresh")
 

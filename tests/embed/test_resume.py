@@ -62,7 +62,7 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(corpus, config, tmp_path)
     resumed = embed_corpus(KeywordEncoder(), corpus, out, config)
     assert resumed.already_done >= 8 and resumed.embedded == 40 - resumed.already_done > 0
     again = embed_corpus(KeywordEncoder(), corpus, out, config)
-    assert again.embedded == 0 and again.collection_size == 0
+    assert again.embedded == 0 and again.added == 0
 
     embed_corpus(KeywordEncoder(), corpus, tmp_path / "uninterrupted", config)
     assert _contents(out) == _contents(tmp_path / "uninterrupted")
