@@ -43,9 +43,7 @@ class EmbedSummary:
 
     collection_path: Path  # the collection written
     embedded: int  # items encoded by this call
-    skipped: dict[
-        str, int
-    ]  # reason -> items skipped by this call (missing_file, decode_error, empty_caption, ...)
+    skipped: dict[str, int]  # reason -> items skipped by this call (decode_error, empty_caption, ...)
     already_done: int  # items found done (embedded or skipped) by an earlier call
     added: int  # vectors added to the collection by this call
     errors_path: Path  # JSONL file listing every skipped input of the corpus
