@@ -112,11 +112,11 @@ class ModelConfig(ConfigBase):
     builds and runs a forward in milliseconds.
     """
 
-    image_tower: str = "cnn"  # "cnn" | "vit" | "hf:<id-or-path>" (CLIP/SigLIP vision, ViT, ConvNeXt, DINOv2, ...)
-    text_tower: str = "gru"  # "gru" | "transformer" | "hf:<id-or-path>" (BERT-like encoders, CLIP/SigLIP text)
+    image_tower: str = "cnn"  # "cnn" | "vit" | "hf:<id-or-path>" (CLIP/SigLIP vision, ViT, ConvNeXt, DINOv2)
+    text_tower: str = "gru"  # "gru" | "transformer" | "hf:<id-or-path>" (BERT-like, CLIP/SigLIP text)
     embed_dim: int = 256  # size of the shared space both projection heads map into
     projection: str = "linear"  # head on each tower: "linear" | "mlp" | "none" (tower output used as is)
-    image_size: int = 128  # square input side for the from-scratch image towers (hf towers use their processor)
+    image_size: int = 128  # square input side of the from-scratch image towers (hf: their processor's)
     image_width: int = 64  # cnn: channels of the first stage (doubled per stage); vit: token width
     image_layers: int = 3  # cnn: residual stages; vit: transformer blocks
     image_heads: int = 4  # vit: attention heads
@@ -130,14 +130,14 @@ class ModelConfig(ConfigBase):
     vocab_size: int = 8192  # target vocabulary of the tokenizer trained on the captions
     tokenizer: str = "bpe"  # tokenizer trained on the captions: "bpe" (byte-level) | "wordpiece"
     lowercase: bool = True  # lowercase captions before tokenizing (trained tokenizers only)
-    pooling: str = "auto"  # text pooling: "auto" | "mean" | "cls" | "pooler" (auto: pooler for CLIP/SigLIP, else mean)
+    pooling: str = "auto"  # text: "auto" | "mean" | "cls" | "pooler" (auto: CLIP/SigLIP pooler, else mean)
     dropout: float = 0.0  # dropout inside the from-scratch towers
     shared: bool = False  # Siamese mode: vit + transformer run one shared trunk and one projection head
     lock_image: bool = False  # freeze the image tower (LiT, Zhai et al. 2022)
     lock_text: bool = False  # freeze the text tower
     unfreeze_image_layers: int = 0  # > 0: freeze the image tower except its last N blocks and final norm
     unfreeze_text_layers: int = 0  # > 0: freeze the text tower except its last N blocks and final norm
-    init_logit_scale: float = 2.6592  # initial log of the logit multiplier (log(1/0.07), CLIP); log(10) for SigLIP
+    init_logit_scale: float = 2.6592  # initial log of the logit multiplier: log(1/0.07) CLIP, log(10) SigLIP
     init_logit_bias: float = -10.0  # initial logit bias (SigLIP); used only when use_bias is true
     use_bias: bool = False  # learn a logit bias (for the sigmoid loss)
     learn_logit_scale: bool = True  # make logit_scale trainable (false keeps a fixed temperature)
