@@ -53,6 +53,10 @@ class Searcher:
     Items are told apart by their ``modality`` metadata field (as :func:`retrieval.embed.embed_corpus`
     writes it). A collection without that field is searched whole; one holding a single modality
     is searched without a filter (faster), so items added there without the field also come back.
+
+    A model in eval mode (``model.eval()``) is called directly, which is faster and safe from
+    several threads; a model in train mode goes through ``encode_texts`` / ``encode_images``,
+    which switch it to eval mode and back around every call.
     """
 
     def __init__(self, model: Any, collection: Any, *, device: str | None = None) -> None:
@@ -139,6 +143,19 @@ class Searcher:
         if not decoded:
             return np.zeros((0, int(self.collection.dim)), dtype=np.float32)
         model = self._need_model()
+        if _direct(model, "image_features", self.device) and hasattr(model, "image_transform"):
+            # As for texts: no mode switches, so concurrent queries never see the model in train mode.
+            import torch
+
+            transform = model.image_transform()
+            with torch.inference_mode():
+                chunks = [
+                    model.image_features(
+                        torch.stack([transform(im) for im in decoded[lo : lo + 64]])
+                    )  # [b, D]
+                    for lo in range(0, len(decoded), 64)
+                ]
+            return _as_queries(torch.cat(chunks).float().cpu(), self.collection.dim)
         vectors = model.encode_images(decoded, batch_size=64, device=self.device)
         return _as_queries(vectors, self.collection.dim)
 

@@ -91,10 +91,13 @@ def test_real_model_searches_all_directions(embedded, tiny_model_dir, corpus_row
         assert len(searcher.image_to_text_batch([corpus_rows[0]["image"], corpus_rows[1]["image"]], k=2)) == 2
 
 
-def test_eval_mode_fast_path_matches_encode_texts(embedded, tiny_model_dir):
+def test_eval_mode_fast_path_matches_encode_texts(embedded, tiny_model_dir, corpus_rows):
     model = TwinEncoder.load(tiny_model_dir, device="cpu")
     queries = ["a red dog", "blue sky over a house", "cat"]
     expected = model.encode_texts(queries).numpy()
+    images = [corpus_rows[0]["image"], corpus_rows[1]["image"]]
+    expected_images = model.encode_images(images).numpy()
     with Searcher(model.eval(), embedded) as searcher:
         np.testing.assert_allclose(searcher.encode_texts(queries), expected, atol=1e-5)
+        np.testing.assert_allclose(searcher.encode_images(images), expected_images, atol=1e-5)
     assert model.training is False
