@@ -1,8 +1,8 @@
 """Towers around transformers backbones (``"hf:<hub id or local folder>"``).
 
 Image: any ``AutoModel`` vision backbone (CLIP / SigLIP vision, ViT, ConvNeXt, DINOv2, ...) with its
-own ``AutoImageProcessor``; the feature is the backbone's pooled output (mean of the last hidden
-states when it has none). Text: any ``AutoModel`` text encoder with its ``AutoTokenizer``, pooled by
+own ``AutoImageProcessor``; the feature is the backbone's pooled output (ViT / DeiT: the final [CLS]
+state; the mean of the last hidden states when there is no pooled output). Text: any ``AutoModel`` text encoder with its ``AutoTokenizer``, pooled by
 masked mean, first token (CLS) or the model's own pooler. For CLIP and SigLIP checkpoints the tower
 is that model's half, with CLIP's projection, so its features equal ``get_image_features`` /
 ``get_text_features``.
@@ -36,6 +36,9 @@ DUAL_MODELS: dict[str, tuple[str, str | None, str, str | None]] = {
 }
 _HEAD_NAMES = {"post_layernorm", "layernorm", "final_layer_norm", "pooler", "head", "norm", "layer_norm"}
 _POOLINGS = ("auto", "mean", "cls", "pooler")
+# Vision models whose pooler is an extra dense+tanh layer (often untrained, e.g. DINO ViTs): use the
+# final [CLS] state instead, as the ViT paper does.
+_CLS_IMAGE_MODELS = {"vit", "deit"}
 
 
 def _float32() -> dict[str, Any]:
@@ -150,6 +153,9 @@ class HFImageTower(ImageTower):
         self, backbone: nn.Module, projection: nn.Module | None, processor: Any, source: str
     ) -> None:
         super().__init__()
+        self.cls_pooling = backbone.config.model_type in _CLS_IMAGE_MODELS
+        if self.cls_pooling and isinstance(getattr(backbone, "pooler", None), nn.Module):
+            backbone.pooler = None  # unused: no dead weights in the checkpoint or the optimizer
         self.backbone = backbone
         self.projection = projection if projection is not None else nn.Identity()
         self.processor = processor
@@ -162,7 +168,10 @@ class HFImageTower(ImageTower):
         pooled = getattr(out, "pooler_output", None)
         if pooled is None:
             hidden = out.last_hidden_state  # [B, T, H] or [B, C, h, w]
-            pooled = hidden.mean(dim=(2, 3)) if hidden.dim() == 4 else hidden.mean(dim=1)
+            if hidden.dim() == 4:
+                pooled = hidden.mean(dim=(2, 3))  # [B, C]
+            else:
+                pooled = hidden[:, 0] if self.cls_pooling else hidden.mean(dim=1)  # [B, H]
         return self.projection(pooled.flatten(1))  # [B, D]
 
     def image_transform(self, train: bool = False) -> Callable[[Image.Image], torch.Tensor]:
@@ -213,6 +222,8 @@ class HFTextTower(TextTower):
         super().__init__()
         if pooling not in ("mean", "cls", "pooler"):
             raise ValueError(f"unknown text pooling {pooling!r}; expected one of {list(_POOLINGS)}")
+        if pooling != "pooler" and isinstance(getattr(backbone, "pooler", None), nn.Module):
+            backbone.pooler = None  # e.g. BERT's dense+tanh pooler: unused with mean / CLS pooling
         self.backbone = backbone
         self.projection = projection if projection is not None else nn.Identity()
         self.tokenizer = tokenizer

@@ -161,6 +161,8 @@ def test_hf_vision_backbones_as_image_towers(tmp_path: Path) -> None:
     for name, path in _vision_backbones(tmp_path / "hf").items():
         model = build_model(tiny_config(f"hf:{path}", unfreeze_image_layers=1), ["a red car"], device="cpu")
         assert len(model.image_tower.blocks()) == 2, name
+        if name == "vit":  # ViT's dense+tanh pooler is dropped: its final [CLS] state is the feature
+            assert not any("pooler" in key for key in model.state_dict())
         assert model.image_transform()(pictures()[0]).shape == (3, 32, 32), name
         assert model.image_transform(train=True)(pictures()[0]).shape == (3, 32, 32), name
         embeddings = model.encode_images(pictures())
@@ -182,6 +184,7 @@ def test_minilm_text_tower_offline(tmp_path: Path) -> None:
     )
     model = build_model(config, device="cpu")
     assert model.text_tower.pooling == "mean"
+    assert not any("pooler" in key for key in model.state_dict())  # BERT's unused pooler is dropped
     texts = ["a red car", "a dog running on the beach"]
     embeddings = model.encode_texts(texts)
     tokenizer = AutoTokenizer.from_pretrained(path)
