@@ -30,7 +30,7 @@ import numpy as np
 from retrieval.data.images import TAR_PREFIX, tar_ref
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-MANIFEST_EXTENSIONS = (".jsonl", ".csv", ".tsv", ".parquet")
+MANIFEST_EXTENSIONS = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,12 +160,16 @@ def _add_rows(
     split: str | None,
 ) -> int:
     count = 0
+    lacking = 0
+    first_keys: list[str] = []
     for where, row in rows:
         count += 1
         if split is not None and "split" in row and str(row["split"]) != split:
             continue
         missing = [c for c in (image_column, caption_column) if c not in row]
         if missing:
+            lacking += 1
+            first_keys = first_keys or sorted(row)
             out.skip(where, f"no {missing} field (found {sorted(row)}); pass image_column=/caption_column=")
             continue
         image = _resolve_image(row[image_column], base)
@@ -181,11 +185,16 @@ def _add_rows(
             continue
         metadata = {k: _jsonable(v) for k, v in row.items() if k not in (image_column, caption_column)}
         out.add(where, image, row[caption_column], image_id, metadata)
+    if count and lacking == count:
+        raise ValueError(
+            f"no row has both {image_column!r} and {caption_column!r} fields (the first has {first_keys}): "
+            "pass image_column= / caption_column= naming yours"
+        )
     return count
 
 
 def _jsonl_rows(path: Path, out: _Collector) -> Iterator[tuple[str, dict[str, Any]]]:
-    with path.open("r", encoding="utf-8") as fh:
+    with path.open("r", encoding="utf-8-sig") as fh:
         for number, line in enumerate(fh, 1):
             if not line.strip():
                 continue
@@ -201,9 +210,32 @@ def _jsonl_rows(path: Path, out: _Collector) -> Iterator[tuple[str, dict[str, An
             yield where, row
 
 
+def _json_rows(path: Path, out: _Collector) -> Iterator[tuple[str, dict[str, Any]]]:
+    """A ``.json`` manifest: one array of row objects (or ``{"pairs" | "data" | "rows": [...]}``)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); fix it or use JSON Lines"
+        ) from exc
+    if isinstance(data, dict):
+        data = next(
+            (data[k] for k in ("pairs", "data", "rows", "images") if isinstance(data.get(k), list)), None
+        )
+    if not isinstance(data, list):
+        raise ValueError(
+            f'{path} should hold a JSON array of row objects, e.g. [{{"image": ..., "caption": ...}}]'
+        )
+    for number, row in enumerate(data):
+        if isinstance(row, dict):
+            yield f"{path}:item {number}", row
+        else:
+            out.skip(f"{path}:item {number}", f"expected a JSON object, found {type(row).__name__}")
+
+
 def _csv_rows(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[str, dict[str, Any]]]:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    with path.open("r", encoding="utf-8", newline="") as fh:
+    with path.open("r", encoding="utf-8-sig", newline="") as fh:
         reader = csv.DictReader(fh, delimiter=delimiter)
         header = reader.fieldnames or []
         missing = [c for c in columns if c not in header]
@@ -212,8 +244,8 @@ def _csv_rows(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[str, dict[
                 f"{path} has no column(s) {missing}; its columns are {header}: "
                 "pass image_column= / caption_column= / id_column= naming yours"
             )
-        for number, row in enumerate(reader, 2):
-            yield f"{path}:{number}", {k: v for k, v in row.items() if k is not None}
+        for row in reader:
+            yield f"{path}:{reader.line_num}", {k: v for k, v in row.items() if k is not None}
 
 
 def _parquet_rows(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -246,6 +278,8 @@ def _read_manifest(
     columns = tuple(c for c in (image_column, caption_column, id_column) if c)
     if suffix == ".jsonl":
         rows: Iterable[tuple[str, dict[str, Any]]] = _jsonl_rows(path, out)
+    elif suffix == ".json":
+        rows = _json_rows(path, out)
     elif suffix in (".csv", ".tsv"):
         rows = _csv_rows(path, columns)
     else:

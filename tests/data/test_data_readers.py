@@ -173,3 +173,25 @@ def test_unknown_source_errors(tmp_path: Path) -> None:
         read_pairs(tmp_path / "x.xml")
     with pytest.raises(FileNotFoundError, match="no files match"):
         read_pairs(str(tmp_path / "*.tar"))
+
+
+def test_json_array_manifest_bom_and_wrong_columns(tmp_path: Path) -> None:
+    rows = [{"image": "a.jpg", "caption": "one"}, 5, {"image": "b.jpg", "caption": "two"}]
+    (tmp_path / "m.json").write_text(json.dumps({"pairs": rows}), encoding="utf-8")
+    pairs = read_pairs(tmp_path / "m.json")
+    assert pairs.captions() == ["one", "two"] and pairs.skipped[0][1] == "expected a JSON object, found int"
+    (tmp_path / "bom.jsonl").write_text('\ufeff{"image": "a.jpg", "caption": "bom"}\n', encoding="utf-8")
+    assert read_pairs(tmp_path / "bom.jsonl").captions() == ["bom"]
+    write_jsonl(tmp_path / "wrong.jsonl", [{"path": "a.jpg", "text": "x"}, {"path": "b.jpg", "text": "y"}])
+    with pytest.raises(ValueError, match=r"no row has both 'image' and 'caption'.*\['path', 'text'\]"):
+        read_pairs(tmp_path / "wrong.jsonl")
+    (tmp_path / "bad.json").write_text("[{", encoding="utf-8")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        read_pairs(tmp_path / "bad.json")
+
+
+def test_csv_multiline_caption_reports_physical_lines(tmp_path: Path) -> None:
+    (tmp_path / "m.csv").write_text('image,caption\na.jpg,"two\nlines"\nb.jpg,\n', encoding="utf-8-sig")
+    pairs = read_pairs(tmp_path / "m.csv")
+    assert pairs.captions() == ["two\nlines"]
+    assert pairs.skipped == [(f"{tmp_path / 'm.csv'}:4", "empty caption")]
