@@ -115,6 +115,8 @@ class Collection:
         self._lock_fd = lock_fd
         self._dirty = False
         self._closed = False
+        # auto collections stop maintaining an index that another kind will replace at the next save
+        self._deferred = False
         self._where_cache: dict[str, Any] = {}  # filter JSON -> matching ids; "sel:" + JSON -> selector
         fi.set_params(index, self._params)
 
@@ -329,13 +331,12 @@ class Collection:
 
     def _rebuild_reason(self) -> str | None:
         n = len(self)
+        if self._deferred:
+            return f"index='auto' outgrew {self._spec}; the next save builds the index that suits {n} vectors"
         if self._tomb.size > TOMBSTONE_REBUILD_FRACTION * max(int(self._index.ntotal), 1):
             return f"{self._tomb.size} removed ids are still inside the {self._spec} index"
-        if self._requested == "auto":
-            want = auto.choose_index(n, self._dim, self._budget)
-            built_on = int(self._params.get("built_on", 0))
-            if want != self._spec and (n >= 2 * built_on or n * 4 <= built_on):
-                return f"{want} suits {n} vectors better than {self._spec}"
+        if self._requested == "auto" and self._outgrown(n):
+            return f"{auto.choose_index(n, self._dim, self._budget)} suits {n} vectors better than {self._spec}"
         trained_on = int(self._params.get("trained_on", 0))
         if self._kind.needs_training and trained_on and n > RETRAIN_GROWTH * trained_on:
             return f"index trained with {trained_on} vectors, collection now holds {n}"
@@ -356,6 +357,7 @@ class Collection:
             "index_requested": self._requested,
             "index_kind": self._kind.kind,
             "index_trained": bool(self._index.is_trained),
+            "index_deferred": self._deferred,
             "params": dict(self._params),
             "memory_budget": self._budget,
             "recall_target": self._recall_target,
@@ -435,14 +437,20 @@ class Collection:
         ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
         if n == 0:
             return ids
-        if self._index.is_trained:
+        if self._requested == "auto" and not self._deferred and self._outgrown(len(self) + n):
+            # another kind suits the new size: stop feeding this index (searches go exact over the
+            # raw store meanwhile) and let the next save build the right one from the store
+            self._deferred = True
+            self._index.reset()
+            self._tomb, self._tomb_sel = np.empty(0, dtype=np.int64), None
+        if self._index_live:
             self._index.add_with_ids(vecs, ids)
         try:
             self._meta.insert(ids, texts)
         except BaseException:
-            if self._index.is_trained and self._kind.supports_remove:
+            if self._index_live and self._kind.supports_remove:
                 self._index.remove_ids(ids)
-            elif self._index.is_trained:
+            elif self._index_live:
                 self._add_tombstones(ids)
             raise
         self._store.append(ids, vecs)
@@ -458,7 +466,7 @@ class Collection:
         rows = rows[first]
         if ids.size == 0:
             return
-        if self._index.is_trained and self._index.ntotal:
+        if self._index_live and self._index.ntotal:
             if self._kind.supports_remove:
                 self._index.remove_ids(ids)
             else:
@@ -466,6 +474,16 @@ class Collection:
         self._meta.delete(ids)
         self._store.kill(rows)
         self._changed()
+
+    @property
+    def _index_live(self) -> bool:
+        """The index holds every stored vector (else searches use the raw store)."""
+        return bool(self._index.is_trained) and not self._deferred
+
+    def _outgrown(self, n: int) -> bool:
+        want = auto.choose_index(n, self._dim, self._budget)
+        built_on = int(self._params.get("built_on", 0))
+        return want != self._spec and (n >= 2 * built_on or n * 4 <= built_on)
 
     def _add_tombstones(self, ids: np.ndarray) -> None:
         self._tomb = np.union1d(self._tomb, ids)
@@ -519,7 +537,7 @@ class Collection:
             if match.size == 0:
                 return self._padded(q.shape[0], k)
             frac = match.size / max(int(self._index.ntotal), 1)
-            ann_ok = self._kind.supports_selector and self._kind.kind != "flat" and self._index.is_trained
+            ann_ok = self._kind.supports_selector and self._kind.kind != "flat" and self._index_live
             # Exact search over the matches when they are few; also for HNSW under very selective
             # filters, where a filtered graph walk loses recall (its eligible neighbours are sparse).
             hnsw_sparse = self._kind.kind == "hnsw" and frac < HNSW_SPARSE_FILTER
@@ -529,7 +547,7 @@ class Collection:
             return self._fill_short(q, k, scores, ids, match)
         if n_live == 0:
             return self._padded(q.shape[0], k)
-        if not self._index.is_trained:
+        if not self._index_live:
             return self._exact(q, k, None)
         scores, ids = self._ann(q, k, refine, self._tombstone_selector())
         return self._fill_short(q, k, scores, ids, None)
@@ -603,7 +621,7 @@ class Collection:
     # ================================================================ train / tune / rebuild
     def _sync(self) -> None:
         """Train an untrained index once enough vectors exist, then add every stored vector to it."""
-        if self._index.is_trained or len(self) < max(fi.min_train_size(self._index), 1):
+        if self._deferred or self._index.is_trained or len(self) < max(fi.min_train_size(self._index), 1):
             return
         live = self._store.live_rows()
         vecs = self._store.vectors_view
@@ -620,7 +638,7 @@ class Collection:
 
     def _should_tune(self) -> bool:
         n = len(self)
-        if self._kind.kind == "flat" or not self._index.is_trained or n < TUNE_MIN:
+        if self._kind.kind == "flat" or not self._index_live or n < TUNE_MIN:
             return False
         return n >= 2 * int(self._params.get("tuned_on", 0))
 
@@ -636,7 +654,7 @@ class Collection:
         if not 0 < target <= 1:
             raise ValueError(f"recall_target must be in (0, 1], received {recall_target!r}")
         k = _check_int("k", k, 1)
-        if not self._index.is_trained or len(self) <= k + 1:
+        if not self._index_live or len(self) <= k + 1:
             raise ValueError(f"cannot tune: the collection holds {len(self)} vectors and its index is not trained yet")
         rng = np.random.default_rng(0)
         if queries is None:
@@ -678,8 +696,9 @@ class Collection:
         spec = auto.choose_index(len(self), self._dim, self._budget) if requested == "auto" else requested
         t0 = time.perf_counter()
         new = fi.build_index(spec, self._dim, self._metric)
-        old = (self._index, self._kind, self._spec, self._requested, self._params, self._tomb)
+        old = (self._index, self._kind, self._spec, self._requested, self._params, self._tomb, self._deferred)
         self._index, self._kind, self._spec, self._requested = new, fi.describe(new), spec, requested
+        self._deferred = False
         self._params = {"built_on": len(self)}
         self._tomb, self._tomb_sel = np.empty(0, dtype=np.int64), None
         try:
@@ -693,7 +712,8 @@ class Collection:
             if self._should_tune():
                 self.tune()
         except BaseException:
-            self._index, self._kind, self._spec, self._requested, self._params, self._tomb = old
+            self._index, self._kind, self._spec, self._requested, self._params, self._tomb, self._deferred = old
+            self._tomb_sel = None
             raise
         self._params["build_seconds"] = round(time.perf_counter() - t0, 3)
         self._dirty = True
