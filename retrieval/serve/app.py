@@ -38,9 +38,10 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from retrieval.config import ServeConfig
+from retrieval.serve.encoding import Encoder, ModelRunner, load_model
 from retrieval.serve.errors import ApiError, not_found
 from retrieval.serve.inputs import BodyLimitMiddleware
-from retrieval.serve.service import Encoder, ModelRunner, ServedCollection, load_model
+from retrieval.serve.service import ServedCollection
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,8 @@ from retrieval.serve.inputs import (
     decode_image,
     fetch_image_url,
 )
-from retrieval.serve.service import IMAGE_FIELDS, Hit, ServedCollection
+from retrieval.serve.media import IMAGE_FIELDS
+from retrieval.serve.service import Hit, ServedCollection
 
 if TYPE_CHECKING:
     from retrieval.serve.app import Service

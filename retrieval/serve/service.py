@@ -1,11 +1,11 @@
 """The served state: collections and models loaded once, shared safely by concurrent requests.
 
 Each collection is owned by one thread (a single-worker executor): every search, metadata
-read and reload of that collection runs there, one at a time. That keeps the collection's
-FAISS index and SQLite connection away from concurrent use (SQLite connections are tied to
-their thread) and makes a reload a plain swap between two queued operations: no request
-ever sees a half-reopened collection. Query encoding, the expensive part, runs in a shared
-pool of worker threads and overlaps freely.
+read and the swap of a reopened collection run there, one at a time. That keeps the
+collection's FAISS index and SQLite connection away from concurrent use and makes a reload a
+plain swap between two queued operations: no request ever sees a half-reopened collection.
+Query encoding, the expensive part, runs in a shared pool of worker threads
+(:mod:`retrieval.serve.encoding` batches concurrent queries).
 
 A reload reopens a collection whose files changed on disk (another process added or removed
 items and saved): checked at most every ``reload_interval`` seconds when a request arrives,
@@ -21,139 +21,24 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
 from retrieval.search import Hit, Searcher
-from retrieval.serve.errors import ApiError, bad_request, not_found
+from retrieval.serve.encoding import ModelRunner
+from retrieval.serve.errors import bad_request, not_found
 from retrieval.serve.inputs import json_safe
+from retrieval.serve.media import IMAGE_FIELDS, resolve_media
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Metadata fields that may hold an item's image file, in order of preference.
-IMAGE_FIELDS = ("path", "image_path", "image")
-# Image types the media endpoint serves, by suffix.
-MEDIA_TYPES = {
-    ".png": "image/png",
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".gif": "image/gif",
-    ".webp": "image/webp",
-    ".bmp": "image/bmp",
-    ".svg": "image/svg+xml",
-}
 # Files that change on reads or while a writer works; they never trigger a reload on their own.
 _VOLATILE_SUFFIXES = ("-wal", "-shm", "-journal", ".lock", ".tmp")
-
-
-class Encoder(Protocol):
-    """What the service needs from a model (a :class:`retrieval.model.TwinEncoder` fits)."""
-
-    embed_dim: int  # size of the vectors it emits
-
-    def encode_texts(self, texts: Sequence[str]) -> Any: ...  # [N, D] unit rows (Tensor or array)
-
-    def encode_images(self, images: Sequence[Any]) -> Any: ...  # [N, D] unit rows
-
-    def fingerprint(self) -> str: ...
-
-
-class _Batcher:
-    """Merge concurrent calls of ``fn(items) -> rows`` into one call over all their items.
-
-    One call runs at a time; requests that arrive while it runs queue up and the next caller
-    to get the turn runs them all together (at most ``max_items`` per call). An idle server
-    adds no delay; a busy one encodes many queries per forward pass, which is what a CPU or a
-    GPU is fastest at. Serialising the calls also keeps tokenizers, whose per-call state
-    concurrent calls could trample, to one thread at a time.
-    """
-
-    def __init__(self, fn: Callable[[list[Any]], Any], max_items: int) -> None:
-        self._fn = fn
-        self._max = max(1, max_items)
-        self._pending: list[tuple[list[Any], Future[Any]]] = []
-        self._queue_lock = threading.Lock()
-        self._turn = threading.Lock()
-        self.calls = 0  # model calls made (for tests and benchmarks)
-
-    def __call__(self, items: Sequence[Any]) -> Any:
-        mine: Future[Any] = Future()
-        with self._queue_lock:
-            self._pending.append((list(items), mine))
-        while not mine.done():
-            with self._turn:
-                if mine.done():
-                    break
-                with self._queue_lock:
-                    batch, size = [], 0
-                    while self._pending and (not batch or size + len(self._pending[0][0]) <= self._max):
-                        entry = self._pending.pop(0)
-                        batch.append(entry)
-                        size += len(entry[0])
-                self._run(batch)
-        return mine.result()
-
-    def _run(self, batch: list[tuple[list[Any], Future[Any]]]) -> None:
-        flat = [item for items, _ in batch for item in items]
-        try:
-            rows = self._fn(flat)  # [sum n, D]
-            self.calls += 1
-        except BaseException as exc:
-            for _, future in batch:
-                future.set_exception(exc)
-            return
-        start = 0
-        for items, future in batch:
-            future.set_result(rows[start : start + len(items)])  # [n, D]
-            start += len(items)
-
-
-class ModelRunner:
-    """A model shared by every collection that uses it, as the :class:`~retrieval.search.Searcher`
-    sees it: the fingerprint is computed once (hashing weights on every reload would be slow),
-    and concurrent queries are encoded in batches (see :class:`_Batcher`), texts and images
-    each one call at a time.
-    """
-
-    def __init__(self, model: Encoder, source: str, batch_size: int = 32) -> None:
-        self.model = model
-        self.source = source
-        self._fingerprint = str(model.fingerprint())
-        self.embed_dim = int(getattr(model, "embed_dim", 0) or 0)
-        self._texts = _Batcher(
-            lambda items: model.encode_texts(items, batch_size=max(1, len(items))), batch_size
-        )
-        self._images = _Batcher(
-            lambda items: model.encode_images(items, batch_size=max(1, len(items))), batch_size
-        )
-
-    def fingerprint(self) -> str:
-        return self._fingerprint
-
-    def encode_texts(self, texts: Sequence[str], **kwargs: Any) -> Any:
-        return self._texts(texts)  # [N, D]
-
-    def encode_images(self, images: Sequence[Any], **kwargs: Any) -> Any:
-        return self._images(images)  # [N, D]
-
-    @property
-    def calls(self) -> int:
-        """Model calls made so far (fewer than queries when batching worked)."""
-        return self._texts.calls + self._images.calls
-
-
-def load_model(directory: str, device: str | None = None, batch_size: int = 32) -> ModelRunner:
-    """Load a saved :class:`~retrieval.model.TwinEncoder` (safetensors + JSON, no pickle)."""
-    from retrieval.model import TwinEncoder
-
-    model = TwinEncoder.load(directory, device=device)
-    model.eval()
-    return ModelRunner(model, directory, batch_size)
 
 
 def _open_collection(path: Path, mmap: bool) -> Any:
@@ -475,40 +360,3 @@ def _unique_rows(vectors: np.ndarray, threshold: float = 0.94) -> np.ndarray:
         if not kept or sims[i, kept].max() < threshold:
             kept.append(i)
     return np.asarray(kept, dtype=np.int64)
-
-
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
-
-
-def resolve_media(root: Path, ref: str) -> tuple[Path | bytes, str]:
-    """Resolve an item's image reference against ``root``; anything that ends up outside the
-    root (``..``, absolute paths elsewhere, symlinks pointing out) is refused with a 403."""
-    from retrieval.data.images import TAR_PREFIX, read_ref_bytes, split_tar_ref
-
-    root_real = os.path.realpath(root)
-    member = None
-    target = ref
-    if ref.startswith(TAR_PREFIX):
-        try:
-            target, member = split_tar_ref(ref)
-        except ValueError as exc:
-            raise not_found("no_image", str(exc)) from None
-    candidate = Path(target) if os.path.isabs(target) else root / target
-    real = os.path.realpath(candidate)
-    if not _inside(real, root_real):
-        raise ApiError(
-            403, "outside_media_root", "the item's image lies outside the collection's media root; refused"
-        )
-    suffix = Path(member if member is not None else real).suffix.lower()
-    media_type = MEDIA_TYPES.get(suffix)
-    if media_type is None:
-        raise ApiError(403, "not_an_image", f"the item's file type {suffix or '(none)'!r} is not served")
-    if not os.path.isfile(real):
-        raise not_found("missing_image", "the item's image file does not exist")
-    if member is None:
-        return Path(real), media_type
-    try:
-        return read_ref_bytes(f"{TAR_PREFIX}{real}#{member}"), media_type
-    except ValueError:
-        raise not_found("missing_image", "the item's image is not in its shard") from None

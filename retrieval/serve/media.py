@@ -1,0 +1,58 @@
+"""Serving item images: only files inside a collection's declared media root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from retrieval.serve.errors import ApiError, not_found
+
+# Metadata fields that may hold an item's image file, in order of preference.
+IMAGE_FIELDS = ("path", "image_path", "image")
+# Image types the media endpoint serves, by suffix.
+MEDIA_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+    ".bmp": "image/bmp",
+    ".svg": "image/svg+xml",
+}
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def resolve_media(root: Path, ref: str) -> tuple[Path | bytes, str]:
+    """Resolve an item's image reference against ``root``; anything that ends up outside the
+    root (``..``, absolute paths elsewhere, symlinks pointing out) is refused with a 403."""
+    from retrieval.data.images import TAR_PREFIX, read_ref_bytes, split_tar_ref
+
+    root_real = os.path.realpath(root)
+    member = None
+    target = ref
+    if ref.startswith(TAR_PREFIX):
+        try:
+            target, member = split_tar_ref(ref)
+        except ValueError as exc:
+            raise not_found("no_image", str(exc)) from None
+    candidate = Path(target) if os.path.isabs(target) else root / target
+    real = os.path.realpath(candidate)
+    if not _inside(real, root_real):
+        raise ApiError(
+            403, "outside_media_root", "the item's image lies outside the collection's media root; refused"
+        )
+    suffix = Path(member if member is not None else real).suffix.lower()
+    media_type = MEDIA_TYPES.get(suffix)
+    if media_type is None:
+        raise ApiError(403, "not_an_image", f"the item's file type {suffix or '(none)'!r} is not served")
+    if not os.path.isfile(real):
+        raise not_found("missing_image", "the item's image file does not exist")
+    if member is None:
+        return Path(real), media_type
+    try:
+        return read_ref_bytes(f"{TAR_PREFIX}{real}#{member}"), media_type
+    except ValueError:
+        raise not_found("missing_image", "the item's image is not in its shard") from None
