@@ -117,21 +117,26 @@ def load_image(
     name = "<bytes>" if isinstance(ref, (bytes, bytearray)) else str(ref)
     data = bytes(ref) if isinstance(ref, (bytes, bytearray)) else read_ref_bytes(ref)
     try:
-        with Image.open(io.BytesIO(data)) as probe:
-            width, height = probe.size
-            if max_pixels is not None and width * height > max_pixels:
-                raise ImageDecodeError(
-                    f"image {name} has {width}x{height} = {width * height} pixels, more than max_pixels="
-                    f"{max_pixels}: refusing to decode (possible decompression bomb); raise max_pixels to allow it"
-                )
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        # Corrupt metadata makes Pillow warn (and DecompressionBombWarning fires below our own limit):
+        # the outcome is either a clean image or an ImageDecodeError, so the warnings are noise here.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as probe:
+                width, height = probe.size
+                if max_pixels is not None and width * height > max_pixels:
+                    raise ImageDecodeError(
+                        f"image {name} has {width}x{height} = {width * height} pixels, more than max_pixels="
+                        f"{max_pixels}: refusing to decode (possible decompression bomb); raise max_pixels to allow it"
+                    )
                 probe.load()  # full decode: truncated data raises here
-                image = ImageOps.exif_transpose(probe) or probe
+                try:
+                    image = ImageOps.exif_transpose(probe) or probe
+                except Exception:  # malformed EXIF: keep the pixels, skip the rotation
+                    image = probe
                 return to_rgb(image).copy()
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"image {name} is too large to decode safely: {exc}") from exc
-    except (OSError, ValueError, SyntaxError, EOFError, Image.UnidentifiedImageError) as exc:
-        raise ImageDecodeError(f"cannot decode image {name}: {exc}") from exc
+    except Exception as exc:  # Pillow's plugins raise many types on hostile input; all mean "unusable"
+        raise ImageDecodeError(f"cannot decode image {name}: {type(exc).__name__}: {exc}") from exc

@@ -135,3 +135,21 @@ def test_tar_members_read_through_an_index_and_from_compressed_shards(tmp_path: 
     with pytest.raises(ImageDecodeError):
         load_image(tar_ref(tmp_path / "cut.tar", "0001.jpg"))
     assert load_image(tar_ref(tmp_path / "cut.tar", "0000.jpg")).size == (24, 16)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "WEBP", "TIFF", "BMP"])
+def test_mutated_files_decode_or_raise_image_decode_error(fmt: str) -> None:
+    buffer = io.BytesIO()
+    rgb_image(12, 9).save(buffer, format=fmt)
+    original = buffer.getvalue()
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        data = bytearray(original)
+        for position in rng.integers(0, len(data), size=int(rng.integers(1, 8))):
+            data[position] = int(rng.integers(0, 256))
+        cut = int(rng.integers(1, len(data) + 1))
+        try:
+            image = load_image(bytes(data[:cut]), max_pixels=1_000_000)
+        except ImageDecodeError:
+            continue
+        assert image.mode == "RGB"
