@@ -65,6 +65,13 @@ def test_same_seed_gives_identical_weights(config, tmp_path):
     )
 
 
+def test_worker_processes_do_not_change_the_result(config, tmp_path):
+    config = config.replace(val_data=None, epochs=1, checkpoint_every=0)  # random crops: seeded per item
+    inline = train(config.replace(out_dir=str(tmp_path / "inline")))
+    workers = train(config.replace(out_dir=str(tmp_path / "workers"), num_workers=2))
+    _assert_same_weights(inline.model_dir, workers.model_dir)
+
+
 @pytest.mark.parametrize("stop_at", [3, 4], ids=["mid-epoch", "epoch-end"])
 def test_resume_reaches_the_same_weights(config, tmp_path, stop_at):
     # dropout, weighted sampling and random crops all draw randomness; accumulation spans steps
