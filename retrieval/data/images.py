@@ -12,7 +12,6 @@ import functools
 import io
 import os
 import tarfile
-import warnings
 from pathlib import Path
 
 from PIL import Image, ImageOps
@@ -112,28 +111,26 @@ def load_image(
 
     ``ref`` is a path, raw bytes or a ``tar://`` reference. Raises :class:`ImageDecodeError`
     (a ``ValueError``) when the file is missing, unreadable, corrupt, truncated, or has more
-    than ``max_pixels`` pixels (``None`` disables the limit).
+    than ``max_pixels`` pixels (``None`` disables this limit; Pillow's own ``Image.MAX_IMAGE_PIXELS``
+    check still applies). Pillow may warn about corrupt metadata it skips.
     """
     name = "<bytes>" if isinstance(ref, (bytes, bytearray)) else str(ref)
     data = bytes(ref) if isinstance(ref, (bytes, bytearray)) else read_ref_bytes(ref)
     try:
-        # Corrupt metadata makes Pillow warn (and DecompressionBombWarning fires below our own limit):
-        # the outcome is either a clean image or an ImageDecodeError, so the warnings are noise here.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as probe:
-                width, height = probe.size
-                if max_pixels is not None and width * height > max_pixels:
-                    raise ImageDecodeError(
-                        f"image {name} has {width}x{height} = {width * height} pixels, more than max_pixels="
-                        f"{max_pixels}: refusing to decode (possible decompression bomb); raise max_pixels to allow it"
-                    )
-                probe.load()  # full decode: truncated data raises here
-                try:
-                    image = ImageOps.exif_transpose(probe) or probe
-                except Exception:  # malformed EXIF: keep the pixels, skip the rotation
-                    image = probe
-                return to_rgb(image).copy()
+        # No warnings.catch_warnings() here: it is not thread-safe, and decoding runs in threads (serving).
+        with Image.open(io.BytesIO(data)) as probe:
+            width, height = probe.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageDecodeError(
+                    f"image {name} has {width}x{height} = {width * height} pixels, more than max_pixels="
+                    f"{max_pixels}: refusing to decode (possible decompression bomb); raise max_pixels to allow it"
+                )
+            probe.load()  # full decode: truncated data raises here
+            try:
+                image = ImageOps.exif_transpose(probe) or probe
+            except Exception:  # malformed EXIF: keep the pixels, skip the rotation
+                image = probe
+            return to_rgb(image).copy()
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as exc:
