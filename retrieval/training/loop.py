@@ -42,6 +42,7 @@ from retrieval.training.setup import (
     StopSignals,
     check_config,
     check_resume_config,
+    effective_config,
     prepare_model,
     read_data,
     resolve_precision,
@@ -95,6 +96,7 @@ def train(
     writes the files.
     """
     check_config(config)
+    config = effective_config(config, model)
     ctx = init_distributed(config.device)
     try:
         return _Run(config, ctx, resume, model, callback).run()
@@ -175,8 +177,8 @@ class _Run:
         if ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             config.save(self.run_dir / "config.json")
-            if self.resume_from is not None:
-                self.log.truncate_after(self.step)
+            if self.resume_from is not None or self.log.path.exists():
+                self.log.truncate_after(self.step)  # drop what a crashed run logged after its checkpoint
         self.dataset = SeededItems(_pair_dataset(self.train_pairs, self.model.image_transform(train=True)))
         self.text_cache = None
         if config.cache_frozen_text and text_tower_is_frozen(self.model):

@@ -129,6 +129,15 @@ def _decodable(pairs: Any) -> Any:
     return PairSet(kept, [*pairs.skipped, *broken.items()])
 
 
+def effective_config(config: TrainConfig, model: Any) -> TrainConfig:
+    """The config the run records: the sigmoid loss learns a logit bias, so a model built for it
+    gets ``use_bias=True`` (a model passed in is used as it is)."""
+    if config.loss == "siglip" and model is None and not config.model.use_bias:
+        logger.info("the siglip loss learns a logit bias: building the model with use_bias=True")
+        return config.replace(model=config.model.replace(use_bias=True))
+    return config
+
+
 def prepare_model(
     config: TrainConfig,
     ctx: DistContext,
@@ -137,7 +146,7 @@ def prepare_model(
     resume_from: Path | None,
     ckpt_root: Path,
 ) -> tuple[Any, TrainConfig]:
-    """The model to train on ``ctx.device`` and the config (``model`` updated for the sigmoid loss).
+    """The model to train on ``ctx.device`` and the config.
 
     Priority: the checkpoint being resumed, then a model passed in, then ``build_model(config.model)``
     with the tokenizer trained on the training captions. Every rank ends with rank 0's weights.
@@ -145,9 +154,6 @@ def prepare_model(
     from retrieval.model import TwinEncoder, build_model
 
     torch.manual_seed(config.seed)
-    if config.loss == "siglip" and model is None and not config.model.use_bias:
-        logger.info("the siglip loss learns a logit bias: building the model with use_bias=True")
-        config = config.replace(model=config.model.replace(use_bias=True))
     if resume_from is not None:
         model = TwinEncoder.load(resume_from / "model", device=ctx.device)
     elif model is None:
