@@ -140,12 +140,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model_dir: Path, coll_dir: Path, port: int, workers: int) -> subprocess.Popen:
+def start_server(model_dir: Path, coll_dir: Path, port: int, workers: int, batch: int) -> subprocess.Popen:
     import httpx
 
     cmd = [
         sys.executable, "-m", "retrieval", "-q", "serve", f"bench={coll_dir}", "--model", str(model_dir),
-        "--port", str(port), "--reload-interval", "1", "--workers", str(workers),
+        "--port", str(port), "--reload-interval", "1", "--workers", str(workers), "--batch-size", str(batch),
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
@@ -235,6 +235,7 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=90.0, help="time cap per phase")
     parser.add_argument("--add-batch", type=int, default=2000, help="items the writer adds per save")
     parser.add_argument("--workers", type=int, default=4, help="server worker threads")
+    parser.add_argument("--batch-size", type=int, default=32, help="most queries the server encodes together")
     parser.add_argument("--index", default="auto", help="index spec of the collection")
     parser.add_argument(
         "--workdir", default=None, help="where to build (default: a temporary folder in the cache)"
@@ -262,7 +263,7 @@ def main() -> None:
         model_dir, coll_dir, build_s = build(workdir, args.n, args.index, args.seed)
         port = _free_port()
         base = f"http://127.0.0.1:{port}"
-        server = start_server(model_dir, coll_dir, port, args.workers)
+        server = start_server(model_dir, coll_dir, port, args.workers, args.batch_size)
         info = httpx.get(f"{base}/collections/bench", timeout=30).json()
         print(
             f"serving {info['count']} items, index {info['index_spec']}, dim {info['dim']} (built in {build_s:.0f} s)"
@@ -332,7 +333,8 @@ def report(args: argparse.Namespace, info: dict, build_s: float, rows: list, aft
 - Collection: {info["count"]} items (90 % images, 10 % texts), dim {info["dim"]}, index `{info["index_spec"]}`,
   built in {build_s:.0f} s; after the write phase: {after["count"]} items.
 - Model: the default small twin encoder (CNN image tower 128 px, GRU text tower), random weights, CPU.
-- Server: `retrieval serve` in its own process on loopback, {args.workers} worker threads, reload check every 1 s.
+- Server: `retrieval serve` in its own process on loopback, {args.workers} worker threads, queries encoded
+  in batches of up to {args.batch_size}, reload check every 1 s.
 - Queries: half text, half uploaded 96x96 PNG images; k=10, images only; each client sends the next query
   as soon as the previous one is answered. Latency is measured by the client (HTTP round trip).
 - Write phase: a second process opens the collection for writing, adds {args.add_batch} items and saves,
