@@ -270,7 +270,8 @@ class TrainConfig(ConfigBase):
     sample_weight_column: str | None = None  # metadata field with per-pair sampling weights (class imbalance)
     device: str | None = None  # "cpu" | "cuda" | "cuda:1"; None: cuda when available, else cpu
     progress: bool = True  # tqdm bar with loss and pairs/s (also off when stderr is not a terminal)
-    cache_frozen_text: bool = True  # fully locked text tower: encode each caption once, train the head only
+    augment: bool = True  # random crops / colour jitter on training images (the tower's train transform)
+    cache_locked_features: bool = True  # fully locked tower: encode each caption (image: if not augment) once
 
     def __post_init__(self) -> None:
         choices = {

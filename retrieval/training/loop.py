@@ -33,10 +33,10 @@ from retrieval.training.distributed import (
     init_distributed,
     shutdown,
 )
-from retrieval.training.frozen import FrozenTextFeatures, text_tower_is_frozen
+from retrieval.training.frozen import training_data
 from retrieval.training.history import MetricsLog, plot_history
 from retrieval.training.optim import build_optimizer, lr_factor, set_lr
-from retrieval.training.sampling import SeededItems, epoch_order, item_seed, plan_epoch, sample_weights
+from retrieval.training.sampling import epoch_order, item_seed, plan_epoch, sample_weights
 from retrieval.training.setup import (
     Precision,
     StopSignals,
@@ -179,16 +179,7 @@ class _Run:
             config.save(self.run_dir / "config.json")
             if self.resume_from is not None or self.log.path.exists():
                 self.log.truncate_after(self.step)  # drop what a crashed run logged after its checkpoint
-        self.dataset = SeededItems(_pair_dataset(self.train_pairs, self.model.image_transform(train=True)))
-        self.text_cache = None
-        if config.cache_frozen_text and text_tower_is_frozen(self.model):
-            self.text_cache = FrozenTextFeatures(
-                self.model,
-                self.train_pairs.captions(),
-                ctx.device,
-                config.val_batch_size,
-                self.precision.autocast(ctx.device),
-            )
+        self._prepare_data()
         self.model.train()
         status, start, pairs_seen, last_loss = "completed", time.perf_counter(), 0, math.nan
         bar = _progress_bar(total, self.step, enabled=config.progress and ctx.is_main)
@@ -253,6 +244,16 @@ class _Run:
         seconds = time.perf_counter() - start
         return self._finish(status, seconds, pairs_seen, last_loss)
 
+    def _prepare_data(self) -> None:
+        """The training dataset, and the caches of fully locked towers (see :mod:`.frozen`)."""
+        self.dataset, self.collate, self.text_cache, self.image_cache = training_data(
+            self.config,
+            self.model,
+            self.train_pairs,
+            self.ctx.device,
+            self.precision.autocast(self.ctx.device),
+        )
+
     def _loader(self, order: list[int], steps: list[list[list[int]]]) -> Any:
         config = self.config
         keys = [
@@ -260,12 +261,10 @@ class _Run:
             for step in steps
             for micro in step
         ]
-        from retrieval.data import collate_pairs
-
         loader = DataLoader(
             self.dataset,
             batch_sampler=keys,
-            collate_fn=collate_pairs,
+            collate_fn=self.collate,
             num_workers=config.num_workers,
             pin_memory=self.ctx.device.type == "cuda",
         )
@@ -414,12 +413,6 @@ def _build_loss(name: str) -> torch.nn.Module:
     from retrieval.losses import LOSSES
 
     return LOSSES[name]()
-
-
-def _pair_dataset(pairs: Any, transform: Any) -> Any:
-    from retrieval.data import PairDataset
-
-    return PairDataset(pairs, transform)
 
 
 def _save_model(model: Any, directory: Path) -> None:

@@ -42,16 +42,21 @@ def batch_loss(
     ctx: DistContext,
     autocast: Any,
     text_cache: Any = None,
+    image_cache: Any = None,
 ) -> tuple[Tensor | None, int]:
     """Loss of one micro-batch over the global batch (features of all ranks); ``(None, 0)`` when the
     global batch is empty. Differentiable with respect to this rank's parameters. ``text_cache``
-    (a :class:`~retrieval.training.frozen.FrozenTextFeatures`) replaces a locked text tower."""
+    (a :class:`~retrieval.training.frozen.FrozenTextFeatures`) replaces a locked text tower, and
+    ``image_cache`` a locked image tower (the batch then carries ``"images"`` refs, not pixels)."""
     device = ctx.device
     n_local = len(batch["captions"])
     with autocast:
         if n_local:
-            pixel_values = batch["pixel_values"].to(device, non_blocking=True)  # [b, 3, H, W]
-            image_emb = model.image_features(pixel_values)  # [b, D]
+            if image_cache is not None:
+                image_emb = image_cache(model, batch["images"])  # [b, D]
+            else:
+                pixel_values = batch["pixel_values"].to(device, non_blocking=True)  # [b, 3, H, W]
+                image_emb = model.image_features(pixel_values)  # [b, D]
             if text_cache is not None:
                 text_emb = text_cache(model, batch["captions"])  # [b, D]
             else:
@@ -89,7 +94,7 @@ def train_step(run: Any, batches: Iterator[dict[str, Any]], n_micro: int) -> Ste
         data_seconds += time.perf_counter() - t0
         skipped += int(batch.get("skipped", 0))
         autocast = run.precision.autocast(ctx.device)
-        loss, n = batch_loss(model, run.loss_fn, batch, ctx, autocast, run.text_cache)
+        loss, n = batch_loss(model, run.loss_fn, batch, ctx, autocast, run.text_cache, run.image_cache)
         if loss is None:
             continue
         if not torch.isfinite(loss):

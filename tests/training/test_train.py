@@ -115,7 +115,10 @@ def test_signal_stops_at_a_step_boundary_with_a_checkpoint(config, signum):
     assert signal.getsignal(signum) is before  # handler restored
 
 
-def test_broken_images_are_skipped_and_counted(config, dataset, tmp_path):
+@pytest.mark.parametrize("cached", [False, True], ids=["decoded", "locked-image-cache"])
+def test_broken_images_are_skipped_and_counted(config, dataset, tmp_path, cached):
+    if cached:
+        config = config.replace(model=config.model.replace(lock_image=True), augment=False)
     data = tmp_path / "data"
     data.mkdir()
     for name in ("train", "val"):
@@ -208,22 +211,26 @@ def test_user_errors_are_clear(config, tmp_path):
         train(config.replace(sample_weight_column="nope"))
 
 
-def test_locked_text_tower_is_encoded_once_and_matches_the_uncached_run(config, tmp_path):
-    config = config.replace(model=config.model.replace(lock_text=True), val_data=None, epochs=2)
+@pytest.mark.parametrize("side", ["text", "image"])
+def test_a_locked_tower_is_encoded_once_and_matches_the_uncached_run(config, tmp_path, side):
+    lock = {"lock_text": True} if side == "text" else {"lock_image": True}
+    config = config.replace(model=config.model.replace(**lock), val_data=None, epochs=2, augment=False)
     torch.manual_seed(0)
     build_model(config.model, captions=["a red circle", "a blue square"], device="cpu").save(
         tmp_path / "init"
     )
     calls = []
     model = TwinEncoder.load(tmp_path / "init", device="cpu")
-    model.text_tower.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    tower = model.text_tower if side == "text" else model.image_tower
+    tower.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
     cached = train(config.replace(out_dir=str(tmp_path / "cached")), model=model)
-    assert calls == [16, 4]  # the 20 unique captions once, in batches of val_batch_size, before step 1
+    # the 20 unique captions / 32 unique images once, in batches of val_batch_size, before step 1
+    assert calls == ([16, 4] if side == "text" else [16, 16])
     plain = train(
-        config.replace(out_dir=str(tmp_path / "plain"), cache_frozen_text=False),
+        config.replace(out_dir=str(tmp_path / "plain"), cache_locked_features=False),
         model=TwinEncoder.load(tmp_path / "init", device="cpu"),
     )
     a, b = _weights(cached.model_dir), _weights(plain.model_dir)
-    assert any(k.startswith("text_tower.") for k in a)
+    assert any(k.startswith(f"{side}_tower.") for k in a)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6, msg=key)
