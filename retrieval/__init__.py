@@ -33,6 +33,8 @@ _LAZY: dict[str, str] = {
     "TrainResult": "retrieval.training",
     "TrainingDivergedError": "retrieval.training",
     "LOSSES": "retrieval.losses",
+    "ServeConfig": "retrieval.config",
+    "create_app": "retrieval.serve",
 }
 
 
