@@ -248,3 +248,12 @@ def test_losses_are_modules_with_defaults():
     with pytest.raises(ValueError, match="margin"):
         ContrastiveLoss(margin=0)
     assert list(SigLipLoss().parameters()) == []
+
+
+def test_docstring_examples():
+    import doctest
+
+    import retrieval.losses
+
+    result = doctest.testmod(retrieval.losses, extraglobs={"torch": torch})
+    assert result.attempted >= 4 and result.failed == 0
