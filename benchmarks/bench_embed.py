@@ -42,9 +42,19 @@ WORDS = [
     "on",
     "a",
 ]
-# Small towers for the memory runs: the point there is how memory grows with the corpus, not speed.
+# The small from-scratch towers (CNN image tower, GRU text tower) for the throughput runs.
+SMALL = dict(image_tower="cnn", text_tower="gru")
+# Tiny towers for the memory runs: the point there is how memory grows with the corpus, not speed.
 TINY = dict(
-    embed_dim=64, image_size=32, image_width=8, image_layers=2, text_width=16, text_layers=1, vocab_size=300
+    image_tower="cnn",
+    text_tower="gru",
+    embed_dim=64,
+    image_size=32,
+    image_width=8,
+    image_layers=2,
+    text_width=16,
+    text_layers=1,
+    vocab_size=300,
 )
 
 
@@ -144,7 +154,7 @@ def rss_child(manifest: Path, out: Path, batch_size: int, workers: int, threads:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=2000, help="items for the throughput runs")
+    parser.add_argument("--n", type=int, default=1000, help="images for the throughput runs (captions: 10x)")
     parser.add_argument("--sizes", default="10000,100000", help="corpus sizes for the peak-RSS runs")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (both sides)")
@@ -175,7 +185,7 @@ def main() -> None:
     text_manifest = write_corpus(work, 10 * args.n)
     paths = [json.loads(line)["image"] for line in image_manifest.read_text().splitlines()]
     captions = [json.loads(line)["caption"] for line in text_manifest.read_text().splitlines()]
-    model = build({}, captions)
+    model = build(SMALL, captions)
     table = []
     for modality, manifest, count, plain in (
         ("images", image_manifest, len(paths), lambda: plain_images(model, paths, args.batch_size)),
@@ -187,12 +197,12 @@ def main() -> None:
             out = work / f"coll_{modality}_{time.time_ns()}"
             ours_s = min(ours_s, ours(model, manifest, out, modality, args.batch_size, args.workers))
         table.append((modality, count, count / plain_s, count / ours_s, plain_s / ours_s))
-    cfg = ModelConfig()
+    cfg = ModelConfig(**SMALL)
     lines += [
         "# Embedding benchmark\n",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, shared with other jobs while measured (expect noise). "
         f"torch threads {args.threads}, batch size {args.batch_size}.\n",
-        f"## Throughput, {args.n:,} images / {10 * args.n:,} captions, default small towers (CNN {cfg.image_size}px, GRU {cfg.text_width}x{cfg.text_layers}, "
+        f"## Throughput, {args.n:,} images / {10 * args.n:,} captions, small towers (CNN {cfg.image_size}px, GRU {cfg.text_width}x{cfg.text_layers}, "
         f"dim {cfg.embed_dim}), {args.workers} decoding worker(s)\n",
         "`plain` decodes with PIL, transforms and runs the same forward one batch after the other; `embed_corpus` "
         "also reads the manifest, writes shards, the collection (Flat) and its metadata. "

@@ -105,9 +105,9 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="torch and FAISS threads")
     parser.add_argument(
-        "--indexes",
-        default="auto;Flat;auto+mixed",
-        help="';'-separated index specs to compare; '+mixed' makes half the items captions (filtered search)",
+        "--runs",
+        default="small:auto;small:Flat;small:auto:mixed;default:auto",
+        help="';'-separated model:index[:mixed] runs (model small = cnn+gru, default = ModelConfig())",
     )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_search.md"))
     args = parser.parse_args()
@@ -118,14 +118,18 @@ def main() -> None:
     faiss.omp_set_num_threads(args.threads)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    config = ModelConfig()  # the default small towers
-    model = build_model(config, captions=_captions(rng, 2000), device="cpu").eval()
+    models = {
+        "small": ModelConfig(image_tower="cnn", text_tower="gru"),  # the small from-scratch towers
+        "default": ModelConfig(),  # the default recipe (a locked MiniLM text tower)
+    }
     queries = _captions(rng, args.queries)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
-        for name in args.indexes.split(";"):
-            spec, _, variant = name.partition("+")
-            path = Path(tmp) / name.replace(",", "_").replace("+", "_")
+        for name in args.runs.split(";"):
+            model_name, spec, variant = [*name.split(":"), "", ""][:3]
+            config = models[model_name]
+            model = build_model(config, captions=_captions(rng, 2000), device="cpu").eval()
+            path = Path(tmp) / f"{len(rows)}"
             build_s = build_collection(path, model, args.n, spec, rng, mixed=variant == "mixed")
             with Searcher(model, path) as searcher:
                 chosen = searcher.collection.index_spec
@@ -138,35 +142,32 @@ def main() -> None:
                 for v in vectors:
                     searcher.search_vectors(v, args.k, modality="image")
                 search = (time.perf_counter() - t0) * 1000.0 / len(queries)
-            rows.append(
-                (name, chosen, build_s, np.percentile(total, 50), np.percentile(total, 99), encode, search)
-            )
+            towers = f"{config.image_tower}+{config.text_tower}"
+            label = f"{spec}{' (half captions)' if variant == 'mixed' else ''}"
+            p50, p99 = np.percentile(total, 50), np.percentile(total, 99)
+            rows.append((model_name, towers, label, chosen, build_s, p50, p99, encode, search))
 
     header = (
-        "| index requested | index built | build s | p50 ms | p99 ms | encode ms (mean) | search+metadata ms (mean) |\n"
-        "|---|---|---:|---:|---:|---:|---:|\n"
+        "| model | towers | index requested | index built | build s | p50 ms | p99 ms | encode ms (mean) "
+        "| search+metadata ms (mean) |\n|---|---|---|---|---:|---:|---:|---:|---:|\n"
     )
     body = "".join(
-        f"| {spec} | {chosen} | {b:.1f} | {p50:.2f} | {p99:.2f} | {enc:.2f} | {se:.2f} |\n"
-        for spec, chosen, b, p50, p99, enc, se in rows
+        f"| {m} | {t} | {label} | {chosen} | {b:.1f} | {p50:.2f} | {p99:.2f} | {enc:.2f} | {se:.2f} |\n"
+        for m, t, label, chosen, b, p50, p99, enc, se in rows
     )
-    verdict = (
-        "meets"
-        if rows and min(r[3] for r in rows if r[0] == "auto" or len(rows) == 1) <= TARGET_P50_MS
-        else "misses"
-    )
+    small_auto = [r[5] for r in rows if r[0] == "small" and r[2] == "auto"]
+    verdict = ("meets" if small_auto[0] <= TARGET_P50_MS else "misses") if small_auto else "not measured"
     text = (
-        f"# Search latency: single text -> image query, {args.n:,} image items\n\n"
-        f"Model: default small towers (`ModelConfig()`: CNN {config.image_size}px, GRU {config.text_width}x"
-        f"{config.text_layers}, dim {config.embed_dim}), random weights; {args.queries} queries, k={args.k}, "
+        f"# Search latency: single text -> image query, {args.n:,} items\n\n"
+        f"Random weights (latency does not depend on training); {args.queries} queries, k={args.k}, "
         f"{args.threads} thread(s); each query = encode + search + metadata of the hits. All items are images "
-        f"(the searcher then skips the modality filter) except in `+mixed` rows, where half are captions "
-        f"and the search is filtered on modality.\n"
+        f"(the searcher then skips the modality filter) except in 'half captions' rows, where the search is "
+        f"filtered on modality. Vectors are clustered like real embeddings.\n"
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared with other jobs "
         f"while measured: expect noise).\n\n"
         + header
         + body
-        + f"\nTarget p50 <= {TARGET_P50_MS:.0f} ms with the auto index: **{verdict}**.\n"
+        + f"\nTarget p50 <= {TARGET_P50_MS:.0f} ms with the small towers and the auto index: **{verdict}**.\n"
     )
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
