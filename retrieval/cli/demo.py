@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None, metavar="N", help="use only N emoji (a quick run)")
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's number of epochs")
     p.add_argument("--queries", type=int, default=None, metavar="N", help="example queries of each kind")
+    p.add_argument("--config", default=None, metavar="JSON", help="DemoConfig JSON file (flags override it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -39,13 +40,11 @@ def run(args: argparse.Namespace) -> int:
     from retrieval.config import DemoConfig
     from retrieval.demo import format_result, run_demo
 
-    config = DemoConfig()
-    changes: dict = {
-        "out_dir": args.out,
-        "data_dir": args.data,
-        "limit": args.limit,
-        "progress": not args.no_progress,
-    }
+    config = DemoConfig.load(args.config) if args.config else DemoConfig()
+    changes: dict = {"progress": config.progress and not args.no_progress}
+    for field, value in (("out_dir", args.out), ("data_dir", args.data), ("limit", args.limit)):
+        if value is not None:
+            changes[field] = value
     if args.time_budget is not None:
         changes["time_budget"] = args.time_budget
     if args.queries is not None:
