@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -13,7 +14,8 @@ JSON when they parse as JSON, else strings. Give them right after DATA or anywhe
   retrieval train pairs.jsonl lr=3e-4 model.embed_dim=128 --out runs/a --val val.jsonl
   retrieval train pairs.jsonl --out runs/a --set loss=siglip --set model.text_tower=transformer
 Precedence: TrainConfig defaults < --config JSON < options < overrides. Ctrl-C stops after the current
-step with a checkpoint; --resume continues from it exactly."""
+step with a checkpoint; --resume continues from it exactly. Data-parallel on N processes (gloo on CPU,
+nccl on GPUs): torchrun --nproc_per_node=N -m retrieval train DATA --out DIR ..."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -87,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
     except TrainingDivergedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+        return 130 if result.status == "interrupted" else 0
     best = f", best {config.select_metric} {result.best_metric:.4f}" if result.best_metric is not None else ""
     print(
         f"{result.status}: {result.steps} steps, {result.epochs_completed} epochs, "
