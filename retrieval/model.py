@@ -170,22 +170,31 @@ class TwinEncoder(nn.Module):
         """Encode images (PIL images, paths or ``tar://`` references) -> ``[N, D]`` float32 CPU unit vectors.
 
         Runs under ``torch.inference_mode`` in batches on ``device`` (default: where the model is; the
-        model moves there). A path that cannot be decoded raises :class:`retrieval.data.ImageDecodeError`.
+        model moves there); the next batch is decoded in a helper thread while the current one runs.
+        A path that cannot be decoded raises :class:`retrieval.data.ImageDecodeError`.
         """
+        from concurrent.futures import ThreadPoolExecutor
+
         from retrieval.data.images import load_image, to_rgb
 
         _check_batch_size(batch_size)
         transform = self.image_transform(train=False)
+
+        def prepare(start: int) -> torch.Tensor:
+            batch = images[start : start + batch_size]
+            pictures = [to_rgb(img) if isinstance(img, Image.Image) else load_image(img) for img in batch]
+            return torch.stack([transform(img) for img in pictures])  # [b, 3, H, W]
+
+        starts = list(range(0, len(images), batch_size))
         target, was_training = self._prepare(device)
         chunks: list[torch.Tensor] = []
         try:
-            with torch.inference_mode():
-                for start in _progress(range(0, len(images), batch_size), progress, "images"):
-                    batch = [
-                        to_rgb(img) if isinstance(img, Image.Image) else load_image(img)
-                        for img in images[start : start + batch_size]
-                    ]
-                    pixel_values = torch.stack([transform(img) for img in batch]).to(target)  # [b, 3, H, W]
+            with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
+                pending = pool.submit(prepare, starts[0]) if starts else None
+                for i in _progress(range(len(starts)), progress, "images"):
+                    assert pending is not None
+                    pixel_values = pending.result().to(target)  # [b, 3, H, W]
+                    pending = pool.submit(prepare, starts[i + 1]) if i + 1 < len(starts) else None
                     chunks.append(self.image_features(pixel_values).float().cpu())  # [b, D]
         finally:
             if was_training:

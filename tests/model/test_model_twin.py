@@ -48,7 +48,7 @@ def test_encode_images_batches_paths_and_pils(cnn_gru: TwinEncoder, tmp_path: Pa
     whole = cnn_gru.encode_images(inputs, batch_size=64)
     chunked = cnn_gru.encode_images(inputs, batch_size=2)
     assert whole.shape == (5, 32) and whole.dtype == torch.float32 and whole.device.type == "cpu"
-    assert torch.allclose(whole, chunked, atol=1e-6)
+    assert torch.allclose(whole, chunked, atol=1e-5)  # batch size may change the conv kernels
     assert torch.allclose(whole.norm(dim=-1), torch.ones(5), atol=1e-5)
     assert torch.allclose(whole[2], whole[4])
     assert not whole.requires_grad
