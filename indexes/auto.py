@@ -154,8 +154,9 @@ def tune(
     ``run(params, k + 1) -> ids [q, k + 1]`` searches the sample queries with ``params``;
     ``truth`` [q, k] are the exact neighbours without the queries themselves. The sample
     estimate must beat the target by two standard errors (binomial, over the q * k
-    neighbours), and the chosen value is one grid step above the first that does, so that
-    the recall on unseen queries meets it too.
+    neighbours), and the chosen setting is one step above the first that does (twice the
+    refine factor for compressed codes, the next nprobe / efSearch otherwise), so that the
+    recall on unseen queries meets it too.
     Returns the chosen params plus ``tuned_recall`` (reached recall) and ``tune_seconds``.
     """
     start = time.perf_counter()
@@ -190,9 +191,12 @@ def tune(
             if recall > fallback[0]:
                 fallback = (recall, params)
             if recall >= bar:
-                if j + 1 < len(grid):
-                    # safety step: stored vectors as queries flatter the index a little compared
-                    # with fresh queries (seen on clustered data), so take the next grid value
+                # safety step: stored vectors as queries flatter the index a little compared with
+                # fresh queries (seen on clustered data), so go one step further on the knob that
+                # limits recall: the refine factor for compressed codes, else nprobe / efSearch
+                if has_codes:
+                    params, recall, seconds = measure(2 * max(refine, 1), value)
+                elif j + 1 < len(grid):
                     params, recall, seconds = measure(refine, grid[j + 1])
                 if best is None or seconds < best[0]:
                     best = (seconds, params, recall)
