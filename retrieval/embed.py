@@ -96,45 +96,45 @@ def embed_corpus(
     items, source_skips = corpus_items(source, config.modality, **read_options)
     # A collection made by another model is refused before any work is done.
     open_or_create(collection_path, dim, config.index, fingerprint).close()
-    state = EmbedState(state_dir(collection_path))
-    state.check_model(fingerprint, dim)
-    if model_dir is not None:
-        state.record(model_dir=str(Path(model_dir).resolve()))
-    # Shards committed by an interrupted run go in first.
-    added = state.sync_collection(collection_path, config.index, fingerprint, dim)
+    with EmbedState(state_dir(collection_path)) as state:  # one job per collection at a time
+        state.check_model(fingerprint, dim)
+        if model_dir is not None:
+            state.record(model_dir=str(Path(model_dir).resolve()))
+        # Shards committed by an interrupted run go in first.
+        added = state.sync_collection(collection_path, config.index, fingerprint, dim)
 
-    done = state.done_keys()
-    pending = [it for it in items if it.key not in done]
-    replaces = _changed_images(pending, done)
-    skipped: collections.Counter[str] = collections.Counter(s.reason for s in source_skips)
-    embedded = 0
-    if pending:
-        device = engines.pick_device(config.device)
-        logger.info(
-            "embedding %d items (%d already done) on %s", len(pending), len(items) - len(pending), device
+        done = state.done_keys()
+        pending = [it for it in items if it.key not in done]
+        replaces = _changed_images(pending, done)
+        skipped: collections.Counter[str] = collections.Counter(s.reason for s in source_skips)
+        embedded = 0
+        if pending:
+            device = engines.pick_device(config.device)
+            logger.info(
+                "embedding %d items (%d already done) on %s", len(pending), len(items) - len(pending), device
+            )
+            with _progress(len(pending), config.progress) as bar:
+                batches = _batches(model, pending, config, device)
+                for n_ok, failed in _commit(state, batches, config.shard_size, dim, replaces):
+                    embedded += n_ok
+                    skipped.update(reason for _, reason, _ in failed)
+                    bar.update(n_ok + len(failed))
+            added += state.sync_collection(collection_path, config.index, fingerprint, dim)
+        state.write_errors(source_skips, {it.key for it in items})
+        export = Path(config.npy_export) if config.npy_export else None
+        if export is not None:
+            state.export_npy(export)
+        return EmbedSummary(
+            collection_path=collection_path,
+            embedded=embedded,
+            skipped=dict(skipped),
+            already_done=len(items) - len(pending),
+            added=added,
+            errors_path=state.errors_path,
+            state_path=state.root,
+            npy_export=export,
+            seconds=time.perf_counter() - started,
         )
-        with _progress(len(pending), config.progress) as bar:
-            batches = _batches(model, pending, config, device)
-            for n_ok, failed in _commit(state, batches, config.shard_size, dim, replaces):
-                embedded += n_ok
-                skipped.update(reason for _, reason, _ in failed)
-                bar.update(n_ok + len(failed))
-        added += state.sync_collection(collection_path, config.index, fingerprint, dim)
-    state.write_errors(source_skips, {it.key for it in items})
-    export = Path(config.npy_export) if config.npy_export else None
-    if export is not None:
-        state.export_npy(export)
-    return EmbedSummary(
-        collection_path=collection_path,
-        embedded=embedded,
-        skipped=dict(skipped),
-        already_done=len(items) - len(pending),
-        added=added,
-        errors_path=state.errors_path,
-        state_path=state.root,
-        npy_export=export,
-        seconds=time.perf_counter() - started,
-    )
 
 
 def _batches(
