@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -49,6 +49,9 @@ from retrieval.training.setup import (
     validate,
 )
 from retrieval.training.step import TrainingDivergedError, train_step
+
+if TYPE_CHECKING:
+    from retrieval.model import TwinEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -82,15 +85,16 @@ def train(
     config: TrainConfig,
     *,
     resume: bool = False,
-    model: Any | None = None,
+    model: TwinEncoder | None = None,
     callback: StepCallback | None = None,
 ) -> TrainResult:
     """Train a :class:`~retrieval.model.TwinEncoder` on ``config.train_data``; see :class:`TrainConfig`.
 
     ``resume=True`` continues the run in ``config.out_dir`` from its latest checkpoint (exactly: the
     same batches, augmentations and weights as an uninterrupted run) or starts it when there is
-    none. ``model`` trains that model (e.g. from ``TwinEncoder.from_pretrained``) instead of building
-    ``config.model``. Ctrl-C / SIGTERM stop at the next step boundary with a checkpoint (a second
+    none. ``model`` trains that model in place (e.g. from ``TwinEncoder.from_pretrained``) instead of
+    building ``config.model``; ``callback(record)`` runs after every optimizer step with its metrics
+    record and may return True to stop as if interrupted. Ctrl-C / SIGTERM stop at the next step boundary with a checkpoint (a second
     Ctrl-C aborts at once). A non-finite loss raises :class:`TrainingDivergedError` and leaves the
     last good checkpoint in place. Under ``torchrun`` every process calls this function; rank 0
     writes the files.
