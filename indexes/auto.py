@@ -38,7 +38,18 @@ HNSW_MAX = 300_000
 HNSW_M = 32
 PQ_CHOICES = (64, 48, 32, 24, 16, 12, 8, 4)
 
-_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "M": 1 << 20, "MB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "T": 1 << 40, "TB": 1 << 40}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 1 << 10,
+    "KB": 1 << 10,
+    "M": 1 << 20,
+    "MB": 1 << 20,
+    "G": 1 << 30,
+    "GB": 1 << 30,
+    "T": 1 << 40,
+    "TB": 1 << 40,
+}
 
 
 def parse_memory(budget: int | float | str | None) -> int | None:
@@ -52,10 +63,14 @@ def parse_memory(budget: int | float | str | None) -> int | None:
     elif isinstance(budget, str):
         m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?B?)\s*", budget.upper())
         if not m:
-            raise ValueError(f"memory_budget {budget!r} is not understood; expected bytes or e.g. '512MB', '4GB'")
+            raise ValueError(
+                f"memory_budget {budget!r} is not understood; expected bytes or e.g. '512MB', '4GB'"
+            )
         value = float(m.group(1)) * _UNITS[m.group(2)]
     else:
-        raise ValueError(f"memory_budget must be bytes or a string like '4GB', received {type(budget).__name__}")
+        raise ValueError(
+            f"memory_budget must be bytes or a string like '4GB', received {type(budget).__name__}"
+        )
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"memory_budget must be positive, received {budget!r}")
     return int(value)
@@ -110,9 +125,11 @@ def choose_index(n: int, dim: int, memory_budget: int | None = None) -> str:
             spec = f"IVF{nlist},PQ{m}"
             if fits(spec):
                 return spec
-    smallest = min(estimate_memory(f"IVF{nlist},PQ{m}", n, dim) for m in PQ_CHOICES if dim % m == 0) if any(
-        dim % m == 0 for m in PQ_CHOICES
-    ) else estimate_memory(ivf_flat, n, dim)
+    smallest = (
+        min(estimate_memory(f"IVF{nlist},PQ{m}", n, dim) for m in PQ_CHOICES if dim % m == 0)
+        if any(dim % m == 0 for m in PQ_CHOICES)
+        else estimate_memory(ivf_flat, n, dim)
+    )
     raise ValueError(
         f"memory_budget {memory_budget} bytes is too small for {n} vectors of dim {dim}: the smallest index "
         f"considered needs about {smallest} bytes; raise the budget or pass an explicit index spec"
@@ -161,7 +178,10 @@ def tune(
     """
     start = time.perf_counter()
     if kind == "ivf":
-        knob, grid = "nprobe", [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if p < nlist] + [nlist]
+        knob, grid = (
+            "nprobe",
+            [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if p < nlist] + [nlist],
+        )
     elif kind == "hnsw":
         knob, grid = "efSearch", [16, 32, 64, 128, 256, 512, 1024]
     else:
@@ -209,7 +229,11 @@ def tune(
     if best is None:
         logger.warning(
             "recall target %.3f (+%.3f margin) not reached; best recall@%d %.4f with %s",
-            recall_target, margin, k, fallback[0], fallback[1],
+            recall_target,
+            margin,
+            k,
+            fallback[0],
+            fallback[1],
         )
         chosen, reached = fallback[1], fallback[0]
     else:

@@ -64,12 +64,14 @@ __all__ = ["FORMAT", "FORMAT_VERSION", "Collection", "CollectionBusyError"]
 logger = logging.getLogger(__name__)
 
 TOMBSTONE_REBUILD_FRACTION = 0.10  # needs_rebuild once this share of the index is removed-but-present
-RETRAIN_GROWTH = 4.0  # needs_rebuild once the collection holds this many times the vectors it was trained with
+# needs_rebuild once the collection holds this many times the vectors it was trained with
+RETRAIN_GROWTH = 4.0
 TUNE_MIN = 1_000  # below this many vectors, ANN parameters are not tuned (defaults are used)
 TUNE_QUERIES = 200  # sample queries used to measure recall when tuning
 EXACT_FILTER_MAX = 20_000  # filters matching at most this many items are answered by exact search
 HNSW_SPARSE_FILTER = 0.05  # HNSW searches filters accepting less than this share exactly
 _ADD_BATCH = 65_536
+SCORE_CONVENTION = {"ip": "inner product (higher is better)", "l2": "-squared L2 distance (higher is better)"}
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -83,7 +85,9 @@ def _as_ids(ids: Any) -> np.ndarray:
     if arr.ndim == 0:
         arr = arr.reshape(1)
     if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
-        raise ValueError(f"ids must be a 1-D sequence of integers, received {arr.dtype} array of shape {arr.shape}")
+        raise ValueError(
+            f"ids must be a 1-D sequence of integers, received {arr.dtype} array of shape {arr.shape}"
+        )
     return arr.astype(np.int64, copy=False)
 
 
@@ -92,8 +96,17 @@ class Collection:
 
     exact_filter_max: int = EXACT_FILTER_MAX
 
-    def __init__(self, path: Path, manifest: dict[str, Any], index: faiss.Index, store: VectorStore,
-                 meta: MetadataStore, tombstones: np.ndarray, read_only: bool, lock_fd: int | None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        manifest: dict[str, Any],
+        index: faiss.Index,
+        store: VectorStore,
+        meta: MetadataStore,
+        tombstones: np.ndarray,
+        read_only: bool,
+        lock_fd: int | None,
+    ) -> None:
         self._path = path
         self._manifest = manifest
         self._dim = int(manifest["dim"])
@@ -122,9 +135,17 @@ class Collection:
 
     # ================================================================ create / open / close
     @classmethod
-    def create(cls, path: str | os.PathLike[str], dim: int, metric: str = "ip", index: str = "auto",
-               fingerprint: str | None = None, memory_budget: int | str | None = None,
-               recall_target: float = 0.95, overwrite: bool = False) -> Collection:
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        dim: int,
+        metric: str = "ip",
+        index: str = "auto",
+        fingerprint: str | None = None,
+        memory_budget: int | str | None = None,
+        recall_target: float = 0.95,
+        overwrite: bool = False,
+    ) -> Collection:
         """Create an empty collection at ``path`` (written to disk at once) and return it open for writing.
 
         ``index`` is a FAISS factory string (``"Flat"``, ``"HNSW32"``, ``"IVF1024,Flat"``,
@@ -138,7 +159,11 @@ class Collection:
         if metric not in fi.METRICS:
             raise ValueError(f"metric {metric!r} is not supported; expected one of {sorted(fi.METRICS)}")
         budget = auto.parse_memory(memory_budget)
-        if isinstance(recall_target, bool) or not isinstance(recall_target, (int, float)) or not 0 < recall_target <= 1:
+        if (
+            isinstance(recall_target, bool)
+            or not isinstance(recall_target, (int, float))
+            or not 0 < recall_target <= 1
+        ):
             raise ValueError(f"recall_target must be a number in (0, 1], received {recall_target!r}")
         if fingerprint is not None and not isinstance(fingerprint, str):
             raise ValueError(f"fingerprint must be a string or None, received {type(fingerprint).__name__}")
@@ -154,7 +179,9 @@ class Collection:
                         f"{path} exists, is not empty and is not a collection: choose an empty or new path"
                     )
                 if not overwrite:
-                    raise FileExistsError(f"collection {path} already exists: open it, or pass overwrite=True")
+                    raise FileExistsError(
+                        f"collection {path} already exists: open it, or pass overwrite=True"
+                    )
         path.mkdir(parents=True, exist_ok=True)
         lock_fd = persist.lock(path)
         try:
@@ -164,13 +191,33 @@ class Collection:
             except ValueError:
                 old = None  # a damaged collection being overwritten
             manifest = {
-                "format": FORMAT, "format_version": FORMAT_VERSION, "version": (old or {}).get("version", 0),
-                "dim": dim, "metric": metric, "count": 0, "next_id": 0, "index_requested": requested,
-                "index_spec": spec, "fingerprint": fingerprint, "params": {}, "memory_budget": budget,
-                "recall_target": float(recall_target), "created": now, "updated": now, "data": None,
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "version": (old or {}).get("version", 0),
+                "dim": dim,
+                "metric": metric,
+                "count": 0,
+                "next_id": 0,
+                "index_requested": requested,
+                "index_spec": spec,
+                "fingerprint": fingerprint,
+                "params": {},
+                "memory_budget": budget,
+                "recall_target": float(recall_target),
+                "created": now,
+                "updated": now,
+                "data": None,
             }
-            coll = cls(path, manifest, built, VectorStore(dim), MetadataStore.in_memory(),
-                       np.empty(0, dtype=np.int64), False, lock_fd)
+            coll = cls(
+                path,
+                manifest,
+                built,
+                VectorStore(dim),
+                MetadataStore.in_memory(),
+                np.empty(0, dtype=np.int64),
+                False,
+                lock_fd,
+            )
             coll._dirty = True
             coll.save()
         except BaseException:
@@ -188,7 +235,8 @@ class Collection:
         """
         path = Path(path)
         read_only = read_only or mmap
-        persist.read_manifest(path)  # a missing path or a non-collection fails here, before any lock file is made
+        # a missing path or a non-collection fails here, before any lock file is made
+        persist.read_manifest(path)
         lock_fd = None if read_only else persist.lock(path)
         try:
             for attempt in range(10):
@@ -209,8 +257,9 @@ class Collection:
             raise
 
     @classmethod
-    def _load(cls, path: Path, manifest: dict[str, Any], mmap: bool, read_only: bool,
-              lock_fd: int | None) -> Collection:
+    def _load(
+        cls, path: Path, manifest: dict[str, Any], mmap: bool, read_only: bool, lock_fd: int | None
+    ) -> Collection:
         data = path / str(manifest.get("data"))
         if not manifest.get("data") or not data.is_dir():
             raise FileNotFoundError(f"collection {path}: data folder {manifest.get('data')!r} is missing")
@@ -336,7 +385,9 @@ class Collection:
         if self._tomb.size > TOMBSTONE_REBUILD_FRACTION * max(int(self._index.ntotal), 1):
             return f"{self._tomb.size} removed ids are still inside the {self._spec} index"
         if self._requested == "auto" and self._outgrown(n):
-            return f"{auto.choose_index(n, self._dim, self._budget)} suits {n} vectors better than {self._spec}"
+            return (
+                f"{auto.choose_index(n, self._dim, self._budget)} suits {n} vectors better than {self._spec}"
+            )
         trained_on = int(self._params.get("trained_on", 0))
         if self._kind.needs_training and trained_on and n > RETRAIN_GROWTH * trained_on:
             return f"index trained with {trained_on} vectors, collection now holds {n}"
@@ -351,7 +402,7 @@ class Collection:
             "count": len(self),
             "dim": self._dim,
             "metric": self._metric,
-            "score": "inner product (higher is better)" if self._metric == "ip" else "-squared L2 distance (higher is better)",
+            "score": SCORE_CONVENTION[self._metric],
             "fingerprint": self._fingerprint,
             "index_spec": self._spec,
             "index_requested": self._requested,
@@ -394,7 +445,9 @@ class Collection:
             arr = np.asarray(x)
         except Exception as exc:
             raise ValueError(f"{what} must be a numeric array, received {type(x).__name__}") from exc
-        if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        if arr.dtype == bool or not (
+            np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+        ):
             raise ValueError(f"{what} must be a real-valued float array, received dtype {arr.dtype}")
         if arr.ndim == 1 and allow_1d:
             arr = arr.reshape(1, -1)
@@ -506,8 +559,9 @@ class Collection:
         return self._store.gather(rows)
 
     # ================================================================ search
-    def search(self, queries: Any, k: int, where: dict[str, Any] | None = None,
-               refine: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: Any, k: int, where: dict[str, Any] | None = None, refine: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` items for each query: (scores float32 [n, k], ids int64 [n, k]), best first.
 
         ``queries`` is [n, d] or [d]. ``where`` filters metadata before searching (see
@@ -530,8 +584,9 @@ class Collection:
             return np.hstack([scores, pad_s]), np.hstack([ids, pad_i])
         return self._search(q, k, where, refine, n_live)
 
-    def _search(self, q: np.ndarray, k: int, where: dict[str, Any] | None, refine: int,
-                n_live: int) -> tuple[np.ndarray, np.ndarray]:
+    def _search(
+        self, q: np.ndarray, k: int, where: dict[str, Any] | None, refine: int, n_live: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         if where is not None and not (isinstance(where, dict) and not where):  # {} filters nothing out
             match = self._match(where)  # sorted int64 [m]
             if match.size == 0:
@@ -586,8 +641,9 @@ class Collection:
             self._tomb_sel = (faiss.IDSelectorNot(batch), batch)  # keep the inner selector alive
         return self._tomb_sel[0]
 
-    def _ann(self, q: np.ndarray, k: int, refine: int, selector: Any,
-             fraction: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    def _ann(
+        self, q: np.ndarray, k: int, refine: int, selector: Any, fraction: float = 1.0
+    ) -> tuple[np.ndarray, np.ndarray]:
         kk = k * refine if refine else k
         params = fi.search_params(self._index, selector, kk, fraction)
         scores, ids = fi.index_ids_search(self._index, q, kk, self._metric, params)  # [n, kk]
@@ -607,8 +663,9 @@ class Collection:
         rows = self._store.live_rows() if rows is None else rows
         return exact.knn(q, self._store.gather(rows), self._store.ids_view[rows], k, self._metric)
 
-    def _fill_short(self, q: np.ndarray, k: int, scores: np.ndarray, ids: np.ndarray,
-                    match: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def _fill_short(
+        self, q: np.ndarray, k: int, scores: np.ndarray, ids: np.ndarray, match: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Rows where the ANN search found fewer than min(k, eligible items) (e.g. too few in the
         probed IVF lists): answer them exactly. ``match`` None means every live item is eligible."""
         want = min(k, len(self) if match is None else match.size)
@@ -633,7 +690,9 @@ class Collection:
             self._index.add_with_ids(self._store.gather(rows), ids[lo : lo + _ADD_BATCH])
         self._params.update(trained_on=len(self), train_sample=sample)
         self._params.pop("tuned_on", None)
-        logger.info("trained %s on %d of %d vectors in %.1fs", self._spec, sample, len(self), time.perf_counter() - t0)
+        logger.info(
+            "trained %s on %d of %d vectors in %.1fs", self._spec, sample, len(self), time.perf_counter() - t0
+        )
         self._dirty = True
 
     def _should_tune(self) -> bool:
@@ -655,7 +714,9 @@ class Collection:
             raise ValueError(f"recall_target must be in (0, 1], received {recall_target!r}")
         k = _check_int("k", k, 1)
         if not self._index_live or len(self) <= k + 1:
-            raise ValueError(f"cannot tune: the collection holds {len(self)} vectors and its index is not trained yet")
+            raise ValueError(
+                f"cannot tune: the collection holds {len(self)} vectors and its index is not trained yet"
+            )
         rng = np.random.default_rng(0)
         if queries is None:
             live = self._store.live_rows()
@@ -708,11 +769,21 @@ class Collection:
                 live = self._store.live_rows()
                 ids = self._store.ids_view[live]
                 for lo in range(0, live.size, _ADD_BATCH):
-                    self._index.add_with_ids(self._store.gather(live[lo : lo + _ADD_BATCH]), ids[lo : lo + _ADD_BATCH])
+                    self._index.add_with_ids(
+                        self._store.gather(live[lo : lo + _ADD_BATCH]), ids[lo : lo + _ADD_BATCH]
+                    )
             if self._should_tune():
                 self.tune()
         except BaseException:
-            self._index, self._kind, self._spec, self._requested, self._params, self._tomb, self._deferred = old
+            (
+                self._index,
+                self._kind,
+                self._spec,
+                self._requested,
+                self._params,
+                self._tomb,
+                self._deferred,
+            ) = old
             self._tomb_sel = None
             raise
         self._params["build_seconds"] = round(time.perf_counter() - t0, 3)
@@ -751,8 +822,14 @@ class Collection:
             persist.fsync_dir(self._path)
             manifest = dict(self._manifest)
             manifest.update(
-                version=version, data=name, count=len(self), next_id=self._next_id, index_requested=self._requested,
-                index_spec=self._spec, params=dict(self._params), fingerprint=self._fingerprint,
+                version=version,
+                data=name,
+                count=len(self),
+                next_id=self._next_id,
+                index_requested=self._requested,
+                index_spec=self._spec,
+                params=dict(self._params),
+                fingerprint=self._fingerprint,
                 updated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             )
             persist.write_manifest(self._path, manifest)  # commit point

@@ -19,7 +19,9 @@ def padded(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.full((n, k), -np.inf, dtype=np.float32), np.full((n, k), -1, dtype=np.int64)
 
 
-def knn(queries: np.ndarray, base: np.ndarray, base_ids: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+def knn(
+    queries: np.ndarray, base: np.ndarray, base_ids: np.ndarray, k: int, metric: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of ``base`` [m, d] for ``queries`` [n, d] by brute force (BLAS through ``faiss.knn``).
 
     Returns (scores [n, k], ids [n, k]) with ids taken from ``base_ids`` [m].
@@ -37,8 +39,9 @@ def knn(queries: np.ndarray, base: np.ndarray, base_ids: np.ndarray, k: int, met
     return scores, ids
 
 
-def rescore(queries: np.ndarray, cand: np.ndarray, rows: np.ndarray, vectors: np.ndarray, k: int,
-            metric: str) -> tuple[np.ndarray, np.ndarray]:
+def rescore(
+    queries: np.ndarray, cand: np.ndarray, rows: np.ndarray, vectors: np.ndarray, k: int, metric: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact scores of candidate ids ``cand`` [n, c] whose vectors are ``vectors[rows]`` (rows -1: invalid).
 
     Returns the best ``k`` per row, (scores [n, k], ids [n, k]); processed in query blocks

@@ -194,7 +194,9 @@ def search_params(
         return faiss.SearchParametersIVF(sel=selector, nprobe=int(min(ivf.nlist, ivf.nprobe * boost)))
     inner = _unwrap(index)
     if isinstance(inner, faiss.IndexHNSW):
-        return faiss.SearchParametersHNSW(sel=selector, efSearch=int(max(int(inner.hnsw.efSearch), k) * boost))
+        return faiss.SearchParametersHNSW(
+            sel=selector, efSearch=int(max(int(inner.hnsw.efSearch), k) * boost)
+        )
     return faiss.SearchParameters(sel=selector)
 
 

@@ -246,9 +246,7 @@ class MetadataStore:
     def compile(self, where: dict[str, Any]) -> tuple[str, list[Any]]:
         """``where`` -> (SQL condition, parameters); raises ``ValueError`` on anything malformed."""
         if not isinstance(where, dict):
-            raise ValueError(
-                f"where must be a dict like {{'field': value}}, received {type(where).__name__}"
-            )
+            raise ValueError(f"where must be a dict like {{'field': value}}, received {type(where).__name__}")
         if not where:
             raise ValueError("where is an empty dict: pass None to search without a filter")
         known = self.fields()
@@ -284,7 +282,9 @@ class MetadataStore:
         expr = "json_extract(data, ?)"
         if op == "in":
             if not isinstance(value, (list, tuple, set, frozenset)):
-                raise ValueError(f"filter on {field!r}: 'in' needs a list of values, received {type(value).__name__}")
+                raise ValueError(
+                    f"filter on {field!r}: 'in' needs a list of values, received {type(value).__name__}"
+                )
             values = list(value)
             if not values:
                 return "0", []  # membership in an empty list matches nothing
@@ -309,7 +309,10 @@ class MetadataStore:
                     f"filter on {field!r}: range operator {op!r} needs a number or a string, received {value!r}"
                 )
             kinds = "('text')" if isinstance(value, str) else "('integer', 'real')"
-            return (f"(json_type(data, ?) IN {kinds} AND {expr} {FILTER_OPERATORS[op]} ?)", [path, path, _plain(value)])
+            return (
+                f"(json_type(data, ?) IN {kinds} AND {expr} {FILTER_OPERATORS[op]} ?)",
+                [path, path, _plain(value)],
+            )
         return f"{expr} {FILTER_OPERATORS[op]} ?", [path, _plain(value)]
 
     def matching_ids(self, where: dict[str, Any]) -> np.ndarray:

@@ -77,12 +77,16 @@ def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
 def read_manifest(path: Path) -> dict[str, Any]:
     """The manifest of the collection at ``path``; clear errors for anything that is not one we can read."""
     if not path.exists():
-        raise FileNotFoundError(f"collection {path} does not exist; create it with Collection.create({str(path)!r}, dim)")
+        raise FileNotFoundError(
+            f"collection {path} does not exist; create it with Collection.create({str(path)!r}, dim)"
+        )
     if not path.is_dir():
         raise ValueError(f"{path} is a file, not a collection directory")
     file = path / MANIFEST
     if not file.exists():
-        raise ValueError(f"{path} is not a collection (no {MANIFEST}); create one with Collection.create(path, dim)")
+        raise ValueError(
+            f"{path} is not a collection (no {MANIFEST}); create one with Collection.create(path, dim)"
+        )
     try:
         manifest = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -124,4 +128,6 @@ def remove_folder(folder: Path) -> None:
     try:
         shutil.rmtree(folder)
     except OSError as exc:
-        logger.warning("could not delete old collection data %s (%s); it is unused and safe to delete", folder, exc)
+        logger.warning(
+            "could not delete old collection data %s (%s); it is unused and safe to delete", folder, exc
+        )

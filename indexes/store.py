@@ -83,7 +83,9 @@ class VectorStore:
         n = ids.shape[0]
         assert vectors.shape == (n, self.dim) and (self._n == 0 or n == 0 or ids[0] > self._ids[self._n - 1])
         if not self._vecs.flags.writeable:
-            raise ValueError("this collection was opened read-only (or with mmap=True): reopen it writable to add")
+            raise ValueError(
+                "this collection was opened read-only (or with mmap=True): reopen it writable to add"
+            )
         need = self._n + n
         if need > self._ids.shape[0]:
             cap = max(need, int(self._ids.shape[0] * 1.5) + 1024)
@@ -123,8 +125,11 @@ class VectorStore:
         """Read a saved store; ``mmap=True`` maps the vectors read-only instead of loading them."""
         vectors = np.load(folder / "vectors.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
         ids = np.load(folder / "ids.npy", allow_pickle=False)
-        if vectors.dtype != np.float32 or vectors.ndim != 2 or vectors.shape[1] != dim or ids.shape != (
-            vectors.shape[0],
+        if (
+            vectors.dtype != np.float32
+            or vectors.ndim != 2
+            or vectors.shape[1] != dim
+            or ids.shape != (vectors.shape[0],)
         ):
             raise ValueError(
                 f"vector store in {folder} is inconsistent: vectors {vectors.dtype}{list(vectors.shape)}, "

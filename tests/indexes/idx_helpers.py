@@ -14,7 +14,9 @@ def clustered(n: int, dim: int, seed: int = 0, clusters: int = 32, spread: float
     return x.astype(np.float32)
 
 
-def exact_topk(queries: np.ndarray, base: np.ndarray, k: int, metric: str = "ip") -> tuple[np.ndarray, np.ndarray]:
+def exact_topk(
+    queries: np.ndarray, base: np.ndarray, k: int, metric: str = "ip"
+) -> tuple[np.ndarray, np.ndarray]:
     """numpy reference: (scores [q, k], positions [q, k]), higher is better."""
     if metric == "ip":
         s = queries @ base.T  # [q, n]

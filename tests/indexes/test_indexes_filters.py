@@ -61,8 +61,9 @@ CASES = [
 
 @pytest.mark.parametrize("exact_max", [20_000, 0], ids=["planner", "selector"])
 @pytest.mark.parametrize(("where", "pred"), CASES)
-def test_filter_only_matching_and_k_returned(coll: Collection, data, where, pred, exact_max: int,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_filter_only_matching_and_k_returned(
+    coll: Collection, data, where, pred, exact_max: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(coll, "exact_filter_max", exact_max)  # 0 forces the FAISS ID-selector path
     x, q = data
     match = _matching(pred)

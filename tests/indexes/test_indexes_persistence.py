@@ -38,7 +38,9 @@ STEPS = {
 
 
 @pytest.mark.parametrize("step", sorted(STEPS))
-def test_failed_save_keeps_previous_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str) -> None:
+def test_failed_save_keeps_previous_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
     path = tmp_path / "c"
     x = _make(path)
     before = sorted(p.name for p in path.iterdir())

@@ -52,7 +52,9 @@ def make_machine(root: Path, spec: str, metric: str) -> type[RuleBasedStateMachi
         @precondition(lambda self: len(self.model) > 0)
         @rule(data=st.data())
         def remove(self, data: st.DataObject) -> None:
-            ids = data.draw(st.lists(st.sampled_from(sorted(self.model)), min_size=1, max_size=10, unique=True))
+            ids = data.draw(
+                st.lists(st.sampled_from(sorted(self.model)), min_size=1, max_size=10, unique=True)
+            )
             self.coll.remove(ids)
             for i in ids:
                 del self.model[i]
@@ -102,7 +104,9 @@ def make_machine(root: Path, spec: str, metric: str) -> type[RuleBasedStateMachi
             if want:
                 # every returned score is the exact score of the returned id
                 vecs = np.stack([self.model[int(i)][0] for i in ids[:, :want].ravel()]).reshape(3, want, D)
-                exact = np.einsum("nd,nkd->nk", q, vecs) if metric == "ip" else -((vecs - q[:, None]) ** 2).sum(2)
+                exact = (
+                    np.einsum("nd,nkd->nk", q, vecs) if metric == "ip" else -((vecs - q[:, None]) ** 2).sum(2)
+                )
                 np.testing.assert_allclose(scores[:, :want], exact, rtol=1e-5, atol=1e-4)
 
         @invariant()
@@ -114,7 +118,9 @@ def make_machine(root: Path, spec: str, metric: str) -> type[RuleBasedStateMachi
             assert self.coll.ids().tolist() == ids
             if ids:
                 assert self.coll.get(ids) == [self.model[i][1] for i in ids]
-                np.testing.assert_array_equal(self.coll.vectors(ids), np.stack([self.model[i][0] for i in ids]))
+                np.testing.assert_array_equal(
+                    self.coll.vectors(ids), np.stack([self.model[i][0] for i in ids])
+                )
 
         def teardown(self) -> None:
             if hasattr(self, "coll"):
@@ -124,13 +130,18 @@ def make_machine(root: Path, spec: str, metric: str) -> type[RuleBasedStateMachi
     return CollectionMachine
 
 
-@pytest.mark.parametrize(("spec", "metric"), [("Flat", "ip"), ("Flat", "l2"), ("HNSW32", "ip"), ("IVF2,Flat", "l2")])
+@pytest.mark.parametrize(
+    ("spec", "metric"), [("Flat", "ip"), ("Flat", "l2"), ("HNSW32", "ip"), ("IVF2,Flat", "l2")]
+)
 def test_collection_state_machine(tmp_path: Path, spec: str, metric: str) -> None:
     machine = make_machine(tmp_path, spec, metric)
     run_state_machine_as_test(
         machine,
         settings=settings(
-            max_examples=25, stateful_step_count=12, deadline=None, database=None,
+            max_examples=25,
+            stateful_step_count=12,
+            deadline=None,
+            database=None,
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
