@@ -260,6 +260,10 @@ def markdown_summary(result: EvalResult, files: list[str]) -> str:
         lines += ["", "## Zero-shot classification", "", f"{len(zs.classes)} classes, "
                   f"{len(zs.predictions)} images: {acc}; mean per-class top-1 "
                   f"{zs.metrics()['zeroshot/mean_per_class']:.4f}."]  # fmt: skip
+        worst = sorted((v, k) for k, v in zs.per_class_accuracy.items() if not np.isnan(v))[:15]
+        lines += ["", "Lowest per-class top-1 accuracy:", "", "| class | top-1 | images |", "|---|---:|---:|"]
+        support = dict(zip(zs.classes, zs.confusion.sum(1).tolist()))
+        lines += [f"| {name} | {acc:.4f} | {support[name]} |" for acc, name in worst]
     lines += ["", "## Files", ""]
     for name in files:
         lines.append(f"![{name}]({name})\n" if name.endswith(".png") else f"- [{name}]({name})")

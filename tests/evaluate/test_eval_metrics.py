@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 from eval_reference import reference_metrics
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import retrieval.evaluate._ranking as ranking_mod
 import retrieval.evaluate.metrics as metrics_mod
@@ -188,3 +190,21 @@ def test_chunked_counting_paths_with_many_captions_and_captionless_images(monkey
         got = retrieval_metrics_from_embeddings(text, image, g, ks=KS, chunk_size=chunk_size)
         assert_same(got, want)
     assert want["i2t/n_queries"] == 9
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n_texts=st.integers(1, 12),
+    n_images=st.integers(1, 6),
+    levels=st.integers(1, 4),
+    chunk_size=st.integers(1, 8),
+    seed=st.integers(0, 2**16),
+)
+def test_property_matches_reference(n_texts, n_images, levels, chunk_size, seed):
+    rng = np.random.default_rng(seed)
+    text = rng.integers(0, levels + 1, size=(n_texts, 3)).astype(np.float32)  # exact products, many ties
+    image = rng.integers(0, levels + 1, size=(n_images, 3)).astype(np.float32)
+    g = rng.integers(0, n_images, size=n_texts)
+    want = reference_metrics(text.astype(np.float64) @ image.T.astype(np.float64), g, ks=(1, 2, 5))
+    assert_same(retrieval_metrics(text @ image.T, g, ks=(1, 2, 5)), want)
+    assert_same(retrieval_metrics_from_embeddings(text, image, g, ks=(1, 2, 5), chunk_size=chunk_size), want)
