@@ -159,6 +159,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (both sides)")
     parser.add_argument("--workers", type=int, default=1, help="DataLoader decoding workers (ours)")
+    parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each side (best kept)")
     parser.add_argument(
         "--work-dir", default=None, help="where the synthetic corpus goes (default: a temp dir)"
     )
