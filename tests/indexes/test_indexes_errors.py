@@ -175,3 +175,20 @@ def test_read_only_and_closed_handles(coll: Collection, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="is closed"):
         coll.search(np.ones(4), 1)
     Collection.open(tmp_path / "c").close()  # the lock was released
+
+
+def test_fingerprint_and_tune_errors(coll: Collection, tmp_path: Path) -> None:
+    coll.check_fingerprint(None)
+    with Collection.create(tmp_path / "fp", 4, index="Flat", fingerprint="model-a") as other:
+        other.check_fingerprint("model-a")
+        with pytest.raises(ValueError, match="built by model model-a, received vectors from model-b"):
+            other.check_fingerprint("model-b")
+    with pytest.raises(ValueError, match="cannot tune"):
+        coll.tune()
+    with pytest.raises(ValueError, match="recall_target must be in"):
+        coll.tune(recall_target=0)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="is a file"):
+        Collection.create(tmp_path / "file", 4)
+    with pytest.raises(ValueError, match="a file, not a collection"):
+        Collection.open(tmp_path / "file")
