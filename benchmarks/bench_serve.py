@@ -325,7 +325,10 @@ def report(args: argparse.Namespace, info: dict, build_s: float, rows: list, aft
     for name, r, *_ in rows:
         if r["first_error"]:
             print(f"first error in {name}: {r['first_error']}")
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    machine = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"load average {os.getloadavg()[0]:.1f} at the end"
+    )
     text = f"""# HTTP service under load
 
 `python benchmarks/bench_serve.py --n {args.n} --clients {args.clients} --queries {args.queries} --max-seconds {args.max_seconds:g}`

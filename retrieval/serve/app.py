@@ -141,9 +141,13 @@ class Service:
             self.close()
             raise
 
-    def get(self, name: str | None) -> ServedCollection:
-        if not name:
+    def get(self, name: Any) -> ServedCollection:
+        if name is None or name == "":
             return next(iter(self.collections.values()))
+        if not isinstance(name, str):
+            raise ApiError(
+                400, "bad_collection", f"a collection name must be a string, received {name!r:.100}"
+            )
         try:
             return self.collections[name]
         except KeyError:

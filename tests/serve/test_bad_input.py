@@ -181,3 +181,35 @@ def test_content_length_over_limit_is_refused_up_front(client):
         headers={"content-type": "multipart/form-data; boundary=q"},
     )
     assert r.status_code == 413 and r.json()["error"] == "too_large"
+
+
+def test_any_json_body_on_the_search_endpoints_gets_a_json_answer(client):
+    """Arbitrary JSON for every field of the search endpoints: 200 or a JSON 4xx, never a 500."""
+    import json
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    keys = st.sampled_from(["color", "size", "modality", "gte", "lt", "in"]) | st.text(max_size=6)
+    scalars = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=12)
+    values = st.recursive(
+        scalars,
+        lambda inner: st.lists(inner, max_size=9) | st.dictionaries(keys, inner, max_size=3),
+        max_leaves=10,
+    )
+    fields = st.sampled_from(["text", "k", "where", "modality", "embedding", "id", "url"])
+
+    @settings(
+        max_examples=50,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
+    @given(st.sampled_from(["text", "embedding", "item", "url"]), st.dictionaries(fields, values, max_size=5))
+    def check(kind, body):
+        r = client.post(f"/collections/shapes/search/{kind}", content=json.dumps(body).encode(), headers=JSON)
+        assert r.status_code < 500, (kind, body, r.text)
+        if r.status_code >= 400:
+            assert "error" in r.json()
+
+    check()

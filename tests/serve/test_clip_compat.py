@@ -143,3 +143,39 @@ def test_clip_errors_are_json_4xx(client):
     assert r.status_code == 400 and r.json()["error"] == "bad_json"
     r = post_raw(client, "/metadata", {"ids": "0"})
     assert r.status_code == 400 and r.json()["error"] == "bad_ids"
+
+
+def test_any_json_body_gets_an_answer_never_a_500(client):
+    """Arbitrary JSON in every field clip-retrieval clients send: 200 or a JSON 4xx, never a 500."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    scalars = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=20)
+    values = st.recursive(
+        scalars,
+        lambda inner: (
+            st.lists(inner, max_size=4)
+            | st.dictionaries(
+                st.sampled_from(["color", "size", "gte", "lt"]) | st.text(max_size=5), inner, max_size=3
+            )
+        ),
+        max_leaves=8,
+    )
+    fields = ["text", "image", "image_url", "embedding_input", "modality", "num_images", "num_result_ids",
+              "indice_name", "deduplicate", "where", "ids"]  # fmt: skip
+
+    @settings(
+        max_examples=60,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
+    @given(st.dictionaries(st.sampled_from(fields), values, max_size=6) | values)
+    def check(body):
+        for path in ("/knn-service", "/metadata"):
+            r = client.post(path, content=json.dumps(body, allow_nan=True).encode())
+            assert r.status_code < 500, (path, body, r.text)
+            if r.status_code >= 400:
+                assert "error" in r.json()
+
+    check()
