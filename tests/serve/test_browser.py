@@ -81,11 +81,21 @@ def live_server(config, encoder):
     thread.join(timeout=10)
 
 
-def test_search_page_in_chromium(live_server, tmp_path: Path):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
-    chromium = _chromium()
-    if chromium is None:
+@pytest.fixture
+def chromium() -> str:
+    """The Chromium binary, checked before any server starts; skips with the reason when absent."""
+    pytest.importorskip(
+        "playwright.sync_api", reason="Playwright for Python is not installed (the dev extra)"
+    )
+    found = _chromium()
+    if found is None:
         pytest.skip("Chromium is not installed (apt-get install chromium, or `make browser`)")
+    return found
+
+
+def test_search_page_in_chromium(chromium: str, live_server: str, tmp_path: Path):
+    from playwright import sync_api
+
     with sync_api.sync_playwright() as pw:
         try:
             browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
