@@ -41,6 +41,7 @@ TINY = {
     "text_heads": 2,
     "vocab_size": 300,
     "context_length": 16,
+    "lock_text": False,
 }
 WORDS = [
     "a",
@@ -98,7 +99,7 @@ def main() -> None:
     for name, config in (
         ("tiny cnn + gru", ModelConfig(image_tower="cnn", text_tower="gru", **TINY)),
         ("tiny vit + transformer", ModelConfig(image_tower="vit", text_tower="transformer", **TINY)),
-        ("default cnn + gru", ModelConfig()),
+        (f"default {ModelConfig().image_tower} + {ModelConfig().text_tower}", ModelConfig()),
     ):
         build = median_seconds(lambda c=config: build_model(c, corpus, device="cpu"), repeats)
         model = build_model(config, corpus, device="cpu")

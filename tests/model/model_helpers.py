@@ -23,6 +23,7 @@ TINY = {
     "text_heads": 2,
     "vocab_size": 300,
     "context_length": 16,
+    "lock_text": False,  # the library default locks the (pretrained) text tower
 }
 
 
