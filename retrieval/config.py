@@ -258,6 +258,7 @@ class TrainConfig(ConfigBase):
     time_budget: float | None = None  # stop (with a checkpoint) after this many seconds of training
     batch_size: int = 128  # pairs per micro-batch per process (the negatives each pair is contrasted with)
     grad_accum: int = 1  # micro-batches per optimizer step
+    accum_features: bool = False  # with grad_accum: contrast against the whole step's batch (gradient cache)
     clip_grad_norm: float | None = 1.0  # clip the global gradient norm to this (None: no clipping)
     precision: str = "auto"  # "auto" (bf16/fp16 autocast on CUDA, fp32 on CPU) | "fp32" | "bf16" | "fp16"
     seed: int = 0  # seeds weights, data order and augmentation; same seed + CPU -> same weights

@@ -35,6 +35,62 @@ class StepResult:
     skipped: int  # broken items dropped from this step's batches (this rank)
 
 
+def local_features(
+    model: nn.Module,
+    batch: dict[str, Any],
+    ctx: DistContext,
+    autocast: Any,
+    text_cache: Any = None,
+    image_cache: Any = None,
+) -> tuple[Tensor, Tensor]:
+    """This rank's ``(image_emb [b, D], text_emb [b, D])`` float32 for one micro-batch."""
+    device = ctx.device
+    with autocast:
+        if len(batch["captions"]):
+            if image_cache is not None:
+                image_emb = image_cache(model, batch["images"])  # [b, D]
+            else:
+                pixel_values = batch["pixel_values"].to(device, non_blocking=True)  # [b, 3, H, W]
+                image_emb = model.image_features(pixel_values)  # [b, D]
+            if text_cache is not None:
+                text_emb = text_cache(model, batch["captions"])  # [b, D]
+            else:
+                captions = batch["captions"]
+                tokens = {k: v.to(device, non_blocking=True) for k, v in model.tokenize(captions).items()}
+                text_emb = model.text_features(tokens)  # [b, D]
+        else:  # every item of this shard was broken: take part in the collectives with no rows
+            grad = torch.is_grad_enabled()
+            image_emb = torch.zeros(0, model.embed_dim, device=device, requires_grad=grad)  # [0, D]
+            text_emb = torch.zeros(0, model.embed_dim, device=device, requires_grad=grad)  # [0, D]
+    return image_emb.float(), text_emb.float()
+
+
+def global_loss(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    image_emb: Tensor,
+    text_emb: Tensor,
+    image_ids: list[str],
+    ctx: DistContext,
+    detach_scale: bool = False,
+) -> tuple[Tensor | None, int]:
+    """The loss over every rank's rows (features gathered with their gradients); ``(None, 0)`` when
+    the global batch is empty. ``detach_scale`` keeps the logit scale/bias out of the gradient."""
+    ids = image_id_codes(image_ids, ctx.device)  # [b]
+    image_all = gather_with_grad(image_emb, ctx)  # [B, D] global batch, rank order
+    text_all = gather_with_grad(text_emb, ctx)  # [B, D]
+    ids_all = gather_no_grad(ids, ctx)  # [B]
+    if image_all.shape[0] == 0:
+        return None, 0
+    scale = model.logit_scale.exp()
+    bias = model.logit_bias
+    if detach_scale:
+        scale = scale.detach()
+        bias = bias.detach() if bias is not None else None
+    loss = loss_fn(image_all, text_all, scale, bias, image_ids=ids_all)
+    return loss, int(image_all.shape[0])
+
+
 def batch_loss(
     model: nn.Module,
     loss_fn: nn.Module,
@@ -48,35 +104,69 @@ def batch_loss(
     global batch is empty. Differentiable with respect to this rank's parameters. ``text_cache``
     (a :class:`~retrieval.training.frozen.FrozenTextFeatures`) replaces a locked text tower, and
     ``image_cache`` a locked image tower (the batch then carries ``"images"`` refs, not pixels)."""
-    device = ctx.device
-    n_local = len(batch["captions"])
-    with autocast:
-        if n_local:
-            if image_cache is not None:
-                image_emb = image_cache(model, batch["images"])  # [b, D]
-            else:
-                pixel_values = batch["pixel_values"].to(device, non_blocking=True)  # [b, 3, H, W]
-                image_emb = model.image_features(pixel_values)  # [b, D]
-            if text_cache is not None:
-                text_emb = text_cache(model, batch["captions"])  # [b, D]
-            else:
-                captions = batch["captions"]
-                tokens = {k: v.to(device, non_blocking=True) for k, v in model.tokenize(captions).items()}
-                text_emb = model.text_features(tokens)  # [b, D]
-        else:  # every item of this shard was broken: take part in the collectives with no rows
-            image_emb = torch.zeros(0, model.embed_dim, device=device, requires_grad=True)  # [0, D]
-            text_emb = torch.zeros(0, model.embed_dim, device=device, requires_grad=True)  # [0, D]
-    image_emb, text_emb = image_emb.float(), text_emb.float()
-    ids = image_id_codes(batch["image_ids"], device)  # [b]
-    image_all = gather_with_grad(image_emb, ctx)  # [B, D] global batch, rank order
-    text_all = gather_with_grad(text_emb, ctx)  # [B, D]
-    ids_all = gather_no_grad(ids, ctx)  # [B]
-    if image_all.shape[0] == 0:
-        return None, 0
-    scale = model.logit_scale.exp()
-    bias = model.logit_bias
-    loss = loss_fn(image_all, text_all, scale, bias, image_ids=ids_all)
-    return loss, int(image_all.shape[0])
+    image_emb, text_emb = local_features(model, batch, ctx, autocast, text_cache, image_cache)
+    return global_loss(model, loss_fn, image_emb, text_emb, batch["image_ids"], ctx)
+
+
+def _rng_state(device: torch.device) -> tuple[Tensor, Tensor | None]:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple[Tensor, Tensor | None], device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def _check(loss: Tensor) -> None:
+    if not torch.isfinite(loss):
+        raise TrainingDivergedError(f"the loss is {loss.item()}")
+
+
+def _accumulate(run: Any, micro: list[dict[str, Any]]) -> tuple[list[Tensor], int]:
+    """Backward of the step's micro-batches; returns the losses and the pairs trained on.
+
+    Default: each micro-batch is its own contrastive batch and the gradients are averaged. With
+    ``config.accum_features`` every micro-batch is contrasted with the whole step's batch, as if it
+    were one batch (the gradient cache of Gao et al. 2021, open_clip's ``accum_freq``): features of
+    all micro-batches are first computed without gradient; then each micro-batch is encoded again
+    with gradient (same dropout, RNG replayed) and the loss of the full batch, in which only its
+    rows carry gradient, is backpropagated. The logit scale/bias take their gradient once.
+    """
+    model, ctx, scaler = run.model, run.ctx, run.scaler
+    autocast = run.precision.autocast(ctx.device)
+    caches = (run.text_cache, run.image_cache)
+    if not run.config.accum_features or len(micro) == 1:
+        losses, pairs = [], 0
+        for batch in micro:
+            loss, n = batch_loss(model, run.loss_fn, batch, ctx, autocast, *caches)
+            if loss is None:
+                continue
+            _check(loss)
+            scaler.scale(loss / len(micro)).backward()
+            losses.append(loss.detach())
+            pairs += n
+        return losses, pairs
+    states, cached = [], []
+    with torch.no_grad():
+        for batch in micro:
+            states.append(_rng_state(ctx.device))
+            cached.append(local_features(model, batch, ctx, autocast, *caches))
+    image_ids = [i for batch in micro for i in batch["image_ids"]]
+    losses, pairs = [], 0
+    for j, batch in enumerate(micro):
+        _set_rng_state(states[j], ctx.device)
+        fresh = local_features(model, batch, ctx, autocast, *caches)
+        image_emb = torch.cat([fresh[0] if k == j else c[0] for k, c in enumerate(cached)])  # [b_total, D]
+        text_emb = torch.cat([fresh[1] if k == j else c[1] for k, c in enumerate(cached)])  # [b_total, D]
+        loss, n = global_loss(model, run.loss_fn, image_emb, text_emb, image_ids, ctx, detach_scale=j > 0)
+        if loss is None:
+            return [], 0
+        _check(loss)
+        scaler.scale(loss).backward()
+        losses, pairs = [loss.detach()], n
+    return losses, pairs
 
 
 def train_step(run: Any, batches: Iterator[dict[str, Any]], n_micro: int) -> StepResult:
@@ -86,22 +176,13 @@ def train_step(run: Any, batches: Iterator[dict[str, Any]], n_micro: int) -> Ste
     start = time.perf_counter()
     data_seconds = 0.0
     optimizer.zero_grad(set_to_none=True)
-    losses: list[Tensor] = []
-    pairs = skipped = 0
+    micro = []
     for _ in range(n_micro):
         t0 = time.perf_counter()
-        batch = next(batches)
+        micro.append(next(batches))
         data_seconds += time.perf_counter() - t0
-        skipped += int(batch.get("skipped", 0))
-        autocast = run.precision.autocast(ctx.device)
-        loss, n = batch_loss(model, run.loss_fn, batch, ctx, autocast, run.text_cache, run.image_cache)
-        if loss is None:
-            continue
-        if not torch.isfinite(loss):
-            raise TrainingDivergedError(f"the loss is {loss.item()}")
-        scaler.scale(loss / n_micro).backward()
-        losses.append(loss.detach())
-        pairs += n
+    skipped = sum(int(batch.get("skipped", 0)) for batch in micro)
+    losses, pairs = _accumulate(run, micro)
     params = [p for p in model.parameters() if p.requires_grad]
     average_gradients(params, ctx)
     grad_norm = None

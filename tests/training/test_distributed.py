@@ -79,10 +79,14 @@ def test_two_processes_match_one_process_on_the_combined_batch(tmp_path, tiny_mo
 
 
 @pytest.mark.slow
-def test_torchrun_training_matches_single_process_training(config, tmp_path):
+@pytest.mark.parametrize("accum", [1, 2], ids=["per-step", "feature-accumulation"])
+def test_torchrun_training_matches_single_process_training(config, tmp_path, accum):
     base = config.replace(val_data=None, max_steps=3, optimizer="sgd", checkpoint_every=0, warmup_steps=0)
     single = train(base.replace(out_dir=str(tmp_path / "single"), batch_size=8))
-    two = base.replace(out_dir=str(tmp_path / "two"), batch_size=4)  # 2 x 4 = the same global batch
+    # 2 processes x 4 pairs (or x 2 micro-batches of 2 pairs, features accumulated) = the same batch of 8
+    two = base.replace(
+        out_dir=str(tmp_path / "two"), batch_size=4 // accum, grad_accum=accum, accum_features=True
+    )
     two.save(tmp_path / "two.json")
     _torchrun("train", str(tmp_path / "two.json"))
     a = load_file(str(single.run_dir / "final" / "model.safetensors"))

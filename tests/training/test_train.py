@@ -72,13 +72,16 @@ def test_worker_processes_do_not_change_the_result(config, tmp_path):
     _assert_same_weights(inline.model_dir, workers.model_dir)
 
 
-@pytest.mark.parametrize("stop_at", [3, 4], ids=["mid-epoch", "epoch-end"])
-def test_resume_reaches_the_same_weights(config, tmp_path, stop_at):
+@pytest.mark.parametrize(
+    ("stop_at", "accum_features"), [(3, False), (4, True)], ids=["mid-epoch", "epoch-end-feature-accum"]
+)
+def test_resume_reaches_the_same_weights(config, tmp_path, stop_at, accum_features):
     # dropout, weighted sampling and random crops all draw randomness; accumulation spans steps
     config = config.replace(
         model=config.model.replace(dropout=0.2),
         sample_weight_column="weight",
         grad_accum=2,
+        accum_features=accum_features,
         batch_size=4,
         epochs=2,
         checkpoint_every=0,
@@ -234,3 +237,23 @@ def test_a_locked_tower_is_encoded_once_and_matches_the_uncached_run(config, tmp
     assert any(k.startswith(f"{side}_tower.") for k in a)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("loss", ["clip", "triplet"])
+def test_feature_accumulation_equals_one_big_batch(config, tmp_path, loss):
+    # 2 micro-batches of 4 contrasted against the whole step = one batch of 8 (same pairs per step)
+    base = config.replace(
+        loss=loss, val_data=None, max_steps=2, optimizer="sgd", warmup_steps=0, checkpoint_every=0
+    )
+    big = train(base.replace(out_dir=str(tmp_path / "big"), batch_size=8))
+    accum = train(
+        base.replace(out_dir=str(tmp_path / "accum"), batch_size=4, grad_accum=2, accum_features=True)
+    )
+    plain = train(base.replace(out_dir=str(tmp_path / "plain"), batch_size=4, grad_accum=2))
+    a, b, c = _weights(big.model_dir), _weights(accum.model_dir), _weights(plain.model_dir)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6, msg=key)
+    assert any(
+        not torch.allclose(a[k], c[k], rtol=1e-4, atol=1e-6) for k in a
+    )  # per-micro-batch negatives differ
+    assert big.last_loss == pytest.approx(accum.last_loss, rel=1e-4)
