@@ -235,7 +235,8 @@ class TrainConfig(ConfigBase):
     The defaults are the toolkit's documented default recipe: AdamW, cosine schedule with a short
     warmup, the CLIP loss, gradient clipping at 1, fp32 on CPU and mixed precision on GPU. One
     optimizer step sees ``batch_size * grad_accum * world_size`` pairs; in-batch negatives come from
-    each ``batch_size * world_size`` micro-batch (features are gathered across ranks).
+    each ``batch_size * world_size`` micro-batch (features are gathered across ranks), or from the
+    whole step's batch with ``accum_features``.
     """
 
     train_data: str = ""  # training pairs: manifest (.jsonl/.csv/.tsv/.parquet), image folder, .tar shard(s)
