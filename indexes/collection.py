@@ -683,7 +683,7 @@ class Collection:
         live = self._store.live_rows()
         vecs = self._store.vectors_view
         t0 = time.perf_counter()
-        sample = fi.train_index(self._index, vecs[live] if self._store.n_dead else vecs, seed=0)
+        sample = fi.train_index(self._index, vecs, seed=0, rows=live)
         ids = self._store.ids_view[live]
         for lo in range(0, live.size, _ADD_BATCH):
             rows = live[lo : lo + _ADD_BATCH]

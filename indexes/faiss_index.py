@@ -150,16 +150,19 @@ def min_train_size(index: faiss.Index) -> int:
     return need
 
 
-def train_index(index: faiss.Index, vectors: np.ndarray, seed: int = 0) -> int:
-    """Train on a seeded random sample of ``vectors`` [n, d]; returns the sample size used."""
-    n = vectors.shape[0]
+def train_index(
+    index: faiss.Index, vectors: np.ndarray, seed: int = 0, rows: np.ndarray | None = None
+) -> int:
+    """Train on a seeded random sample of ``vectors[rows]`` (all rows when None); returns the sample size.
+
+    Only the sampled rows are copied, so ``vectors`` may be a large (or memory-mapped) array.
+    """
+    rows = np.arange(vectors.shape[0]) if rows is None else rows
     info = describe(index)
     cap = max(MAX_POINTS_PER_CENTROID * max(info.nlist, 1), 65_536)
-    if n > cap:
-        rows = np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False))
-        sample = np.ascontiguousarray(vectors[rows])  # [cap, d]
-    else:
-        sample = np.ascontiguousarray(vectors)  # [n, d]
+    if rows.size > cap:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, size=cap, replace=False))
+    sample = np.ascontiguousarray(vectors[rows], dtype=np.float32)  # [min(n, cap), d]
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
         ivf.cp.seed = seed
