@@ -223,6 +223,7 @@ class EvalConfig(ConfigBase):
     templates: tuple[str, ...] = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.", "{}")  # prompts
     key_field: str = "image_id"  # collection metadata field that names an item's image (index evaluation)
     refine: int | None = None  # with a collection: exact re-scoring of refine * k index candidates
+    index_filter: str = "where"  # mixed collection: "where" (filtered search, as Searcher) | "post" (raw ANN, then filter)
     device: str | None = None  # "cpu" | "cuda" | None: cuda when available, else cpu
     progress: bool = False  # progress bars while encoding
     seed: int = 0  # which queries the sample grids show

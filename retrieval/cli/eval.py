@@ -35,6 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="items per forward pass")
     p.add_argument("--chunk-size", type=int, default=4096, help="queries/candidates per block of scores")
     p.add_argument("--refine", type=int, default=None, help="with --collection: exact re-scoring factor")
+    p.add_argument(
+        "--index-filter", choices=("where", "post"), default="where",
+        help="with --collection holding images and texts: filtered search as a Searcher does (where), or "
+        "an unfiltered ANN search then keeping one modality (post: measures the index itself)",
+    )  # fmt: skip
     p.add_argument("--samples", type=int, default=8, help="queries shown in each sample grid")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -57,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         n_samples=args.samples,
         zero_shot_label_column=args.zero_shot_labels,
         refine=args.refine,
+        index_filter=args.index_filter,
         device=args.device,
         progress=not args.no_progress,
         **({"templates": tuple(args.templates)} if args.templates else {}),

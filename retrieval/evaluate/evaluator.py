@@ -78,6 +78,8 @@ class EvalResult:
             out["index"] = {
                 "index_spec": self.index.index_spec,
                 "refine": self.index.refine,
+                "filter_mode": self.index.filter_mode,
+                "notes": list(self.index.notes),
                 "exact": self.index.exact,
                 "via_index": self.index.index,
                 "n_image_items": self.index.n_image_items,
@@ -237,7 +239,8 @@ def evaluate_model(
         t0 = time.perf_counter()
         index = compare_index(
             collection, text_emb, image_emb, image_keys, g, ks,
-            key_field=config.key_field, refine=config.refine, chunk_size=config.chunk_size,
+            key_field=config.key_field, refine=config.refine, filter_mode=config.index_filter,
+            chunk_size=config.chunk_size,
         )  # fmt: skip
         metrics.update({f"index/{key}": value for key, value in index.index.items()})
         seconds["index"] = time.perf_counter() - t0

@@ -46,6 +46,7 @@ class IndexComparison:
         n_text_items: text candidates in the collection (0: no i2t comparison).
         missing_images: evaluated images with no item in the collection (their texts are left out of t2i).
         refine: the ``refine`` factor passed to ``Collection.search``.
+        filter_mode: how one modality was selected ("where", "post", or "none" for an image-only collection).
         notes: remarks for the reader (e.g. searches the collection answered exactly).
     """
 
@@ -57,6 +58,7 @@ class IndexComparison:
     missing_images: int
     refine: int | None = None
     notes: tuple[str, ...] = ()
+    filter_mode: str = "where"
 
     def rows(self) -> list[tuple[str, float, float]]:
         """``(metric, exact, via index)`` for every metric measured both ways."""
@@ -65,6 +67,7 @@ class IndexComparison:
     def markdown(self) -> str:
         """A Markdown table: metric, exact, via the index, difference."""
         via = f"via {self.index_spec}" + (f" (refine {self.refine})" if self.refine else "")
+        via += " (unfiltered, post-filtered)" if self.filter_mode == "post" else ""
         lines = [f"| metric | exact | {via} | difference |", "|---|---:|---:|---:|"]
         for key, exact, approx in self.rows():
             lines.append(f"| {key} | {exact:.4f} | {approx:.4f} | {approx - exact:+.4f} |")
@@ -118,12 +121,30 @@ def _ranking_from_hits(
     return Ranking(len(hit_ids), n_candidates, cat(qs), cat(cs), cat(rs))
 
 
-def _search(collection: Any, queries: np.ndarray, k: int, where: dict[str, Any] | None, refine: int | None):
-    kwargs: dict[str, Any] = {"where": where}
-    if refine:
-        kwargs["refine"] = refine
-    scores, ids = collection.search(queries, k, **kwargs)
-    return np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float32)
+FILTER_MODES = ("where", "post")
+
+
+def _search(
+    collection: Any,
+    queries: np.ndarray,
+    k: int,
+    where: dict[str, Any] | None,
+    refine: int | None,
+    allowed: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, scores) [n, k]``: a filtered search, or with ``allowed`` an unfiltered one post-filtered."""
+    kwargs: dict[str, Any] = {"refine": refine} if refine else {}
+    if allowed is None:
+        scores, ids = collection.search(queries, k, where=where, **kwargs)
+        return np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float32)
+    oversample = int(np.ceil(2 * len(collection) / max(len(allowed), 1)))
+    scores, ids = collection.search(queries, min(len(collection), k * oversample), **kwargs)  # [n, kk]
+    ids, scores = np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float32)
+    keep = np.isin(ids, allowed)  # [n, kk]
+    first = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # kept hits first, in result order
+    ids, scores = np.take_along_axis(ids, first, 1), np.take_along_axis(scores, first, 1)
+    kept = np.take_along_axis(keep, first, 1)
+    return np.where(kept, ids, -1), np.where(kept, scores, -np.inf).astype(np.float32)
 
 
 def _at_k(metrics: dict[str, float]) -> dict[str, float]:
@@ -140,6 +161,7 @@ def compare_index(
     *,
     key_field: str = "image_id",
     refine: int | None = None,
+    filter_mode: str = "where",
     chunk_size: int = 4096,
 ) -> IndexComparison:
     """Retrieval metrics of exact search and of the collection's index, side by side.
@@ -155,9 +177,16 @@ def compare_index(
         ks: cutoffs; the index is searched with ``k = max(ks)``.
         key_field: metadata field of the collection's items naming their image.
         refine: passed to ``Collection.search`` (exact re-scoring of ``refine * k`` candidates).
+        filter_mode: how a mixed image/text collection is searched for one modality:
+            ``"where"`` -- ``search(where={"modality": ...})``, as a Searcher does (the
+            collection may answer small filtered searches exactly); ``"post"`` -- an
+            unfiltered ANN search for ``k * ceil(2 * all items / that modality's items)``
+            hits, keeping that modality's first ``k`` (measures the index itself).
         chunk_size: block size of the exact scoring.
     """
     ks = _check_ks(ks)
+    if filter_mode not in FILTER_MODES:
+        raise ValueError(f"filter_mode must be one of {list(FILTER_MODES)}, received {filter_mode!r}")
     k_max = max(ks)
     te = torch.as_tensor(np.asarray(text_emb, dtype=np.float32))  # [T, D]
     ie = torch.as_tensor(np.asarray(image_emb, dtype=np.float32))  # [I, D]
@@ -202,12 +231,15 @@ def compare_index(
     exact: dict[str, float] = {}
     index: dict[str, float] = {}
     where_image = {"modality": "image"} if has_modality else None
+    post = has_modality and filter_mode == "post"
     # text -> image
     cand = torch.as_tensor(np.asarray(collection.vectors(image_ids), dtype=np.float32))  # [Ni, D]
     t2i_exact, _ = embedding_rankings(te, cand, torch.as_tensor(g_items), chunk_size, i2t=False)
     assert t2i_exact is not None
     exact.update(ranking_metrics(t2i_exact, ks, "t2i/"))
-    hit_ids, hit_scores = _search(collection, te.numpy(), k_max, where_image, refine)
+    hit_ids, hit_scores = _search(
+        collection, te.numpy(), k_max, where_image, refine, image_ids if post else None
+    )
     relevant = [image_ids[[j]] if j >= 0 else image_ids[:0] for j in g_items]
     index.update(
         _at_k(ranking_metrics(_ranking_from_hits(hit_ids, hit_scores, relevant, len(image_ids)), ks, "t2i/"))
@@ -221,7 +253,9 @@ def compare_index(
             _, i2t_exact = embedding_rankings(tcand, ie, torch.as_tensor(text_targets), chunk_size, t2i=False)
             assert i2t_exact is not None
             exact.update(ranking_metrics(i2t_exact, ks, "i2t/", true_recall=True))
-            hit_ids, hit_scores = _search(collection, ie.numpy(), k_max, {"modality": "text"}, refine)
+            hit_ids, hit_scores = _search(
+                collection, ie.numpy(), k_max, {"modality": "text"}, refine, text_ids if post else None
+            )
             order = np.argsort(text_targets, kind="stable")
             bounds = np.searchsorted(text_targets[order], np.arange(n_images + 1))
             relevant = [text_ids[order[bounds[i] : bounds[i + 1]]] for i in range(n_images)]
@@ -229,14 +263,15 @@ def compare_index(
             index.update(_at_k(ranking_metrics(ranking, ks, "i2t/", true_recall=True)))
     notes = []
     exact_max = getattr(collection, "exact_filter_max", None)
-    if has_modality and isinstance(exact_max, int):
+    if has_modality and not post and isinstance(exact_max, int):
         small = [
             name for name, n in (("images", len(image_ids)), ("texts", len(text_ids))) if 0 < n <= exact_max
         ]
         if small:
             notes.append(
                 f"The collection answers searches filtered to at most {exact_max} items exactly "
-                f"({' and '.join(small)} here), as a Searcher would: the index is not used for them."
+                f"({' and '.join(small)} here), as a Searcher would: the index is not used for them "
+                "(filter_mode 'post' measures the index itself)."
             )
     return IndexComparison(
         notes=tuple(notes),
@@ -247,4 +282,5 @@ def compare_index(
         n_text_items=len(text_ids),
         missing_images=missing_images,
         refine=refine,
+        filter_mode=filter_mode if has_modality else "none",
     )

@@ -68,7 +68,7 @@ def test_cli_smoke(dataset, tmp_path, capsys):
     out = tmp_path / "report"
     argv = ["eval", "--model", str(model_dir), str(manifest), "--id-column", "id", "--out", str(out),
             "-k", "1", "5", "--zero-shot-labels", "label", "--collection", str(tmp_path / "coll"),
-            "--samples", "3", "--no-progress"]  # fmt: skip
+            "--samples", "3", "--index-filter", "post", "--no-progress"]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "16 captions, 8 images" in printed and f"report: {out}" in printed and "zero-shot" in printed

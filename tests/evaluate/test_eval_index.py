@@ -110,3 +110,19 @@ def test_collection_of_another_model_is_refused(tmp_path):
         pytest.raises(ValueError, match="0123abcd"),
     ):
         evaluate_model(KeywordEncoder(), pairs, collection=c)
+
+
+def test_post_filter_measures_the_index_of_a_mixed_collection(tmp_path):
+    text, image, g = clustered(1000, 1, 32, seed=4)
+    coll, keys = build(tmp_path / "c", text, image, g, "IVF16,PQ4x4", with_texts=True)
+    with coll:
+        where = compare_index(coll, text, image, keys, g, ks=(1, 10), refine=1)
+        post = compare_index(coll, text, image, keys, g, ks=(1, 10), refine=1, filter_mode="post")
+        with pytest.raises(ValueError, match="filter_mode"):
+            compare_index(coll, text, image, keys, g, filter_mode="pre")
+    assert where.exact == post.exact
+    assert where.index["t2i/R@10"] == pytest.approx(where.exact["t2i/R@10"])  # small filtered set: exact
+    assert where.notes and not post.notes
+    assert post.index["t2i/R@10"] < post.exact["t2i/R@10"]
+    assert post.index["i2t/R@10"] < post.exact["i2t/R@10"]
+    assert "post-filtered" in post.markdown()
