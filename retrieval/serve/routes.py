@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -102,6 +102,25 @@ def hit_out(served: ServedCollection, hit: Hit) -> HitOut:
         metadata=visible(served, hit.metadata),
         image_url=image_path(served, hit.id, hit.metadata),
     )
+
+
+def thumbnail(content: Path | bytes, max_side: int, max_pixels: int) -> bytes | None:
+    """A JPEG no larger than ``max_side`` of an image file, or ``None`` to serve the file as it is
+    (already small, or a format Pillow cannot decode such as SVG)."""
+    import io
+
+    from retrieval.data import ImageDecodeError, load_image
+
+    try:
+        image = load_image(content if isinstance(content, bytes) else str(content), max_pixels=max_pixels)
+    except ImageDecodeError:
+        return None
+    if max(image.size) <= max_side:
+        return None
+    image.thumbnail((max_side, max_side))
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
 
 
 def api_router(service: Service) -> APIRouter:
@@ -235,9 +254,19 @@ def api_router(service: Service) -> APIRouter:
         summary="An item's image file (only files inside the collection's media root)",
         response_class=Response,
     )
-    async def item_image(name: str, item_id: int) -> Response:
+    async def item_image(
+        name: str,
+        item_id: int,
+        max_side: Annotated[
+            int | None, Query(ge=16, le=2048, description="a JPEG thumbnail no larger than this, for grids")
+        ] = None,
+    ) -> Response:
         served = service.get(name)
         content, media_type = await served.run(served.media, item_id)
+        if max_side is not None:
+            thumb = await service.work(thumbnail, content, max_side, config.max_image_pixels)
+            if thumb is not None:
+                return Response(thumb, media_type="image/jpeg", headers=MEDIA_HEADERS)
         if isinstance(content, Path):
             return FileResponse(content, media_type=media_type, headers=MEDIA_HEADERS)
         return Response(content, media_type=media_type, headers=MEDIA_HEADERS)

@@ -90,6 +90,9 @@ def test_item_metadata_and_image(client):
     assert img.headers["content-type"] == "image/png"
     assert img.content[:8] == b"\x89PNG\r\n\x1a\n"
     assert "sandbox" in img.headers["content-security-policy"]
+    # a thumbnail is only made when the image is larger than asked (these squares are tiny)
+    assert client.get(item["image_url"] + "?max_side=16").headers["content-type"] == "image/png"
+    assert client.get(item["image_url"] + "?max_side=5").status_code == 422
 
 
 def test_page_is_served(client):
@@ -222,3 +225,32 @@ def test_collection_names_must_fit_in_urls(config, encoder):
         create_app(
             config.replace(collections={"a/b": config.collections["shapes"]}, media_roots={}), model=encoder
         )
+
+
+def test_thumbnails(tmp_path, encoder):
+    import io
+
+    import numpy as np
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from indexes import Collection
+    from retrieval.config import ServeConfig
+    from retrieval.serve import create_app
+
+    media = tmp_path / "media"
+    media.mkdir()
+    Image.new("RGB", (640, 320), (200, 10, 10)).save(media / "big.png")
+    (media / "logo.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>')
+    with Collection.create(tmp_path / "c", dim=8, index="Flat") as coll:
+        coll.add(np.eye(8, dtype=np.float32)[:2], [{"path": "big.png"}, {"path": "logo.svg"}])
+    cfg = ServeConfig(
+        collections={"c": str(tmp_path / "c")}, media_roots={"c": str(media)}, reload_interval=0
+    )
+    with TestClient(create_app(cfg, model=encoder)) as client:
+        r = client.get("/collections/c/items/0/image?max_side=64")
+        assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+        assert Image.open(io.BytesIO(r.content)).size == (64, 32)
+        r = client.get("/collections/c/items/1/image?max_side=64")  # not decodable: the file itself
+        assert r.status_code == 200 and r.headers["content-type"] == "image/svg+xml"
+        assert "sandbox" in r.headers["content-security-policy"]
