@@ -131,6 +131,7 @@ class _Run:
         self.bad_epochs = 0
         self.last_checkpoint: Path | None = None
         self.last_plot = -math.inf
+        self.val_caches: dict[str, Any] = {}  # locked-tower outputs on the validation set
         if self.resume_from is not None:
             state = ckpt.restore_training_state(
                 self.resume_from, self.optimizer, self.scaler, restore_rng=True
@@ -311,7 +312,7 @@ class _Run:
         config, ctx = self.config, self.ctx
         stop = 0.0
         if ctx.is_main and self.val_pairs is not None:
-            metrics = validate(self.model, self.val_pairs, config, ctx.device)
+            metrics = validate(self.model, self.val_pairs, config, ctx.device, self.val_caches)
             value = metrics.get(config.select_metric)
             if value is None:
                 raise ValueError(

@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import signal
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -210,25 +211,54 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
     raise ValueError(f"unknown precision {name!r}; choose one of {list(PRECISIONS)}")
 
 
-def validate(model: Any, pairs: Any, config: TrainConfig, device: torch.device) -> dict[str, float]:
+def validate(
+    model: Any, pairs: Any, config: TrainConfig, device: torch.device, caches: dict[str, Any] | None = None
+) -> dict[str, float]:
     """Retrieval metrics of ``model`` on validation ``pairs`` (t2i/i2t R@1/5/10, MRR, ...) plus
-    ``"mean_recall"``, the mean of the six R@K (the "rsum" of VSE papers divided by 6)."""
-    from retrieval.evaluate import retrieval_metrics_from_embeddings
+    ``"mean_recall"``, the mean of the six R@K (the "rsum" of VSE papers divided by 6).
 
+    With ``caches`` (a dict kept between calls) and ``config.cache_locked_features``, the outputs of
+    fully locked towers on the validation set are computed at the first call and reused: later
+    validations only run the projection heads on that side.
+    """
+    from retrieval.evaluate import retrieval_metrics_from_embeddings
+    from retrieval.training.frozen import (
+        FrozenImageFeatures,
+        FrozenTextFeatures,
+        image_tower_is_frozen,
+        text_tower_is_frozen,
+    )
+
+    use_cache = caches is not None and config.cache_locked_features
+    batch = config.val_batch_size
+    images, captions = pairs.images(), pairs.captions()
     was_training = model.training
     try:
-        image_emb = model.encode_images(
-            pairs.images(), batch_size=config.val_batch_size, device=device
-        )  # [I, D]
-        text_emb = model.encode_texts(
-            pairs.captions(), batch_size=config.val_batch_size, device=device
-        )  # [T, D]
+        model.eval()
+        if use_cache and image_tower_is_frozen(model):
+            if "image" not in caches:
+                caches["image"] = FrozenImageFeatures(model, images, device, batch)
+            image_emb = _project(caches["image"], model, images, batch)  # [I, D]
+        else:
+            image_emb = model.encode_images(images, batch_size=batch, device=device)  # [I, D]
+        if use_cache and text_tower_is_frozen(model):
+            if "text" not in caches:
+                caches["text"] = FrozenTextFeatures(model, captions, device, batch)
+            text_emb = _project(caches["text"], model, captions, batch)  # [T, D]
+        else:
+            text_emb = model.encode_texts(captions, batch_size=batch, device=device)  # [T, D]
     finally:
         model.train(was_training)
     metrics = retrieval_metrics_from_embeddings(text_emb, image_emb, pairs.text_to_image(), ks=(1, 5, 10))
     recalls = [metrics[f"{d}/R@{k}"] for d in ("t2i", "i2t") for k in (1, 5, 10)]
     metrics["mean_recall"] = sum(recalls) / len(recalls)
     return {k: float(v) for k, v in metrics.items()}
+
+
+def _project(cache: Any, model: Any, keys: Sequence[str], batch: int) -> torch.Tensor:
+    with torch.no_grad():
+        parts = [cache(model, keys[i : i + batch]) for i in range(0, len(keys), batch)]
+    return torch.cat(parts).cpu()  # [N, D]
 
 
 class StopSignals:

@@ -257,3 +257,23 @@ def test_feature_accumulation_equals_one_big_batch(config, tmp_path, loss):
         not torch.allclose(a[k], c[k], rtol=1e-4, atol=1e-6) for k in a
     )  # per-micro-batch negatives differ
     assert big.last_loss == pytest.approx(accum.last_loss, rel=1e-4)
+
+
+def test_validation_reuses_locked_tower_outputs(config, dataset):
+    from retrieval.data import read_pairs
+    from retrieval.training.setup import validate
+
+    config = config.replace(model=config.model.replace(lock_text=True, lock_image=True))
+    model = build_model(config.model, captions=["a red circle"], device="cpu")
+    calls = []
+    model.text_tower.register_forward_hook(lambda module, args, out: calls.append("text"))
+    model.image_tower.register_forward_hook(lambda module, args, out: calls.append("image"))
+    pairs = read_pairs(str(dataset["val"]))
+    caches: dict = {}
+    first = validate(model, pairs, config, torch.device("cpu"), caches)
+    n_calls = len(calls)
+    second = validate(model, pairs, config, torch.device("cpu"), caches)
+    assert len(calls) == n_calls  # the towers did not run again
+    plain = validate(model, pairs, config, torch.device("cpu"))
+    for key, value in plain.items():
+        assert first[key] == pytest.approx(value, abs=1e-6) and second[key] == first[key], key
