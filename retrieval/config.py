@@ -173,6 +173,7 @@ class ServeConfig(ConfigBase):
     max_result_ids: int = 1000  # clip-retrieval `num_result_ids` is capped at this many
     workers: int = 4  # threads that decode and encode queries (the model is shared by all of them)
     batch_size: int = 32  # most queries encoded in one forward pass (queries arriving together are batched)
+    max_connections: int = 256  # beyond this many concurrent connections the server answers 503
     reload_interval: float = 2.0  # seconds between checks for a collection changed on disk (0: only on /reload)
     cors_origins: tuple[str, ...] = ()  # origins allowed to call the API from a browser ("*" for any)
     hidden_fields: tuple[str, ...] = ()  # metadata fields never returned (e.g. "path" to hide server paths)

@@ -44,4 +44,11 @@ def run(config: ServeConfig) -> None:
     app = create_app(config)
     logger.info("serving %s on http://%s:%d/", sorted(config.collections), config.host, config.port)
     # log_config=None: uvicorn logs through the handlers the caller (the CLI) configured.
-    uvicorn.run(app, host=config.host, port=config.port, log_config=None, access_log=False)
+    uvicorn.run(
+        app,
+        host=config.host,
+        port=config.port,
+        log_config=None,
+        access_log=False,
+        limit_concurrency=config.max_connections,
+    )
