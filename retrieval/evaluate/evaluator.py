@@ -157,6 +157,61 @@ def _image_labels(pairs: Any, column: str) -> dict[str, Any]:
     return labels
 
 
+@dataclasses.dataclass
+class _Encoded:
+    """The evaluated set after encoding: broken images (and their captions) removed."""
+
+    images: list[str]
+    image_keys: list[str]
+    captions: list[str]
+    text_to_image: np.ndarray  # [T]
+    image_emb: torch.Tensor  # [I, D]
+    text_emb: torch.Tensor  # [T, D]
+    skipped: list[tuple[str, str]]
+
+
+def _encode_pairs(model: Any, pairs: Any, batch_size: int, config: EvalConfig) -> _Encoded:
+    images, image_keys = pairs.images(), pairs.image_ids()
+    captions, g = pairs.captions(), pairs.text_to_image()
+    image_emb, kept, skipped = encode_images_skipping_broken(
+        model, images, batch_size, config.device, config.progress
+    )  # [I', D]
+    if len(kept) < len(images):
+        new_index = np.full(len(images), -1, dtype=np.int64)
+        new_index[kept] = np.arange(len(kept))
+        keep_text = new_index[g] >= 0
+        skipped.extend(
+            (f"caption {t}", "its image could not be encoded") for t in np.nonzero(~keep_text)[0].tolist()
+        )
+        images, image_keys = [images[i] for i in kept], [image_keys[i] for i in kept]
+        captions = [c for c, k in zip(captions, keep_text) if k]
+        g = new_index[g[keep_text]]
+    text_emb = torch.as_tensor(
+        model.encode_texts(captions, batch_size=batch_size, device=config.device, progress=config.progress)
+    ).float()  # [T, D]
+    return _Encoded(
+        list(images), list(image_keys), list(captions), np.asarray(g, np.int64), image_emb, text_emb, skipped
+    )
+
+
+def _zero_shot(
+    model: Any, pairs: Any, enc: _Encoded, config: EvalConfig, batch_size: int
+) -> tuple[ZeroShotResult, np.ndarray]:
+    """Zero-shot classification of the encoded images that have a label; adds the others to ``enc.skipped``."""
+    assert config.zero_shot_label_column is not None
+    labels = _image_labels(pairs, config.zero_shot_label_column)
+    keys = enc.image_keys
+    chosen = np.array([i for i, key in enumerate(keys) if key in labels], dtype=np.int64)
+    enc.skipped.extend(
+        (enc.images[i], "no zero-shot label") for i, key in enumerate(keys) if key not in labels
+    )
+    result = zero_shot_from_labels(
+        model, enc.image_emb[chosen], [labels[keys[i]] for i in chosen], config.templates,
+        ks=(1, 5), batch_size=batch_size,
+    )  # fmt: skip
+    return result, chosen
+
+
 def evaluate_model(
     model: Any,
     pairs: Any,
@@ -201,31 +256,11 @@ def evaluate_model(
             f"{fingerprint}: evaluate with the model that built it, or re-embed the collection"
         )
     seconds: dict[str, float] = {}
-    images, image_keys = pairs.images(), pairs.image_ids()
-    captions, g = pairs.captions(), pairs.text_to_image()
-    skipped: list[tuple[str, str]] = []
-
     t0 = time.perf_counter()
-    image_emb, kept, broken = encode_images_skipping_broken(
-        model, images, batch_size, config.device, config.progress
-    )  # [I', D]
-    skipped.extend(broken)
-    if len(kept) < len(images):
-        new_index = np.full(len(images), -1, dtype=np.int64)
-        new_index[kept] = np.arange(len(kept))
-        keep_text = new_index[g] >= 0
-        skipped.extend(
-            (f"caption {t}", "its image could not be encoded") for t in np.nonzero(~keep_text)[0].tolist()
-        )
-        images, image_keys = [images[i] for i in kept], [image_keys[i] for i in kept]
-        captions = [c for c, k in zip(captions, keep_text) if k]
-        g = new_index[g[keep_text]]
-    seconds["encode_images"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    text_emb = torch.as_tensor(
-        model.encode_texts(captions, batch_size=batch_size, device=config.device, progress=config.progress)
-    ).float()  # [T, D]
-    seconds["encode_texts"] = time.perf_counter() - t0
+    enc = _encode_pairs(model, pairs, batch_size, config)
+    seconds["encode"] = time.perf_counter() - t0
+    images, image_keys, captions, g = enc.images, enc.image_keys, enc.captions, enc.text_to_image
+    image_emb, text_emb, skipped = enc.image_emb, enc.text_emb, enc.skipped
 
     t0 = time.perf_counter()
     t2i, i2t = retrieval_rankings_from_embeddings(
@@ -248,15 +283,7 @@ def evaluate_model(
     zero_shot, zs_images = None, None
     if config.zero_shot_label_column:
         t0 = time.perf_counter()
-        labels = _image_labels(pairs, config.zero_shot_label_column)
-        zs_images = np.array([i for i, key in enumerate(image_keys) if key in labels], dtype=np.int64)
-        skipped.extend(
-            (images[i], "no zero-shot label") for i, key in enumerate(image_keys) if key not in labels
-        )
-        zero_shot = zero_shot_from_labels(
-            model, image_emb[zs_images], [labels[image_keys[i]] for i in zs_images], config.templates,
-            ks=(1, 5), batch_size=batch_size,
-        )  # fmt: skip
+        zero_shot, zs_images = _zero_shot(model, pairs, enc, config, batch_size)
         metrics.update(zero_shot.metrics())
         seconds["zero_shot"] = time.perf_counter() - t0
 
@@ -265,10 +292,10 @@ def evaluate_model(
         ks=ks,
         t2i=t2i,
         i2t=i2t,
-        images=list(images),
-        image_keys=list(image_keys),
-        captions=list(captions),
-        text_to_image=np.asarray(g, dtype=np.int64),
+        images=images,
+        image_keys=image_keys,
+        captions=captions,
+        text_to_image=g,
         index=index,
         zero_shot=zero_shot,
         zero_shot_images=zs_images,
