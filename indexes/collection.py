@@ -485,7 +485,8 @@ class Collection:
         """Append vectors [n, d] (float64 is converted) with one metadata dict each; returns their new ids."""
         self._check_open(write=True)
         vecs = self._as_vectors(vectors, "vectors", allow_1d=False)  # [n, d]
-        texts = validate_metadata(metadata, vecs.shape[0])
+        counts: dict[str, int] = {}
+        texts = validate_metadata(metadata, vecs.shape[0], counts)
         n = vecs.shape[0]
         ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
         if n == 0:
@@ -499,7 +500,7 @@ class Collection:
         if self._index_live:
             self._index.add_with_ids(vecs, ids)
         try:
-            self._meta.insert(ids, texts)
+            self._meta.insert(ids, texts, counts)
         except BaseException:
             if self._index_live and self._kind.supports_remove:
                 self._index.remove_ids(ids)

@@ -56,10 +56,13 @@ def _json_path(field: str) -> str:
     return '$."' + field + '"'
 
 
-def validate_metadata(metadata: Sequence[dict[str, Any] | None] | None, n: int) -> list[str]:
+def validate_metadata(
+    metadata: Sequence[dict[str, Any] | None] | None, n: int, counts: dict[str, int] | None = None
+) -> list[str]:
     """Check ``metadata`` (one dict per vector, or ``None``) and return one JSON text per item.
 
     Raises ``ValueError`` naming the first bad item. The caller's dicts are not modified.
+    ``counts``, when given, receives how many items carry each field (for :meth:`MetadataStore.insert`).
     """
     if metadata is None:
         return ["{}"] * n
@@ -86,6 +89,8 @@ def validate_metadata(metadata: Sequence[dict[str, Any] | None] | None, n: int) 
                     f"metadata[{i}] has field name {key!r}: field names must be non-empty strings "
                     'without double quotes (")'
                 )
+            if counts is not None:
+                counts[key] = counts.get(key, 0) + 1
         try:
             texts.append(json.dumps(item, allow_nan=False, ensure_ascii=False, separators=(",", ":")))
         except (TypeError, ValueError) as exc:
@@ -184,14 +189,18 @@ class MetadataStore:
         if self.read_only:
             raise ValueError("this metadata store is read-only: open the collection with read_only=False")
 
-    def insert(self, ids: np.ndarray, texts: Sequence[str]) -> None:
-        """Store ``texts[i]`` (a JSON object, see :func:`validate_metadata`) under ``ids[i]``."""
+    def insert(self, ids: np.ndarray, texts: Sequence[str], counts: dict[str, int] | None = None) -> None:
+        """Store ``texts[i]`` (a JSON object, see :func:`validate_metadata`) under ``ids[i]``.
+
+        ``counts`` (field -> items carrying it) as filled by :func:`validate_metadata`; computed when None.
+        """
         self._writable()
-        counts: dict[str, int] = {}
-        for text in texts:
-            if text != "{}":
-                for key in json.loads(text):
-                    counts[key] = counts.get(key, 0) + 1
+        if counts is None:
+            counts = {}
+            for text in texts:
+                if text != "{}":
+                    for key in json.loads(text):
+                        counts[key] = counts.get(key, 0) + 1
         with self._con:
             self._con.executemany(
                 "INSERT INTO items (id, data) VALUES (?, ?)", zip((int(i) for i in ids), texts)
