@@ -5,6 +5,7 @@ Skipped, with the reason, when Playwright for Python or the Chromium binary is m
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -59,8 +60,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def live_server(config, encoder):
+@contextlib.contextmanager
+def _serving(config, encoder):
+    """The app under uvicorn on a free loopback port, in a thread; yields its base URL."""
     import uvicorn
 
     from retrieval.serve import create_app
@@ -76,9 +78,17 @@ def live_server(config, encoder):
         if time.monotonic() > deadline or not thread.is_alive():
             pytest.fail("uvicorn did not start")
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def live_server(config, encoder):
+    with _serving(config, encoder) as url:
+        yield url
 
 
 @pytest.fixture
@@ -162,5 +172,38 @@ def test_search_page_in_chromium(chromium: str, live_server: str, tmp_path: Path
             if shot:
                 page.screenshot(path=shot, full_page=True)
             assert not errors, errors
+        finally:
+            browser.close()
+
+
+def test_search_page_asks_for_the_api_key(chromium: str, config, encoder):
+    """With an API key set, the page prompts for it once, then searches and loads thumbnails with it."""
+    from playwright import sync_api
+
+    with _serving(config.replace(api_key="let-me-in"), encoder) as url, sync_api.sync_playwright() as pw:
+        try:
+            browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        except Exception as exc:
+            pytest.skip(f"Chromium at {chromium} cannot start here: {exc}")
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(15_000)
+            prompts: list[str] = []
+
+            def answer(dialog) -> None:
+                prompts.append(dialog.message)
+                dialog.accept("let-me-in")
+
+            page.on("dialog", answer)
+            page.goto(url)
+            page.wait_for_selector("#collection option", state="attached")
+            page.fill("#query", "yellow")
+            page.click("#search-btn")
+            page.wait_for_selector(".result img")
+            _until(
+                lambda: all(_img_loaded(i) for i in page.query_selector_all(".result img")), "thumbnails load"
+            )
+            assert page.locator(".result .caption").all_inner_texts()[:4] == ["a yellow square"] * 4
+            assert len(prompts) == 1 and "API key" in prompts[0]
         finally:
             browser.close()
