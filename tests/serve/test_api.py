@@ -254,3 +254,20 @@ def test_thumbnails(tmp_path, encoder):
         r = client.get("/collections/c/items/1/image?max_side=64")  # not decodable: the file itself
         assert r.status_code == 200 and r.headers["content-type"] == "image/svg+xml"
         assert "sandbox" in r.headers["content-security-policy"]
+
+
+def test_an_empty_collection_answers_with_no_hits(tmp_path, encoder):
+    from fastapi.testclient import TestClient
+
+    from indexes import Collection
+    from retrieval.config import ServeConfig
+    from retrieval.serve import create_app
+
+    Collection.create(tmp_path / "empty", dim=8, index="Flat").close()
+    cfg = ServeConfig(collections={"empty": str(tmp_path / "empty")}, reload_interval=0)
+    with TestClient(create_app(cfg, model=encoder)) as c:
+        assert c.get("/collections/empty").json()["count"] == 0
+        r = c.post("/collections/empty/search/text", json={"text": "red", "k": 5, "modality": "image"})
+        assert r.status_code == 200 and r.json()["hits"] == []
+        r = c.post("/knn-service", json={"text": "red", "num_images": 3, "deduplicate": True})
+        assert r.status_code == 200 and r.json() == []
