@@ -202,6 +202,7 @@ def test_any_json_body_on_the_search_endpoints_gets_a_json_answer(client):
     @settings(
         max_examples=50,
         deadline=None,
+        derandomize=True,
         database=None,
         suppress_health_check=[HealthCheck.function_scoped_fixture],
     )

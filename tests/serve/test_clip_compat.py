@@ -167,6 +167,7 @@ def test_any_json_body_gets_an_answer_never_a_500(client):
     @settings(
         max_examples=60,
         deadline=None,
+        derandomize=True,
         database=None,
         suppress_health_check=[HealthCheck.function_scoped_fixture],
     )
