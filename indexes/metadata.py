@@ -56,6 +56,15 @@ def _json_path(field: str) -> str:
     return '$."' + field + '"'
 
 
+def _json_default(value: Any) -> Any:
+    """numpy scalars and arrays become their Python equivalents; anything else is refused."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 def validate_metadata(
     metadata: Sequence[dict[str, Any] | None] | None, n: int, counts: dict[str, int] | None = None
 ) -> list[str]:
@@ -92,11 +101,15 @@ def validate_metadata(
             if counts is not None:
                 counts[key] = counts.get(key, 0) + 1
         try:
-            texts.append(json.dumps(item, allow_nan=False, ensure_ascii=False, separators=(",", ":")))
+            texts.append(
+                json.dumps(
+                    item, allow_nan=False, ensure_ascii=False, separators=(",", ":"), default=_json_default
+                )
+            )
         except (TypeError, ValueError) as exc:
             raise ValueError(
-                f"metadata[{i}] is not JSON-serialisable ({exc}): use str/int/float/bool/None, lists and dicts; "
-                "NaN and infinity are not allowed"
+                f"metadata[{i}] is not JSON-serialisable ({exc}): use str/int/float/bool/None, lists and dicts "
+                "(numpy scalars and arrays are converted); NaN and infinity are not allowed"
             ) from exc
     return texts
 

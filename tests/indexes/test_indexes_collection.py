@@ -140,3 +140,12 @@ def test_cli_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_import_indexes_loads_no_torch() -> None:
     code = "import sys, indexes; from indexes import Collection; assert 'torch' not in sys.modules, 'torch loaded'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_numpy_metadata_values_are_converted(tmp_path: Path) -> None:
+    meta = [{"n": np.int64(3), "f": np.float32(0.5), "v": np.arange(2), "b": np.bool_(True)}]
+    with Collection.create(tmp_path / "c", 4, index="Flat") as coll:
+        ids = coll.add(np.eye(4, dtype=np.float32)[:1], meta)
+        assert coll.get(ids) == [{"n": 3, "f": 0.5, "v": [0, 1], "b": True}]
+        _, found = coll.search(np.eye(4)[0], 1, where={"n": np.int64(3), "b": True})
+        assert found.tolist() == [[0]]
