@@ -183,3 +183,29 @@ def test_retrieval_serve_process_answers_and_stops(collection_dir):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_collections_sharing_a_model_folder_load_it_once(monkeypatch, tmp_path, collection_dir):
+    from retrieval.serve import app as app_module
+    from retrieval.serve import create_app
+    from retrieval.serve.encoding import ModelRunner
+
+    from ._fakes import KeywordEncoder
+
+    loads: list[str] = []
+
+    def fake_load(directory, device=None, batch_size=32):
+        loads.append(directory)
+        return ModelRunner(KeywordEncoder(), directory, batch_size)
+
+    monkeypatch.setattr(app_module, "load_model", fake_load)
+    cfg = ServeConfig(
+        collections={"a": str(collection_dir), "b": str(collection_dir)},
+        model=str(tmp_path),
+        reload_interval=0,
+    )
+    app = create_app(cfg)
+    service = app.state.service
+    assert loads == [str(tmp_path)]
+    assert service.collections["a"].model is service.collections["b"].model
+    service.close()
