@@ -50,7 +50,9 @@ class CollectionBusyError(RuntimeError):
 
 
 def fsync_dir(path: Path) -> None:
-    """Make a directory's entries (new files, renames) durable."""
+    """Make a directory's entries (new files, renames) durable (a no-op where directories cannot be opened)."""
+    if os.name == "nt":  # pragma: no cover - Windows cannot fsync a directory handle
+        return
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
