@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["choose_index", "estimate_memory", "parse_memory", "recall_at_k", "tune"]
+__all__ = ["choose_index", "drop_self", "estimate_memory", "parse_memory", "recall_at_k", "tune"]
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     return hits / total if total else 1.0
 
 
-def _drop_self(ids: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:
+def drop_self(ids: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:
     """Remove each row's own id from [q, k+1] results and keep k columns."""
     out = np.full((ids.shape[0], k), -1, dtype=np.int64)
     for r in range(ids.shape[0]):
@@ -196,7 +196,7 @@ def tune(
         if knob:
             params[knob] = value
         t0 = time.perf_counter()
-        found = _drop_self(run(params, k + 1), self_ids, k)
+        found = drop_self(run(params, k + 1), self_ids, k)
         seconds = time.perf_counter() - t0
         recall = recall_at_k(found, truth)
         logger.debug("tune %s: recall@%d=%.4f in %.3fs", params, k, recall, seconds)

@@ -727,8 +727,8 @@ class Collection:
         else:
             q = self._as_vectors(queries, "queries", allow_1d=False)
             self_ids = np.full(q.shape[0], -2, dtype=np.int64)
-        _, exact = self._exact(q, k + 1, None)  # [q, k+1]
-        truth = auto._drop_self(exact, self_ids, k)
+        _, exact_ids = self._exact(q, k + 1, None)  # [q, k+1]
+        truth = auto.drop_self(exact_ids, self_ids, k)
         has_codes = fi.has_codes(self._index)
         saved = dict(self._params)
 
