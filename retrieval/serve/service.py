@@ -287,8 +287,9 @@ class ServedCollection:
         fetch: int | None = None,
         deduplicate: bool = False,
     ) -> list[list[Hit]]:
-        """Top-``k`` hits per query row; ``fetch`` asks for more candidates (ids and scores past
-        ``k`` are kept, for clip-retrieval's ``num_result_ids``); ``deduplicate`` drops near-copies."""
+        """Best hits per query row, best first: ``k`` of them, or ``fetch`` when larger (for
+        clip-retrieval's ``num_result_ids``; the caller trims what it shows); ``deduplicate`` drops
+        near-copies (cosine >= 0.94 to a better hit) from that list."""
         searcher = self._fresh()
         c = searcher.collection
         fields = set(c.fields())
