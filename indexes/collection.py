@@ -35,6 +35,18 @@ eligible items exist is answered exactly, so filtered searches return k hits whe
 Removal: Flat, IVF and PQ indexes delete ids in place; HNSW graphs cannot, so removed
 ids become tombstones masked out of every search by an ID selector, and ``needs_rebuild``
 turns true once they exceed 10 % of the index (``rebuild()`` rebuilds it from the raw store).
+
+Index life cycle: trainable kinds (IVF, PQ) are trained on a seeded sample at the first
+``save()`` with enough vectors (until then searches are exact over the raw store), and ANN
+parameters are tuned to ``recall_target`` whenever the count has doubled since the last
+tuning. ``index="auto"`` collections stop feeding an index once another kind suits the
+count (searches go exact meanwhile) and ``save()`` builds the new one. Explicit specs are
+never rebuilt implicitly: ``needs_rebuild`` says when ``rebuild()`` is worth it.
+
+Memory: a writable handle holds the raw vectors and an in-memory copy of the metadata
+database in RAM; read-only handles map the vectors from disk (``mmap=True`` maps the IVF
+lists too). One writer at a time (a flock); concurrent ``search`` calls on one handle are
+safe, mutating calls (add, remove, save, rebuild, tune) must not run concurrently with others.
 """
 
 from __future__ import annotations
