@@ -149,3 +149,18 @@ def test_numpy_metadata_values_are_converted(tmp_path: Path) -> None:
         assert coll.get(ids) == [{"n": 3, "f": 0.5, "v": [0, 1], "b": True}]
         _, found = coll.search(np.eye(4)[0], 1, where={"n": np.int64(3), "b": True})
         assert found.tolist() == [[0]]
+
+
+def test_concurrent_searches_on_one_handle(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    x = clustered(2_000, 16, seed=40)
+    with Collection.create(tmp_path / "c", 16, index="HNSW32") as coll:
+        coll.add(x, [{"g": i % 4} for i in range(2_000)])
+    with Collection.open(tmp_path / "c", read_only=True) as coll:
+        wheres = [None, {"g": 1}, {"g": [2, 3]}, None] * 4
+        serial = [coll.search(x[:20], 5, where=w)[1] for w in wheres]
+        with ThreadPoolExecutor(4) as pool:
+            parallel = list(pool.map(lambda w: coll.search(x[:20], 5, where=w)[1], wheres))
+    for a, b in zip(serial, parallel):
+        np.testing.assert_array_equal(a, b)
