@@ -35,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
     import time
 
     from retrieval.config import DemoConfig
@@ -52,6 +53,12 @@ def run(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         changes["train"] = config.train.replace(epochs=args.epochs)
     config = config.replace(**changes)
+    if not getattr(args, "verbose", 0):  # the demo narrates its own stages; library logs only with -v
+        for name in ("retrieval", "indexes", "faiss"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # "Loading weights" bars of the pretrained text tower
     started = time.perf_counter()
     result = run_demo(config, fresh=args.fresh, echo=lambda line: print(line, flush=True))
     print(format_result(result))
