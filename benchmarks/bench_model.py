@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -113,7 +114,7 @@ def main() -> None:
         params = sum(p.numel() for p in model.parameters())
         rows.append(
             (
-                f"{name}: build (tokenizer on 2k captions) / forward+backward batch 8",
+                f"{name}: build / forward+backward batch 8",
                 f"{build * 1e3:.1f} ms / {forward * 1e3:.1f} ms ({params / 1e6:.2f} M parameters)",
             )
         )
@@ -157,7 +158,8 @@ def main() -> None:
 
     header = (
         f"Model-side costs ({platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads{', quick' if args.quick else ''})"
+        f"{torch.get_num_threads()} threads{', quick' if args.quick else ''}, "
+        f"load average {os.getloadavg()[0]:.1f} at the end on {os.cpu_count()} cores)"
     )
     table = [f"# {header}", "", "| measurement | result |", "|---|---|", *[f"| {a} | {b} |" for a, b in rows]]
     text = "\n".join(table) + "\n"
