@@ -44,6 +44,7 @@ TINY = dict(
     text_layers=1,
     vocab_size=300,
     context_length=16,
+    lock_text=False,  # both towers train in both loops (no locked-tower cache in play)
 )
 
 

@@ -118,6 +118,8 @@ class _Run:
         self.log = MetricsLog(self.run_dir / "metrics.jsonl")
         self.resume_from = self._find_resume(resume)
         self.train_pairs, self.val_pairs, self.skipped = read_data(config, check_val_images=ctx.is_main)
+        column = config.sample_weight_column
+        self.weights = sample_weights(self.train_pairs, column) if column else None
         self.model, self.config = prepare_model(
             config, ctx, model, self.train_pairs, self.resume_from, self.ckpt_root
         )
@@ -147,11 +149,6 @@ class _Run:
                     ctx.world_size,
                 )
             logger.info("resuming from %s (step %d, epoch %d)", self.resume_from, self.step, self.epoch)
-        self.weights = (
-            sample_weights(self.train_pairs, config.sample_weight_column)
-            if config.sample_weight_column
-            else None
-        )
 
     # ------------------------------------------------------------------ set-up
     def _find_resume(self, resume: bool) -> Path | None:

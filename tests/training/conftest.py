@@ -24,6 +24,7 @@ TINY_MODEL = ModelConfig(
     text_layers=1,
     vocab_size=120,
     context_length=8,
+    lock_text=False,  # every tower trains unless a test locks one
 )
 
 
