@@ -167,3 +167,13 @@ def test_from_pretrained_reads_a_saved_folder(cnn_gru: TwinEncoder, tmp_path: Pa
 def test_build_model_rejects_non_config() -> None:
     with pytest.raises(ValueError, match="expects a ModelConfig"):
         build_model({"image_tower": "cnn"})  # type: ignore[arg-type]
+
+
+def test_package_root_is_lazy() -> None:
+    code = (
+        "import sys, retrieval, retrieval.config\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules\n"
+        "assert retrieval.TwinEncoder.__name__ == 'TwinEncoder' and callable(retrieval.read_pairs)\n"
+        "assert 'transformers' not in sys.modules  # only hf towers import it\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
