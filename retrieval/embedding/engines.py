@@ -139,8 +139,11 @@ def local_images(
         persistent_workers=False,
         prefetch_factor=4 if num_workers > 0 else None,
     )
+    # With num_workers=0 the loader decodes in a helper thread (PIL and torch release the GIL),
+    # so decoding the next batch overlaps the forward pass of this one.
+    batches = loader if num_workers > 0 else _prefetch(loader, depth=2)
     with inference_on(model, device):
-        for positions, pixels, bad in loader:
+        for positions, pixels, bad in batches:
             vectors = encode_pixels(model, pixels, device) if pixels is not None else _empty(model)
             yield EncodedBatch(
                 "image",
@@ -148,6 +151,45 @@ def local_images(
                 vectors,
                 [(items[i], reason, detail) for i, reason, detail in bad],
             )
+
+
+def _prefetch(iterable: Any, depth: int) -> Iterator[Any]:
+    """Iterate ``iterable`` in a daemon thread, ``depth`` items ahead; exceptions are re-raised here."""
+    import queue
+    import threading
+
+    done = object()
+    slots: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in iterable:
+                while not stop.is_set():
+                    try:
+                        slots.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put((done, None))
+        except BaseException as exc:  # handed to the consumer
+            slots.put((done, exc))
+
+    thread = threading.Thread(target=produce, name="embed-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = slots.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def local_texts(model: Any, items: Sequence[Item], batch_size: int, device: str) -> Iterator[EncodedBatch]:
