@@ -57,3 +57,30 @@ def test_ray_engine_equals_local_engine(local_ray, corpus, config, tmp_path):
     assert _contents(tmp_path / "ray") == _contents(tmp_path / "local")
     again = embed_corpus(KeywordEncoder(), corpus, tmp_path / "ray", config.replace(engine="ray"))
     assert again.embedded == 0
+
+
+@pytest.mark.slow
+def test_ray_engine_with_a_real_twin_encoder(local_ray, corpus, config, tmp_path):
+    import torch
+
+    from retrieval.config import ModelConfig
+    from retrieval.model import build_model
+
+    torch.manual_seed(0)
+    tiny = ModelConfig(
+        embed_dim=32,
+        image_size=32,
+        image_width=8,
+        image_layers=2,
+        text_tower="gru",
+        text_width=16,
+        text_layers=1,
+        vocab_size=300,
+        context_length=16,
+    )
+    model = build_model(tiny, captions=["a red dog", "a blue car"], device="cpu")
+    embed_corpus(model, corpus, tmp_path / "local", config)
+    embed_corpus(model, corpus, tmp_path / "ray", config.replace(engine="ray"))
+    local, distributed = _contents(tmp_path / "local"), _contents(tmp_path / "ray")
+    assert [row[:3] for row in local] == [row[:3] for row in distributed]
+    np.testing.assert_allclose([row[3] for row in local], [row[3] for row in distributed], atol=1e-4)
