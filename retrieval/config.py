@@ -125,7 +125,7 @@ class ModelConfig(ConfigBase):
     """
 
     image_tower: str = "cnn"  # "cnn" | "vit" | "hf:<id-or-path>" (CLIP/SigLIP vision, ViT, ConvNeXt, DINOv2)
-    text_tower: str = "minilm"  # "minilm" | "gru" | "transformer" | "hf:<id-or-path>" (BERT-like, CLIP/SigLIP text)
+    text_tower: str = "minilm"  # "minilm" | "gru" | "transformer" | "hf:<id-or-path>" (BERT, CLIP/SigLIP)
     embed_dim: int = 256  # size of the shared space both projection heads map into
     projection: str = "linear"  # head on each tower: "linear" | "mlp" | "none" (tower output used as is)
     image_size: int = 48  # square input side of the from-scratch image towers (hf: their processor's)
@@ -153,6 +153,33 @@ class ModelConfig(ConfigBase):
     init_logit_bias: float = -10.0  # initial logit bias (SigLIP); used only when use_bias is true
     use_bias: bool = False  # learn a logit bias (for the sigmoid loss)
     learn_logit_scale: bool = True  # make logit_scale trainable (false keeps a fixed temperature)
+
+    def __post_init__(self) -> None:
+        positive = ("embed_dim", "image_size", "image_width", "image_layers", "image_heads", "patch_size")
+        positive += ("text_width", "text_layers", "text_heads", "context_length", "vocab_size")
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ModelConfig.{name} must be a positive integer, received {value!r}")
+        choices = {
+            "projection": ("linear", "mlp", "none"),
+            "tokenizer": ("bpe", "wordpiece"),
+            "pooling": ("auto", "mean", "cls", "pooler"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                value = getattr(self, name)
+                raise ValueError(f"ModelConfig.{name} must be one of {list(allowed)}, received {value!r}")
+        for name in ("unfreeze_image_layers", "unfreeze_text_layers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"ModelConfig.{name} must be >= 0, received {getattr(self, name)!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ModelConfig.dropout must be in [0, 1), received {self.dropout!r}")
+        if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
+            raise ValueError(
+                f"ModelConfig.image_mean / image_std need 3 values (R, G, B) with std > 0, "
+                f"received {self.image_mean!r} / {self.image_std!r}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

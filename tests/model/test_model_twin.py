@@ -29,6 +29,23 @@ def test_model_config_json_round_trip() -> None:
         ModelConfig.from_dict({"image_towr": "cnn"})
 
 
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"embed_dim": 0}, "embed_dim must be a positive integer"),
+        ({"projection": "conv"}, r"projection must be one of \['linear', 'mlp', 'none'\]"),
+        ({"pooling": "max"}, "pooling must be one of"),
+        ({"tokenizer": "sentencepiece"}, "tokenizer must be one of"),
+        ({"dropout": 1.5}, "dropout must be in"),
+        ({"unfreeze_text_layers": -1}, "unfreeze_text_layers must be >= 0"),
+        ({"image_std": (0.5, 0.0, 0.5)}, "std > 0"),
+    ],
+)
+def test_model_config_rejects_bad_values(changes: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**changes)
+
+
 def test_temperature_and_bias() -> None:
     model = build_model(tiny_config(), device="cpu")
     assert model.logit_scale.shape == () and math.isclose(
