@@ -293,6 +293,14 @@ class TwinEncoder(nn.Module):
                 raise FileNotFoundError(
                     f"{directory / name} is missing: expected a folder written by TwinEncoder.save"
                 )
+        info_path = directory / FORMAT_FILE
+        if info_path.is_file():
+            version = json.loads(info_path.read_text(encoding="utf-8")).get("format_version", FORMAT_VERSION)
+            if int(version) > FORMAT_VERSION:
+                raise ValueError(
+                    f"{directory} was saved in model format {version}, this version reads up to {FORMAT_VERSION}: "
+                    "upgrade siamese-retrieval to load it"
+                )
         config = ModelConfig.load(directory / CONFIG_FILE)
         image_assets = directory / "image_tower"
         text_assets = directory / "text_tower"

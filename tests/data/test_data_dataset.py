@@ -75,3 +75,16 @@ def test_random_resized_crop_box_stays_inside() -> None:
 def test_transform_and_dataset_pickle(tmp_path: Path) -> None:
     dataset = PairDataset([Pair("x", "c", "x")], ImageTransform(8, MEAN, STD, train=True))
     assert len(pickle.loads(pickle.dumps(dataset))) == 1
+
+
+def test_loader_with_worker_processes(tmp_path: Path) -> None:
+    for i in range(6):
+        rgb_image(seed=i).save(tmp_path / f"{i}.png")
+    (tmp_path / "bad.png").write_bytes(b"broken")
+    pairs = [Pair(str(tmp_path / f"{i}.png"), f"caption {i}", str(i)) for i in range(6)]
+    pairs.insert(3, Pair(str(tmp_path / "bad.png"), "bad", "bad"))
+    dataset = PairDataset(pairs, ImageTransform(8, MEAN, STD, train=True))
+    loader = DataLoader(dataset, batch_size=4, num_workers=2, collate_fn=collate_pairs)
+    batches = list(loader)
+    assert sum(b["skipped"] for b in batches) == 1
+    assert sorted(i for b in batches for i in b["image_ids"]) == [str(i) for i in range(6)]

@@ -151,9 +151,14 @@ def test_save_replaces_a_model_but_not_other_folders(cnn_gru: TwinEncoder, tmp_p
     cnn_gru.save(tmp_path / "empty")
 
 
-def test_load_errors(tmp_path: Path) -> None:
+def test_load_errors(cnn_gru: TwinEncoder, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"TwinEncoder\.save"):
         TwinEncoder.load(tmp_path)
+    cnn_gru.save(tmp_path / "m")
+    info = tmp_path / "m" / "retrieval_model.json"
+    info.write_text(json.dumps({**json.loads(info.read_text()), "format_version": 99}))
+    with pytest.raises(ValueError, match="model format 99"):
+        TwinEncoder.load(tmp_path / "m")
 
 
 def test_fingerprint_changes_with_weights_and_preprocessing(cnn_gru: TwinEncoder) -> None:
