@@ -241,7 +241,12 @@ class _Run:
                     self.step_in_epoch = 0
                     if self._end_of_epoch(self.epoch) and status == "completed":
                         status = "early_stopped"
-                    self._checkpoint()
+                    # a checkpoint after each validation (it keeps best/patience), when one is due, and
+                    # at the end; small epochs without validation do not pay for one each
+                    due = config.checkpoint_every and self.step % config.checkpoint_every == 0
+                    finished = status != "completed" or self.epoch >= config.epochs
+                    if self.val_pairs is not None or due or finished:
+                        self._checkpoint()
         bar.close()
         seconds = time.perf_counter() - start
         return self._finish(status, seconds, pairs_seen, last_loss)
