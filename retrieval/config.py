@@ -303,7 +303,7 @@ class TrainConfig(ConfigBase):
     precision: str = "auto"  # "auto" (bf16/fp16 autocast on CUDA, fp32 on CPU) | "fp32" | "bf16" | "fp16"
     seed: int = 0  # seeds weights, data order and augmentation; same seed + CPU -> same weights
     num_workers: int = 0  # DataLoader worker processes decoding images (0: in the training process)
-    checkpoint_every: int = 200  # optimizer steps between checkpoints (0: only at the end / on interrupt)
+    checkpoint_every: int = 200  # steps between checkpoints (0: none); also after validation, at end, on stop
     keep_checkpoints: int = 2  # most recent step checkpoints kept on disk
     early_stopping_patience: int | None = 5  # stop after this many validations without gain (None: never)
     select_metric: str = "mean_recall"  # validation metric for best/ and early stopping (higher is better)
