@@ -45,7 +45,7 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(corpus, config, tmp_path)
     script.write_text(textwrap.dedent(SCRIPT.format(fake_dir=fake_dir, manifest=str(corpus), out=str(out))))
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     shards = state_dir(out) / "shards"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             if shards.is_dir() and len(list(shards.glob("*.npz"))) >= 2:
