@@ -3,7 +3,7 @@
 Both yield :class:`EncodedBatch` objects in item order; the caller commits them to shards.
 
 * ``local``: a torch ``DataLoader`` whose workers read, decode and transform images while the
-  main process runs the forward passes.
+  main process runs the forward passes (with ``num_workers=0``, a helper thread does it).
 * ``ray``: Ray Data, ``from_items`` over the item list and ``map_batches`` with an actor pool
   of encoders (each actor holds one copy of the model); for a cluster pass its address. The
   actors open the image paths themselves, so on a cluster they must be visible on every node

@@ -56,10 +56,6 @@ class Shard:
     def name(self) -> str:
         return self.path.name
 
-    def load(self) -> dict[str, np.ndarray]:
-        with np.load(self.path, allow_pickle=False) as data:
-            return {name: data[name] for name in data.files}
-
     def keys(self) -> tuple[list[str], list[str]]:
         """(embedded keys, skipped keys)."""
         with np.load(self.path, allow_pickle=False) as data:
