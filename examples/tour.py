@@ -66,9 +66,9 @@ def main(argv: list[str] | None = None) -> None:
 
     # 4. search both ways
     with Searcher(model, str(collection)) as searcher:
-        hits = searcher.text_to_image("red heart", k=3)
+        hits = searcher.text_to_image("pink heart", k=3)
         print(
-            "'red heart' ->",
+            "'pink heart' ->",
             ", ".join(f"{h.metadata['emoji']} {h.metadata['name']} ({h.score:.2f})" for h in hits),
         )
         test = read_pairs(str(data.test))

@@ -23,7 +23,7 @@ def test_tour(tmp_path, monkeypatch, capsys):
     run_example("tour.py", ["--out", str(tmp_path), "--limit", "60", "--epochs", "1", "--tiny"], monkeypatch)
     printed = capsys.readouterr().out
     assert "trained: completed" in printed
-    assert "'red heart' ->" in printed
+    assert "'pink heart' ->" in printed
     assert "test split: t2i R@1" in printed
     assert (tmp_path / "collection").is_dir() and (tmp_path / "run" / "best").is_dir()
 
