@@ -237,6 +237,7 @@ class EmbedConfig(ConfigBase):
     caption_column: str = "caption"  # manifest column holding the caption(s)
     id_column: str | None = None  # manifest column / sidecar field naming the image id (default: the image path)
     split: str | None = None  # only rows of this split (a `split` field, or <split>.jsonl in a folder)
+    prune: bool = False  # remove items no longer in the corpus (deleted files, edited captions) from the collection
 
     def __post_init__(self) -> None:
         choices = {"modality": ("images", "texts", "both"), "engine": ("local", "ray")}

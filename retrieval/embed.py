@@ -46,6 +46,7 @@ class EmbedSummary:
     skipped: dict[str, int]  # reason -> items skipped by this call (decode_error, empty_caption, ...)
     already_done: int  # items found done (embedded or skipped) by an earlier call
     added: int  # vectors added to the collection by this call
+    pruned: int  # items removed from the collection because they left the corpus (config.prune)
     errors_path: Path  # JSONL file listing every skipped input of the corpus
     state_path: Path  # folder with the committed shards
     npy_export: Path | None  # clip-retrieval style export folder, when asked for
@@ -106,6 +107,7 @@ def embed_corpus(
         done = state.done_keys()
         pending = [it for it in items if it.key not in done]
         replaces = _changed_images(pending, done)
+        pruned = _prune(state, items, done, config) if config.prune else 0
         skipped: collections.Counter[str] = collections.Counter(s.reason for s in source_skips)
         embedded = 0
         if pending:
@@ -119,6 +121,7 @@ def embed_corpus(
                     embedded += n_ok
                     skipped.update(reason for _, reason, _ in failed)
                     bar.update(n_ok + len(failed))
+        if pending or pruned:
             added += state.sync_collection(collection_path, config.index, fingerprint, dim)
         state.write_errors(source_skips, {it.key for it in items})
         export = Path(config.npy_export) if config.npy_export else None
@@ -130,6 +133,7 @@ def embed_corpus(
             skipped=dict(skipped),
             already_done=len(items) - len(pending),
             added=added,
+            pruned=pruned,
             errors_path=state.errors_path,
             state_path=state.root,
             npy_export=export,
@@ -187,6 +191,23 @@ def _commit(
         yield len(batch.items), batch.failed
     if buf_items or buf_failed:
         flush()
+
+
+def _prune(state: EmbedState, items: Sequence[Item], done: dict[str, str], config: EmbedConfig) -> int:
+    """Record the removal of embedded items of this run's modalities that are no longer in the corpus
+    (an image whose file changed is replaced instead); returns how many."""
+    modalities = {"images": ("image:",), "texts": ("text:",), "both": ("image:", "text:")}[config.modality]
+    current = {it.key for it in items}
+    refs = {it.ref for it in items if it.modality == "image"}
+    gone = {
+        key
+        for key, how in done.items()
+        if how == "embedded"
+        and key.startswith(modalities)
+        and key not in current
+        and not (key.startswith("image:") and key[len("image:") :].rsplit(":", 2)[0] in refs)
+    }
+    return len(gone) if gone and state.write_removal(gone) is not None else 0
 
 
 def _changed_images(pending: Sequence[Item], done: dict[str, str]) -> set[str]:

@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--caption-column", default="caption", help="manifest column with the caption(s)")
     p.add_argument("--id-column", default=None, help="manifest column with the image id (default: the path)")
     p.add_argument("--split", default=None, help="only rows of this split")
+    p.add_argument(
+        "--prune", action="store_true", help="remove items no longer in the corpus from the collection"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -60,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         caption_column=args.caption_column,
         id_column=args.id_column,
         split=args.split,
+        prune=args.prune,
     )
     model = TwinEncoder.load(args.model, device=args.device)
     summary = embed_corpus(model, args.source, args.out, config, model_dir=args.model)

@@ -5,6 +5,7 @@ Layout of the state folder (``<collection>/embed``, see :func:`state_dir`)::
     state.json                 model fingerprint, dim, which shards the collection already holds
     shards/000000-image.npz    vectors [n, d] float32, keys, metadata (JSON), skipped keys + reasons
     shards/000001-text.npz
+    shards/000002-remove.npz   keys + metadata of items pruned from the collection (``prune``)
     errors.jsonl               every input that was skipped, one JSON object a line
 
 A shard is written atomically (temporary file, fsync, rename), so it is either whole or
@@ -33,7 +34,7 @@ from retrieval.embedding.items import Item, SourceSkip
 
 logger = logging.getLogger(__name__)
 
-_SHARD_RE = re.compile(r"^(\d{6})-(image|text)\.npz$")
+_SHARD_RE = re.compile(r"^(\d{6})-(image|text|remove)\.npz$")
 
 
 def state_dir(collection_path: str | Path) -> Path:
@@ -131,13 +132,44 @@ class EmbedState:
         return sorted(found, key=lambda s: s.number)
 
     def done_keys(self) -> dict[str, str]:
-        """key -> "embedded" | "skipped" for every item already handled."""
+        """key -> "embedded" | "skipped" for every item already handled (and not pruned since)."""
         done: dict[str, str] = {}
         for shard in self.shards():
-            embedded, skipped = shard.keys()
+            keys, skipped = shard.keys()
+            if shard.modality == "remove":
+                for key in keys:
+                    done.pop(key, None)
+                continue
             done.update(dict.fromkeys(skipped, "skipped"))
-            done.update(dict.fromkeys(embedded, "embedded"))
+            done.update(dict.fromkeys(keys, "embedded"))
         return done
+
+    def write_removal(self, keys: set[str]) -> Shard | None:
+        """Commit a removal shard for embedded items whose keys left the corpus (``prune``)."""
+        metadata: dict[str, str] = {}
+        for shard in self.shards():
+            if shard.modality == "remove":
+                continue
+            with np.load(shard.path, allow_pickle=False) as data:
+                for key, meta in zip(data["keys"].tolist(), data["metadata"].tolist()):
+                    if key in keys:
+                        metadata[key] = meta
+        if not metadata:
+            return None
+        existing = self.shards()
+        buffer = io.BytesIO()
+        np.savez(
+            buffer,
+            vectors=np.zeros((0, 1), dtype=np.float32),
+            keys=_str_array(list(metadata)),
+            metadata=_str_array(list(metadata.values())),
+            replaces=np.zeros(len(metadata), dtype=bool),
+            skip_keys=_str_array([]),
+            skip_records=_str_array([]),
+        )
+        path = self.shard_dir / f"{existing[-1].number + 1 if existing else 0:06d}-remove.npz"
+        atomic_write_bytes(path, buffer.getvalue())
+        return Shard(path)
 
     def write_shard(
         self,
@@ -214,6 +246,11 @@ class EmbedState:
         added = 0
         for shard in pending:
             vectors, metadata = shard.vectors_and_metadata()
+            if shard.modality == "remove":
+                gone = _removed(coll, metadata)
+                if len(gone):
+                    coll.remove(gone)
+                continue
             stale = _superseded(coll, [m for m, r in zip(metadata, shard.replaces()) if r])
             if len(vectors):
                 coll.add(vectors, metadata)
@@ -265,7 +302,7 @@ class EmbedState:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        shards = self.shards()
+        shards = [s for s in self.shards() if s.modality != "remove"]
         has_images = any(s.modality == "image" for s in shards)
         counters = {"image": 0, "text": 0}
         for shard in shards:
@@ -368,3 +405,22 @@ def _superseded(coll: Any, replacing: list[dict[str, Any]]) -> np.ndarray:
         _, ids = coll.search(probe, 8, where={"modality": "image", "path": meta["path"]})  # [1, 8]
         found.append(ids[0][ids[0] >= 0])
     return np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
+
+
+def _removed(coll: Any, metadata: list[dict[str, Any]]) -> np.ndarray:
+    """Ids of one stored item per entry of ``metadata`` (pruned items), matched on modality, path and,
+    for captions, caption and image id (repeated pairs are identical, any one of them will do)."""
+    probe = np.zeros((1, coll.dim), dtype=np.float32)  # [1, D]
+    probe[0, 0] = 1.0
+    chosen: set[int] = set()
+    for meta in metadata:
+        where: dict[str, Any] = {"modality": meta["modality"], "path": meta["path"]}
+        if meta["modality"] == "text":
+            where.update(caption=meta["caption"], image_id=meta["image_id"])
+        _, ids = coll.search(probe, 16, where=where)  # [1, 16]
+        free = [int(i) for i in ids[0] if i >= 0 and int(i) not in chosen]
+        if free:
+            chosen.add(max(free) if meta["modality"] == "text" else free[0])
+            if meta["modality"] == "image":
+                chosen.update(free)  # every copy of a removed image goes
+    return np.array(sorted(chosen), dtype=np.int64)

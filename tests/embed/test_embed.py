@@ -232,3 +232,28 @@ def test_one_job_per_collection_at_a_time(fake_model, corpus, config, tmp_path):
     with EmbedState(state_dir(tmp_path / "coll")), pytest.raises(ValueError, match="another embedding job"):
         embed_corpus(fake_model, corpus, tmp_path / "coll", config)
     assert embed_corpus(fake_model, corpus, tmp_path / "coll", config).embedded == 0  # lock released
+
+
+def test_prune_removes_items_that_left_the_corpus(fake_model, corpus, config, tmp_path):
+    embed_corpus(fake_model, corpus, tmp_path / "coll", config)
+    rows = [json.loads(line) for line in corpus.read_text().splitlines()]
+    Path(rows[5]["image"]).unlink()  # a deleted file: its image and caption go
+    rows = [r for i, r in enumerate(rows) if i != 5]
+    rows[0]["caption"] = "a yellow boat"  # an edited caption: the old one goes, the new one comes
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    kept = embed_corpus(fake_model, corpus, tmp_path / "coll", config)  # without prune nothing is removed
+    assert kept.embedded == 1 and kept.pruned == 0
+    pruned = embed_corpus(fake_model, corpus, tmp_path / "coll", config.replace(prune=True))
+    assert pruned.pruned == 3 and pruned.embedded == 0
+    embed_corpus(fake_model, corpus, tmp_path / "fresh", config)
+    assert _contents(tmp_path / "coll") == _contents(tmp_path / "fresh")
+    assert embed_corpus(fake_model, corpus, tmp_path / "coll", config.replace(prune=True)).pruned == 0
+
+    write_corpus(tmp_path / "images", 1, start=5)  # the file comes back: embedded again
+    rows.insert(5, {"image": str(tmp_path / "images" / "img_00005.png"), "caption": "a cyan dog"})
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    back = embed_corpus(fake_model, corpus, tmp_path / "coll", config.replace(prune=True))
+    assert back.embedded == 2
+    embed_corpus(fake_model, corpus, tmp_path / "fresh2", config)
+    assert _contents(tmp_path / "coll") == _contents(tmp_path / "fresh2")
