@@ -228,22 +228,24 @@ class EmbedConfig(ConfigBase):
     device: str | None = None  # "cpu", "cuda", "cuda:1", ...; None picks "cuda" when available
     shard_size: int = 4096  # vectors per committed shard: the unit of work kept after an interruption
     engine: str = "local"  # "local" (DataLoader in this process) or "ray" (Ray Data actor pool)
-    ray_address: str | None = None  # Ray cluster address for engine "ray"; None joins a running Ray or starts a local one
+    ray_address: str | None = None  # engine "ray": cluster address; None joins a running Ray or starts one
     num_actors: int = 2  # encoder actors in the Ray pool (each holds one model copy)
     npy_export: str | None = None  # also write clip-retrieval's .npy + parquet layout into this folder
     index: str = "auto"  # index of a new collection: "auto" or an indexes / FAISS factory spec
     progress: bool = True  # show a progress bar (items/s, ETA)
     image_column: str = "image"  # manifest column holding the image path (see retrieval.data.read_pairs)
     caption_column: str = "caption"  # manifest column holding the caption(s)
-    id_column: str | None = None  # manifest column / sidecar field naming the image id (default: the image path)
+    id_column: str | None = None  # manifest column / sidecar field with the image id (default: the path)
     split: str | None = None  # only rows of this split (a `split` field, or <split>.jsonl in a folder)
-    prune: bool = False  # remove items no longer in the corpus (deleted files, edited captions) from the collection
+    prune: bool = False  # remove from the collection the items that left the corpus (deleted, edited)
 
     def __post_init__(self) -> None:
         choices = {"modality": ("images", "texts", "both"), "engine": ("local", "ray")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"EmbedConfig.{name} must be one of {list(allowed)}; received {getattr(self, name)!r}")
+                raise ValueError(
+                    f"EmbedConfig.{name} must be one of {list(allowed)}; received {getattr(self, name)!r}"
+                )
         for name in ("batch_size", "shard_size", "num_actors"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"EmbedConfig.{name} must be >= 1; received {getattr(self, name)!r}")
