@@ -110,7 +110,7 @@ def markdown(rows: list[dict[str, Any]], budget: float, info: dict[str, Any]) ->
         "# Training recipes at equal CPU time (OpenMoji)",
         "",
         f"Budget: {budget:.0f} process-CPU seconds of training per recipe (validation included), "
-        f"{info['threads']} torch threads, {info['cpus']} CPUs ({info['machine']}), torch {info['torch']}. "
+        f"torch threads: {info['threads']}, CPUs: {info['cpus']} ({info['machine']}), torch {info['torch']}. "
         f"Data: {info['counts']}. Image tower for all: cnn {IMAGE['image_size']}px, width "
         f"{IMAGE['image_width']}, {IMAGE['image_layers']} stages; batch {TRAIN['batch_size']}, AdamW lr {TRAIN['lr']}, "
         "cosine schedule over the steps that fit the budget; the best epoch by validation is reported. "
