@@ -109,7 +109,7 @@ def markdown(rows: list[dict[str, Any]], budget: float, info: dict[str, Any]) ->
     lines = [
         "# Training recipes at equal CPU time (OpenMoji)",
         "",
-        f"Budget: {budget:.0f} process-CPU seconds of training per recipe (validation included), "
+        f"Budget: {budget:.0f} process-CPU seconds of optimizer steps per recipe, "
         f"torch threads: {info['threads']}, CPUs: {info['cpus']} ({info['machine']}), torch {info['torch']}. "
         f"Data: {info['counts']}. Image tower for all: cnn {IMAGE['image_size']}px, width "
         f"{IMAGE['image_width']}, {IMAGE['image_layers']} stages; batch {TRAIN['batch_size']}, AdamW lr {TRAIN['lr']}, "
