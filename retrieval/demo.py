@@ -4,7 +4,7 @@
 
 1. builds the OpenMoji dataset (:func:`retrieval.datasets.build_openmoji`, cached);
 2. trains the default recipe (``TrainConfig()``'s model, loss and optimizer: the toolkit's
-   documented default; up to 40 epochs) on its train split, validating on val each epoch,
+   documented default; 15 epochs) on its train split, validating on val each epoch,
    within a time budget;
 3. embeds every emoji image and caption into a collection on disk;
 4. evaluates on the test split (emoji whose every variant was unseen in training) and writes the
