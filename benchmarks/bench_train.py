@@ -7,8 +7,9 @@
 2. Overhead: the same tiny towers, batch, data pipeline (PairDataset + collate_pairs + tokenize),
    loss, AdamW, gradient clipping and schedule, trained (a) by ``train`` and (b) by a plain
    hand-written PyTorch loop. The ratio of median step intervals (wall time between consecutive
-   optimizer steps, all loop bookkeeping included) is the trainer's overhead; runs alternate
-   ``--repeats`` times and the median is reported (the machine may be shared).
+   optimizer steps, all loop bookkeeping included) is the trainer's overhead; both loops run in one
+   process (after a warm-up run of each), alternating ``--repeats`` times, and the median is
+   reported (the machine may be shared).
 
 Prints a table and writes ``benchmarks/results/train.md``.
 
@@ -105,6 +106,7 @@ def part_default(manifest: str, out: str, steps: int) -> dict:
         "batch_size": config.batch_size,
         "model": f"{config.model.image_tower}+{config.model.text_tower} dim {config.model.embed_dim}, "
         f"{config.model.image_size}px",
+        "locked": [side for side in ("image", "text") if getattr(config.model, f"lock_{side}")],
         "optimizer": config.optimizer,
         "loss": config.loss,
         "precision": config.precision,
@@ -193,6 +195,17 @@ def part_plain(manifest: str, steps: int, batch: int) -> dict:
     return {"intervals": [b - a for a, b in itertools.pairwise(stamps)], "wall": time.perf_counter() - start}
 
 
+def part_overhead(manifest: str, out: str, steps: int, batch: int, repeats: int) -> dict:
+    """Both loops in one process (same imports, same warm caches), alternating; one warm-up run each."""
+    part_plain(manifest, 5, batch)
+    part_trainer(manifest, f"{out}/warm", 5, batch)
+    runs: dict[str, list] = {"plain": [], "trainer": []}
+    for r in range(repeats):
+        runs["plain"].append(part_plain(manifest, steps, batch))
+        runs["trainer"].append(part_trainer(manifest, f"{out}/t{r}", steps, batch))
+    return runs
+
+
 # ------------------------------------------------------------------ driver
 
 
@@ -229,10 +242,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         if name == "default":
             out = part_default(rest[0], rest[1], int(rest[2]))
-        elif name == "trainer":
-            out = part_trainer(rest[0], rest[1], int(rest[2]), int(rest[3]))
         else:
-            out = part_plain(rest[0], int(rest[1]), int(rest[2]))
+            out = part_overhead(rest[0], rest[1], int(rest[2]), int(rest[3]), int(rest[4]))
         print(json.dumps(out))
         return
 
@@ -246,24 +257,19 @@ def main() -> None:
         default = _run_part(
             ["default", str(manifest), str(tmp_path / "default"), str(args.steps)], args.threads
         )
-        trainer_runs, plain_runs = [], []
-        for r in range(args.repeats):
-            print(f"overhead run {r + 1}/{args.repeats} ...", file=sys.stderr)
-            plain_runs.append(
-                _run_part(["plain", str(manifest), str(args.tiny_steps), str(args.tiny_batch)], args.threads)
-            )
-            trainer_runs.append(
-                _run_part(
-                    [
-                        "trainer",
-                        str(manifest),
-                        str(tmp_path / f"t{r}"),
-                        str(args.tiny_steps),
-                        str(args.tiny_batch),
-                    ],
-                    args.threads,
-                )
-            )
+        print(f"overhead: {args.repeats} alternating runs of each loop ...", file=sys.stderr)
+        runs = _run_part(
+            [
+                "overhead",
+                str(manifest),
+                str(tmp_path),
+                str(args.tiny_steps),
+                str(args.tiny_batch),
+                str(args.repeats),
+            ],
+            args.threads,
+        )
+        trainer_runs, plain_runs = runs["trainer"], runs["plain"]
 
     t_step = statistics.median(statistics.median(r["intervals"]) for r in trainer_runs)
     p_step = statistics.median(statistics.median(r["intervals"]) for r in plain_runs)
@@ -286,18 +292,20 @@ def main() -> None:
         "| measure | value |",
         "|---|---|",
         f"| model | {default['model']} |",
+        f"| locked towers (outputs cached once, only heads run per step) | "
+        f"{', '.join(default['locked']) or 'none'} |",
         f"| batch / loss / optimizer / precision | {default['batch_size']} / {default['loss']} / "
         f"{default['optimizer']} / {default['precision']} |",
         f"| throughput (steady steps, data + compute) | {default['pairs_per_s']:.1f} pairs/s |",
         f"| throughput (wall between steps) | {default['interval_pairs_per_s']:.1f} pairs/s |",
         f"| median step | {default['step_s']:.2f} s |",
         f"| time waiting for data (decode + augment + collate, 0 workers) | {100 * default['data_share']:.0f} % |",
-        f"| time in compute (tokenize, forward, loss, backward, step) | {100 * (1 - default['data_share']):.0f} % |",
+        f"| time in compute (features, loss, backward, optimizer step) | {100 * (1 - default['data_share']):.0f} % |",
         f"| peak RSS (process) | {default['peak_rss_mb']:.0f} MB (after imports: {default['rss_after_imports_mb']:.0f} MB) |",
         f"| peak CUDA memory | {cuda} |",
         "",
         f"## Trainer overhead vs a plain PyTorch loop (tiny towers, batch {args.tiny_batch}, "
-        f"{args.tiny_steps} steps, median of {args.repeats} alternating runs)",
+        f"{args.tiny_steps} steps, median of {args.repeats} alternating runs in one process)",
         "",
         "| | plain loop | `train()` | ratio |",
         "|---|---|---|---|",
