@@ -58,9 +58,20 @@ RECIPES = [f"{t}/{loss}" for t in TEXT for loss in LOSS]
 KEYS = ("t2i/R@1", "t2i/R@5", "t2i/R@10", "i2t/R@1", "i2t/R@5", "i2t/R@10")
 
 
+def _parse(name: str) -> tuple[str, dict[str, Any]]:
+    """``"lit/clip@64x48"`` -> ``("lit/clip", image settings with a 64px input and width 48)``."""
+    base, _, image = name.partition("@")
+    settings = dict(IMAGE)
+    if image:
+        size, width = image.split("x")
+        settings.update(image_size=int(size), image_width=int(width))
+    return base, settings
+
+
 def recipe_config(name: str, data: Any, out_dir: Path, max_steps: int) -> TrainConfig:
-    text, loss = name.split("/")
-    model = ModelConfig(**IMAGE, **TEXT[text], **LOSS[loss])
+    base, image = _parse(name)
+    text, loss = base.split("/")
+    model = ModelConfig(**image, **TEXT[text], **LOSS[loss])
     return TrainConfig(
         train_data=str(data.train),
         val_data=str(data.val),
@@ -111,8 +122,8 @@ def markdown(rows: list[dict[str, Any]], budget: float, info: dict[str, Any]) ->
         "",
         f"Budget: {budget:.0f} process-CPU seconds of optimizer steps per recipe, "
         f"torch threads: {info['threads']}, CPUs: {info['cpus']} ({info['machine']}), torch {info['torch']}. "
-        f"Data: {info['counts']}. Image tower for all: cnn {IMAGE['image_size']}px, width "
-        f"{IMAGE['image_width']}, {IMAGE['image_layers']} stages; batch {TRAIN['batch_size']}, AdamW lr {TRAIN['lr']}, "
+        f"Data: {info['counts']}. Image tower: cnn {IMAGE['image_size']}px, width "
+        f"{IMAGE['image_width']}, {IMAGE['image_layers']} stages (`@<px>x<width>` marks another size); batch {TRAIN['batch_size']}, AdamW lr {TRAIN['lr']}, "
         "cosine schedule over the steps that fit the budget; the best epoch by validation is reported. "
         "Train CPU s is the whole run (a locked tower's one-off caption encoding and the per-epoch "
         "validation included; the budget covers the steps). "
@@ -142,7 +153,11 @@ def main() -> None:
     parser.add_argument(
         "--budget", type=float, default=150.0, help="process-CPU seconds of training per recipe"
     )
-    parser.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, from {RECIPES}")
+    parser.add_argument(
+        "--recipes",
+        default=",".join(RECIPES),
+        help=f"comma-separated, from {RECIPES} (+ optional @<px>x<width>)",
+    )
     parser.add_argument("--data", default=None, help="dataset folder (default: the toolkit cache)")
     parser.add_argument("--probe-steps", type=int, default=4)
     parser.add_argument(
@@ -155,7 +170,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     names = [n.strip() for n in args.recipes.split(",") if n.strip()]
-    unknown = sorted(set(names) - set(RECIPES))
+    unknown = sorted({n for n in names if _parse(n)[0] not in RECIPES})
     if unknown:
         parser.error(f"unknown recipes {unknown}; choose from {RECIPES}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -174,7 +189,7 @@ def main() -> None:
     if args.from_rows:  # recipes measured in separate processes (e.g. side by side)
         for path in args.from_rows:
             rows += json.loads(Path(path).read_text(encoding="utf-8"))
-        rows.sort(key=lambda r: RECIPES.index(r["recipe"]))
+        rows.sort(key=lambda r: (RECIPES.index(_parse(r["recipe"])[0]), r["recipe"]))
     else:
         with tempfile.TemporaryDirectory() as tmp:
             for name in names:
