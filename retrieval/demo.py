@@ -28,6 +28,7 @@ import dataclasses
 import json
 import logging
 import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -313,7 +314,7 @@ def run_demo(
             model,
             test_pairs,
             report_dir=report_dir,
-            config=EvalConfig(progress=config.progress, seed=config.seed),
+            config=EvalConfig(progress=config.progress and sys.stderr.isatty(), seed=config.seed),
         )
         metrics = {k: float(v) for k, v in evaluation.metrics.items()}
         seconds["evaluate"] = time.perf_counter() - t0
