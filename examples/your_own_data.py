@@ -22,6 +22,9 @@ Expected output (with ``--make-sample my_images`` first; 17 s on 2 CPU cores, li
     embedded 487, already done 0, skipped 0 (none) in 1.1s -> my_search/collection (errors: ...)
     ready: retrieval serve my_search/collection --model my_search/run/best --media-root my_images
 
+Without ``--out`` the manifests, the run and the collection go to ``your_own_data/`` in the
+toolkit cache (``retrieval.paths.cache_dir``).
+
 ``--tiny`` trains a tiny from-scratch model instead of the default recipe (smoke tests only).
 """
 
@@ -38,6 +41,7 @@ from retrieval.config import EmbedConfig, ModelConfig, TrainConfig
 from retrieval.data import read_pairs
 from retrieval.embed import embed_corpus
 from retrieval.model import TwinEncoder
+from retrieval.paths import cache_dir
 from retrieval.train import train
 
 TINY = ModelConfig(
@@ -95,7 +99,9 @@ def main(argv: list[str] | None = None) -> None:
         "source", nargs="?", help="image folder with sidecar .txt captions, or a CSV/JSONL manifest"
     )
     parser.add_argument(
-        "--out", default="my_search", help="folder for the manifests, the run and the collection"
+        "--out",
+        default=None,
+        help="folder for the manifests, the run and the collection (default: in the toolkit cache)",
     )
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--time-budget", type=float, default=600.0, help="seconds of training at most")
@@ -109,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not args.source:
         parser.error("give an image folder or a manifest (or --make-sample DIR to create one)")
-    out = Path(args.out)
+    out = Path(args.out) if args.out else cache_dir("your_own_data")
 
     train_manifest, val_manifest = split_manifests(args.source, out / "data")
     config = TrainConfig(

@@ -54,12 +54,11 @@ def test_your_own_data_from_a_csv(tmp_path, monkeypatch, capsys):
         Image.new("RGB", (24, 24), color).save(tmp_path / "photos" / f"{i}.png")
         lines.append(f"photos/{i}.png,a {name} square")
     (tmp_path / "pairs.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    out = tmp_path / "search"
-    run_example(
-        "your_own_data.py",
-        [str(tmp_path / "pairs.csv"), "--out", str(out), "--epochs", "1", "--tiny"],
-        monkeypatch,
-    )
+    monkeypatch.setenv("RETRIEVAL_CACHE", str(tmp_path / "cache"))  # no --out: the toolkit cache
+    run_example("your_own_data.py", [str(tmp_path / "pairs.csv"), "--epochs", "1", "--tiny"], monkeypatch)
     printed = capsys.readouterr().out
     assert "3 pairs (3 images), 0 skipped" in printed
     assert f"--media-root {tmp_path}" in printed
+    out = tmp_path / "cache" / "your_own_data"
+    assert f"ready: retrieval serve {out / 'collection'} --model" in printed
+    assert (out / "data" / "train.jsonl").is_file() and (out / "run").is_dir()
