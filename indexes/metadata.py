@@ -260,10 +260,6 @@ class MetadataStore:
         assert not missing, f"metadata missing for ids {missing[:5]}"
         return [rows[i] for i in id_list]
 
-    def all_ids(self) -> np.ndarray:
-        cur = self._con.execute("SELECT id FROM items ORDER BY id")
-        return np.fromiter((row[0] for row in cur), dtype=np.int64)
-
     # ----- filters ------------------------------------------------------------------------
     def compile(self, where: dict[str, Any]) -> tuple[str, list[Any]]:
         """``where`` -> (SQL condition, parameters); raises ``ValueError`` on anything malformed."""
