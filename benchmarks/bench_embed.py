@@ -14,10 +14,12 @@ Prints a table and writes ``benchmarks/results/bench_embed.md``.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -180,7 +182,11 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="bench-embed-"))
+    if args.work_dir:
+        work = Path(args.work_dir)
+    else:  # the synthetic corpus (thousands of images by default) is removed when the run ends
+        work = Path(tempfile.mkdtemp(prefix="bench-embed-"))
+        atexit.register(shutil.rmtree, work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
 
