@@ -33,7 +33,7 @@ import logging
 import os
 import re
 import sys
-import tempfile
+import uuid
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -394,15 +394,17 @@ def render_svg(svg_path: str | os.PathLike[str], size: int) -> bytes:
 
 
 def _write_file(path: Path, data: bytes) -> None:
-    """Write via a temporary name and rename, so a half-written PNG never carries the final name."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write via a temporary name and rename, so a half-written PNG never carries the final name.
+
+    No fsync (thousands of small files; a lost one is noticed and rendered again) and the usual
+    permissions of a new file (``open`` honours the umask, ``mkstemp`` would make it private)."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "xb") as fh:
             fh.write(data)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
 
 

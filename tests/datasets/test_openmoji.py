@@ -116,6 +116,9 @@ def test_build_renders_writes_manifests_and_reuses_the_cache(tmp_path):
     assert image.size == (32, 32) and image.mode == "RGB"
     assert image.getpixel((0, 0)) == (255, 255, 255)  # rendered on white
     assert len(image.getcolors(maxcolors=4096) or []) > 2  # and something was drawn
+    (tmp_path / "plain.txt").write_text("x")  # the images get the permissions of any new file
+    mode = (tmp_path / "plain.txt").stat().st_mode & 0o777
+    assert {p.stat().st_mode & 0o777 for p in tmp_path.rglob("*.png")} == {mode}
     info = json.loads((ds.root / "dataset.json").read_text(encoding="utf-8"))
     assert info["license"] == "CC BY-SA 4.0"
     ids = {
