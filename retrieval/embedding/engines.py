@@ -193,10 +193,17 @@ def _prefetch(iterable: Any, depth: int) -> Iterator[Any]:
 
 
 def local_texts(model: Any, items: Sequence[Item], batch_size: int, device: str) -> Iterator[EncodedBatch]:
+    chunks = (list(items[start : start + batch_size]) for start in range(0, len(items), batch_size))
+    if not (hasattr(model, "text_features") and hasattr(model, "tokenize")):
+        with inference_on(model, device):
+            for chunk in chunks:
+                yield EncodedBatch("text", chunk, encode_captions(model, [it.ref for it in chunk], device), [])
+        return
+    # A helper thread tokenizes the next batches while this one runs its forward pass.
+    tokenized = _prefetch(((chunk, model.tokenize([it.ref for it in chunk])) for chunk in chunks), depth=2)
     with inference_on(model, device):
-        for start in range(0, len(items), batch_size):
-            chunk = list(items[start : start + batch_size])
-            yield EncodedBatch("text", chunk, encode_captions(model, [it.ref for it in chunk], device), [])
+        for chunk, tokens in tokenized:
+            yield EncodedBatch("text", chunk, _unit(model.text_features(tokens)), [])  # [B, D]
 
 
 def _empty(model: Any) -> np.ndarray:
