@@ -130,7 +130,10 @@ def load_image(
                 image = ImageOps.exif_transpose(probe) or probe
             except Exception:  # malformed EXIF: keep the pixels, skip the rotation
                 image = probe
-            return to_rgb(image).copy()
+            rgb = to_rgb(image)
+            # exif_transpose and the conversions return new images; only the probe itself needs a copy
+            # (it is closed on leaving this block).
+            return rgb.copy() if rgb is probe else rgb
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as exc:
