@@ -292,7 +292,7 @@ class TrainConfig(ConfigBase):
     optimizer: str = "adamw"  # "adamw" | "adam" | "sgd" (with momentum) | "adagrad" | "rmsprop"
     lr: float = 1e-3  # peak learning rate (reached after warmup, then cosine decay to lr * min_lr_ratio)
     min_lr_ratio: float = 0.0  # final learning rate as a fraction of lr
-    weight_decay: float = 0.1  # decoupled (adamw) or L2 decay; never on biases, norms or the logit scale/bias
+    weight_decay: float = 0.3  # adamw/L2 decay, not on biases/norms/logit scale (0.3: best val on OpenMoji)
     momentum: float = 0.9  # sgd and rmsprop momentum
     betas: tuple[float, float] = (0.9, 0.98)  # adam/adamw moment decays (CLIP's 0.98 steadies training)
     warmup_steps: int = 50  # linear warmup from 0 to lr over this many optimizer steps

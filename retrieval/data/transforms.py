@@ -85,7 +85,10 @@ def to_tensor(
 
 
 class ImageTransform:
-    """Resize + centre crop + normalise (eval), or random resized crop + colour jitter + normalise (train)."""
+    """Resize + centre crop + normalise (eval), or random resized crop + colour jitter + normalise (train).
+
+    The training crop keeps 80-100% of the area by default: on OpenMoji (the demo recipe) it matched or
+    beat the usual (0.5, 1.0) on validation recall, and together with weight decay 0.3 did best."""
 
     def __init__(
         self,
@@ -95,7 +98,7 @@ class ImageTransform:
         *,
         train: bool = False,
         resample: str = "bicubic",
-        scale: tuple[float, float] = (0.5, 1.0),
+        scale: tuple[float, float] = (0.8, 1.0),  # train crop area (emoji cut in half lose their meaning)
         jitter: float = 0.1,
     ) -> None:
         if resample not in _RESAMPLE:
