@@ -121,12 +121,18 @@ class _EpochEcho:
             loss = float(np.mean(self.losses)) if self.losses else float("nan")
             self.losses = []
             self.echo(
-                f"  epoch {record['epoch']:>2}: loss {loss:.3f} | val t2i R@1/5/10 "
+                f"  epoch {_epoch_label(record['epoch'])}: loss {loss:.3f} | val t2i R@1/5/10 "
                 f"{record.get('t2i/R@1', float('nan')):.2f}/{record.get('t2i/R@5', float('nan')):.2f}/"
                 f"{record.get('t2i/R@10', float('nan')):.2f}, i2t R@10 {record.get('i2t/R@10', float('nan')):.2f}"
                 f" ({time.perf_counter() - self.started:.0f}s)"
             )
         self.shown = len(vals)
+
+
+def _epoch_label(epoch: float) -> str:
+    """``" 6"`` for a whole epoch; ``"6.7 (stopped mid-epoch)"`` when a budget ended it part-way."""
+    epoch = float(epoch)
+    return f"{int(epoch):>2}" if epoch.is_integer() else f"{epoch:.1f} (stopped mid-epoch)"
 
 
 def _train(config: DemoConfig, data: OpenmojiDataset, run_dir: Path, echo: Echo) -> dict[str, Any]:
