@@ -8,6 +8,7 @@ tokens to ``[B, output_dim]``. Both list their repeated ``blocks()`` (input to o
 
 from __future__ import annotations
 
+import abc
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,23 +19,26 @@ from PIL import Image
 from torch import nn
 
 
-class ImageTower(nn.Module):
-    """Base class of image towers."""
+class ImageTower(nn.Module, abc.ABC):
+    """Base class of image towers; a subclass that misses an abstract method cannot be built."""
 
     output_dim: int
 
+    @abc.abstractmethod
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # [B, 3, H, W] -> [B, output_dim]
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def image_transform(self, train: bool = False) -> Callable[[Image.Image], torch.Tensor]:
-        raise NotImplementedError
+        ...
 
     def preprocess_config(self) -> dict[str, Any]:
         """JSON-able description of the preprocessing (part of the model fingerprint)."""
         return self.image_transform(False).config()  # type: ignore[attr-defined]
 
+    @abc.abstractmethod
     def blocks(self) -> list[nn.Module]:
-        raise NotImplementedError
+        ...
 
     def head(self) -> list[nn.Module]:
         return []
@@ -49,24 +53,28 @@ class ImageTower(nn.Module):
         atomic_write_text(directory / "preprocess.json", text + "\n")
 
 
-class TextTower(nn.Module):
-    """Base class of text towers."""
+class TextTower(nn.Module, abc.ABC):
+    """Base class of text towers; a subclass that misses an abstract method cannot be built."""
 
     output_dim: int
 
+    @abc.abstractmethod
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> torch.Tensor:  # [B, L] -> [B, D]
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def preprocess_config(self) -> dict[str, Any]:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def blocks(self) -> list[nn.Module]:
-        raise NotImplementedError
+        ...
 
     def head(self) -> list[nn.Module]:
         return []
