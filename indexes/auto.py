@@ -25,11 +25,23 @@ import math
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["choose_index", "drop_self", "estimate_memory", "parse_memory", "recall_at_k", "tune"]
+__all__ = [
+    "QuerySet",
+    "Timing",
+    "candidates",
+    "choose_index",
+    "drop_self",
+    "estimate_memory",
+    "parse_memory",
+    "recall_at_k",
+    "time_search",
+    "tune",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -104,27 +116,33 @@ def estimate_memory(spec: str, n: int, dim: int) -> int:
     return n * dim * 4 + ids
 
 
-def choose_index(n: int, dim: int, memory_budget: int | None = None) -> str:
-    """The factory string ``index="auto"`` builds for ``n`` vectors of ``dim`` (see module doc)."""
+def candidates(n: int, dim: int, memory_budget: int | None = None) -> list[str]:
+    """Index specs worth trying for ``n`` vectors of ``dim`` within ``memory_budget``, best guess first.
+
+    ``Flat`` alone up to ``FLAT_MAX``; beyond, HNSW (whenever its graph and vectors fit the budget)
+    and IVF-Flat, HNSW first up to ``HNSW_MAX`` and IVF first above (IVF builds in a fraction of the
+    time), then IVF-PQ with the largest code that fits. Exact search is always the fallback.
+    """
     budget = math.inf if memory_budget is None else memory_budget
 
     def fits(spec: str) -> bool:
         return estimate_memory(spec, n, dim) <= budget
 
     if n <= FLAT_MAX and fits("Flat"):
-        return "Flat"
-    hnsw = f"HNSW{HNSW_M}"
-    if n <= HNSW_MAX and fits(hnsw):
-        return hnsw
+        return ["Flat"]
     nlist = choose_nlist(n)
+    hnsw = f"HNSW{HNSW_M}"
     ivf_flat = f"IVF{nlist},Flat"
-    if fits(ivf_flat):
-        return ivf_flat
+    ordered = [hnsw, ivf_flat] if n <= HNSW_MAX else [ivf_flat, hnsw]
+    out = [spec for spec in ordered if fits(spec)]
     for m in PQ_CHOICES:
-        if dim % m == 0 and m <= dim:
+        if dim % m == 0 and m < dim:
             spec = f"IVF{nlist},PQ{m}"
             if fits(spec):
-                return spec
+                out.append(spec)
+                break
+    if out:
+        return out
     smallest = (
         min(estimate_memory(f"IVF{nlist},PQ{m}", n, dim) for m in PQ_CHOICES if dim % m == 0)
         if any(dim % m == 0 for m in PQ_CHOICES)
@@ -134,6 +152,11 @@ def choose_index(n: int, dim: int, memory_budget: int | None = None) -> str:
         f"memory_budget {memory_budget} bytes is too small for {n} vectors of dim {dim}: the smallest index "
         f"considered needs about {smallest} bytes; raise the budget or pass an explicit index spec"
     )
+
+
+def choose_index(n: int, dim: int, memory_budget: int | None = None) -> str:
+    """The first candidate ``index="auto"`` tries for ``n`` vectors of ``dim`` (see :func:`candidates`)."""
+    return candidates(n, dim, memory_budget)[0]
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
@@ -156,78 +179,136 @@ def drop_self(ids: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+@dataclass
+class QuerySet:
+    """Queries that tuning measures recall and speed on, as the collection will be searched.
+
+    ``where`` is the filter those queries carry (e.g. ``{"modality": "image"}`` for text->image
+    queries in a collection holding both modalities); ``self_ids`` are the ids of queries that are
+    themselves stored items (left out of both lists; -2 otherwise); ``truth`` [q, k] the exact
+    neighbours, filled by the caller.
+    """
+
+    name: str
+    queries: np.ndarray  # [q, d]
+    where: dict[str, Any] | None = None
+    self_ids: np.ndarray | None = None  # [q]
+    truth: np.ndarray | None = None  # [q, k]
+
+
+@dataclass
+class Timing:
+    """Seconds per query of one way of searching: in batches, and one query at a time (median)."""
+
+    batch: float
+    single: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {"batch_ms": round(self.batch * 1e3, 4), "single_ms": round(self.single * 1e3, 4)}
+
+
+def time_search(search: Callable[[np.ndarray, dict[str, Any] | None], Any], sets: list[QuerySet], repeats: int = 3, singles: int = 20) -> Timing:
+    """Time ``search(queries, where)`` over ``sets``: best of ``repeats`` batch runs per query, and the
+    median of up to ``singles`` one-query searches."""
+    total = sum(s.queries.shape[0] for s in sets)
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for qs in sets:
+            search(qs.queries, qs.where)
+        best = min(best, time.perf_counter() - t0)
+    one: list[float] = []
+    per_set = max(1, singles // max(len(sets), 1))
+    for qs in sets:
+        for i in range(min(per_set, qs.queries.shape[0])):
+            t0 = time.perf_counter()
+            search(qs.queries[i : i + 1], qs.where)
+            one.append(time.perf_counter() - t0)
+    return Timing(best / max(total, 1), float(np.median(one)) if one else 0.0)
+
+
 def tune(
     kind: str,
     nlist: int,
     has_codes: bool,
-    run: Callable[[dict[str, Any], int], np.ndarray],
-    truth: np.ndarray,
-    self_ids: np.ndarray,
+    run: Callable[[dict[str, Any], QuerySet, int], np.ndarray],
+    sets: list[QuerySet],
     k: int,
     recall_target: float,
+    time_limit: float | None = None,
 ) -> dict[str, Any]:
-    """Smallest-latency ``nprobe`` / ``efSearch`` / ``refine`` reaching ``recall_target``.
+    """Fastest ``nprobe`` / ``efSearch`` / ``refine`` reaching ``recall_target`` on every query set.
 
-    ``run(params, k + 1) -> ids [q, k + 1]`` searches the sample queries with ``params``;
-    ``truth`` [q, k] are the exact neighbours without the queries themselves. The sample
-    estimate must beat the target by two standard errors (binomial, over the q * k
-    neighbours), and the chosen setting is one step above the first that does (twice the
-    refine factor for compressed codes, the next nprobe / efSearch otherwise), so that the
-    recall on unseen queries meets it too.
-    Returns the chosen params plus ``tuned_recall`` (reached recall) and ``tune_seconds``.
+    ``run(params, query_set, k + 1) -> ids [q, k + 1]`` searches one set with ``params``. The sample
+    estimate must beat the target by two standard errors (binomial, over the q * k neighbours of the
+    smallest set), and the chosen setting is one step above the first that does (twice the refine
+    factor for compressed codes, the next nprobe / efSearch otherwise), so that recall on unseen
+    queries meets it too. ``time_limit`` (seconds per query, e.g. what exact search takes) stops
+    walking a knob once a setting is slower: an index slower than exact search is of no use.
+
+    Returns the chosen params plus ``tuned_recall`` (the lowest over the sets),
+    ``tuned_recall_by_queries`` (per set), ``tune_seconds`` and ``reached`` (target met or not).
     """
     start = time.perf_counter()
     if kind == "ivf":
         knob, grid = (
             "nprobe",
-            [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if p < nlist] + [nlist],
+            [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096) if p < nlist] + [nlist],
         )
     elif kind == "hnsw":
-        knob, grid = "efSearch", [16, 32, 64, 128, 256, 512, 1024]
+        knob, grid = "efSearch", [16, 32, 64, 128, 256, 512, 1024, 2048]
     else:
         knob, grid = "", [0]
     refines = (1, 2, 4, 8, 16) if has_codes else (0,)
-    pairs = max(int((truth >= 0).sum()), 1)
+    pairs = max(min(int((qs.truth >= 0).sum()) for qs in sets if qs.truth is not None), 1)
     margin = 2.0 * math.sqrt(recall_target * (1.0 - recall_target) / pairs)
     bar = min(1.0, recall_target + margin)
+    n_queries = sum(qs.queries.shape[0] for qs in sets)
 
-    def measure(refine: int, value: int) -> tuple[dict[str, Any], float, float]:
+    def measure(refine: int, value: int) -> tuple[dict[str, Any], dict[str, float], float]:
         params: dict[str, Any] = {"refine": refine}
         if knob:
             params[knob] = value
         t0 = time.perf_counter()
-        found = drop_self(run(params, k + 1), self_ids, k)
-        seconds = time.perf_counter() - t0
-        recall = recall_at_k(found, truth)
-        logger.debug("tune %s: recall@%d=%.4f in %.3fs", params, k, recall, seconds)
-        return params, recall, seconds
+        recalls = {}
+        for qs in sets:
+            assert qs.truth is not None
+            self_ids = qs.self_ids if qs.self_ids is not None else np.full(qs.queries.shape[0], -2)
+            found = drop_self(run(params, qs, k + 1), self_ids, k)
+            recalls[qs.name] = recall_at_k(found, qs.truth)
+        per_query = (time.perf_counter() - t0) / max(n_queries, 1)
+        logger.debug("tune %s: recall@%d=%s in %.3f ms/query", params, k, recalls, per_query * 1e3)
+        return params, recalls, per_query
 
-    best: tuple[float, dict[str, Any], float] | None = None  # (seconds, params, recall)
-    fallback: tuple[float, dict[str, Any]] = (-1.0, {})
+    best: tuple[float, dict[str, Any], dict[str, float]] | None = None  # (seconds, params, recalls)
+    fallback: tuple[float, dict[str, Any], dict[str, float]] = (-1.0, {}, {})
     for refine in refines:
         previous = -1.0
         for j, value in enumerate(grid):
-            params, recall, seconds = measure(refine, value)
-            if recall > fallback[0]:
-                fallback = (recall, params)
-            if recall >= bar:
+            params, recalls, seconds = measure(refine, value)
+            low = min(recalls.values())
+            if low > fallback[0]:
+                fallback = (low, params, recalls)
+            if low >= bar:
                 # safety step: stored vectors as queries flatter the index a little compared with
                 # fresh queries (seen on clustered data), so go one step further on the knob that
                 # limits recall: the refine factor for compressed codes, else nprobe / efSearch
                 if has_codes:
-                    params, recall, seconds = measure(2 * max(refine, 1), value)
+                    params, recalls, seconds = measure(2 * max(refine, 1), value)
                 elif j + 1 < len(grid):
-                    params, recall, seconds = measure(refine, grid[j + 1])
+                    params, recalls, seconds = measure(refine, grid[j + 1])
                 if best is None or seconds < best[0]:
-                    best = (seconds, params, recall)
+                    best = (seconds, params, recalls)
                 break
-            if recall - previous < 1e-3 and value >= 64:
+            if time_limit is not None and seconds > time_limit:
+                break  # slower than exact search already, and more of this knob only costs more
+            if low - previous < 1e-3 and value >= 64:
                 break  # this refine factor has plateaued below the target
-            previous = recall
+            previous = low
         if best is not None and refine >= 4:
             break
     if best is None:
-        logger.warning(
+        logger.info(
             "recall target %.3f (+%.3f margin) not reached; best recall@%d %.4f with %s",
             recall_target,
             margin,
@@ -235,10 +316,12 @@ def tune(
             fallback[0],
             fallback[1],
         )
-        chosen, reached = fallback[1], fallback[0]
+        chosen, recalls, reached = fallback[1], fallback[2], False
     else:
-        chosen, reached = best[1], best[2]
-    out = {key: value for key, value in chosen.items() if value}
-    out["tuned_recall"] = round(float(reached), 4)
+        chosen, recalls, reached = best[1], best[2], True
+    out: dict[str, Any] = {key: value for key, value in chosen.items() if value}
+    out["tuned_recall"] = round(float(min(recalls.values())) if recalls else 0.0, 4)
+    out["tuned_recall_by_queries"] = {name: round(float(r), 4) for name, r in recalls.items()}
     out["tune_seconds"] = round(time.perf_counter() - start, 3)
+    out["reached"] = reached
     return out

@@ -1,52 +1,44 @@
-"""Collection: a directory holding a FAISS index, its raw vectors and SQLite metadata, and a manifest.
+"""Collection: vectors, their metadata and a FAISS index, kept as immutable segments on disk.
 
 Layout::
 
-    <path>/manifest.json        format version, dim, metric, count, index spec, fingerprint, params,
-                                and the name of the data folder below (the commit point)
-    <path>/v000007-3fa2c1d0/    one immutable data folder per saved version
-        index.faiss             the ANN index (ids are the collection's int64 ids)
-        vectors.npy, ids.npy    the raw float32 vector store, rows sorted by id
-        tombstones.npy          ids still inside the index but removed (HNSW cannot delete)
-        metadata.sqlite         id -> JSON fields
-    <path>/.writer.lock         held (flock) while a writable handle is open
+    <path>/manifest.json          format, dim, metric, count, index spec, fingerprint, tuned params,
+                                  the segments of this version with a checksum of every file
+                                  (the commit point: replaced atomically by every save)
+    <path>/s000012-3fa2c1d0/      a segment: vectors.npy, ids.npy, metadata.sqlite, its index
+                                  (HNSW graph / IVF lists) and its deletion record (indexes.segment)
+    <path>/t000009-5e0b77aa.faiss the trained IVF / codebook template segments share (trainable kinds)
+    <path>/.writer.lock           held (flock) while a writable handle is open
 
-Saving writes a *new* data folder, fsyncs every file and the folder, then atomically
-replaces ``manifest.json`` (write temp, fsync, rename, fsync the directory) and only then
-deletes the previous folder. A crash or exception at any step leaves the previous
-manifest pointing to the previous, untouched folder. Readers load the folder the manifest
-names; if a save deletes it underneath them they re-read the manifest and retry, so a
-read-only open always sees one consistent version.
+Changes cost what they change. ``add`` puts items in an in-memory buffer (with its own index);
+``remove`` records deletions; ``save()`` writes the buffer as a new segment, the deletion records
+of the segments that changed and a new manifest, nothing else. When the buffer outgrows its
+share of ``memory_budget`` it is written as a segment before the save (committed by it), so a
+writable handle holds the index structures and the current batch, never all vectors: segment
+vectors, graphs and IVF lists are memory-mapped. Small segments are merged after saves by the
+policy of :mod:`indexes.compaction` (or explicitly by :meth:`Collection.compact`).
 
-Scores are *higher is better*: inner products for ``metric="ip"`` (cosine on unit
-vectors) and negated squared Euclidean distances for ``metric="l2"``. Missing results
-are padded with id ``-1`` and score ``-inf``.
+Atomicity: a save writes new files only, fsyncs them, then replaces ``manifest.json`` (write temp,
+fsync, rename, fsync the directory). A crash or exception at any step leaves the previous manifest
+naming untouched files. Files no manifest names are deleted after the commit, by the writer only;
+readers keep the files they opened. Read-only opens that meet a file deleted under them retry
+with the new manifest, so they always see one whole version.
 
-Module map: :mod:`indexes.persist` (manifest, fsync, lock), :mod:`indexes.store` (raw vectors),
-:mod:`indexes.metadata` (SQLite + filters), :mod:`indexes.faiss_index` (FAISS), :mod:`indexes.auto`
-(index choice and tuning), :mod:`indexes.exact` (brute force for filters, refine, untrained indexes).
+Damage: every file's checksum is in the manifest (:mod:`indexes.files`). Opening checks sizes and
+headers, and checksums files up to 64 MB whole; :meth:`Collection.verify` reads everything, and
+merges and rebuilds verify what they copy.
 
-Search plan: no filter -> the ANN index (tombstones masked by a selector); a filter matching at
-most ``exact_filter_max`` items (or under 5 % of an HNSW index) -> exact search over the
-matches; a broader filter -> the ANN index with an ``IDSelectorBatch`` of the matching ids and
-nprobe / efSearch widened by the selectivity. Any row left with fewer than k hits while k
-eligible items exist is answered exactly, so filtered searches return k hits when k match.
+Scores are *higher is better*: inner products for ``metric="ip"`` (cosine on unit vectors) and
+negated squared Euclidean distances for ``metric="l2"``. Missing results are padded with id
+``-1`` and score ``-inf``. The search plan is in :mod:`indexes.planner`.
 
-Removal: Flat, IVF and PQ indexes delete ids in place; HNSW graphs cannot, so removed
-ids become tombstones masked out of every search by an ID selector, and ``needs_rebuild``
-turns true once they exceed 10 % of the index (``rebuild()`` rebuilds it from the raw store).
+Index life cycle: trainable kinds (IVF, PQ) train on a seeded sample once enough vectors exist
+(until then searches are exact), and search parameters are tuned to ``recall_target`` whenever the
+count has doubled since the last tuning. ``index="auto"`` chooses by measurement
+(:mod:`indexes.choice`): it never keeps an index slower than exact search.
 
-Index life cycle: trainable kinds (IVF, PQ) are trained on a seeded sample at the first
-``save()`` with enough vectors (until then searches are exact over the raw store), and ANN
-parameters are tuned to ``recall_target`` whenever the count has doubled since the last
-tuning. ``index="auto"`` collections stop feeding an index once another kind suits the
-count (searches go exact meanwhile) and ``save()`` builds the new one. Explicit specs are
-never rebuilt implicitly: ``needs_rebuild`` says when ``rebuild()`` is worth it.
-
-Memory: a writable handle holds the raw vectors and an in-memory copy of the metadata
-database in RAM; read-only handles map the vectors from disk (``mmap=True`` maps the IVF
-lists too). One writer at a time (a flock); concurrent ``search`` calls on one handle are
-safe, mutating calls (add, remove, save, rebuild, tune) must not run concurrently with others.
+One writer at a time (a flock); concurrent ``search`` calls on one handle are safe, mutating calls
+(add, remove, save, compact, rebuild, tune) must not run concurrently with others.
 """
 
 from __future__ import annotations
@@ -55,35 +47,40 @@ import json
 import logging
 import os
 import secrets
-import shutil
-import sqlite3
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 
-from indexes import auto, exact, persist
-from indexes import faiss_index as fi
-from indexes.metadata import MetadataStore, validate_metadata
+from indexes import auto, files, legacy, persist, planner
+from indexes import segment as segments_module
+from indexes.files import DamagedFileError
+from indexes.metadata import compile_where, validate_metadata
 from indexes.persist import FORMAT, FORMAT_VERSION, MANIFEST, CollectionBusyError
-from indexes.store import VectorStore
+from indexes.segment import Buffer, Part, Segment
+from indexes.template import Template
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "Collection", "CollectionBusyError"]
 
 logger = logging.getLogger(__name__)
 
-TOMBSTONE_REBUILD_FRACTION = 0.10  # needs_rebuild once this share of the index is removed-but-present
-# needs_rebuild once the collection holds this many times the vectors it was trained with
-RETRAIN_GROWTH = 4.0
+TOMBSTONE_REBUILD_FRACTION = 0.10  # needs_rebuild once this share of stored rows is removed-but-present
+RETRAIN_GROWTH = 4.0  # needs_rebuild once the collection holds this many times the vectors it trained on
 TUNE_MIN = 1_000  # below this many vectors, ANN parameters are not tuned (defaults are used)
-TUNE_QUERIES = 200  # sample queries used to measure recall when tuning
 EXACT_FILTER_MAX = 20_000  # filters matching at most this many items are answered by exact search
-HNSW_SPARSE_FILTER = 0.05  # HNSW searches filters accepting less than this share exactly
-_ADD_BATCH = 65_536
+BUFFER_BYTES = 256 << 20  # unsaved items kept in memory before they are written as a segment
+SEGMENT_MAX_BYTES = 2 << 30  # merges never write a segment with more vector bytes than this
+_FILTER_CACHE_BYTES = 256 << 20  # filter results kept (matching ids and rows), least recently used first
+_FILTER_CACHE_ENTRIES = 64
 SCORE_CONVENTION = {"ip": "inner product (higher is better)", "l2": "-squared L2 distance (higher is better)"}
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -112,38 +109,39 @@ class Collection:
         self,
         path: Path,
         manifest: dict[str, Any],
-        index: faiss.Index,
-        store: VectorStore,
-        meta: MetadataStore,
-        tombstones: np.ndarray,
+        segments: list[Segment],
+        template: Template,
         read_only: bool,
         lock_fd: int | None,
     ) -> None:
         self._path = path
-        self._manifest = manifest
+        self._manifest = manifest  # the committed manifest, as on disk (format 2)
         self._dim = int(manifest["dim"])
         self._metric = str(manifest["metric"])
         self._fingerprint = manifest.get("fingerprint")
         self._requested = str(manifest["index_requested"])
-        self._spec = str(manifest["index_spec"])
         self._params: dict[str, Any] = dict(manifest.get("params") or {})
         self._budget = manifest.get("memory_budget")
         self._recall_target = float(manifest.get("recall_target", 0.95))
         self._next_id = int(manifest["next_id"])
-        self._index = index
-        self._kind = fi.describe(index)
-        self._store = store
-        self._meta = meta
-        self._tomb = np.sort(tombstones.astype(np.int64))
-        self._tomb_sel: tuple[Any, ...] | None = None
+        self._auto: dict[str, Any] | None = manifest.get("auto")
+        self._segments = segments
+        self._template = template
+        self._template_record: dict[str, Any] | None = manifest.get("template")
+        self._queries_record: dict[str, Any] | None = manifest.get("queries")
         self._read_only = read_only
         self._lock_fd = lock_fd
+        self._buffer: Buffer | None = None if read_only else Buffer(self._dim, template)
+        self._pending: set[Path] = set()  # files written for the next commit (flushed segments, indexes)
+        self._deleted_fields: dict[str, dict[str, int]] = {
+            s.name: dict((s.entry.get("deleted") or {}).get("fields") or {}) for s in segments
+        }
+        self._changed_deletes: set[str] = set()  # segments whose deletion record must be written
         self._dirty = False
         self._closed = False
-        # auto collections stop maintaining an index that another kind will replace at the next save
-        self._deferred = False
-        self._where_cache: dict[str, Any] = {}  # filter JSON -> matching ids; "sel:" + JSON -> selector
-        fi.set_params(index, self._params)
+        self._filters: OrderedDict[str, planner.Match] = OrderedDict()
+        self._filter_lock = threading.Lock()
+        self._runner: Any = None  # set by bulk builds: builds segment indexes in worker processes
 
     # ================================================================ create / open / close
     @classmethod
@@ -161,11 +159,14 @@ class Collection:
         """Create an empty collection at ``path`` (written to disk at once) and return it open for writing.
 
         ``index`` is a FAISS factory string (``"Flat"``, ``"HNSW32"``, ``"IVF1024,Flat"``,
-        ``"IVF4096,PQ32x8"``, ``"OPQ32,IVF1024,PQ32"``...) or ``"auto"`` (chosen from the count,
-        dim and ``memory_budget``, bytes or e.g. ``"4GB"``, when the collection is saved).
-        ``recall_target`` is what ANN search parameters are tuned to. ``overwrite=True``
-        replaces an existing collection (never a directory that is not one).
+        ``"IVF4096,PQ32x8"``, ``"OPQ32,IVF1024,PQ32"``...) or ``"auto"`` (chosen when the collection
+        is saved, by measuring candidates against exact search, within ``memory_budget``: bytes or
+        e.g. ``"4GB"``; it also bounds the unsaved items kept in memory). ``recall_target`` is what
+        ANN search parameters are tuned to. ``overwrite=True`` replaces an existing collection
+        (never a directory that is not one).
         """
+        from indexes import faiss_index as fi
+
         path = Path(path)
         dim = _check_int("dim", dim, 1)
         if metric not in fi.METRICS:
@@ -180,8 +181,8 @@ class Collection:
         if fingerprint is not None and not isinstance(fingerprint, str):
             raise ValueError(f"fingerprint must be a string or None, received {type(fingerprint).__name__}")
         requested = index.strip() if isinstance(index, str) else index
-        spec = auto.choose_index(0, dim, budget) if requested == "auto" else requested
-        built = fi.build_index(spec, dim, metric)  # validates the spec
+        spec = "Flat" if requested == "auto" else requested
+        template = Template(spec, dim, metric)  # validates the spec
         if path.exists():
             if not path.is_dir():
                 raise FileExistsError(f"{path} exists and is a file; choose another path")
@@ -194,18 +195,19 @@ class Collection:
                     raise FileExistsError(
                         f"collection {path} already exists: open it, or pass overwrite=True"
                     )
-        path.mkdir(parents=True, exist_ok=True)
-        lock_fd = persist.lock(path)
+        with files.storage_errors(path.parent if not path.exists() else path, "create the collection"):
+            path.mkdir(parents=True, exist_ok=True)
+            lock_fd = persist.lock(path)
         try:
-            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             try:
                 old = persist.read_manifest(path) if (path / MANIFEST).exists() else None
             except ValueError:
                 old = None  # a damaged collection being overwritten
+            now = _now()
             manifest = {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
-                "version": (old or {}).get("version", 0),
+                "version": int((old or {}).get("version", 0)),
                 "dim": dim,
                 "metric": metric,
                 "count": 0,
@@ -218,20 +220,13 @@ class Collection:
                 "recall_target": float(recall_target),
                 "created": now,
                 "updated": now,
-                "data": None,
+                "segments": [],
+                "template": None,
+                "queries": None,
+                "auto": None,
             }
-            coll = cls(
-                path,
-                manifest,
-                built,
-                VectorStore(dim),
-                MetadataStore.in_memory(),
-                np.empty(0, dtype=np.int64),
-                False,
-                lock_fd,
-            )
-            coll._dirty = True
-            coll.save()
+            coll = cls(path, manifest, [], template, False, lock_fd)
+            coll._commit(dict(manifest, version=manifest["version"] + 1), previous=old)
         except BaseException:
             persist.unlock(lock_fd)
             raise
@@ -241,71 +236,69 @@ class Collection:
     def open(cls, path: str | os.PathLike[str], mmap: bool = False, read_only: bool = False) -> Collection:
         """Open an existing collection.
 
-        ``read_only=True`` takes no lock and maps the raw vectors from disk; several readers may
-        open a collection while one writer saves it. ``mmap=True`` also maps the index's
-        inverted lists (IVF kinds) instead of loading them, and implies ``read_only``.
+        ``read_only=True`` takes no lock; several readers may open a collection while one writer
+        saves it. Vectors, graphs and IVF lists are memory-mapped in every mode (``mmap=True`` is
+        accepted for compatibility and implies ``read_only``). A writable open of a collection
+        written in format 1 converts its manifest (see :mod:`indexes.legacy`).
         """
         path = Path(path)
         read_only = read_only or mmap
-        # a missing path or a non-collection fails here, before any lock file is made
-        persist.read_manifest(path)
+        persist.read_manifest(path)  # a missing path or a non-collection fails here, before any lock file
         lock_fd = None if read_only else persist.lock(path)
         try:
             for attempt in range(10):
                 manifest = persist.read_manifest(path)
                 try:
-                    coll = cls._load(path, manifest, mmap, read_only, lock_fd)
+                    coll = cls._load(path, manifest, read_only, lock_fd)
                     break
-                except (OSError, RuntimeError, ValueError, sqlite3.Error):
-                    # a concurrent save may have replaced this version while we loaded it (FAISS reports a
-                    # vanished file as RuntimeError): retry with the new manifest, else it is a real error
-                    if attempt == 9 or persist.read_manifest(path).get("data") == manifest.get("data"):
+                except (OSError, RuntimeError, ValueError) as exc:
+                    # a concurrent save may have replaced this version while we loaded it: retry with
+                    # the new manifest; otherwise the error is real
+                    if attempt == 9 or persist.read_manifest(path).get("version") == manifest.get("version"):
+                        if isinstance(exc, FileNotFoundError):
+                            raise DamagedFileError(
+                                Path(exc.filename or path), "the file is missing", _repair_hint(path)
+                            ) from exc
                         raise
             if not read_only:
-                coll._remove_stale_folders()
+                if int(coll._manifest.get("format_version", FORMAT_VERSION)) < FORMAT_VERSION:
+                    coll._convert_legacy()
+                coll._collect_garbage([coll._manifest])
             return coll
         except BaseException:
             persist.unlock(lock_fd)
             raise
 
     @classmethod
-    def _load(
-        cls, path: Path, manifest: dict[str, Any], mmap: bool, read_only: bool, lock_fd: int | None
-    ) -> Collection:
-        data = path / str(manifest.get("data"))
-        if not manifest.get("data") or not data.is_dir():
-            raise FileNotFoundError(f"collection {path}: data folder {manifest.get('data')!r} is missing")
-        dim = int(manifest["dim"])
-        if read_only:
-            meta = MetadataStore.open_read_only(data / "metadata.sqlite")
-        else:
-            meta = MetadataStore.load_copy(data / "metadata.sqlite")
+    def _load(cls, path: Path, manifest: dict[str, Any], read_only: bool, lock_fd: int | None) -> Collection:
+        if int(manifest["format_version"]) < 2:
+            manifest = legacy.as_segments(path, manifest)
+        dim, metric = int(manifest["dim"]), str(manifest["metric"])
+        trained = None
+        record = manifest.get("template")
+        hint = _repair_hint(path)
+        if record:
+            file = path / record["file"]
+            result = files.verify_file(file, record.get("digest"))
+            if result:
+                raise DamagedFileError(file, files.describe_damage(result), hint)
+            trained = Template.read(manifest["index_spec"], dim, metric, file).trained
+        template = Template(str(manifest["index_spec"]), dim, metric, trained)
+        segments: list[Segment] = []
         try:
-            store = VectorStore.load(data, dim, mmap=read_only)
-            index = fi.read_index(data / "index.faiss", mmap=mmap)
-            tomb = np.load(data / "tombstones.npy", allow_pickle=False)
-            count = int(manifest["count"])
-            in_index = int(index.ntotal) - tomb.size
-            problems = []
-            if len(store) != count:
-                problems.append(f"vector store holds {len(store)}")
-            if len(meta) != count:
-                problems.append(f"metadata holds {len(meta)}")
-            if index.is_trained and in_index != count:
-                problems.append(f"index holds {in_index}")
-            if not index.is_trained and index.ntotal:
-                problems.append(f"untrained index holds {index.ntotal}")
-            if index.d != dim:
-                problems.append(f"index has dim {index.d}")
-            if problems:
+            for entry in manifest.get("segments") or []:
+                segments.append(Segment.open(path, entry, dim, template))
+            count = sum(s.n_live for s in segments)
+            if count != int(manifest["count"]):
                 raise ValueError(
-                    f"collection {path} is inconsistent: manifest says {count} items of dim {dim} but "
-                    f"{', '.join(problems)}; restore it from a backup or rebuild it from the source vectors"
+                    f"collection {path} is inconsistent: manifest says {manifest['count']} items but its "
+                    f"segments hold {count}; {hint}"
                 )
         except BaseException:
-            meta.close()
+            for s in segments:
+                s.close()
             raise
-        return cls(path, manifest, index, store, meta, tomb, read_only, lock_fd)
+        return cls(path, manifest, segments, template, read_only, lock_fd)
 
     def close(self) -> None:
         """Release files and the writer lock. Unsaved changes are discarded (with a warning)."""
@@ -314,7 +307,12 @@ class Collection:
         if self._dirty and not self._read_only:
             logger.warning("closing collection %s with unsaved changes; call save() to keep them", self._path)
         self._closed = True
-        self._meta.close()
+        for s in self._segments:
+            s.close()
+        if self._buffer is not None:
+            self._buffer.close()
+        self._discard_pending()
+        self._filters.clear()
         persist.unlock(self._lock_fd)
         self._lock_fd = None
 
@@ -340,11 +338,14 @@ class Collection:
             pass
 
     def __repr__(self) -> str:
-        return f"Collection({str(self._path)!r}, count={len(self)}, dim={self._dim}, metric={self._metric!r}, index={self._spec!r})"
+        return (
+            f"Collection({str(self._path)!r}, count={len(self)}, dim={self._dim}, metric={self._metric!r}, "
+            f"index={self._template.spec!r}, segments={len(self._segments)})"
+        )
 
     # ================================================================ properties
     def __len__(self) -> int:
-        return len(self._store)
+        return sum(p.n_live for p in self._parts())
 
     @property
     def dim(self) -> int:
@@ -360,8 +361,8 @@ class Collection:
 
     @property
     def index_spec(self) -> str:
-        """The factory string of the index currently built (``index_requested`` in :meth:`info` may be "auto")."""
-        return self._spec
+        """The factory string of the index in use (``index_requested`` in :meth:`info` may be "auto")."""
+        return self._template.spec
 
     @property
     def path(self) -> Path:
@@ -376,56 +377,92 @@ class Collection:
         """Search parameters in use (``nprobe``, ``efSearch``, ``refine``) and how they were obtained."""
         return dict(self._params)
 
+    @property
+    def segments(self) -> list[dict[str, Any]]:
+        """One small dict per segment (name, rows, removed rows, id range), oldest first."""
+        return [
+            {"name": s.name, "rows": s.rows, "deleted": s.n_deleted_rows, "id_min": s.id_min, "id_max": s.id_max}
+            for s in self._segments
+        ]
+
     def ids(self) -> np.ndarray:
         """All ids, ascending: int64 [count]."""
-        return self._store.live_ids()
+        parts = [p.live_ids() for p in self._parts()]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     def fields(self) -> list[str]:
         """Metadata field names present in the collection (what ``where`` may filter on)."""
-        return self._meta.fields()
+        return sorted(self._field_counts())
+
+    def _field_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for s in self._segments:
+            own = dict(s.entry.get("fields") or {})
+            for key, n in self._deleted_fields.get(s.name, {}).items():
+                own[key] = own.get(key, 0) - n
+            for key, n in own.items():
+                counts[key] = counts.get(key, 0) + n
+        if self._buffer is not None:
+            for key, n in self._buffer.field_counts().items():
+                counts[key] = counts.get(key, 0) + n
+        return {k: v for k, v in counts.items() if v > 0}
+
+    def _parts(self) -> tuple[Part, ...]:
+        if self._buffer is not None and self._buffer.rows:
+            return (*self._segments, self._buffer)
+        return tuple(self._segments)
 
     @property
     def needs_rebuild(self) -> bool:
-        """True when the index should be rebuilt: many tombstones, large growth since training, or
-        (for ``index="auto"``) a different index now suits the count. ``save()`` rebuilds auto collections."""
+        """True when :meth:`rebuild` would help: many removed rows still stored, large growth since
+        training, or (``index="auto"``) a choice that is due. ``save()`` handles auto collections."""
         return self._rebuild_reason() is not None
 
     def _rebuild_reason(self) -> str | None:
         n = len(self)
-        if self._deferred:
-            return f"index='auto' outgrew {self._spec}; the next save builds the index that suits {n} vectors"
-        if self._tomb.size > TOMBSTONE_REBUILD_FRACTION * max(int(self._index.ntotal), 1):
-            return f"{self._tomb.size} removed ids are still inside the {self._spec} index"
-        if self._requested == "auto" and self._outgrown(n):
-            return (
-                f"{auto.choose_index(n, self._dim, self._budget)} suits {n} vectors better than {self._spec}"
-            )
+        stored = sum(p.rows for p in self._parts())
+        dead = stored - n
+        if dead > TOMBSTONE_REBUILD_FRACTION * max(stored, 1):
+            return f"{dead} removed rows are still stored (compact() or rebuild() drops them)"
+        if self._requested == "auto" and self._choice_due(n):
+            return f"the index for {n} vectors is due to be chosen again (the next save does it)"
         trained_on = int(self._params.get("trained_on", 0))
-        if self._kind.needs_training and trained_on and n > RETRAIN_GROWTH * trained_on:
+        if self._template.needs_training and trained_on and n > RETRAIN_GROWTH * trained_on:
             return f"index trained with {trained_on} vectors, collection now holds {n}"
         return None
 
     def info(self) -> dict[str, Any]:
-        """Manifest fields plus live figures (count, fields, tombstones, needs_rebuild)."""
+        """Manifest fields plus live figures (count, segments, removed rows, memory, auto decision)."""
+        parts = self._parts()
+        stored = sum(p.rows for p in parts)
+        on_disk = 0
+        for entry in self._manifest.get("segments") or []:
+            for _, digest in _files_of(entry):
+                on_disk += int(digest["size"]) if digest else 0
         return {
             "path": str(self._path),
-            "format_version": FORMAT_VERSION,
+            "format_version": int(self._manifest.get("format_version", FORMAT_VERSION)),
             "version": self._manifest.get("version"),
             "count": len(self),
             "dim": self._dim,
             "metric": self._metric,
             "score": SCORE_CONVENTION[self._metric],
             "fingerprint": self._fingerprint,
-            "index_spec": self._spec,
+            "index_spec": self._template.spec,
             "index_requested": self._requested,
-            "index_kind": self._kind.kind,
-            "index_trained": bool(self._index.is_trained),
-            "index_deferred": self._deferred,
+            "index_kind": self._template.kind,
+            "index_trained": self._template.ready or self._template.is_flat,
+            "index_deferred": False,
             "params": dict(self._params),
+            "auto": self._auto,
             "memory_budget": self._budget,
             "recall_target": self._recall_target,
             "fields": self.fields(),
-            "tombstones": int(self._tomb.size),
+            "segments": len(self._segments),
+            "tombstones": stored - len(self),
+            "unsaved_items": 0 if self._buffer is None else self._buffer.n_live,
+            "bytes_on_disk": on_disk,
+            "memory_bytes": self._memory_estimate(),
             "needs_rebuild": self.needs_rebuild,
             "rebuild_reason": self._rebuild_reason(),
             "read_only": self._read_only,
@@ -433,6 +470,14 @@ class Collection:
             "created": self._manifest.get("created"),
             "updated": self._manifest.get("updated"),
         }
+
+    def _memory_estimate(self) -> int:
+        """Bytes this handle keeps in memory beyond memory-mapped files: the buffer, the template, masks."""
+        total = 0 if self._buffer is None else self._buffer.nbytes * 2  # vectors + index of unsaved items
+        if self._template.trained is not None and self._template.is_ivf:
+            total += self._template.nlist * self._dim * 4
+        total += sum(s.rows // 8 + s.deleted.nbytes for s in self._segments if s.deleted.size)
+        return int(total)
 
     def check_fingerprint(self, fingerprint: str | None) -> None:
         """Raise ``ValueError`` unless the collection was built with ``fingerprint`` (None on either side passes)."""
@@ -481,95 +526,102 @@ class Collection:
             )
         return arr
 
-    def _rows(self, ids: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
+    def _locate(self, ids: Any, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, part index, row) of live ids; raises naming the unknown ones."""
         ids = _as_ids(ids)
-        rows = self._store.rows_of(ids)
-        if (rows < 0).any():
-            unknown = ids[rows < 0]
+        part_of, row_of = planner.locate(self._parts(), ids)
+        if (row_of < 0).any():
+            unknown = ids[row_of < 0]
             raise ValueError(
                 f"cannot {what}: {unknown.size} unknown or removed id(s) {unknown[:5].tolist()}"
                 f"{' ...' if unknown.size > 5 else ''}; valid ids come from add() or ids()"
             )
-        return ids, rows
+        return ids, part_of, row_of
 
     # ================================================================ add / remove / get
-    def add(self, vectors: Any, metadata: Sequence[dict[str, Any] | None] | None = None) -> np.ndarray:
-        """Append vectors [n, d] (float64 is converted) with one metadata dict each; returns their new ids."""
+    def add(
+        self,
+        vectors: Any,
+        metadata: Sequence[dict[str, Any] | None] | None = None,
+        ids: Any = None,
+    ) -> np.ndarray:
+        """Append vectors [n, d] (float64 is converted) with one metadata dict each; returns their ids.
+
+        Ids are chosen by the collection (ascending, never reused). ``ids`` may name them instead,
+        e.g. when copying a collection: strictly ascending and above every id ever allocated.
+        """
         self._check_open(write=True)
+        assert self._buffer is not None
         vecs = self._as_vectors(vectors, "vectors", allow_1d=False)  # [n, d]
         counts: dict[str, int] = {}
-        texts = validate_metadata(metadata, vecs.shape[0], counts)
         n = vecs.shape[0]
-        ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
+        texts = validate_metadata(metadata, n, counts)
+        if ids is None:
+            new_ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
+        else:
+            new_ids = _as_ids(ids)
+            if new_ids.size != n:
+                raise ValueError(f"ids has {new_ids.size} entries but {n} vectors were given")
+            if n and (new_ids[0] < self._next_id or (np.diff(new_ids) <= 0).any()):
+                raise ValueError(
+                    f"explicit ids must be strictly ascending and >= {self._next_id} (ids are never reused), "
+                    f"received {new_ids[:3].tolist()}..."
+                )
         if n == 0:
-            return ids
-        if self._requested == "auto" and not self._deferred and self._outgrown(len(self) + n):
-            # another kind suits the new size: stop feeding this index (searches go exact over the
-            # raw store meanwhile) and let the next save build the right one from the store
-            self._deferred = True
-            self._index.reset()
-            self._tomb, self._tomb_sel = np.empty(0, dtype=np.int64), None
-        if self._index_live:
-            self._index.add_with_ids(vecs, ids)
-        try:
-            self._meta.insert(ids, texts, counts)
-        except BaseException:
-            if self._index_live and self._kind.supports_remove:
-                self._index.remove_ids(ids)
-            elif self._index_live:
-                self._add_tombstones(ids)
-            raise
-        self._store.append(ids, vecs)
-        self._next_id += n
+            return new_ids
+        self._buffer.add(new_ids, vecs, texts, counts)
+        self._next_id = int(new_ids[-1]) + 1
         self._changed()
-        return ids
+        if self._buffer.nbytes >= self._buffer_limit():
+            self._flush_buffer()
+        return new_ids
 
     def remove(self, ids: Any) -> None:
         """Remove items by id (all must exist, or nothing is removed)."""
         self._check_open(write=True)
-        ids, rows = self._rows(ids, "remove")
-        ids, first = np.unique(ids, return_index=True)
-        rows = rows[first]
+        assert self._buffer is not None
+        ids, part_of, _ = self._locate(ids, "remove")
+        ids = np.unique(ids)
         if ids.size == 0:
             return
-        if self._index_live and self._index.ntotal:
-            if self._kind.supports_remove:
-                self._index.remove_ids(ids)
-            else:
-                self._add_tombstones(ids)
-        self._meta.delete(ids)
-        self._store.kill(rows)
+        part_of, _ = planner.locate(self._parts(), ids)
+        n_seg = len(self._segments)
+        # first everything that can fail (reading metadata), then the changes, which cannot
+        counts = {i: self._segments[i].meta.counts_for(ids[part_of == i]) for i in np.unique(part_of) if i < n_seg}
+        in_buffer = ids[part_of == n_seg]
+        if in_buffer.size:
+            self._buffer.remove(in_buffer)  # one SQLite transaction: all or nothing
+        for i, field_counts in counts.items():
+            seg = self._segments[i]
+            merged = self._deleted_fields.setdefault(seg.name, {})
+            for key, c in field_counts.items():
+                merged[key] = merged.get(key, 0) + c
+            self._segments[i] = seg.with_deleted(np.union1d(seg.deleted, ids[part_of == i]), seg.entry)
+            self._changed_deletes.add(seg.name)
         self._changed()
-
-    @property
-    def _index_live(self) -> bool:
-        """The index holds every stored vector (else searches use the raw store)."""
-        return bool(self._index.is_trained) and not self._deferred
-
-    def _outgrown(self, n: int) -> bool:
-        want = auto.choose_index(n, self._dim, self._budget)
-        built_on = int(self._params.get("built_on", 0))
-        return want != self._spec and (n >= 2 * built_on or n * 4 <= built_on)
-
-    def _add_tombstones(self, ids: np.ndarray) -> None:
-        self._tomb = np.union1d(self._tomb, ids)
-        self._tomb_sel = None
 
     def _changed(self) -> None:
         self._dirty = True
-        self._where_cache.clear()
+        with self._filter_lock:
+            self._filters.clear()
 
     def get(self, ids: Any) -> list[dict[str, Any]]:
         """Metadata dict of each id, in order (new dicts: editing them changes nothing stored)."""
         self._check_open()
-        ids, _ = self._rows(ids, "get metadata")
-        return self._meta.get(ids)
+        ids, part_of, _ = self._locate(ids, "get metadata")
+        parts = self._parts()
+        out: list[dict[str, Any] | None] = [None] * ids.size
+        for i in np.unique(part_of):
+            sel = np.flatnonzero(part_of == i)
+            for j, meta in zip(sel, parts[int(i)].meta.get(ids[sel])):
+                out[j] = meta
+        return out  # type: ignore[return-value]
 
     def vectors(self, ids: Any) -> np.ndarray:
         """The exact stored vectors of ``ids``: float32 [n, d]."""
         self._check_open()
-        _, rows = self._rows(ids, "get vectors")
-        return self._store.gather(rows)
+        ids, _, _ = self._locate(ids, "get vectors")
+        return planner.gather(self._parts(), ids)
 
     # ================================================================ search
     def search(
@@ -586,279 +638,295 @@ class Collection:
         self._check_open()
         q = self._as_vectors(queries, "queries", allow_1d=True)  # [n, d]
         k = _check_int("k", k, 1)
-        if refine is not None:
-            refine = _check_int("refine", refine, 1)
-        else:
-            refine = int(self._params.get("refine", 0))
-        n_live = len(self)
-        if 0 < n_live < k:  # never ask FAISS for more results than items: pad afterwards
-            scores, ids = self._search(q, n_live, where, refine, n_live)
-            pad_s, pad_i = self._padded(q.shape[0], k - n_live)
-            return np.hstack([scores, pad_s]), np.hstack([ids, pad_i])
-        return self._search(q, k, where, refine, n_live)
+        refine = int(self._params.get("refine", 0)) if refine is None else _check_int("refine", refine, 1)
+        return self._search(q, k, where, refine, self._view())
 
     def _search(
-        self, q: np.ndarray, k: int, where: dict[str, Any] | None, refine: int, n_live: int
+        self, q: np.ndarray, k: int, where: dict[str, Any] | None, refine: int, view: planner.View
     ) -> tuple[np.ndarray, np.ndarray]:
+        match = None
         if where is not None and not (isinstance(where, dict) and not where):  # {} filters nothing out
-            match = self._match(where)  # sorted int64 [m]
-            if match.size == 0:
-                return self._padded(q.shape[0], k)
-            frac = match.size / max(int(self._index.ntotal), 1)
-            ann_ok = self._kind.supports_selector and self._kind.kind != "flat" and self._index_live
-            # Exact search over the matches when they are few; also for HNSW under very selective
-            # filters, where a filtered graph walk loses recall (its eligible neighbours are sparse).
-            hnsw_sparse = self._kind.kind == "hnsw" and frac < HNSW_SPARSE_FILTER
-            if not ann_ok or match.size <= self.exact_filter_max or match.size <= k or hnsw_sparse:
-                return self._exact(q, k, self._store.rows_of(match))
-            scores, ids = self._ann(q, k, refine, self._selector(where, match), frac)
-            return self._fill_short(q, k, scores, ids, match)
-        if n_live == 0:
-            return self._padded(q.shape[0], k)
-        if not self._index_live:
-            return self._exact(q, k, None)
-        scores, ids = self._ann(q, k, refine, self._tombstone_selector())
-        return self._fill_short(q, k, scores, ids, None)
+            match = self._match(where, view.parts)
+        n_live = view.n_live if match is None else int(match.ids.size)
+        if 0 < n_live < k:  # never ask FAISS for more results than items: pad afterwards
+            scores, ids = planner.search(view, q, n_live, match, refine)
+            pad_s, pad_i = planner.exact.padded(q.shape[0], k - n_live)
+            return np.hstack([scores, pad_s]), np.hstack([ids, pad_i])
+        return planner.search(view, q, k, match, refine)
 
-    def _padded(self, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return exact.padded(n, k)
+    def _view(
+        self, parts: Sequence[Part] | None = None, template: Template | None = None, knobs: dict[str, Any] | None = None
+    ) -> planner.View:
+        parts = tuple(self._parts() if parts is None else parts)
+        return planner.View(
+            parts=parts,
+            template=self._template if template is None else template,
+            metric=self._metric,
+            knobs=dict(self._params if knobs is None else knobs),
+            n_live=sum(p.n_live for p in parts),
+            exact_filter_max=self.exact_filter_max,
+        )
 
-    def _match(self, where: dict[str, Any]) -> np.ndarray:
+    def _match(self, where: dict[str, Any], parts: Sequence[Part]) -> planner.Match:
+        """The items ``where`` admits (cached until the next change; bounded by bytes and entries)."""
         try:
             key = json.dumps(where, sort_keys=True, default=repr)
         except (TypeError, ValueError):
             key = None
-        if key is not None and key in self._where_cache:
-            return self._where_cache[key]
-        match = self._meta.matching_ids(where)
+        with self._filter_lock:
+            if key is not None and key in self._filters:
+                self._filters.move_to_end(key)
+                return self._filters[key]
+        condition, params = compile_where(where, self.fields())
+        match = planner.Match.of(parts, [p.meta.matching(condition, params) for p in parts])
         if key is not None:
-            if len(self._where_cache) >= 32:
-                self._where_cache.pop(next(iter(self._where_cache)))
-            self._where_cache[key] = match
+            with self._filter_lock:
+                self._filters[key] = match
+                total = sum(m.nbytes for m in self._filters.values())
+                while self._filters and (len(self._filters) > _FILTER_CACHE_ENTRIES or total > _FILTER_CACHE_BYTES):
+                    _, old = self._filters.popitem(last=False)
+                    total -= old.nbytes
         return match
 
-    def _selector(self, where: dict[str, Any], match: np.ndarray) -> Any:
-        """An IDSelectorBatch over ``match``, cached with the filter (building one costs ~20 ns per id)."""
-        key = "sel:" + json.dumps(where, sort_keys=True, default=repr)
-        sel = self._where_cache.get(key)
-        if sel is None:
-            sel = faiss.IDSelectorBatch(match)
-            self._where_cache[key] = sel
-        return sel
+    # ================================================================ buffer and segments
+    def _buffer_limit(self) -> int:
+        if type(self).buffer_bytes is not None:
+            return int(type(self).buffer_bytes)  # type: ignore[arg-type]
+        if self._budget:
+            return max(64 << 10, int(self._budget) // 8)
+        return BUFFER_BYTES
 
-    def _tombstone_selector(self) -> Any:
-        if self._tomb.size == 0:
-            return None
-        if self._tomb_sel is None:
-            batch = faiss.IDSelectorBatch(self._tomb)
-            self._tomb_sel = (faiss.IDSelectorNot(batch), batch)  # keep the inner selector alive
-        return self._tomb_sel[0]
+    buffer_bytes: int | None = None  # override of the buffer size (bytes), e.g. in tests
 
-    def _ann(
-        self, q: np.ndarray, k: int, refine: int, selector: Any, fraction: float = 1.0
-    ) -> tuple[np.ndarray, np.ndarray]:
-        kk = k * refine if refine else k
-        params = fi.search_params(self._index, selector, kk, fraction)
-        scores, ids = fi.index_ids_search(self._index, q, kk, self._metric, params)  # [n, kk]
-        if refine:
-            scores, ids = self._rescore(q, ids, k)
-        return scores, ids
+    def _segment_max_rows(self) -> int:
+        limit = SEGMENT_MAX_BYTES if not self._budget else max(1 << 20, min(SEGMENT_MAX_BYTES, int(self._budget) // 2))
+        return max(1024, limit // (self._dim * 4 + 8))
 
-    def _rescore(self, q: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact scores of candidate ids [n, c] from the raw store; best k per row."""
-        rows = self._store.rows_of(cand)  # [n, c]
-        return exact.rescore(q, cand, rows, self._store.vectors_view, k, self._metric)
+    def _segment_name(self) -> str:
+        return f"s{int(self._manifest.get('version', 0)) + 1:06d}-{secrets.token_hex(4)}"
 
-    def _exact(self, q: np.ndarray, k: int, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Brute-force search over ``rows`` of the raw store (None: every live row)."""
-        if rows is None and self._store.n_dead == 0:
-            return exact.knn(q, self._store.vectors_view, self._store.ids_view, k, self._metric)  # no copy
-        rows = self._store.live_rows() if rows is None else rows
-        return exact.knn(q, self._store.gather(rows), self._store.ids_view[rows], k, self._metric)
-
-    def _fill_short(
-        self, q: np.ndarray, k: int, scores: np.ndarray, ids: np.ndarray, match: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Rows where the ANN search found fewer than min(k, eligible items) (e.g. too few in the
-        probed IVF lists): answer them exactly. ``match`` None means every live item is eligible."""
-        want = min(k, len(self) if match is None else match.size)
-        short = np.flatnonzero((ids >= 0).sum(axis=1) < want)
-        if short.size:
-            s, i = self._exact(q[short], k, None if match is None else self._store.rows_of(match))
-            scores[short], ids[short] = s, i
-        return scores, ids
-
-    # ================================================================ train / tune / rebuild
-    def _sync(self) -> None:
-        """Train an untrained index once enough vectors exist, then add every stored vector to it."""
-        if self._deferred or self._index.is_trained or len(self) < max(fi.min_train_size(self._index), 1):
+    def _flush_buffer(self) -> None:
+        """Write the buffer as a segment now (committed by the next save): bounds memory."""
+        assert self._buffer is not None
+        if not self._buffer.rows:
             return
-        live = self._store.live_rows()
-        vecs = self._store.vectors_view
-        t0 = time.perf_counter()
-        sample = fi.train_index(self._index, vecs, seed=0, rows=live)
-        ids = self._store.ids_view[live]
-        for lo in range(0, live.size, _ADD_BATCH):
-            rows = live[lo : lo + _ADD_BATCH]
-            self._index.add_with_ids(self._store.gather(rows), ids[lo : lo + _ADD_BATCH])
-        self._params.update(trained_on=len(self), train_sample=sample)
-        self._params.pop("tuned_on", None)
-        logger.info(
-            "trained %s on %d of %d vectors in %.1fs", self._spec, sample, len(self), time.perf_counter() - t0
-        )
-        self._dirty = True
+        name = self._segment_name()
+        generation = int(self._manifest.get("version", 0)) + 1
+        with files.storage_errors(self._path, "write unsaved items to disk", self._buffer.nbytes * 2):
+            try:
+                entry = self._buffer.flush(self._path, name, generation)
+            except BaseException:
+                persist.remove_folder(self._path / name)
+                raise
+        self._pending.add(self._path / name)
+        segment = Segment.open(self._path, entry, self._dim, self._template, check=False)
+        self._segments.append(segment)
+        self._deleted_fields[segment.name] = {}
+        self._buffer.close()
+        self._buffer = Buffer(self._dim, self._template)
+        with self._filter_lock:
+            self._filters.clear()
 
-    def _should_tune(self) -> bool:
-        n = len(self)
-        if self._kind.kind == "flat" or not self._index_live or n < TUNE_MIN:
-            return False
-        return n >= 2 * int(self._params.get("tuned_on", 0))
-
-    def tune(self, recall_target: float | None = None, queries: Any = None, k: int = 10) -> dict[str, Any]:
-        """Tune ``nprobe`` / ``efSearch`` / ``refine`` to reach ``recall_target`` recall@k against exact search.
-
-        ``queries`` [q, d] default to ``TUNE_QUERIES`` stored vectors (each query's own id is left
-        out). Pass real queries (e.g. text embeddings for an image collection) when they differ
-        from the stored vectors. The chosen values are kept in :attr:`params` and the manifest.
-        """
-        self._check_open()
-        target = self._recall_target if recall_target is None else float(recall_target)
-        if not 0 < target <= 1:
-            raise ValueError(f"recall_target must be in (0, 1], received {recall_target!r}")
-        k = _check_int("k", k, 1)
-        if not self._index_live or len(self) <= k + 1:
-            raise ValueError(
-                f"cannot tune: the collection holds {len(self)} vectors and its index is not trained yet"
-            )
-        rng = np.random.default_rng(0)
-        if queries is None:
-            live = self._store.live_rows()
-            pick = np.sort(rng.choice(live, size=min(TUNE_QUERIES, live.size), replace=False))
-            q = self._store.gather(pick)  # [q, d]
-            self_ids = self._store.ids_view[pick]
-        else:
-            q = self._as_vectors(queries, "queries", allow_1d=False)
-            self_ids = np.full(q.shape[0], -2, dtype=np.int64)
-        _, exact_ids = self._exact(q, k + 1, None)  # [q, k+1]
-        truth = auto.drop_self(exact_ids, self_ids, k)
-        has_codes = fi.has_codes(self._index)
-        saved = dict(self._params)
-
-        def run(params: dict[str, Any], kk: int) -> np.ndarray:
-            fi.set_params(self._index, params)
-            return self._ann(q, kk, int(params.get("refine", 0)), self._tombstone_selector())[1]
-
-        try:
-            chosen = auto.tune(self._kind.kind, self._kind.nlist, has_codes, run, truth, self_ids, k, target)
-        finally:
-            fi.set_params(self._index, saved)
-        for key in ("nprobe", "efSearch", "refine"):
-            self._params.pop(key, None)
-        self._params.update(chosen, tuned_on=len(self), tune_queries=int(q.shape[0]), tune_k=k)
-        fi.set_params(self._index, self._params)
-        self._dirty = not self._read_only
-        return dict(self._params)
-
-    def rebuild(self, index: str | None = None) -> None:
-        """Rebuild the index from the raw vector store (drops tombstones, retrains, re-tunes).
-
-        ``index`` switches to another factory string or ``"auto"``; None keeps the requested one.
-        The new index is used at once and written by the next :meth:`save`.
-        """
-        self._check_open(write=True)
-        requested = self._requested if index is None else index
-        spec = auto.choose_index(len(self), self._dim, self._budget) if requested == "auto" else requested
-        t0 = time.perf_counter()
-        new = fi.build_index(spec, self._dim, self._metric)
-        old = (self._index, self._kind, self._spec, self._requested, self._params, self._tomb, self._deferred)
-        self._index, self._kind, self._spec, self._requested = new, fi.describe(new), spec, requested
-        self._deferred = False
-        self._params = {"built_on": len(self)}
-        self._tomb, self._tomb_sel = np.empty(0, dtype=np.int64), None
-        try:
-            if self._kind.needs_training:
-                self._sync()
+    def _discard_pending(self) -> None:
+        """Delete files written for a commit that will not happen (closing without saving)."""
+        if self._read_only:
+            return
+        for path in sorted(self._pending):
+            if path.is_dir():
+                persist.remove_folder(path)
             else:
-                live = self._store.live_rows()
-                ids = self._store.ids_view[live]
-                for lo in range(0, live.size, _ADD_BATCH):
-                    self._index.add_with_ids(
-                        self._store.gather(live[lo : lo + _ADD_BATCH]), ids[lo : lo + _ADD_BATCH]
-                    )
-            if self._should_tune():
-                self.tune()
-        except BaseException:
-            (
-                self._index,
-                self._kind,
-                self._spec,
-                self._requested,
-                self._params,
-                self._tomb,
-                self._deferred,
-            ) = old
-            self._tomb_sel = None
-            raise
-        self._params["build_seconds"] = round(time.perf_counter() - t0, 3)
-        self._dirty = True
-        logger.info("built %s over %d vectors in %.1fs", spec, len(self), time.perf_counter() - t0)
+                persist.remove_file(path)
+        self._pending.clear()
 
-    # ================================================================ save
+    # ================================================================ save / commit
     def save(self) -> None:
-        """Write the collection atomically (see the module doc); trains, tunes or rebuilds first when due."""
+        """Commit the changes atomically (see the module doc).
+
+        Trains, tunes or chooses the index first when due; merges segments as the policy of
+        :mod:`indexes.compaction` asks, in the same commit (merged segments' removed rows are dropped,
+        not recorded). Writes only the new segment, merged segments, changed deletion records and
+        the manifest.
+        """
+        from indexes import maintenance
+
         self._check_open(write=True)
-        if self._requested == "auto" and self.needs_rebuild:
-            self.rebuild()
-        else:
-            self._sync()
-            reason = self._rebuild_reason()
-            if reason:
-                logger.warning("collection %s would benefit from rebuild(): %s", self._path, reason)
-        if self._should_tune():
-            self.tune()
-        if not self._dirty and self._manifest.get("data"):
+        assert self._buffer is not None
+        maintenance.before_save(self)
+        if not self._dirty and self._manifest.get("version"):
             return
         version = int(self._manifest.get("version", 0)) + 1
-        name = f"v{version:06d}-{secrets.token_hex(4)}"
-        self._store = self._store.compacted()  # drops removed rows; changes nothing visible
-        folder = self._path / name
-        folder.mkdir()
+        created: list[Path] = []
+        opened: list[Segment] = []
+        segments = list(self._segments)
+        replaced: list[Segment] = []
+        rewritten = 0
+        needed = self._buffer.nbytes * 2 + 8 * sum(s.deleted.size for s in segments) + (1 << 20)
         try:
-            fi.write_index(self._index, folder / "index.faiss")
-            self._store.save(folder)
-            self._meta.write_to(folder / "metadata.sqlite")
-            with open(folder / "tombstones.npy", "wb") as fh:
-                np.save(fh, self._tomb, allow_pickle=False)
-                fh.flush()
-                os.fsync(fh.fileno())
-            persist.fsync_dir(folder)
-            persist.fsync_dir(self._path)
-            manifest = dict(self._manifest)
-            manifest.update(
-                version=version,
-                data=name,
-                count=len(self),
-                next_id=self._next_id,
-                index_requested=self._requested,
-                index_spec=self._spec,
-                params=dict(self._params),
-                fingerprint=self._fingerprint,
-                updated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            )
-            persist.write_manifest(self._path, manifest)  # commit point
+            with files.storage_errors(self._path, "save the collection", needed):
+                files.check_free_space(self._path, needed, "save the collection")
+                if self._buffer.rows and self._buffer.n_live:
+                    name = f"s{version:06d}-{secrets.token_hex(4)}"
+                    created.append(self._path / name)
+                    entry = self._buffer.flush(self._path, name, version)
+                    segment = Segment.open(self._path, entry, self._dim, self._template, check=False)
+                    opened.append(segment)
+                    segments.append(segment)
+                runs = maintenance.planned_merges(self, segments)
+                if runs:
+                    segments, replaced, rewritten = maintenance.apply_merges(self, segments, runs, created)
+                    opened.extend(s for s in segments if s.folder in created)
+                for i, seg in enumerate(segments):
+                    if seg.name not in self._changed_deletes:
+                        continue
+                    record = segments_module.write_deleted(
+                        seg.folder, seg.deleted, version, seg.n_deleted_rows, self._deleted_fields.get(seg.name, {})
+                    )
+                    created.append(seg.folder / record["file"])
+                    segments[i] = seg.with_deleted(seg.deleted, dict(seg.entry, deleted=record))
+                for seg in segments:
+                    if seg.folder in created or seg.folder in self._pending or seg.name in self._changed_deletes:
+                        persist.fsync_dir(seg.folder)
+                self._commit(self._manifest_for(version, segments), previous=self._manifest)
         except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
+            for seg in opened:
+                seg.close()
+            for path in created:
+                if path.is_dir():
+                    persist.remove_folder(path)
+                else:
+                    persist.remove_file(path)
             raise
-        previous = self._manifest.get("data")
-        self._manifest = manifest
-        self._dirty = False
-        if previous:
-            persist.remove_folder(self._path / str(previous))
-        self._remove_stale_folders()
+        for seg in replaced:
+            if seg not in opened:
+                seg.close()
+            self._deleted_fields.pop(seg.name, None)
+        self._segments = segments
+        for seg in segments:
+            self._deleted_fields.setdefault(seg.name, dict((seg.entry.get("deleted") or {}).get("fields") or {}))
+        if self._buffer.rows:
+            self._buffer.close()
+            self._buffer = Buffer(self._dim, self._template)
+        self._changed_deletes.clear()
+        with self._filter_lock:
+            self._filters.clear()
+        if rewritten:
+            maintenance.after_merge(self, rewritten)
 
-    def _remove_stale_folders(self) -> None:
-        """Delete data folders the manifest does not name (left by an interrupted save)."""
-        current = self._manifest.get("data")
-        for child in self._path.iterdir():
-            if child.is_dir() and persist.DATA_RE.match(child.name) and child.name != current:
-                persist.remove_folder(child)
+    def _manifest_for(self, version: int, segments: Sequence[Segment]) -> dict[str, Any]:
+        manifest = dict(self._manifest)
+        manifest.update(
+            format_version=FORMAT_VERSION,
+            version=version,
+            count=sum(s.n_live for s in segments),
+            next_id=self._next_id,
+            index_requested=self._requested,
+            index_spec=self._template.spec,
+            params=dict(self._params),
+            fingerprint=self._fingerprint,
+            updated=_now(),
+            segments=[s.entry for s in segments],
+            template=self._template_record,
+            queries=self._queries_record,
+            auto=self._auto,
+        )
+        return manifest
+
+    def _commit(self, manifest: dict[str, Any], previous: dict[str, Any] | None) -> None:
+        """Replace the manifest (the commit point), then delete what no manifest refers to any more."""
+        with files.storage_errors(self._path, "save the collection"):
+            persist.fsync_dir(self._path)  # new folders and files are durable before the manifest names them
+            durable = persist.write_manifest(self._path, manifest)
+        self._manifest = manifest
+        self._pending.clear()
+        self._dirty = False
+        keep = [manifest] if durable or previous is None else [manifest, previous]
+        self._collect_garbage(keep)
+
+    def _collect_garbage(self, keep: list[dict[str, Any]]) -> None:
+        if self._read_only:
+            return
+        try:
+            persist.collect_garbage(self._path, keep)
+        except OSError as exc:  # pragma: no cover - garbage is harmless
+            logger.warning("could not clean unused files of %s (%s)", self._path, exc)
+
+    def _convert_legacy(self) -> None:
+        """First writable open of a format-1 collection: record checksums, extract the template, commit."""
+        from indexes import maintenance
+
+        maintenance.convert_legacy(self)
+
+    # ================================================================ maintenance (indexes.maintenance)
+    def compact(self, force: bool = False) -> list[str]:
+        """Merge segments as :mod:`indexes.compaction` plans (all of them, dropping every removed row,
+        with ``force=True``) and commit; unsaved changes are saved first. Returns the new segment names."""
+        from indexes import maintenance
+
+        self._check_open(write=True)
+        return maintenance.compact(self, force=force)
+
+    def tune(
+        self, recall_target: float | None = None, queries: Any = None, k: int = 10, where: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Tune ``nprobe`` / ``efSearch`` / ``refine`` to reach ``recall_target`` recall@k against exact search.
+
+        ``queries`` [q, d] (with an optional ``where`` filter they are sent with) are used when given;
+        otherwise the query sample stored with :meth:`set_tuning_queries`; otherwise, in a collection
+        holding several ``modality`` values (images and captions), each modality's vectors as queries
+        for the others; otherwise a sample of stored vectors (each query's own id left out). The
+        recall reached per query set, the time per query and exact search's time on the same
+        queries are kept in :attr:`params` and the manifest.
+        """
+        from indexes import maintenance
+
+        self._check_open()
+        return maintenance.tune(self, recall_target, queries, k, where)
+
+    def set_tuning_queries(self, queries: dict[str, tuple[Any, dict[str, Any] | None]] | None) -> None:
+        """Store query samples that tuning and ``index="auto"`` measure with, e.g.
+        ``{"text->image": (caption_vectors, {"modality": "image"})}``; None forgets them.
+        Written by the next save (at most 1,000 queries per set are kept)."""
+        from indexes import maintenance
+
+        self._check_open(write=True)
+        maintenance.set_tuning_queries(self, queries)
+
+    def rebuild(self, index: str | None = None) -> None:
+        """Rebuild from the stored vectors: merge segments dropping removed rows, retrain, re-tune.
+
+        ``index`` switches to another factory string or ``"auto"``; None keeps the requested one.
+        The result is used at once and committed by the next :meth:`save`.
+        """
+        from indexes import maintenance
+
+        self._check_open(write=True)
+        maintenance.rebuild(self, index)
+
+    def verify(self, repair: bool = False) -> Any:
+        """Read every file, check every checksum and the agreement of ids, vectors, metadata and index.
+
+        Returns a :class:`indexes.verify.Report` (``ok``, the problems file by file). ``repair=True``
+        (writable handles) rebuilds what intact parts allow and commits; the report says what was lost.
+        """
+        from indexes import verify
+
+        self._check_open(write=repair)
+        return verify.verify(self, repair=repair)
+
+    def _choice_due(self, n: int) -> bool:
+        decided = int((self._auto or {}).get("n", -1))
+        if decided < 0:
+            return n > 0 or self._template.spec != "Flat"
+        return n >= 2 * decided or (n * 4 <= decided and decided > 0)
+
+
+def _files_of(entry: dict[str, Any]) -> list[tuple[str, dict[str, Any] | None]]:
+    out = list((entry.get("files") or {}).items())
+    for key in ("index", "deleted"):
+        if entry.get(key):
+            out.append((entry[key]["file"], entry[key].get("digest")))
+    return out
+
+
+def _repair_hint(path: Path) -> str:
+    return f"run `retrieval check {path} --repair` (or Collection.verify(repair=True)) or restore a backup"

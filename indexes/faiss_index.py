@@ -24,7 +24,6 @@ HNSW graphs cannot delete nodes; the collection masks removed ids with a selecto
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,8 @@ from typing import Any
 
 import faiss
 import numpy as np
+
+from indexes.files import DamagedFileError, DigestWriter
 
 __all__ = [
     "METRICS",
@@ -42,14 +43,17 @@ __all__ = [
     "index_ids_search",
     "min_train_size",
     "read_index",
+    "read_lists",
     "search_params",
     "set_params",
     "train_index",
     "write_index",
+    "write_lists",
 ]
 
 METRICS: dict[str, int] = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 
+DEFAULT_EF_SEARCH = 16  # FAISS's default efSearch for HNSW
 # faiss's own k-means advice: at least 39 training points per centroid.
 POINTS_PER_CENTROID = 39
 # upper bound on the training sample (k-means cost grows with it; 64 per centroid is ample for IVF).
@@ -92,10 +96,13 @@ def describe(index: faiss.Index) -> IndexInfo:
 _SPEC_RE = re.compile(r"^[A-Za-z0-9_,.x=\-]+$")
 
 
-def build_index(spec: str, dim: int, metric: str) -> faiss.Index:
-    """A new, empty index for factory string ``spec`` that stores the caller's int64 ids.
+def build_index(spec: str, dim: int, metric: str, keep_ids: bool = True) -> faiss.Index:
+    """A new, empty index for factory string ``spec``.
 
-    Raises ``ValueError`` when FAISS rejects the string or ``dim`` does not suit it.
+    ``keep_ids=True`` makes it store the caller's int64 ids (IVF natively, other kinds through
+    ``IndexIDMap2``); ``keep_ids=False`` leaves FAISS's sequential labels (row numbers), which is
+    what a collection's segment indexes use. Raises ``ValueError`` when FAISS rejects the
+    string or ``dim`` does not suit it.
     """
     if not isinstance(spec, str) or not spec.strip() or not _SPEC_RE.match(spec.strip()):
         raise ValueError(
@@ -120,7 +127,7 @@ def build_index(spec: str, dim: int, metric: str) -> faiss.Index:
     inner = _unwrap(index)
     if hasattr(inner, "do_polysemous_training"):
         inner.do_polysemous_training = False  # only serves polysemous filtering, which is never enabled here
-    if faiss.try_extract_index_ivf(index) is None:
+    if keep_ids and faiss.try_extract_index_ivf(index) is None:
         index = faiss.IndexIDMap2(index)
     return index
 
@@ -203,6 +210,35 @@ def search_params(
     return faiss.SearchParameters(sel=selector)
 
 
+def part_search_params(
+    index: faiss.Index, selector: faiss.IDSelector | None, knobs: dict[str, Any], k: int
+) -> faiss.SearchParameters | None:
+    """SearchParameters for one segment index: ``knobs`` (``nprobe`` / ``efSearch``, already widened for
+    filters) and ``selector``; the index object itself is never modified, so searches may run concurrently."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        nprobe = int(knobs.get("nprobe") or ivf.nprobe)
+        return faiss.SearchParametersIVF(sel=selector, nprobe=int(min(max(nprobe, 1), ivf.nlist)))
+    inner = _unwrap(index)
+    if isinstance(inner, faiss.IndexHNSW):
+        ef = int(max(int(knobs.get("efSearch") or inner.hnsw.efSearch), k))
+        return faiss.SearchParametersHNSW(sel=selector, efSearch=ef)
+    return None if selector is None else faiss.SearchParameters(sel=selector)
+
+
+def accepts_selector(index: faiss.Index) -> bool:
+    """Whether ``index.search`` takes an ID selector (some code indexes, e.g. ``PQ32``, refuse it)."""
+    info = describe(index)
+    if info.kind != "codes":
+        return True
+    probe = faiss.IDSelectorAll()
+    try:
+        index.search(np.zeros((1, index.d), dtype=np.float32), 1, params=faiss.SearchParameters(sel=probe))
+    except RuntimeError:
+        return False
+    return True
+
+
 def index_ids_search(
     index: faiss.Index, queries: np.ndarray, k: int, metric: str, params: faiss.SearchParameters | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -217,17 +253,46 @@ def index_ids_search(
     return scores, ids
 
 
-def write_index(index: faiss.Index, path: Path) -> None:
-    """Write ``index`` to ``path`` and fsync it."""
-    faiss.write_index(index, str(path))
-    fd = os.open(path, os.O_RDONLY)
+def write_index(index: faiss.Index, path: Path) -> dict[str, Any]:
+    """Write ``index`` to the new file ``path`` (fsynced); returns its digest (:mod:`indexes.files`).
+
+    The bytes go through Python file objects, so a full disk is an ``OSError`` with its errno.
+    """
+    with DigestWriter(path) as out:
+        faiss.write_index(index, faiss.PyCallbackIOWriter(out.write))
+    assert out.digest is not None
+    return out.digest
+
+
+def write_lists(invlists: faiss.InvertedLists, path: Path) -> dict[str, Any]:
+    """Write IVF inverted lists alone (no quantizer) to the new file ``path``; returns its digest."""
+    with DigestWriter(path) as out:
+        faiss.write_InvertedLists(invlists, faiss.PyCallbackIOWriter(out.write))
+    assert out.digest is not None
+    return out.digest
+
+
+def read_lists(path: Path) -> faiss.InvertedLists:
+    """Map inverted lists written by :func:`write_lists` read-only from disk (nothing is loaded)."""
+    reader = faiss.FileIOReader(str(path))
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        return faiss.read_InvertedLists(reader, faiss.IO_FLAG_MMAP)
+    except RuntimeError as exc:
+        raise DamagedFileError(path, f"FAISS cannot read it ({_last_line(exc)})") from exc
 
 
-def read_index(path: Path, mmap: bool = False) -> faiss.Index:
-    """Read an index; ``mmap=True`` maps IVF inverted lists from disk instead of loading them."""
-    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
-    return faiss.read_index(str(path), flags)
+def read_index(path: Path, mmap: bool = False, ivf: bool = False) -> faiss.Index:
+    """Read an index; ``mmap=True`` maps its large arrays from disk instead of loading them: the
+    inverted lists of an IVF index (``ivf=True``), the codes and graph of every other kind."""
+    flags = 0
+    if mmap:
+        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if ivf else faiss.IO_FLAG_MMAP_IFC
+    try:
+        return faiss.read_index(str(path), flags)
+    except RuntimeError as exc:
+        raise DamagedFileError(path, f"FAISS cannot read it ({_last_line(exc)})") from exc
+
+
+def _last_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__

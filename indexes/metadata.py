@@ -31,7 +31,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FILTER_OPERATORS", "MetadataStore", "validate_metadata"]
+__all__ = [
+    "FILTER_OPERATORS",
+    "MetadataStore",
+    "compile_where",
+    "counts_of",
+    "create_file",
+    "merge_files",
+    "validate_metadata",
+]
 
 # operator name -> SQL comparison applied to json_extract(data, path)
 FILTER_OPERATORS: dict[str, str] = {
@@ -179,7 +187,9 @@ class MetadataStore:
         return cls(con, read_only=True)
 
     def write_to(self, path: Path) -> None:
-        """Copy the whole database to a new file ``path`` (used by the collection's atomic save)."""
+        """Copy the whole database to a new file ``path`` (the caller fsyncs and checksums it)."""
+        if Path(path).exists():
+            raise FileExistsError(f"{path} exists; segment files are never rewritten")
         dst = sqlite3.connect(str(path))
         try:
             self._con.backup(dst)
@@ -252,6 +262,14 @@ class MetadataStore:
             out.update((int(i), json.loads(data)) for i, data in cur)
         return out
 
+    def counts_for(self, ids: Iterable[int]) -> dict[str, int]:
+        """Field -> how many of ``ids`` carry it (for the deletion record of a segment)."""
+        counts: dict[str, int] = {}
+        for data in self._rows(ids).values():
+            for key in data:
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
     def get(self, ids: Iterable[int]) -> list[dict[str, Any]]:
         """Fields of each id, in the order given; the caller has already checked the ids exist."""
         id_list = [int(i) for i in ids]
@@ -263,78 +281,187 @@ class MetadataStore:
     # ----- filters ------------------------------------------------------------------------
     def compile(self, where: dict[str, Any]) -> tuple[str, list[Any]]:
         """``where`` -> (SQL condition, parameters); raises ``ValueError`` on anything malformed."""
-        if not isinstance(where, dict):
-            raise ValueError(f"where must be a dict like {{'field': value}}, received {type(where).__name__}")
-        if not where:
-            raise ValueError("where is an empty dict: pass None to search without a filter")
-        known = self.fields()
-        clauses: list[str] = []
-        params: list[Any] = []
-        for field, cond in where.items():
-            if not isinstance(field, str) or field not in known:
-                raise ValueError(
-                    f"unknown filter field {field!r}; fields present in this collection: {known}: "
-                    "check the spelling, or add items carrying that field first"
-                )
-            path = _json_path(field)
-            if isinstance(cond, dict):
-                if not cond:
-                    raise ValueError(f"filter on {field!r} has an empty operator dict; use e.g. {{'gte': 1}}")
-                ops = cond.items()
-            elif isinstance(cond, (list, tuple, set, frozenset)):
-                ops = [("in", list(cond))]
-            else:
-                ops = [("eq", cond)]
-            for op, value in ops:
-                if op not in FILTER_OPERATORS:
-                    raise ValueError(
-                        f"filter on {field!r}: unknown operator {op!r}; expected one of {sorted(FILTER_OPERATORS)}"
-                    )
-                clause, clause_params = self._clause(field, path, op, value)
-                clauses.append(clause)
-                params.extend(clause_params)
-        return " AND ".join(clauses), params
+        return compile_where(where, self.fields())
 
-    @staticmethod
-    def _clause(field: str, path: str, op: str, value: Any) -> tuple[str, list[Any]]:
-        expr = "json_extract(data, ?)"
-        if op == "in":
-            if not isinstance(value, (list, tuple, set, frozenset)):
-                raise ValueError(
-                    f"filter on {field!r}: 'in' needs a list of values, received {type(value).__name__}"
-                )
-            values = list(value)
-            if not values:
-                return "0", []  # membership in an empty list matches nothing
-            for v in values:
-                _check_scalar(field, v, "each 'in' value")
-            non_null = [_plain(v) for v in values if v is not None]
-            parts = []
-            params: list[Any] = []
-            if non_null:
-                parts.append(f"{expr} IN ({', '.join('?' * len(non_null))})")
-                params.extend([path, *non_null])
-            if len(non_null) < len(values):
-                parts.append(f"{expr} IS NULL")
-                params.append(path)
-            return "(" + " OR ".join(parts) + ")", params
-        _check_scalar(field, value, f"the {op!r} value")
-        if op in ("eq", "ne") and value is None:
-            return f"{expr} IS {'NOT ' if op == 'ne' else ''}NULL", [path]
-        if op in _RANGE_OPS:
-            if value is None or isinstance(value, (bool, np.bool_)):
-                raise ValueError(
-                    f"filter on {field!r}: range operator {op!r} needs a number or a string, received {value!r}"
-                )
-            kinds = "('text')" if isinstance(value, str) else "('integer', 'real')"
-            return (
-                f"(json_type(data, ?) IN {kinds} AND {expr} {FILTER_OPERATORS[op]} ?)",
-                [path, path, _plain(value)],
-            )
-        return f"{expr} {FILTER_OPERATORS[op]} ?", [path, _plain(value)]
+    def field_counts(self) -> dict[str, int]:
+        """How many items carry each field."""
+        return {name: n for name, n in self._fields.items() if n > 0}
 
     def matching_ids(self, where: dict[str, Any]) -> np.ndarray:
         """Sorted int64 ids of the items matching ``where``."""
-        condition, params = self.compile(where)
-        cur = self._con.execute(f"SELECT id FROM items WHERE {condition} ORDER BY id", params)
+        return self.matching(*self.compile(where))
+
+    def matching(self, condition: str, params: Sequence[Any]) -> np.ndarray:
+        """Sorted int64 ids of the items matching a condition compiled by :func:`compile_where`."""
+        cur = self._con.execute(f"SELECT id FROM items WHERE {condition} ORDER BY id", list(params))
         return np.fromiter((row[0] for row in cur), dtype=np.int64)
+
+    def distinct(self, field: str, limit: int = 16) -> list[Any]:
+        """Up to ``limit`` distinct values of ``field`` (scalars only)."""
+        cur = self._con.execute(
+            "SELECT DISTINCT json_extract(data, ?) FROM items WHERE json_type(data, ?) IN ('text', 'integer') LIMIT ?",
+            (_json_path(field), _json_path(field), int(limit)),
+        )
+        return [row[0] for row in cur]
+
+    def all_ids(self) -> np.ndarray:
+        """Every stored id, ascending (used to verify a segment)."""
+        cur = self._con.execute("SELECT id FROM items ORDER BY id")
+        return np.fromiter((row[0] for row in cur), dtype=np.int64)
+
+    def integrity_problem(self) -> str | None:
+        """SQLite's own consistency check: None when the database is sound, else its first complaint."""
+        try:
+            rows = self._con.execute("PRAGMA quick_check").fetchall()
+        except sqlite3.DatabaseError as exc:
+            return str(exc)
+        return None if rows == [("ok",)] else str(rows[0][0])
+
+
+def compile_where(where: dict[str, Any], known: Sequence[str]) -> tuple[str, list[Any]]:
+    """``where`` -> (SQL condition over ``items.data``, parameters), checking fields against ``known``.
+
+    Raises ``ValueError`` naming the problem for anything malformed or any unknown field.
+    """
+    if not isinstance(where, dict):
+        raise ValueError(f"where must be a dict like {{'field': value}}, received {type(where).__name__}")
+    if not where:
+        raise ValueError("where is an empty dict: pass None to search without a filter")
+    known = sorted(known)
+    clauses: list[str] = []
+    params: list[Any] = []
+    for field, cond in where.items():
+        if not isinstance(field, str) or field not in known:
+            shown = known if len(known) <= 50 else [*known[:50], "..."]
+            raise ValueError(
+                f"unknown filter field {field!r}; fields present in this collection: {shown}: "
+                "check the spelling, or add items carrying that field first"
+            )
+        path = _json_path(field)
+        if isinstance(cond, dict):
+            if not cond:
+                raise ValueError(f"filter on {field!r} has an empty operator dict; use e.g. {{'gte': 1}}")
+            ops = list(cond.items())
+        elif isinstance(cond, (list, tuple, set, frozenset)):
+            ops = [("in", list(cond))]
+        else:
+            ops = [("eq", cond)]
+        for op, value in ops:
+            if op not in FILTER_OPERATORS:
+                raise ValueError(
+                    f"filter on {field!r}: unknown operator {op!r}; expected one of {sorted(FILTER_OPERATORS)}"
+                )
+            clause, clause_params = _clause(field, path, op, value)
+            clauses.append(clause)
+            params.extend(clause_params)
+    return " AND ".join(clauses), params
+
+
+def _clause(field: str, path: str, op: str, value: Any) -> tuple[str, list[Any]]:
+    expr = "json_extract(data, ?)"
+    if op == "in":
+        if not isinstance(value, (list, tuple, set, frozenset)):
+            raise ValueError(
+                f"filter on {field!r}: 'in' needs a list of values, received {type(value).__name__}"
+            )
+        values = list(value)
+        if not values:
+            return "0", []  # membership in an empty list matches nothing
+        for v in values:
+            _check_scalar(field, v, "each 'in' value")
+        non_null = [_plain(v) for v in values if v is not None]
+        parts = []
+        params: list[Any] = []
+        if non_null:
+            # one JSON parameter, however long the list (SQLite limits the number of variables)
+            parts.append(f"{expr} IN (SELECT value FROM json_each(?))")
+            params.extend([path, json.dumps(non_null, ensure_ascii=False)])
+        if len(non_null) < len(values):
+            parts.append(f"{expr} IS NULL")
+            params.append(path)
+        return "(" + " OR ".join(parts) + ")", params
+    _check_scalar(field, value, f"the {op!r} value")
+    if op in ("eq", "ne") and value is None:
+        return f"{expr} IS {'NOT ' if op == 'ne' else ''}NULL", [path]
+    if op in _RANGE_OPS:
+        if value is None or isinstance(value, (bool, np.bool_)):
+            raise ValueError(
+                f"filter on {field!r}: range operator {op!r} needs a number or a string, received {value!r}"
+            )
+        kinds = "('text')" if isinstance(value, str) else "('integer', 'real')"
+        return (
+            f"(json_type(data, ?) IN {kinds} AND {expr} {FILTER_OPERATORS[op]} ?)",
+            [path, path, _plain(value)],
+        )
+    return f"{expr} {FILTER_OPERATORS[op]} ?", [path, _plain(value)]
+
+
+def create_file(path: Path, ids: np.ndarray, texts: Sequence[str]) -> dict[str, int]:
+    """Write a new metadata database ``path`` holding ``texts[i]`` under ``ids[i]``; returns the field counts.
+
+    The caller fsyncs and checksums the file.
+    """
+    con = _new_database(path)
+    try:
+        counts: dict[str, int] = {}
+        for text in texts:
+            if text != "{}":
+                for key in json.loads(text):
+                    counts[key] = counts.get(key, 0) + 1
+        with con:
+            con.executemany("INSERT INTO items (id, data) VALUES (?, ?)", zip((int(i) for i in ids), texts))
+            con.executemany("INSERT INTO fields (name, n) VALUES (?, ?)", sorted(counts.items()))
+        return counts
+    finally:
+        con.close()
+
+
+def merge_files(path: Path, sources: Sequence[tuple[Path, np.ndarray]]) -> dict[str, int]:
+    """Write a new database ``path`` with, from each source database, the items whose ids are listed.
+
+    ``sources`` are (database path, ids to copy) in id order. Returns the field counts.
+    """
+    con = _new_database(path)
+    try:
+        con.execute("CREATE TEMP TABLE keep (id INTEGER PRIMARY KEY)")
+        for i, (src, ids) in enumerate(sources):
+            con.execute(f"ATTACH DATABASE ? AS src{i}", (f"file:{Path(src).resolve()}?mode=ro&immutable=1",))
+            with con:
+                con.execute("DELETE FROM keep")
+                con.executemany("INSERT INTO keep (id) VALUES (?)", ((int(x),) for x in ids))
+                con.execute(
+                    f"INSERT INTO items (id, data) SELECT id, data FROM src{i}.items "
+                    "WHERE id IN (SELECT id FROM keep) ORDER BY id"
+                )
+            con.execute(f"DETACH DATABASE src{i}")
+        counts = dict(
+            con.execute(
+                "SELECT key, count(*) FROM items, json_each(items.data) GROUP BY key ORDER BY key"
+            ).fetchall()
+        )
+        with con:
+            con.execute("DROP TABLE keep")
+            con.executemany("INSERT INTO fields (name, n) VALUES (?, ?)", sorted(counts.items()))
+        return counts
+    finally:
+        con.close()
+
+
+def _new_database(path: Path) -> sqlite3.Connection:
+    if Path(path).exists():
+        raise FileExistsError(f"{path} exists; segment files are never rewritten")
+    con = sqlite3.connect(str(path), uri=False)
+    con.execute("PRAGMA journal_mode=OFF")  # a new file, fsynced and checksummed by the caller
+    con.execute("PRAGMA synchronous=OFF")
+    con.executescript(_SCHEMA)
+    return con
+
+
+def counts_of(texts: Iterable[str]) -> dict[str, int]:
+    """Field -> number of items carrying it, over JSON object texts."""
+    counts: dict[str, int] = {}
+    for text in texts:
+        if text != "{}":
+            for key in json.loads(text):
+                counts[key] = counts.get(key, 0) + 1
+    return counts

@@ -1,9 +1,11 @@
-"""On-disk plumbing of a collection: the manifest (commit point), fsync, the writer lock, old data folders.
+"""On-disk plumbing of a collection: the manifest (the commit point), the writer lock, garbage collection.
 
-A save writes a new data folder, fsyncs its files and the folder, then replaces
-``manifest.json`` atomically (temp file, fsync, ``os.replace``, fsync of the directory).
-Until that rename the previous manifest names the previous, untouched folder; after it,
-the new one. Old folders are deleted only after the commit.
+A save writes new files only (segments, index and deletion records), fsyncs them and their
+folders, then replaces ``manifest.json`` atomically (temp file, fsync, ``os.replace``, fsync of
+the directory). Until that rename the previous manifest names only files that are untouched;
+after it, the new ones. Files no manifest names are deleted only after a durable commit, and
+only by the writer (:func:`collect_garbage`): readers of an older version keep their open
+files (POSIX keeps unlinked files readable while they are open or mapped).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from indexes import files
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - non-POSIX platforms: no inter-process writer lock
@@ -28,9 +32,11 @@ __all__ = [
     "FORMAT_VERSION",
     "MANIFEST",
     "CollectionBusyError",
+    "collect_garbage",
     "fsync_dir",
     "lock",
     "read_manifest",
+    "remove_file",
     "remove_folder",
     "unlock",
     "write_manifest",
@@ -39,10 +45,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FORMAT = "indexes.collection"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: one data folder per version; 2: segments
 MANIFEST = "manifest.json"
 LOCK = ".writer.lock"
-DATA_RE = re.compile(r"^v\d{6}-[0-9a-f]{8}$")  # data folder names: v<version>-<random>
+DATA_RE = re.compile(r"^v\d{6}-[0-9a-f]{8}$")  # format 1 data folders: v<version>-<random>
+SEGMENT_RE = re.compile(r"^s\d{6}-[0-9a-f]{8}$")  # segment folders: s<version>-<random>
+TEMPLATE_RE = re.compile(r"^t\d{6}-[0-9a-f]{8}\.faiss$")  # trained index templates
+QUERIES_RE = re.compile(r"^q\d{6}-[0-9a-f]{8}\.npz$")  # stored tuning queries
+GENERATION_RE = re.compile(r"^(index|lists|deleted)-\d{6}\.(faiss|ivf|npy)$")  # inside segments
 
 
 class CollectionBusyError(RuntimeError):
@@ -50,19 +60,19 @@ class CollectionBusyError(RuntimeError):
 
 
 def fsync_dir(path: Path) -> None:
-    """Make a directory's entries (new files, renames) durable (a no-op where directories cannot be opened)."""
-    if os.name == "nt":  # pragma: no cover - Windows cannot fsync a directory handle
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Make a directory's entries durable (see :func:`indexes.files.fsync_dir`)."""
+    files.fsync_dir(path)
 
 
-def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
-    """Atomically replace ``path/manifest.json``: the commit point of every save."""
-    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+def write_manifest(path: Path, manifest: dict[str, Any]) -> bool:
+    """Atomically replace ``path/manifest.json``: the commit point of every save.
+
+    Raises when nothing was committed. Once the rename has happened the new version *is* the
+    collection: a failure to fsync the directory afterwards is logged and reported by returning
+    False (the commit may not survive a power loss, so the caller must keep the files of the
+    previous version), never raised.
+    """
+    text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
     tmp = path / f".{MANIFEST}.{secrets.token_hex(4)}.tmp"
     try:
         with open(tmp, "w", encoding="utf-8") as fh:
@@ -73,7 +83,12 @@ def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
-    fsync_dir(path)
+    try:
+        fsync_dir(path)
+    except OSError as exc:
+        logger.warning("committed %s but could not fsync its folder (%s); old files are kept", path, exc)
+        return False
+    return True
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -96,7 +111,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ValueError(f"{file} is not an indexes collection manifest (expected format {FORMAT!r})")
     version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION or version < 1:
         raise ValueError(
             f"collection {path} has format version {version!r}, this library reads up to {FORMAT_VERSION}: "
             "upgrade the indexes package"
@@ -133,3 +148,54 @@ def remove_folder(folder: Path) -> None:
         logger.warning(
             "could not delete old collection data %s (%s); it is unused and safe to delete", folder, exc
         )
+
+
+def remove_file(file: Path) -> None:
+    try:
+        file.unlink(missing_ok=True)
+    except OSError as exc:
+        logger.warning("could not delete unused collection file %s (%s); it is safe to delete", file, exc)
+
+
+def referenced(manifest: dict[str, Any]) -> tuple[set[str], dict[str, set[str]]]:
+    """(top-level names, {segment folder: file names}) that a format-2 manifest refers to."""
+    top = {MANIFEST, LOCK}
+    inside: dict[str, set[str]] = {}
+    for entry in manifest.get("segments") or []:
+        names = set((entry.get("files") or {}).keys())
+        for key in ("index", "deleted"):
+            if entry.get(key):
+                names.add(entry[key]["file"])
+        inside[entry["name"]] = names
+        top.add(entry["name"])
+    for key in ("template", "queries"):
+        if manifest.get(key):
+            top.add(manifest[key]["file"])
+    return top, inside
+
+
+def collect_garbage(path: Path, keep: list[dict[str, Any]]) -> None:
+    """Delete what none of the manifests in ``keep`` refers to: segment and format-1 folders, templates,
+    query files, superseded index / deletion files and temporary files. Names the collection does not
+    make (e.g. an ``embed/`` state folder beside it) are never touched."""
+    top: set[str] = set()
+    inside: dict[str, set[str]] = {}
+    for manifest in keep:
+        t, i = referenced(manifest)
+        top |= t
+        for name, names in i.items():
+            inside.setdefault(name, set()).update(names)
+    for child in path.iterdir():
+        name = child.name
+        if name in top:
+            if name in inside and child.is_dir():
+                for item in child.iterdir():
+                    if GENERATION_RE.match(item.name) and item.name not in inside[name]:
+                        remove_file(item)
+            continue
+        if child.is_dir() and (SEGMENT_RE.match(name) or DATA_RE.match(name)):
+            remove_folder(child)
+        elif TEMPLATE_RE.match(name) or QUERIES_RE.match(name) or (
+            name.startswith(f".{MANIFEST}.") and name.endswith(".tmp")
+        ):
+            remove_file(child)

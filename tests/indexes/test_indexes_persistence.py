@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from idx_helpers import clustered
 
-from indexes import Collection, faiss_index, metadata, persist, store
+from indexes import Collection, faiss_index, files, metadata, persist, segment
 
 D = 8
 
 
-def _make(path: Path, n: int = 50, spec: str = "Flat") -> np.ndarray:
+def _make(path: Path, n: int = 50, spec: str = "HNSW32") -> np.ndarray:
     x = clustered(n, D, seed=20)
     with Collection.create(path, D, index=spec) as coll:
         coll.add(x, [{"i": i} for i in range(n)])
@@ -28,31 +28,34 @@ def _boom(*args, **kwargs):
     raise OSError("disk on fire")
 
 
-STEPS = {
-    "write_index": (faiss_index, "write_index"),
-    "vectors": (store, "_save_npy"),
+# every kind of write a save makes (HNSW: the new segment gets a graph file)
+SAVE_STEPS = {
+    "vectors": (files, "write_npy"),
+    "index": (faiss_index, "write_index"),
     "metadata": (metadata.MetadataStore, "write_to"),
-    "fsync_dir": (persist, "fsync_dir"),
+    "checksum": (files, "digest_file"),
+    "deletion_record": (segment, "write_deleted"),
+    "fsync_dir": (files, "fsync_dir"),
     "manifest_replace": (os, "replace"),
 }
 
 
-@pytest.mark.parametrize("step", sorted(STEPS))
+@pytest.mark.parametrize("step", sorted(SAVE_STEPS))
 def test_failed_save_keeps_previous_version(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
 ) -> None:
     path = tmp_path / "c"
     x = _make(path)
-    before = sorted(p.name for p in path.iterdir())
+    before = sorted(p.name for p in path.rglob("*"))
     coll = Collection.open(path)
     coll.add(clustered(10, D, seed=21), [{"i": -1}] * 10)
     coll.remove([0, 1])
-    owner, name = STEPS[step]
+    owner, name = SAVE_STEPS[step]
     with monkeypatch.context() as m:
         m.setattr(owner, name, _boom)
         with pytest.raises(OSError, match="disk on fire"):
             coll.save()
-    assert sorted(p.name for p in path.iterdir()) == before, "no half-written folder or temp file is left"
+    assert sorted(p.name for p in path.rglob("*")) == before, "no half-written file or folder is left"
     with Collection.open(path, read_only=True) as old:
         assert len(old) == 50 and old.get([0]) == [{"i": 0}]
         np.testing.assert_array_equal(old.vectors([3]), x[3:4])
@@ -60,19 +63,92 @@ def test_failed_save_keeps_previous_version(
     coll.close()
     with Collection.open(path, read_only=True) as new:
         assert len(new) == 58 and 0 not in new.ids()
+        assert new.verify().ok
+
+
+def _many_segments(path: Path, saves: int = 5) -> Collection:
+    """A collection of several small segments with removals (what compaction merges)."""
+    x = clustered(40 * saves, D, seed=22)
+    coll = Collection.create(path, D, index="HNSW32")
+    for s in range(saves):
+        coll.add(x[40 * s : 40 * (s + 1)], [{"i": 40 * s + i} for i in range(40)])
+        coll.save()
+    coll.remove(np.arange(0, 40 * saves, 3))
+    coll.save()
+    return coll
+
+
+COMPACT_STEPS = {
+    "vectors": (files.NpyWriter, "write"),
+    "metadata": (metadata, "merge_files"),
+    "index": (faiss_index, "write_index"),
+    "fsync_dir": (files, "fsync_dir"),
+    "manifest_replace": (os, "replace"),
+}
+
+
+@pytest.mark.parametrize("step", sorted(COMPACT_STEPS))
+def test_failed_compaction_keeps_previous_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    path = tmp_path / "c"
+    coll = _many_segments(path)
+    want_ids = coll.ids()
+    want = coll.get(want_ids)
+    before = sorted(p.name for p in path.rglob("*"))
+    owner, name = COMPACT_STEPS[step]
+    with monkeypatch.context() as m:
+        m.setattr(owner, name, _boom)
+        with pytest.raises(OSError, match="disk on fire"):
+            coll.compact(force=True)
+    assert sorted(p.name for p in path.rglob("*")) == before
+    assert coll.ids().tolist() == want_ids.tolist(), "the handle keeps its segments"
+    with Collection.open(path, read_only=True) as old:
+        assert old.ids().tolist() == want_ids.tolist() and old.get(want_ids) == want
+    assert coll.compact(force=True), "retrying merges"
+    assert len(coll.segments) == 1 and coll.info()["tombstones"] == 0
+    coll.close()
+    with Collection.open(path, read_only=True) as new:
+        assert new.ids().tolist() == want_ids.tolist() and new.get(want_ids) == want
+        assert new.verify().ok
 
 
 def test_failure_after_commit_is_not_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "c"
-    _make(path)
-    with Collection.open(path) as coll:
-        coll.add(clustered(1, D))
-        monkeypatch.setattr(persist.shutil, "rmtree", _boom)
-        coll.save()  # old folder cannot be deleted: logged, the save itself committed
-        monkeypatch.undo()
-    with Collection.open(path) as coll:  # the writable open sweeps the leftover folder
-        assert len(coll) == 51
+    coll = _many_segments(path)
+    n = len(coll)
+    monkeypatch.setattr(persist.shutil, "rmtree", _boom)
+    coll.compact(force=True)  # the merged segments cannot be deleted: logged, the merge itself committed
+    monkeypatch.undo()
+    coll.close()
+    assert len([p for p in path.iterdir() if p.is_dir()]) > 1
+    with Collection.open(path) as coll:  # the writable open sweeps the leftover folders
+        assert len(coll) == n
     assert len([p for p in path.iterdir() if p.is_dir()]) == 1
+
+
+def test_fsync_failure_after_rename_keeps_both_versions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rename is the commit; if the folder cannot be fsynced afterwards, the previous version's files
+    must survive (a power loss could bring its manifest back)."""
+    path = tmp_path / "c"
+    coll = _many_segments(path)
+    old = persist.read_manifest(path)
+    calls = {"n": 0}
+    real = persist.fsync_dir
+
+    def fail_after_replace(p: Path) -> None:
+        if p == path and calls["n"] > 0:
+            raise OSError("fsync failed")
+        calls["n"] += p == path
+        real(p)
+
+    monkeypatch.setattr(persist, "fsync_dir", fail_after_replace)
+    coll.compact(force=True)  # committed: no exception
+    monkeypatch.undo()
+    assert persist.read_manifest(path)["version"] == old["version"] + 1
+    for entry in old["segments"]:
+        assert (path / entry["name"]).is_dir(), "files of the previous version are kept"
+    coll.close()
 
 
 def test_interrupted_save_folder_is_swept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -87,27 +163,32 @@ def test_interrupted_save_folder_is_swept(tmp_path: Path, monkeypatch: pytest.Mo
     assert not (path / "v999999-deadbeef").exists()
 
 
-def test_kill_during_save_leaves_old_version(tmp_path: Path) -> None:
+@pytest.mark.parametrize("during", ["save", "compaction"])
+def test_kill_leaves_old_version(tmp_path: Path, during: str) -> None:
     path = tmp_path / "c"
-    _make(path)
+    coll = _many_segments(path)
+    want = coll.ids().tolist()
+    coll.close()
+    action = f"c.add(np.ones((5, {D}), dtype=np.float32)); c.save()" if during == "save" else "c.compact(force=True)"
     script = textwrap.dedent(
         f"""
         import os, numpy as np
-        from indexes import Collection, faiss_index
-        real = faiss_index.write_index
-        def die(index, p):
-            real(index, p)
-            os._exit(9)  # killed after writing the new index, before the manifest
-        faiss_index.write_index = die
+        from indexes import Collection, files
+        real = files.write_npy
+        def die(*args, **kwargs):
+            real(*args, **kwargs)
+            os._exit(9)  # killed after writing a new file, before the manifest
+        files.write_npy = die
+        files.NpyWriter.__exit__ = lambda self, *a: os._exit(9)
         c = Collection.open({str(path)!r})
-        c.add(np.ones((5, {D}), dtype=np.float32))
-        c.save()
+        {action}
         """
     )
     proc = subprocess.run([sys.executable, "-c", script], timeout=120)
     assert proc.returncode == 9
     with Collection.open(path) as coll:
-        assert len(coll) == 50
+        assert coll.ids().tolist() == want and coll.verify().ok
+    assert sorted(p.name for p in path.iterdir() if p.is_dir()) == sorted(e["name"] for e in persist.read_manifest(path)["segments"])
 
 
 def test_readers_see_consistent_versions_during_saves(tmp_path: Path) -> None:

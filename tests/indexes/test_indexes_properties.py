@@ -1,4 +1,4 @@
-"""Property tests: random add/remove/save/reopen/search sequences against a dict model."""
+"""Property tests: random add/remove/save/compact/reopen/search sequences against a dict model."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from indexes import Collection
+from indexes import Collection, compaction
 
 D = 4
 GROUPS = ["a", "b", "c"]
@@ -78,6 +78,17 @@ def make_machine(root: Path, spec: str, metric: str) -> type[RuleBasedStateMachi
             self.coll = Collection.open(self.path)
             self.model, self.next_id = dict(self.saved), self.saved_next_id
 
+        @rule(force=st.booleans())
+        def compact(self, force: bool) -> None:
+            self.coll.compact(force=force)  # saves pending changes first, then merges and commits
+            self.saved, self.saved_next_id = dict(self.model), self.next_id
+
+        @rule()
+        def reader_sees_saved_state(self) -> None:
+            with Collection.open(self.path, read_only=True) as reader:
+                assert reader.ids().tolist() == sorted(self.saved)
+                assert reader.get(sorted(self.saved)) == [self.saved[i][1] for i in sorted(self.saved)]
+
         @rule(seed=st.integers(0, 2**16), k=st.integers(1, 12), group=st.sampled_from([None, *GROUPS]))
         def search(self, seed: int, k: int, group: str | None) -> None:
             q = np.random.default_rng(seed).standard_normal((3, D)).astype(np.float32)
@@ -131,15 +142,28 @@ def make_machine(root: Path, spec: str, metric: str) -> type[RuleBasedStateMachi
 
 
 @pytest.mark.parametrize(
-    ("spec", "metric"), [("Flat", "ip"), ("Flat", "l2"), ("HNSW32", "ip"), ("IVF2,Flat", "l2")]
+    ("spec", "metric", "buffer_bytes"),
+    [
+        ("Flat", "ip", None),
+        ("Flat", "l2", 200),  # unsaved items go to disk every few adds (the bounded-memory path)
+        ("HNSW32", "ip", None),
+        ("HNSW32", "ip", 200),
+        ("IVF2,Flat", "l2", None),
+        ("IVF2,Flat", "ip", 200),
+    ],
 )
-def test_collection_state_machine(tmp_path: Path, spec: str, metric: str) -> None:
+def test_collection_state_machine(
+    tmp_path: Path, spec: str, metric: str, buffer_bytes: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Collection, "buffer_bytes", buffer_bytes)
+    monkeypatch.setattr(compaction, "MERGE_FACTOR", 3)  # merges happen within a few saves
+    monkeypatch.setattr(compaction, "TIER_FLOOR", 64)
     machine = make_machine(tmp_path, spec, metric)
     run_state_machine_as_test(
         machine,
         settings=settings(
-            max_examples=25,
-            stateful_step_count=12,
+            max_examples=40,
+            stateful_step_count=20,
             deadline=None,
             database=None,
             suppress_health_check=[HealthCheck.too_slow],
