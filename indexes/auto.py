@@ -207,7 +207,12 @@ class Timing:
         return {"batch_ms": round(self.batch * 1e3, 4), "single_ms": round(self.single * 1e3, 4)}
 
 
-def time_search(search: Callable[[np.ndarray, dict[str, Any] | None], Any], sets: list[QuerySet], repeats: int = 3, singles: int = 20) -> Timing:
+def time_search(
+    search: Callable[[np.ndarray, dict[str, Any] | None], Any],
+    sets: list[QuerySet],
+    repeats: int = 3,
+    singles: int = 20,
+) -> Timing:
     """Time ``search(queries, where)`` over ``sets``: best of ``repeats`` batch runs per query, and the
     median of up to ``singles`` one-query searches."""
     total = sum(s.queries.shape[0] for s in sets)

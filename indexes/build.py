@@ -115,7 +115,9 @@ def discover_shards(source: str | os.PathLike[str]) -> list[Shard]:
         )
     dims = {s.dim for s in shards}
     if len(dims) != 1:
-        raise ValueError(f"the shards under {root} have different dims {sorted(dims)}; build one collection per model")
+        raise ValueError(
+            f"the shards under {root} have different dims {sorted(dims)}; build one collection per model"
+        )
     return shards
 
 
@@ -155,7 +157,9 @@ def read_metadata(shard: Shard, lo: int, hi: int) -> list[str]:
         with open(shard.metadata, encoding="utf-8") as fh:
             lines = [line for line in fh if line.strip()]
         if len(lines) != shard.rows:
-            raise ValueError(f"{shard.metadata} has {len(lines)} lines but {shard.vectors} has {shard.rows} vectors")
+            raise ValueError(
+                f"{shard.metadata} has {len(lines)} lines but {shard.vectors} has {shard.rows} vectors"
+            )
         rows = [json.loads(line) for line in lines[lo:hi]]
     out = []
     for row in rows:
@@ -184,7 +188,9 @@ def segment_task(args: dict[str, Any]) -> dict[str, Any]:
     ids = np.arange(first_id, first_id + (hi - lo), dtype=np.int64)
     texts = read_metadata(shard, lo, hi)
     flat = Template("Flat", shard.dim, args["metric"])
-    entry = write_segment(root, args["name"], ids, vectors, None, flat, None, int(args["generation"]), texts=texts)
+    entry = write_segment(
+        root, args["name"], ids, vectors, None, flat, None, int(args["generation"]), texts=texts
+    )
     done = Path(args["done"])
     files.write_bytes(done.with_suffix(".tmp"), json.dumps(entry).encode())
     os.replace(done.with_suffix(".tmp"), done)
@@ -296,23 +302,40 @@ def build_collection(
     state_dir = out / ".build"
     reuse = False
     if out.exists() and (out / persist.MANIFEST).exists():
-        old = json.loads((state_dir / "plan.json").read_text()) if (state_dir / "plan.json").exists() else None
+        old = (
+            json.loads((state_dir / "plan.json").read_text()) if (state_dir / "plan.json").exists() else None
+        )
         reuse = old is not None and old.get("key") == plan_key
         if not reuse and not overwrite:
-            raise FileExistsError(f"collection {out} already exists: choose another --out, or pass overwrite=True")
+            raise FileExistsError(
+                f"collection {out} already exists: choose another --out, or pass overwrite=True"
+            )
     coll = None
     if reuse:
         coll = Collection.open(out)
         if coll.info()["unsaved_changes"] is False and (state_dir / "complete").exists():
-            summary = BuildSummary(str(out), len(coll), len(shards), len(coll.segments), coll.index_spec,
-                                   engine=engine, workers=workers)
+            summary = BuildSummary(
+                str(out),
+                len(coll),
+                len(shards),
+                len(coll.segments),
+                coll.index_spec,
+                engine=engine,
+                workers=workers,
+            )
             coll.close()
             logger.info("%s is already built from these shards; nothing to do", out)
             return summary
     else:
         coll = Collection.create(
-            out, dim, metric=metric, index=index, fingerprint=fingerprint,
-            memory_budget=memory_budget, recall_target=recall_target, overwrite=overwrite,
+            out,
+            dim,
+            metric=metric,
+            index=index,
+            fingerprint=fingerprint,
+            memory_budget=memory_budget,
+            recall_target=recall_target,
+            overwrite=overwrite,
         )
         state_dir.mkdir(exist_ok=True)
         (state_dir / "done").mkdir(exist_ok=True)

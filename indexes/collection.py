@@ -381,7 +381,13 @@ class Collection:
     def segments(self) -> list[dict[str, Any]]:
         """One small dict per segment (name, rows, removed rows, id range), oldest first."""
         return [
-            {"name": s.name, "rows": s.rows, "deleted": s.n_deleted_rows, "id_min": s.id_min, "id_max": s.id_max}
+            {
+                "name": s.name,
+                "rows": s.rows,
+                "deleted": s.n_deleted_rows,
+                "id_min": s.id_min,
+                "id_max": s.id_max,
+            }
             for s in self._segments
         ]
 
@@ -587,7 +593,9 @@ class Collection:
         part_of, _ = planner.locate(self._parts(), ids)
         n_seg = len(self._segments)
         # first everything that can fail (reading metadata), then the changes, which cannot
-        counts = {i: self._segments[i].meta.counts_for(ids[part_of == i]) for i in np.unique(part_of) if i < n_seg}
+        counts = {
+            i: self._segments[i].meta.counts_for(ids[part_of == i]) for i in np.unique(part_of) if i < n_seg
+        }
         in_buffer = ids[part_of == n_seg]
         if in_buffer.size:
             self._buffer.remove(in_buffer)  # one SQLite transaction: all or nothing
@@ -655,7 +663,10 @@ class Collection:
         return planner.search(view, q, k, match, refine)
 
     def _view(
-        self, parts: Sequence[Part] | None = None, template: Template | None = None, knobs: dict[str, Any] | None = None
+        self,
+        parts: Sequence[Part] | None = None,
+        template: Template | None = None,
+        knobs: dict[str, Any] | None = None,
     ) -> planner.View:
         parts = tuple(self._parts() if parts is None else parts)
         return planner.View(
@@ -683,7 +694,9 @@ class Collection:
             with self._filter_lock:
                 self._filters[key] = match
                 total = sum(m.nbytes for m in self._filters.values())
-                while self._filters and (len(self._filters) > _FILTER_CACHE_ENTRIES or total > _FILTER_CACHE_BYTES):
+                while self._filters and (
+                    len(self._filters) > _FILTER_CACHE_ENTRIES or total > _FILTER_CACHE_BYTES
+                ):
                     _, old = self._filters.popitem(last=False)
                     total -= old.nbytes
         return match
@@ -699,7 +712,11 @@ class Collection:
     buffer_bytes: int | None = None  # override of the buffer size (bytes), e.g. in tests
 
     def _segment_max_rows(self) -> int:
-        limit = SEGMENT_MAX_BYTES if not self._budget else max(1 << 20, min(SEGMENT_MAX_BYTES, int(self._budget) // 2))
+        limit = (
+            SEGMENT_MAX_BYTES
+            if not self._budget
+            else max(1 << 20, min(SEGMENT_MAX_BYTES, int(self._budget) // 2))
+        )
         return max(1024, limit // (self._dim * 4 + 8))
 
     def _segment_name(self) -> str:
@@ -779,12 +796,20 @@ class Collection:
                     if seg.name not in self._changed_deletes:
                         continue
                     record = segments_module.write_deleted(
-                        seg.folder, seg.deleted, version, seg.n_deleted_rows, self._deleted_fields.get(seg.name, {})
+                        seg.folder,
+                        seg.deleted,
+                        version,
+                        seg.n_deleted_rows,
+                        self._deleted_fields.get(seg.name, {}),
                     )
                     created.append(seg.folder / record["file"])
                     segments[i] = seg.with_deleted(seg.deleted, dict(seg.entry, deleted=record))
                 for seg in segments:
-                    if seg.folder in created or seg.folder in self._pending or seg.name in self._changed_deletes:
+                    if (
+                        seg.folder in created
+                        or seg.folder in self._pending
+                        or seg.name in self._changed_deletes
+                    ):
                         persist.fsync_dir(seg.folder)
                 self._commit(self._manifest_for(version, segments), previous=self._manifest)
         except BaseException:
@@ -802,7 +827,9 @@ class Collection:
             self._deleted_fields.pop(seg.name, None)
         self._segments = segments
         for seg in segments:
-            self._deleted_fields.setdefault(seg.name, dict((seg.entry.get("deleted") or {}).get("fields") or {}))
+            self._deleted_fields.setdefault(
+                seg.name, dict((seg.entry.get("deleted") or {}).get("fields") or {})
+            )
         if self._buffer.rows:
             self._buffer.close()
             self._buffer = Buffer(self._dim, self._template)
@@ -866,7 +893,11 @@ class Collection:
         return maintenance.compact(self, force=force)
 
     def tune(
-        self, recall_target: float | None = None, queries: Any = None, k: int = 10, where: dict[str, Any] | None = None
+        self,
+        recall_target: float | None = None,
+        queries: Any = None,
+        k: int = 10,
+        where: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Tune ``nprobe`` / ``efSearch`` / ``refine`` to reach ``recall_target`` recall@k against exact search.
 

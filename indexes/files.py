@@ -305,7 +305,11 @@ def write_bytes(path: Path, data: bytes | bytearray | memoryview) -> dict[str, A
 def write_npy(path: Path, array: np.ndarray, rows_per_write: int = 1 << 16) -> dict[str, Any]:
     """Write ``array`` (any array-like with ``shape``/``dtype``, e.g. a memmap) as ``.npy`` in row chunks."""
     array = np.asanyarray(array)
-    header = {"descr": np.lib.format.dtype_to_descr(array.dtype), "fortran_order": False, "shape": array.shape}
+    header = {
+        "descr": np.lib.format.dtype_to_descr(array.dtype),
+        "fortran_order": False,
+        "shape": array.shape,
+    }
     with DigestWriter(path) as out:
         buf = _NpyHeader()
         np.lib.format.write_array_header_1_0(buf, header)  # type: ignore[arg-type]

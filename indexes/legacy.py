@@ -68,7 +68,13 @@ def as_segments(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
             "digest": None,
         }
     if tomb.size:
-        entry["deleted"] = {"file": "tombstones.npy", "ids": int(tomb.size), "rows": 0, "fields": {}, "digest": None}
+        entry["deleted"] = {
+            "file": "tombstones.npy",
+            "ids": int(tomb.size),
+            "rows": 0,
+            "fields": {},
+            "digest": None,
+        }
     del index
     out["segments"] = [entry] if rows or tomb.size else []
     return out

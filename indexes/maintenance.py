@@ -122,7 +122,9 @@ def build_state(coll: Collection, spec: str, segments: Sequence[Segment]) -> Ind
                     "spec": template.spec,
                     "dim": coll.dim,
                     "metric": coll.metric,
-                    "template_file": str(coll.path / state.template_record["file"]) if state.template_record else None,
+                    "template_file": str(coll.path / state.template_record["file"])
+                    if state.template_record
+                    else None,
                     "generation": generation,
                     "threads": 1,
                 }
@@ -257,18 +259,24 @@ def _modality_values(coll: Collection) -> list[Any]:
     return sorted(v for v in values if isinstance(v, (str, int)) and not isinstance(v, bool))
 
 
-def set_tuning_queries(coll: Collection, queries: dict[str, tuple[Any, dict[str, Any] | None]] | None) -> None:
+def set_tuning_queries(
+    coll: Collection, queries: dict[str, tuple[Any, dict[str, Any] | None]] | None
+) -> None:
     if queries is None:
         coll._queries_record = None
         coll._changed()
         return
     if not isinstance(queries, dict) or not queries:
-        raise ValueError("queries must be a dict {name: (vectors [q, d], where or None)}, or None to forget them")
+        raise ValueError(
+            "queries must be a dict {name: (vectors [q, d], where or None)}, or None to forget them"
+        )
     arrays: dict[str, np.ndarray] = {}
     described = []
     for i, (name, value) in enumerate(queries.items()):
         if not isinstance(value, tuple) or len(value) != 2:
-            raise ValueError(f"queries[{name!r}] must be a (vectors, where) pair, received {type(value).__name__}")
+            raise ValueError(
+                f"queries[{name!r}] must be a (vectors, where) pair, received {type(value).__name__}"
+            )
         q = coll._as_vectors(value[0], f"queries[{name!r}]", allow_1d=False)[: 5 * TUNE_QUERIES]
         if value[1] is not None:
             metadata.compile_where(value[1], coll.fields())  # a bad filter fails now, not at the next save
@@ -298,7 +306,10 @@ def _load_queries(coll: Collection) -> list[auto.QuerySet]:
         raise DamagedFileError(path, files.describe_damage(bad))
     with np.load(path, allow_pickle=False) as data:
         described = json.loads(str(data["names"]))
-        return [auto.QuerySet(d["name"], data[f"q{i}"][:TUNE_QUERIES], d["where"]) for i, d in enumerate(described)]
+        return [
+            auto.QuerySet(d["name"], data[f"q{i}"][:TUNE_QUERIES], d["where"])
+            for i, d in enumerate(described)
+        ]
 
 
 # ---------------------------------------------------------------------------------------------- tuning
@@ -320,7 +331,9 @@ def tune(
         raise ValueError(
             f"cannot tune: the collection holds {len(coll)} vectors and its index is not trained yet"
         )
-    chosen, ann_t, exact_t, sets = _tune_view(coll, coll._view() if view is None else view, target, queries, where, k)
+    chosen, ann_t, exact_t, sets = _tune_view(
+        coll, coll._view() if view is None else view, target, queries, where, k
+    )
     for key in ("nprobe", "efSearch", "refine"):
         coll._params.pop(key, None)
     chosen.pop("reached", None)
@@ -387,7 +400,12 @@ def choose(coll: Collection) -> None:
     coll._flush_buffer()
     n = len(coll)
     cands = auto.candidates(n, coll.dim, coll._budget)
-    record: dict[str, Any] = {"n": n, "candidates": cands, "tried": [], "decided": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    record: dict[str, Any] = {
+        "n": n,
+        "candidates": cands,
+        "tried": [],
+        "decided": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     if cands == ["Flat"] or n <= 10 + 1:
         if coll._template.spec != "Flat" or any(s.index is not None for s in coll._segments):
             install(coll, build_state(coll, "Flat", coll._segments))
@@ -400,7 +418,11 @@ def choose(coll: Collection) -> None:
     best: tuple[IndexState, dict[str, Any], auto.Timing] | None = None
     exact_t: auto.Timing | None = None
     for spec in cands:
-        if best is not None and exact_t is not None and exact_t.batch / max(best[2].batch, 1e-12) >= GOOD_SPEEDUP:
+        if (
+            best is not None
+            and exact_t is not None
+            and exact_t.batch / max(best[2].batch, 1e-12) >= GOOD_SPEEDUP
+        ):
             break
         state = build_state(coll, spec, coll._segments)
         view = coll._view(parts=state.segments, template=state.template, knobs={})
@@ -410,8 +432,10 @@ def choose(coll: Collection) -> None:
             continue
         chosen, ann_t, exact_t, _ = _tune_view(coll, view, target, None, None, 10, give_up_slower=True)
         ok = bool(chosen.get("reached")) and ann_t.batch < exact_t.batch and ann_t.single <= exact_t.single
-        verdict = "kept" if ok else (
-            "recall target not reached" if not chosen.get("reached") else "slower than exact search"
+        verdict = (
+            "kept"
+            if ok
+            else ("recall target not reached" if not chosen.get("reached") else "slower than exact search")
         )
         record["tried"].append(
             {
@@ -461,12 +485,16 @@ def choose(coll: Collection) -> None:
 # ---------------------------------------------------------------------------------------------- merging
 def verify_sources(coll: Collection, segments: Sequence[Segment]) -> None:
     """Whole-file checksums of everything a merge or rebuild is about to copy."""
-    hint = f"run `retrieval check {coll.path} --repair` (or Collection.verify(repair=True)) or restore a backup"
+    hint = (
+        f"run `retrieval check {coll.path} --repair` (or Collection.verify(repair=True)) or restore a backup"
+    )
     for seg in segments:
         for name, digest in (seg.entry.get("files") or {}).items():
             bad = files.verify_file(seg.folder / name, digest)
             if bad:
-                raise DamagedFileError(seg.folder / name, files.describe_damage(bad), f"nothing was merged; {hint}")
+                raise DamagedFileError(
+                    seg.folder / name, files.describe_damage(bad), f"nothing was merged; {hint}"
+                )
 
 
 def merge(
@@ -553,7 +581,9 @@ def _entry_for(
     }
 
 
-def planned_merges(coll: Collection, segments: Sequence[Segment], force: bool = False) -> list[tuple[int, int]]:
+def planned_merges(
+    coll: Collection, segments: Sequence[Segment], force: bool = False
+) -> list[tuple[int, int]]:
     sizes = [compaction.SegmentSize(s.rows, s.n_deleted_rows) for s in segments]
     return compaction.plan(sizes, coll._segment_max_rows(), force=force)
 
@@ -627,7 +657,13 @@ def rebuild(coll: Collection, index: str | None) -> None:
     t0 = time.perf_counter()
     coll._flush_buffer()
     created: list[Path] = []
-    before = (list(coll._segments), coll._template, coll._template_record, dict(coll._params), coll._requested)
+    before = (
+        list(coll._segments),
+        coll._template,
+        coll._template_record,
+        dict(coll._params),
+        coll._requested,
+    )
     try:
         with files.storage_errors(coll.path, "rebuild the collection"):
             runs = planned_merges(coll, coll._segments, force=True)
@@ -656,7 +692,13 @@ def rebuild(coll: Collection, index: str | None) -> None:
         raise
     coll._params["build_seconds"] = round(time.perf_counter() - t0, 3)
     coll._dirty = True
-    logger.info("rebuilt %s (%s) over %d vectors in %.1fs", coll.path, coll.index_spec, len(coll), time.perf_counter() - t0)
+    logger.info(
+        "rebuilt %s (%s) over %d vectors in %.1fs",
+        coll.path,
+        coll.index_spec,
+        len(coll),
+        time.perf_counter() - t0,
+    )
 
 
 def apply_merges_without_index(
@@ -685,7 +727,11 @@ def convert_legacy(coll: Collection) -> None:
             template = Template(template.spec, coll.dim, coll.metric, trained)
             name = f"t{_generation(coll):06d}-{secrets.token_hex(4)}.faiss"
             digest = template.write(coll.path / name)
-            coll._template_record = {"file": name, "digest": digest, "trained_on": int(coll._params.get("trained_on", 0))}
+            coll._template_record = {
+                "file": name,
+                "digest": digest,
+                "trained_on": int(coll._params.get("trained_on", 0)),
+            }
     coll._template = template
     segments = []
     for seg, entry in zip(coll._segments, manifest.get("segments") or []):

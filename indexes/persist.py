@@ -195,7 +195,9 @@ def collect_garbage(path: Path, keep: list[dict[str, Any]]) -> None:
             continue
         if child.is_dir() and (SEGMENT_RE.match(name) or DATA_RE.match(name)):
             remove_folder(child)
-        elif TEMPLATE_RE.match(name) or QUERIES_RE.match(name) or (
-            name.startswith(f".{MANIFEST}.") and name.endswith(".tmp")
+        elif (
+            TEMPLATE_RE.match(name)
+            or QUERIES_RE.match(name)
+            or (name.startswith(f".{MANIFEST}.") and name.endswith(".tmp"))
         ):
             remove_file(child)

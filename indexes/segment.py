@@ -212,7 +212,9 @@ class Segment(Part):
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def open(cls, root: Path, entry: dict[str, Any], dim: int, template: Template, check: bool = True) -> Segment:
+    def open(
+        cls, root: Path, entry: dict[str, Any], dim: int, template: Template, check: bool = True
+    ) -> Segment:
         """Open the segment ``entry`` names under ``root``, checking what is cheap to check (``check``)."""
         folder = root / entry["name"]
         rows = int(entry["rows"])
@@ -225,7 +227,9 @@ class Segment(Part):
         except sqlite3.Error as exc:
             if not (folder / "metadata.sqlite").exists():
                 raise FileNotFoundError(errno.ENOENT, "missing", str(folder / "metadata.sqlite")) from exc
-            raise DamagedFileError(folder / "metadata.sqlite", f"SQLite cannot open it ({exc})", hint) from exc
+            raise DamagedFileError(
+                folder / "metadata.sqlite", f"SQLite cannot open it ({exc})", hint
+            ) from exc
         try:
             vectors = _load_npy(folder / "vectors.npy", np.float32, (rows, dim), hint)
             ids = _load_npy(folder / "ids.npy", np.int64, (rows,), hint)
@@ -361,16 +365,26 @@ def write_segment(
 def write_index_record(folder: Path, index: PartIndex, template: Template, generation: int) -> dict[str, Any]:
     """Write a segment's index under generation ``generation``; returns the entry's ``index`` record."""
     kind = index.kind
-    file = f"{'lists' if kind == 'lists' else 'index'}-{generation:06d}.{'ivf' if kind == 'lists' else 'faiss'}"
+    file = (
+        f"{'lists' if kind == 'lists' else 'index'}-{generation:06d}.{'ivf' if kind == 'lists' else 'faiss'}"
+    )
     digest = template.write_part(index, folder / file)
     return {"file": file, "kind": kind, "labels": "rows", "spec": template.spec, "digest": digest}
 
 
-def write_deleted(folder: Path, deleted: np.ndarray, generation: int, rows: int, counts: dict[str, int]) -> dict[str, Any]:
+def write_deleted(
+    folder: Path, deleted: np.ndarray, generation: int, rows: int, counts: dict[str, int]
+) -> dict[str, Any]:
     """Write a segment's deletion record; returns the entry's ``deleted`` record."""
     file = f"deleted-{generation:06d}.npy"
     digest = files.write_npy(folder / file, np.asarray(deleted, dtype=np.int64))
-    return {"file": file, "ids": int(deleted.size), "rows": int(rows), "fields": dict(sorted(counts.items())), "digest": digest}
+    return {
+        "file": file,
+        "ids": int(deleted.size),
+        "rows": int(rows),
+        "fields": dict(sorted(counts.items())),
+        "digest": digest,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- buffer
@@ -446,4 +460,3 @@ class Buffer(Part):
         ids, vecs = self.live_arrays()
         index = self.index if self.deleted.size == 0 else None  # rebuilt without the removed rows
         return write_segment(root, name, ids, vecs, self.meta, self.template, index, generation)
-

@@ -97,7 +97,9 @@ class Report:
         for note in self.notes:
             lines.append(f"  {note}")
         if self.lost_ids:
-            shown = ", ".join(str(i) for i in self.lost_ids[:20]) + (" ..." if len(self.lost_ids) > 20 else "")
+            shown = ", ".join(str(i) for i in self.lost_ids[:20]) + (
+                " ..." if len(self.lost_ids) > 20 else ""
+            )
             lines.append(f"  lost {len(self.lost_ids)} item(s): ids {shown}")
         return "\n".join(lines)
 
@@ -195,10 +197,14 @@ class _Checker:
                 )
             else:
                 try:
-                    trained = Template.read(spec, self.dim, str(m["metric"]), self.path / record["file"]).trained
+                    trained = Template.read(
+                        spec, self.dim, str(m["metric"]), self.path / record["file"]
+                    ).trained
                 except (DamagedFileError, RuntimeError, ValueError) as exc:
                     self.template_ok = False
-                    self.problem(record["file"], f"FAISS cannot read it ({exc})", "retrained from the intact vectors")
+                    self.problem(
+                        record["file"], f"FAISS cannot read it ({exc})", "retrained from the intact vectors"
+                    )
         self.template = Template(spec, self.dim, str(m["metric"]), trained)
         if m.get("queries"):
             rec = m["queries"]
@@ -220,11 +226,17 @@ class _Checker:
             previous_max = max(previous_max, int(entry["id_max"]))
             count += int(entry["rows"]) - int((entry.get("deleted") or {}).get("rows", 0))
         if previous_max >= int(m["next_id"]):
-            self.problem("manifest.json", f"next_id {m['next_id']} is not above the largest id {previous_max}",
-                         "next_id is raised above it")
+            self.problem(
+                "manifest.json",
+                f"next_id {m['next_id']} is not above the largest id {previous_max}",
+                "next_id is raised above it",
+            )
         if count != int(m["count"]) and int(m["format_version"]) >= 2:
-            self.problem("manifest.json", f"it says {m['count']} items, its segments hold {count}",
-                         "the count is recomputed from the segments")
+            self.problem(
+                "manifest.json",
+                f"it says {m['count']} items, its segments hold {count}",
+                "the count is recomputed from the segments",
+            )
 
     def check_segment(self, entry: dict[str, Any]) -> _SegmentState:
         state = _SegmentState(entry)
@@ -248,7 +260,9 @@ class _Checker:
             try:
                 vectors = np.load(folder / "vectors.npy", mmap_mode="r", allow_pickle=False)
                 if vectors.dtype != np.float32 or vectors.shape != (rows, self.dim):
-                    raise ValueError(f"it holds {vectors.dtype}{list(vectors.shape)}, expected float32[{rows}, {self.dim}]")
+                    raise ValueError(
+                        f"it holds {vectors.dtype}{list(vectors.shape)}, expected float32[{rows}, {self.dim}]"
+                    )
                 for lo in range(0, rows, 1 << 16):
                     if not np.isfinite(np.asarray(vectors[lo : lo + (1 << 16)])).all():
                         raise ValueError("it holds NaN or infinite values")
@@ -259,7 +273,9 @@ class _Checker:
             state.bad_vectors_rows = _damaged_rows(folder / "vectors.npy", vec_bad, rows, self.dim)
             self.problem(
                 f"{name}/vectors.npy",
-                files.describe_damage(vec_bad) if not isinstance(vec_bad, str) or "missing" in vec_bad else vec_bad,
+                files.describe_damage(vec_bad)
+                if not isinstance(vec_bad, str) or "missing" in vec_bad
+                else vec_bad,
                 "recovered from the segment's index when it stores exact vectors, else the rows in damaged "
                 "blocks are lost",
             )
@@ -267,13 +283,21 @@ class _Checker:
         ids = None
         if "ids.npy" in state.bad_files:
             state.ids_ok = False
-            self.problem(f"{name}/ids.npy", files.describe_damage(state.bad_files["ids.npy"]), "recovered from the metadata")
+            self.problem(
+                f"{name}/ids.npy",
+                files.describe_damage(state.bad_files["ids.npy"]),
+                "recovered from the metadata",
+            )
         else:
             try:
                 ids = np.load(folder / "ids.npy", allow_pickle=False)
                 if ids.dtype != np.int64 or ids.shape != (rows,):
                     raise ValueError(f"it holds {ids.dtype}{list(ids.shape)}, expected int64[{rows}]")
-                if rows and ((np.diff(ids) <= 0).any() or int(ids[0]) != int(entry["id_min"]) or int(ids[-1]) != int(entry["id_max"])):
+                if rows and (
+                    (np.diff(ids) <= 0).any()
+                    or int(ids[0]) != int(entry["id_min"])
+                    or int(ids[-1]) != int(entry["id_max"])
+                ):
                     raise ValueError("its ids are not ascending within the recorded range")
             except ValueError as exc:
                 state.ids_ok = False
@@ -301,14 +325,21 @@ class _Checker:
                     raise ValueError(f"it holds {stored.size} ids that differ from ids.npy ({rows} rows)")
             except Exception as exc:  # sqlite3.DatabaseError and the checks above
                 state.metadata_ok = False
-                self.problem(f"{name}/metadata.sqlite", str(exc), "the items whose metadata cannot be read are lost (listed)")
+                self.problem(
+                    f"{name}/metadata.sqlite",
+                    str(exc),
+                    "the items whose metadata cannot be read are lost (listed)",
+                )
         # index
         rec = entry.get("index")
         if rec:
             if rec["file"] in state.bad_files:
                 state.index_ok = False
-                self.problem(f"{name}/{rec['file']}", files.describe_damage(state.bad_files[rec["file"]]),
-                             "rebuilt from the segment's vectors")
+                self.problem(
+                    f"{name}/{rec['file']}",
+                    files.describe_damage(state.bad_files[rec["file"]]),
+                    "rebuilt from the segment's vectors",
+                )
             else:
                 try:
                     _check_index(folder, rec, rows, self.template)
@@ -326,12 +357,20 @@ class _Checker:
                     "cannot be repaired: which of the segment's rows were removed is unknown; restore a backup",
                     repairable=False,
                 )
-            elif ids is not None and rec.get("labels", "rows") == "rows" and not str(entry["name"]).startswith("v"):
+            elif (
+                ids is not None
+                and rec.get("labels", "rows") == "rows"
+                and not str(entry["name"]).startswith("v")
+            ):
                 deleted = np.load(folder / rec["file"], allow_pickle=False)
                 if deleted.size != int(rec["ids"]) or not np.isin(deleted, ids).all():
                     state.deleted_ok = False
-                    self.problem(f"{name}/{rec['file']}", "it lists ids that are not in the segment",
-                                 "cannot be repaired: restore a backup", repairable=False)
+                    self.problem(
+                        f"{name}/{rec['file']}",
+                        "it lists ids that are not in the segment",
+                        "cannot be repaired: restore a backup",
+                        repairable=False,
+                    )
         return state
 
 
@@ -420,7 +459,10 @@ class _Repairer:
         if retrain:
             template, record = self._retrain(template, entries)
             m["template"] = record
-            entries = [self._reindex(e, template) if (e.get("index") or {}).get("kind") == "lists" else e for e in entries]
+            entries = [
+                self._reindex(e, template) if (e.get("index") or {}).get("kind") == "lists" else e
+                for e in entries
+            ]
         if m.get("queries"):
             rec = m["queries"]
             if files.verify_file(self.path / rec["file"], rec.get("digest")):
@@ -457,7 +499,10 @@ class _Repairer:
             return entry
         ids = self._ids(state)
         if ids is None:
-            self._lose(np.arange(int(entry["id_min"]), int(entry["id_max"]) + 1), f"segment {name}: ids and metadata both lost")
+            self._lose(
+                np.arange(int(entry["id_min"]), int(entry["id_max"]) + 1),
+                f"segment {name}: ids and metadata both lost",
+            )
             return None
         vectors, lost_rows = self._vectors(state, template)
         lost = set(lost_rows.tolist())
@@ -469,7 +514,9 @@ class _Repairer:
             readable = None
         deleted = np.zeros(0, dtype=np.int64)
         if entry.get("deleted"):
-            deleted = np.asarray(np.load(folder / entry["deleted"]["file"], allow_pickle=False), dtype=np.int64)
+            deleted = np.asarray(
+                np.load(folder / entry["deleted"]["file"], allow_pickle=False), dtype=np.int64
+            )
         keep = np.ones(rows, dtype=bool)
         if lost:
             keep[np.array(sorted(lost), dtype=np.int64)] = False
@@ -496,9 +543,13 @@ class _Repairer:
         digest = files.digest_bytes(_npy_bytes(ids))
         recorded = (state.entry.get("files") or {}).get("ids.npy")
         if recorded is not None and digest["crc32"] != recorded["crc32"]:
-            self.report.notes.append(f"{state.entry['name']}/ids.npy: ids recovered from the metadata differ from what was written")
+            self.report.notes.append(
+                f"{state.entry['name']}/ids.npy: ids recovered from the metadata differ from what was written"
+            )
         else:
-            self.report.notes.append(f"{state.entry['name']}/ids.npy: recovered from the metadata (checksum matches)")
+            self.report.notes.append(
+                f"{state.entry['name']}/ids.npy: recovered from the metadata (checksum matches)"
+            )
         return ids
 
     def _vectors(self, state: _SegmentState, template: Template) -> tuple[np.ndarray | None, np.ndarray]:
@@ -508,12 +559,16 @@ class _Repairer:
         entry = state.entry
         folder = self.path / entry["name"]
         rows = int(entry["rows"])
-        recovered = _from_index(folder, entry.get("index"), rows, self.dim, template) if state.index_ok else None
+        recovered = (
+            _from_index(folder, entry.get("index"), rows, self.dim, template) if state.index_ok else None
+        )
         if recovered is not None:
             digest = files.digest_bytes(_npy_bytes(recovered))
             recorded = (entry.get("files") or {}).get("vectors.npy")
             if recorded is None or digest["crc32"] == recorded["crc32"]:
-                self.report.notes.append(f"{entry['name']}/vectors.npy: recovered exactly from the segment's index")
+                self.report.notes.append(
+                    f"{entry['name']}/vectors.npy: recovered exactly from the segment's index"
+                )
                 return recovered, np.zeros(0, dtype=np.int64)
         lost = state.bad_vectors_rows
         if folder.joinpath("vectors.npy").exists() and lost.size < rows:
@@ -557,8 +612,12 @@ class _Repairer:
         else:
             texts = [readable[int(i)] for i in new_ids]
         vecs = np.asarray(vectors[np.flatnonzero(keep)], dtype=np.float32)
-        entry_new = write_segment(self.path, name, new_ids, vecs, None, template, None, self.version, texts=texts)
-        self.report.notes.append(f"segment {entry['name']} rewritten as {name} ({int(keep.sum())} of {entry['rows']} rows kept)")
+        entry_new = write_segment(
+            self.path, name, new_ids, vecs, None, template, None, self.version, texts=texts
+        )
+        self.report.notes.append(
+            f"segment {entry['name']} rewritten as {name} ({int(keep.sum())} of {entry['rows']} rows kept)"
+        )
         return entry_new
 
     def _reindex(self, entry: dict[str, Any], template: Template) -> dict[str, Any]:
@@ -582,7 +641,9 @@ class _Repairer:
         for e in entries:
             v = np.load(self.path / e["name"] / "vectors.npy", mmap_mode="r", allow_pickle=False)
             if v.shape[0]:
-                pick = np.sort(np.random.default_rng(0).choice(v.shape[0], size=min(v.shape[0], 65_536), replace=False))
+                pick = np.sort(
+                    np.random.default_rng(0).choice(v.shape[0], size=min(v.shape[0], 65_536), replace=False)
+                )
                 samples.append(np.asarray(v[pick], dtype=np.float32))
         sample = np.concatenate(samples) if samples else np.zeros((0, self.dim), dtype=np.float32)
         cap = max(fi.MAX_POINTS_PER_CENTROID * max(template.nlist, 1), 65_536)
@@ -604,7 +665,9 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _from_index(folder: Path, rec: dict[str, Any] | None, rows: int, dim: int, template: Template) -> np.ndarray | None:
+def _from_index(
+    folder: Path, rec: dict[str, Any] | None, rows: int, dim: int, template: Template
+) -> np.ndarray | None:
     """Exact vectors [rows, d] read back from an index that stores them (HNSW / Flat storage, IVF-Flat lists)."""
     from indexes import faiss_index as fi
 
@@ -622,7 +685,12 @@ def _from_index(folder: Path, rec: dict[str, Any] | None, rows: int, dim: int, t
                 n = lists.list_size(i)
                 if n:
                     labels = faiss.rev_swig_ptr(lists.get_ids(i), n).copy()
-                    codes = faiss.rev_swig_ptr(lists.get_codes(i), n * dim * 4).copy().view(np.float32).reshape(n, dim)
+                    codes = (
+                        faiss.rev_swig_ptr(lists.get_codes(i), n * dim * 4)
+                        .copy()
+                        .view(np.float32)
+                        .reshape(n, dim)
+                    )
                     out[labels] = codes
             return out
         if rec.get("labels", "rows") != "rows":

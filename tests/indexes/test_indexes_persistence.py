@@ -127,7 +127,9 @@ def test_failure_after_commit_is_not_an_error(tmp_path: Path, monkeypatch: pytes
     assert len([p for p in path.iterdir() if p.is_dir()]) == 1
 
 
-def test_fsync_failure_after_rename_keeps_both_versions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fsync_failure_after_rename_keeps_both_versions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The rename is the commit; if the folder cannot be fsynced afterwards, the previous version's files
     must survive (a power loss could bring its manifest back)."""
     path = tmp_path / "c"
@@ -169,7 +171,11 @@ def test_kill_leaves_old_version(tmp_path: Path, during: str) -> None:
     coll = _many_segments(path)
     want = coll.ids().tolist()
     coll.close()
-    action = f"c.add(np.ones((5, {D}), dtype=np.float32)); c.save()" if during == "save" else "c.compact(force=True)"
+    action = (
+        f"c.add(np.ones((5, {D}), dtype=np.float32)); c.save()"
+        if during == "save"
+        else "c.compact(force=True)"
+    )
     script = textwrap.dedent(
         f"""
         import os, numpy as np
@@ -188,7 +194,9 @@ def test_kill_leaves_old_version(tmp_path: Path, during: str) -> None:
     assert proc.returncode == 9
     with Collection.open(path) as coll:
         assert coll.ids().tolist() == want and coll.verify().ok
-    assert sorted(p.name for p in path.iterdir() if p.is_dir()) == sorted(e["name"] for e in persist.read_manifest(path)["segments"])
+    assert sorted(p.name for p in path.iterdir() if p.is_dir()) == sorted(
+        e["name"] for e in persist.read_manifest(path)["segments"]
+    )
 
 
 def test_readers_see_consistent_versions_during_saves(tmp_path: Path) -> None:
