@@ -125,6 +125,8 @@ class Collection:
         self._recall_target = float(manifest.get("recall_target", 0.95))
         self._next_id = int(manifest["next_id"])
         self._auto: dict[str, Any] | None = manifest.get("auto")
+        self._filters: OrderedDict[str, planner.Match] = OrderedDict()
+        self._filter_lock = threading.Lock()
         self._segments = segments
         self._template = template
         self._template_record: dict[str, Any] | None = manifest.get("template")
@@ -139,8 +141,6 @@ class Collection:
         self._changed_deletes: set[str] = set()  # segments whose deletion record must be written
         self._dirty = False
         self._closed = False
-        self._filters: OrderedDict[str, planner.Match] = OrderedDict()
-        self._filter_lock = threading.Lock()
         self._runner: Any = None  # set by bulk builds: builds segment indexes in worker processes
 
     # ================================================================ create / open / close
@@ -344,6 +344,17 @@ class Collection:
         )
 
     # ================================================================ properties
+    @property
+    def _segments(self) -> list[Segment]:
+        return self._segment_list
+
+    @_segments.setter
+    def _segments(self, segments: list[Segment]) -> None:
+        """Every change of the segment list goes through here: cached filter results name rows of segments."""
+        self._segment_list = segments
+        with self._filter_lock:
+            self._filters.clear()
+
     def __len__(self) -> int:
         return sum(p.n_live for p in self._parts())
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import sqlite3
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -99,6 +100,14 @@ def storage_errors(folder: Path, what: str, needed: int | None = None) -> Iterat
     """Translate ENOSPC / EROFS / EDQUOT raised inside the block into errors that say what to do."""
     try:
         yield
+    except sqlite3.OperationalError as exc:  # SQLite reports a full disk as SQLITE_FULL, not an OSError
+        if getattr(exc, "sqlite_errorcode", None) != 13 and "disk is full" not in str(exc):
+            raise
+        raise StorageFullError(
+            errno.ENOSPC,
+            f"no space left on the device while trying to {what} ({_human(max(free_bytes(folder), 0))} free on "
+            f"the file system of {folder}): free some space and try again; the last committed version is intact",
+        ) from exc
     except OSError as exc:
         if isinstance(exc, (StorageFullError, ReadOnlyStorageError)):
             raise

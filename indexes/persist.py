@@ -10,6 +10,7 @@ files (POSIX keeps unlinked files readable while they are open or mapped).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -123,7 +124,16 @@ def lock(path: Path) -> int | None:
     """Take the collection's writer lock (non-blocking flock); returns the descriptor to :func:`unlock`."""
     if fcntl is None or not path.is_dir():
         return None
-    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise files.ReadOnlyStorageError(
+                exc.errno,
+                f"cannot open collection {path} for writing ({os.strerror(exc.errno or 0)}): open it with "
+                "read_only=True to search it, or copy it to a writable place",
+            ) from exc
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

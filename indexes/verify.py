@@ -405,9 +405,12 @@ def _damaged_rows(path: Path, result: Any, rows: int, dim: int) -> np.ndarray:
     try:
         with open(path, "rb") as fh:
             version = np.lib.format.read_magic(fh)
-            np.lib.format._read_array_header(fh, version)  # type: ignore[attr-defined]
+            if version == (1, 0):
+                np.lib.format.read_array_header_1_0(fh)
+            else:
+                np.lib.format.read_array_header_2_0(fh)
             offset = fh.tell()
-    except Exception:
+    except Exception:  # the header itself is unreadable: nothing can be located
         return np.arange(rows)
     row_bytes = dim * 4
     lost: list[np.ndarray] = []

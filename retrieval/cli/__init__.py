@@ -16,6 +16,9 @@ from collections.abc import Sequence
 # name -> module in this package that registers it; kept explicit (no discovery).
 COMMANDS: dict[str, str] = {
     "info": "retrieval.cli.info",
+    "index": "retrieval.cli.index",
+    "check": "retrieval.cli.check",
+    "compact": "retrieval.cli.compact",
     "embed": "retrieval.cli.embed",
     "search": "retrieval.cli.search",
     "eval": "retrieval.cli.eval",
@@ -59,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as exc:
+    except (ValueError, OSError) as exc:  # user-caused: bad input, missing or damaged files, full disk
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
