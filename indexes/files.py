@@ -97,29 +97,33 @@ def check_free_space(path: Path, needed: int, what: str) -> None:
 
 @contextmanager
 def storage_errors(folder: Path, what: str, needed: int | None = None) -> Iterator[None]:
-    """Translate ENOSPC / EROFS / EDQUOT raised inside the block into errors that say what to do."""
+    """Translate ENOSPC / EDQUOT / SQLITE_FULL / EROFS raised inside the block into errors that say what to do.
+
+    ``needed`` is the caller's estimate of the bytes the block writes (said in the message).
+    """
+    free_before = free_bytes(folder)
+
+    def full(code: int) -> StorageFullError:
+        estimate = f", estimated {_human(needed)}" if needed else ""
+        return StorageFullError(
+            code,
+            f"no space left on the device while trying to {what}: it needed more than the "
+            f"{_human(max(free_before, 0))} that were free on the file system of {folder}{estimate}; free some "
+            "space and try again. The last committed version is intact",
+        )
+
     try:
         yield
     except sqlite3.OperationalError as exc:  # SQLite reports a full disk as SQLITE_FULL, not an OSError
         if getattr(exc, "sqlite_errorcode", None) != 13 and "disk is full" not in str(exc):
             raise
-        raise StorageFullError(
-            errno.ENOSPC,
-            f"no space left on the device while trying to {what} ({_human(max(free_bytes(folder), 0))} free on "
-            f"the file system of {folder}): free some space and try again; the last committed version is intact",
-        ) from exc
+        raise full(errno.ENOSPC) from exc
     except OSError as exc:
         if isinstance(exc, (StorageFullError, ReadOnlyStorageError)):
             raise
         code = exc.errno
         if code in (errno.ENOSPC, errno.EDQUOT):
-            need = f"about {_human(needed)} needed, " if needed else ""
-            raise StorageFullError(
-                code,
-                f"no space left on the device while trying to {what} ({need}{_human(max(free_bytes(folder), 0))} "
-                f"free on the file system of {folder}): free some space and try again; the last "
-                "committed version is intact",
-            ) from exc
+            raise full(code) from exc
         if code == errno.EROFS:
             raise ReadOnlyStorageError(
                 code,

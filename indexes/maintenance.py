@@ -616,8 +616,10 @@ def compact(coll: Collection, force: bool = False) -> list[str]:
         return []
     created: list[Path] = []
     before = list(coll._segments)
+    needed = sum(_bytes_of(s) for lo, hi in runs for s in before[lo:hi])
     try:
-        with files.storage_errors(coll.path, "compact the collection"):
+        with files.storage_errors(coll.path, "compact the collection", needed):
+            files.check_free_space(coll.path, needed, "compact the collection")
             new, replaced, rewritten = apply_merges(coll, before, runs, created)
             coll._segments = new
             coll._dirty = True
@@ -634,6 +636,17 @@ def compact(coll: Collection, force: bool = False) -> list[str]:
     names = [s.name for s in new if s not in before]
     after_merge(coll, rewritten)
     return names
+
+
+def _bytes_of(seg: Segment) -> int:
+    """Bytes a merge writes for a segment: its recorded file sizes, in proportion of its live rows."""
+    total = 0
+    for digest in (seg.entry.get("files") or {}).values():
+        total += int(digest["size"]) if digest else seg.rows * (seg.vectors.shape[1] * 4 + 64)
+    record = seg.entry.get("index") or {}
+    if record.get("digest"):
+        total += int(record["digest"]["size"])
+    return int(total * seg.n_live / max(seg.rows, 1))  # removed rows are not copied
 
 
 def after_merge(coll: Collection, rewritten: int) -> None:

@@ -53,7 +53,7 @@ DATA_RE = re.compile(r"^v\d{6}-[0-9a-f]{8}$")  # format 1 data folders: v<versio
 SEGMENT_RE = re.compile(r"^s\d{6}-[0-9a-f]{8}$")  # segment folders: s<version>-<random>
 TEMPLATE_RE = re.compile(r"^t\d{6}-[0-9a-f]{8}\.faiss$")  # trained index templates
 QUERIES_RE = re.compile(r"^q\d{6}-[0-9a-f]{8}\.npz$")  # stored tuning queries
-GENERATION_RE = re.compile(r"^(index|lists|deleted)-\d{6}\.(faiss|ivf|npy)$")  # inside segments
+GENERATION_RE = re.compile(r"^(index|lists|deleted)-\d{6}-[0-9a-f]{8}\.(faiss|ivf|npy)$")  # inside segments
 
 
 class CollectionBusyError(RuntimeError):

@@ -6,9 +6,9 @@ A segment is a folder holding rows with ascending ids::
         vectors.npy          float32 [rows, d], memory-mapped when opened
         ids.npy              int64 [rows], ascending
         metadata.sqlite      id -> JSON fields (opened read-only, immutable)
-        index-000014.faiss   this segment's index (HNSW graph, codes), labelled by row; or
-        lists-000014.ivf     its inverted lists of the collection's shared IVF (see indexes.template)
-        deleted-000019.npy   ids removed since the segment was written (sorted int64)
+        index-000014-9c1e20aa.faiss  this segment's index (HNSW graph, codes), labelled by row; or
+        lists-000014-9c1e20aa.ivf    its inverted lists of the collection's shared IVF (indexes.template)
+        deleted-000019-04b2d6f1.npy  ids removed since the segment was written (sorted int64)
 
 The first three files never change. The index and deletion files are written again under a new
 generation number when the index is rebuilt or more rows are removed; the manifest names the
@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import logging
 import re
+import secrets
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 SEGMENT_RE = re.compile(r"^s\d{6}-[0-9a-f]{8}$")
 CORE_FILES = ("vectors.npy", "ids.npy", "metadata.sqlite")
-GENERATION_RE = re.compile(r"^(index|lists|deleted)-\d{6}\.(faiss|ivf|npy)$")
+GENERATION_RE = re.compile(r"^(index|lists|deleted)-\d{6}-[0-9a-f]{8}\.(faiss|ivf|npy)$")
 # Files up to this size are checksummed whole when a collection opens; larger ones get their size,
 # header and last block checked (whole-file checks run in verify(), before merges and copies).
 VERIFY_ON_OPEN_BYTES = 64 << 20
@@ -365,9 +366,8 @@ def write_segment(
 def write_index_record(folder: Path, index: PartIndex, template: Template, generation: int) -> dict[str, Any]:
     """Write a segment's index under generation ``generation``; returns the entry's ``index`` record."""
     kind = index.kind
-    file = (
-        f"{'lists' if kind == 'lists' else 'index'}-{generation:06d}.{'ivf' if kind == 'lists' else 'faiss'}"
-    )
+    stem, suffix = ("lists", "ivf") if kind == "lists" else ("index", "faiss")
+    file = f"{stem}-{generation:06d}-{secrets.token_hex(4)}.{suffix}"
     digest = template.write_part(index, folder / file)
     return {"file": file, "kind": kind, "labels": "rows", "spec": template.spec, "digest": digest}
 
@@ -376,7 +376,7 @@ def write_deleted(
     folder: Path, deleted: np.ndarray, generation: int, rows: int, counts: dict[str, int]
 ) -> dict[str, Any]:
     """Write a segment's deletion record; returns the entry's ``deleted`` record."""
-    file = f"deleted-{generation:06d}.npy"
+    file = f"deleted-{generation:06d}-{secrets.token_hex(4)}.npy"
     digest = files.write_npy(folder / file, np.asarray(deleted, dtype=np.int64))
     return {
         "file": file,

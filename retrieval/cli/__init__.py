@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _configure_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     if verbose < 2:
         for noisy in ("httpx", "urllib3", "filelock", "PIL", "matplotlib", "ray", "faiss"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -16,7 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="verify every checksum and the agreement of ids, vectors, metadata and index (exit 1 when damaged)",
     )
     p.add_argument("collection", help="collection directory")
-    p.add_argument("--repair", action="store_true", help="rebuild what intact parts allow, and say what was lost")
+    p.add_argument(
+        "--repair", action="store_true", help="rebuild what intact parts allow, and say what was lost"
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
 

@@ -7,7 +7,9 @@ import json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compact", help="merge a collection's segments as its policy asks (--all: into as few as possible)")
+    p = sub.add_parser(
+        "compact", help="merge a collection's segments as its policy asks (--all: into as few as possible)"
+    )
     p.add_argument("collection", help="collection directory")
     p.add_argument("--all", action="store_true", help="merge everything and drop every removed row")
     p.set_defaults(func=run)

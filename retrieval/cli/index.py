@@ -21,8 +21,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="collection directory to create")
     p.add_argument("--index", default="auto", help="FAISS factory string or 'auto' (default: auto)")
     p.add_argument("--metric", default="ip", choices=["ip", "l2"], help="ip (cosine on unit vectors) or l2")
-    p.add_argument("--memory-budget", default=None, help="bytes or e.g. 4GB: bounds the index and the segments")
-    p.add_argument("--recall-target", type=float, default=0.95, help="recall@10 the search parameters are tuned to")
+    p.add_argument(
+        "--memory-budget", default=None, help="bytes or e.g. 4GB: bounds the index and the segments"
+    )
+    p.add_argument(
+        "--recall-target", type=float, default=0.95, help="recall@10 the search parameters are tuned to"
+    )
     p.add_argument("--workers", type=int, default=2, help="worker processes (or Ray tasks at a time)")
     p.add_argument("--engine", default="local", choices=["local", "ray"], help="local processes or Ray tasks")
     p.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")

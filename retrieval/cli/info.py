@@ -7,7 +7,9 @@ import json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="show a collection's manifest (count, dim, metric, index, model fingerprint)")
+    p = sub.add_parser(
+        "info", help="show a collection's manifest (count, dim, metric, index, model fingerprint)"
+    )
     p.add_argument("collection", help="collection directory")
     p.set_defaults(func=run)
 

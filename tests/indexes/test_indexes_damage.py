@@ -91,7 +91,7 @@ def test_large_files_are_checked_before_merging(tmp_path: Path, monkeypatch: pyt
     coll = Collection.open(path)  # the middle of a large file is not read when opening
     report = coll.verify()
     assert not report.ok and report.problems[0].file.endswith("vectors.npy")
-    with pytest.raises(DamagedFileError, match="vectors.npy.*nothing was merged"):
+    with pytest.raises(DamagedFileError, match=r"vectors.npy.*nothing was merged"):
         coll.compact(force=True)
     coll.close()
     _flip(_file_of(path, "vectors.npy"))  # flip back: intact again

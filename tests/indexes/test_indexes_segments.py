@@ -39,7 +39,9 @@ def test_save_writes_only_the_change(tmp_path: Path, spec: str) -> None:
     for name, stat in before.items():
         if name != persist.MANIFEST:
             assert after.get(name) == stat, f"{name} was rewritten or deleted"
-    written = sum(size for name, (_, size, _) in after.items() if name not in before or name == persist.MANIFEST)
+    written = sum(
+        size for name, (_, size, _) in after.items() if name not in before or name == persist.MANIFEST
+    )
     assert written < 0.05 * total, f"a small change wrote {written} of {total} bytes"
     with Collection.open(path, read_only=True) as coll:
         assert len(coll) == 7_090 and len(coll.segments) == 2
@@ -62,7 +64,10 @@ def test_many_segments_answer_like_one(tmp_path: Path, no_merges: None) -> None:
             many.add(x[lo : lo + 500], meta[lo : lo + 500])
             many.save()
         assert len(many.segments) == 8
-    with Collection.open(tmp_path / "one", read_only=True) as a, Collection.open(tmp_path / "many", read_only=True) as b:
+    with (
+        Collection.open(tmp_path / "one", read_only=True) as a,
+        Collection.open(tmp_path / "many", read_only=True) as b,
+    ):
         for where in (None, {"g": 1}):
             sa, ia = a.search(q, 10, where=where)
             sb, ib = b.search(q, 10, where=where)
@@ -114,9 +119,13 @@ def test_merge_policy() -> None:
     assert compaction.plan(small, max_rows=10**9) == [(0, compaction.MERGE_FACTOR)]
     assert compaction.plan(small[:-1], max_rows=10**9) == [], "one short of a full tier: no merge"
     big = [SegmentSize(10**6, 0), *small]
-    assert compaction.plan(big, max_rows=10**9) == [(1, 1 + compaction.MERGE_FACTOR)], "a big segment is not rewritten"
+    assert compaction.plan(big, max_rows=10**9) == [(1, 1 + compaction.MERGE_FACTOR)], (
+        "a big segment is not rewritten"
+    )
     deleted = [SegmentSize(10**6, 0), SegmentSize(10_000, 4_000), SegmentSize(10**6, 0)]
-    assert compaction.plan(deleted, max_rows=10**9) == [(1, 2)], "a segment with many removed rows is rewritten"
+    assert compaction.plan(deleted, max_rows=10**9) == [(1, 2)], (
+        "a segment with many removed rows is rewritten"
+    )
     capped = [SegmentSize(100_000, 0)] * compaction.MERGE_FACTOR
     assert compaction.plan(capped, max_rows=150_000) == [], "merges never exceed the segment cap"
     many = [SegmentSize(10**6 * (i + 1), 0) for i in range(compaction.MAX_SEGMENTS + 3)]
