@@ -24,7 +24,34 @@ Depends on numpy, faiss and the standard library only (never torch).
 
 from __future__ import annotations
 
-from indexes.auto import choose_index
-from indexes.collection import Collection, CollectionBusyError
+from typing import Any
 
-__all__ = ["Collection", "CollectionBusyError", "choose_index"]
+from indexes.auto import choose_index
+from indexes.backends import VectorCollection, collection_exists, create_collection, open_collection
+from indexes.collection import Collection, CollectionBusyError
+from indexes.copy import CopyReport, copy_collection
+from indexes.location import Location, parse_location
+
+__all__ = [
+    "Collection",
+    "CollectionBusyError",
+    "CopyReport",
+    "Location",
+    "MilvusCollection",
+    "VectorCollection",
+    "choose_index",
+    "collection_exists",
+    "copy_collection",
+    "create_collection",
+    "open_collection",
+    "parse_location",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """``indexes.MilvusCollection`` without importing the Milvus modules until it is asked for."""
+    if name == "MilvusCollection":
+        from indexes.milvus import MilvusCollection
+
+        return MilvusCollection
+    raise AttributeError(f"module 'indexes' has no attribute {name!r}")
