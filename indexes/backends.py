@@ -75,18 +75,31 @@ def _milvus() -> Any:
 
 
 def open_collection(
-    location: str | os.PathLike[str] | Location, read_only: bool = False, mmap: bool = False
+    location: str | os.PathLike[str] | Location,
+    read_only: bool = False,
+    mmap: bool = False,
+    fingerprint: str | None = None,
 ) -> VectorCollection:
     """Open the collection at ``location`` (a folder, ``milvus://...`` or ``milvus-lite://...``).
 
-    ``read_only`` / ``mmap`` as in :meth:`indexes.Collection.open` (Milvus accepts ``mmap`` and ignores it).
+    ``read_only`` / ``mmap`` as in :meth:`indexes.Collection.open` (Milvus accepts ``mmap`` and
+    ignores it). ``fingerprint``, when given, must be the model that built the collection:
+    otherwise ``ValueError`` (see ``check_fingerprint``) and nothing is left open.
     """
     loc = parse_location(location)
+    coll: VectorCollection
     if loc.is_milvus:
-        return _milvus().open(loc, mmap=mmap, read_only=read_only)
-    from indexes.collection import Collection
+        coll = _milvus().open(loc, mmap=mmap, read_only=read_only)
+    else:
+        from indexes.collection import Collection
 
-    return Collection.open(loc.path, mmap=mmap, read_only=read_only)  # type: ignore[arg-type]
+        coll = Collection.open(loc.path, mmap=mmap, read_only=read_only)  # type: ignore[arg-type]
+    try:
+        coll.check_fingerprint(fingerprint)
+    except BaseException:
+        coll.close()
+        raise
+    return coll
 
 
 def create_collection(

@@ -97,6 +97,12 @@ class Client:
             reason = str(getattr(exc, "message", "") or exc)
             if self.lite and "milvus-lite is required" in reason:
                 raise ImportError(f"{location} needs milvus-lite: {_INSTALL}") from None
+            if self.lite:
+                raise MilvusUnavailableError(
+                    f"cannot open the Milvus Lite database of {location} ({reason}): another process may hold "
+                    "it (Milvus Lite serves one process per file); close it there, or use a Milvus server "
+                    "for several processes"
+                ) from None
             raise MilvusUnavailableError(
                 f"cannot reach Milvus at {location} within {self.timeout:g} s ({reason}): check that the "
                 "server runs and listens there, the TLS options, and the credentials (MILVUS_TOKEN or "

@@ -3,6 +3,7 @@ Milvus server. Every behaviour here is one callers rely on without knowing where
 
 from __future__ import annotations
 
+import doctest
 from collections.abc import Callable
 
 import numpy as np
@@ -157,10 +158,20 @@ def test_fingerprint_is_checked(filled: str) -> None:
         coll.check_fingerprint(None)
         with pytest.raises(ValueError, match="built by model fpA, received vectors from fpB"):
             coll.check_fingerprint("fpB")
+    with pytest.raises(ValueError, match="built by model fpA, received vectors from fpB"):
+        open_collection(filled, read_only=True, fingerprint="fpB")
+    with open_collection(filled, read_only=True, fingerprint="fpA") as coll:
+        assert coll.fingerprint == "fpA"
 
 
 def test_exists(filled: str) -> None:
     assert collection_exists(filled)
+
+
+def test_the_documented_example_runs() -> None:
+    import indexes.backends
+
+    assert doctest.testmod(indexes.backends).failed == 0
 
 
 # ------------------------------------------------------------------ writing
