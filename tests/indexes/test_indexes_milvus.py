@@ -170,6 +170,7 @@ def test_rebuild_and_refine(loc: str) -> None:
 
 
 def test_unreachable_server_fails_fast_naming_the_location() -> None:
+    pytest.importorskip("pymilvus", reason="the distributed extra (pymilvus) is not installed")
     loc = "milvus://user:s3cret-pass@127.0.0.1:1/photos?timeout=2&token=tok-s3cret"
     t0 = time.perf_counter()
     with pytest.raises(MilvusUnavailableError) as err:

@@ -21,14 +21,16 @@ D = 32
 
 
 def test_ids_and_vectors_across_many_segments(milvus_server: MilvusTestServer) -> None:
-    x = clustered(6_000, D, seed=31)
+    n = 16_000
+    x = clustered(n, D, seed=31)
     loc = milvus_server.location(unique_name("segments"))
     with create_collection(loc, D, index="Flat") as coll:
-        for part in np.array_split(np.arange(6_000), 6):
+        # one segment larger than a page of ids() (8,192 rows), then five small ones
+        for part in np.split(np.arange(n), [10_000, 11_200, 12_400, 13_600, 14_800]):
             coll.add(x[part], [{"i": int(i)} for i in part])
             coll.save()  # one sealed segment per part
-        coll.remove(np.arange(0, 6_000, 7))
-    keep = np.setdiff1d(np.arange(6_000), np.arange(0, 6_000, 7))
+        coll.remove(np.arange(0, n, 7))
+    keep = np.setdiff1d(np.arange(n), np.arange(0, n, 7))
     with open_collection(loc, read_only=True) as coll:
         np.testing.assert_array_equal(coll.ids(), keep)
         np.testing.assert_array_equal(coll.vectors(keep[::-97]), x[keep[::-97]])
