@@ -204,3 +204,9 @@ def test_index_translation() -> None:
     assert kinds.search_params(ivf, {"nprobe": 128}, k=10) == {"nprobe": 64}
     with pytest.raises(ValueError, match="multiple of 32"):
         kinds.translate("IVF16,PQ32", 100, lite=False)
+
+
+def test_missing_client_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pymilvus", None)  # as if the distributed extra were not installed
+    with pytest.raises(ImportError, match=r"pip install 'siamese-retrieval\[distributed\]'"):
+        open_collection("milvus://127.0.0.1:1/photos")
