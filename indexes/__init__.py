@@ -19,7 +19,14 @@ Modules: ``collection`` (the Collection), ``faiss_index`` (factory strings, trai
 ``auto`` (index choice and recall tuning), ``metadata`` (SQLite store and ``where`` filters),
 ``store`` (raw vectors), ``exact`` (brute force), ``persist`` (manifest, fsync, writer lock).
 
-Depends on numpy, faiss and the standard library only (never torch).
+A collection may also live in Milvus (a server, a cluster or a Milvus Lite file):
+``open_collection`` / ``create_collection`` take a folder, ``milvus://HOST:PORT/NAME`` or
+``milvus-lite://PATH.db/NAME`` and return an object with the same surface; ``copy_collection``
+copies between any two locations keeping ids and metadata. Modules: ``location`` (location
+strings), ``backends`` (open / create anywhere), ``copy``, ``milvus`` (the Milvus collection).
+
+Depends on numpy, faiss and the standard library only (never torch); pymilvus (the
+``distributed`` extra) is imported only when a Milvus location is used.
 """
 
 from __future__ import annotations
