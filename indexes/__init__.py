@@ -19,12 +19,46 @@ Modules: ``collection`` (the Collection), ``faiss_index`` (factory strings, trai
 ``auto`` (index choice and recall tuning), ``metadata`` (SQLite store and ``where`` filters),
 ``store`` (raw vectors), ``exact`` (brute force), ``persist`` (manifest, fsync, writer lock).
 
-Depends on numpy, faiss and the standard library only (never torch).
+A collection may also live in Milvus (a server, a cluster or a Milvus Lite file):
+``open_collection`` / ``create_collection`` take a folder, ``milvus://HOST:PORT/NAME`` or
+``milvus-lite://PATH.db/NAME`` and return an object with the same surface; ``copy_collection``
+copies between any two locations keeping ids and metadata. Modules: ``location`` (location
+strings), ``backends`` (open / create anywhere), ``copy``, ``milvus`` (the Milvus collection).
+
+Depends on numpy, faiss and the standard library only (never torch); pymilvus (the
+``distributed`` extra) is imported only when a Milvus location is used.
 """
 
 from __future__ import annotations
 
-from indexes.auto import choose_index
-from indexes.collection import Collection, CollectionBusyError
+from typing import Any
 
-__all__ = ["Collection", "CollectionBusyError", "choose_index"]
+from indexes.auto import choose_index
+from indexes.backends import VectorCollection, collection_exists, create_collection, open_collection
+from indexes.collection import Collection, CollectionBusyError
+from indexes.copy import CopyReport, copy_collection
+from indexes.location import Location, parse_location
+
+__all__ = [
+    "Collection",
+    "CollectionBusyError",
+    "CopyReport",
+    "Location",
+    "MilvusCollection",
+    "VectorCollection",
+    "choose_index",
+    "collection_exists",
+    "copy_collection",
+    "create_collection",
+    "open_collection",
+    "parse_location",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """``indexes.MilvusCollection`` without importing the Milvus modules until it is asked for."""
+    if name == "MilvusCollection":
+        from indexes.milvus import MilvusCollection
+
+        return MilvusCollection
+    raise AttributeError(f"module 'indexes' has no attribute {name!r}")
