@@ -580,12 +580,15 @@ class MilvusCollection:
         t0 = time.perf_counter()
         truth = auto.drop_self(self._table.exact(q, k + 1, "")[1], self_ids, k)  # [q, k]
         exact_seconds = time.perf_counter() - t0
+        name = "stored vectors" if queries is None else "given"
+        sets = [auto.QuerySet(name, q, None, self_ids=self_ids, truth=truth)]
 
-        def run(params: dict[str, Any], kk: int) -> np.ndarray:
-            return self._ann(q, kk, "", params, int(params.get("refine", 0)))[1]
+        def run(params: dict[str, Any], query_set: auto.QuerySet, kk: int) -> np.ndarray:
+            return self._ann(query_set.queries, kk, "", params, int(params.get("refine", 0)))[1]
 
         kind, nlist, codes = self._index.kind, self._index.nlist, self._index.has_codes
-        chosen = auto.tune(kind, nlist, codes, run, truth, self_ids, k, target)
+        chosen = auto.tune(kind, nlist, codes, run, sets, k, target)
+        chosen.pop("reached", None)
         params = {
             key: v for key, v in self._state.params.items() if key not in ("nprobe", "efSearch", "refine")
         }

@@ -166,7 +166,8 @@ class Table:
         vecs = np.stack([np.asarray(rows[int(i)]["vector"], dtype=np.float32) for i in have])  # [u, d]
         pos = np.searchsorted(have, cand).clip(0, have.size - 1)  # [n, c]
         valid = (cand >= 0) & (have[pos] == cand)
-        return exact.rescore(q, cand, np.where(valid, pos, -1), vecs, k, self.metric)
+        cand = np.where(valid, cand, -1)
+        return exact.rescore(q, cand, vecs[pos], k, self.metric)  # vecs[pos]: [n, c, d]
 
     # ----- index and load state ----------------------------------------------------------------
     def describe_index(self) -> dict[str, Any]:
