@@ -36,8 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.config import DemoConfig, EmbedConfig, EvalConfig, atomic_write_text
+from retrieval.config import DemoConfig, EmbedConfig, EvalConfig
 from retrieval.datasets import OpenmojiDataset, build_openmoji
+from retrieval.io import atomic_write_text
 from retrieval.paths import cache_dir
 
 logger = logging.getLogger(__name__)

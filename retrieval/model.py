@@ -11,8 +11,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from retrieval.config import ModelConfig, atomic_write_text
+from retrieval.config import ModelConfig
+from retrieval.io import atomic_write_json, fsync_file, staged_directory
 from retrieval.towers import ImageTower, TextTower, build_image_tower, build_text_tower, lock
 
 logger = logging.getLogger(__name__)
@@ -261,13 +260,10 @@ class TwinEncoder(nn.Module):
             raise FileExistsError(
                 f"{directory} exists and is not a saved model: choose a new or empty folder"
             )
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
+        with staged_directory(directory) as tmp:
             self.config.save(tmp / CONFIG_FILE)
             save_model(self, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-            _fsync(tmp / WEIGHTS_FILE)
+            fsync_file(tmp / WEIGHTS_FILE)
             self.image_tower.save_assets(tmp / "image_tower")
             self.text_tower.save_assets(tmp / "text_tower")
             info = {
@@ -275,11 +271,7 @@ class TwinEncoder(nn.Module):
                 "fingerprint": self.fingerprint(),
                 "embed_dim": self.embed_dim,
             }
-            atomic_write_text(tmp / FORMAT_FILE, json.dumps(info, indent=2) + "\n")
-            _swap_in(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            atomic_write_json(tmp / FORMAT_FILE, info, indent=2)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], device: str | torch.device | None = None) -> TwinEncoder:
@@ -369,24 +361,3 @@ def _progress(iterable: Iterable[int], enabled: bool, unit: str) -> Iterable[int
     from tqdm.auto import tqdm
 
     return tqdm(iterable, desc=f"encoding {unit}", unit="batch")
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-
-
-def _swap_in(tmp: Path, directory: Path) -> None:
-    """Rename ``tmp`` to ``directory``; an existing ``directory`` is moved aside first and removed after."""
-    old = None
-    if directory.exists():
-        old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(directory, old)
-    try:
-        os.replace(tmp, directory)
-    except BaseException:
-        if old is not None:
-            os.replace(old, directory)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

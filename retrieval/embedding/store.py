@@ -21,7 +21,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.config import atomic_write_bytes, atomic_write_text
 from retrieval.embedding.items import Item, SourceSkip
+from retrieval.io import FileLock, atomic_write_bytes, atomic_write_text, remove_temporaries
 
 logger = logging.getLogger(__name__)
 
@@ -88,18 +87,19 @@ class EmbedState:
         self.state_path = root / "state.json"
         self.errors_path = root / "errors.jsonl"
         self.shard_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = _lock(root / ".job.lock")
-        for stale in self.shard_dir.glob(".*.tmp"):  # left by a writer killed mid-write
-            stale.unlink(missing_ok=True)
+        self._lock = FileLock(
+            root / ".job.lock",
+            busy=f"another embedding job is running on this collection (lock {root / '.job.lock'}): "
+            "wait for it to finish",
+        )
+        remove_temporaries(self.shard_dir)  # left by a writer killed mid-write
         self.state: dict[str, Any] = (
             json.loads(self.state_path.read_text(encoding="utf-8")) if self.state_path.exists() else {}
         )
 
     def close(self) -> None:
         """Release the job lock."""
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self._lock.close()
 
     def __enter__(self) -> EmbedState:
         return self
@@ -334,23 +334,6 @@ class EmbedState:
             sink = io.BytesIO()
             pq.write_table(table, sink)
             atomic_write_bytes(meta_path, sink.getvalue())
-
-
-def _lock(path: Path) -> int | None:
-    """Hold an exclusive lock on ``path`` for as long as the returned descriptor is open."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - no advisory locks on this platform
-        return None
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise ValueError(
-            f"another embedding job is running on this collection (lock {path}): wait for it to finish"
-        ) from None
-    return fd
 
 
 def open_or_create(collection_path: Path, dim: int, index: str, fingerprint: str) -> Any:

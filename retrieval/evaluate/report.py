@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from retrieval.config import atomic_write_bytes, atomic_write_text
+from retrieval.io import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
     from retrieval.evaluate.evaluator import EvalResult

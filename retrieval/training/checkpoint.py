@@ -8,7 +8,7 @@ A checkpoint is a folder ``checkpoints/step-00000123/`` holding
 * ``state.json``               step, epoch, position, best metric, patience, optimizer hyper-parameters and
                                scalar state, grad-scaler state, Python and NumPy generator states
 
-It is written to a temporary folder and renamed into place; ``checkpoints/latest.json`` then points
+It is written to a temporary folder and swapped into place (:func:`retrieval.io.staged_directory`); ``checkpoints/latest.json`` then points
 at it (atomically), and older step folders beyond ``keep`` are removed. A crash at any point leaves
 the previous checkpoint intact and pointed to.
 """
@@ -16,7 +16,6 @@ the previous checkpoint intact and pointed to.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from retrieval.config import atomic_write_text
+from retrieval.io import atomic_write_text, fsync_file, staged_directory
 
 LATEST = "latest.json"
 
@@ -96,16 +95,14 @@ def save_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:08d}"
     final = root / name
-    tmp = root / f".tmp-{name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    with staged_directory(final) as tmp:
         model.save(tmp / "model")
         opt_tensors, opt_meta = _optimizer_to_safe(optimizer)
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        fsync_file(tmp / "optimizer.safetensors")
         rng_tensors, rng_meta = _rng_state()
         save_file(rng_tensors, str(tmp / "rng.safetensors"))
+        fsync_file(tmp / "rng.safetensors")
         payload = {
             **state,
             "step": step,
@@ -114,12 +111,6 @@ def save_checkpoint(
             "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         }
         atomic_write_text(tmp / "state.json", json.dumps(payload))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     atomic_write_text(root / LATEST, json.dumps({"step": step, "path": name}) + "\n")
     _prune(root, keep=max(1, keep), current=name)
     return final

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from retrieval.config import atomic_write_bytes, atomic_write_text
+from retrieval.io import atomic_write_bytes, atomic_write_text
 
 
 class MetricsLog:
