@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from indexes.fingerprint import check_fingerprint
+
 __all__ = ["Hit", "Searcher", "search_collection"]
 
 ImageQuery = Any  # PIL.Image.Image | str | os.PathLike: an image or the path of one
@@ -79,12 +81,12 @@ class Searcher:
     def _check_model(self) -> None:
         if self.model is None:
             return
-        model_fp, coll_fp = str(self.model.fingerprint()), self.collection.fingerprint
-        if coll_fp is not None and coll_fp != model_fp:
-            raise ValueError(
-                f"collection {self.collection.path} was embedded by model {coll_fp}, but the model given has "
-                f"fingerprint {model_fp}: search with the model that built the collection, or re-embed the corpus"
-            )
+        check_fingerprint(
+            self.collection.fingerprint,
+            str(self.model.fingerprint()),
+            what=f"collection {self.collection.path}",
+            fix="search with the model that built the collection, or re-embed the corpus",
+        )
         if int(self.model.embed_dim) != int(self.collection.dim):
             raise ValueError(
                 f"model embeds in dim {self.model.embed_dim}, collection {self.collection.path} has dim "

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from indexes.fingerprint import check_fingerprint
 from retrieval.embedding.items import Item, SourceSkip
 from retrieval.io import FileLock, atomic_write_bytes, atomic_write_text, remove_temporaries
 
@@ -111,11 +112,12 @@ class EmbedState:
     def check_model(self, fingerprint: str, dim: int) -> None:
         """Refuse to mix shards of another model; remember this model on first use."""
         known = self.state.get("fingerprint")
-        if known is not None and known != fingerprint:
-            raise ValueError(
-                f"the embedding state {self.root} was made by model {known}, the model given is {fingerprint}: "
-                "embed into a new collection, or delete the collection and its state folder to start over"
-            )
+        check_fingerprint(
+            known,
+            fingerprint,
+            what=f"the embedding state {self.root}",
+            fix="embed into a new collection, or delete the collection and its state folder to start over",
+        )
         if known is None:
             self.state.update(fingerprint=fingerprint, dim=int(dim), ingested=[], intent=None)
             self.save_state()
@@ -343,13 +345,16 @@ def open_or_create(collection_path: Path, dim: int, index: str, fingerprint: str
     if not path.exists():
         return Collection.create(path, dim, index=index, fingerprint=fingerprint)
     coll = Collection.open(path)
-    if coll.fingerprint is not None and coll.fingerprint != fingerprint:
-        fp = coll.fingerprint
-        coll.close()
-        raise ValueError(
-            f"collection {path} was made by model {fp}, the model given is {fingerprint}: "
-            "embed with the model that made it, or choose a new output path"
+    try:
+        check_fingerprint(
+            coll.fingerprint,
+            fingerprint,
+            what=f"collection {path}",
+            fix="embed with the model that made it, or choose a new output path",
         )
+    except ValueError:
+        coll.close()
+        raise
     if coll.dim != dim:
         d = coll.dim
         coll.close()

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from indexes.fingerprint import check_fingerprint
 from retrieval.config import EvalConfig
 from retrieval.evaluate._ranking import Ranking
 from retrieval.evaluate.index_eval import IndexComparison, compare_index
@@ -245,15 +246,12 @@ def evaluate_model(
             "the pair set is empty: nothing to evaluate (check the data source and its skipped list)"
         )
     fingerprint = model.fingerprint() if hasattr(model, "fingerprint") else None
-    if (
-        collection is not None
-        and collection.fingerprint
-        and fingerprint
-        and collection.fingerprint != fingerprint
-    ):
-        raise ValueError(
-            f"collection {collection.path} was built by model {collection.fingerprint}, but the evaluated model is "
-            f"{fingerprint}: evaluate with the model that built it, or re-embed the collection"
+    if collection is not None:
+        check_fingerprint(
+            collection.fingerprint or None,
+            fingerprint or None,
+            what=f"collection {collection.path}",
+            fix="evaluate with the model that built it, or re-embed the collection",
         )
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
