@@ -226,7 +226,7 @@ def test_missing_source_leaves_no_collection_behind(fake_model, config, tmp_path
 
 
 def test_one_job_per_collection_at_a_time(fake_model, corpus, config, tmp_path):
-    from retrieval.embedding.store import EmbedState
+    from retrieval.embed.store import EmbedState
 
     embed_corpus(fake_model, corpus, tmp_path / "coll", config)
     with EmbedState(state_dir(tmp_path / "coll")), pytest.raises(ValueError, match="another embedding job"):

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from retrieval.embedding.engines import _prefetch, pick_device
+from retrieval.embed.engines import _prefetch, pick_device
 
 
 def test_prefetch_keeps_order():

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from retrieval.config import TrainConfig
-from retrieval.training import checkpoint as ckpt
-from retrieval.training.history import MetricsLog, plot_history
-from retrieval.training.optim import OPTIMIZERS, build_optimizer, lr_factor, parameter_groups
-from retrieval.training.sampling import SeededItems, epoch_order, item_seed, plan_epoch, sample_weights
+from retrieval.train import checkpoint as ckpt
+from retrieval.train.history import MetricsLog, plot_history
+from retrieval.train.optim import OPTIMIZERS, build_optimizer, lr_factor, parameter_groups
+from retrieval.train.sampling import SeededItems, epoch_order, item_seed, plan_epoch, sample_weights
 
 
 class _Tiny(torch.nn.Module):

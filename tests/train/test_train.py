@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from retrieval.model import TwinEncoder, build_model
 from retrieval.train import TrainingDivergedError, train
-from retrieval.training.checkpoint import latest_checkpoint
+from retrieval.train.checkpoint import latest_checkpoint
 
 
 def _weights(directory) -> dict[str, torch.Tensor]:
@@ -261,7 +261,7 @@ def test_feature_accumulation_equals_one_big_batch(config, tmp_path, loss):
 
 def test_validation_reuses_locked_tower_outputs(config, dataset):
     from retrieval.data import read_pairs
-    from retrieval.training.setup import validate
+    from retrieval.train.setup import validate
 
     config = config.replace(model=config.model.replace(lock_text=True, lock_image=True))
     model = build_model(config.model, captions=["a red circle"], device="cpu")

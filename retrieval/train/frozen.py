@@ -167,12 +167,12 @@ def training_data(
 ) -> tuple[Any, ...]:
     """``(dataset, collate_fn, text_cache, image_cache)`` for training on ``pairs``.
 
-    The dataset is keyed by ``(index, seed)`` (:class:`~retrieval.training.sampling.SeededItems`).
+    The dataset is keyed by ``(index, seed)`` (:class:`~retrieval.train.sampling.SeededItems`).
     A fully locked text tower is cached when ``config.cache_locked_features``; a fully locked image
     tower too when ``config.augment`` is off, and then images are not decoded per step at all.
     """
     from retrieval.data import PairDataset, collate_pairs
-    from retrieval.training.sampling import SeededItems
+    from retrieval.train.sampling import SeededItems
 
     text_cache = image_cache = None
     if config.cache_locked_features and text_tower_is_frozen(model):

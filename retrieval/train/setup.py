@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from retrieval.config import TrainConfig
-from retrieval.training.distributed import DistContext, barrier, broadcast_module
-from retrieval.training.optim import check_optimizer_name
+from retrieval.train.distributed import DistContext, barrier, broadcast_module
+from retrieval.train.optim import check_optimizer_name
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ def validate(
     validations only run the projection heads on that side.
     """
     from retrieval.evaluate import retrieval_metrics_from_embeddings
-    from retrieval.training.frozen import (
+    from retrieval.train.frozen import (
         FrozenImageFeatures,
         FrozenTextFeatures,
         image_tower_is_frozen,

@@ -25,19 +25,19 @@ import torch
 from torch.utils.data import DataLoader
 
 from retrieval.config import TrainConfig
-from retrieval.training import checkpoint as ckpt
-from retrieval.training.distributed import (
+from retrieval.train import checkpoint as ckpt
+from retrieval.train.distributed import (
     DistContext,
     all_reduce_sum,
     barrier,
     init_distributed,
     shutdown,
 )
-from retrieval.training.frozen import training_data
-from retrieval.training.history import MetricsLog, plot_history
-from retrieval.training.optim import build_optimizer, lr_factor, set_lr
-from retrieval.training.sampling import epoch_order, item_seed, plan_epoch, sample_weights
-from retrieval.training.setup import (
+from retrieval.train.frozen import training_data
+from retrieval.train.history import MetricsLog, plot_history
+from retrieval.train.optim import build_optimizer, lr_factor, set_lr
+from retrieval.train.sampling import epoch_order, item_seed, plan_epoch, sample_weights
+from retrieval.train.setup import (
     Precision,
     StopSignals,
     check_config,
@@ -48,7 +48,7 @@ from retrieval.training.setup import (
     resolve_precision,
     validate,
 )
-from retrieval.training.step import TrainingDivergedError, train_step
+from retrieval.train.step import TrainingDivergedError, train_step
 
 if TYPE_CHECKING:
     from retrieval.model import TwinEncoder

@@ -1,4 +1,4 @@
-"""Embed a corpus into an :class:`indexes.Collection`: streamed, batched, resumable.
+"""The embedding job: a corpus into an :class:`indexes.Collection`, streamed, batched, resumable.
 
 ``embed_corpus(model, source, collection_path, config)`` reads the corpus with the data
 layer, skips every item already done, encodes the rest batch by batch (a ``DataLoader``
@@ -28,13 +28,13 @@ from typing import Any
 import numpy as np
 
 from retrieval.config import EmbedConfig
-from retrieval.embedding import engines
-from retrieval.embedding.items import Item, corpus_items
-from retrieval.embedding.store import EmbedState, open_or_create, state_dir
+from retrieval.embed import engines
+from retrieval.embed.items import Item, corpus_items
+from retrieval.embed.store import EmbedState, open_or_create, state_dir
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EmbedConfig", "EmbedSummary", "embed_corpus", "recorded_model_dir", "state_dir"]
+__all__ = ["EmbedSummary", "embed_corpus", "recorded_model_dir"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Query a collection with a twin encoder: text->image, image->text, image->image, text->text.
+"""The Searcher: queries encoded by a twin encoder, answered by the collection it embedded.
 
 A :class:`Searcher` pairs a model with the :class:`indexes.Collection` it embedded. Every
 method encodes its queries, asks the collection for the ``k`` best items of the wanted
@@ -24,16 +24,14 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from indexes.fingerprint import check_fingerprint
+from retrieval.search.queries import ImageQuery, as_query_vectors, load_query_image, one_text
 
-__all__ = ["Hit", "Searcher", "search_collection"]
-
-ImageQuery = Any  # PIL.Image.Image | str | os.PathLike: an image or the path of one
+__all__ = ["Hit", "Searcher"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,9 +129,9 @@ class Searcher:
                     model.text_features(model.tokenize(list(queries[lo : lo + 256])))  # [b, D]
                     for lo in range(0, len(queries), 256)
                 ]
-            return _as_queries(torch.cat(chunks).float().cpu(), self.collection.dim)
+            return as_query_vectors(torch.cat(chunks).float().cpu(), self.collection.dim)
         vectors = model.encode_texts(list(queries), batch_size=256, device=self.device)
-        return _as_queries(vectors, self.collection.dim)
+        return as_query_vectors(vectors, self.collection.dim)
 
     def encode_images(self, images: Sequence[ImageQuery]) -> np.ndarray:
         """[n, D] float32 unit vectors for image queries (PIL images or paths)."""
@@ -141,7 +139,7 @@ class Searcher:
             raise TypeError(
                 f"image queries must be a sequence of images or paths; received {type(images).__name__}"
             )
-        decoded = [_load_query_image(image) for image in images]
+        decoded = [load_query_image(image) for image in images]
         if not decoded:
             return np.zeros((0, int(self.collection.dim)), dtype=np.float32)
         model = self._need_model()
@@ -157,9 +155,9 @@ class Searcher:
                     )  # [b, D]
                     for lo in range(0, len(decoded), 64)
                 ]
-            return _as_queries(torch.cat(chunks).float().cpu(), self.collection.dim)
+            return as_query_vectors(torch.cat(chunks).float().cpu(), self.collection.dim)
         vectors = model.encode_images(decoded, batch_size=64, device=self.device)
-        return _as_queries(vectors, self.collection.dim)
+        return as_query_vectors(vectors, self.collection.dim)
 
     # -- raw vectors --------------------------------------------------------------------------
     def search_vector(
@@ -189,7 +187,7 @@ class Searcher:
         refine: int | None = None,
     ) -> list[list[Hit]]:
         """Hits for each row of raw query vectors [n, D] (rows normalised here)."""
-        queries = _as_queries(vectors, self.collection.dim)
+        queries = as_query_vectors(vectors, self.collection.dim)
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive int; received {k!r}")
         if refine is not None and (
@@ -209,7 +207,7 @@ class Searcher:
         self, query: str, k: int = 10, *, where: Mapping[str, Any] | None = None, refine: int | None = None
     ) -> list[Hit]:
         """Images best matching a text query."""
-        return self.text_to_image_batch([_one_text(query)], k, where=where, refine=refine)[0]
+        return self.text_to_image_batch([one_text(query)], k, where=where, refine=refine)[0]
 
     def text_to_image_batch(
         self,
@@ -227,7 +225,7 @@ class Searcher:
         self, query: str, k: int = 10, *, where: Mapping[str, Any] | None = None, refine: int | None = None
     ) -> list[Hit]:
         """Captions best matching a text query."""
-        return self.text_to_text_batch([_one_text(query)], k, where=where, refine=refine)[0]
+        return self.text_to_text_batch([one_text(query)], k, where=where, refine=refine)[0]
 
     def text_to_text_batch(
         self,
@@ -301,7 +299,7 @@ class Searcher:
         if not 0.0 <= float(text_weight) <= 1.0:
             raise ValueError(f"text_weight must be in [0, 1]; received {text_weight!r}")
         image_vec = self.encode_images([image])[0]  # [D]
-        text_vec = self.encode_texts([_one_text(text)])[0]  # [D]
+        text_vec = self.encode_texts([one_text(text)])[0]  # [D]
         query = (1.0 - text_weight) * image_vec + text_weight * text_vec  # [D]
         if np.linalg.norm(query) < 1e-6:
             raise ValueError("the image and text queries cancel out: change text_weight")
@@ -360,84 +358,3 @@ class Searcher:
 def _direct(model: Any, method: str, device: str | None) -> bool:
     """Whether ``model.<method>`` can be called directly: an eval-mode torch model staying where it is."""
     return device is None and hasattr(model, method) and getattr(model, "training", True) is False
-
-
-def _one_text(query: Any) -> str:
-    if not isinstance(query, str):
-        hint = " (use the *_batch method for several queries)" if isinstance(query, (list, tuple)) else ""
-        raise TypeError(f"a text query must be a str; received {type(query).__name__}{hint}")
-    return query
-
-
-def _load_query_image(image: Any) -> Any:
-    from PIL import Image
-
-    if isinstance(image, Image.Image):
-        return image.convert("RGB") if image.mode != "RGB" else image
-    if isinstance(image, (str, os.PathLike)):
-        text = os.fspath(image)
-        if not text.startswith("tar://") and not os.path.isfile(text):
-            raise FileNotFoundError(
-                f"image query {text!r} is not a file: give a PIL image or an image path (for text, use text_to_*)"
-            )
-        from retrieval.data import load_image
-
-        return load_image(text)
-    raise TypeError(f"an image query must be a PIL image or a path; received {type(image).__name__}")
-
-
-def _as_queries(vectors: Any, dim: int) -> np.ndarray:
-    """[n, D] float32, finite, L2-normalised; readable errors for bad shapes."""
-    if hasattr(vectors, "detach"):
-        vectors = vectors.detach().cpu().numpy()
-    array = np.asarray(vectors)
-    if array.dtype == object or not np.issubdtype(array.dtype, np.number):
-        raise TypeError(f"query vectors must be numeric; received dtype {array.dtype}")
-    if array.ndim != 2 or array.shape[1] != dim:
-        raise ValueError(f"query vectors must have shape [n, {dim}]; received shape {array.shape}")
-    array = array.astype(np.float32, copy=True)
-    if not np.isfinite(array).all():
-        raise ValueError("query vectors contain NaN or infinity")
-    norms = np.linalg.norm(array, axis=1, keepdims=True)  # [n, 1]
-    if (norms < 1e-12).any():
-        raise ValueError("a query vector is all zeros: it has no direction to search along")
-    return array / norms
-
-
-def search_collection(
-    collection_path: str | Path,
-    query: str | None = None,
-    *,
-    image: ImageQuery | None = None,
-    model_dir: str | Path | None = None,
-    k: int = 10,
-    where: Mapping[str, Any] | None = None,
-    text_weight: float = 0.5,
-    modality: str | None = None,
-) -> list[Hit]:
-    """One-call search for scripts and the CLI: loads the model (``model_dir``, else the one recorded
-    when the collection was embedded) and queries with text, an image, or both (composed).
-
-    ``modality`` is what to return: "image" | "text"; by default images for text queries and for
-    composed queries, images for image queries too.
-    """
-    if query is None and image is None:
-        raise ValueError("give a text query, an image, or both")
-    from retrieval.embed import recorded_model_dir
-    from retrieval.model import TwinEncoder
-
-    model_path = Path(model_dir) if model_dir is not None else recorded_model_dir(collection_path)
-    if model_path is None:
-        raise ValueError(
-            f"no model recorded for collection {collection_path}: pass the model folder (--model DIR)"
-        )
-    model = TwinEncoder.load(model_path).eval()
-    target = modality or "image"
-    with Searcher(model, collection_path) as searcher:
-        if query is not None and image is not None:
-            return searcher.composed(image, query, k, text_weight=text_weight, modality=target, where=where)
-        if image is not None:
-            vectors = searcher.encode_images([image])
-        else:
-            vectors = searcher.encode_texts([_one_text(query)])
-        return searcher.search_vectors(vectors, k, modality=target, where=where)[0]

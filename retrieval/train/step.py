@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from retrieval.training.distributed import (
+from retrieval.train.distributed import (
     DistContext,
     average_gradients,
     gather_no_grad,
@@ -102,7 +102,7 @@ def batch_loss(
 ) -> tuple[Tensor | None, int]:
     """Loss of one micro-batch over the global batch (features of all ranks); ``(None, 0)`` when the
     global batch is empty. Differentiable with respect to this rank's parameters. ``text_cache``
-    (a :class:`~retrieval.training.frozen.FrozenTextFeatures`) replaces a locked text tower, and
+    (a :class:`~retrieval.train.frozen.FrozenTextFeatures`) replaces a locked text tower, and
     ``image_cache`` a locked image tower (the batch then carries ``"images"`` refs, not pixels)."""
     image_emb, text_emb = local_features(model, batch, ctx, autocast, text_cache, image_cache)
     return global_loss(model, loss_fn, image_emb, text_emb, batch["image_ids"], ctx)

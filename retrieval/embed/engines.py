@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.embedding.items import Item
+from retrieval.embed.items import Item
 
 
 @dataclasses.dataclass

@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 from retrieval.losses import LOSSES
 from retrieval.model import TwinEncoder, build_model
 from retrieval.train import train
-from retrieval.training.distributed import DistContext
-from retrieval.training.step import batch_loss
+from retrieval.train.distributed import DistContext
+from retrieval.train.step import batch_loss
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 

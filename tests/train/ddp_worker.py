@@ -42,8 +42,8 @@ def half(batch: dict, rank: int, world: int) -> dict:
 def grads(model_dir: str, out_dir: str, loss_names: str) -> None:
     from retrieval.losses import LOSSES
     from retrieval.model import TwinEncoder
-    from retrieval.training.distributed import average_gradients, init_distributed, shutdown
-    from retrieval.training.step import batch_loss
+    from retrieval.train.distributed import average_gradients, init_distributed, shutdown
+    from retrieval.train.step import batch_loss
 
     torch.set_num_threads(1)
     ctx = init_distributed("cpu")

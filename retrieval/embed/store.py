@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from indexes.fingerprint import check_fingerprint
-from retrieval.embedding.items import Item, SourceSkip
+from retrieval.embed.items import Item, SourceSkip
 from retrieval.io import FileLock, atomic_write_bytes, atomic_write_text, remove_temporaries
 
 logger = logging.getLogger(__name__)
