@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from retrieval.serve.encoding import ModelRunner
+from retrieval.serve.batching import ModelRunner
 
 from ._fakes import KeywordEncoder, keyword_vector
 

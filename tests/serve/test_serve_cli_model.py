@@ -186,9 +186,9 @@ def test_retrieval_serve_process_answers_and_stops(collection_dir):
 
 
 def test_collections_sharing_a_model_folder_load_it_once(monkeypatch, tmp_path, collection_dir):
-    from retrieval.serve import app as app_module
     from retrieval.serve import create_app
-    from retrieval.serve.encoding import ModelRunner
+    from retrieval.serve import service as service_module
+    from retrieval.serve.batching import ModelRunner
 
     from ._fakes import KeywordEncoder
 
@@ -198,7 +198,7 @@ def test_collections_sharing_a_model_folder_load_it_once(monkeypatch, tmp_path, 
         loads.append(directory)
         return ModelRunner(KeywordEncoder(), directory, batch_size)
 
-    monkeypatch.setattr(app_module, "load_model", fake_load)
+    monkeypatch.setattr(service_module, "load_model", fake_load)
     cfg = ServeConfig(
         collections={"a": str(collection_dir), "b": str(collection_dir)},
         model=str(tmp_path),

@@ -1,4 +1,4 @@
-"""Query encoding shared by every collection that uses a model: fingerprint once, batch concurrent queries."""
+"""Concurrent queries batched into one model call; a model shared by every collection that uses it."""
 
 from __future__ import annotations
 
