@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     from retrieval.config import EvalConfig
     from retrieval.data import read_pairs
-    from retrieval.evaluate import evaluate_model
+    from retrieval.evaluate import evaluate_model, write_report
     from retrieval.model import TwinEncoder
     from retrieval.paths import cache_dir
 
@@ -83,9 +83,9 @@ def run(args: argparse.Namespace) -> int:
 
             collection = stack.enter_context(Collection.open(args.collection, read_only=True))
         result = evaluate_model(
-            model, pairs, ks=args.ks, batch_size=args.batch_size, collection=collection,
-            report_dir=out, config=config,
-        )  # fmt: skip
+            model, pairs, ks=args.ks, batch_size=args.batch_size, collection=collection, config=config
+        )
+    write_report(result, out, n_samples=config.n_samples, seed=config.seed)
     m = result.metrics
     print(f"{len(result.captions)} captions, {len(result.images)} images, {len(result.skipped)} skipped")
     print(f"{'K':>5} {'t2i R@K':>9} {'i2t R@K':>9}" + (f" {'index t2i':>10}" if result.index else ""))

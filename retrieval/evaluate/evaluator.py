@@ -1,4 +1,4 @@
-"""Evaluate a twin encoder on a set of pairs: encode, rank, measure, optionally compare an index and report."""
+"""Evaluate a twin encoder on a set of pairs: encode, rank, measure, optionally compare an index."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import dataclasses
 import logging
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,93 +13,14 @@ import torch
 
 from indexes.fingerprint import check_fingerprint
 from retrieval.config import EvalConfig
-from retrieval.evaluate._ranking import Ranking
-from retrieval.evaluate.index_eval import IndexComparison, compare_index
+from retrieval.evaluate.index_eval import compare_index
 from retrieval.evaluate.metrics import _check_ks, ranking_metrics, retrieval_rankings_from_embeddings
+from retrieval.evaluate.result import EvalResult
 from retrieval.evaluate.zeroshot import ZeroShotResult, zero_shot_from_labels
 
 __all__ = ["EvalResult", "encode_images_skipping_broken", "evaluate_model"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalResult:
-    """Everything an evaluation measured.
-
-    Attributes:
-        metrics: flat metrics: retrieval (``t2i/R@1``, ``i2t/MRR``, ...), plus
-            ``index/t2i/R@10``-style keys with a collection and ``zeroshot/top1``-style
-            keys with labels.
-        ks: the cutoffs.
-        t2i, i2t: per-query :class:`Ranking` objects (with each query's top hits).
-        images: evaluated image references (broken images removed).
-        image_keys: their image ids.
-        captions: evaluated captions.
-        text_to_image: ``[len(captions)]`` index into ``images``.
-        index: exact vs index comparison, when a collection was given.
-        zero_shot: zero-shot classification, when a label column was given.
-        zero_shot_images: indices into ``images`` of the classified images.
-        skipped: ``(where, reason)`` for every image or caption left out.
-        fingerprint: the model's fingerprint, when it has one.
-        seconds: wall time of each stage.
-        report_dir: where the report was written, if anywhere.
-    """
-
-    metrics: dict[str, float]
-    ks: tuple[int, ...]
-    t2i: Ranking
-    i2t: Ranking
-    images: list[str]
-    image_keys: list[str]
-    captions: list[str]
-    text_to_image: np.ndarray
-    index: IndexComparison | None = None
-    zero_shot: ZeroShotResult | None = None
-    zero_shot_images: np.ndarray | None = None
-    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
-    fingerprint: str | None = None
-    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
-    report_dir: Path | None = None
-
-    def summary(self) -> dict[str, Any]:
-        """A JSON-ready summary (what ``metrics.json`` holds)."""
-        out: dict[str, Any] = {
-            "metrics": {key: _json_float(value) for key, value in self.metrics.items()},
-            "ks": list(self.ks),
-            "n_images": len(self.images),
-            "n_texts": len(self.captions),
-            "n_skipped": len(self.skipped),
-            "skipped": [{"where": w, "reason": r} for w, r in self.skipped],
-            "model_fingerprint": self.fingerprint,
-            "seconds": self.seconds,
-        }
-        if self.index is not None:
-            out["index"] = {
-                "index_spec": self.index.index_spec,
-                "refine": self.index.refine,
-                "filter_mode": self.index.filter_mode,
-                "notes": list(self.index.notes),
-                "exact": self.index.exact,
-                "via_index": self.index.index,
-                "n_image_items": self.index.n_image_items,
-                "n_text_items": self.index.n_text_items,
-                "missing_images": self.index.missing_images,
-            }
-        if self.zero_shot is not None:
-            out["zero_shot"] = {
-                "classes": self.zero_shot.classes,
-                "accuracy": self.zero_shot.accuracy,
-                "per_class_accuracy": {
-                    k: _json_float(v) for k, v in self.zero_shot.per_class_accuracy.items()
-                },
-                "confusion": self.zero_shot.confusion.tolist(),
-            }
-        return out
-
-
-def _json_float(value: float) -> float | None:
-    return None if np.isnan(value) else float(value)
 
 
 def encode_images_skipping_broken(
@@ -220,7 +140,6 @@ def evaluate_model(
     ks: Sequence[int] = (1, 5, 10),
     batch_size: int = 64,
     collection: Any = None,
-    report_dir: str | Path | None = None,
     config: EvalConfig | None = None,
 ) -> EvalResult:
     """Encode the images and captions of ``pairs`` with ``model`` and measure retrieval both ways.
@@ -234,10 +153,10 @@ def evaluate_model(
         batch_size: encoding batch size.
         collection: an open ``indexes.Collection`` holding this set's images (and
             texts) made by ``model``: adds exact vs index metrics (``index/...`` keys).
-        report_dir: write the report there (see :func:`retrieval.evaluate.write_report`).
         config: the remaining settings (:class:`retrieval.config.EvalConfig`).
 
     Images that cannot be decoded are skipped with their captions and listed in ``skipped``.
+    Writing the report is a step of its own on the result: :func:`retrieval.evaluate.write_report`.
     """
     config = config or EvalConfig()
     ks = _check_ks(ks)
@@ -285,7 +204,7 @@ def evaluate_model(
         metrics.update(zero_shot.metrics())
         seconds["zero_shot"] = time.perf_counter() - t0
 
-    result = EvalResult(
+    return EvalResult(
         metrics=metrics,
         ks=ks,
         t2i=t2i,
@@ -301,11 +220,3 @@ def evaluate_model(
         fingerprint=fingerprint,
         seconds=seconds,
     )
-    if report_dir is not None:
-        from retrieval.evaluate.report import write_report
-
-        t0 = time.perf_counter()
-        result = dataclasses.replace(result, report_dir=Path(report_dir))
-        write_report(result, report_dir, n_samples=config.n_samples, seed=config.seed)
-        logger.info("report written to %s in %.1f s", report_dir, time.perf_counter() - t0)
-    return result

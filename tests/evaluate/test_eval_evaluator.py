@@ -16,6 +16,7 @@ from retrieval.evaluate import (
     DEFAULT_TEMPLATES,
     evaluate_model,
     retrieval_metrics,
+    write_report,
     zero_shot_classify,
 )
 
@@ -35,15 +36,14 @@ def test_metrics_equal_the_pure_function(pairs):
     )
     assert result.metrics["t2i/n_queries"] == len(pairs)
     assert 0 < result.metrics["t2i/R@1"] < 1  # "the car" is ambiguous, "a red car" is not
-    assert result.report_dir is None
     assert result.t2i.top_ids.shape == (len(pairs), 10)
 
 
 def test_report_files_are_valid(pairs, tmp_path):
     config = EvalConfig(zero_shot_label_column="object", n_samples=4, top_n=3)
-    result = evaluate_model(KeywordEncoder(), pairs, ks=(1, 5), report_dir=tmp_path / "report", config=config)
-    out = tmp_path / "report"
-    assert result.report_dir == out
+    result = evaluate_model(KeywordEncoder(), pairs, ks=(1, 5), config=config)
+    out = write_report(result, tmp_path / "report", n_samples=config.n_samples, seed=config.seed)
+    assert out == tmp_path / "report"
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["metrics"]["t2i/R@1"] == pytest.approx(result.metrics["t2i/R@1"])
     assert summary["zero_shot"]["classes"] == sorted(OBJECTS)
@@ -106,7 +106,8 @@ def test_templates_must_have_a_slot(pairs):
 
 def test_broken_images_are_skipped_and_listed(tmp_path):
     pairs = make_pairs(tmp_path / "img", broken=True)
-    result = evaluate_model(KeywordEncoder(), pairs, batch_size=5, report_dir=tmp_path / "r")
+    result = evaluate_model(KeywordEncoder(), pairs, batch_size=5)
+    write_report(result, tmp_path / "r")
     assert len(result.images) == len(pairs.images()) - 1
     assert len(result.captions) == len(pairs) - 1
     reasons = dict(result.skipped)

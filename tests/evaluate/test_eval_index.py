@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from eval_fakes import KeywordEncoder, make_pairs
 
-from retrieval.evaluate import compare_index, evaluate_model, retrieval_metrics_from_embeddings
+from retrieval.evaluate import compare_index, evaluate_model, retrieval_metrics_from_embeddings, write_report
 
 Collection = pytest.importorskip("indexes").Collection
 
@@ -97,7 +97,8 @@ def test_evaluate_model_with_a_collection(tmp_path):
             model.encode_texts(captions).numpy(),
             [{"modality": "text", "image_id": p.image_id} for p in pairs],
         )
-        result = evaluate_model(model, pairs, ks=(1, 5), collection=c, report_dir=tmp_path / "r")
+        result = evaluate_model(model, pairs, ks=(1, 5), collection=c)
+    write_report(result, tmp_path / "r")
     assert result.metrics["index/t2i/R@5"] == pytest.approx(result.metrics["t2i/R@5"])
     assert result.metrics["index/i2t/true_R@5"] == pytest.approx(result.metrics["i2t/true_R@5"])
     assert "Exact search vs the collection's index" in (tmp_path / "r" / "report.md").read_text()
