@@ -20,7 +20,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from retrieval import encoding
 from retrieval.config import ModelConfig
+from retrieval.encoding import pick_device
 from retrieval.io import atomic_write_json, fsync_file, staged_directory
 from retrieval.towers import ImageTower, TextTower, build_image_tower, build_text_tower, lock
 
@@ -33,11 +35,6 @@ FORMAT_VERSION = 1
 # Config fields that change what the embeddings are; training-only switches (locks, init values) do not.
 # Tower names are left out on purpose: "hf:<path>" would make the same weights differ by where they were read.
 _FINGERPRINT_FIELDS = ("embed_dim", "projection", "pooling", "context_length", "shared")
-
-
-def default_device() -> torch.device:
-    """``cuda`` when available, else ``cpu``."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _projection(kind: str, in_dim: int, out_dim: int, what: str) -> nn.Module:
@@ -150,80 +147,34 @@ class TwinEncoder(nn.Module):
         return self.image_features(pixel_values), self.text_features(tokens)
 
     # ------------------------------------------------------ inference path
-    def _prepare(self, device: str | torch.device | None) -> tuple[torch.device, bool]:
-        target = torch.device(device) if device is not None else self.device
-        if target != self.device:
-            self.to(target)
-        was_training = self.training
-        if was_training:  # an eval-mode model is never touched, so concurrent encodes are safe
-            self.eval()
-        return target, was_training
-
     def encode_images(
         self,
         images: Sequence[Image.Image | str | os.PathLike[str]],
-        batch_size: int = 64,
+        batch_size: int = encoding.IMAGE_BATCH_SIZE,
         device: str | torch.device | None = None,
         progress: bool = False,
     ) -> torch.Tensor:
         """Encode images (PIL images, paths or ``tar://`` references) -> ``[N, D]`` float32 CPU unit vectors.
 
-        Runs under ``torch.inference_mode`` in batches on ``device`` (default: where the model is; the
-        model moves there); the next batch is decoded in a helper thread while the current one runs.
-        A path that cannot be decoded raises :class:`retrieval.data.ImageDecodeError`.
+        Through :func:`retrieval.encoding.encode_images`: batched, under ``torch.inference_mode``,
+        on ``device`` (default: where the model is; the model goes back afterwards), in eval mode
+        (a model in train mode returns to it), the next batch decoded in a helper thread while the
+        current one runs. A path that cannot be decoded raises :class:`retrieval.data.ImageDecodeError`.
         """
-        from concurrent.futures import ThreadPoolExecutor
-
-        from retrieval.data.images import load_image, to_rgb
-
-        _check_batch_size(batch_size)
-        transform = self.image_transform(train=False)
-
-        def prepare(start: int) -> torch.Tensor:
-            batch = images[start : start + batch_size]
-            pictures = [to_rgb(img) if isinstance(img, Image.Image) else load_image(img) for img in batch]
-            return torch.stack([transform(img) for img in pictures])  # [b, 3, H, W]
-
-        starts = list(range(0, len(images), batch_size))
-        target, was_training = self._prepare(device)
-        chunks: list[torch.Tensor] = []
-        try:
-            with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
-                pending = pool.submit(prepare, starts[0]) if starts else None
-                for i in _progress(range(len(starts)), progress, "images"):
-                    assert pending is not None
-                    pixel_values = pending.result().to(target)  # [b, 3, H, W]
-                    pending = pool.submit(prepare, starts[i + 1]) if i + 1 < len(starts) else None
-                    chunks.append(self.image_features(pixel_values).float().cpu())  # [b, D]
-        finally:
-            if was_training:
-                self.train()
-        return torch.cat(chunks) if chunks else torch.empty((0, self.embed_dim), dtype=torch.float32)
+        return encoding.encode_images(
+            self, images, batch_size=batch_size, device=device, progress=progress
+        ).vectors
 
     def encode_texts(
         self,
         texts: Sequence[str],
-        batch_size: int = 256,
+        batch_size: int = encoding.TEXT_BATCH_SIZE,
         device: str | torch.device | None = None,
         progress: bool = False,
     ) -> torch.Tensor:
-        """Encode captions -> ``[N, D]`` float32 CPU unit vectors (``torch.inference_mode``, batched)."""
-        _check_batch_size(batch_size)
-        if isinstance(texts, str):
-            raise ValueError(
-                f"encode_texts expects a list of strings, received one string {texts[:40]!r}: wrap it in [...]"
-            )
-        _, was_training = self._prepare(device)
-        chunks: list[torch.Tensor] = []
-        try:
-            with torch.inference_mode():
-                for start in _progress(range(0, len(texts), batch_size), progress, "texts"):
-                    tokens = self.tokenize(list(texts[start : start + batch_size]))
-                    chunks.append(self.text_features(tokens).float().cpu())  # [b, D]
-        finally:
-            if was_training:
-                self.train()
-        return torch.cat(chunks) if chunks else torch.empty((0, self.embed_dim), dtype=torch.float32)
+        """Encode captions -> ``[N, D]`` float32 CPU unit vectors, through
+        :func:`retrieval.encoding.encode_texts` (batched, the next batch tokenized while one runs)."""
+        return encoding.encode_texts(self, texts, batch_size=batch_size, device=device, progress=progress).vectors
 
     # ------------------------------------------------------------- identity
     def preprocess_config(self) -> dict[str, Any]:
@@ -300,7 +251,7 @@ class TwinEncoder(nn.Module):
         text_tower = build_text_tower(config, assets=text_assets if text_assets.is_dir() else None)
         model = cls(config, image_tower, text_tower)
         load_model(model, str(directory / WEIGHTS_FILE), strict=True)
-        return model.to(torch.device(device) if device is not None else default_device()).eval()
+        return model.to(pick_device(device)).eval()
 
     @classmethod
     def from_pretrained(
@@ -320,7 +271,7 @@ class TwinEncoder(nn.Module):
             model.logit_scale.fill_(scale)
             if model.logit_bias is not None and bias is not None:
                 model.logit_bias.fill_(bias)
-        return model.to(torch.device(device) if device is not None else default_device()).eval()
+        return model.to(pick_device(device)).eval()
 
 
 def build_model(
@@ -334,7 +285,7 @@ def build_model(
     image_tower = build_image_tower(config)
     text_tower = build_text_tower(config, captions)
     model = TwinEncoder(config, image_tower, text_tower)
-    return model.to(torch.device(device) if device is not None else default_device())
+    return model.to(pick_device(device))
 
 
 def _unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -348,16 +299,3 @@ def _unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
         seen.add(key)
         unique[name] = tensor
     return unique
-
-
-def _check_batch_size(batch_size: int) -> None:
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, received {batch_size!r}")
-
-
-def _progress(iterable: Iterable[int], enabled: bool, unit: str) -> Iterable[int]:
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=f"encoding {unit}", unit="batch")

@@ -10,7 +10,8 @@ This package's ``__init__`` is its public API; the modules behind it:
 
 * :mod:`~retrieval.embed.job` -- :func:`embed_corpus`: the job from corpus to collection.
 * :mod:`~retrieval.embed.items` -- the items of a corpus and their identity keys.
-* :mod:`~retrieval.embed.engines` -- local and Ray engines turning items into vector batches.
+* :mod:`~retrieval.embed.engines` -- local and Ray engines turning items into vector batches
+  (both encode through :mod:`retrieval.encoding`).
 * :mod:`~retrieval.embed.store` -- committed shards, the record of what is done, the collection
   built from them.
 """

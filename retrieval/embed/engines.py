@@ -2,7 +2,10 @@
 
 Both yield :class:`EncodedBatch` objects in item order; the caller commits them to shards.
 
-* ``local``: a torch ``DataLoader`` whose workers read, decode and transform images while the
+Both encode through :mod:`retrieval.encoding` (batching, decode prefetch, device, mode, broken
+images).
+
+* ``local``: in this process; ``DataLoader`` workers read, decode and transform images while the
   main process runs the forward passes (with ``num_workers=0``, a helper thread does it).
 * ``ray``: Ray Data, ``from_items`` over the item list and ``map_batches`` with an actor pool
   of encoders (each actor holds one copy of the model); for a cluster pass its address. The
@@ -14,14 +17,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
+from retrieval import encoding
 from retrieval.embed.items import Item
+from retrieval.encoding import Encoded
 
 
 @dataclasses.dataclass
@@ -34,218 +40,70 @@ class EncodedBatch:
     failed: list[tuple[Item, str, str]]  # (item, reason, detail)
 
 
-def pick_device(device: str | None) -> str:
-    """``device`` as given, else ``"cuda"`` when available, else ``"cpu"``."""
-    import torch
-
-    if device:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _unit(vectors: Any) -> np.ndarray:
-    array = np.asarray(vectors.detach().cpu() if hasattr(vectors, "detach") else vectors, dtype=np.float32)
-    norms = np.linalg.norm(array, axis=1, keepdims=True)  # [B, 1]
-    return array / np.maximum(norms, 1e-12)
-
-
-@contextlib.contextmanager
-def inference_on(model: Any, device: str) -> Iterator[Any]:
-    """Run ``model`` in eval mode on ``device``; its mode and device are restored afterwards."""
-    import torch
-
-    if not isinstance(model, torch.nn.Module):
-        yield model
-        return
-    first = next(model.parameters(), None)
-    original = first.device if first is not None else None
-    was_training = model.training
-    model.eval()
-    if original is not None and original != torch.device(device):
-        model.to(device)
-    try:
-        with torch.inference_mode():
-            yield model
-    finally:
-        if original is not None and original != torch.device(device):
-            model.to(original)
-        model.train(was_training)
-
-
-def load_transformed(ref: str, transform: Callable[[Any], Any]) -> tuple[Any, str, str]:
-    """(tensor, "", "") for a readable image, else (None, reason, detail)."""
-    from retrieval.data import ImageDecodeError, load_image
-
-    try:
-        image = load_image(ref)
-    except ImageDecodeError as exc:
-        return None, "decode_error", str(exc)
-    try:
-        return transform(image), "", ""
-    except Exception as exc:  # a transform failing on a decoded image is a per-item problem
-        return None, "transform_error", f"{type(exc).__name__}: {exc}"
-
-
-def encode_pixels(model: Any, pixels: Any, device: str) -> np.ndarray:
-    """[B, 3, H, W] tensor -> [B, D] float32 unit vectors."""
-    return _unit(model.image_features(pixels.to(device)))  # [B, D]
-
-
-def encode_captions(model: Any, captions: Sequence[str], device: str) -> np.ndarray:
-    """Captions -> [B, D] float32 unit vectors (call inside :func:`inference_on`)."""
-    if hasattr(model, "text_features") and hasattr(model, "tokenize"):
-        return _unit(model.text_features(model.tokenize(list(captions))))  # [B, D]
-    return _unit(model.encode_texts(list(captions), batch_size=max(1, len(captions)), device=device))
+def _batch(modality: str, items: Sequence[Item], encoded: Encoded) -> EncodedBatch:
+    """An engine batch from what :mod:`retrieval.encoding` returned for ``items``."""
+    return EncodedBatch(
+        modality,
+        [items[i] for i in encoded.positions],
+        encoded.vectors.numpy(),
+        [(items[s.position], s.reason, s.detail) for s in encoded.skipped],
+    )
 
 
 # -- local ------------------------------------------------------------------------------------
-class _ImageDataset:
-    """torch Dataset over image items: (position, tensor | None, reason, detail)."""
-
-    def __init__(self, refs: Sequence[str], transform: Callable[[Any], Any]) -> None:
-        self.refs = refs
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.refs)
-
-    def __getitem__(self, i: int) -> tuple[int, Any, str, str]:
-        tensor, reason, detail = load_transformed(self.refs[i], self.transform)
-        return i, tensor, reason, detail
-
-
-def _collate(batch: list[tuple[int, Any, str, str]]) -> tuple[list[int], Any, list[tuple[int, str, str]]]:
-    import torch
-
-    good = [(i, t) for i, t, _, _ in batch if t is not None]
-    bad = [(i, reason, detail) for i, t, reason, detail in batch if t is None]
-    pixels = torch.stack([t for _, t in good]) if good else None  # [B, 3, H, W]
-    return [i for i, _ in good], pixels, bad
-
-
 def local_images(
     model: Any, items: Sequence[Item], batch_size: int, num_workers: int, device: str
 ) -> Iterator[EncodedBatch]:
-    from torch.utils.data import DataLoader
-
-    dataset = _ImageDataset([it.ref for it in items], model.image_transform())
-    loader = DataLoader(
-        dataset,  # type: ignore[arg-type]
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=_collate,
-        pin_memory=device.startswith("cuda"),
-        persistent_workers=False,
-        prefetch_factor=4 if num_workers > 0 else None,
+    """Image batches encoded in this process; ``num_workers`` DataLoader processes (or, with 0, a
+    helper thread) decode the next batches while the current one runs its forward pass."""
+    refs = [it.ref for it in items]
+    batches = encoding.image_batches(
+        model, refs, batch_size=batch_size, device=device, num_workers=num_workers, skip_broken=True
     )
-    # With num_workers=0 the loader decodes in a helper thread (PIL and torch release the GIL),
-    # so decoding the next batch overlaps the forward pass of this one.
-    batches = loader if num_workers > 0 else _prefetch(loader, depth=2)
-    with inference_on(model, device):
-        for positions, pixels, bad in batches:
-            vectors = encode_pixels(model, pixels, device) if pixels is not None else _empty(model)
-            yield EncodedBatch(
-                "image",
-                [items[i] for i in positions],
-                vectors,
-                [(items[i], reason, detail) for i, reason, detail in bad],
-            )
-
-
-def _prefetch(iterable: Any, depth: int) -> Iterator[Any]:
-    """Iterate ``iterable`` in a daemon thread, ``depth`` items ahead; exceptions are re-raised here."""
-    import queue
-    import threading
-
-    done = object()
-    slots: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in iterable:
-                while not stop.is_set():
-                    try:
-                        slots.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            slots.put((done, None))
-        except BaseException as exc:  # handed to the consumer
-            slots.put((done, exc))
-
-    thread = threading.Thread(target=produce, name="embed-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, error = slots.get()
-            if item is done:
-                if error is not None:
-                    raise error
-                return
-            yield item
-    finally:
-        stop.set()
-        thread.join(timeout=5)
+    for encoded in batches:
+        yield _batch("image", items, encoded)
 
 
 def local_texts(model: Any, items: Sequence[Item], batch_size: int, device: str) -> Iterator[EncodedBatch]:
-    chunks = (list(items[start : start + batch_size]) for start in range(0, len(items), batch_size))
-    if not (hasattr(model, "text_features") and hasattr(model, "tokenize")):
-        with inference_on(model, device):
-            for chunk in chunks:
-                yield EncodedBatch("text", chunk, encode_captions(model, [it.ref for it in chunk], device), [])
-        return
-    # A helper thread tokenizes the next batches while this one runs its forward pass.
-    tokenized = _prefetch(((chunk, model.tokenize([it.ref for it in chunk])) for chunk in chunks), depth=2)
-    with inference_on(model, device):
-        for chunk, tokens in tokenized:
-            yield EncodedBatch("text", chunk, _unit(model.text_features(tokens)), [])  # [B, D]
-
-
-def _empty(model: Any) -> np.ndarray:
-    return np.zeros((0, int(model.embed_dim)), dtype=np.float32)
+    """Caption batches encoded in this process; a helper thread tokenizes the next batches."""
+    for encoded in encoding.text_batches(model, [it.ref for it in items], batch_size=batch_size, device=device):
+        yield _batch("text", items, encoded)
 
 
 # -- ray --------------------------------------------------------------------------------------
 class RayEncoder:
-    """Ray Data actor: holds one model copy, encodes batches of rows ``{"pos", "ref", "modality"}``."""
+    """Ray Data actor: holds one model copy (on ``device``, in eval mode), encodes batches of rows
+    ``{"pos", "ref", "modality"}`` through :mod:`retrieval.encoding`."""
 
     def __init__(self, model_ref: list[Any], device: str) -> None:
         import ray
-
-        self.model = ray.get(model_ref[0])
-        self.device = device
-        self.transform: Callable[[Any], Any] | None = None
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
+        self.model = ray.get(model_ref[0])  # this actor's own copy: placed once, not per batch
+        if isinstance(self.model, torch.nn.Module):
+            self.model.to(device).eval()
+        self.device = device
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         refs = [str(r) for r in batch["ref"]]
         is_text = np.asarray([str(m) == "text" for m in batch["modality"]], dtype=bool)
         vectors = np.zeros((len(refs), int(self.model.embed_dim)), dtype=np.float32)  # [B, D]
-        ok = is_text.copy()
+        ok = np.zeros(len(refs), dtype=bool)
         reasons = [""] * len(refs)
         details = [""] * len(refs)
-        with inference_on(self.model, self.device):
-            texts = np.flatnonzero(is_text)
-            if len(texts):
-                vectors[texts] = encode_captions(self.model, [refs[j] for j in texts], self.device)
-            good: list[int] = []
-            tensors = []
-            for j in np.flatnonzero(~is_text):
-                if self.transform is None:
-                    self.transform = self.model.image_transform()
-                tensor, reasons[j], details[j] = load_transformed(refs[j], self.transform)
-                if tensor is not None:
-                    good.append(int(j))
-                    tensors.append(tensor)
-            if good:
-                vectors[good] = encode_pixels(self.model, torch.stack(tensors), self.device)
-                ok[good] = True
+        for rows, encode in (
+            (np.flatnonzero(is_text), encoding.encode_texts),
+            (np.flatnonzero(~is_text), functools.partial(encoding.encode_images, skip_broken=True)),
+        ):
+            if not len(rows):
+                continue
+            # device=None: the model already sits on the actor's device
+            encoded = encode(self.model, [refs[j] for j in rows], batch_size=len(rows), device=None)
+            good = rows[encoded.positions]
+            vectors[good] = encoded.vectors.numpy()
+            ok[good] = True
+            for s in encoded.skipped:
+                reasons[rows[s.position]], details[rows[s.position]] = s.reason, s.detail
         return {
             "pos": np.asarray(batch["pos"], dtype=np.int64),
             "vector": vectors,

@@ -31,6 +31,7 @@ from retrieval.config import EmbedConfig
 from retrieval.embed import engines
 from retrieval.embed.items import Item, corpus_items
 from retrieval.embed.store import EmbedState, open_or_create, state_dir
+from retrieval.encoding import pick_device
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def embed_corpus(
         skipped: collections.Counter[str] = collections.Counter(s.reason for s in source_skips)
         embedded = 0
         if pending:
-            device = engines.pick_device(config.device)
+            device = str(pick_device(config.device))
             logger.info(
                 "embedding %d items (%d already done) on %s", len(pending), len(items) - len(pending), device
             )

@@ -12,55 +12,16 @@ import numpy as np
 import torch
 
 from indexes.fingerprint import check_fingerprint
+from retrieval import encoding
 from retrieval.config import EvalConfig
 from retrieval.evaluate.index_eval import compare_index
 from retrieval.evaluate.metrics import _check_ks, ranking_metrics, retrieval_rankings_from_embeddings
 from retrieval.evaluate.result import EvalResult
 from retrieval.evaluate.zeroshot import ZeroShotResult, zero_shot_from_labels
 
-__all__ = ["EvalResult", "encode_images_skipping_broken", "evaluate_model"]
+__all__ = ["evaluate_model"]
 
 logger = logging.getLogger(__name__)
-
-
-def encode_images_skipping_broken(
-    model: Any, images: Sequence[str], batch_size: int, device: str | None, progress: bool
-) -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
-    """Encode ``images`` with ``model.encode_images``; images that cannot be read are skipped.
-
-    A batch that fails with ``ValueError`` / ``OSError`` (``ImageDecodeError`` is a
-    ``ValueError``) is retried one image at a time to find the culprits.
-
-    Returns:
-        ``(embeddings [n_ok, D], indices of the encoded images, [(image, reason)] skipped)``.
-    """
-    try:
-        emb = model.encode_images(list(images), batch_size=batch_size, device=device, progress=progress)
-        return torch.as_tensor(emb).float().cpu(), list(range(len(images))), []
-    except (ValueError, OSError) as exc:
-        logger.warning("an image could not be encoded (%s); retrying one by one to skip the broken ones", exc)
-    parts, kept, skipped = [], [], []
-    for start in range(0, len(images), batch_size):
-        batch = list(images[start : start + batch_size])
-        try:
-            parts.append(
-                torch.as_tensor(model.encode_images(batch, batch_size=batch_size, device=device)).float()
-            )
-            kept.extend(range(start, start + len(batch)))
-            continue
-        except (ValueError, OSError):
-            pass
-        for i, ref in enumerate(batch, start=start):
-            try:
-                parts.append(torch.as_tensor(model.encode_images([ref], batch_size=1, device=device)).float())
-                kept.append(i)
-            except (ValueError, OSError) as exc:
-                skipped.append((str(ref), f"image could not be encoded: {exc}"))
-    if not kept:
-        raise ValueError(
-            f"none of the {len(images)} images could be encoded; first error: {skipped[0][1] if skipped else '?'}"
-        )
-    return torch.cat(parts).cpu(), kept, skipped
 
 
 def _image_labels(pairs: Any, column: str) -> dict[str, Any]:
@@ -94,9 +55,14 @@ class _Encoded:
 def _encode_pairs(model: Any, pairs: Any, batch_size: int, config: EvalConfig) -> _Encoded:
     images, image_keys = pairs.images(), pairs.image_ids()
     captions, g = pairs.captions(), pairs.text_to_image()
-    image_emb, kept, skipped = encode_images_skipping_broken(
-        model, images, batch_size, config.device, config.progress
-    )  # [I', D]
+    encoded = encoding.encode_images(
+        model, images, batch_size=batch_size, device=config.device, skip_broken=True, progress=config.progress
+    )
+    if not encoded.positions:
+        first = encoded.skipped[0].detail if encoded.skipped else "?"
+        raise ValueError(f"none of the {len(images)} images could be encoded; first error: {first}")
+    image_emb, kept = encoded.vectors, encoded.positions  # [I', D]
+    skipped = [(s.item, f"image could not be encoded: {s.detail}") for s in encoded.skipped]
     if len(kept) < len(images):
         new_index = np.full(len(images), -1, dtype=np.int64)
         new_index[kept] = np.arange(len(kept))
@@ -107,9 +73,9 @@ def _encode_pairs(model: Any, pairs: Any, batch_size: int, config: EvalConfig) -
         images, image_keys = [images[i] for i in kept], [image_keys[i] for i in kept]
         captions = [c for c, k in zip(captions, keep_text) if k]
         g = new_index[g[keep_text]]
-    text_emb = torch.as_tensor(
-        model.encode_texts(captions, batch_size=batch_size, device=config.device, progress=config.progress)
-    ).float()  # [T, D]
+    text_emb = encoding.encode_texts(
+        model, captions, batch_size=batch_size, device=config.device, progress=config.progress
+    ).vectors  # [T, D]
     return _Encoded(
         list(images), list(image_keys), list(captions), np.asarray(g, np.int64), image_emb, text_emb, skipped
     )
@@ -145,9 +111,9 @@ def evaluate_model(
     """Encode the images and captions of ``pairs`` with ``model`` and measure retrieval both ways.
 
     Args:
-        model: anything with ``encode_images(images, batch_size=, device=, progress=)``,
-            ``encode_texts(texts, batch_size=, device=, progress=)`` returning ``[N, D]``
-            unit vectors (a :class:`retrieval.model.TwinEncoder`), and optionally ``fingerprint()``.
+        model: a :class:`retrieval.model.TwinEncoder`, or anything :mod:`retrieval.encoding`
+            encodes with (its features methods, or ``encode_images`` / ``encode_texts``
+            returning ``[N, D]`` unit vectors), and optionally ``fingerprint()``.
         pairs: a :class:`retrieval.data.PairSet`; captions of an image are all relevant to it.
         ks: cutoffs of the ``@K`` metrics.
         batch_size: encoding batch size.

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from indexes.fingerprint import check_fingerprint
+from retrieval import encoding
 from retrieval.search.queries import ImageQuery, as_query_vectors, load_query_image, one_text
 
 __all__ = ["Hit", "Searcher"]
@@ -54,9 +55,10 @@ class Searcher:
     writes it). A collection without that field is searched whole; one holding a single modality
     is searched without a filter (faster), so items added there without the field also come back.
 
-    A model in eval mode (``model.eval()``) is called directly, which is faster and safe from
-    several threads; a model in train mode goes through ``encode_texts`` / ``encode_images``,
-    which switch it to eval mode and back around every call.
+    Queries are encoded through :mod:`retrieval.encoding`: a model in eval mode (``model.eval()``)
+    is used as it is, which is safe from several threads; a model in train mode is switched to
+    eval mode and back around every call. ``device`` encodes there (the model moves for each
+    call and back); leave it ``None`` to encode where the model is.
     """
 
     def __init__(self, model: Any, collection: Any, *, device: str | None = None) -> None:
@@ -119,18 +121,7 @@ class Searcher:
                 raise ValueError("a text query is empty: give some words to search for")
         if not queries:
             return np.zeros((0, int(self.collection.dim)), dtype=np.float32)
-        model = self._need_model()
-        if _direct(model, "text_features", self.device):
-            # A model already in eval mode is called directly: encode_texts would switch modes every call.
-            import torch
-
-            with torch.inference_mode():
-                chunks = [
-                    model.text_features(model.tokenize(list(queries[lo : lo + 256])))  # [b, D]
-                    for lo in range(0, len(queries), 256)
-                ]
-            return as_query_vectors(torch.cat(chunks).float().cpu(), self.collection.dim)
-        vectors = model.encode_texts(list(queries), batch_size=256, device=self.device)
+        vectors = encoding.encode_texts(self._need_model(), list(queries), device=self.device).vectors
         return as_query_vectors(vectors, self.collection.dim)
 
     def encode_images(self, images: Sequence[ImageQuery]) -> np.ndarray:
@@ -142,21 +133,7 @@ class Searcher:
         decoded = [load_query_image(image) for image in images]
         if not decoded:
             return np.zeros((0, int(self.collection.dim)), dtype=np.float32)
-        model = self._need_model()
-        if _direct(model, "image_features", self.device) and hasattr(model, "image_transform"):
-            # As for texts: no mode switches, so concurrent queries never see the model in train mode.
-            import torch
-
-            transform = model.image_transform()
-            with torch.inference_mode():
-                chunks = [
-                    model.image_features(
-                        torch.stack([transform(im) for im in decoded[lo : lo + 64]])
-                    )  # [b, D]
-                    for lo in range(0, len(decoded), 64)
-                ]
-            return as_query_vectors(torch.cat(chunks).float().cpu(), self.collection.dim)
-        vectors = model.encode_images(decoded, batch_size=64, device=self.device)
+        vectors = encoding.encode_images(self._need_model(), decoded, device=self.device).vectors
         return as_query_vectors(vectors, self.collection.dim)
 
     # -- raw vectors --------------------------------------------------------------------------
@@ -353,8 +330,3 @@ class Searcher:
             ]
             for row_ids, row_scores, row_ok in zip(ids, scores, valid)
         ]
-
-
-def _direct(model: Any, method: str, device: str | None) -> bool:
-    """Whether ``model.<method>`` can be called directly: an eval-mode torch model staying where it is."""
-    return device is None and hasattr(model, method) and getattr(model, "training", True) is False

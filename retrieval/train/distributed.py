@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from retrieval.encoding import pick_device
+
 logger = logging.getLogger(__name__)
 
 
@@ -41,20 +43,6 @@ class DistContext:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def pick_device(preference: str | None, local_rank: int = 0) -> torch.device:
-    """``preference`` as a device; ``None``/``"auto"``: this rank's GPU when CUDA is present, else CPU."""
-    if preference in (None, "", "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
-        return torch.device("cpu")
-    device = torch.device(preference)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device {preference!r} requested but CUDA is not available: use 'cpu' or leave it unset"
-        )
-    return device
 
 
 def init_distributed(device_preference: str | None = None) -> DistContext:

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from retrieval.encoding import decoded_batches
+
 logger = logging.getLogger(__name__)
 
 
@@ -89,25 +91,18 @@ class FrozenImageFeatures(_Cache):
         batch_size: int = 256,
         autocast: Any = None,
     ) -> None:
-        from retrieval.data import ImageDecodeError, load_image
-
         transform = model.image_transform(train=False)
         unique = sorted(set(images))
         self.broken: dict[str, str] = {}
         self.index = {}
         parts = []
         with _eval(model.image_tower), torch.no_grad(), autocast or contextlib.nullcontext():
-            for start in range(0, len(unique), batch_size):
-                pixels = []
-                for ref in unique[start : start + batch_size]:
-                    try:
-                        pixels.append(transform(load_image(ref)))  # [3, H, W]
-                    except (ImageDecodeError, OSError, ValueError) as exc:
-                        self.broken[ref] = str(exc)
-                        continue
-                    self.index[ref] = len(self.index)
-                if pixels:
-                    parts.append(model.image_tower(torch.stack(pixels).to(device)))  # [b, F]
+            for positions, pixels, skipped in decoded_batches(unique, transform, batch_size):
+                self.broken.update((s.item, s.detail) for s in skipped)
+                for i in positions:  # row of the image in the features, in decoding order
+                    self.index[unique[i]] = len(self.index)
+                if pixels is not None:
+                    parts.append(model.image_tower(pixels.to(device)))  # [b, F]
         if not parts:
             raise ValueError("no training image could be decoded")
         self.features = torch.cat(parts)  # [U, F]

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from retrieval import encoding
 from retrieval.config import TrainConfig
 from retrieval.train.distributed import DistContext, barrier, broadcast_module
 from retrieval.train.optim import check_optimizer_name
@@ -232,23 +233,19 @@ def validate(
     use_cache = caches is not None and config.cache_locked_features
     batch = config.val_batch_size
     images, captions = pairs.images(), pairs.captions()
-    was_training = model.training
-    try:
-        model.eval()
+    with encoding.inference(model, device):  # eval mode for the cached heads too; restored after
         if use_cache and image_tower_is_frozen(model):
             if "image" not in caches:
                 caches["image"] = FrozenImageFeatures(model, images, device, batch)
             image_emb = _project(caches["image"], model, images, batch)  # [I, D]
         else:
-            image_emb = model.encode_images(images, batch_size=batch, device=device)  # [I, D]
+            image_emb = encoding.encode_images(model, images, batch_size=batch, device=device).vectors  # [I, D]
         if use_cache and text_tower_is_frozen(model):
             if "text" not in caches:
                 caches["text"] = FrozenTextFeatures(model, captions, device, batch)
             text_emb = _project(caches["text"], model, captions, batch)  # [T, D]
         else:
-            text_emb = model.encode_texts(captions, batch_size=batch, device=device)  # [T, D]
-    finally:
-        model.train(was_training)
+            text_emb = encoding.encode_texts(model, captions, batch_size=batch, device=device).vectors  # [T, D]
     metrics = retrieval_metrics_from_embeddings(text_emb, image_emb, pairs.text_to_image(), ks=(1, 5, 10))
     recalls = [metrics[f"{d}/R@{k}"] for d in ("t2i", "i2t") for k in (1, 5, 10)]
     metrics["mean_recall"] = sum(recalls) / len(recalls)
