@@ -36,6 +36,7 @@ import dataclasses
 import logging
 import os
 import queue
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -432,7 +433,7 @@ def _gather(model: Any, batches: Iterable[Encoded]) -> Encoded:
 def _progress(
     batches: Iterator[Encoded], enabled: bool, n: int, batch_size: int, unit: str
 ) -> Iterable[Encoded]:
-    if not enabled:
+    if not enabled or not sys.stderr.isatty():
         return batches
     from tqdm.auto import tqdm
 

@@ -18,7 +18,9 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-MODALITIES = ("images", "texts", "both")
+from retrieval.config import EmbedConfig
+
+MODALITIES = EmbedConfig.CHOICES["modality"]
 TAR_PREFIX = "tar://"
 
 

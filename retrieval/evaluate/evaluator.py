@@ -103,8 +103,8 @@ def evaluate_model(
     model: Any,
     pairs: Any,
     *,
-    ks: Sequence[int] = (1, 5, 10),
-    batch_size: int = 64,
+    ks: Sequence[int] | None = None,
+    batch_size: int | None = None,
     collection: Any = None,
     config: EvalConfig | None = None,
 ) -> EvalResult:
@@ -115,8 +115,8 @@ def evaluate_model(
             encodes with (its features methods, or ``encode_images`` / ``encode_texts``
             returning ``[N, D]`` unit vectors), and optionally ``fingerprint()``.
         pairs: a :class:`retrieval.data.PairSet`; captions of an image are all relevant to it.
-        ks: cutoffs of the ``@K`` metrics.
-        batch_size: encoding batch size.
+        ks: cutoffs of the ``@K`` metrics (default ``config.ks``).
+        batch_size: encoding batch size (default ``config.batch_size``).
         collection: an open ``indexes.Collection`` holding this set's images (and
             texts) made by ``model``: adds exact vs index metrics (``index/...`` keys).
         config: the remaining settings (:class:`retrieval.config.EvalConfig`).
@@ -125,7 +125,8 @@ def evaluate_model(
     Writing the report is a step of its own on the result: :func:`retrieval.evaluate.write_report`.
     """
     config = config or EvalConfig()
-    ks = _check_ks(ks)
+    ks = _check_ks(config.ks if ks is None else ks)
+    batch_size = config.batch_size if batch_size is None else batch_size
     if len(pairs) == 0:
         raise ValueError(
             "the pair set is empty: nothing to evaluate (check the data source and its skipped list)"

@@ -10,7 +10,7 @@ from torch import nn
 
 from retrieval.config import TrainConfig
 
-OPTIMIZERS: tuple[str, ...] = ("adamw", "adam", "sgd", "adagrad", "rmsprop")
+OPTIMIZERS: tuple[str, ...] = TrainConfig.CHOICES["optimizer"]
 
 
 def check_optimizer_name(name: str) -> None:

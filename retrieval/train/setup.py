@@ -21,7 +21,7 @@ from retrieval.train.optim import check_optimizer_name
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = TrainConfig.CHOICES["precision"]
 # fields a resumed run may change; every other difference is an error
 RESUMABLE_CHANGES = frozenset(
     {
