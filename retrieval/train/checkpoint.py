@@ -5,12 +5,13 @@ A checkpoint is a folder ``checkpoints/step-00000123/`` holding
 * ``model/``                   the model as :meth:`TwinEncoder.save` writes it (loadable by ``TwinEncoder.load``)
 * ``optimizer.safetensors``    optimizer state tensors, keyed ``"<param index>.<name>"``
 * ``rng.safetensors``          torch CPU (and CUDA) generator states
-* ``state.json``               step, epoch, position, best metric, patience, optimizer hyper-parameters and
-                               scalar state, grad-scaler state, Python and NumPy generator states
+* ``state.json``               the loop's :class:`~retrieval.train.state.LoopState` (step, epoch, position,
+                               best metric, patience), optimizer hyper-parameters and scalar state,
+                               grad-scaler state, Python and NumPy generator states
 
-It is written to a temporary folder and swapped into place (:func:`retrieval.io.staged_directory`); ``checkpoints/latest.json`` then points
-at it (atomically), and older step folders beyond ``keep`` are removed. A crash at any point leaves
-the previous checkpoint intact and pointed to.
+It is written to a temporary folder and swapped into place (:func:`retrieval.io.staged_directory`);
+``checkpoints/latest.json`` then points at it (atomically), and older step folders beyond ``keep``
+are removed. A crash at any point leaves the previous checkpoint intact and pointed to.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from retrieval.io import atomic_write_text, fsync_file, staged_directory
+from retrieval.train.state import LoopState
 
 LATEST = "latest.json"
 
@@ -83,16 +85,16 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> No
 
 def save_checkpoint(
     root: Path,
-    step: int,
     model: Any,
     optimizer: torch.optim.Optimizer,
-    state: dict[str, Any],
+    state: LoopState,
     scaler: torch.amp.GradScaler | None = None,
     keep: int = 2,
 ) -> Path:
-    """Write checkpoint ``root/step-<step>`` and point ``root/latest.json`` at it; returns its path."""
+    """Write checkpoint ``root/step-<state.step>`` and point ``root/latest.json`` at it; returns its path."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    step = state.step
     name = f"step-{step:08d}"
     final = root / name
     with staged_directory(final) as tmp:
@@ -104,8 +106,7 @@ def save_checkpoint(
         save_file(rng_tensors, str(tmp / "rng.safetensors"))
         fsync_file(tmp / "rng.safetensors")
         payload = {
-            **state,
-            "step": step,
+            **state.to_dict(),
             "optimizer": opt_meta,
             "rng": rng_meta,
             "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
@@ -137,6 +138,7 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def read_state(path: Path) -> dict[str, Any]:
+    """The whole ``state.json`` of checkpoint ``path``."""
     return json.loads((Path(path) / "state.json").read_text(encoding="utf-8"))
 
 
@@ -145,8 +147,8 @@ def restore_training_state(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None = None,
     restore_rng: bool = True,
-) -> dict[str, Any]:
-    """Load optimizer (and scaler, RNG) state from checkpoint ``path``; returns its ``state.json``."""
+) -> LoopState:
+    """Load optimizer (and scaler, RNG) state from checkpoint ``path``; returns the loop's state."""
     path = Path(path)
     state = read_state(path)
     device = next((p.device for g in optimizer.param_groups for p in g["params"]), torch.device("cpu"))
@@ -156,4 +158,4 @@ def restore_training_state(
         scaler.load_state_dict(state["scaler"])
     if restore_rng:
         _set_rng_state(load_file(str(path / "rng.safetensors")), state["rng"])
-    return state
+    return LoopState.from_dict(state)

@@ -13,6 +13,31 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.io import atomic_write_bytes, atomic_write_text
+from retrieval.train.state import LoopState
+from retrieval.train.step import StepResult
+
+
+def train_record(
+    state: LoopState, result: StepResult, *, lr: float, logit_scale: float, steps_per_epoch: int
+) -> dict[str, Any]:
+    """The ``"train"`` record of the step that led to ``state``."""
+    record = {
+        "kind": "train",
+        "step": state.step,
+        "epoch": round(state.epoch + state.step_in_epoch / max(1, steps_per_epoch), 4),
+        "loss": result.loss,
+        "lr": lr,
+        "logit_scale": logit_scale,
+        "pairs": result.pairs,
+        "pairs_per_s": result.pairs / max(result.seconds, 1e-9),
+        "data_s": result.data_seconds,
+        "compute_s": result.seconds - result.data_seconds,
+    }
+    if result.grad_norm is not None:
+        record["grad_norm"] = result.grad_norm
+    if result.skipped:
+        record["skipped"] = result.skipped
+    return record
 
 
 class MetricsLog:

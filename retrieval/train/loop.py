@@ -34,21 +34,23 @@ from retrieval.train.distributed import (
     shutdown,
 )
 from retrieval.train.frozen import training_data
-from retrieval.train.history import MetricsLog, plot_history
+from retrieval.train.history import MetricsLog, plot_history, train_record
 from retrieval.train.optim import build_optimizer, lr_factor, set_lr
+from retrieval.train.result import Tally, TrainResult
 from retrieval.train.sampling import epoch_order, item_seed, plan_epoch, sample_weights
 from retrieval.train.setup import (
     Precision,
     StopSignals,
     check_config,
-    check_resume_config,
     effective_config,
+    find_resume,
     prepare_model,
     read_data,
     resolve_precision,
     validate,
 )
-from retrieval.train.step import TrainingDivergedError, train_step
+from retrieval.train.state import LoopState
+from retrieval.train.step import StepParts, TrainingDivergedError, train_step
 
 if TYPE_CHECKING:
     from retrieval.model import TwinEncoder
@@ -60,25 +62,6 @@ logger = logging.getLogger(__name__)
 StepCallback = Callable[[dict[str, Any]], Any]
 
 PLOT_EVERY_SECONDS = 30.0  # plots are redrawn after a validation at most this often (and at the end)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainResult:
-    """What a training run produced."""
-
-    run_dir: Path  # the run folder (config.out_dir)
-    model_dir: Path  # the model to use: best/ when validated, else final/ (or the last checkpoint's model)
-    status: str  # "completed" | "max_steps" | "early_stopped" | "time_budget" | "interrupted"
-    steps: int  # optimizer steps taken in total (including those before a resume)
-    epochs_completed: int  # full passes over the training pairs
-    best_metric: float | None  # best value of config.select_metric (None without validation)
-    best_metrics: dict[str, float]  # every validation metric at the best epoch
-    last_loss: float  # training loss of the last step
-    pairs_per_second: float  # training throughput of this call (all ranks)
-    seconds: float  # wall time of this call's training loop
-    skipped: int  # pairs skipped: unreadable manifest rows, empty captions, broken images met in batches
-    metrics_path: Path  # metrics.jsonl
-    checkpoint: Path | None  # the last checkpoint written
 
 
 def train(
@@ -109,6 +92,9 @@ def train(
 
 
 class _Run:
+    """One call of :func:`train`: the run's parts (built once) and its :class:`LoopState` (replaced
+    after every step, epoch and validation, saved whole by every checkpoint)."""
+
     def __init__(
         self, config: TrainConfig, ctx: DistContext, resume: bool, model: Any, callback: StepCallback | None
     ) -> None:
@@ -116,8 +102,8 @@ class _Run:
         self.run_dir = Path(config.out_dir)
         self.ckpt_root = self.run_dir / "checkpoints"
         self.log = MetricsLog(self.run_dir / "metrics.jsonl")
-        self.resume_from = self._find_resume(resume)
-        self.train_pairs, self.val_pairs, self.skipped = read_data(config, check_val_images=ctx.is_main)
+        self.resume_from = find_resume(self.run_dir, resume, config)
+        self.train_pairs, self.val_pairs, self.data_skipped = read_data(config, check_val_images=ctx.is_main)
         column = config.sample_weight_column
         self.weights = sample_weights(self.train_pairs, column) if column else None
         self.model, self.config = prepare_model(
@@ -127,144 +113,160 @@ class _Run:
         self.loss_fn = _build_loss(self.config.loss).to(ctx.device)
         self.optimizer = build_optimizer(self.config, self.model)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.precision.use_scaler)
-        self.step = self.epoch = self.step_in_epoch = 0
-        self.best: float | None = None
-        self.best_metrics: dict[str, float] = {}
-        self.bad_epochs = 0
+        self.state = LoopState(world_size=ctx.world_size)
         self.last_checkpoint: Path | None = None
         self.last_plot = -math.inf
         self.val_caches: dict[str, Any] = {}  # locked-tower outputs on the validation set
+        n = len(self.train_pairs)
+        self.steps_per_epoch = len(
+            plan_epoch(n, config.batch_size, ctx.world_size, ctx.rank, config.grad_accum)
+        )
+        self.total_steps = self.steps_per_epoch * config.epochs
+        if config.max_steps is not None:
+            self.total_steps = min(self.total_steps, config.max_steps)
         if self.resume_from is not None:
-            state = ckpt.restore_training_state(
-                self.resume_from, self.optimizer, self.scaler, restore_rng=True
-            )
-            self.step, self.epoch, self.step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
-            self.best, self.best_metrics = state.get("best"), state.get("best_metrics", {})
-            self.bad_epochs = state.get("bad_epochs", 0)
-            self.last_checkpoint = self.resume_from
-            if state.get("world_size", 1) != ctx.world_size:
-                logger.warning(
-                    "resuming a run of %d process(es) with %d: the remaining data order differs",
-                    state.get("world_size", 1),
-                    ctx.world_size,
-                )
-            logger.info("resuming from %s (step %d, epoch %d)", self.resume_from, self.step, self.epoch)
+            self._restore(self.resume_from)
 
     # ------------------------------------------------------------------ set-up
-    def _find_resume(self, resume: bool) -> Path | None:
-        latest = ckpt.latest_checkpoint(self.ckpt_root) if self.ckpt_root.exists() else None
-        if not resume:
-            if latest is not None or self.log.path.exists():
-                raise FileExistsError(
-                    f"{self.run_dir} already holds a training run: pass resume=True (--resume) to continue it, "
-                    "or choose a new out_dir"
-                )
-            return None
-        if latest is None:
-            logger.info("no checkpoint in %s yet: starting a new run", self.ckpt_root)
-            return None
-        saved = self.run_dir / "config.json"
-        if saved.is_file():
-            check_resume_config(TrainConfig.load(saved), self.config)
-        return latest
+    def _restore(self, path: Path) -> None:
+        saved = ckpt.restore_training_state(path, self.optimizer, self.scaler, restore_rng=True)
+        if saved.world_size != self.ctx.world_size:
+            logger.warning(
+                "resuming a run of %d process(es) with %d: the remaining data order differs",
+                saved.world_size,
+                self.ctx.world_size,
+            )
+        self.state = dataclasses.replace(saved, world_size=self.ctx.world_size)
+        self.last_checkpoint = path
+        logger.info("resuming from %s (step %d, epoch %d)", path, self.state.step, self.state.epoch)
 
-    # -------------------------------------------------------------------- loop
-    def run(self) -> TrainResult:
-        config, ctx = self.config, self.ctx
-        n = len(self.train_pairs)
-        steps_per_epoch = len(plan_epoch(n, config.batch_size, ctx.world_size, ctx.rank, config.grad_accum))
-        total = steps_per_epoch * config.epochs
-        if config.max_steps is not None:
-            total = min(total, config.max_steps)
-        if ctx.is_main:
+    def _start(self) -> StepParts:
+        """Write the run's config, drop log lines of a crashed run, prepare the data; the step's parts."""
+        if self.ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            config.save(self.run_dir / "config.json")
+            self.config.save(self.run_dir / "config.json")
             if self.resume_from is not None or self.log.path.exists():
-                self.log.truncate_after(self.step)  # drop what a crashed run logged after its checkpoint
-        self._prepare_data()
-        self.model.train()
-        status, start, pairs_seen, last_loss = "completed", time.perf_counter(), 0, math.nan
-        bar = _progress_bar(total, self.step, enabled=config.progress and ctx.is_main)
-        with StopSignals() as signals:
-            while self.epoch < config.epochs and status == "completed":
-                if config.max_steps is not None and self.step >= config.max_steps:
-                    status = "max_steps"
-                    break
-                order = epoch_order(n, self.epoch, config.seed, self.weights)
-                plan = plan_epoch(n, config.batch_size, ctx.world_size, ctx.rank, config.grad_accum)
-                batches = self._loader(order, plan[self.step_in_epoch :])
-                for micro_plan in plan[self.step_in_epoch :]:
-                    _seed_step(item_seed(config.seed + 7919 * ctx.rank, -2, self.step), ctx.device)
-                    set_lr(
-                        self.optimizer,
-                        config.lr * lr_factor(self.step, config.warmup_steps, total, config.min_lr_ratio),
-                    )
-                    try:
-                        result = train_step(self, batches, len(micro_plan))
-                    except TrainingDivergedError as exc:
-                        raise TrainingDivergedError(self._diverged_message(exc)) from None
-                    self.step += 1
-                    self.step_in_epoch += 1
-                    pairs_seen += result.pairs
-                    self.skipped += result.skipped
-                    last_loss = result.loss
-                    record = self._train_record(result, steps_per_epoch)
-                    if ctx.is_main:
-                        self.log.append(record)
-                        bar.update(1)
-                        bar.set_postfix(
-                            loss=f"{result.loss:.4f}", pairs_s=f"{record['pairs_per_s']:.0f}", refresh=False
-                        )
-                    stop = bool(self.callback(record)) if self.callback is not None else False
-                    stop = stop or signals.requested
-                    over_time = (
-                        config.time_budget is not None and time.perf_counter() - start >= config.time_budget
-                    )
-                    n_stop, n_late = all_reduce_sum([float(stop), float(over_time)], ctx)
-                    last_of_epoch = self.step_in_epoch == len(plan)
-                    at_max = config.max_steps is not None and self.step >= config.max_steps
-                    if n_stop or n_late or at_max:
-                        status = "interrupted" if n_stop else ("time_budget" if n_late else "max_steps")
-                        if not last_of_epoch:
-                            if status != "interrupted":  # a planned stop: validate what we have
-                                self._end_of_epoch(self.epoch + self.step_in_epoch / len(plan))
-                            self._checkpoint()
-                            break
-                    if (
-                        config.checkpoint_every
-                        and self.step % config.checkpoint_every == 0
-                        and not last_of_epoch
-                    ):
-                        self._checkpoint()
-                if self.step_in_epoch >= len(plan):  # the epoch is complete
-                    self.epoch += 1
-                    self.step_in_epoch = 0
-                    if self._end_of_epoch(self.epoch) and status == "completed":
-                        status = "early_stopped"
-                    # a checkpoint after each validation (it keeps best/patience), when one is due, and
-                    # at the end; small epochs without validation do not pay for one each
-                    due = config.checkpoint_every and self.step % config.checkpoint_every == 0
-                    finished = status != "completed" or self.epoch >= config.epochs
-                    if self.val_pairs is not None or due or finished:
-                        self._checkpoint()
-        bar.close()
-        seconds = time.perf_counter() - start
-        return self._finish(status, seconds, pairs_seen, last_loss)
-
-    def _prepare_data(self) -> None:
-        """The training dataset, and the caches of fully locked towers (see :mod:`.frozen`)."""
-        self.dataset, self.collate, self.text_cache, self.image_cache = training_data(
+                # drop what a crashed run logged after its checkpoint
+                self.log.truncate_after(self.state.step)
+        # The training dataset, and the caches of fully locked towers (see retrieval.train.frozen).
+        self.dataset, self.collate, text_cache, image_cache = training_data(
             self.config,
             self.model,
             self.train_pairs,
             self.ctx.device,
             self.precision.autocast(self.ctx.device),
         )
+        self.model.train()
+        return StepParts(
+            model=self.model,
+            loss_fn=self.loss_fn,
+            optimizer=self.optimizer,
+            scaler=self.scaler,
+            ctx=self.ctx,
+            precision=self.precision,
+            clip_grad_norm=self.config.clip_grad_norm,
+            accum_features=self.config.accum_features,
+            text_cache=text_cache,
+            image_cache=image_cache,
+        )
+
+    # -------------------------------------------------------------------- loop
+    def run(self) -> TrainResult:
+        """Train epoch after epoch until the epochs are done or a stop comes: ``max_steps``, the time
+        budget, early stopping, a callback or a signal. Each epoch ends with a validation and a
+        checkpoint; a stop mid-epoch validates what it has (unless interrupted) and checkpoints."""
+        parts = self._start()
+        tally = Tally(started=time.perf_counter(), skipped=self.data_skipped)
+        status = "completed"
+        bar = _progress_bar(self.total_steps, self.state.step, self.config.progress and self.ctx.is_main)
+        with StopSignals() as signals:
+            while status == "completed" and self.state.epoch < self.config.epochs:
+                status = self._epoch(parts, signals, tally, bar)
+        bar.close()
+        return self._finish(status, tally)
+
+    def _epoch(self, parts: StepParts, signals: StopSignals, tally: Tally, bar: Any) -> str:
+        """The rest of the current epoch, step by step; returns the run's status afterwards."""
+        config, state = self.config, self.state
+        if config.max_steps is not None and state.step >= config.max_steps:
+            return "max_steps"
+        n = len(self.train_pairs)
+        order = epoch_order(n, state.epoch, config.seed, self.weights)
+        plan = plan_epoch(n, config.batch_size, self.ctx.world_size, self.ctx.rank, config.grad_accum)
+        remaining = plan[state.step_in_epoch :]
+        batches = self._loader(order, remaining)
+        status = "completed"
+        for micro_plan in remaining:
+            record = self._step(parts, batches, len(micro_plan), tally, bar)
+            status = self._stop_reason(record, signals, tally)
+            epoch_done = self.state.step_in_epoch == len(plan)
+            if status != "completed" and not epoch_done:
+                if status != "interrupted":  # a planned stop: validate what we have
+                    self._validate(self.state.epoch + self.state.step_in_epoch / len(plan))
+                self._checkpoint()
+                return status
+            if self._checkpoint_due() and not epoch_done:
+                self._checkpoint()
+        self.state = self.state.after_epoch()
+        if self._validate(self.state.epoch) and status == "completed":
+            status = "early_stopped"
+        # a checkpoint after each validation (it keeps best/patience), when one is due, and at the end;
+        # small epochs without validation do not pay for one each
+        finished = status != "completed" or self.state.epoch >= config.epochs
+        if self.val_pairs is not None or self._checkpoint_due() or finished:
+            self._checkpoint()
+        return status
+
+    def _step(self, parts: StepParts, batches: Any, n_micro: int, tally: Tally, bar: Any) -> dict[str, Any]:
+        """One optimizer step at the scheduled learning rate, seeded by its number; returns its record."""
+        config, ctx, step = self.config, self.ctx, self.state.step
+        _seed_step(item_seed(config.seed + 7919 * ctx.rank, -2, step), ctx.device)
+        set_lr(
+            self.optimizer,
+            config.lr * lr_factor(step, config.warmup_steps, self.total_steps, config.min_lr_ratio),
+        )
+        try:
+            result = train_step(parts, batches, n_micro)
+        except TrainingDivergedError as exc:
+            raise TrainingDivergedError(self._diverged_message(exc)) from None
+        self.state = self.state.after_step()
+        tally.add(result)
+        record = train_record(
+            self.state,
+            result,
+            lr=self.optimizer.param_groups[0]["lr"],
+            logit_scale=float(self.model.logit_scale.detach().exp()),
+            steps_per_epoch=self.steps_per_epoch,
+        )
+        if ctx.is_main:
+            self.log.append(record)
+            bar.update(1)
+            bar.set_postfix(loss=f"{result.loss:.4f}", pairs_s=f"{record['pairs_per_s']:.0f}", refresh=False)
+        return record
+
+    def _stop_reason(self, record: dict[str, Any], signals: StopSignals, tally: Tally) -> str:
+        """Why to stop after this step: "interrupted" (a callback or a signal on any rank),
+        "time_budget" or "max_steps"; "completed" when the run goes on."""
+        config = self.config
+        stop = (bool(self.callback(record)) if self.callback is not None else False) or signals.requested
+        over_time = config.time_budget is not None and tally.seconds() >= config.time_budget
+        n_stop, n_late = all_reduce_sum([float(stop), float(over_time)], self.ctx)
+        if n_stop:
+            return "interrupted"
+        if n_late:
+            return "time_budget"
+        if config.max_steps is not None and self.state.step >= config.max_steps:
+            return "max_steps"
+        return "completed"
+
+    def _checkpoint_due(self) -> bool:
+        every = self.config.checkpoint_every
+        return bool(every) and self.state.step % every == 0
 
     def _loader(self, order: list[int], steps: list[list[list[int]]]) -> Any:
         config = self.config
         keys = [
-            [(order[pos], item_seed(config.seed, self.epoch, pos)) for pos in micro]
+            [(order[pos], item_seed(config.seed, self.state.epoch, pos)) for pos in micro]
             for step in steps
             for micro in step
         ]
@@ -277,25 +279,6 @@ class _Run:
         )
         return iter(loader)
 
-    def _train_record(self, result: Any, steps_per_epoch: int) -> dict[str, Any]:
-        record = {
-            "kind": "train",
-            "step": self.step,
-            "epoch": round(self.epoch + self.step_in_epoch / max(1, steps_per_epoch), 4),
-            "loss": result.loss,
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "logit_scale": float(self.model.logit_scale.detach().exp()),
-            "pairs": result.pairs,
-            "pairs_per_s": result.pairs / max(result.seconds, 1e-9),
-            "data_s": result.data_seconds,
-            "compute_s": result.seconds - result.data_seconds,
-        }
-        if result.grad_norm is not None:
-            record["grad_norm"] = result.grad_norm
-        if result.skipped:
-            record["skipped"] = result.skipped
-        return record
-
     def _diverged_message(self, exc: Exception) -> str:
         where = (
             f"the last good checkpoint is {self.last_checkpoint}"
@@ -303,12 +286,12 @@ class _Run:
             else "no checkpoint was written yet"
         )
         return (
-            f"{exc} at step {self.step + 1} (epoch {self.epoch + 1}); training stopped, {where}. "
+            f"{exc} at step {self.state.step + 1} (epoch {self.state.epoch + 1}); training stopped, {where}. "
             "Lower lr, raise warmup_steps, set clip_grad_norm or use precision='fp32', then resume"
         )
 
     # ---------------------------------------------------------- epoch end / files
-    def _end_of_epoch(self, epoch: float) -> bool:
+    def _validate(self, epoch: float) -> bool:
         """Validate (rank 0), keep the best model, log; returns True when early stopping triggers.
         ``epoch`` is the number of epochs trained so far (fractional for a stop mid-epoch)."""
         config, ctx = self.config, self.ctx
@@ -321,55 +304,50 @@ class _Run:
                     f"select_metric {config.select_metric!r} is not a validation metric; "
                     f"choose one of {sorted(metrics)}"
                 )
-            improved = self.best is None or value > self.best
+            self.state, improved = self.state.after_validation(value, metrics)
             if improved:
-                self.best, self.best_metrics, self.bad_epochs = value, metrics, 0
                 _save_model(self.model, self.run_dir / "best")
-            else:
-                self.bad_epochs += 1
             self.log.append(
-                {"kind": "val", "step": self.step, "epoch": round(epoch, 4), "improved": improved, **metrics}
+                {
+                    "kind": "val",
+                    "step": self.state.step,
+                    "epoch": round(epoch, 4),
+                    "improved": improved,
+                    **metrics,
+                }
             )
             logger.info(
                 "epoch %g: %s %.4f (best %.4f)%s",
                 round(epoch, 2),
                 config.select_metric,
                 value,
-                self.best,
-                "" if improved else f", {self.bad_epochs} epoch(s) without improvement",
+                self.state.best,
+                "" if improved else f", {self.state.bad_epochs} epoch(s) without improvement",
             )
             patience = config.early_stopping_patience
-            stop = float(patience is not None and patience > 0 and self.bad_epochs >= patience)
+            stop = float(patience is not None and patience > 0 and self.state.bad_epochs >= patience)
             if time.perf_counter() - self.last_plot > PLOT_EVERY_SECONDS:
                 plot_history(self.log.records(), self.run_dir)
                 self.last_plot = time.perf_counter()
         if ctx.enabled:
-            stop, bad = all_reduce_sum([stop, float(self.bad_epochs if ctx.is_main else 0)], ctx)
-            self.bad_epochs = int(bad)
+            stop, bad = all_reduce_sum([stop, float(self.state.bad_epochs if ctx.is_main else 0)], ctx)
+            self.state = dataclasses.replace(self.state, bad_epochs=int(bad))
         return stop > 0
 
     def _checkpoint(self) -> None:
         if self.ctx.is_main:
-            state = {
-                "epoch": self.epoch,
-                "step_in_epoch": self.step_in_epoch,
-                "best": self.best,
-                "best_metrics": self.best_metrics,
-                "bad_epochs": self.bad_epochs,
-                "world_size": self.ctx.world_size,
-            }
             self.last_checkpoint = ckpt.save_checkpoint(
                 self.ckpt_root,
-                self.step,
                 self.model,
                 self.optimizer,
-                state,
+                self.state,
                 self.scaler,
                 self.config.keep_checkpoints,
             )
         barrier(self.ctx)
 
-    def _finish(self, status: str, seconds: float, pairs_seen: int, last_loss: float) -> TrainResult:
+    def _finish(self, status: str, tally: Tally) -> TrainResult:
+        seconds = tally.seconds()
         final = self.run_dir / "final"
         if self.ctx.is_main and status != "interrupted":
             _save_model(self.model, final)
@@ -382,27 +360,27 @@ class _Run:
             model_dir = final
         else:
             model_dir = (self.last_checkpoint / "model") if self.last_checkpoint else final
-        epochs_done = self.epoch
+        state = self.state
         logger.info(
             "training %s after %d steps (%d epochs, %.1f s, %.0f pairs/s)",
             status,
-            self.step,
-            epochs_done,
+            state.step,
+            state.epoch,
             seconds,
-            pairs_seen / max(seconds, 1e-9),
+            tally.pairs / max(seconds, 1e-9),
         )
         return TrainResult(
             run_dir=self.run_dir,
             model_dir=model_dir,
             status=status,
-            steps=self.step,
-            epochs_completed=epochs_done,
-            best_metric=self.best,
-            best_metrics=dict(self.best_metrics),
-            last_loss=last_loss,
-            pairs_per_second=pairs_seen / max(seconds, 1e-9),
+            steps=state.step,
+            epochs_completed=state.epoch,
+            best_metric=state.best,
+            best_metrics=dict(state.best_metrics),
+            last_loss=tally.last_loss,
+            pairs_per_second=tally.pairs / max(seconds, 1e-9),
             seconds=seconds,
-            skipped=self.skipped,
+            skipped=tally.skipped,
             metrics_path=self.log.path,
             checkpoint=self.last_checkpoint,
         )
@@ -434,4 +412,4 @@ def _progress_bar(total: int, initial: int, enabled: bool) -> Any:
     return tqdm(total=total, initial=initial, disable=not show, unit="step", dynamic_ncols=True, leave=False)
 
 
-__all__ = ["StepCallback", "TrainResult", "TrainingDivergedError", "train"]
+__all__ = ["StepCallback", "train"]

@@ -16,6 +16,7 @@ import torch
 
 from retrieval import encoding
 from retrieval.config import TrainConfig
+from retrieval.train.checkpoint import latest_checkpoint
 from retrieval.train.distributed import DistContext, barrier, broadcast_module
 from retrieval.train.optim import check_optimizer_name
 
@@ -68,6 +69,27 @@ def check_resume_config(saved: TrainConfig, given: TrainConfig) -> None:
             f"cannot resume: the config differs from the run's config.json in {details}. "
             "Resume with the original settings, or start a new run in another out_dir"
         )
+
+
+def find_resume(run_dir: Path, resume: bool, config: TrainConfig) -> Path | None:
+    """The checkpoint a run in ``run_dir`` continues from: the latest one with ``resume`` (``None``
+    when there is none yet), else ``None`` after checking that ``run_dir`` holds no earlier run."""
+    ckpt_root = run_dir / "checkpoints"
+    latest = latest_checkpoint(ckpt_root) if ckpt_root.exists() else None
+    if not resume:
+        if latest is not None or (run_dir / "metrics.jsonl").exists():
+            raise FileExistsError(
+                f"{run_dir} already holds a training run: pass resume=True (--resume) to continue it, "
+                "or choose a new out_dir"
+            )
+        return None
+    if latest is None:
+        logger.info("no checkpoint in %s yet: starting a new run", ckpt_root)
+        return None
+    saved = run_dir / "config.json"
+    if saved.is_file():
+        check_resume_config(TrainConfig.load(saved), config)
+    return latest
 
 
 def read_data(config: TrainConfig, check_val_images: bool = True) -> tuple[Any, Any, int]:

@@ -17,12 +17,29 @@ from retrieval.train.distributed import (
     gather_with_grad,
     image_id_codes,
 )
+from retrieval.train.setup import Precision
 
 MAX_LOGIT_SCALE = 100.0  # CLIP clamps the logit multiplier at 100 to keep training stable
 
 
 class TrainingDivergedError(RuntimeError):
     """The loss (or the gradient norm) became NaN or infinite; the weights of that step were not applied."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StepParts:
+    """What every optimizer step of a run works with (built once, after the data is prepared)."""
+
+    model: nn.Module  # the TwinEncoder being trained (on ctx.device, in train mode)
+    loss_fn: nn.Module  # a retrieval.losses loss
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler  # loss scaling (enabled for fp16 only)
+    ctx: DistContext  # this process's rank, world size and device
+    precision: Precision  # the autocast policy
+    clip_grad_norm: float | None = None  # clip the global gradient norm to this
+    accum_features: bool = False  # with several micro-batches: contrast against the whole step's batch
+    text_cache: Any = None  # FrozenTextFeatures replacing a locked text tower (retrieval.train.frozen)
+    image_cache: Any = None  # FrozenImageFeatures replacing a locked image tower
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,23 +141,23 @@ def _check(loss: Tensor) -> None:
         raise TrainingDivergedError(f"the loss is {loss.item()}")
 
 
-def _accumulate(run: Any, micro: list[dict[str, Any]]) -> tuple[list[Tensor], int]:
+def _accumulate(parts: StepParts, micro: list[dict[str, Any]]) -> tuple[list[Tensor], int]:
     """Backward of the step's micro-batches; returns the losses and the pairs trained on.
 
     Default: each micro-batch is its own contrastive batch and the gradients are averaged. With
-    ``config.accum_features`` every micro-batch is contrasted with the whole step's batch, as if it
+    ``parts.accum_features`` every micro-batch is contrasted with the whole step's batch, as if it
     were one batch (the gradient cache of Gao et al. 2021, open_clip's ``accum_freq``): features of
     all micro-batches are first computed without gradient; then each micro-batch is encoded again
     with gradient (same dropout, RNG replayed) and the loss of the full batch, in which only its
     rows carry gradient, is backpropagated. The logit scale/bias take their gradient once.
     """
-    model, ctx, scaler = run.model, run.ctx, run.scaler
-    autocast = run.precision.autocast(ctx.device)
-    caches = (run.text_cache, run.image_cache)
-    if not run.config.accum_features or len(micro) == 1:
+    model, ctx, scaler, loss_fn = parts.model, parts.ctx, parts.scaler, parts.loss_fn
+    autocast = parts.precision.autocast(ctx.device)
+    caches = (parts.text_cache, parts.image_cache)
+    if not parts.accum_features or len(micro) == 1:
         losses, pairs = [], 0
         for batch in micro:
-            loss, n = batch_loss(model, run.loss_fn, batch, ctx, autocast, *caches)
+            loss, n = batch_loss(model, loss_fn, batch, ctx, autocast, *caches)
             if loss is None:
                 continue
             _check(loss)
@@ -160,7 +177,7 @@ def _accumulate(run: Any, micro: list[dict[str, Any]]) -> tuple[list[Tensor], in
         fresh = local_features(model, batch, ctx, autocast, *caches)
         image_emb = torch.cat([fresh[0] if k == j else c[0] for k, c in enumerate(cached)])  # [b_total, D]
         text_emb = torch.cat([fresh[1] if k == j else c[1] for k, c in enumerate(cached)])  # [b_total, D]
-        loss, n = global_loss(model, run.loss_fn, image_emb, text_emb, image_ids, ctx, detach_scale=j > 0)
+        loss, n = global_loss(model, loss_fn, image_emb, text_emb, image_ids, ctx, detach_scale=j > 0)
         if loss is None:
             return [], 0
         _check(loss)
@@ -169,10 +186,9 @@ def _accumulate(run: Any, micro: list[dict[str, Any]]) -> tuple[list[Tensor], in
     return losses, pairs
 
 
-def train_step(run: Any, batches: Iterator[dict[str, Any]], n_micro: int) -> StepResult:
+def train_step(parts: StepParts, batches: Iterator[dict[str, Any]], n_micro: int) -> StepResult:
     """Accumulate ``n_micro`` micro-batches from ``batches`` and apply one optimizer update."""
-    model, optimizer, scaler, ctx = run.model, run.optimizer, run.scaler, run.ctx
-    config = run.config
+    model, optimizer, scaler, ctx = parts.model, parts.optimizer, parts.scaler, parts.ctx
     start = time.perf_counter()
     data_seconds = 0.0
     optimizer.zero_grad(set_to_none=True)
@@ -182,14 +198,14 @@ def train_step(run: Any, batches: Iterator[dict[str, Any]], n_micro: int) -> Ste
         micro.append(next(batches))
         data_seconds += time.perf_counter() - t0
     skipped = sum(int(batch.get("skipped", 0)) for batch in micro)
-    losses, pairs = _accumulate(run, micro)
+    losses, pairs = _accumulate(parts, micro)
     params = [p for p in model.parameters() if p.requires_grad]
     average_gradients(params, ctx)
     grad_norm = None
     if losses:
         scaler.unscale_(optimizer)
-        if config.clip_grad_norm is not None:
-            norm = torch.nn.utils.clip_grad_norm_(params, config.clip_grad_norm)
+        if parts.clip_grad_norm is not None:
+            norm = torch.nn.utils.clip_grad_norm_(params, parts.clip_grad_norm)
             grad_norm = float(norm)
             if not scaler.is_enabled() and not torch.isfinite(norm):
                 raise TrainingDivergedError(f"the gradient norm is {grad_norm}")

@@ -15,6 +15,7 @@ from retrieval.train import checkpoint as ckpt
 from retrieval.train.history import MetricsLog, plot_history
 from retrieval.train.optim import OPTIMIZERS, build_optimizer, lr_factor, parameter_groups
 from retrieval.train.sampling import SeededItems, epoch_order, item_seed, plan_epoch, sample_weights
+from retrieval.train.state import LoopState
 
 
 class _Tiny(torch.nn.Module):
@@ -139,19 +140,19 @@ def test_checkpoint_round_trip_is_exact(tmp_path, name):
         model.proj(torch.randn(2, 4)).pow(2).sum().backward()
         optimizer.step()
     torch.manual_seed(123)
-    path = ckpt.save_checkpoint(tmp_path, 7, model, optimizer, {"epoch": 1, "step_in_epoch": 2}, keep=1)
+    path = ckpt.save_checkpoint(tmp_path, model, optimizer, LoopState(step=7, epoch=1, step_in_epoch=2), keep=1)
     expected_rng = torch.rand(3)
     assert not any(p.name.endswith(".pkl") or p.suffix in (".pt", ".bin") for p in path.rglob("*"))
     fresh = build_optimizer(TrainConfig(optimizer=name), model)
     state = ckpt.restore_training_state(path, fresh)
-    assert state["epoch"] == 1 and state["step"] == 7
+    assert state == LoopState(step=7, epoch=1, step_in_epoch=2)
     assert torch.equal(torch.rand(3), expected_rng)
     want, got = optimizer.state_dict(), fresh.state_dict()
     assert want["param_groups"] == got["param_groups"]
     for pid, entries in want["state"].items():
         for key, value in entries.items():
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(got["state"][pid][key])), (pid, key)
-    ckpt.save_checkpoint(tmp_path, 8, model, optimizer, {"epoch": 1, "step_in_epoch": 3}, keep=1)
+    ckpt.save_checkpoint(tmp_path, model, optimizer, LoopState(step=8, epoch=1, step_in_epoch=3), keep=1)
     assert ckpt.latest_checkpoint(tmp_path).name == "step-00000008"
     assert [p.name for p in tmp_path.glob("step-*")] == ["step-00000008"]
 
@@ -169,3 +170,16 @@ def test_metrics_log_truncates_for_resume_and_plots(tmp_path):
     written = plot_history(log.records(), tmp_path)
     assert sorted(p.name for p in written) == ["loss.png", "recall.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in written)
+
+
+def test_loop_state_transitions_and_round_trip():
+    state = LoopState().after_step().after_step()
+    assert (state.step, state.step_in_epoch, state.epoch) == (2, 2, 0)
+    state = state.after_epoch()
+    assert (state.step, state.step_in_epoch, state.epoch) == (2, 0, 1)
+    state, improved = state.after_validation(0.5, {"mean_recall": 0.5})
+    assert improved and state.best == 0.5 and state.bad_epochs == 0
+    state, improved = state.after_validation(0.4, {"mean_recall": 0.4})
+    assert not improved and state.best == 0.5 and state.bad_epochs == 1
+    assert state.best_metrics == {"mean_recall": 0.5}
+    assert LoopState.from_dict({**state.to_dict(), "optimizer": {}, "rng": {}}) == state
