@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from fake_model import KeywordEncoder, write_corpus
 
 from indexes import Collection
 from retrieval.config import EmbedConfig
 from retrieval.embed import embed_corpus, recorded_model_dir, state_dir
+
+from support.corpora import write_corpus
+from support.keywords import KeywordEncoder
 
 
 def _contents(path: Path) -> list[tuple[str, str, tuple[float, ...]]]:
@@ -197,7 +199,7 @@ def test_manifest_columns_are_configurable(fake_model, corpus, config, tmp_path)
 def test_changed_image_replaces_its_earlier_version(fake_model, corpus, config, tmp_path):
     import os
 
-    from fake_model import write_image
+    from support.images import write_image
 
     embed_corpus(fake_model, corpus, tmp_path / "coll", config)
     path = json.loads(corpus.read_text().splitlines()[0])["image"]  # a red image

@@ -10,22 +10,17 @@ import torch
 from PIL import Image
 
 from retrieval import encoding
-from retrieval.config import ModelConfig
 from retrieval.data import ImageDecodeError
 from retrieval.encoding import pick_device, prefetch
 from retrieval.model import build_model
 
-CAPTIONS = ["a red car", "a blue dog", "two green cats", "a small boat", "the big dog", "a cat"]
-TINY = ModelConfig(
-    image_tower="cnn", text_tower="gru", embed_dim=16, image_size=16, image_width=4, image_layers=1,
-    text_width=8, text_layers=1, vocab_size=120, context_length=8, lock_text=False,
-)  # fmt: skip
+from support.tiny import CAPTIONS, tiny_config
 
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return build_model(TINY, CAPTIONS, device="cpu").eval()
+    return build_model(tiny_config(), CAPTIONS, device="cpu").eval()
 
 
 @pytest.fixture
@@ -50,17 +45,17 @@ def reference_images(model, paths):
 def test_batched_prefetched_images_equal_the_plain_loop(model, image_files):
     encoded = encoding.encode_images(model, image_files, batch_size=3)
     assert encoded.positions == list(range(7)) and encoded.skipped == []
-    assert encoded.vectors.dtype == torch.float32 and encoded.vectors.shape == (7, 16)
+    assert encoded.vectors.dtype == torch.float32 and encoded.vectors.shape == (7, model.embed_dim)
     assert torch.allclose(encoded.vectors, reference_images(model, image_files), atol=1e-5)
     batches = list(encoding.image_batches(model, image_files, batch_size=3))
     assert [b.positions for b in batches] == [[0, 1, 2], [3, 4, 5], [6]]
 
 
 def test_texts_in_several_batches_equal_one_batch(model):
-    many = encoding.encode_texts(model, CAPTIONS * 3, batch_size=4)
+    many = encoding.encode_texts(model, CAPTIONS * 4, batch_size=4)
     with torch.no_grad():
-        plain = torch.nn.functional.normalize(model.text_features(model.tokenize(CAPTIONS * 3)), dim=-1)
-    assert many.positions == list(range(18))
+        plain = torch.nn.functional.normalize(model.text_features(model.tokenize(CAPTIONS * 4)), dim=-1)
+    assert many.positions == list(range(20))
     assert torch.allclose(many.vectors, plain, atol=1e-5)
 
 
@@ -74,7 +69,9 @@ def test_broken_images_are_skipped_and_reported_or_raise(model, image_files, tmp
         (1, str(broken), "decode_error"),
         (3, str(tmp_path / "missing.png"), "decode_error"),
     ]
-    assert torch.allclose(encoded.vectors, reference_images(model, [image_files[0], image_files[1]]), atol=1e-5)
+    assert torch.allclose(
+        encoded.vectors, reference_images(model, [image_files[0], image_files[1]]), atol=1e-5
+    )
     with pytest.raises(ImageDecodeError):
         encoding.encode_images(model, items, batch_size=2)
 
@@ -126,7 +123,7 @@ def test_wrong_arguments_are_clear_errors(model):
         encoding.encode_texts(model, "a red car")
     with pytest.raises(ValueError, match="batch_size"):
         encoding.encode_images(model, [], batch_size=0)
-    assert encoding.encode_images(model, []).vectors.shape == (0, 16)
+    assert encoding.encode_images(model, []).vectors.shape == (0, model.embed_dim)
 
 
 def test_pick_device():

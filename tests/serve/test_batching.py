@@ -11,7 +11,7 @@ import pytest
 
 from retrieval.serve.batching import ModelRunner
 
-from ._fakes import KeywordEncoder, keyword_vector
+from support.keywords import KeywordEncoder, keyword_vector
 
 WORDS = ["red", "green", "blue", "yellow", "cat", "dog", "car", "tree"] * 5
 

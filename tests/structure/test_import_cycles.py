@@ -25,9 +25,7 @@ def _module_name(path: Path) -> str:
 def project_modules() -> dict[str, Path]:
     """Module name -> source file, for every module of the project's packages."""
     return {
-        _module_name(path): path
-        for package in PACKAGES
-        for path in sorted((ROOT / package).rglob("*.py"))
+        _module_name(path): path for package in PACKAGES for path in sorted((ROOT / package).rglob("*.py"))
     }
 
 

@@ -10,6 +10,8 @@ from PIL import Image, ImageDraw
 
 from retrieval.config import ModelConfig, TrainConfig
 
+from support.fixtures import one_torch_thread  # noqa: F401  (an autouse fixture for this folder)
+
 COLORS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220), "yellow": (230, 210, 40)}
 SHAPES = ("circle", "square", "triangle", "cross")
 
@@ -95,14 +97,3 @@ def config(dataset, tmp_path) -> TrainConfig:
         progress=False,
         val_batch_size=16,
     )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core machine run far faster single-threaded (no spinning OMP threads)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
