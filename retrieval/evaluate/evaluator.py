@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -20,8 +19,6 @@ from retrieval.evaluate.result import EvalResult
 from retrieval.evaluate.zeroshot import ZeroShotResult, zero_shot_from_labels
 
 __all__ = ["evaluate_model"]
-
-logger = logging.getLogger(__name__)
 
 
 def _image_labels(pairs: Any, column: str) -> dict[str, Any]:
