@@ -174,7 +174,9 @@ class TwinEncoder(nn.Module):
     ) -> torch.Tensor:
         """Encode captions -> ``[N, D]`` float32 CPU unit vectors, through
         :func:`retrieval.encoding.encode_texts` (batched, the next batch tokenized while one runs)."""
-        return encoding.encode_texts(self, texts, batch_size=batch_size, device=device, progress=progress).vectors
+        return encoding.encode_texts(
+            self, texts, batch_size=batch_size, device=device, progress=progress
+        ).vectors
 
     # ------------------------------------------------------------- identity
     def preprocess_config(self) -> dict[str, Any]:

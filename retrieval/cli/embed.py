@@ -29,7 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     option("num_workers", "--workers", help="image decoding worker processes")
     option("shard_size", "--shard-size", help="vectors per committed shard")
     option("index", "--index", help="index of a new collection: auto or a FAISS factory string")
-    option("npy_export", "--npy-export", metavar="DIR", help="also write clip-retrieval .npy + parquet into this folder")
+    option(
+        "npy_export",
+        "--npy-export",
+        metavar="DIR",
+        help="also write clip-retrieval .npy + parquet into this folder",
+    )
     option("ray_address", "--ray-address", help="Ray cluster address (engine ray)")
     option("num_actors", "--num-actors", help="encoder actors (engine ray)")
     option("image_column", "--image-column", help="manifest column with the image path")

@@ -26,7 +26,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, metavar="REPORT_DIR", help="report folder (default: in the cache)")
     option = functools.partial(config_option, p, EvalConfig)
     option("ks", "-k", "--ks", nargs="+", metavar="K", help="cutoffs K")
-    option("zero_shot_label_column", "--zero-shot-labels", metavar="COLUMN", help="metadata column with class names")
+    option(
+        "zero_shot_label_column",
+        "--zero-shot-labels",
+        metavar="COLUMN",
+        help="metadata column with class names",
+    )
     option(
         "templates", "--template", action="append", type=str, metavar="TEMPLATE",
         help="zero-shot prompt with {} for the class name (repeatable)",

@@ -81,7 +81,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--name", default=None, help="name of a single collection (default: its folder name)")
     option = functools.partial(config_option, p, ServeConfig)
-    option("model", "--model", metavar="DIR", help="model folder for every collection (none: the one embed recorded)")
+    option(
+        "model",
+        "--model",
+        metavar="DIR",
+        help="model folder for every collection (none: the one embed recorded)",
+    )
     p.add_argument(
         "--model-for", action="append", default=[], metavar="NAME=DIR", help="model folder of one collection"
     )
@@ -96,7 +101,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     option("port", "--port", help="port")
     p.add_argument("--api-key", default=None, help=f"require this X-API-Key header (default: ${API_KEY_ENV})")
     option("allow_insecure", "--insecure", action="store_true", help="allow a public bind without a key")
-    option("allow_image_urls", "--allow-image-urls", action="store_true", help="let clients search by an image URL")
+    option(
+        "allow_image_urls",
+        "--allow-image-urls",
+        action="store_true",
+        help="let clients search by an image URL",
+    )
     option(
         "allow_private_urls", "--allow-private-urls", action="store_true",
         help="with --allow-image-urls: also private hosts",

@@ -66,7 +66,9 @@ def local_images(
 
 def local_texts(model: Any, items: Sequence[Item], batch_size: int, device: str) -> Iterator[EncodedBatch]:
     """Caption batches encoded in this process; a helper thread tokenizes the next batches."""
-    for encoded in encoding.text_batches(model, [it.ref for it in items], batch_size=batch_size, device=device):
+    for encoded in encoding.text_batches(
+        model, [it.ref for it in items], batch_size=batch_size, device=device
+    ):
         yield _batch("text", items, encoded)
 
 

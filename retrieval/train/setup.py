@@ -261,13 +261,17 @@ def validate(
                 caches["image"] = FrozenImageFeatures(model, images, device, batch)
             image_emb = _project(caches["image"], model, images, batch)  # [I, D]
         else:
-            image_emb = encoding.encode_images(model, images, batch_size=batch, device=device).vectors  # [I, D]
+            image_emb = encoding.encode_images(
+                model, images, batch_size=batch, device=device
+            ).vectors  # [I, D]
         if use_cache and text_tower_is_frozen(model):
             if "text" not in caches:
                 caches["text"] = FrozenTextFeatures(model, captions, device, batch)
             text_emb = _project(caches["text"], model, captions, batch)  # [T, D]
         else:
-            text_emb = encoding.encode_texts(model, captions, batch_size=batch, device=device).vectors  # [T, D]
+            text_emb = encoding.encode_texts(
+                model, captions, batch_size=batch, device=device
+            ).vectors  # [T, D]
     metrics = retrieval_metrics_from_embeddings(text_emb, image_emb, pairs.text_to_image(), ks=(1, 5, 10))
     recalls = [metrics[f"{d}/R@{k}"] for d in ("t2i", "i2t") for k in (1, 5, 10)]
     metrics["mean_recall"] = sum(recalls) / len(recalls)
