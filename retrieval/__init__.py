@@ -1,4 +1,23 @@
-"""Siamese cross-modal retrieval: twin encoders, losses, training, embedding, search, evaluation."""
+"""Siamese cross-modal retrieval: twin encoders, losses, training, embedding, search, evaluation.
+
+The package tree is the map. The jobs, each a package whose ``__init__`` is its public API:
+
+* :mod:`retrieval.train` -- ``train(TrainConfig) -> TrainResult``
+* :mod:`retrieval.embed` -- ``embed_corpus(model, source, collection, EmbedConfig)``
+* :mod:`retrieval.search` -- ``Searcher``, ``search_collection``
+* :mod:`retrieval.evaluate` -- ``evaluate_model``, ``write_report``, pure metrics
+* :mod:`retrieval.serve` -- ``create_app(ServeConfig)``, ``run``
+
+One home for each concept the jobs share:
+
+* :mod:`retrieval.config` -- settings dataclasses: every default and choice
+* :mod:`retrieval.encoding` -- the inference path (batching, prefetch, device, mode, skipped items)
+* :mod:`retrieval.io` -- durable file operations (atomic writes, staged folders, locks)
+* :mod:`retrieval.model` -- ``TwinEncoder``; :mod:`retrieval.towers`, :mod:`retrieval.losses`
+* :mod:`retrieval.data` -- readers, safe decoding, transforms; :mod:`retrieval.datasets` -- OpenMoji
+* :mod:`indexes.fingerprint` -- the check that a model matches a collection (in ``indexes``)
+* :mod:`retrieval.cli` -- the command line, one module per subcommand
+"""
 
 from __future__ import annotations
 
@@ -30,8 +49,8 @@ _LAZY: dict[str, str] = {
     "Hit": "retrieval.search",
     "Searcher": "retrieval.search",
     "TrainConfig": "retrieval.config",
-    "TrainResult": "retrieval.training",
-    "TrainingDivergedError": "retrieval.training",
+    "TrainResult": "retrieval.train",
+    "TrainingDivergedError": "retrieval.train",
     "LOSSES": "retrieval.losses",
     "ServeConfig": "retrieval.config",
     "create_app": "retrieval.serve",

@@ -11,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
+
+from retrieval.io import atomic_write_text
 
 C = TypeVar("C", bound="ConfigBase")
 
@@ -40,7 +41,23 @@ def _coerce(value: Any, annotation: Any) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class ConfigBase:
-    """Shared JSON round-trip for the toolkit's config dataclasses."""
+    """Shared JSON round-trip for the toolkit's config dataclasses, and the one check of choices.
+
+    ``CHOICES`` maps a field to the values it may take; the command line offers the same list
+    (:mod:`retrieval.cli.options` builds its options from the fields, defaults and choices here).
+    """
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    def __post_init__(self) -> None:
+        self._check_choices()
+
+    def _check_choices(self) -> None:
+        for name, allowed in self.CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                what = f"{type(self).__name__}.{name}"
+                raise ValueError(f"unknown {what} {value!r}; {what} must be one of {list(allowed)}")
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -79,37 +96,6 @@ class ConfigBase:
     @classmethod
     def load(cls: type[C], path: str | os.PathLike[str]) -> C:
         return cls.from_json(Path(path).read_text(encoding="utf-8"))
-
-
-def _read_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()  # read once at import: os.umask is process-wide and not thread-safe to probe later
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file, fsync and rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,6 +140,12 @@ class ModelConfig(ConfigBase):
     use_bias: bool = False  # learn a logit bias (for the sigmoid loss)
     learn_logit_scale: bool = True  # make logit_scale trainable (false keeps a fixed temperature)
 
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "projection": ("linear", "mlp", "none"),
+        "tokenizer": ("bpe", "wordpiece"),
+        "pooling": ("auto", "mean", "cls", "pooler"),
+    }
+
     def __post_init__(self) -> None:
         positive = ("embed_dim", "image_size", "image_width", "image_layers", "image_heads", "patch_size")
         positive += ("text_width", "text_layers", "text_heads", "context_length", "vocab_size")
@@ -161,15 +153,7 @@ class ModelConfig(ConfigBase):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ModelConfig.{name} must be a positive integer, received {value!r}")
-        choices = {
-            "projection": ("linear", "mlp", "none"),
-            "tokenizer": ("bpe", "wordpiece"),
-            "pooling": ("auto", "mean", "cls", "pooler"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                value = getattr(self, name)
-                raise ValueError(f"ModelConfig.{name} must be one of {list(allowed)}, received {value!r}")
+        self._check_choices()
         for name in ("unfreeze_image_layers", "unfreeze_text_layers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"ModelConfig.{name} must be >= 0, received {getattr(self, name)!r}")
@@ -239,13 +223,13 @@ class EmbedConfig(ConfigBase):
     split: str | None = None  # only rows of this split (a `split` field, or <split>.jsonl in a folder)
     prune: bool = False  # remove from the collection the items that left the corpus (deleted, edited)
 
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "modality": ("images", "texts", "both"),
+        "engine": ("local", "ray"),
+    }
+
     def __post_init__(self) -> None:
-        choices = {"modality": ("images", "texts", "both"), "engine": ("local", "ray")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(
-                    f"EmbedConfig.{name} must be one of {list(allowed)}; received {getattr(self, name)!r}"
-                )
+        self._check_choices()
         for name in ("batch_size", "shard_size", "num_actors"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"EmbedConfig.{name} must be >= 1; received {getattr(self, name)!r}")
@@ -255,8 +239,11 @@ class EmbedConfig(ConfigBase):
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig(ConfigBase):
-    """Settings of :func:`retrieval.evaluate.evaluate_model` beyond the cutoffs and the batch size."""
+    """Settings of :func:`retrieval.evaluate.evaluate_model`, of the report
+    (:func:`retrieval.evaluate.write_report`) and of how ``retrieval eval`` reads its data."""
 
+    ks: tuple[int, ...] = (1, 5, 10)  # cutoffs K of the @K metrics
+    batch_size: int = 64  # images or captions per forward pass
     chunk_size: int = 4096  # queries and candidates per block of scores (memory ~ chunk_size^2 floats)
     top_n: int = 10  # best hits kept per query for the per-query CSV and the sample grids
     n_samples: int = 8  # queries drawn (seeded) for each sample grid of the report
@@ -266,8 +253,20 @@ class EvalConfig(ConfigBase):
     refine: int | None = None  # with a collection: exact re-scoring of refine * k index candidates
     index_filter: str = "where"  # mixed collection: "where" (filtered search, as Searcher) | "post" (raw ANN, then filter)
     device: str | None = None  # "cpu" | "cuda" | None: cuda when available, else cpu
-    progress: bool = False  # progress bars while encoding
+    progress: bool = True  # progress bars while encoding (only on a terminal)
     seed: int = 0  # which queries the sample grids show
+    image_column: str = "image"  # retrieval eval: manifest column with the image path
+    caption_column: str = "caption"  # retrieval eval: manifest column with the caption(s)
+    id_column: str | None = None  # retrieval eval: manifest column naming the image (default: its path)
+    split: str | None = None  # retrieval eval: only rows of this split
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"index_filter": ("where", "post")}
+
+    def __post_init__(self) -> None:
+        self._check_choices()
+        for name in ("batch_size", "chunk_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"EvalConfig.{name} must be >= 1; received {getattr(self, name)!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,15 +316,13 @@ class TrainConfig(ConfigBase):
     augment: bool = True  # random crops / colour jitter on training images (the tower's train transform)
     cache_locked_features: bool = True  # fully locked tower: encode each caption (image: if not augment) once
 
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "optimizer": ("adamw", "adam", "sgd", "adagrad", "rmsprop"),
+        "precision": ("auto", "fp32", "bf16", "fp16"),
+    }
+
     def __post_init__(self) -> None:
-        choices = {
-            "optimizer": ("adamw", "adam", "sgd", "adagrad", "rmsprop"),
-            "precision": ("auto", "fp32", "bf16", "fp16"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                value = getattr(self, name)
-                raise ValueError(f"unknown TrainConfig.{name} {value!r}; choose one of {list(allowed)}")
+        self._check_choices()
         for name in ("batch_size", "grad_accum", "epochs", "val_batch_size", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1; received {getattr(self, name)!r}")

@@ -36,8 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.config import DemoConfig, EmbedConfig, EvalConfig, atomic_write_text
+from retrieval.config import DemoConfig, EmbedConfig, EvalConfig
 from retrieval.datasets import OpenmojiDataset, build_openmoji
+from retrieval.io import atomic_write_text
 from retrieval.paths import cache_dir
 
 logger = logging.getLogger(__name__)
@@ -251,7 +252,7 @@ def run_demo(
     """
     from retrieval.data import read_pairs
     from retrieval.embed import embed_corpus
-    from retrieval.evaluate import evaluate_model
+    from retrieval.evaluate import evaluate_model, write_report
     from retrieval.model import TwinEncoder
 
     config = config or DemoConfig()
@@ -316,12 +317,9 @@ def run_demo(
 
         t0 = time.perf_counter()
         say("[4/5] evaluating on the test split (emoji unseen in training, variants included)")
-        evaluation = evaluate_model(
-            model,
-            test_pairs,
-            report_dir=report_dir,
-            config=EvalConfig(progress=config.progress and sys.stderr.isatty(), seed=config.seed),
-        )
+        eval_config = EvalConfig(progress=config.progress and sys.stderr.isatty(), seed=config.seed)
+        evaluation = evaluate_model(model, test_pairs, config=eval_config)
+        write_report(evaluation, report_dir, n_samples=eval_config.n_samples, seed=eval_config.seed)
         metrics = {k: float(v) for k, v in evaluation.metrics.items()}
         seconds["evaluate"] = time.perf_counter() - t0
 

@@ -11,8 +11,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from retrieval.config import ModelConfig, atomic_write_text
+from retrieval import encoding
+from retrieval.config import ModelConfig
+from retrieval.encoding import pick_device
+from retrieval.io import atomic_write_json, fsync_file, staged_directory
 from retrieval.towers import ImageTower, TextTower, build_image_tower, build_text_tower, lock
 
 logger = logging.getLogger(__name__)
@@ -34,11 +35,6 @@ FORMAT_VERSION = 1
 # Config fields that change what the embeddings are; training-only switches (locks, init values) do not.
 # Tower names are left out on purpose: "hf:<path>" would make the same weights differ by where they were read.
 _FINGERPRINT_FIELDS = ("embed_dim", "projection", "pooling", "context_length", "shared")
-
-
-def default_device() -> torch.device:
-    """``cuda`` when available, else ``cpu``."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _projection(kind: str, in_dim: int, out_dim: int, what: str) -> nn.Module:
@@ -151,80 +147,36 @@ class TwinEncoder(nn.Module):
         return self.image_features(pixel_values), self.text_features(tokens)
 
     # ------------------------------------------------------ inference path
-    def _prepare(self, device: str | torch.device | None) -> tuple[torch.device, bool]:
-        target = torch.device(device) if device is not None else self.device
-        if target != self.device:
-            self.to(target)
-        was_training = self.training
-        if was_training:  # an eval-mode model is never touched, so concurrent encodes are safe
-            self.eval()
-        return target, was_training
-
     def encode_images(
         self,
         images: Sequence[Image.Image | str | os.PathLike[str]],
-        batch_size: int = 64,
+        batch_size: int = encoding.IMAGE_BATCH_SIZE,
         device: str | torch.device | None = None,
         progress: bool = False,
     ) -> torch.Tensor:
         """Encode images (PIL images, paths or ``tar://`` references) -> ``[N, D]`` float32 CPU unit vectors.
 
-        Runs under ``torch.inference_mode`` in batches on ``device`` (default: where the model is; the
-        model moves there); the next batch is decoded in a helper thread while the current one runs.
-        A path that cannot be decoded raises :class:`retrieval.data.ImageDecodeError`.
+        Through :func:`retrieval.encoding.encode_images`: batched, under ``torch.inference_mode``,
+        on ``device`` (default: where the model is; the model goes back afterwards), in eval mode
+        (a model in train mode returns to it), the next batch decoded in a helper thread while the
+        current one runs. A path that cannot be decoded raises :class:`retrieval.data.ImageDecodeError`.
         """
-        from concurrent.futures import ThreadPoolExecutor
-
-        from retrieval.data.images import load_image, to_rgb
-
-        _check_batch_size(batch_size)
-        transform = self.image_transform(train=False)
-
-        def prepare(start: int) -> torch.Tensor:
-            batch = images[start : start + batch_size]
-            pictures = [to_rgb(img) if isinstance(img, Image.Image) else load_image(img) for img in batch]
-            return torch.stack([transform(img) for img in pictures])  # [b, 3, H, W]
-
-        starts = list(range(0, len(images), batch_size))
-        target, was_training = self._prepare(device)
-        chunks: list[torch.Tensor] = []
-        try:
-            with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
-                pending = pool.submit(prepare, starts[0]) if starts else None
-                for i in _progress(range(len(starts)), progress, "images"):
-                    assert pending is not None
-                    pixel_values = pending.result().to(target)  # [b, 3, H, W]
-                    pending = pool.submit(prepare, starts[i + 1]) if i + 1 < len(starts) else None
-                    chunks.append(self.image_features(pixel_values).float().cpu())  # [b, D]
-        finally:
-            if was_training:
-                self.train()
-        return torch.cat(chunks) if chunks else torch.empty((0, self.embed_dim), dtype=torch.float32)
+        return encoding.encode_images(
+            self, images, batch_size=batch_size, device=device, progress=progress
+        ).vectors
 
     def encode_texts(
         self,
         texts: Sequence[str],
-        batch_size: int = 256,
+        batch_size: int = encoding.TEXT_BATCH_SIZE,
         device: str | torch.device | None = None,
         progress: bool = False,
     ) -> torch.Tensor:
-        """Encode captions -> ``[N, D]`` float32 CPU unit vectors (``torch.inference_mode``, batched)."""
-        _check_batch_size(batch_size)
-        if isinstance(texts, str):
-            raise ValueError(
-                f"encode_texts expects a list of strings, received one string {texts[:40]!r}: wrap it in [...]"
-            )
-        _, was_training = self._prepare(device)
-        chunks: list[torch.Tensor] = []
-        try:
-            with torch.inference_mode():
-                for start in _progress(range(0, len(texts), batch_size), progress, "texts"):
-                    tokens = self.tokenize(list(texts[start : start + batch_size]))
-                    chunks.append(self.text_features(tokens).float().cpu())  # [b, D]
-        finally:
-            if was_training:
-                self.train()
-        return torch.cat(chunks) if chunks else torch.empty((0, self.embed_dim), dtype=torch.float32)
+        """Encode captions -> ``[N, D]`` float32 CPU unit vectors, through
+        :func:`retrieval.encoding.encode_texts` (batched, the next batch tokenized while one runs)."""
+        return encoding.encode_texts(
+            self, texts, batch_size=batch_size, device=device, progress=progress
+        ).vectors
 
     # ------------------------------------------------------------- identity
     def preprocess_config(self) -> dict[str, Any]:
@@ -261,13 +213,10 @@ class TwinEncoder(nn.Module):
             raise FileExistsError(
                 f"{directory} exists and is not a saved model: choose a new or empty folder"
             )
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
+        with staged_directory(directory) as tmp:
             self.config.save(tmp / CONFIG_FILE)
             save_model(self, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-            _fsync(tmp / WEIGHTS_FILE)
+            fsync_file(tmp / WEIGHTS_FILE)
             self.image_tower.save_assets(tmp / "image_tower")
             self.text_tower.save_assets(tmp / "text_tower")
             info = {
@@ -275,11 +224,7 @@ class TwinEncoder(nn.Module):
                 "fingerprint": self.fingerprint(),
                 "embed_dim": self.embed_dim,
             }
-            atomic_write_text(tmp / FORMAT_FILE, json.dumps(info, indent=2) + "\n")
-            _swap_in(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            atomic_write_json(tmp / FORMAT_FILE, info, indent=2)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], device: str | torch.device | None = None) -> TwinEncoder:
@@ -308,7 +253,7 @@ class TwinEncoder(nn.Module):
         text_tower = build_text_tower(config, assets=text_assets if text_assets.is_dir() else None)
         model = cls(config, image_tower, text_tower)
         load_model(model, str(directory / WEIGHTS_FILE), strict=True)
-        return model.to(torch.device(device) if device is not None else default_device()).eval()
+        return model.to(pick_device(device)).eval()
 
     @classmethod
     def from_pretrained(
@@ -328,7 +273,7 @@ class TwinEncoder(nn.Module):
             model.logit_scale.fill_(scale)
             if model.logit_bias is not None and bias is not None:
                 model.logit_bias.fill_(bias)
-        return model.to(torch.device(device) if device is not None else default_device()).eval()
+        return model.to(pick_device(device)).eval()
 
 
 def build_model(
@@ -342,7 +287,7 @@ def build_model(
     image_tower = build_image_tower(config)
     text_tower = build_text_tower(config, captions)
     model = TwinEncoder(config, image_tower, text_tower)
-    return model.to(torch.device(device) if device is not None else default_device())
+    return model.to(pick_device(device))
 
 
 def _unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -356,37 +301,3 @@ def _unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
         seen.add(key)
         unique[name] = tensor
     return unique
-
-
-def _check_batch_size(batch_size: int) -> None:
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, received {batch_size!r}")
-
-
-def _progress(iterable: Iterable[int], enabled: bool, unit: str) -> Iterable[int]:
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=f"encoding {unit}", unit="batch")
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-
-
-def _swap_in(tmp: Path, directory: Path) -> None:
-    """Rename ``tmp`` to ``directory``; an existing ``directory`` is moved aside first and removed after."""
-    old = None
-    if directory.exists():
-        old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(directory, old)
-    try:
-        os.replace(tmp, directory)
-    except BaseException:
-        if old is not None:
-            os.replace(old, directory)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

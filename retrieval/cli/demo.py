@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import functools
+
+from retrieval.cli.options import config_default, config_option, given
+from retrieval.config import DemoConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,23 +18,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the unseen test split, show example queries and print the command that serves the collection. "
         "A rerun reuses the cached data and a finished run.",
     )
-    p.add_argument("--out", default=None, metavar="DIR", help="demo folder (default: in the toolkit cache)")
-    p.add_argument(
-        "--data", default=None, metavar="DIR", help="dataset folder (default: in the toolkit cache)"
-    )
+    option = functools.partial(config_option, p, DemoConfig)
+    option("out_dir", "--out", metavar="DIR", help="demo folder (none: in the toolkit cache)")
+    option("data_dir", "--data", metavar="DIR", help="dataset folder (none: in the toolkit cache)")
     p.add_argument("--fresh", action="store_true", help="redo training, embedding and evaluation")
+    option("time_budget", "--time-budget", metavar="S", help="seconds of training at most")
+    option("limit", "--limit", metavar="N", help="use only N emoji (a quick run)")
     p.add_argument(
-        "--time-budget",
-        type=float,
+        "--epochs",
+        type=int,
         default=None,
-        metavar="S",
-        help="seconds of training at most (default 360)",
+        help=f"override the recipe's number of epochs (default: {config_default(DemoConfig, 'train').epochs})",
     )
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="use only N emoji (a quick run)")
-    p.add_argument("--epochs", type=int, default=None, help="override the recipe's number of epochs")
-    p.add_argument("--queries", type=int, default=None, metavar="N", help="example queries of each kind")
+    option("n_queries", "--queries", metavar="N", help="example queries of each kind")
     p.add_argument("--config", default=None, metavar="JSON", help="DemoConfig JSON file (flags override it)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    option("progress", "--no-progress", action="store_false", help="no progress bars")
     p.set_defaults(func=run)
 
 
@@ -38,18 +40,10 @@ def run(args: argparse.Namespace) -> int:
     import logging
     import time
 
-    from retrieval.config import DemoConfig
     from retrieval.demo import format_result, run_demo
 
     config = DemoConfig.load(args.config) if args.config else DemoConfig()
-    changes: dict = {"progress": config.progress and not args.no_progress}
-    for field, value in (("out_dir", args.out), ("data_dir", args.data), ("limit", args.limit)):
-        if value is not None:
-            changes[field] = value
-    if args.time_budget is not None:
-        changes["time_budget"] = args.time_budget
-    if args.queries is not None:
-        changes["n_queries"] = args.queries
+    changes = given(args, DemoConfig)
     if args.epochs is not None:
         changes["train"] = config.train.replace(epochs=args.epochs)
     config = config.replace(**changes)

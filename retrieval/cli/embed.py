@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import functools
+
+from retrieval.cli.options import config_option, given
+from retrieval.config import EmbedConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,55 +21,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", required=True, help="model folder (TwinEncoder.save layout)")
     p.add_argument("--out", required=True, help="collection folder to create or extend")
-    p.add_argument("--modality", choices=("images", "texts", "both"), default="both", help="what to embed")
-    p.add_argument("--engine", choices=("local", "ray"), default="local", help="local DataLoader or Ray Data")
-    p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
-    p.add_argument("--batch-size", type=int, default=64, help="items per forward pass")
-    p.add_argument("--workers", type=int, default=2, help="image decoding worker processes")
-    p.add_argument("--shard-size", type=int, default=4096, help="vectors per committed shard")
-    p.add_argument(
-        "--index", default="auto", help="index of a new collection: auto or a FAISS factory string"
+    option = functools.partial(config_option, p, EmbedConfig)
+    option("modality", "--modality", help="what to embed")
+    option("engine", "--engine", help="local (this process) or ray (Ray Data actor pool)")
+    option("device", "--device", help="torch device (none: cuda when available)")
+    option("batch_size", "--batch-size", help="items per forward pass")
+    option("num_workers", "--workers", help="image decoding worker processes")
+    option("shard_size", "--shard-size", help="vectors per committed shard")
+    option("index", "--index", help="index of a new collection: auto or a FAISS factory string")
+    option(
+        "npy_export",
+        "--npy-export",
+        metavar="DIR",
+        help="also write clip-retrieval .npy + parquet into this folder",
     )
-    p.add_argument(
-        "--npy-export", default=None, metavar="DIR", help="also write clip-retrieval .npy + parquet here"
-    )
-    p.add_argument("--ray-address", default=None, help="Ray cluster address (engine ray)")
-    p.add_argument("--num-actors", type=int, default=2, help="encoder actors (engine ray)")
-    p.add_argument("--image-column", default="image", help="manifest column with the image path")
-    p.add_argument("--caption-column", default="caption", help="manifest column with the caption(s)")
-    p.add_argument("--id-column", default=None, help="manifest column with the image id (default: the path)")
-    p.add_argument("--split", default=None, help="only rows of this split")
-    p.add_argument(
-        "--prune", action="store_true", help="remove items no longer in the corpus from the collection"
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    option("ray_address", "--ray-address", help="Ray cluster address (engine ray)")
+    option("num_actors", "--num-actors", help="encoder actors (engine ray)")
+    option("image_column", "--image-column", help="manifest column with the image path")
+    option("caption_column", "--caption-column", help="manifest column with the caption(s)")
+    option("id_column", "--id-column", help="manifest column with the image id (none: the path)")
+    option("split", "--split", help="only rows of this split")
+    option("prune", "--prune", action="store_true", help="remove items no longer in the corpus")
+    option("progress", "--no-progress", action="store_false", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from retrieval.config import EmbedConfig
     from retrieval.embed import embed_corpus
     from retrieval.model import TwinEncoder
 
-    config = EmbedConfig(
-        modality=args.modality,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        device=args.device,
-        shard_size=args.shard_size,
-        engine=args.engine,
-        ray_address=args.ray_address,
-        num_actors=args.num_actors,
-        npy_export=args.npy_export,
-        index=args.index,
-        progress=not args.no_progress,
-        image_column=args.image_column,
-        caption_column=args.caption_column,
-        id_column=args.id_column,
-        split=args.split,
-        prune=args.prune,
-    )
-    model = TwinEncoder.load(args.model, device=args.device)
+    config = EmbedConfig().replace(**given(args, EmbedConfig))
+    model = TwinEncoder.load(args.model, device=config.device)
     summary = embed_corpus(model, args.source, args.out, config, model_dir=args.model)
     print(summary)
     return 0

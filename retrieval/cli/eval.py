@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import functools
+
+from retrieval.cli.options import config_option, given
+from retrieval.config import EvalConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,29 +24,33 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--collection", default=None, help="collection made by this model from DATA (index vs exact)"
     )
     p.add_argument("--out", default=None, metavar="REPORT_DIR", help="report folder (default: in the cache)")
-    p.add_argument("-k", "--ks", type=int, nargs="+", default=[1, 5, 10], help="cutoffs K (default: 1 5 10)")
-    p.add_argument(
-        "--zero-shot-labels", default=None, metavar="COLUMN", help="metadata column with class names"
+    option = functools.partial(config_option, p, EvalConfig)
+    option("ks", "-k", "--ks", nargs="+", metavar="K", help="cutoffs K")
+    option(
+        "zero_shot_label_column",
+        "--zero-shot-labels",
+        metavar="COLUMN",
+        help="metadata column with class names",
     )
-    p.add_argument(
-        "--template", action="append", default=None, dest="templates",
-        help="zero-shot prompt with {} for the class name (repeatable; default: a photo of a {}. and 3 more)",
+    option(
+        "templates", "--template", action="append", type=str, metavar="TEMPLATE",
+        help="zero-shot prompt with {} for the class name (repeatable)",
     )  # fmt: skip
-    p.add_argument("--split", default=None, help="split of DATA to read (e.g. test)")
-    p.add_argument("--image-column", default="image", help="manifest column with the image path")
-    p.add_argument("--caption-column", default="caption", help="manifest column with the caption(s)")
-    p.add_argument("--id-column", default=None, help="manifest column naming the image (default: its path)")
-    p.add_argument("--batch-size", type=int, default=64, help="items per forward pass")
-    p.add_argument("--chunk-size", type=int, default=4096, help="queries/candidates per block of scores")
-    p.add_argument("--refine", type=int, default=None, help="with --collection: exact re-scoring factor")
-    p.add_argument(
-        "--index-filter", choices=("where", "post"), default="where",
+    option("split", "--split", help="split of DATA to read (e.g. test)")
+    option("image_column", "--image-column", help="manifest column with the image path")
+    option("caption_column", "--caption-column", help="manifest column with the caption(s)")
+    option("id_column", "--id-column", help="manifest column naming the image (none: its path)")
+    option("batch_size", "--batch-size", help="items per forward pass")
+    option("chunk_size", "--chunk-size", help="queries/candidates per block of scores")
+    option("refine", "--refine", help="with --collection: exact re-scoring factor")
+    option(
+        "index_filter", "--index-filter",
         help="with --collection holding images and texts: filtered search as a Searcher does (where), or "
         "an unfiltered ANN search then keeping one modality (post: measures the index itself)",
     )  # fmt: skip
-    p.add_argument("--samples", type=int, default=8, help="queries shown in each sample grid")
-    p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    option("n_samples", "--samples", help="queries shown in each sample grid")
+    option("device", "--device", help="torch device (none: cuda when available)")
+    option("progress", "--no-progress", action="store_false", help="no progress bars")
     p.set_defaults(func=run)
 
 
@@ -51,41 +59,29 @@ def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from retrieval.config import EvalConfig
     from retrieval.data import read_pairs
-    from retrieval.evaluate import evaluate_model
+    from retrieval.evaluate import evaluate_model, write_report
     from retrieval.model import TwinEncoder
     from retrieval.paths import cache_dir
 
-    config = EvalConfig(
-        chunk_size=args.chunk_size,
-        n_samples=args.samples,
-        zero_shot_label_column=args.zero_shot_labels,
-        refine=args.refine,
-        index_filter=args.index_filter,
-        device=args.device,
-        progress=not args.no_progress,
-        **({"templates": tuple(args.templates)} if args.templates else {}),
-    )
+    config = EvalConfig().replace(**given(args, EvalConfig))
     out = Path(args.out) if args.out else cache_dir("reports") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
     pairs = read_pairs(
         args.data,
-        image_column=args.image_column,
-        caption_column=args.caption_column,
-        id_column=args.id_column,
-        split=args.split,
+        image_column=config.image_column,
+        caption_column=config.caption_column,
+        id_column=config.id_column,
+        split=config.split,
     )
-    model = TwinEncoder.load(args.model, device=args.device)
+    model = TwinEncoder.load(args.model, device=config.device)
     with contextlib.ExitStack() as stack:
         collection = None
         if args.collection:
             from indexes import Collection
 
             collection = stack.enter_context(Collection.open(args.collection, read_only=True))
-        result = evaluate_model(
-            model, pairs, ks=args.ks, batch_size=args.batch_size, collection=collection,
-            report_dir=out, config=config,
-        )  # fmt: skip
+        result = evaluate_model(model, pairs, collection=collection, config=config)
+    write_report(result, out, n_samples=config.n_samples, seed=config.seed)
     m = result.metrics
     print(f"{len(result.captions)} captions, {len(result.images)} images, {len(result.skipped)} skipped")
     print(f"{'K':>5} {'t2i R@K':>9} {'i2t R@K':>9}" + (f" {'index t2i':>10}" if result.index else ""))

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 from pathlib import Path
 from typing import Any
+
+from retrieval.cli.options import config_option, given
+from retrieval.config import ServeConfig
 
 API_KEY_ENV = "RETRIEVAL_API_KEY"
 
@@ -25,8 +29,6 @@ def _named(values: list[str], what: str) -> dict[str, str]:
 
 def build_config(args: argparse.Namespace) -> Any:
     """The :class:`~retrieval.config.ServeConfig` the command line describes (on top of ``--config``)."""
-    from retrieval.config import ServeConfig
-
     base = ServeConfig.load(args.config) if args.config else ServeConfig()
     collections = dict(base.collections)
     for item in args.collections:
@@ -54,29 +56,13 @@ def build_config(args: argparse.Namespace) -> Any:
             raise ValueError("with several collections, give --media-root as NAME=DIR")
 
     changes: dict[str, Any] = {
+        **given(args, ServeConfig),
         "collections": collections,
         "media_roots": media,
         "models": {**base.models, **_named(args.model_for, "--model-for")},
     }
-    for field in (
-        "model",
-        "host",
-        "port",
-        "max_k",
-        "workers",
-        "batch_size",
-        "reload_interval",
-        "device",
-        "max_upload_bytes",
-    ):
-        value = getattr(args, field)
-        if value is not None:
-            changes[field] = value
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or base.api_key
     changes["api_key"] = api_key or None
-    for flag in ("allow_image_urls", "allow_private_urls", "allow_insecure", "mmap"):
-        if getattr(args, flag):
-            changes[flag] = True
     if args.cors_origin:
         changes["cors_origins"] = [*base.cors_origins, *args.cors_origin]
     if args.hide_field:
@@ -94,8 +80,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "collections", nargs="*", metavar="COLLECTION", help="collection folder, or NAME=FOLDER (repeatable)"
     )
     p.add_argument("--name", default=None, help="name of a single collection (default: its folder name)")
-    p.add_argument(
-        "--model", default=None, help="model folder for every collection (default: the one embed recorded)"
+    option = functools.partial(config_option, p, ServeConfig)
+    option(
+        "model",
+        "--model",
+        metavar="DIR",
+        help="model folder for every collection (none: the one embed recorded)",
     )
     p.add_argument(
         "--model-for", action="append", default=[], metavar="NAME=DIR", help="model folder of one collection"
@@ -107,31 +97,33 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="[NAME=]DIR",
         help="folder whose image files the page may show (only files inside it are served)",
     )
-    p.add_argument("--host", default=None, help="interface to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    option("host", "--host", help="interface to bind")
+    option("port", "--port", help="port")
     p.add_argument("--api-key", default=None, help=f"require this X-API-Key header (default: ${API_KEY_ENV})")
-    p.add_argument(
-        "--insecure", dest="allow_insecure", action="store_true", help="allow a public bind without a key"
+    option("allow_insecure", "--insecure", action="store_true", help="allow a public bind without a key")
+    option(
+        "allow_image_urls",
+        "--allow-image-urls",
+        action="store_true",
+        help="let clients search by an image URL",
     )
-    p.add_argument("--allow-image-urls", action="store_true", help="let clients search by an image URL")
-    p.add_argument(
-        "--allow-private-urls", action="store_true", help="with --allow-image-urls: also private hosts"
-    )
-    p.add_argument("--max-upload-bytes", type=int, default=None, help="largest accepted query image")
-    p.add_argument("--max-k", type=int, default=None, help="most results per query (default 100)")
-    p.add_argument("--workers", type=int, default=None, help="threads encoding queries (default 4)")
-    p.add_argument("--batch-size", type=int, default=None, help="most queries encoded together (default 32)")
-    p.add_argument(
-        "--reload-interval", type=float, default=None, help="seconds between checks for changes on disk"
-    )
+    option(
+        "allow_private_urls", "--allow-private-urls", action="store_true",
+        help="with --allow-image-urls: also private hosts",
+    )  # fmt: skip
+    option("max_upload_bytes", "--max-upload-bytes", help="largest accepted query image")
+    option("max_k", "--max-k", help="most results per query")
+    option("workers", "--workers", help="threads encoding queries")
+    option("batch_size", "--batch-size", help="most queries encoded together")
+    option("reload_interval", "--reload-interval", help="seconds between checks for changes on disk")
     p.add_argument(
         "--cors-origin", action="append", default=[], help="browser origin allowed to call the API"
     )
     p.add_argument(
         "--hide-field", action="append", default=[], help="metadata field never returned (repeatable)"
     )
-    p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
-    p.add_argument("--mmap", action="store_true", help="open collections memory-mapped")
+    option("device", "--device", help="torch device (none: cuda when available)")
+    option("mmap", "--mmap", action="store_true", help="open collections memory-mapped")
     p.add_argument("--config", default=None, help="ServeConfig JSON file (flags override it)")
     p.set_defaults(func=run)
 

@@ -33,13 +33,12 @@ import logging
 import os
 import re
 import sys
-import uuid
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from retrieval.config import atomic_write_text
+from retrieval.io import atomic_write_bytes, atomic_write_text
 from retrieval.paths import cache_dir
 
 logger = logging.getLogger(__name__)
@@ -393,21 +392,6 @@ def render_svg(svg_path: str | os.PathLike[str], size: int) -> bytes:
     return out.getvalue()
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    """Write via a temporary name and rename, so a half-written PNG never carries the final name.
-
-    No fsync (thousands of small files; a lost one is noticed and rendered again) and the usual
-    permissions of a new file (``open`` honours the umask, ``mkstemp`` would make it private)."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 # --------------------------------------------------------------------------- build
 
 
@@ -494,7 +478,8 @@ def build_openmoji(
 
         show = sys.stderr.isatty() if progress is None else progress
         for record in tqdm(todo, desc=f"rendering OpenMoji at {size}px", unit="emoji", disable=not show):
-            _write_file(image_dir / f"{record.id}.png", render_svg(record.svg, size))
+            # No fsync: thousands of small files; a lost one is noticed and rendered again.
+            atomic_write_bytes(image_dir / f"{record.id}.png", render_svg(record.svg, size), durable=False)
         logger.info("rendered %d OpenMoji PNGs into %s", len(todo), image_dir)
 
     rel_images = os.path.relpath(image_dir, manifest_dir)

@@ -1,145 +1,24 @@
-"""Evaluate a twin encoder on a set of pairs: encode, rank, measure, optionally compare an index and report."""
+"""Evaluate a twin encoder on a set of pairs: encode, rank, measure, optionally compare an index."""
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from indexes.fingerprint import check_fingerprint
+from retrieval import encoding
 from retrieval.config import EvalConfig
-from retrieval.evaluate._ranking import Ranking
-from retrieval.evaluate.index_eval import IndexComparison, compare_index
+from retrieval.evaluate.index_eval import compare_index
 from retrieval.evaluate.metrics import _check_ks, ranking_metrics, retrieval_rankings_from_embeddings
+from retrieval.evaluate.result import EvalResult
 from retrieval.evaluate.zeroshot import ZeroShotResult, zero_shot_from_labels
 
-__all__ = ["EvalResult", "encode_images_skipping_broken", "evaluate_model"]
-
-logger = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalResult:
-    """Everything an evaluation measured.
-
-    Attributes:
-        metrics: flat metrics: retrieval (``t2i/R@1``, ``i2t/MRR``, ...), plus
-            ``index/t2i/R@10``-style keys with a collection and ``zeroshot/top1``-style
-            keys with labels.
-        ks: the cutoffs.
-        t2i, i2t: per-query :class:`Ranking` objects (with each query's top hits).
-        images: evaluated image references (broken images removed).
-        image_keys: their image ids.
-        captions: evaluated captions.
-        text_to_image: ``[len(captions)]`` index into ``images``.
-        index: exact vs index comparison, when a collection was given.
-        zero_shot: zero-shot classification, when a label column was given.
-        zero_shot_images: indices into ``images`` of the classified images.
-        skipped: ``(where, reason)`` for every image or caption left out.
-        fingerprint: the model's fingerprint, when it has one.
-        seconds: wall time of each stage.
-        report_dir: where the report was written, if anywhere.
-    """
-
-    metrics: dict[str, float]
-    ks: tuple[int, ...]
-    t2i: Ranking
-    i2t: Ranking
-    images: list[str]
-    image_keys: list[str]
-    captions: list[str]
-    text_to_image: np.ndarray
-    index: IndexComparison | None = None
-    zero_shot: ZeroShotResult | None = None
-    zero_shot_images: np.ndarray | None = None
-    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
-    fingerprint: str | None = None
-    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
-    report_dir: Path | None = None
-
-    def summary(self) -> dict[str, Any]:
-        """A JSON-ready summary (what ``metrics.json`` holds)."""
-        out: dict[str, Any] = {
-            "metrics": {key: _json_float(value) for key, value in self.metrics.items()},
-            "ks": list(self.ks),
-            "n_images": len(self.images),
-            "n_texts": len(self.captions),
-            "n_skipped": len(self.skipped),
-            "skipped": [{"where": w, "reason": r} for w, r in self.skipped],
-            "model_fingerprint": self.fingerprint,
-            "seconds": self.seconds,
-        }
-        if self.index is not None:
-            out["index"] = {
-                "index_spec": self.index.index_spec,
-                "refine": self.index.refine,
-                "filter_mode": self.index.filter_mode,
-                "notes": list(self.index.notes),
-                "exact": self.index.exact,
-                "via_index": self.index.index,
-                "n_image_items": self.index.n_image_items,
-                "n_text_items": self.index.n_text_items,
-                "missing_images": self.index.missing_images,
-            }
-        if self.zero_shot is not None:
-            out["zero_shot"] = {
-                "classes": self.zero_shot.classes,
-                "accuracy": self.zero_shot.accuracy,
-                "per_class_accuracy": {
-                    k: _json_float(v) for k, v in self.zero_shot.per_class_accuracy.items()
-                },
-                "confusion": self.zero_shot.confusion.tolist(),
-            }
-        return out
-
-
-def _json_float(value: float) -> float | None:
-    return None if np.isnan(value) else float(value)
-
-
-def encode_images_skipping_broken(
-    model: Any, images: Sequence[str], batch_size: int, device: str | None, progress: bool
-) -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
-    """Encode ``images`` with ``model.encode_images``; images that cannot be read are skipped.
-
-    A batch that fails with ``ValueError`` / ``OSError`` (``ImageDecodeError`` is a
-    ``ValueError``) is retried one image at a time to find the culprits.
-
-    Returns:
-        ``(embeddings [n_ok, D], indices of the encoded images, [(image, reason)] skipped)``.
-    """
-    try:
-        emb = model.encode_images(list(images), batch_size=batch_size, device=device, progress=progress)
-        return torch.as_tensor(emb).float().cpu(), list(range(len(images))), []
-    except (ValueError, OSError) as exc:
-        logger.warning("an image could not be encoded (%s); retrying one by one to skip the broken ones", exc)
-    parts, kept, skipped = [], [], []
-    for start in range(0, len(images), batch_size):
-        batch = list(images[start : start + batch_size])
-        try:
-            parts.append(
-                torch.as_tensor(model.encode_images(batch, batch_size=batch_size, device=device)).float()
-            )
-            kept.extend(range(start, start + len(batch)))
-            continue
-        except (ValueError, OSError):
-            pass
-        for i, ref in enumerate(batch, start=start):
-            try:
-                parts.append(torch.as_tensor(model.encode_images([ref], batch_size=1, device=device)).float())
-                kept.append(i)
-            except (ValueError, OSError) as exc:
-                skipped.append((str(ref), f"image could not be encoded: {exc}"))
-    if not kept:
-        raise ValueError(
-            f"none of the {len(images)} images could be encoded; first error: {skipped[0][1] if skipped else '?'}"
-        )
-    return torch.cat(parts).cpu(), kept, skipped
+__all__ = ["evaluate_model"]
 
 
 def _image_labels(pairs: Any, column: str) -> dict[str, Any]:
@@ -173,9 +52,14 @@ class _Encoded:
 def _encode_pairs(model: Any, pairs: Any, batch_size: int, config: EvalConfig) -> _Encoded:
     images, image_keys = pairs.images(), pairs.image_ids()
     captions, g = pairs.captions(), pairs.text_to_image()
-    image_emb, kept, skipped = encode_images_skipping_broken(
-        model, images, batch_size, config.device, config.progress
-    )  # [I', D]
+    encoded = encoding.encode_images(
+        model, images, batch_size=batch_size, device=config.device, skip_broken=True, progress=config.progress
+    )
+    if not encoded.positions:
+        first = encoded.skipped[0].detail if encoded.skipped else "?"
+        raise ValueError(f"none of the {len(images)} images could be encoded; first error: {first}")
+    image_emb, kept = encoded.vectors, encoded.positions  # [I', D]
+    skipped = [(s.item, f"image could not be encoded: {s.detail}") for s in encoded.skipped]
     if len(kept) < len(images):
         new_index = np.full(len(images), -1, dtype=np.int64)
         new_index[kept] = np.arange(len(kept))
@@ -186,9 +70,9 @@ def _encode_pairs(model: Any, pairs: Any, batch_size: int, config: EvalConfig) -
         images, image_keys = [images[i] for i in kept], [image_keys[i] for i in kept]
         captions = [c for c, k in zip(captions, keep_text) if k]
         g = new_index[g[keep_text]]
-    text_emb = torch.as_tensor(
-        model.encode_texts(captions, batch_size=batch_size, device=config.device, progress=config.progress)
-    ).float()  # [T, D]
+    text_emb = encoding.encode_texts(
+        model, captions, batch_size=batch_size, device=config.device, progress=config.progress
+    ).vectors  # [T, D]
     return _Encoded(
         list(images), list(image_keys), list(captions), np.asarray(g, np.int64), image_emb, text_emb, skipped
     )
@@ -216,44 +100,41 @@ def evaluate_model(
     model: Any,
     pairs: Any,
     *,
-    ks: Sequence[int] = (1, 5, 10),
-    batch_size: int = 64,
+    ks: Sequence[int] | None = None,
+    batch_size: int | None = None,
     collection: Any = None,
-    report_dir: str | Path | None = None,
     config: EvalConfig | None = None,
 ) -> EvalResult:
     """Encode the images and captions of ``pairs`` with ``model`` and measure retrieval both ways.
 
     Args:
-        model: anything with ``encode_images(images, batch_size=, device=, progress=)``,
-            ``encode_texts(texts, batch_size=, device=, progress=)`` returning ``[N, D]``
-            unit vectors (a :class:`retrieval.model.TwinEncoder`), and optionally ``fingerprint()``.
+        model: a :class:`retrieval.model.TwinEncoder`, or anything :mod:`retrieval.encoding`
+            encodes with (its features methods, or ``encode_images`` / ``encode_texts``
+            returning ``[N, D]`` unit vectors), and optionally ``fingerprint()``.
         pairs: a :class:`retrieval.data.PairSet`; captions of an image are all relevant to it.
-        ks: cutoffs of the ``@K`` metrics.
-        batch_size: encoding batch size.
+        ks: cutoffs of the ``@K`` metrics (default ``config.ks``).
+        batch_size: encoding batch size (default ``config.batch_size``).
         collection: an open ``indexes.Collection`` holding this set's images (and
             texts) made by ``model``: adds exact vs index metrics (``index/...`` keys).
-        report_dir: write the report there (see :func:`retrieval.evaluate.write_report`).
         config: the remaining settings (:class:`retrieval.config.EvalConfig`).
 
     Images that cannot be decoded are skipped with their captions and listed in ``skipped``.
+    Writing the report is a step of its own on the result: :func:`retrieval.evaluate.write_report`.
     """
     config = config or EvalConfig()
-    ks = _check_ks(ks)
+    ks = _check_ks(config.ks if ks is None else ks)
+    batch_size = config.batch_size if batch_size is None else batch_size
     if len(pairs) == 0:
         raise ValueError(
             "the pair set is empty: nothing to evaluate (check the data source and its skipped list)"
         )
     fingerprint = model.fingerprint() if hasattr(model, "fingerprint") else None
-    if (
-        collection is not None
-        and collection.fingerprint
-        and fingerprint
-        and collection.fingerprint != fingerprint
-    ):
-        raise ValueError(
-            f"collection {collection.path} was built by model {collection.fingerprint}, but the evaluated model is "
-            f"{fingerprint}: evaluate with the model that built it, or re-embed the collection"
+    if collection is not None:
+        check_fingerprint(
+            collection.fingerprint or None,
+            fingerprint or None,
+            what=f"collection {collection.path}",
+            fix="evaluate with the model that built it, or re-embed the collection",
         )
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -287,7 +168,7 @@ def evaluate_model(
         metrics.update(zero_shot.metrics())
         seconds["zero_shot"] = time.perf_counter() - t0
 
-    result = EvalResult(
+    return EvalResult(
         metrics=metrics,
         ks=ks,
         t2i=t2i,
@@ -303,11 +184,3 @@ def evaluate_model(
         fingerprint=fingerprint,
         seconds=seconds,
     )
-    if report_dir is not None:
-        from retrieval.evaluate.report import write_report
-
-        t0 = time.perf_counter()
-        result = dataclasses.replace(result, report_dir=Path(report_dir))
-        write_report(result, report_dir, n_samples=config.n_samples, seed=config.seed)
-        logger.info("report written to %s in %.1f s", report_dir, time.perf_counter() - t0)
-    return result

@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from retrieval.encoding import pick_device
 from retrieval.evaluate._ranking import Ranking, rank_both
 
 __all__ = [
@@ -202,20 +203,13 @@ def retrieval_rankings_from_embeddings(
         )
     _check_sizes(te.shape[0], ie.shape[0])
     chunk_size = _check_chunk(chunk_size)
-    dev = resolve_device(device)
+    dev = pick_device(device)
     dtype = torch.promote_types(te.dtype, ie.dtype)
     te, ie = te.to(dev, dtype), ie.to(dev, dtype)
     g = _check_targets(text_to_image, te.shape[0], ie.shape[0], dev)
     t2i, i2t = embedding_rankings(te, ie, g, chunk_size, top_n)
     assert t2i is not None and i2t is not None
     return t2i, i2t
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device`` as given, else CUDA when available, else CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def embedding_rankings(

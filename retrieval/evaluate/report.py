@@ -1,5 +1,7 @@
 """The evaluation report: a directory a person can open and a program can parse.
 
+``write_report(evaluate_model(...), directory)``: a step the caller takes on an :class:`EvalResult`.
+
 Files written (each atomically):
 
 * ``metrics.json`` -- :meth:`EvalResult.summary` (metrics, sizes, skips, index and zero-shot details).
@@ -17,18 +19,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import textwrap
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from retrieval.config import atomic_write_bytes, atomic_write_text
-
-if TYPE_CHECKING:
-    from retrieval.evaluate.evaluator import EvalResult
+from retrieval.evaluate.result import EvalResult
+from retrieval.io import atomic_write_bytes, atomic_write_text
 
 __all__ = ["write_report"]
+
+logger = logging.getLogger(__name__)
 
 GREEN = (46, 160, 67)
 GREY = (200, 200, 200)
@@ -271,7 +274,11 @@ def markdown_summary(result: EvalResult, files: list[str]) -> str:
 
 
 def write_report(result: EvalResult, directory: str | Path, *, n_samples: int = 8, seed: int = 0) -> Path:
-    """Write the report files (module docstring) into ``directory``; returns its path."""
+    """Write the report files (module docstring) of ``result`` into ``directory``; returns its path.
+
+    ``n_samples`` queries (drawn with ``seed``) appear in each sample grid (``EvalConfig.n_samples``
+    and ``EvalConfig.seed`` are the usual values)."""
+    started = time.perf_counter()
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, bytes] = {
@@ -294,4 +301,5 @@ def write_report(result: EvalResult, directory: str | Path, *, n_samples: int = 
     atomic_write_text(out / "report.md", markdown_summary(result, sorted(files)))
     # metrics.json last: its presence means the report is complete
     atomic_write_text(out / "metrics.json", json.dumps(result.summary(), indent=2, sort_keys=True) + "\n")
+    logger.info("report written to %s in %.1f s", out, time.perf_counter() - started)
     return out

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from retrieval import encoding
+
 __all__ = [
     "DEFAULT_TEMPLATES",
     "ZeroShotResult",
@@ -69,7 +71,8 @@ class ZeroShotResult:
 def class_embeddings(
     model: Any, classes: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES, batch_size: int = 256
 ) -> torch.Tensor:
-    """``[C, D]`` unit class embeddings: the mean over templates of ``model.encode_texts``, re-normalised."""
+    """``[C, D]`` unit class embeddings: the mean over templates of the prompts' embeddings
+    (:func:`retrieval.encoding.encode_texts`), re-normalised."""
     if not classes:
         raise ValueError("no class names given: zero-shot classification needs at least one class")
     if not templates:
@@ -78,7 +81,7 @@ def class_embeddings(
     if bad:
         raise ValueError(f"prompt templates must contain '{{}}' where the class name goes; received {bad}")
     prompts = [t.format(name) for name in classes for t in templates]  # class-major
-    emb = torch.as_tensor(model.encode_texts(prompts, batch_size=batch_size)).float()  # [C * P, D]
+    emb = encoding.encode_texts(model, prompts, batch_size=batch_size).vectors  # [C * P, D]
     emb = emb.reshape(len(classes), len(templates), -1).mean(1)  # [C, D]
     return torch.nn.functional.normalize(emb, dim=-1)
 

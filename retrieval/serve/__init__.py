@@ -2,6 +2,20 @@
 
 ``create_app(config)`` builds the FastAPI application (collections opened and models loaded
 once); ``run(config)`` serves it with uvicorn. Needs the ``serve`` extra.
+
+This package's ``__init__`` is its public API; the modules behind it:
+
+* :mod:`~retrieval.serve.app` -- :func:`create_app`: the application, middleware, error handlers.
+* :mod:`~retrieval.serve.service` -- :class:`Service`: config, served collections, worker pool.
+* :mod:`~retrieval.serve.served_collection` -- :class:`ServedCollection`: one collection and its
+  model, thread-safe, reloaded when it changes on disk.
+* :mod:`~retrieval.serve.batching` -- a model shared by collections; concurrent queries encoded
+  together.
+* :mod:`~retrieval.serve.routes`, :mod:`~retrieval.serve.clip_compat` -- the JSON API and
+  clip-retrieval's API.
+* :mod:`~retrieval.serve.inputs`, :mod:`~retrieval.serve.media`, :mod:`~retrieval.serve.errors` --
+  request checks, media files, the error type.
+* :mod:`~retrieval.serve.server` -- :func:`run` with uvicorn.
 """
 
 from __future__ import annotations
@@ -9,5 +23,6 @@ from __future__ import annotations
 from retrieval.config import ServeConfig
 from retrieval.serve.app import create_app
 from retrieval.serve.server import run
+from retrieval.serve.service import Service
 
-__all__ = ["ServeConfig", "create_app", "run"]
+__all__ = ["ServeConfig", "Service", "create_app", "run"]

@@ -1,4 +1,5 @@
-"""The FastAPI application: :func:`create_app` wires collections, models, limits, auth and routes.
+"""The FastAPI application: :func:`create_app` wires the :class:`~retrieval.serve.service.Service`,
+limits, auth and routes.
 
 Endpoints (OpenAPI docs at ``/docs``):
 
@@ -21,15 +22,12 @@ Endpoints (OpenAPI docs at ``/docs``):
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hmac
 import logging
-import re
-from collections.abc import AsyncIterator, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Mapping
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -38,17 +36,16 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from retrieval.config import ServeConfig
-from retrieval.serve.encoding import Encoder, ModelRunner, load_model
-from retrieval.serve.errors import ApiError, not_found
+from retrieval.serve.batching import Encoder
+from retrieval.serve.clip_compat import clip_router
+from retrieval.serve.errors import ApiError
 from retrieval.serve.inputs import BodyLimitMiddleware
-from retrieval.serve.service import ServedCollection
+from retrieval.serve.routes import api_router
+from retrieval.serve.service import Service
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 API_KEY_HEADER = "X-API-Key"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # Paths anyone may read without the API key: the page, liveness and the API description.
 PUBLIC_PATHS = frozenset(
     {"/", "/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/favicon.ico"}
@@ -60,122 +57,6 @@ PAGE_CSP = (
     "default-src 'self'; img-src 'self' blob: data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 )
-
-
-class Service:
-    """Everything the routes share: the config, the served collections and the worker pool."""
-
-    def __init__(
-        self,
-        config: ServeConfig,
-        *,
-        model: Encoder | None = None,
-        models: Mapping[str, Encoder] | None = None,
-    ) -> None:
-        if not config.collections:
-            raise ValueError(
-                "ServeConfig.collections is empty: give at least one NAME -> collection directory"
-            )
-        for field in (
-            "max_k",
-            "max_text_chars",
-            "max_upload_bytes",
-            "max_image_pixels",
-            "workers",
-            "batch_size",
-            "max_result_ids",
-        ):
-            if getattr(config, field) < 1:
-                raise ValueError(f"ServeConfig.{field} must be >= 1, received {getattr(config, field)}")
-        bad_names = sorted(n for n in config.collections if not _NAME.fullmatch(n))
-        if bad_names:
-            raise ValueError(
-                f"collection name(s) {bad_names} cannot appear in URLs: use letters, digits, '.', '_' or '-'"
-            )
-        unknown = sorted(
-            (set(config.models) | set(config.media_roots) | set(models or {})) - set(config.collections)
-        )
-        if unknown:
-            raise ValueError(
-                f"models/media roots given for unknown collection name(s) {unknown}; "
-                f"served collections are {sorted(config.collections)}"
-            )
-        self.config = config
-        self.pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="serve-worker")
-        self.collections: dict[str, ServedCollection] = {}
-        runners: dict[str, ModelRunner] = {}  # model source -> runner, so a model is loaded once
-
-        def runner_for(name: str) -> ModelRunner | None:
-            if models and name in models:
-                key = f"<object {id(models[name])}>"
-                if key not in runners:
-                    runners[key] = ModelRunner(
-                        models[name], f"in-memory model for {name!r}", config.batch_size
-                    )
-                return runners[key]
-            directory = config.models.get(name)
-            if directory is None and model is not None:
-                if "<default>" not in runners:
-                    runners["<default>"] = ModelRunner(model, "in-memory default model", config.batch_size)
-                return runners["<default>"]
-            if directory is None:
-                directory = config.model or _recorded_model(config.collections[name])
-            if directory is None:
-                return None
-            if directory not in runners:
-                runners[directory] = load_model(directory, device=config.device, batch_size=config.batch_size)
-            return runners[directory]
-
-        try:
-            for name, path in config.collections.items():
-                self.collections[name] = ServedCollection(
-                    name,
-                    path,
-                    runner_for(name),
-                    media_root=config.media_roots.get(name),
-                    reload_interval=config.reload_interval,
-                    mmap=config.mmap,
-                    hidden_fields=config.hidden_fields,
-                )
-        except BaseException:
-            self.close()
-            raise
-
-    def get(self, name: Any) -> ServedCollection:
-        if name is None or name == "":
-            return next(iter(self.collections.values()))
-        if not isinstance(name, str):
-            raise ApiError(
-                400, "bad_collection", f"a collection name must be a string, received {name!r:.100}"
-            )
-        try:
-            return self.collections[name]
-        except KeyError:
-            raise not_found(
-                "unknown_collection",
-                f"no collection named {name!r}; served collections: {sorted(self.collections)}",
-            ) from None
-
-    async def work(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run CPU work (decoding, encoding) in the shared worker pool."""
-        return await asyncio.wrap_future(self.pool.submit(fn, *args))
-
-    def close(self) -> None:
-        for served in self.collections.values():
-            served.close()
-        self.collections.clear()
-        self.pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _recorded_model(collection_path: str) -> str | None:
-    """The model folder ``retrieval embed`` recorded for a collection, if it still exists."""
-    from retrieval.embed import recorded_model_dir
-
-    try:
-        recorded = recorded_model_dir(collection_path)
-    except (OSError, ValueError):
-        return None
-    return str(recorded) if recorded is not None and recorded.is_dir() else None
 
 
 def _error_body(code: str, detail: str, **extra: Any) -> dict[str, Any]:
@@ -264,9 +145,6 @@ def create_app(
     ``config.models`` directories. Raises ``ValueError`` for an unusable config, a collection
     built by another model, or a missing collection.
     """
-    from retrieval.serve.clip_compat import clip_router
-    from retrieval.serve.routes import api_router
-
     service = Service(config, model=model, models=models)
 
     @contextlib.asynccontextmanager

@@ -16,12 +16,13 @@ Reference: https://github.com/rom1504/clip-retrieval (clip_back, clip_client, fr
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from retrieval.search import Hit
 from retrieval.serve.errors import bad_request
 from retrieval.serve.inputs import (
     check_embedding,
@@ -34,10 +35,8 @@ from retrieval.serve.inputs import (
     fetch_image_url,
 )
 from retrieval.serve.routes import image_path, visible
-from retrieval.serve.service import Hit, ServedCollection
-
-if TYPE_CHECKING:
-    from retrieval.serve.app import Service
+from retrieval.serve.served_collection import ServedCollection
+from retrieval.serve.service import Service
 
 IGNORED_OPTIONS = (
     "use_mclip",

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from retrieval.search import Hit
 from retrieval.serve.errors import bad_request, not_found
 from retrieval.serve.inputs import (
     check_embedding,
@@ -22,10 +23,8 @@ from retrieval.serve.inputs import (
     fetch_image_url,
 )
 from retrieval.serve.media import IMAGE_FIELDS
-from retrieval.serve.service import Hit, ServedCollection
-
-if TYPE_CHECKING:
-    from retrieval.serve.app import Service
+from retrieval.serve.served_collection import ServedCollection
+from retrieval.serve.service import Service
 
 # Images served from the media root may be SVG: never let them run scripts in our origin.
 MEDIA_HEADERS = {

@@ -6,6 +6,7 @@ import ipaddress
 import logging
 
 from retrieval.config import ServeConfig
+from retrieval.serve.app import create_app
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +38,6 @@ def check_exposure(config: ServeConfig) -> None:
 def run(config: ServeConfig) -> None:
     """Serve ``config``'s collections until interrupted (blocking)."""
     import uvicorn
-
-    from retrieval.serve.app import create_app
 
     check_exposure(config)
     app = create_app(config)

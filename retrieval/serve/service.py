@@ -1,363 +1,135 @@
-"""The served state: collections and models loaded once, shared safely by concurrent requests.
-
-Each collection is owned by one thread (a single-worker executor): every search, metadata
-read and the swap of a reopened collection run there, one at a time. That keeps the
-collection's FAISS index and SQLite connection away from concurrent use and makes a reload a
-plain swap between two queued operations: no request ever sees a half-reopened collection.
-Query encoding, the expensive part, runs in a shared pool of worker threads
-(:mod:`retrieval.serve.encoding` batches concurrent queries).
-
-A reload reopens a collection whose files changed on disk (another process added or removed
-items and saved): checked at most every ``reload_interval`` seconds when a request arrives,
-then opened in a helper thread while queries go on against the old version, and swapped in
-by the owner thread; or forced (synchronously) through :meth:`ServedCollection.reload`.
-"""
+"""The :class:`Service`: everything the routes share (config, served collections, models, worker pool)."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
-import threading
-import time
-from collections.abc import Callable, Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
+from retrieval.config import ServeConfig
+from retrieval.embed import recorded_model_dir
+from retrieval.serve.batching import Encoder, ModelRunner, load_model
+from retrieval.serve.errors import ApiError, not_found
+from retrieval.serve.served_collection import ServedCollection
 
-from retrieval.search import Hit, Searcher
-from retrieval.serve.encoding import ModelRunner
-from retrieval.serve.errors import bad_request, not_found
-from retrieval.serve.inputs import json_safe
-from retrieval.serve.media import IMAGE_FIELDS, resolve_media
-
-logger = logging.getLogger(__name__)
+__all__ = ["Service"]
 
 T = TypeVar("T")
 
-# Files that change on reads or while a writer works; they never trigger a reload on their own.
-_VOLATILE_SUFFIXES = ("-wal", "-shm", "-journal", ".lock", ".tmp")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
-def _open_collection(path: Path, mmap: bool) -> Any:
-    from indexes import Collection
-
-    return Collection.open(path, mmap=mmap, read_only=True)
-
-
-def _disk_signature(path: Path) -> tuple[tuple[str, int, int], ...]:
-    """What the collection's files look like now; a change means another process saved it."""
-    entries = []
-    try:
-        with os.scandir(path) as it:
-            for entry in it:
-                if entry.name.startswith(".") or entry.name.endswith(_VOLATILE_SUFFIXES):
-                    continue
-                try:
-                    st = entry.stat()
-                except FileNotFoundError:
-                    continue
-                if entry.is_file():
-                    entries.append((entry.name, st.st_mtime_ns, st.st_size))
-    except FileNotFoundError:
-        return ()
-    return tuple(sorted(entries))
-
-
-class ServedCollection:
-    """One collection served under ``name``; see the module docstring for the threading rules.
-
-    Searches go through a :class:`~retrieval.search.Searcher` pairing the collection with its
-    model; a reload builds a new searcher on the reopened collection and swaps it in.
-    """
+class Service:
+    """Everything the routes share: the config, the served collections and the worker pool."""
 
     def __init__(
         self,
-        name: str,
-        path: str | os.PathLike[str],
-        model: ModelRunner | None = None,
+        config: ServeConfig,
         *,
-        media_root: str | os.PathLike[str] | None = None,
-        reload_interval: float = 2.0,
-        mmap: bool = False,
-        hidden_fields: Sequence[str] = (),
-        opener: Callable[[Path, bool], Any] = _open_collection,
+        model: Encoder | None = None,
+        models: Mapping[str, Encoder] | None = None,
     ) -> None:
-        self.name = name
-        self.path = Path(path)
-        self.model = model
-        if media_root is not None and not Path(media_root).is_dir():
+        if not config.collections:
             raise ValueError(
-                f"media root {media_root} of collection {name!r} is not a folder: give the folder of its images"
+                "ServeConfig.collections is empty: give at least one NAME -> collection directory"
             )
-        self.media_root = Path(media_root).resolve() if media_root is not None else None
-        self.reload_interval = reload_interval
-        self.hidden_fields = frozenset(hidden_fields)
-        self.reloads = 0
-        self._mmap = mmap
-        self._opener = opener
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"collection-{name}")
-        self._searcher: Searcher | None = None
-        self._signature: tuple[tuple[str, int, int], ...] = ()
-        self._checked_at = 0.0
-        self._reloading = False  # a background reopen is under way
-        try:
-            self.call(self._open_initial)
-        except BaseException:
-            self._executor.shutdown(wait=False)
-            raise
-
-    # -- running work in the owner thread -------------------------------------------------
-
-    def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` in this collection's thread and wait for it (synchronous callers)."""
-        return self._executor.submit(fn, *args).result()
-
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` in this collection's thread without blocking the event loop."""
-        return await asyncio.wrap_future(self._executor.submit(fn, *args))
-
-    def close(self) -> None:
-        def _close() -> None:
-            if self._searcher is not None:
-                self._searcher.collection.close()
-                self._searcher = None
-
-        try:
-            self._executor.submit(_close).result()
-        finally:
-            self._executor.shutdown(wait=True)
-
-    # -- opening and reloading (owner thread only) ----------------------------------------
-
-    def _searcher_for(self, collection: Any) -> Searcher:
-        try:
-            return Searcher(self.model, collection)  # checks the model's fingerprint and dim
-        except BaseException:
-            collection.close()
-            raise
-
-    def _open_initial(self) -> None:
-        signature = _disk_signature(self.path)
-        self._searcher = self._searcher_for(self._opener(self.path, self._mmap))
-        self._signature = signature
-        self._checked_at = time.monotonic()
-
-    def reopen(self, force: bool) -> bool:
-        """Reopen the collection now if its files changed (or ``force``); keep the old one on failure.
-        Owner thread only: call it through :meth:`run` / :meth:`call`, or use :meth:`reload`."""
-        signature = _disk_signature(self.path)
-        self._checked_at = time.monotonic()
-        if not force and signature == self._signature:
-            return False
-        try:
-            fresh = self._searcher_for(self._opener(self.path, self._mmap))
-        except Exception as exc:  # a writer may be mid-save or gone wrong: keep serving the old state
-            logger.warning(
-                "collection %r changed on disk but could not be reopened (%s); retrying later", self.name, exc
-            )
-            if force:
-                raise bad_request("reload_failed", f"cannot reopen collection {self.name!r}: {exc}") from None
-            return False
-        self._swap(fresh, signature)
-        return True
-
-    def _swap(self, fresh: Searcher, signature: tuple[tuple[str, int, int], ...]) -> None:
-        old, self._searcher, self._signature = self._searcher, fresh, signature
-        self.reloads += 1
-        if old is not None:
-            old.collection.close()
-        logger.info("collection %r reloaded: %d items", self.name, len(fresh.collection))
-
-    def _reopen_in_background(self, signature: tuple[tuple[str, int, int], ...]) -> None:
-        """Open the changed collection in a helper thread (queries keep using the old one meanwhile),
-        then swap it in from the owner thread."""
-
-        def work() -> None:
-            try:
-                fresh = self._searcher_for(self._opener(self.path, self._mmap))
-            except Exception as exc:
-                logger.warning("collection %r changed on disk but could not be reopened (%s)", self.name, exc)
-                self._reloading = False
-                return
-
-            def swap() -> None:
-                self._reloading = False
-                if self._searcher is None:  # closed meanwhile
-                    fresh.collection.close()
-                else:
-                    self._swap(fresh, signature)
-
-            try:
-                self._executor.submit(swap)
-            except RuntimeError:  # shut down meanwhile
-                fresh.collection.close()
-
-        self._reloading = True
-        threading.Thread(target=work, name=f"reload-{self.name}", daemon=True).start()
-
-    def _fresh(self) -> Searcher:
-        now = time.monotonic()
-        if (
-            self.reload_interval > 0
-            and not self._reloading
-            and now - self._checked_at >= self.reload_interval
+        for field in (
+            "max_k",
+            "max_text_chars",
+            "max_upload_bytes",
+            "max_image_pixels",
+            "workers",
+            "batch_size",
+            "max_result_ids",
         ):
-            self._checked_at = now
-            signature = _disk_signature(self.path)
-            if signature != self._signature:
-                self._reopen_in_background(signature)
-        assert self._searcher is not None, "collection used after close()"
-        return self._searcher
-
-    def reload(self, force: bool = True) -> bool:
-        """Reopen the collection now (synchronous); returns whether it was reopened."""
-        return self.call(self.reopen, force)
-
-    # -- encoding (any worker thread) --------------------------------------------------------
-
-    def require_model(self) -> None:
-        """Raise the 400 "no model" error unless this collection can encode text and image queries."""
-        self._encoder()
-
-    def _encoder(self) -> Searcher:
-        searcher = self._searcher
-        if searcher is None or self.model is None:
-            raise bad_request(
-                "no_model",
-                f"collection {self.name!r} is served without a model, so it can only be searched by "
-                "embedding or item; start the server with --model to search by text or image",
+            if getattr(config, field) < 1:
+                raise ValueError(f"ServeConfig.{field} must be >= 1, received {getattr(config, field)}")
+        bad_names = sorted(n for n in config.collections if not _NAME.fullmatch(n))
+        if bad_names:
+            raise ValueError(
+                f"collection name(s) {bad_names} cannot appear in URLs: use letters, digits, '.', '_' or '-'"
             )
-        return searcher
+        unknown = sorted(
+            (set(config.models) | set(config.media_roots) | set(models or {})) - set(config.collections)
+        )
+        if unknown:
+            raise ValueError(
+                f"models/media roots given for unknown collection name(s) {unknown}; "
+                f"served collections are {sorted(config.collections)}"
+            )
+        self.config = config
+        self.pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="serve-worker")
+        self.collections: dict[str, ServedCollection] = {}
+        runners: dict[str, ModelRunner] = {}  # model source -> runner, so a model is loaded once
 
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return self._encoder().encode_texts(list(texts))  # [n, D] unit rows
+        def runner_for(name: str) -> ModelRunner | None:
+            if models and name in models:
+                key = f"<object {id(models[name])}>"
+                if key not in runners:
+                    runners[key] = ModelRunner(
+                        models[name], f"in-memory model for {name!r}", config.batch_size
+                    )
+                return runners[key]
+            directory = config.models.get(name)
+            if directory is None and model is not None:
+                if "<default>" not in runners:
+                    runners["<default>"] = ModelRunner(model, "in-memory default model", config.batch_size)
+                return runners["<default>"]
+            if directory is None:
+                directory = config.model or _recorded_model(config.collections[name])
+            if directory is None:
+                return None
+            if directory not in runners:
+                runners[directory] = load_model(directory, device=config.device, batch_size=config.batch_size)
+            return runners[directory]
 
-    def encode_images(self, images: Sequence[Any]) -> np.ndarray:
-        return self._encoder().encode_images(list(images))  # [n, D] unit rows
-
-    # -- queries (owner thread only) -------------------------------------------------------
-
-    def info(self) -> dict[str, Any]:
-        c = self._fresh().collection
-        return {
-            "name": self.name,
-            "count": len(c),
-            "dim": int(c.dim),
-            "metric": str(c.metric),
-            "index_spec": str(c.index_spec),
-            "fingerprint": c.fingerprint,
-            "model_fingerprint": self.model.fingerprint() if self.model else None,
-            "fields": sorted(c.fields()),
-            "text_search": self.model is not None,
-            "image_search": self.model is not None,
-            "media": self.media_root is not None,
-            "reloads": self.reloads,
-        }
-
-    def fields(self) -> list[str]:
-        return list(self._fresh().collection.fields())
-
-    def dim(self) -> int:
-        return int(self._fresh().collection.dim)
-
-    def metadata(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-        """Metadata (JSON-safe) of the ids that exist; unknown or removed ids are left out."""
-        c = self._fresh().collection
-        return {i: json_safe(m) for i, m in _get_existing(c, ids).items()}
-
-    def item_vector(self, item_id: int) -> np.ndarray:
-        c = self._fresh().collection
         try:
-            return np.asarray(c.vectors([int(item_id)]), dtype=np.float32)  # [1, D]
-        except (KeyError, ValueError, IndexError, OverflowError):
+            for name, path in config.collections.items():
+                self.collections[name] = ServedCollection(
+                    name,
+                    path,
+                    runner_for(name),
+                    media_root=config.media_roots.get(name),
+                    reload_interval=config.reload_interval,
+                    mmap=config.mmap,
+                    hidden_fields=config.hidden_fields,
+                )
+        except BaseException:
+            self.close()
+            raise
+
+    def get(self, name: Any) -> ServedCollection:
+        if name is None or name == "":
+            return next(iter(self.collections.values()))
+        if not isinstance(name, str):
+            raise ApiError(
+                400, "bad_collection", f"a collection name must be a string, received {name!r:.100}"
+            )
+        try:
+            return self.collections[name]
+        except KeyError:
             raise not_found(
-                "unknown_item", f"collection {self.name!r} has no item with id {item_id}"
+                "unknown_collection",
+                f"no collection named {name!r}; served collections: {sorted(self.collections)}",
             ) from None
 
-    def search(
-        self,
-        queries: np.ndarray,
-        k: int,
-        where: Mapping[str, Any] | None = None,
-        modality: str | None = None,
-        *,
-        fetch: int | None = None,
-        deduplicate: bool = False,
-    ) -> list[list[Hit]]:
-        """Best hits per query row, best first: ``k`` of them, or ``fetch`` when larger (for
-        clip-retrieval's ``num_result_ids``; the caller trims what it shows); ``deduplicate`` drops
-        near-copies (cosine >= 0.94 to a better hit) from that list."""
-        searcher = self._fresh()
-        c = searcher.collection
-        fields = set(c.fields())
-        unknown = sorted(set(where or {}) - fields)
-        if unknown:
-            raise bad_request(
-                "unknown_field",
-                f"unknown filter field(s) {unknown}; this collection has fields {sorted(fields)}",
-            )
-        if queries.shape[1] != c.dim:
-            raise bad_request(
-                "bad_embedding",
-                f"query vector has dim {queries.shape[1]}, collection {self.name!r} has dim {c.dim}",
-            )
-        try:
-            rows = searcher.search_vectors(queries, max(k, fetch or 0), modality=modality, where=where)
-        except (ValueError, TypeError, OverflowError) as exc:  # e.g. a filter value SQLite cannot hold
-            raise bad_request("bad_query", f"search refused: {exc}") from None
-        results = []
-        for hits in rows:
-            if deduplicate and len(hits) > 1:
-                keep = _unique_rows(np.asarray(c.vectors([h.id for h in hits]), dtype=np.float32))
-                hits = [hits[i] for i in keep]
-            results.append([Hit(h.id, h.score, json_safe(h.metadata)) for h in hits])
-        return results
+    async def work(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run CPU work (decoding, encoding) in the shared worker pool."""
+        return await asyncio.wrap_future(self.pool.submit(fn, *args))
 
-    def media(self, item_id: int) -> tuple[Path | bytes, str]:
-        """The image file of an item, if it lies inside the media root: ``(path or bytes, media type)``."""
-        if self.media_root is None:
-            raise not_found(
-                "no_media_root",
-                f"collection {self.name!r} has no media root, so its images are not served; "
-                "start the server with --media-root to declare the folder holding them",
-            )
-        meta = _get_existing(self._fresh().collection, [item_id]).get(int(item_id))
-        if meta is None:
-            raise not_found("unknown_item", f"collection {self.name!r} has no item with id {item_id}")
-        ref = next((meta[f] for f in IMAGE_FIELDS if isinstance(meta.get(f), str) and meta[f]), None)
-        if ref is None:
-            raise not_found("no_image", f"item {item_id} of {self.name!r} has no image file")
-        return resolve_media(self.media_root, ref)
+    def close(self) -> None:
+        for served in self.collections.values():
+            served.close()
+        self.collections.clear()
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _get_existing(c: Any, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-    """Metadata of the ids that exist in ``c`` (the collection raises on unknown ids: retry one by one)."""
-    ids = [int(i) for i in ids]
-    if not ids:
-        return {}
+def _recorded_model(collection_path: str) -> str | None:
+    """The model folder ``retrieval embed`` recorded for a collection, if it still exists."""
     try:
-        return dict(zip(ids, c.get(ids), strict=True))
-    except (KeyError, ValueError, IndexError, OverflowError):
-        found = {}
-        for i in ids:
-            try:
-                found[i] = c.get([i])[0]
-            except (KeyError, ValueError, IndexError, OverflowError):
-                continue
-        return found
-
-
-def _unique_rows(vectors: np.ndarray, threshold: float = 0.94) -> np.ndarray:
-    """Indices of the rows kept when each row closer than ``threshold`` (cosine) to an earlier
-    kept row is dropped; the idea of clip-retrieval's result de-duplication."""
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)  # [n, 1]
-    unit = vectors / np.maximum(norms, 1e-12)  # [n, d]
-    sims = unit @ unit.T  # [n, n]
-    kept: list[int] = []
-    for i in range(len(unit)):
-        if not kept or sims[i, kept].max() < threshold:
-            kept.append(i)
-    return np.asarray(kept, dtype=np.int64)
+        recorded = recorded_model_dir(collection_path)
+    except (OSError, ValueError):
+        return None
+    return str(recorded) if recorded is not None and recorded.is_dir() else None

@@ -18,6 +18,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from retrieval.io import atomic_write_text
+
 
 class ImageTower(nn.Module, abc.ABC):
     """Base class of image towers; a subclass that misses an abstract method cannot be built."""
@@ -46,8 +48,6 @@ class ImageTower(nn.Module, abc.ABC):
     def save_assets(self, directory: Path) -> None:
         """Write what a rebuild needs besides the weights (processor, backbone config); by default the
         preprocessing settings, for people reading the folder."""
-        from retrieval.config import atomic_write_text
-
         directory.mkdir(parents=True, exist_ok=True)
         text = json.dumps(self.preprocess_config(), indent=2, sort_keys=True, default=str)
         atomic_write_text(directory / "preprocess.json", text + "\n")

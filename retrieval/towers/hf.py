@@ -24,8 +24,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from retrieval.config import ModelConfig, atomic_write_text
+from retrieval.config import ModelConfig
 from retrieval.data.transforms import ProcessorTransform
+from retrieval.io import atomic_write_text
 from retrieval.towers.base import ImageTower, TextTower, masked_mean
 
 TOWER_FILE = "tower.json"

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from retrieval.io import atomic_write_text
+
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[EOS]"]
 PAD_ID = 0
 KINDS = ("bpe", "wordpiece")
@@ -103,8 +105,6 @@ class CaptionTokenizer:
         return cls(Tokenizer.from_file(str(path)), context_length)
 
     def save(self, path: str | Path) -> None:
-        from retrieval.config import atomic_write_text
-
         atomic_write_text(Path(path), self.tokenizer.to_str())
 
     @property

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from data_helpers import rgb_image
+
+from support.images import rgb_image
 
 
 @pytest.fixture

@@ -4,12 +4,13 @@ import pickle
 from pathlib import Path
 
 import torch
-from data_helpers import jpeg_bytes, rgb_image
 from PIL import Image
 from torch.utils.data import DataLoader
 
 from retrieval.data import ImageTransform, Pair, PairDataset, collate_pairs
 from retrieval.data.transforms import random_resized_crop_box, resize_center_crop
+
+from support.images import jpeg_bytes, rgb_image
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 

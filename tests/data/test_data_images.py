@@ -6,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_helpers import jpeg_bytes, rgb_image
 from PIL import Image
 
 from retrieval.data import ImageDecodeError, load_image, tar_ref
+
+from support.images import jpeg_bytes, rgb_image
 
 
 def test_rgb_file_round_trip(tmp_path: Path) -> None:

@@ -10,9 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from data_helpers import jpeg_bytes, rgb_image
 
 from retrieval.data import read_pairs
+
+from support.images import jpeg_bytes, rgb_image
 
 
 def write_jsonl(path: Path, rows: list[object]) -> Path:

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from fake_model import KeywordEncoder, write_corpus
-
 from retrieval.config import EmbedConfig
+
+from support.corpora import write_corpus
+from support.keywords import KeywordEncoder
 
 
 @pytest.fixture

@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from fake_model import KeywordEncoder, write_corpus
 
 from indexes import Collection
 from retrieval.config import EmbedConfig
 from retrieval.embed import embed_corpus, recorded_model_dir, state_dir
+
+from support.corpora import write_corpus
+from support.keywords import KeywordEncoder
 
 
 def _contents(path: Path) -> list[tuple[str, str, tuple[float, ...]]]:
@@ -195,7 +197,7 @@ def test_manifest_columns_are_configurable(fake_model, corpus, config, tmp_path)
 def test_changed_image_replaces_its_earlier_version(fake_model, corpus, config, tmp_path):
     import os
 
-    from fake_model import write_image
+    from support.images import write_image
 
     embed_corpus(fake_model, corpus, tmp_path / "coll", config)
     path = json.loads(corpus.read_text().splitlines()[0])["image"]  # a red image
@@ -224,7 +226,7 @@ def test_missing_source_leaves_no_collection_behind(fake_model, config, tmp_path
 
 
 def test_one_job_per_collection_at_a_time(fake_model, corpus, config, tmp_path):
-    from retrieval.embedding.store import EmbedState
+    from retrieval.embed.store import EmbedState
 
     embed_corpus(fake_model, corpus, tmp_path / "coll", config)
     with EmbedState(state_dir(tmp_path / "coll")), pytest.raises(ValueError, match="another embedding job"):

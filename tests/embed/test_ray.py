@@ -7,10 +7,12 @@ import sys
 
 import numpy as np
 import pytest
-from fake_model import KeywordEncoder
 
 from indexes import Collection
 from retrieval.embed import embed_corpus
+
+from support.keywords import KeywordEncoder
+from support.tiny import CNN_GRU
 
 pytestmark = pytest.mark.ray
 
@@ -63,22 +65,10 @@ def test_ray_engine_equals_local_engine(local_ray, corpus, config, tmp_path):
 def test_ray_engine_with_a_real_twin_encoder(local_ray, corpus, config, tmp_path):
     import torch
 
-    from retrieval.config import ModelConfig
     from retrieval.model import build_model
 
     torch.manual_seed(0)
-    tiny = ModelConfig(
-        embed_dim=32,
-        image_size=32,
-        image_width=8,
-        image_layers=2,
-        text_tower="gru",
-        text_width=16,
-        text_layers=1,
-        vocab_size=300,
-        context_length=16,
-    )
-    model = build_model(tiny, captions=["a red dog", "a blue car"], device="cpu")
+    model = build_model(CNN_GRU, captions=["a red dog", "a blue car"], device="cpu")
     embed_corpus(model, corpus, tmp_path / "local", config)
     embed_corpus(model, corpus, tmp_path / "ray", config.replace(engine="ray"))
     local, distributed = _contents(tmp_path / "local"), _contents(tmp_path / "ray")

@@ -11,17 +11,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-from fake_model import KeywordEncoder
 
 from indexes import Collection
 from retrieval.embed import embed_corpus, state_dir
 
+from support.keywords import KeywordEncoder
+
+TESTS = Path(__file__).resolve().parents[1]  # the support package's folder, for the child process
 SCRIPT = """
-import sys
-sys.path.insert(0, {fake_dir!r})
-from fake_model import KeywordEncoder
 from retrieval.config import EmbedConfig
 from retrieval.embed import embed_corpus
+from support.keywords import KeywordEncoder
 
 config = EmbedConfig(batch_size=2, num_workers=0, shard_size=4, progress=False, index="Flat")
 embed_corpus(KeywordEncoder(delay=0.2), {manifest!r}, {out!r}, config)
@@ -41,9 +41,11 @@ def _contents(path: Path) -> list[tuple[str, str, tuple[float, ...]]]:
 def test_kill_9_then_rerun_equals_an_uninterrupted_run(corpus, config, tmp_path):
     out = tmp_path / "coll"
     script = tmp_path / "run.py"
-    fake_dir = str(Path(__file__).resolve().parent)
-    script.write_text(textwrap.dedent(SCRIPT.format(fake_dir=fake_dir, manifest=str(corpus), out=str(out))))
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    script.write_text(textwrap.dedent(SCRIPT.format(manifest=str(corpus), out=str(out))))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+    )
     shards = state_dir(out) / "shards"
     deadline = time.monotonic() + 120
     try:

@@ -10,14 +10,11 @@ import pytest
 from PIL import Image
 
 from retrieval.cli import main
-from retrieval.config import ModelConfig
 from retrieval.data import read_pairs
-from retrieval.evaluate import evaluate_model, retrieval_metrics_from_embeddings
+from retrieval.evaluate import evaluate_model, retrieval_metrics_from_embeddings, write_report
 
-TINY = ModelConfig(
-    image_tower="cnn", text_tower="gru", embed_dim=32, image_size=32, image_width=8, image_layers=2,
-    text_width=16, text_layers=1, vocab_size=300, context_length=16,
-)  # fmt: skip
+from support.tiny import CNN_GRU
+
 COLORS = {"red": (220, 40, 40), "blue": (40, 60, 220), "green": (40, 170, 60), "black": (10, 10, 10)}
 SHAPES = ("square", "bar")
 
@@ -39,7 +36,7 @@ def dataset(tmp_path_factory):
                 rows.append({"image": name, "caption": caption, "label": color, "id": f"{color}-{shape}"})
     manifest = root / "pairs.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    model = build_model(TINY, captions=[r["caption"] for r in rows], device="cpu")
+    model = build_model(CNN_GRU, captions=[r["caption"] for r in rows], device="cpu")
     model.save(root / "model")
     return manifest, root / "model", model
 
@@ -47,7 +44,8 @@ def dataset(tmp_path_factory):
 def test_real_model_metrics_match_its_embeddings(dataset, tmp_path):
     manifest, _, model = dataset
     pairs = read_pairs(manifest, id_column="id")
-    result = evaluate_model(model, pairs, ks=(1, 3), batch_size=5, report_dir=tmp_path / "r")
+    result = evaluate_model(model, pairs, ks=(1, 3), batch_size=5)
+    write_report(result, tmp_path / "r")
     text = model.encode_texts(pairs.captions(), batch_size=5)
     image = model.encode_images(pairs.images(), batch_size=5)
     want = retrieval_metrics_from_embeddings(text, image, pairs.text_to_image(), ks=(1, 3))

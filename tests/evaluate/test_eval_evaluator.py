@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-from eval_fakes import OBJECTS, KeywordEncoder, make_pairs
 from PIL import Image
 
 from retrieval.config import EvalConfig
@@ -16,8 +15,12 @@ from retrieval.evaluate import (
     DEFAULT_TEMPLATES,
     evaluate_model,
     retrieval_metrics,
+    write_report,
     zero_shot_classify,
 )
+
+from support.corpora import LABELLED_OBJECTS, make_pairs
+from support.keywords import FileNameEncoder
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +29,7 @@ def pairs(tmp_path_factory):
 
 
 def test_metrics_equal_the_pure_function(pairs):
-    model = KeywordEncoder()
+    model = FileNameEncoder()
     result = evaluate_model(model, pairs, ks=(1, 5), batch_size=4)
     text = model.encode_texts(pairs.captions())
     image = model.encode_images(pairs.images())
@@ -35,18 +38,17 @@ def test_metrics_equal_the_pure_function(pairs):
     )
     assert result.metrics["t2i/n_queries"] == len(pairs)
     assert 0 < result.metrics["t2i/R@1"] < 1  # "the car" is ambiguous, "a red car" is not
-    assert result.report_dir is None
     assert result.t2i.top_ids.shape == (len(pairs), 10)
 
 
 def test_report_files_are_valid(pairs, tmp_path):
     config = EvalConfig(zero_shot_label_column="object", n_samples=4, top_n=3)
-    result = evaluate_model(KeywordEncoder(), pairs, ks=(1, 5), report_dir=tmp_path / "report", config=config)
-    out = tmp_path / "report"
-    assert result.report_dir == out
+    result = evaluate_model(FileNameEncoder(), pairs, ks=(1, 5), config=config)
+    out = write_report(result, tmp_path / "report", n_samples=config.n_samples, seed=config.seed)
+    assert out == tmp_path / "report"
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["metrics"]["t2i/R@1"] == pytest.approx(result.metrics["t2i/R@1"])
-    assert summary["zero_shot"]["classes"] == sorted(OBJECTS)
+    assert summary["zero_shot"]["classes"] == sorted(LABELLED_OBJECTS)
     for name in (
         "recall_at_k.png",
         "rank_histogram.png",
@@ -71,7 +73,7 @@ def test_report_files_are_valid(pairs, tmp_path):
 
 
 def test_zero_shot_on_keyword_images(pairs):
-    result = evaluate_model(KeywordEncoder(), pairs, config=EvalConfig(zero_shot_label_column="object"))
+    result = evaluate_model(FileNameEncoder(), pairs, config=EvalConfig(zero_shot_label_column="object"))
     zs = result.zero_shot
     assert zs.accuracy["top1"] == 1.0  # image names contain the object word
     assert result.metrics["zeroshot/top1"] == 1.0
@@ -81,7 +83,7 @@ def test_zero_shot_on_keyword_images(pairs):
 
 def test_zero_shot_unknown_column_names_the_available_fields(pairs):
     with pytest.raises(ValueError, match=r"'colour'.*\['n', 'object'\]"):
-        evaluate_model(KeywordEncoder(), pairs, config=EvalConfig(zero_shot_label_column="colour"))
+        evaluate_model(FileNameEncoder(), pairs, config=EvalConfig(zero_shot_label_column="colour"))
 
 
 def test_zero_shot_classify_ties_and_errors():
@@ -97,7 +99,7 @@ def test_zero_shot_classify_ties_and_errors():
 def test_templates_must_have_a_slot(pairs):
     with pytest.raises(ValueError, match="must contain"):
         evaluate_model(
-            KeywordEncoder(),
+            FileNameEncoder(),
             pairs,
             config=EvalConfig(zero_shot_label_column="object", templates=("a photo",)),
         )
@@ -106,20 +108,21 @@ def test_templates_must_have_a_slot(pairs):
 
 def test_broken_images_are_skipped_and_listed(tmp_path):
     pairs = make_pairs(tmp_path / "img", broken=True)
-    result = evaluate_model(KeywordEncoder(), pairs, batch_size=5, report_dir=tmp_path / "r")
+    result = evaluate_model(FileNameEncoder(), pairs, batch_size=5)
+    write_report(result, tmp_path / "r")
     assert len(result.images) == len(pairs.images()) - 1
     assert len(result.captions) == len(pairs) - 1
     reasons = dict(result.skipped)
     assert any("broken" in where for where in reasons)
     summary = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert summary["n_skipped"] == len(result.skipped) == 2  # the image and its caption
-    clean = evaluate_model(KeywordEncoder(), PairSet([p for p in pairs if p.image_id != "broken"]))
+    clean = evaluate_model(FileNameEncoder(), PairSet([p for p in pairs if p.image_id != "broken"]))
     assert result.metrics == clean.metrics
 
 
 def test_empty_pairs_is_a_clear_error():
     with pytest.raises(ValueError, match="empty"):
-        evaluate_model(KeywordEncoder(), PairSet([]))
+        evaluate_model(FileNameEncoder(), PairSet([]))
 
 
 def test_config_round_trips():

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from eval_fakes import KeywordEncoder, make_pairs
 
-from retrieval.evaluate import compare_index, evaluate_model, retrieval_metrics_from_embeddings
+from retrieval.evaluate import compare_index, evaluate_model, retrieval_metrics_from_embeddings, write_report
+
+from support.corpora import make_pairs
+from support.keywords import FileNameEncoder
 
 Collection = pytest.importorskip("indexes").Collection
 
@@ -84,7 +86,7 @@ def test_missing_images_and_distractors(tmp_path):
 
 def test_evaluate_model_with_a_collection(tmp_path):
     pairs = make_pairs(tmp_path / "img")
-    model = KeywordEncoder()
+    model = FileNameEncoder()
     images, captions = pairs.images(), pairs.captions()
     with Collection.create(
         tmp_path / "c", dim=model.embed_dim, index="Flat", fingerprint=model.fingerprint()
@@ -97,7 +99,8 @@ def test_evaluate_model_with_a_collection(tmp_path):
             model.encode_texts(captions).numpy(),
             [{"modality": "text", "image_id": p.image_id} for p in pairs],
         )
-        result = evaluate_model(model, pairs, ks=(1, 5), collection=c, report_dir=tmp_path / "r")
+        result = evaluate_model(model, pairs, ks=(1, 5), collection=c)
+    write_report(result, tmp_path / "r")
     assert result.metrics["index/t2i/R@5"] == pytest.approx(result.metrics["t2i/R@5"])
     assert result.metrics["index/i2t/true_R@5"] == pytest.approx(result.metrics["i2t/true_R@5"])
     assert "Exact search vs the collection's index" in (tmp_path / "r" / "report.md").read_text()
@@ -109,7 +112,7 @@ def test_collection_of_another_model_is_refused(tmp_path):
         Collection.create(tmp_path / "c", dim=8, index="Flat", fingerprint="0123abcd") as c,
         pytest.raises(ValueError, match="0123abcd"),
     ):
-        evaluate_model(KeywordEncoder(), pairs, collection=c)
+        evaluate_model(FileNameEncoder(), pairs, collection=c)
 
 
 def test_post_filter_measures_the_index_of_a_mixed_collection(tmp_path):

@@ -7,7 +7,6 @@ import doctest
 import numpy as np
 import pytest
 import torch
-from eval_reference import reference_metrics
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +18,8 @@ from retrieval.evaluate import (
     retrieval_metrics_from_embeddings,
     retrieval_rankings_from_embeddings,
 )
+
+from support.reference import reference_metrics
 
 KS = (1, 2, 3, 5, 10)
 

@@ -1,14 +1,5 @@
-"""One torch thread per test: on a shared 2-core machine tiny models run much faster that way."""
+"""One torch thread per test (support.fixtures): tiny models run much faster that way on a shared CPU."""
 
 from __future__ import annotations
 
-import pytest
-import torch
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from support.fixtures import one_torch_thread  # noqa: F401  (an autouse fixture for this folder)

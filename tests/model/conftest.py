@@ -6,10 +6,11 @@ import copy
 from pathlib import Path
 
 import pytest
-from hf_fixtures import save_tiny_clip, save_tiny_siglip
-from model_helpers import CAPTIONS, tiny_config
 
 from retrieval.model import TwinEncoder, build_model
+
+from support.hf import save_tiny_clip, save_tiny_siglip
+from support.tiny import CAPTIONS, tiny_config
 
 
 @pytest.fixture(scope="session")

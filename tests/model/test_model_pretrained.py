@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from model_helpers import tiny_config
 from PIL import Image
 
 from retrieval.model import TwinEncoder, build_model
+
+from support.tiny import tiny_config
 
 TEXTS = ["a red car", "the small dog running", "photo", "a photo of a big green cat"]
 

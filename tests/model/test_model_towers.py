@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_helpers import CAPTIONS, tiny_config
 
 from retrieval.model import build_model
 from retrieval.towers import IMAGE_TOWERS, TEXT_TOWERS, CaptionTokenizer, build_image_tower, build_text_tower
+
+from support.tiny import CAPTIONS, tiny_config
 
 COMBOS = [("cnn", "gru"), ("cnn", "transformer"), ("vit", "gru"), ("vit", "transformer")]
 

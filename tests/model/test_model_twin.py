@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from model_helpers import CAPTIONS, tiny_config
 from PIL import Image
 
 from retrieval.config import ModelConfig
 from retrieval.data import ImageDecodeError
 from retrieval.model import TwinEncoder, build_model
+
+from support.tiny import CAPTIONS, tiny_config
 
 
 def images(n: int, seed: int = 0) -> list[Image.Image]:

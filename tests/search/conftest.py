@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "embed"))
-
-from fake_model import KeywordEncoder, write_corpus
-
 from retrieval.config import EmbedConfig
 from retrieval.embed import embed_corpus
+
+from support.corpora import write_corpus
+from support.keywords import KeywordEncoder
+from support.tiny import CNN_GRU
 
 
 @pytest.fixture(scope="module")
@@ -37,25 +36,11 @@ def collection(tmp_path_factory: pytest.TempPathFactory, fake_model, corpus_rows
     return root / "coll"
 
 
-TINY = dict(
-    image_tower="cnn",
-    text_tower="gru",
-    embed_dim=32,
-    image_size=32,
-    image_width=8,
-    image_layers=2,
-    text_width=16,
-    text_layers=1,
-    vocab_size=300,
-    context_length=16,
-)
 
 
 @pytest.fixture(scope="module")
 def tiny_config():
-    from retrieval.config import ModelConfig
-
-    return ModelConfig(**TINY)
+    return CNN_GRU
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,13 @@ import dataclasses
 
 import numpy as np
 import pytest
-from fake_model import COLORS, KeywordEncoder, write_image
 from PIL import Image
 
 from indexes import Collection
 from retrieval.search import Hit, Searcher
+
+from support.images import write_image
+from support.keywords import COLORS, KeywordEncoder
 
 
 @pytest.fixture

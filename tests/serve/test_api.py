@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from ._fakes import DIM, keyword_vector, png_bytes
+from support.images import png_bytes
+from support.keywords import DIM, KeywordEncoder, keyword_vector
 
 
 def test_healthz_and_docs(client):
@@ -21,7 +22,7 @@ def test_collection_info(client):
     assert info["dim"] == DIM
     assert info["metric"] == "ip"
     assert info["index_spec"] == "Flat"
-    assert info["fingerprint"] == info["model_fingerprint"] == "keyword-onehot-v1"
+    assert info["fingerprint"] == info["model_fingerprint"] == KeywordEncoder().fingerprint()
     assert {"modality", "path", "caption", "color", "size"} <= set(info["fields"])
     listed = client.get("/collections").json()["collections"]
     assert [c["name"] for c in listed] == ["shapes"]
@@ -127,9 +128,9 @@ def test_several_collections_and_no_model(tmp_path, config, encoder):
 
     from retrieval.serve import create_app
 
-    from .conftest import build_collection
+    from support.corpora import square_collection
 
-    other = build_collection(tmp_path / "two", name="other", fingerprint=None)
+    other = square_collection(tmp_path / "two", name="other", fingerprint=None)
     cfg = config.replace(collections={**config.collections, "other": str(other)})
     app = create_app(cfg, models={"shapes": encoder})
     with TestClient(app) as c:
@@ -242,8 +243,8 @@ def test_thumbnails(tmp_path, encoder):
     media.mkdir()
     Image.new("RGB", (640, 320), (200, 10, 10)).save(media / "big.png")
     (media / "logo.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>')
-    with Collection.create(tmp_path / "c", dim=8, index="Flat") as coll:
-        coll.add(np.eye(8, dtype=np.float32)[:2], [{"path": "big.png"}, {"path": "logo.svg"}])
+    with Collection.create(tmp_path / "c", dim=DIM, index="Flat") as coll:
+        coll.add(np.eye(DIM, dtype=np.float32)[:2], [{"path": "big.png"}, {"path": "logo.svg"}])
     cfg = ServeConfig(
         collections={"c": str(tmp_path / "c")}, media_roots={"c": str(media)}, reload_interval=0
     )
@@ -263,7 +264,7 @@ def test_an_empty_collection_answers_with_no_hits(tmp_path, encoder):
     from retrieval.config import ServeConfig
     from retrieval.serve import create_app
 
-    Collection.create(tmp_path / "empty", dim=8, index="Flat").close()
+    Collection.create(tmp_path / "empty", dim=DIM, index="Flat").close()
     cfg = ServeConfig(collections={"empty": str(tmp_path / "empty")}, reload_interval=0)
     with TestClient(create_app(cfg, model=encoder)) as c:
         assert c.get("/collections/empty").json()["count"] == 0

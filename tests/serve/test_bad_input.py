@@ -7,7 +7,8 @@ import io
 import pytest
 from PIL import Image
 
-from ._fakes import png_bytes
+from support.images import png_bytes
+from support.keywords import DIM
 
 
 def bomb_png(side: int = 2000) -> bytes:
@@ -97,7 +98,7 @@ BAD_REQUESTS = [
     ),
     (
         "embedding zeros",
-        lambda c: c.post("/collections/shapes/search/embedding", json={"embedding": [0.0] * 8}),
+        lambda c: c.post("/collections/shapes/search/embedding", json={"embedding": [0.0] * DIM}),
         400,
         "bad_embedding",
     ),
@@ -118,13 +119,13 @@ BAD_REQUESTS = [
     ),
     (
         "embedding huge",
-        lambda c: c.post("/collections/shapes/search/embedding", json={"embedding": [1e308] * 8}),
+        lambda c: c.post("/collections/shapes/search/embedding", json={"embedding": [1e308] * DIM}),
         200,
         None,
     ),
     (
         "embedding not numbers",
-        lambda c: c.post("/collections/shapes/search/embedding", json={"embedding": ["a"] * 8}),
+        lambda c: c.post("/collections/shapes/search/embedding", json={"embedding": ["a"] * DIM}),
         422,
         "invalid_request",
     ),

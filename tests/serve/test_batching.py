@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from retrieval.serve.encoding import ModelRunner
+from retrieval.serve.batching import ModelRunner
 
-from ._fakes import KeywordEncoder, keyword_vector
+from support.keywords import KeywordEncoder, keyword_vector
 
 WORDS = ["red", "green", "blue", "yellow", "cat", "dog", "car", "tree"] * 5
 

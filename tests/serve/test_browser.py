@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ._fakes import png_bytes
+from support.images import png_bytes
 
 pytestmark = pytest.mark.browser
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import json
 
-from ._fakes import keyword_vector, png_bytes
+from support.images import png_bytes
+from support.keywords import keyword_vector
 
 
 def clip_body(**fields):

@@ -9,7 +9,8 @@ from fastapi.testclient import TestClient
 
 from retrieval.serve import create_app
 
-from ._fakes import COLORS, keyword_vector, png_bytes
+from support.images import png_bytes
+from support.keywords import SQUARES, keyword_vector
 
 
 def test_queries_stay_correct_while_the_collection_is_rewritten_and_reloaded(config, encoder, collection_dir):
@@ -24,7 +25,7 @@ def test_queries_stay_correct_while_the_collection_is_rewritten_and_reloaded(con
     def query(client: TestClient, worker: int) -> None:
         i = 0
         while not stop.is_set() or i < 5:
-            color = list(COLORS)[(worker + i) % len(COLORS)]
+            color = list(SQUARES)[(worker + i) % len(SQUARES)]
             if i % 3 == 2:
                 r = client.post(
                     "/collections/shapes/search/image",
@@ -56,9 +57,9 @@ def test_queries_stay_correct_while_the_collection_is_rewritten_and_reloaded(con
             t.start()
         for batch in range(6):
             with Collection.open(collection_dir) as coll:
-                vecs = np.stack([keyword_vector(c) for c in COLORS])
+                vecs = np.stack([keyword_vector(c) for c in SQUARES])
                 meta = [
-                    {"modality": "image", "color": c, "caption": f"added {batch}", "size": 10} for c in COLORS
+                    {"modality": "image", "color": c, "caption": f"added {batch}", "size": 10} for c in SQUARES
                 ]
                 coll.add(vecs, meta)
                 added += len(meta)

@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 from retrieval.config import ServeConfig
 from retrieval.serve import create_app
 
-from ._fakes import KeywordEncoder, color_png, keyword_vector, png_bytes
+from support.images import color_png, png_bytes
+from support.keywords import DIM, KeywordEncoder, keyword_vector
 
 
 @pytest.fixture
@@ -46,7 +47,7 @@ def media_client(tmp_path: Path):
         "missing": "nope.png",
     }
     names = list(refs)
-    with Collection.create(tmp_path / "coll", dim=8, index="Flat") as coll:
+    with Collection.create(tmp_path / "coll", dim=DIM, index="Flat") as coll:
         ids = coll.add(
             np.stack([keyword_vector("red")] * len(names)),
             [{"name": n, "path": refs[n], "modality": "image"} for n in names],

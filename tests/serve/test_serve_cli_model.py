@@ -11,7 +11,8 @@ import pytest
 from retrieval.cli import main
 from retrieval.config import ServeConfig
 
-from ._fakes import COLORS, color_png, png_bytes
+from support.images import color_png, png_bytes
+from support.keywords import DIM, SQUARES
 
 
 def test_cli_builds_the_config_and_calls_run(monkeypatch, tmp_path, collection_dir):
@@ -91,7 +92,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
         vocab_size=200,
         context_length=16,
     )
-    model = build_model(config, [f"a {c} square" for c in COLORS], device="cpu")
+    model = build_model(config, [f"a {c} square" for c in SQUARES], device="cpu")
     folder = tmp_path_factory.mktemp("model") / "tiny"
     model.save(folder)
     return folder
@@ -105,8 +106,8 @@ def test_real_twin_encoder_from_disk(tmp_path, tiny_model_dir):
     from retrieval.serve import create_app
 
     model = TwinEncoder.load(tiny_model_dir, device="cpu")
-    files = [color_png(tmp_path / "media" / f"{c}.png", c, 32) for c in COLORS]
-    captions = [f"a {c} square" for c in COLORS]
+    files = [color_png(tmp_path / "media" / f"{c}.png", c, 32) for c in SQUARES]
+    captions = [f"a {c} square" for c in SQUARES]
     image_vecs = model.encode_images([str(f) for f in files]).numpy()
     text_vecs = model.encode_texts(captions).numpy()
     meta = [{"modality": "image", "path": str(f), "caption": c} for f, c in zip(files, captions)]
@@ -175,7 +176,7 @@ def test_retrieval_serve_process_answers_and_stops(collection_dir):
                 assert time.monotonic() < deadline, "server did not start"
                 time.sleep(0.2)
         assert r.json() == {"status": "ok", "collections": ["shapes"]}
-        vec = [1.0] + [0.0] * 7
+        vec = [1.0] + [0.0] * (DIM - 1)
         r = httpx.post(
             f"http://127.0.0.1:{port}/knn-service", json={"embedding_input": vec, "num_images": 2}, timeout=30
         )
@@ -186,11 +187,11 @@ def test_retrieval_serve_process_answers_and_stops(collection_dir):
 
 
 def test_collections_sharing_a_model_folder_load_it_once(monkeypatch, tmp_path, collection_dir):
-    from retrieval.serve import app as app_module
     from retrieval.serve import create_app
-    from retrieval.serve.encoding import ModelRunner
+    from retrieval.serve import service as service_module
+    from retrieval.serve.batching import ModelRunner
 
-    from ._fakes import KeywordEncoder
+    from support.keywords import KeywordEncoder
 
     loads: list[str] = []
 
@@ -198,7 +199,7 @@ def test_collections_sharing_a_model_folder_load_it_once(monkeypatch, tmp_path, 
         loads.append(directory)
         return ModelRunner(KeywordEncoder(), directory, batch_size)
 
-    monkeypatch.setattr(app_module, "load_model", fake_load)
+    monkeypatch.setattr(service_module, "load_model", fake_load)
     cfg = ServeConfig(
         collections={"a": str(collection_dir), "b": str(collection_dir)},
         model=str(tmp_path),

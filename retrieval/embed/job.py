@@ -1,0 +1,249 @@
+"""The embedding job: a corpus into an :class:`indexes.Collection`, streamed, batched, resumable.
+
+``embed_corpus(model, source, collection_path, config)`` reads the corpus with the data
+layer, skips every item already done, encodes the rest batch by batch (a ``DataLoader``
+with workers, or a Ray Data actor pool) and commits the vectors in shards of
+``config.shard_size`` to a state folder inside the collection (``<collection>/embed``).
+The collection is then extended from the new shards. Memory holds one shard of vectors
+at a time, however large the corpus.
+
+Killed at any point (even ``kill -9``), the same call finishes the job and gives the same
+collection as an uninterrupted run; called on a finished job it does nothing; called after
+files were added to the corpus it embeds only the new ones. Broken inputs are skipped,
+counted by reason and listed in ``errors.jsonl`` in the state folder.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrieval.config import EmbedConfig
+from retrieval.embed import engines
+from retrieval.embed.items import Item, corpus_items
+from retrieval.embed.store import EmbedState, open_or_create, state_dir
+from retrieval.encoding import pick_device
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EmbedSummary", "embed_corpus", "recorded_model_dir"]
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedSummary:
+    """What one :func:`embed_corpus` call did."""
+
+    collection_path: Path  # the collection written
+    embedded: int  # items encoded by this call
+    skipped: dict[str, int]  # reason -> items skipped by this call (decode_error, empty_caption, ...)
+    already_done: int  # items found done (embedded or skipped) by an earlier call
+    added: int  # vectors added to the collection by this call
+    pruned: int  # items removed from the collection because they left the corpus (config.prune)
+    errors_path: Path  # JSONL file listing every skipped input of the corpus
+    state_path: Path  # folder with the committed shards
+    npy_export: Path | None  # clip-retrieval style export folder, when asked for
+    seconds: float  # wall time of the call
+
+    @property
+    def skipped_total(self) -> int:
+        return sum(self.skipped.values())
+
+    def __str__(self) -> str:
+        skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items())) or "none"
+        return (
+            f"embedded {self.embedded}, already done {self.already_done}, skipped {self.skipped_total} ({skipped}) "
+            f"in {self.seconds:.1f}s -> {self.collection_path} (errors: {self.errors_path})"
+        )
+
+
+def embed_corpus(
+    model: Any,
+    source: Any,
+    collection_path: str | Path,
+    config: EmbedConfig | None = None,
+    *,
+    model_dir: str | Path | None = None,
+) -> EmbedSummary:
+    """Embed ``source`` with ``model`` into the collection at ``collection_path``.
+
+    ``model`` is a :class:`retrieval.model.TwinEncoder` (or anything with ``image_transform``,
+    ``image_features``, ``encode_texts``, ``fingerprint`` and ``embed_dim``); ``source`` is
+    what :func:`retrieval.data.read_pairs` reads (manifest, image folder with sidecars,
+    webdataset shards), a ``PairSet`` or a sequence of pairs. The collection is created when
+    missing and records ``model.fingerprint()``; an existing collection made by another model
+    raises ``ValueError``. Items carry metadata ``modality`` ("image" | "text"), ``path``,
+    ``caption``, ``image_id`` and the pair's extra fields. ``model_dir``, the folder the model
+    was loaded from, is recorded so searches can load it (:func:`recorded_model_dir`).
+    """
+    config = config or EmbedConfig()
+    started = time.perf_counter()
+    collection_path = Path(collection_path)
+    fingerprint = str(model.fingerprint())
+    dim = int(model.embed_dim)
+    read_options = {
+        "image_column": config.image_column,
+        "caption_column": config.caption_column,
+        "id_column": config.id_column,
+        "split": config.split,
+    }
+    items, source_skips = corpus_items(source, config.modality, **read_options)
+    # A collection made by another model is refused before any work is done.
+    open_or_create(collection_path, dim, config.index, fingerprint).close()
+    with EmbedState(state_dir(collection_path)) as state:  # one job per collection at a time
+        state.check_model(fingerprint, dim)
+        if model_dir is not None:
+            state.record(model_dir=str(Path(model_dir).resolve()))
+        # Shards committed by an interrupted run go in first.
+        added = state.sync_collection(collection_path, config.index, fingerprint, dim)
+
+        done = state.done_keys()
+        pending = [it for it in items if it.key not in done]
+        replaces = _changed_images(pending, done)
+        pruned = _prune(state, items, done, config) if config.prune else 0
+        skipped: collections.Counter[str] = collections.Counter(s.reason for s in source_skips)
+        embedded = 0
+        if pending:
+            device = str(pick_device(config.device))
+            logger.info(
+                "embedding %d items (%d already done) on %s", len(pending), len(items) - len(pending), device
+            )
+            with _progress(len(pending), config.progress) as bar:
+                batches = _batches(model, pending, config, device)
+                for n_ok, failed in _commit(state, batches, config.shard_size, dim, replaces):
+                    embedded += n_ok
+                    skipped.update(reason for _, reason, _ in failed)
+                    bar.update(n_ok + len(failed))
+        if pending or pruned:
+            added += state.sync_collection(collection_path, config.index, fingerprint, dim)
+        state.write_errors(source_skips, {it.key for it in items})
+        export = Path(config.npy_export) if config.npy_export else None
+        if export is not None:
+            state.export_npy(export)
+        return EmbedSummary(
+            collection_path=collection_path,
+            embedded=embedded,
+            skipped=dict(skipped),
+            already_done=len(items) - len(pending),
+            added=added,
+            pruned=pruned,
+            errors_path=state.errors_path,
+            state_path=state.root,
+            npy_export=export,
+            seconds=time.perf_counter() - started,
+        )
+
+
+def _batches(
+    model: Any, items: Sequence[Item], config: EmbedConfig, device: str
+) -> Iterator[engines.EncodedBatch]:
+    """Encoded batches of ``items`` (images first, then texts), each of one modality, in order."""
+    if config.engine == "ray":
+        with engines.ray_session(config.ray_address):
+            yield from engines.ray_batches(model, items, config.batch_size, config.num_actors, device)
+        return
+    images = [it for it in items if it.modality == "image"]
+    texts = [it for it in items if it.modality == "text"]
+    if images:
+        yield from engines.local_images(model, images, config.batch_size, config.num_workers, device)
+    if texts:
+        yield from engines.local_texts(model, texts, config.batch_size, device)
+
+
+def _commit(
+    state: EmbedState,
+    batches: Iterator[engines.EncodedBatch],
+    shard_size: int,
+    dim: int,
+    replaces: set[str],
+) -> Iterator[tuple[int, list[tuple[Item, str, str]]]]:
+    """Buffer batches and write a shard each time ``shard_size`` items of one modality are handled
+    (or the modality changes); yields (embedded, failed) per batch once it is buffered."""
+    buf_items: list[Item] = []
+    buf_vectors: list[np.ndarray] = []
+    buf_failed: list[tuple[Item, str, str]] = []
+    modality = ""
+
+    def flush() -> None:
+        vectors = np.concatenate(buf_vectors) if buf_vectors else np.zeros((0, dim), np.float32)  # [n, D]
+        state.write_shard(modality, buf_items, vectors, buf_failed, replaces)
+        buf_items.clear()
+        buf_vectors.clear()
+        buf_failed.clear()
+
+    for batch in batches:
+        if batch.modality != modality and (buf_items or buf_failed):
+            flush()
+        modality = batch.modality
+        buf_items.extend(batch.items)
+        if len(batch.items):
+            buf_vectors.append(batch.vectors)
+        buf_failed.extend(batch.failed)
+        if len(buf_items) + len(buf_failed) >= shard_size:
+            flush()
+        yield len(batch.items), batch.failed
+    if buf_items or buf_failed:
+        flush()
+
+
+def _prune(state: EmbedState, items: Sequence[Item], done: dict[str, str], config: EmbedConfig) -> int:
+    """Record the removal of embedded items of this run's modalities that are no longer in the corpus
+    (an image whose file changed is replaced instead); returns how many."""
+    modalities = {"images": ("image:",), "texts": ("text:",), "both": ("image:", "text:")}[config.modality]
+    current = {it.key for it in items}
+    refs = {it.ref for it in items if it.modality == "image"}
+    gone = {
+        key
+        for key, how in done.items()
+        if how == "embedded"
+        and key.startswith(modalities)
+        and key not in current
+        and not (key.startswith("image:") and key[len("image:") :].rsplit(":", 2)[0] in refs)
+    }
+    return len(gone) if gone and state.write_removal(gone) is not None else 0
+
+
+def _changed_images(pending: Sequence[Item], done: dict[str, str]) -> set[str]:
+    """Keys of pending images whose file was embedded before under another key (it changed)."""
+    before = {
+        key[len("image:") :].rsplit(":", 2)[0]
+        for key, how in done.items()
+        if key.startswith("image:") and how == "embedded"
+    }
+    return {it.key for it in pending if it.modality == "image" and it.ref in before}
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled or not sys.stderr.isatty():
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="item", desc="embed", dynamic_ncols=True)
+
+
+def recorded_model_dir(collection_path: str | Path) -> Path | None:
+    """The model folder recorded when the collection was embedded (``model_dir=``), if any."""
+    path = state_dir(collection_path) / "state.json"
+    if not path.exists():
+        return None
+    recorded = json.loads(path.read_text(encoding="utf-8")).get("model_dir")
+    return Path(recorded) if recorded else None

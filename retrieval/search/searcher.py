@@ -1,0 +1,332 @@
+"""The Searcher: queries encoded by a twin encoder, answered by the collection it embedded.
+
+A :class:`Searcher` pairs a model with the :class:`indexes.Collection` it embedded. Every
+method encodes its queries, asks the collection for the ``k`` best items of the wanted
+modality (the ``modality`` metadata field, merged with any ``where=`` filter) and returns
+:class:`Hit` objects, best first. Single-query methods return ``list[Hit]``; their
+``*_batch`` twins take a sequence and return ``list[list[Hit]]``.
+
+``refine=r`` asks the index for ``r * k`` candidates and re-scores them exactly with the
+stored vectors (useful with compressed indexes such as IVF-PQ). Composed queries add an
+image query and a text query (``(1 - w) * image + w * text``, renormalised), e.g. a photo
+plus "in red", in the spirit of the vector-arithmetic queries of Kiros et al. 2014
+("Unifying visual-semantic embeddings with multimodal neural language models").
+
+Example::
+
+    searcher = Searcher(TwinEncoder.load("model/"), Collection.open("photos.coll"))
+    for hit in searcher.text_to_image("a red bicycle", k=5, where={"split": "test"}):
+        print(hit.score, hit.metadata["path"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from indexes.fingerprint import check_fingerprint
+from retrieval import encoding
+from retrieval.search.queries import ImageQuery, as_query_vectors, load_query_image, one_text
+
+__all__ = ["Hit", "Searcher"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Hit:
+    """One search result: the item's collection id, its score (cosine, higher is better) and metadata."""
+
+    id: int
+    score: float
+    metadata: dict[str, Any]
+
+
+class Searcher:
+    """Search ``collection`` with queries encoded by ``model``.
+
+    ``collection`` is an open :class:`indexes.Collection` or the path of one (opened read-only
+    and closed by :meth:`close`). ``model`` may be ``None`` for raw-vector search only. A model
+    whose fingerprint differs from the one the collection records raises ``ValueError``.
+
+    Items are told apart by their ``modality`` metadata field (as :func:`retrieval.embed.embed_corpus`
+    writes it). A collection without that field is searched whole; one holding a single modality
+    is searched without a filter (faster), so items added there without the field also come back.
+
+    Queries are encoded through :mod:`retrieval.encoding`: a model in eval mode (``model.eval()``)
+    is used as it is, which is safe from several threads; a model in train mode is switched to
+    eval mode and back around every call. ``device`` encodes there (the model moves for each
+    call and back); leave it ``None`` to encode where the model is.
+    """
+
+    def __init__(self, model: Any, collection: Any, *, device: str | None = None) -> None:
+        self._owns = isinstance(collection, (str, os.PathLike))
+        if self._owns:
+            from indexes import Collection
+
+            collection = Collection.open(collection, read_only=True)
+        self.model = model
+        self.collection = collection
+        self.device = device
+        try:
+            self._check_model()
+        except Exception:
+            self.close()
+            raise
+        self._has_modality = "modality" in set(collection.fields())
+        self._single: tuple[int, str | None] = (-1, None)  # (collection size, its only modality)
+
+    def _check_model(self) -> None:
+        if self.model is None:
+            return
+        check_fingerprint(
+            self.collection.fingerprint,
+            str(self.model.fingerprint()),
+            what=f"collection {self.collection.path}",
+            fix="search with the model that built the collection, or re-embed the corpus",
+        )
+        if int(self.model.embed_dim) != int(self.collection.dim):
+            raise ValueError(
+                f"model embeds in dim {self.model.embed_dim}, collection {self.collection.path} has dim "
+                f"{self.collection.dim}: use the model that built the collection"
+            )
+
+    def close(self) -> None:
+        """Close the collection when this searcher opened it."""
+        if self._owns:
+            self.collection.close()
+
+    def __enter__(self) -> Searcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- encoding ---------------------------------------------------------------------------
+    def _need_model(self) -> Any:
+        if self.model is None:
+            raise ValueError("this Searcher has no model: pass one to encode text or image queries")
+        return self.model
+
+    def encode_texts(self, queries: Sequence[str]) -> np.ndarray:
+        """[n, D] float32 unit vectors for text queries."""
+        if isinstance(queries, str) or not isinstance(queries, Sequence):
+            raise TypeError(f"text queries must be a sequence of str; received {type(queries).__name__}")
+        for q in queries:
+            if not isinstance(q, str):
+                raise TypeError(f"a text query must be a str; received {type(q).__name__} ({q!r:.60})")
+            if not q.strip():
+                raise ValueError("a text query is empty: give some words to search for")
+        if not queries:
+            return np.zeros((0, int(self.collection.dim)), dtype=np.float32)
+        vectors = encoding.encode_texts(self._need_model(), list(queries), device=self.device).vectors
+        return as_query_vectors(vectors, self.collection.dim)
+
+    def encode_images(self, images: Sequence[ImageQuery]) -> np.ndarray:
+        """[n, D] float32 unit vectors for image queries (PIL images or paths)."""
+        if isinstance(images, (str, os.PathLike)) or not isinstance(images, Sequence):
+            raise TypeError(
+                f"image queries must be a sequence of images or paths; received {type(images).__name__}"
+            )
+        decoded = [load_query_image(image) for image in images]
+        if not decoded:
+            return np.zeros((0, int(self.collection.dim)), dtype=np.float32)
+        vectors = encoding.encode_images(self._need_model(), decoded, device=self.device).vectors
+        return as_query_vectors(vectors, self.collection.dim)
+
+    # -- raw vectors --------------------------------------------------------------------------
+    def search_vector(
+        self,
+        vector: Any,
+        k: int = 10,
+        *,
+        modality: str | None = None,
+        where: Mapping[str, Any] | None = None,
+        refine: int | None = None,
+    ) -> list[Hit]:
+        """Hits for one raw query vector [D] (normalised here); ``modality`` "image" / "text" / None (all)."""
+        array = np.asarray(vector)
+        if array.ndim != 1 or array.shape[0] != self.collection.dim:
+            raise ValueError(
+                f"search_vector takes one vector of shape [{self.collection.dim}]; received shape {array.shape}"
+            )
+        return self.search_vectors(array[None, :], k, modality=modality, where=where, refine=refine)[0]
+
+    def search_vectors(
+        self,
+        vectors: Any,
+        k: int = 10,
+        *,
+        modality: str | None = None,
+        where: Mapping[str, Any] | None = None,
+        refine: int | None = None,
+    ) -> list[list[Hit]]:
+        """Hits for each row of raw query vectors [n, D] (rows normalised here)."""
+        queries = as_query_vectors(vectors, self.collection.dim)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive int; received {k!r}")
+        if refine is not None and (
+            isinstance(refine, bool) or not isinstance(refine, (int, np.integer)) or refine < 1
+        ):
+            raise ValueError(
+                f"refine must be a positive int (candidates per result) or None; received {refine!r}"
+            )
+        if len(queries) == 0:
+            return []
+        filters = self._filters(modality, where)
+        scores, ids = self.collection.search(queries, int(k), where=filters, refine=refine)  # [n, k] each
+        return self._hits(scores, ids)
+
+    # -- the four directions --------------------------------------------------------------------
+    def text_to_image(
+        self, query: str, k: int = 10, *, where: Mapping[str, Any] | None = None, refine: int | None = None
+    ) -> list[Hit]:
+        """Images best matching a text query."""
+        return self.text_to_image_batch([one_text(query)], k, where=where, refine=refine)[0]
+
+    def text_to_image_batch(
+        self,
+        queries: Sequence[str],
+        k: int = 10,
+        *,
+        where: Mapping[str, Any] | None = None,
+        refine: int | None = None,
+    ) -> list[list[Hit]]:
+        return self.search_vectors(
+            self.encode_texts(queries), k, modality="image", where=where, refine=refine
+        )
+
+    def text_to_text(
+        self, query: str, k: int = 10, *, where: Mapping[str, Any] | None = None, refine: int | None = None
+    ) -> list[Hit]:
+        """Captions best matching a text query."""
+        return self.text_to_text_batch([one_text(query)], k, where=where, refine=refine)[0]
+
+    def text_to_text_batch(
+        self,
+        queries: Sequence[str],
+        k: int = 10,
+        *,
+        where: Mapping[str, Any] | None = None,
+        refine: int | None = None,
+    ) -> list[list[Hit]]:
+        return self.search_vectors(self.encode_texts(queries), k, modality="text", where=where, refine=refine)
+
+    def image_to_text(
+        self,
+        image: ImageQuery,
+        k: int = 10,
+        *,
+        where: Mapping[str, Any] | None = None,
+        refine: int | None = None,
+    ) -> list[Hit]:
+        """Captions best matching an image (a PIL image or a path)."""
+        return self.image_to_text_batch([image], k, where=where, refine=refine)[0]
+
+    def image_to_text_batch(
+        self,
+        images: Sequence[ImageQuery],
+        k: int = 10,
+        *,
+        where: Mapping[str, Any] | None = None,
+        refine: int | None = None,
+    ) -> list[list[Hit]]:
+        return self.search_vectors(self.encode_images(images), k, modality="text", where=where, refine=refine)
+
+    def image_to_image(
+        self,
+        image: ImageQuery,
+        k: int = 10,
+        *,
+        where: Mapping[str, Any] | None = None,
+        refine: int | None = None,
+    ) -> list[Hit]:
+        """Images most similar to an image (a PIL image or a path)."""
+        return self.image_to_image_batch([image], k, where=where, refine=refine)[0]
+
+    def image_to_image_batch(
+        self,
+        images: Sequence[ImageQuery],
+        k: int = 10,
+        *,
+        where: Mapping[str, Any] | None = None,
+        refine: int | None = None,
+    ) -> list[list[Hit]]:
+        return self.search_vectors(
+            self.encode_images(images), k, modality="image", where=where, refine=refine
+        )
+
+    def composed(
+        self,
+        image: ImageQuery,
+        text: str,
+        k: int = 10,
+        *,
+        text_weight: float = 0.5,
+        modality: str | None = "image",
+        where: Mapping[str, Any] | None = None,
+        refine: int | None = None,
+    ) -> list[Hit]:
+        """Items best matching an image modified by a text: ``(1 - w) * image + w * text``, renormalised.
+
+        ``text_weight`` (``w``) in [0, 1] moves the query from the image (0) to the text (1).
+        """
+        if not 0.0 <= float(text_weight) <= 1.0:
+            raise ValueError(f"text_weight must be in [0, 1]; received {text_weight!r}")
+        image_vec = self.encode_images([image])[0]  # [D]
+        text_vec = self.encode_texts([one_text(text)])[0]  # [D]
+        query = (1.0 - text_weight) * image_vec + text_weight * text_vec  # [D]
+        if np.linalg.norm(query) < 1e-6:
+            raise ValueError("the image and text queries cancel out: change text_weight")
+        return self.search_vector(query, k, modality=modality, where=where, refine=refine)
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _filters(self, modality: str | None, where: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        if where is not None and not isinstance(where, Mapping):
+            raise TypeError(f"where must be a mapping of field -> condition; received {type(where).__name__}")
+        if modality not in (None, "image", "text"):
+            raise ValueError(f"modality must be 'image', 'text' or None; received {modality!r}")
+        merged = dict(where or {})
+        if modality is None or not self._has_modality:
+            return merged or None
+        if "modality" in merged:
+            wanted = merged["modality"]
+            allowed = set(wanted) if isinstance(wanted, (list, tuple, set)) else {wanted}
+            if modality not in allowed:
+                raise ValueError(
+                    f"where={{'modality': {wanted!r}}} contradicts a search for {modality} items: drop the "
+                    "modality condition or use the method for the modality you want"
+                )
+        if self._only_modality() != modality:  # when every item is of this modality, no filter is faster
+            merged["modality"] = modality
+        return merged or None
+
+    def _only_modality(self) -> str | None:
+        """The modality of every item when the collection holds one only (checked once per size)."""
+        size = len(self.collection)
+        if self._single[0] != size:
+            probe = np.zeros((1, int(self.collection.dim)), dtype=np.float32)  # [1, D]
+            probe[0, 0] = 1.0
+            present = [
+                m
+                for m in ("image", "text")
+                if self.collection.search(probe, 1, where={"modality": m})[1][0, 0] >= 0
+            ]
+            self._single = (size, present[0] if len(present) == 1 else None)
+        return self._single[1]
+
+    def _hits(self, scores: np.ndarray, ids: np.ndarray) -> list[list[Hit]]:
+        valid = ids >= 0  # [n, k]; -1 pads rows with fewer than k matches
+        flat = ids[valid]
+        metadata = self.collection.get(flat) if len(flat) else []
+        by_id = {int(i): m for i, m in zip(flat.tolist(), metadata)}
+        return [
+            [
+                Hit(int(i), float(s), dict(by_id[int(i)]))
+                for i, s, ok in zip(row_ids, row_scores, row_ok)
+                if ok
+            ]
+            for row_ids, row_scores, row_ok in zip(ids, scores, valid)
+        ]

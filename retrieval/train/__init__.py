@@ -1,0 +1,23 @@
+"""Train a :class:`~retrieval.model.TwinEncoder`: ``train(config: TrainConfig) -> TrainResult``.
+
+This package's ``__init__`` is its public API; the modules behind it:
+
+* :mod:`~retrieval.train.loop` -- :func:`train`: set-up, the epoch loop, validation, the result.
+* :mod:`~retrieval.train.state` -- the loop's state as one value, saved and restored by checkpoints.
+* :mod:`~retrieval.train.result` -- :class:`TrainResult`, what a run reports.
+* :mod:`~retrieval.train.step` -- one optimizer step: micro-batches, features, loss, update.
+* :mod:`~retrieval.train.setup` -- checks, data, model and precision before the first step.
+* :mod:`~retrieval.train.checkpoint` -- resumable checkpoints (safetensors + JSON, no pickle).
+* :mod:`~retrieval.train.optim`, :mod:`~retrieval.train.sampling`, :mod:`~retrieval.train.frozen`,
+  :mod:`~retrieval.train.distributed`, :mod:`~retrieval.train.history` -- optimizers and schedule,
+  data order, cached locked towers, data parallelism, metrics log and plots.
+"""
+
+from __future__ import annotations
+
+from retrieval.config import TrainConfig
+from retrieval.train.loop import StepCallback, train
+from retrieval.train.result import TrainResult
+from retrieval.train.step import TrainingDivergedError
+
+__all__ = ["StepCallback", "TrainConfig", "TrainResult", "TrainingDivergedError", "train"]

@@ -1,0 +1,72 @@
+"""Optimizers by name, parameter groups without decay on gains, and the warmup + cosine schedule."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from retrieval.config import TrainConfig
+
+OPTIMIZERS: tuple[str, ...] = TrainConfig.CHOICES["optimizer"]
+
+
+def check_optimizer_name(name: str) -> None:
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {list(OPTIMIZERS)}")
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Trainable parameters split in two groups: matrices and kernels decay; biases, norm gains and
+    the logit scale/bias (any parameter with fewer than 2 dimensions) do not (as in open_clip)."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim < 2 or name.startswith("logit_") or ".logit_" in name:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    groups = []
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay})
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    if not groups:
+        raise ValueError("the model has no trainable parameters: unlock a tower or enable learn_logit_scale")
+    return groups
+
+
+def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer named by ``config.optimizer`` over the model's trainable parameters."""
+    check_optimizer_name(config.optimizer)
+    groups = parameter_groups(model, config.weight_decay)
+    name, lr = config.optimizer, config.lr
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(config.betas), eps=1e-6)
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr, betas=tuple(config.betas), eps=1e-6)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, nesterov=config.momentum > 0)
+    if name == "adagrad":
+        return torch.optim.Adagrad(groups, lr=lr)
+    return torch.optim.RMSprop(groups, lr=lr, momentum=config.momentum, alpha=0.99, eps=1e-8)
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:
+    """Multiplier of the peak learning rate at optimizer step ``step`` (0-based): linear warmup over
+    ``warmup_steps`` then a half cosine down to ``min_ratio`` at ``total_steps`` (Loshchilov & Hutter
+    2017, without restarts)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
