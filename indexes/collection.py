@@ -56,9 +56,12 @@ from typing import Any
 
 import numpy as np
 
-from indexes import auto, files, legacy, persist, planner
+from indexes import auto, checks, files, legacy, persist, planner
 from indexes import segment as segments_module
+from indexes.faiss_index import METRICS
 from indexes.files import DamagedFileError
+from indexes.fingerprint import check_fingerprint
+from indexes.maintenance import CollectionMaintenance
 from indexes.metadata import compile_where, validate_metadata
 from indexes.persist import FORMAT, FORMAT_VERSION, MANIFEST, CollectionBusyError
 from indexes.segment import Buffer, Part, Segment
@@ -70,7 +73,6 @@ logger = logging.getLogger(__name__)
 
 TOMBSTONE_REBUILD_FRACTION = 0.10  # needs_rebuild once this share of stored rows is removed-but-present
 RETRAIN_GROWTH = 4.0  # needs_rebuild once the collection holds this many times the vectors it trained on
-TUNE_MIN = 1_000  # below this many vectors, ANN parameters are not tuned (defaults are used)
 EXACT_FILTER_MAX = 20_000  # filters matching at most this many items are answered by exact search
 BUFFER_BYTES = 256 << 20  # unsaved items kept in memory before they are written as a segment
 SEGMENT_MAX_BYTES = 2 << 30  # merges never write a segment with more vector bytes than this
@@ -83,24 +85,7 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, received {value!r}")
-    return int(value)
-
-
-def _as_ids(ids: Any) -> np.ndarray:
-    arr = np.asarray(ids)
-    if arr.ndim == 0:
-        arr = arr.reshape(1)
-    if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
-        raise ValueError(
-            f"ids must be a 1-D sequence of integers, received {arr.dtype} array of shape {arr.shape}"
-        )
-    return arr.astype(np.int64, copy=False)
-
-
-class Collection:
+class Collection(CollectionMaintenance):
     """Vectors + metadata on disk, searchable with FAISS. Build with :meth:`create`, reopen with :meth:`open`."""
 
     exact_filter_max: int = EXACT_FILTER_MAX
@@ -165,12 +150,10 @@ class Collection:
         ANN search parameters are tuned to. ``overwrite=True`` replaces an existing collection
         (never a directory that is not one).
         """
-        from indexes import faiss_index as fi
-
         path = Path(path)
-        dim = _check_int("dim", dim, 1)
-        if metric not in fi.METRICS:
-            raise ValueError(f"metric {metric!r} is not supported; expected one of {sorted(fi.METRICS)}")
+        dim = checks.check_int("dim", dim, 1)
+        if metric not in METRICS:
+            raise ValueError(f"metric {metric!r} is not supported; expected one of {sorted(METRICS)}")
         budget = auto.parse_memory(memory_budget)
         if (
             isinstance(recall_target, bool)
@@ -498,11 +481,12 @@ class Collection:
 
     def check_fingerprint(self, fingerprint: str | None) -> None:
         """Raise ``ValueError`` unless the collection was built with ``fingerprint`` (None on either side passes)."""
-        if fingerprint is not None and self._fingerprint is not None and fingerprint != self._fingerprint:
-            raise ValueError(
-                f"collection {self._path} was built by model {self._fingerprint}, received vectors from "
-                f"{fingerprint}: search it with the model that built it, or re-embed the corpus"
-            )
+        check_fingerprint(
+            self.fingerprint,
+            fingerprint,
+            what=f"collection {self._path}",
+            fix="search it with the model that made it, or re-embed the corpus with this model",
+        )
 
     # ================================================================ validation helpers
     def _check_open(self, write: bool = False) -> None:
@@ -515,37 +499,11 @@ class Collection:
             )
 
     def _as_vectors(self, x: Any, what: str, allow_1d: bool) -> np.ndarray:
-        try:
-            arr = np.asarray(x)
-        except Exception as exc:
-            raise ValueError(f"{what} must be a numeric array, received {type(x).__name__}") from exc
-        if arr.dtype == bool or not (
-            np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
-        ):
-            raise ValueError(f"{what} must be a real-valued float array, received dtype {arr.dtype}")
-        if arr.ndim == 1 and allow_1d:
-            arr = arr.reshape(1, -1)
-        if arr.ndim != 2:
-            shape = "[n, d] or [d]" if allow_1d else "[n, d]"
-            raise ValueError(f"{what} must be a 2-D array {shape}, received shape {list(arr.shape)}")
-        if arr.shape[1] != self._dim:
-            raise ValueError(
-                f"{what} have dim {arr.shape[1]}, collection {self._path} has dim {self._dim}: "
-                f"use vectors from the model that built it (fingerprint {self._fingerprint})"
-            )
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
-        # one float64 reduction (NaN/inf propagate) instead of a full boolean mask in the common case
-        if arr.size and not np.isfinite(arr.sum(dtype=np.float64)) and not np.isfinite(arr).all():
-            bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
-            raise ValueError(
-                f"{what} contain NaN or infinite values in rows {bad[:5].tolist()}"
-                f"{' ...' if bad.size > 5 else ''}: clean or drop them first"
-            )
-        return arr
+        return checks.as_vectors(x, what, self._dim, self._path, self._fingerprint, allow_1d)
 
     def _locate(self, ids: Any, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(ids, part index, row) of live ids; raises naming the unknown ones."""
-        ids = _as_ids(ids)
+        ids = checks.as_ids(ids)
         part_of, row_of = planner.locate(self._parts(), ids)
         if (row_of < 0).any():
             unknown = ids[row_of < 0]
@@ -576,7 +534,7 @@ class Collection:
         if ids is None:
             new_ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
         else:
-            new_ids = _as_ids(ids)
+            new_ids = checks.as_ids(ids)
             if new_ids.size != n:
                 raise ValueError(f"ids has {new_ids.size} entries but {n} vectors were given")
             if n and (new_ids[0] < self._next_id or (np.diff(new_ids) <= 0).any()):
@@ -656,8 +614,10 @@ class Collection:
         """
         self._check_open()
         q = self._as_vectors(queries, "queries", allow_1d=True)  # [n, d]
-        k = _check_int("k", k, 1)
-        refine = int(self._params.get("refine", 0)) if refine is None else _check_int("refine", refine, 1)
+        k = checks.check_int("k", k, 1)
+        refine = (
+            int(self._params.get("refine", 0)) if refine is None else checks.check_int("refine", refine, 1)
+        )
         return self._search(q, k, where, refine, self._view())
 
     def _search(
@@ -775,11 +735,9 @@ class Collection:
         not recorded). Writes only the new segment, merged segments, changed deletion records and
         the manifest.
         """
-        from indexes import maintenance
-
         self._check_open(write=True)
         assert self._buffer is not None
-        maintenance.before_save(self)
+        self._before_save()
         if not self._dirty and self._manifest.get("version"):
             return
         version = int(self._manifest.get("version", 0)) + 1
@@ -799,9 +757,9 @@ class Collection:
                     segment = Segment.open(self._path, entry, self._dim, self._template, check=False)
                     opened.append(segment)
                     segments.append(segment)
-                runs = maintenance.planned_merges(self, segments)
+                runs = self._planned_merges(segments)
                 if runs:
-                    segments, replaced, rewritten = maintenance.apply_merges(self, segments, runs, created)
+                    segments, replaced, rewritten = self._apply_merges(segments, runs, created)
                     opened.extend(s for s in segments if s.folder in created)
                 for i, seg in enumerate(segments):
                     if seg.name not in self._changed_deletes:
@@ -848,7 +806,7 @@ class Collection:
         with self._filter_lock:
             self._filters.clear()
         if rewritten:
-            maintenance.after_merge(self, rewritten)
+            self._after_merge(rewritten)
 
     def _manifest_for(self, version: int, segments: Sequence[Segment]) -> dict[str, Any]:
         manifest = dict(self._manifest)
@@ -888,20 +846,12 @@ class Collection:
         except OSError as exc:  # pragma: no cover - garbage is harmless
             logger.warning("could not clean unused files of %s (%s)", self._path, exc)
 
-    def _convert_legacy(self) -> None:
-        """First writable open of a format-1 collection: record checksums, extract the template, commit."""
-        from indexes import maintenance
-
-        maintenance.convert_legacy(self)
-
     # ================================================================ maintenance (indexes.maintenance)
     def compact(self, force: bool = False) -> list[str]:
         """Merge segments as :mod:`indexes.compaction` plans (all of them, dropping every removed row,
         with ``force=True``) and commit; unsaved changes are saved first. Returns the new segment names."""
-        from indexes import maintenance
-
         self._check_open(write=True)
-        return maintenance.compact(self, force=force)
+        return self._compact_now(force=force)
 
     def tune(
         self,
@@ -919,19 +869,15 @@ class Collection:
         recall reached per query set, the time per query and exact search's time on the same
         queries are kept in :attr:`params` and the manifest.
         """
-        from indexes import maintenance
-
         self._check_open()
-        return maintenance.tune(self, recall_target, queries, k, where)
+        return self._tune_now(recall_target, queries, k, where)
 
     def set_tuning_queries(self, queries: dict[str, tuple[Any, dict[str, Any] | None]] | None) -> None:
         """Store query samples that tuning and ``index="auto"`` measure with, e.g.
         ``{"text->image": (caption_vectors, {"modality": "image"})}``; None forgets them.
         Written by the next save (at most 1,000 queries per set are kept)."""
-        from indexes import maintenance
-
         self._check_open(write=True)
-        maintenance.set_tuning_queries(self, queries)
+        self._store_tuning_queries(queries)
 
     def rebuild(self, index: str | None = None) -> None:
         """Rebuild from the stored vectors: merge segments dropping removed rows, retrain, re-tune.
@@ -939,10 +885,8 @@ class Collection:
         ``index`` switches to another factory string or ``"auto"``; None keeps the requested one.
         The result is used at once and committed by the next :meth:`save`.
         """
-        from indexes import maintenance
-
         self._check_open(write=True)
-        maintenance.rebuild(self, index)
+        self._rebuild_now(index)
 
     def verify(self, repair: bool = False) -> Any:
         """Read every file, check every checksum and the agreement of ids, vectors, metadata and index.
@@ -950,10 +894,23 @@ class Collection:
         Returns a :class:`indexes.verify.Report` (``ok``, the problems file by file). ``repair=True``
         (writable handles) rebuilds what intact parts allow and commits; the report says what was lost.
         """
-        from indexes import verify
+        from indexes.verify import verify_path
 
         self._check_open(write=repair)
-        return verify.verify(self, repair=repair)
+        if repair and self._dirty:
+            raise ValueError("save() or discard the unsaved changes before repairing the collection")
+        report = verify_path(self._path, repair=repair, locked=not self._read_only)
+        if report.repaired:  # reload what the repair committed; the writer lock stays with this handle
+            fresh = Collection._load(self._path, persist.read_manifest(self._path), self._read_only, None)
+            for s in self._segments:
+                s.close()
+            if self._buffer is not None:
+                self._buffer.close()
+            lock = self._lock_fd
+            self.__dict__.update({k: v for k, v in fresh.__dict__.items() if k != "_lock_fd"})
+            self._lock_fd = lock
+            fresh._closed = True
+        return report
 
     def _choice_due(self, n: int) -> bool:
         decided = int((self._auto or {}).get("n", -1))

@@ -41,7 +41,7 @@ from indexes.files import DamagedFileError
 from indexes.metadata import MetadataStore
 from indexes.template import Template
 
-__all__ = ["Problem", "Report", "verify", "verify_path"]
+__all__ = ["Problem", "Report", "verify_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,26 +102,6 @@ class Report:
             )
             lines.append(f"  lost {len(self.lost_ids)} item(s): ids {shown}")
         return "\n".join(lines)
-
-
-def verify(coll: Any, repair: bool = False) -> Report:
-    """Verify an open collection (see :func:`verify_path`); a repair reloads the handle afterwards."""
-    if repair and coll._dirty:
-        raise ValueError("save() or discard the unsaved changes before repairing the collection")
-    report = verify_path(coll.path, repair=repair, locked=not coll.read_only)
-    if report.repaired:
-        from indexes.collection import Collection
-
-        fresh = Collection._load(coll.path, persist.read_manifest(coll.path), coll.read_only, None)
-        for s in coll._segments:
-            s.close()
-        if coll._buffer is not None:
-            coll._buffer.close()
-        lock = coll._lock_fd
-        coll.__dict__.update({k: v for k, v in fresh.__dict__.items() if k != "_lock_fd"})
-        coll._lock_fd = lock
-        fresh._closed = True
-    return report
 
 
 def verify_path(path: str | Path, repair: bool = False, locked: bool = False) -> Report:

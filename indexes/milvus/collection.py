@@ -42,7 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from indexes import CollectionBusyError, auto, exact
+from indexes import auto, exact
+from indexes.fingerprint import check_fingerprint
 from indexes.location import Location, parse_location
 from indexes.metadata import validate_metadata
 from indexes.milvus import kinds
@@ -51,6 +52,7 @@ from indexes.milvus.client import Client
 from indexes.milvus.expr import compile_where
 from indexes.milvus.state import FORMAT_VERSION, State, now
 from indexes.milvus.table import METRICS, Table
+from indexes.persist import CollectionBusyError
 
 __all__ = ["MilvusCollection"]
 
@@ -360,11 +362,12 @@ class MilvusCollection:
 
     def check_fingerprint(self, fingerprint: str | None) -> None:
         """Raise ``ValueError`` unless the collection was built with ``fingerprint`` (None on either side passes)."""
-        if fingerprint is not None and self.fingerprint is not None and fingerprint != self.fingerprint:
-            raise ValueError(
-                f"collection {self._loc} was built by model {self.fingerprint}, received vectors from "
-                f"{fingerprint}: search it with the model that built it, or re-embed the corpus"
-            )
+        check_fingerprint(
+            self.fingerprint,
+            fingerprint,
+            what=f"collection {self._loc}",
+            fix="search it with the model that made it, or re-embed the corpus with this model",
+        )
 
     # ================================================================ add / remove / get
     def add(
