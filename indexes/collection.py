@@ -444,6 +444,7 @@ class Collection(CollectionMaintenance):
             "format_version": int(self._manifest.get("format_version", FORMAT_VERSION)),
             "version": self._manifest.get("version"),
             "count": len(self),
+            "next_id": self._next_id,
             "dim": self._dim,
             "metric": self._metric,
             "score": SCORE_CONVENTION[self._metric],
@@ -581,6 +582,14 @@ class Collection(CollectionMaintenance):
         self._dirty = True
         with self._filter_lock:
             self._filters.clear()
+
+    def reserve_ids(self, next_id: int) -> None:
+        """Never hand out ids below ``next_id`` (e.g. after copying a collection whose ids ran higher)."""
+        self._check_open(write=True)
+        next_id = checks.check_int("next_id", next_id, 0)
+        if next_id > self._next_id:
+            self._next_id = next_id
+            self._dirty = True
 
     def get(self, ids: Any) -> list[dict[str, Any]]:
         """Metadata dict of each id, in order (new dicts: editing them changes nothing stored)."""

@@ -25,6 +25,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -59,6 +60,20 @@ def _check_writes_ids(dst: Location) -> None:
             f"copying into the local folder {dst} needs Collection.add(vectors, metadata, ids=...) to keep the "
             "source's ids, which this version of indexes.Collection does not offer yet: copy into a Milvus "
             "location, or update siamese-retrieval"
+        )
+
+
+def _verify_source(src: Location) -> None:
+    from indexes.files import DamagedFileError
+    from indexes.verify import verify_path
+
+    report = verify_path(str(src))
+    if not report.ok:
+        first = report.problems[0]
+        raise DamagedFileError(
+            Path(str(src)) / first.file,
+            f"{first.detail} ({len(report.problems)} problem(s) found before copying)",
+            f"nothing was copied; run `retrieval check {src} --repair` first",
         )
 
 
@@ -122,12 +137,15 @@ def copy_collection(
     overwrite: bool = False,
     checkpoint: int = 200_000,
     progress: Callable[[int, int], None] | None = None,
+    verify: bool = True,
 ) -> CopyReport:
     """Copy every item of ``source`` into ``destination`` (created when missing); see the module doc.
 
     ``batch`` items are read and written at a time; ``index`` chooses the destination's index
     (default: the source's requested one when the destination can build it, else ``"auto"``);
     ``checkpoint`` items between commits; ``progress(done, total)`` is called after each batch.
+    ``verify`` reads a local source whole and checks every checksum first (damaged vectors
+    must not spread to the copy); a damaged source raises ``DamagedFileError`` naming the file.
     """
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch must be an integer >= 1, received {batch!r}")
@@ -138,6 +156,8 @@ def copy_collection(
         raise ValueError(f"source and destination are the same location {src_loc}")
     _check_writes_ids(dst_loc)
     t0 = time.perf_counter()
+    if verify and not src_loc.is_milvus:
+        _verify_source(src_loc)
     with open_collection(src_loc, read_only=True) as src:
         src_ids = src.ids()  # [n] ascending
         with _open_destination(src, dst_loc, index, overwrite) as dst:

@@ -18,10 +18,13 @@ Scores are higher-is-better (see :mod:`indexes.exact`); missing results are id -
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import faiss
 import numpy as np
 
 from indexes import exact
@@ -87,7 +90,46 @@ class Match:
 def search(
     view: View, q: np.ndarray, k: int, match: Match | None, refine: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` (scores [n, k], ids [n, k]) of ``q`` [n, d] over the view; ``match`` restricts to a filter."""
+    """Top-``k`` (scores [n, k], ids [n, k]) of ``q`` [n, d] over the view; ``match`` restricts to a filter.
+
+    A batch is split into one block of queries per FAISS thread, each searched through every
+    segment by one thread: a segment costs one more pass over the lists of a block, not one more
+    round of thread start-up and waiting per call (which, with several segments, cost a third of
+    the throughput on 2 cores). FAISS releases the GIL while it searches.
+    """
+    threads = faiss.omp_get_max_threads()
+    n = q.shape[0]
+    if threads > 1 and n >= 2 * CHUNK_QUERIES:
+        blocks = np.array_split(np.arange(n), min(threads, n // CHUNK_QUERIES))
+        pool = _thread_pool(threads)
+        parts = list(pool.map(lambda b: _one_thread(view, q[b[0] : b[-1] + 1], k, match, refine), blocks))
+        return np.vstack([p[0] for p in parts]), np.vstack([p[1] for p in parts])
+    return _search(view, q, k, match, refine)
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+CHUNK_QUERIES = 32  # smallest block of queries worth a thread of its own
+
+
+def _thread_pool(threads: int) -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL._max_workers != threads:
+            _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="indexes-search")
+        return _POOL
+
+
+def _one_thread(
+    view: View, q: np.ndarray, k: int, match: Match | None, refine: int
+) -> tuple[np.ndarray, np.ndarray]:
+    faiss.omp_set_num_threads(1)  # this worker thread's own OpenMP setting
+    return _search(view, np.ascontiguousarray(q), k, match, refine)
+
+
+def _search(
+    view: View, q: np.ndarray, k: int, match: Match | None, refine: int
+) -> tuple[np.ndarray, np.ndarray]:
     n = q.shape[0]
     kind = view.template.kind
     if match is not None:

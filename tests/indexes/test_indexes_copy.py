@@ -111,3 +111,16 @@ def test_milvus_to_local(source, lite_db: Path, tmp_path: Path) -> None:
     copy_collection(middle, back)
     _same(middle, str(back))
     _same(src, str(back))
+
+
+def test_a_damaged_local_source_is_not_copied(source, tmp_path: Path) -> None:
+    from indexes.files import DamagedFileError
+
+    src, _ = source
+    vectors = next(Path(src).glob("s*/vectors.npy"))
+    data = bytearray(vectors.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    vectors.write_bytes(bytes(data))
+    with pytest.raises(DamagedFileError, match=r"vectors.npy.*nothing was copied"):
+        copy_collection(src, str(tmp_path / "dst"))
+    assert not (tmp_path / "dst").exists()
