@@ -119,12 +119,17 @@ def bench_overhead(
             with Collection.open(root / f"overhead-{name}", read_only=True) as coll:
                 if not coll.info()["index_trained"]:
                     continue  # too few vectors to train this spec (the collection searches exactly)
-                # the one segment's FAISS index, with the collection's nprobe / efSearch applied
-                part = coll._segments[0].index
-                index = part.index
+                # the same index as a user would hold it in memory, with the collection's nprobe / efSearch
+                seg = coll._segments[0]
+                record = seg.entry["index"]
+                if record["kind"] == "lists":  # the shared quantizer, the same lists, loaded in RAM
+                    index = faiss.clone_index(coll._template.trained)
+                    index.add(np.ascontiguousarray(seg.vectors))
+                else:  # the segment's graph, read into RAM
+                    index = faiss.read_index(str(seg.folder / record["file"]))
                 for key, value in coll.params.items():
                     if key == "nprobe":
-                        index.nprobe = int(value)
+                        faiss.extract_index_ivf(index).nprobe = int(value)
                     elif key == "efSearch":
                         faiss.downcast_index(index).hnsw.efSearch = int(value)
                 coll.search(q, K)

@@ -111,6 +111,7 @@ def create_collection(
     memory_budget: int | str | None = None,
     recall_target: float = 0.95,
     overwrite: bool = False,
+    model_info: dict[str, Any] | None = None,
 ) -> VectorCollection:
     """Create an empty collection at ``location`` and return it open for writing.
 
@@ -118,7 +119,7 @@ def create_collection(
     the factory strings Milvus can build (see :mod:`indexes.milvus.kinds`).
     """
     loc = parse_location(location)
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         metric=metric,
         index=index,
         fingerprint=fingerprint,
@@ -126,6 +127,8 @@ def create_collection(
         recall_target=recall_target,
         overwrite=overwrite,
     )
+    if model_info is not None:
+        kwargs["model_info"] = model_info
     if loc.is_milvus:
         return _milvus().create(loc, dim, **kwargs)
     from indexes.collection import Collection

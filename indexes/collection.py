@@ -140,6 +140,7 @@ class Collection(CollectionMaintenance):
         memory_budget: int | str | None = None,
         recall_target: float = 0.95,
         overwrite: bool = False,
+        model_info: dict[str, Any] | None = None,
     ) -> Collection:
         """Create an empty collection at ``path`` (written to disk at once) and return it open for writing.
 
@@ -148,7 +149,9 @@ class Collection(CollectionMaintenance):
         is saved, by measuring candidates against exact search, within ``memory_budget``: bytes or
         e.g. ``"4GB"``; it also bounds the unsaved items kept in memory). ``recall_target`` is what
         ANN search parameters are tuned to. ``overwrite=True`` replaces an existing collection
-        (never a directory that is not one).
+        (never a directory that is not one). ``model_info`` is a small JSON-able dict saying where the
+        model with ``fingerprint`` came from (e.g. a hub id and revision), kept with the collection
+        and shown by :meth:`info`.
         """
         path = Path(path)
         dim = checks.check_int("dim", dim, 1)
@@ -163,6 +166,13 @@ class Collection(CollectionMaintenance):
             raise ValueError(f"recall_target must be a number in (0, 1], received {recall_target!r}")
         if fingerprint is not None and not isinstance(fingerprint, str):
             raise ValueError(f"fingerprint must be a string or None, received {type(fingerprint).__name__}")
+        if model_info is not None:
+            try:
+                model_info = json.loads(json.dumps(model_info, allow_nan=False))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"model_info must be a JSON-able dict, received {model_info!r} ({exc})") from exc
+            if not isinstance(model_info, dict):
+                raise ValueError(f"model_info must be a dict, received {type(model_info).__name__}")
         requested = index.strip() if isinstance(index, str) else index
         spec = "Flat" if requested == "auto" else requested
         template = Template(spec, dim, metric)  # validates the spec
@@ -198,6 +208,7 @@ class Collection(CollectionMaintenance):
                 "index_requested": requested,
                 "index_spec": spec,
                 "fingerprint": fingerprint,
+                "model_info": model_info,
                 "params": {},
                 "memory_budget": budget,
                 "recall_target": float(recall_target),
@@ -354,6 +365,12 @@ class Collection(CollectionMaintenance):
         return self._fingerprint
 
     @property
+    def model_info(self) -> dict[str, Any] | None:
+        """Where the model that filled the collection came from (as given to :meth:`create`), or None."""
+        info = self._manifest.get("model_info")
+        return dict(info) if isinstance(info, dict) else None
+
+    @property
     def index_spec(self) -> str:
         """The factory string of the index in use (``index_requested`` in :meth:`info` may be "auto")."""
         return self._template.spec
@@ -449,6 +466,7 @@ class Collection(CollectionMaintenance):
             "metric": self._metric,
             "score": SCORE_CONVENTION[self._metric],
             "fingerprint": self._fingerprint,
+            "model_info": self.model_info,
             "index_spec": self._template.spec,
             "index_requested": self._requested,
             "index_kind": self._template.kind,

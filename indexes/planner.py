@@ -18,9 +18,7 @@ Scores are higher-is-better (see :mod:`indexes.exact`); missing results are id -
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,23 +99,13 @@ def search(
     n = q.shape[0]
     if threads > 1 and n >= 2 * CHUNK_QUERIES:
         blocks = np.array_split(np.arange(n), min(threads, n // CHUNK_QUERIES))
-        pool = _thread_pool(threads)
+        pool = exact.thread_pool(threads)
         parts = list(pool.map(lambda b: _one_thread(view, q[b[0] : b[-1] + 1], k, match, refine), blocks))
         return np.vstack([p[0] for p in parts]), np.vstack([p[1] for p in parts])
     return _search(view, q, k, match, refine)
 
 
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
 CHUNK_QUERIES = 32  # smallest block of queries worth a thread of its own
-
-
-def _thread_pool(threads: int) -> ThreadPoolExecutor:
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None or _POOL._max_workers != threads:
-            _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="indexes-search")
-        return _POOL
 
 
 def _one_thread(
