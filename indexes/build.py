@@ -241,12 +241,14 @@ def _build(coll: Any, shards: list[Shard], runner: Runner, state_dir: Path) -> B
     reused = len(entries)
     logger.info("building %d segments from %d shards (%d reused)", len(todo), len(shards), reused)
     last_commit = time.perf_counter()
+    coll._in_flight = {coll.path / t["name"] for t in todo}  # commits meanwhile must not sweep them
     for entry in runner.imap(segment_task, todo):
         entries.append(entry)
         coll._pending.add(coll.path / entry["name"])
         if time.perf_counter() - last_commit > COMMIT_EVERY:
             _commit_segments(coll, entries, generation)  # progress survives an interruption
             last_commit = time.perf_counter()
+    coll._in_flight = set()
     _commit_segments(coll, entries, generation)
     t1 = time.perf_counter()
     # the index: trained once in this process, each segment's share built by the runner

@@ -120,6 +120,7 @@ class Collection(CollectionMaintenance):
         self._lock_fd = lock_fd
         self._buffer: Buffer | None = None if read_only else Buffer(self._dim, template)
         self._pending: set[Path] = set()  # files written for the next commit (flushed segments, indexes)
+        self._in_flight: set[Path] = set()  # folders worker processes are writing (bulk builds): never swept
         self._deleted_fields: dict[str, dict[str, int]] = {
             s.name: dict((s.entry.get("deleted") or {}).get("fields") or {}) for s in segments
         }
@@ -869,7 +870,7 @@ class Collection(CollectionMaintenance):
         if self._read_only:
             return
         try:
-            persist.collect_garbage(self._path, keep)
+            persist.collect_garbage(self._path, keep, protect=self._pending | self._in_flight)
         except OSError as exc:  # pragma: no cover - garbage is harmless
             logger.warning("could not clean unused files of %s (%s)", self._path, exc)
 

@@ -160,7 +160,7 @@ class CollectionMaintenance:
                         if state.template_record
                         else None,
                         "generation": generation,
-                        "threads": 1,
+                        "threads": runner.threads_per_task,
                     }
                     for s in todo
                 ]

@@ -184,10 +184,12 @@ def referenced(manifest: dict[str, Any]) -> tuple[set[str], dict[str, set[str]]]
     return top, inside
 
 
-def collect_garbage(path: Path, keep: list[dict[str, Any]]) -> None:
+def collect_garbage(path: Path, keep: list[dict[str, Any]], protect: set[Path] | None = None) -> None:
     """Delete what none of the manifests in ``keep`` refers to: segment and format-1 folders, templates,
     query files, superseded index / deletion files and temporary files. Names the collection does not
-    make (e.g. an ``embed/`` state folder beside it) are never touched."""
+    make (e.g. an ``embed/`` state folder beside it) are never touched, nor the paths in ``protect``
+    (files written for a commit still to come, possibly still being written by a worker)."""
+    protect = protect or set()
     top: set[str] = set()
     inside: dict[str, set[str]] = {}
     for manifest in keep:
@@ -197,10 +199,12 @@ def collect_garbage(path: Path, keep: list[dict[str, Any]]) -> None:
             inside.setdefault(name, set()).update(names)
     for child in path.iterdir():
         name = child.name
+        if child in protect:
+            continue
         if name in top:
             if name in inside and child.is_dir():
                 for item in child.iterdir():
-                    if GENERATION_RE.match(item.name) and item.name not in inside[name]:
+                    if GENERATION_RE.match(item.name) and item.name not in inside[name] and item not in protect:
                         remove_file(item)
             continue
         if child.is_dir() and (SEGMENT_RE.match(name) or DATA_RE.match(name)):

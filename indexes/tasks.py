@@ -104,21 +104,32 @@ def index_task(args: dict[str, Any]) -> dict[str, Any]:
     from indexes.segment import write_index_record
     from indexes.template import Template
 
-    faiss.omp_set_num_threads(int(args.get("threads", 1)))
+    before = faiss.omp_get_max_threads()
     template_file = args.get("template_file")
     if template_file:
         template = Template.read(args["spec"], int(args["dim"]), args["metric"], Path(template_file))
     else:
         template = Template(args["spec"], int(args["dim"]), args["metric"])
-    folder = Path(args["folder"])
-    vectors = np.load(folder / "vectors.npy", mmap_mode="r", allow_pickle=False)
-    part = template.build_part(vectors)
-    assert part is not None
-    return write_index_record(folder, part, template, int(args["generation"]))
+    # HNSW graphs built by several threads depend on their timing: one thread makes every build of
+    # the same shards identical. IVF and codes are the same whatever the number of threads.
+    threads = 1 if template.kind == "hnsw" else int(args.get("threads") or before)
+    faiss.omp_set_num_threads(threads)
+    try:
+        folder = Path(args["folder"])
+        vectors = np.load(folder / "vectors.npy", mmap_mode="r", allow_pickle=False)
+        part = template.build_part(vectors)
+        assert part is not None
+        return write_index_record(folder, part, template, int(args["generation"]))
+    finally:
+        faiss.omp_set_num_threads(before)  # a task run in this process leaves its threads as they were
 
 
 class Runner:
-    """Runs tasks in this process, in worker processes, or as Ray tasks; results in task order."""
+    """Runs tasks in this process, in worker processes, or as Ray tasks; results in task order.
+
+    :attr:`threads_per_task` is how many FAISS threads each task may use: all of them in this
+    process, the cores shared out between local worker processes, one per Ray task.
+    """
 
     def __init__(self, engine: str = "local", workers: int = 1, ray_address: str | None = None) -> None:
         if engine not in ENGINES:
@@ -128,6 +139,16 @@ class Runner:
         self.engine = engine
         self.workers = workers
         self.ray_address = ray_address
+
+    @property
+    def threads_per_task(self) -> int:
+        import faiss
+
+        if self.engine == "ray":
+            return 1
+        if self.workers == 1:
+            return faiss.omp_get_max_threads()
+        return max(1, (os.cpu_count() or 1) // self.workers)
 
     def map(self, fn: Callable[[dict[str, Any]], Any], tasks: Sequence[dict[str, Any]]) -> list[Any]:
         return list(self.imap(fn, tasks))

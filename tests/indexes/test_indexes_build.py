@@ -175,3 +175,21 @@ def test_index_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert code == 0 and json.loads(capsys.readouterr().out)["count"] == 400
     assert main(["index", str(tmp_path / "nope"), "--out", str(tmp_path / "d")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_builds_are_identical_whatever_the_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trained, compressed index (IVF-PQ) built with several FAISS threads in this process and by
+    worker processes gives the same files, and a build leaves this process's thread count alone."""
+    import faiss
+
+    monkeypatch.setattr(Collection, "_segment_max_rows", lambda self: 700)
+    _clip_layout(tmp_path / "shards", [1_200, 900], [])
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)
+    try:
+        build_collection(tmp_path / "shards", tmp_path / "serial", index="IVF8,PQ4x4", workers=1)
+        assert faiss.omp_get_max_threads() == 2
+        build_collection(tmp_path / "shards", tmp_path / "parallel", index="IVF8,PQ4x4", workers=2)
+    finally:
+        faiss.omp_set_num_threads(before)
+    assert _signature(tmp_path / "serial") == _signature(tmp_path / "parallel")

@@ -164,3 +164,15 @@ def test_concurrent_searches_on_one_handle(tmp_path: Path) -> None:
             parallel = list(pool.map(lambda w: coll.search(x[:20], 5, where=w)[1], wheres))
     for a, b in zip(serial, parallel):
         np.testing.assert_array_equal(a, b)
+
+
+def test_model_info_is_kept(tmp_path: Path) -> None:
+    info = {"source": "hub", "id": "org/model", "revision": "0123abcd"}
+    with Collection.create(tmp_path / "c", 4, index="Flat", fingerprint="fp", model_info=info) as coll:
+        coll.add(np.eye(4, dtype=np.float32))
+        info["id"] = "changed"  # the caller's dict is not kept by reference
+    with Collection.open(tmp_path / "c", read_only=True) as coll:
+        assert coll.model_info == {"source": "hub", "id": "org/model", "revision": "0123abcd"}
+        assert coll.info()["model_info"] == coll.model_info
+    with pytest.raises(ValueError, match="model_info must be a JSON-able dict"):
+        Collection.create(tmp_path / "d", 4, model_info={"x": object()})
