@@ -108,10 +108,10 @@ def estimate_memory(spec: str, n: int, dim: int) -> int:
     if m:
         links = int(m.group(1)) * 2 * 4 * 1.1  # level-0 links (2M int32) plus upper levels (~10 %)
         return int(n * (dim * 4 + links)) + ids
-    m = re.fullmatch(r"(?:OPQ\d+(?:_\d+)?,)?IVF(\d+),(Flat|PQ(\d+)(?:x8)?)", spec)
+    m = re.fullmatch(r"(?:OPQ\d+(?:_\d+)?,)?IVF(\d+),(Flat|SQ8|PQ(\d+)(?:x8)?)", spec)
     if m:
         nlist = int(m.group(1))
-        code = dim * 4 if m.group(2) == "Flat" else int(m.group(3))
+        code = {"Flat": dim * 4, "SQ8": dim}.get(m.group(2)) or int(m.group(3))
         return n * code + ids + nlist * dim * 4
     return n * dim * 4 + ids
 
@@ -135,6 +135,9 @@ def candidates(n: int, dim: int, memory_budget: int | None = None) -> list[str]:
     ivf_flat = f"IVF{nlist},Flat"
     ordered = [hnsw, ivf_flat] if n <= HNSW_MAX else [ivf_flat, hnsw]
     out = [spec for spec in ordered if fits(spec)]
+    sq8 = f"IVF{nlist},SQ8"
+    if ivf_flat not in out and fits(sq8):
+        out.append(sq8)
     for m in PQ_CHOICES:
         if dim % m == 0 and m < dim:
             spec = f"IVF{nlist},PQ{m}"
@@ -264,7 +267,7 @@ def tune(
         knob, grid = "efSearch", [16, 32, 64, 128, 256, 512, 1024, 2048]
     else:
         knob, grid = "", [0]
-    refines = (1, 2, 4, 8, 16) if has_codes else (0,)
+    refines = (1, 2, 4, 8, 16, 32, 64) if has_codes else (0,)
     pairs = max(min(int((qs.truth >= 0).sum()) for qs in sets if qs.truth is not None), 1)
     margin = 2.0 * math.sqrt(recall_target * (1.0 - recall_target) / pairs)
     bar = min(1.0, recall_target + margin)
