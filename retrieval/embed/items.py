@@ -138,11 +138,21 @@ def text_items(pairs: Iterable[PairLike]) -> tuple[list[Item], list[SourceSkip]]
     return items, skips
 
 
-def corpus_items(source: Any, modality: str, **read_options: Any) -> tuple[list[Item], list[SourceSkip]]:
-    """All items of ``source`` for ``modality`` ("images" | "texts" | "both"), images first."""
+def caption_sample(pairs: Sequence[PairLike], limit: int) -> list[str]:
+    """Up to ``limit`` distinct non-empty captions of ``pairs``, spread evenly over them (deterministic)."""
+    captions = list(dict.fromkeys(c for c in (str(p.caption) for p in pairs) if c.strip()))
+    if len(captions) <= limit:
+        return captions
+    step = len(captions) / limit
+    return [captions[int(i * step)] for i in range(limit)]
+
+
+def corpus_items(pairs: Sequence[PairLike], modality: str) -> tuple[list[Item], list[SourceSkip]]:
+    """All items of ``pairs`` (from :func:`read_source`) for ``modality`` ("images" | "texts" |
+    "both"), images first, with the images and captions that were skipped."""
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {list(MODALITIES)}; received {modality!r}")
-    pairs, skips = read_source(source, **read_options)
+    skips: list[SourceSkip] = []
     items: list[Item] = []
     if modality in ("images", "both"):
         found, missing = image_items(pairs)

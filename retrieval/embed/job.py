@@ -27,13 +27,15 @@ from typing import Any
 
 import numpy as np
 
+from retrieval import encoding
 from retrieval.config import EmbedConfig
 from retrieval.embed import engines
-from retrieval.embed.items import Item, corpus_items
+from retrieval.embed.items import Item, PairLike, caption_sample, corpus_items, read_source
 from retrieval.embed.store import EmbedState, open_or_create, state_dir
 from retrieval.encoding import pick_device
 
 logger = logging.getLogger(__name__)
+TUNING_CAPTIONS = 1_000  # captions encoded as tuning queries for an image-only collection
 
 __all__ = ["EmbedSummary", "embed_corpus", "recorded_model_dir"]
 
@@ -95,7 +97,9 @@ def embed_corpus(
         "id_column": config.id_column,
         "split": config.split,
     }
-    items, source_skips = corpus_items(source, config.modality, **read_options)
+    pairs, source_skips = read_source(source, **read_options)
+    items, item_skips = corpus_items(pairs, config.modality)
+    source_skips += item_skips
     # A collection made by another model is refused before any work is done.
     open_or_create(collection_path, dim, config.index, fingerprint).close()
     with EmbedState(state_dir(collection_path)) as state:  # one job per collection at a time
@@ -123,7 +127,10 @@ def embed_corpus(
                     skipped.update(reason for _, reason, _ in failed)
                     bar.update(n_ok + len(failed))
         if pending or pruned:
-            added += state.sync_collection(collection_path, config.index, fingerprint, dim)
+            tuning = _caption_queries(model, pairs, config) if config.modality == "images" else None
+            added += state.sync_collection(
+                collection_path, config.index, fingerprint, dim, tuning_queries=tuning
+            )
         state.write_errors(source_skips, {it.key for it in items})
         export = Path(config.npy_export) if config.npy_export else None
         if export is not None:
@@ -140,6 +147,21 @@ def embed_corpus(
             npy_export=export,
             seconds=time.perf_counter() - started,
         )
+
+
+def _caption_queries(
+    model: Any, pairs: Sequence[PairLike], config: EmbedConfig
+) -> dict[str, tuple[np.ndarray, None]] | None:
+    """Vectors of a sample of the source's captions, stored with an image-only collection as the
+    queries its index is tuned with (:meth:`indexes.Collection.set_tuning_queries`): recall is then
+    measured on the text->image searches users send, which sit apart from the images in the space
+    (the modality gap), rather than on image->image neighbours."""
+    captions = caption_sample(pairs, TUNING_CAPTIONS)
+    if not captions:
+        return None
+    device = str(pick_device(config.device))
+    encoded = encoding.encode_texts(model, captions, batch_size=config.batch_size, device=device)
+    return {"text->image": (encoded.vectors.numpy(), None)}
 
 
 def _batches(

@@ -215,8 +215,16 @@ class EmbedState:
         return Shard(path)
 
     # -- collection ---------------------------------------------------------------------------
-    def sync_collection(self, collection_path: Path, index: str, fingerprint: str, dim: int) -> int:
-        """Add every shard the collection does not hold yet; returns how many vectors were added."""
+    def sync_collection(
+        self,
+        collection_path: Path,
+        index: str,
+        fingerprint: str,
+        dim: int,
+        tuning_queries: dict[str, tuple[Any, Any]] | None = None,
+    ) -> int:
+        """Add every shard the collection does not hold yet; returns how many vectors were added.
+        ``tuning_queries`` (see :meth:`indexes.Collection.set_tuning_queries`) are stored with them."""
         ingested = set(self.state.get("ingested", []))
         intent = self.state.get("intent")
         coll = open_or_create(collection_path, dim, index, fingerprint)
@@ -237,13 +245,19 @@ class EmbedState:
                 )
             if intent != "rebuild":
                 pending = [s for s in self.shards() if s.name not in ingested]
-                return self._add(coll, pending, ingested) if pending else 0
+                return self._add(coll, pending, ingested, tuning_queries) if pending else 0
         finally:
             coll.close()
         logger.warning("collection %s does not match its shards: rebuilding it from them", collection_path)
-        return self._rebuild(collection_path, index, fingerprint, dim)
+        return self._rebuild(collection_path, index, fingerprint, dim, tuning_queries)
 
-    def _add(self, coll: Any, pending: list[Shard], ingested: set[str]) -> int:
+    def _add(
+        self,
+        coll: Any,
+        pending: list[Shard],
+        ingested: set[str],
+        tuning_queries: dict[str, tuple[Any, Any]] | None = None,
+    ) -> int:
         """Add ``pending`` shards in order (an image flagged as replacing an earlier version of its file
         removes that version), then save once, recording the intent first so a crash is detectable."""
         count_before, version_before = len(coll), _version(coll)
@@ -261,6 +275,8 @@ class EmbedState:
                 added += len(vectors)
             if len(stale):
                 coll.remove(stale)
+        if tuning_queries is not None and len(coll):
+            coll.set_tuning_queries(tuning_queries)  # before the save that may choose and tune the index
         if coll.needs_rebuild:
             coll.rebuild()
         self.state["intent"] = {
@@ -275,13 +291,20 @@ class EmbedState:
         self.save_state()
         return added
 
-    def _rebuild(self, collection_path: Path, index: str, fingerprint: str, dim: int) -> int:
+    def _rebuild(
+        self,
+        collection_path: Path,
+        index: str,
+        fingerprint: str,
+        dim: int,
+        tuning_queries: dict[str, tuple[Any, Any]] | None = None,
+    ) -> int:
         from indexes import Collection
 
         with Collection.create(
             collection_path, dim, index=index, fingerprint=fingerprint, overwrite=True
         ) as coll:
-            return self._add(coll, self.shards(), set())
+            return self._add(coll, self.shards(), set(), tuning_queries)
 
     # -- outputs ------------------------------------------------------------------------------
     def write_errors(self, source_skips: Sequence[SourceSkip], current_keys: set[str]) -> int:

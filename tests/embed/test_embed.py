@@ -257,3 +257,22 @@ def test_prune_removes_items_that_left_the_corpus(fake_model, corpus, config, tm
     assert back.embedded == 2
     embed_corpus(fake_model, corpus, tmp_path / "fresh2", config)
     assert _contents(tmp_path / "coll") == _contents(tmp_path / "fresh2")
+
+
+def test_image_only_collection_is_tuned_with_its_captions(fake_model, corpus, config, tmp_path):
+    """Without captions in the collection, its index is tuned with the source's captions as queries
+    (text->image, the searches users send), not with stored images as queries."""
+    embed_corpus(fake_model, corpus, tmp_path / "coll", config.replace(modality="images", index="HNSW8"))
+    captions = [json.loads(line)["caption"] for line in corpus.read_text().splitlines()]
+    with Collection.open(tmp_path / "coll") as coll:
+        assert {m["modality"] for m in coll.get(coll.ids())} == {"image"}
+        params = coll.tune(recall_target=1.0, k=3)
+        assert set(params["tuned_recall_by_queries"]) == {"text->image"}
+        assert params["tune_queries"] == len(set(captions))
+        # The recall recorded is the one these captions get against exact search.
+        queries = fake_model.encode_texts(sorted(set(captions), key=captions.index)).numpy()
+        _, found = coll.search(queries, 3)
+        ids, vectors = coll.ids(), coll.vectors(coll.ids())
+    truth = ids[np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :3]]
+    recall = np.mean([len(set(f) & set(t)) / 3 for f, t in zip(found.tolist(), truth.tolist())])
+    assert params["tuned_recall_by_queries"]["text->image"] == pytest.approx(recall, abs=1e-3)
