@@ -177,8 +177,8 @@ class ServeConfig(ConfigBase):
     """
 
     collections: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> collection directory
-    model: str | None = None  # default model directory for every collection (None: the one `embed` recorded)
-    models: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> model directory, overrides `model`
+    model: str | None = None  # default model (folder or hub id) for every collection (None: the one `embed` recorded)
+    models: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> model (folder or hub id), overrides `model`
     media_roots: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> folder the image endpoint may serve
     host: str = "127.0.0.1"  # interface to bind; anything but loopback needs an api_key (or allow_insecure)
     port: int = 8000  # TCP port to bind
