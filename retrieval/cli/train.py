@@ -17,8 +17,8 @@ JSON when they parse as JSON, else strings. Give them right after DATA or anywhe
   retrieval train pairs.jsonl --out runs/a --set loss=siglip --set model.text_tower=transformer
 Fine-tune a pretrained model: --init MODEL (a toolkit or transformers CLIP/SigLIP folder, or a hub id
 org/name[@revision]); then model.* overrides set only how each tower trains, e.g.
-  retrieval train pairs.jsonl --init openai/clip-vit-base-patch32 --out runs/ft model.lock_text=false \
-      model.unfreeze_image_layers=2 lr=1e-5
+  retrieval train pairs.jsonl model.lock_text=false model.unfreeze_image_layers=2 lr=1e-5
+      --init openai/clip-vit-base-patch32 --out runs/ft
 Precedence: TrainConfig defaults < --config JSON < options < overrides. Ctrl-C stops after the current
 step with a checkpoint; --resume continues from it exactly. Data-parallel on N processes (gloo on CPU,
 nccl on GPUs): torchrun --nproc_per_node=N -m retrieval train DATA --out DIR ..."""
