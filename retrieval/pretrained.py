@@ -23,7 +23,7 @@ from typing import Any
 
 from retrieval.towers.hf import DUAL_MODELS
 
-__all__ = ["ModelSource", "hub_cache_dir", "resolve_model", "weights_sha256"]
+__all__ = ["ModelSource", "describe_model_info", "hub_cache_dir", "resolve_model", "weights_sha256"]
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -214,6 +214,15 @@ def _hub_source(repo_id: str, revision: str | None) -> ModelSource:
         revision=commit,
         requested_revision=revision or "main",
     )
+
+
+def describe_model_info(info: Any) -> str | None:
+    """A model name for messages from a recorded :meth:`ModelSource.info` (``None`` when unknown)."""
+    if not isinstance(info, dict):
+        return None
+    if info.get("source") == "hub" and info.get("id"):
+        return f"{info['id']}@{info['revision']}" if info.get("revision") else str(info["id"])
+    return str(info["path"]) if info.get("path") else None
 
 
 def _weight_files(path: Path) -> list[Path]:

@@ -112,7 +112,8 @@ def test_a_hub_id_works_everywhere_offline(hf_home, checkpoints, manifest, tmp_p
     assert main(["search", str(coll), "a blue dog", "--json"]) == 0  # recorded as HUB_ID@REVISION
     assert len(capsys.readouterr().out.splitlines()) == 10
     assert main(["search", str(coll), "a blue dog", "--model", f"{HUB_ID}@{OTHER_REVISION}"]) == 1
-    assert "was made by the model with fingerprint" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "was made by the model with fingerprint" in err and f"({HUB_ID}@{REVISION})" in err
     assert len(_serve_search(coll, model=HUB_ID)) == 3
 
     assert main(["eval", str(manifest), "--model", HUB_ID, "--out", str(tmp_path / "r"), "--no-progress"]) == 0
