@@ -96,6 +96,8 @@ def test_every_command_takes_a_transformers_folder(which, checkpoints, manifest,
     assert main(argv) == 0
     metrics = json.loads((report / "metrics.json").read_text())
     assert "t2i/R@1" in metrics["metrics"] and "zeroshot/top1" in metrics["metrics"]
+    assert metrics["model_info"] == info["model_info"]
+    assert f"({folder.resolve()})" in (report / "report.md").read_text()
     assert len(_serve_search(coll)) == 3
 
 
@@ -119,6 +121,7 @@ def test_a_hub_id_works_everywhere_offline(hf_home, checkpoints, manifest, tmp_p
 
     assert main(["eval", str(manifest), "--model", HUB_ID, "--out", str(tmp_path / "r"), "--no-progress"]) == 0
     assert "t2i R@K" in capsys.readouterr().out
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["model_info"]["revision"] == REVISION
 
     run = tmp_path / "run"
     argv = ["train", str(manifest), "max_steps=1", "batch_size=6", "device=cpu", "model.lock_text=false",
