@@ -320,9 +320,7 @@ class TwinEncoder(nn.Module):
         return load_model(id_or_path, device=device)
 
     @classmethod
-    def _from_transformers(
-        cls, source: ModelSource, device: str | torch.device | None = None
-    ) -> TwinEncoder:
+    def _from_transformers(cls, source: ModelSource, device: str | torch.device | None = None) -> TwinEncoder:
         from retrieval.towers.hf import load_dual_encoder
 
         config, image_tower, text_tower, scale, bias = load_dual_encoder(str(source.path), name=source.label)

@@ -30,6 +30,8 @@ WEIGHTS_FILE = "model.safetensors"
 FORMAT_FILE = "retrieval_model.json"
 # What a hub snapshot needs for a CLIP / SigLIP model: configs, tokenizer and processor files, weights.
 HUB_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors"]
+# Not for transformers: sub-folders (onnx/, other frameworks' exports) and OpenCLIP's own weight files.
+HUB_IGNORED = ["*/*", "open_clip_*"]
 HUB_FALLBACK_WEIGHTS = ["pytorch_model*.bin"]  # older repos without safetensors
 _WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
@@ -173,12 +175,17 @@ def _hub_source(repo_id: str, revision: str | None) -> ModelSource:
                 cache_dir=cache,
                 local_files_only=offline,
                 allow_patterns=HUB_PATTERNS,
+                ignore_patterns=HUB_IGNORED,
             )
         )
         if not _weight_files(folder) and not offline:
             folder = Path(
                 snapshot_download(
-                    repo_id, revision=revision, cache_dir=cache, allow_patterns=HUB_FALLBACK_WEIGHTS
+                    repo_id,
+                    revision=revision,
+                    cache_dir=cache,
+                    allow_patterns=HUB_FALLBACK_WEIGHTS,
+                    ignore_patterns=HUB_IGNORED,
                 )
             )
     except RevisionNotFoundError as exc:
@@ -226,7 +233,8 @@ def describe_model_info(info: Any) -> str | None:
 
 
 def _weight_files(path: Path) -> list[Path]:
-    return sorted({p for pattern in _WEIGHT_GLOBS for p in path.glob(pattern) if p.is_file()})
+    found = {p for pattern in _WEIGHT_GLOBS for p in path.glob(pattern) if p.is_file()}
+    return sorted(p for p in found if not p.name.startswith("open_clip_"))
 
 
 def weights_sha256(path: Path) -> str:

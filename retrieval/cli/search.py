@@ -41,7 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--image", default=None, help="image query path (with a text query: composed query)")
     p.add_argument(
-        "--model", default=None, metavar="MODEL", help=f"{MODEL_HELP}; default: the one `retrieval embed` recorded"
+        "--model",
+        default=None,
+        metavar="MODEL",
+        help=f"{MODEL_HELP}; default: the one `retrieval embed` recorded",
     )
     p.add_argument("-k", type=int, default=10, help="number of results")
     p.add_argument(

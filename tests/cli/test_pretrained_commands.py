@@ -119,7 +119,9 @@ def test_a_hub_id_works_everywhere_offline(hf_home, checkpoints, manifest, tmp_p
     assert len(_serve_search(coll, model=HUB_ID)) == 3
     assert len(_serve_search(coll)) == 3  # the recorded HUB_ID@REVISION, from the cache
 
-    assert main(["eval", str(manifest), "--model", HUB_ID, "--out", str(tmp_path / "r"), "--no-progress"]) == 0
+    assert (
+        main(["eval", str(manifest), "--model", HUB_ID, "--out", str(tmp_path / "r"), "--no-progress"]) == 0
+    )
     assert "t2i R@K" in capsys.readouterr().out
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["model_info"]["revision"] == REVISION
 

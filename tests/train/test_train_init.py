@@ -65,7 +65,9 @@ def test_fine_tuning_starts_at_transformers_and_moves(which, request, config, da
     texts = CAPTIONS[:5]
 
     start = initial_model(run, "cpu")  # what train() starts from, before any step
-    want_images, want_texts = _transformers_embeddings(path, images, texts, "max_length" if which == "siglip" else True)
+    want_images, want_texts = _transformers_embeddings(
+        path, images, texts, "max_length" if which == "siglip" else True
+    )
     assert torch.allclose(start.encode_images(images), want_images, atol=1e-5)
     assert torch.allclose(start.encode_texts(texts), want_texts, atol=1e-5)
     before = {k: v.clone() for k, v in start.state_dict().items()}
@@ -85,9 +87,7 @@ def test_fine_tuning_starts_at_transformers_and_moves(which, request, config, da
 
 
 def test_lock_and_partial_unfreeze_apply_to_the_pretrained_towers(clip_dir, config):
-    run = config.replace(
-        init_model=str(clip_dir), model=ModelConfig(lock_text=True, unfreeze_image_layers=1)
-    )
+    run = config.replace(init_model=str(clip_dir), model=ModelConfig(lock_text=True, unfreeze_image_layers=1))
     model = initial_model(run, "cpu")
     assert not any(p.requires_grad for p in model.text_tower.parameters())
     blocks = model.image_tower.blocks()
