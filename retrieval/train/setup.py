@@ -193,7 +193,16 @@ def initial_model(config: TrainConfig, device: Any) -> Any:
     from retrieval.model import TRAINING_FIELDS, load_model
 
     model = load_model(str(config.init_model), device=device)
-    return model.set_training(**{k: getattr(config.model, k) for k in TRAINING_FIELDS})
+    switches = {k: getattr(config.model, k) for k in TRAINING_FIELDS}
+    locked = [name for name in ("image", "text") if switches[f"lock_{name}"]]
+    if locked:
+        logger.info(
+            "fine-tuning %s with the %s tower(s) locked (model.lock_%s=false trains them too)",
+            config.init_model,
+            " and ".join(locked),
+            locked[0],
+        )
+    return model.set_training(**switches)
 
 
 def prepare_model(
