@@ -104,3 +104,18 @@ def test_a_fine_tuned_model_remembers_its_base(clip_dir: Path, tmp_path: Path) -
     assert loaded.base_model == model.source.info()
     info = loaded.source.info()
     assert info["format"] == "toolkit" and info["base_model"]["path"] == str(clip_dir.resolve())
+
+
+def test_without_offline_mode_a_cached_model_still_loads_when_the_hub_is_unreachable(
+    clip_dir: Path, hf_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    save_in_hub_cache(clip_dir, hf_home, "tiny-org/tiny-clip", REVISION)
+    assert load_model("tiny-org/tiny-clip", device="cpu").source.revision == REVISION
+    with pytest.raises(FileNotFoundError, match="could not be reached") as caught:
+        load_model("tiny-org/not-cached")
+    assert str(hf_home / "hub") in str(caught.value) and "hf download tiny-org/not-cached" in str(
+        caught.value
+    )
