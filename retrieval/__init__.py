@@ -13,7 +13,8 @@ One home for each concept the jobs share:
 * :mod:`retrieval.config` -- settings dataclasses: every default and choice
 * :mod:`retrieval.encoding` -- the inference path (batching, prefetch, device, mode, skipped items)
 * :mod:`retrieval.io` -- durable file operations (atomic writes, staged folders, locks)
-* :mod:`retrieval.model` -- ``TwinEncoder``; :mod:`retrieval.towers`, :mod:`retrieval.losses`
+* :mod:`retrieval.model` -- ``TwinEncoder``, ``load_model(name)``; :mod:`retrieval.towers`, :mod:`retrieval.losses`
+* :mod:`retrieval.pretrained` -- naming a model: toolkit folder, transformers CLIP/SigLIP folder or hub id
 * :mod:`retrieval.data` -- readers, safe decoding, transforms; :mod:`retrieval.datasets` -- OpenMoji
 * :mod:`indexes.fingerprint` -- the check that a model matches a collection (in ``indexes``)
 * :mod:`retrieval.cli` -- the command line, one module per subcommand
@@ -32,6 +33,7 @@ _LAZY: dict[str, str] = {
     "ModelConfig": "retrieval.config",
     "TwinEncoder": "retrieval.model",
     "build_model": "retrieval.model",
+    "load_model": "retrieval.model",
     "Pair": "retrieval.data",
     "PairSet": "retrieval.data",
     "PairDataset": "retrieval.data",

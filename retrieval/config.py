@@ -177,8 +177,8 @@ class ServeConfig(ConfigBase):
     """
 
     collections: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> collection directory
-    model: str | None = None  # default model directory for every collection (None: the one `embed` recorded)
-    models: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> model directory, overrides `model`
+    model: str | None = None  # default model (folder or hub id) for every collection (None: the one `embed` recorded)
+    models: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> model (folder or hub id), overrides `model`
     media_roots: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> folder the image endpoint may serve
     host: str = "127.0.0.1"  # interface to bind; anything but loopback needs an api_key (or allow_insecure)
     port: int = 8000  # TCP port to bind
@@ -287,6 +287,10 @@ class TrainConfig(ConfigBase):
     caption_column: str = "caption"  # manifest column with the caption (a string or a list of strings)
     id_column: str | None = None  # manifest column naming the image (default: the image path)
     model: ModelConfig = dataclasses.field(default_factory=lambda: ModelConfig())  # towers, dim, temperature
+    # Start from this pretrained model instead of building `model`: a toolkit folder, a transformers
+    # CLIP/SigLIP folder or a hub id org/name[@revision]; `model` then only sets its training switches
+    # (lock_image, lock_text, unfreeze_*_layers, learn_logit_scale).
+    init_model: str | None = None
     loss: str = "clip"  # retrieval.losses.LOSSES name: "clip" | "siglip" | "contrastive" | "triplet"
     optimizer: str = "adamw"  # "adamw" | "adam" | "sgd" (with momentum) | "adagrad" | "rmsprop"
     lr: float = 1e-3  # peak learning rate (reached after warmup, then cosine decay to lr * min_lr_ratio)

@@ -24,14 +24,28 @@ from retrieval import encoding
 from retrieval.config import ModelConfig
 from retrieval.encoding import pick_device
 from retrieval.io import atomic_write_json, fsync_file, staged_directory
+from retrieval.pretrained import (
+    CONFIG_FILE,
+    FORMAT_FILE,
+    WEIGHTS_FILE,
+    ModelSource,
+    folder_source,
+    resolve_model,
+)
 from retrieval.towers import ImageTower, TextTower, build_image_tower, build_text_tower, lock
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-FORMAT_FILE = "retrieval_model.json"
 FORMAT_VERSION = 1
+# ModelConfig fields that say how a model trains, not what it is: the ones a fine-tuning run may set
+# on a pretrained model (see TwinEncoder.set_training).
+TRAINING_FIELDS = (
+    "lock_image",
+    "lock_text",
+    "unfreeze_image_layers",
+    "unfreeze_text_layers",
+    "learn_logit_scale",
+)
 # Config fields that change what the embeddings are; training-only switches (locks, init values) do not.
 # Tower names are left out on purpose: "hf:<path>" would make the same weights differ by where they were read.
 _FINGERPRINT_FIELDS = ("embed_dim", "projection", "pooling", "context_length", "shared")
@@ -57,12 +71,18 @@ class TwinEncoder(nn.Module):
 
     ``logit_scale`` is the log of the similarity multiplier (losses receive ``logit_scale.exp()``);
     ``logit_bias`` exists when ``config.use_bias``. Build one with :func:`build_model`,
-    :meth:`load` or :meth:`from_pretrained`.
+    :func:`load_model` (any model name), :meth:`load` or :meth:`from_pretrained`.
+
+    ``source`` says where a loaded model's files came from (:class:`retrieval.pretrained.ModelSource`,
+    ``None`` for a model built in memory); ``base_model`` is the pretrained checkpoint a fine-tuned
+    model started from (recorded by :meth:`save`, ``None`` when unknown).
     """
 
     def __init__(self, config: ModelConfig, image_tower: ImageTower, text_tower: TextTower) -> None:
         super().__init__()
         self.config = config
+        self.source: ModelSource | None = None
+        self.base_model: dict[str, Any] | None = None
         self.embed_dim = config.embed_dim
         self.image_tower = image_tower
         self.text_tower = text_tower
@@ -87,10 +107,36 @@ class TwinEncoder(nn.Module):
         self.logit_bias = (
             nn.Parameter(torch.tensor(float(config.init_logit_bias))) if config.use_bias else None
         )
+        self._apply_locks()
+
+    def _apply_locks(self) -> None:
+        config = self.config
         if config.lock_image or config.unfreeze_image_layers:
-            lock(image_tower, config.unfreeze_image_layers, what="image tower")
+            lock(self.image_tower, config.unfreeze_image_layers, what="image tower")
         if config.lock_text or config.unfreeze_text_layers:
-            lock(text_tower, config.unfreeze_text_layers, what="text tower")
+            lock(self.text_tower, config.unfreeze_text_layers, what="text tower")
+
+    def set_training(self, **switches: Any) -> TwinEncoder:
+        """Set how the model trains (the :data:`TRAINING_FIELDS` of its config: locked or partly
+        unfrozen towers, a learnable temperature) without touching its weights; returns ``self``."""
+        unknown = sorted(set(switches) - set(TRAINING_FIELDS))
+        if unknown:
+            raise ValueError(f"set_training takes {list(TRAINING_FIELDS)}, received {unknown}")
+        self.config = self.config.replace(**switches)
+        for param in [*self.image_tower.parameters(), *self.text_tower.parameters()]:
+            param.requires_grad_(True)
+        self.logit_scale.requires_grad_(self.config.learn_logit_scale)
+        self._apply_locks()
+        return self
+
+    def base_model_info(self) -> dict[str, Any] | None:
+        """The pretrained checkpoint this model is or started from: ``base_model`` when recorded, else
+        the source of a model loaded from a transformers checkpoint or the hub."""
+        if self.base_model is not None:
+            return self.base_model
+        if self.source is not None and self.source.kind == "transformers":
+            return self.source.info()
+        return None
 
     # ----------------------------------------------------------------- basics
     @property
@@ -219,18 +265,21 @@ class TwinEncoder(nn.Module):
             fsync_file(tmp / WEIGHTS_FILE)
             self.image_tower.save_assets(tmp / "image_tower")
             self.text_tower.save_assets(tmp / "text_tower")
-            info = {
+            info: dict[str, Any] = {
                 "format_version": FORMAT_VERSION,
                 "fingerprint": self.fingerprint(),
                 "embed_dim": self.embed_dim,
             }
+            base = self.base_model_info()
+            if base is not None:
+                info["base_model"] = base
             atomic_write_json(tmp / FORMAT_FILE, info, indent=2)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], device: str | torch.device | None = None) -> TwinEncoder:
         """Rebuild a model saved by :meth:`save` (offline: nothing is fetched), on ``device``
         (default: CUDA when available), in eval mode (call ``.train()`` to fine-tune it)."""
-        from safetensors.torch import load_model
+        from safetensors.torch import load_model as load_weights
 
         directory = Path(directory)
         for name in (CONFIG_FILE, WEIGHTS_FILE):
@@ -239,8 +288,10 @@ class TwinEncoder(nn.Module):
                     f"{directory / name} is missing: expected a folder written by TwinEncoder.save"
                 )
         info_path = directory / FORMAT_FILE
+        saved_info: dict[str, Any] = {}
         if info_path.is_file():
-            version = json.loads(info_path.read_text(encoding="utf-8")).get("format_version", FORMAT_VERSION)
+            saved_info = json.loads(info_path.read_text(encoding="utf-8"))
+            version = saved_info.get("format_version", FORMAT_VERSION)
             if int(version) > FORMAT_VERSION:
                 raise ValueError(
                     f"{directory} was saved in model format {version}, this version reads up to {FORMAT_VERSION}: "
@@ -252,28 +303,51 @@ class TwinEncoder(nn.Module):
         image_tower = build_image_tower(config, assets=image_assets if image_assets.is_dir() else None)
         text_tower = build_text_tower(config, assets=text_assets if text_assets.is_dir() else None)
         model = cls(config, image_tower, text_tower)
-        load_model(model, str(directory / WEIGHTS_FILE), strict=True)
+        load_weights(model, str(directory / WEIGHTS_FILE), strict=True)
+        model.source = folder_source(directory) if (directory / CONFIG_FILE).is_file() else None
+        base = saved_info.get("base_model")
+        model.base_model = base if isinstance(base, dict) else None
         return model.to(pick_device(device)).eval()
 
     @classmethod
     def from_pretrained(
         cls, id_or_path: str | os.PathLike[str], device: str | torch.device | None = None
     ) -> TwinEncoder:
-        """A folder saved by :meth:`save`, or a transformers ``CLIPModel`` / ``SiglipModel`` checkpoint
-        (hub id or local folder) with its projections, temperature, bias, processor and tokenizer;
-        returned in eval mode."""
-        path = Path(id_or_path)
-        if (path / WEIGHTS_FILE).is_file() and (path / FORMAT_FILE).is_file():
-            return cls.load(path, device=device)
+        """Any model name :func:`load_model` takes: a folder saved by :meth:`save`, or a transformers
+        ``CLIPModel`` / ``SiglipModel`` checkpoint (local folder, or hub id ``org/name[@revision]``
+        through the Hugging Face cache) with its projections, temperature, bias, processor and
+        tokenizer; returned in eval mode."""
+        return load_model(id_or_path, device=device)
+
+    @classmethod
+    def _from_transformers(cls, source: ModelSource, device: str | torch.device | None = None) -> TwinEncoder:
         from retrieval.towers.hf import load_dual_encoder
 
-        config, image_tower, text_tower, scale, bias = load_dual_encoder(str(id_or_path))
+        config, image_tower, text_tower, scale, bias = load_dual_encoder(str(source.path), name=source.label)
         model = cls(config, image_tower, text_tower)
         with torch.no_grad():
             model.logit_scale.fill_(scale)
             if model.logit_bias is not None and bias is not None:
                 model.logit_bias.fill_(bias)
+        model.source = source
         return model.to(pick_device(device)).eval()
+
+
+def load_model(name: str | os.PathLike[str], device: str | torch.device | None = None) -> TwinEncoder:
+    """The model ``name`` names, in eval mode on ``device`` (default: CUDA when available).
+
+    ``name`` is a folder saved by the toolkit (e.g. a training run's ``best/``), a transformers
+    CLIP / SigLIP folder (``save_pretrained``), or a Hugging Face hub id ``org/name`` with an
+    optional ``@revision``, fetched through the standard Hugging Face cache (offline once cached);
+    see :func:`retrieval.pretrained.resolve_model`. Every command that takes ``--model`` calls this.
+    The returned model's ``source`` says where it came from.
+    """
+    source = resolve_model(name)
+    if source.kind == "toolkit":
+        model = TwinEncoder.load(source.path, device=device)
+        model.source = source
+        return model
+    return TwinEncoder._from_transformers(source, device=device)
 
 
 def build_model(

@@ -1,11 +1,11 @@
-"""``retrieval embed SOURCE --model DIR --out COLLECTION``: embed a corpus into a collection."""
+"""``retrieval embed SOURCE --model MODEL --out COLLECTION``: embed a corpus into a collection."""
 
 from __future__ import annotations
 
 import argparse
 import functools
 
-from retrieval.cli.options import config_option, given
+from retrieval.cli.options import MODEL_HELP, config_option, given
 from retrieval.config import EmbedConfig
 
 
@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "source", help="manifest (.jsonl/.csv/.tsv/.parquet), image folder with sidecars, or .tar shard(s)"
     )
-    p.add_argument("--model", required=True, help="model folder (TwinEncoder.save layout)")
+    p.add_argument("--model", required=True, metavar="MODEL", help=MODEL_HELP)
     p.add_argument("--out", required=True, help="collection folder to create or extend")
     option = functools.partial(config_option, p, EmbedConfig)
     option("modality", "--modality", help="what to embed")
@@ -48,10 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from retrieval.embed import embed_corpus
-    from retrieval.model import TwinEncoder
+    from retrieval.model import load_model
 
     config = EmbedConfig().replace(**given(args, EmbedConfig))
-    model = TwinEncoder.load(args.model, device=config.device)
-    summary = embed_corpus(model, args.source, args.out, config, model_dir=args.model)
+    model = load_model(args.model, device=config.device)
+    summary = embed_corpus(model, args.source, args.out, config)
     print(summary)
     return 0

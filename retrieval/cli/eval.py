@@ -1,11 +1,11 @@
-"""``retrieval eval --model DIR DATA``: retrieval metrics of a model on a pair set, and a report folder."""
+"""``retrieval eval --model MODEL DATA``: retrieval metrics of a model on a pair set, and a report folder."""
 
 from __future__ import annotations
 
 import argparse
 import functools
 
-from retrieval.cli.options import config_option, given
+from retrieval.cli.options import MODEL_HELP, config_option, given
 from retrieval.config import EvalConfig
 
 
@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "classification accuracy.",
     )
     p.add_argument("data", help="pairs: manifest (.jsonl/.csv/.tsv/.parquet), image folder, or .tar shard(s)")
-    p.add_argument("--model", required=True, help="model folder (TwinEncoder.save layout)")
+    p.add_argument("--model", required=True, metavar="MODEL", help=MODEL_HELP)
     p.add_argument(
         "--collection", default=None, help="collection made by this model from DATA (index vs exact)"
     )
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     from retrieval.data import read_pairs
     from retrieval.evaluate import evaluate_model, write_report
-    from retrieval.model import TwinEncoder
+    from retrieval.model import load_model
     from retrieval.paths import cache_dir
 
     config = EvalConfig().replace(**given(args, EvalConfig))
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         id_column=config.id_column,
         split=config.split,
     )
-    model = TwinEncoder.load(args.model, device=config.device)
+    model = load_model(args.model, device=config.device)
     with contextlib.ExitStack() as stack:
         collection = None
         if args.collection:

@@ -16,7 +16,13 @@ import types
 import typing
 from typing import Any
 
-__all__ = ["config_default", "config_option", "given"]
+__all__ = ["MODEL_HELP", "config_default", "config_option", "given"]
+
+# How every command describes a model name (resolved by retrieval.model.load_model).
+MODEL_HELP = (
+    "a model folder saved by the toolkit (e.g. a training run's best/), a transformers CLIP/SigLIP "
+    "folder, or a Hugging Face hub id org/name[@revision] (cached in the Hugging Face cache)"
+)
 
 
 def _field(cls: type, name: str) -> dataclasses.Field[Any]:

@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from retrieval.cli.options import MODEL_HELP
+
 
 def _where(pairs: list[str]) -> dict[str, Any] | None:
     """``field=value`` strings -> a where filter; a repeated field means "any of"; numbers are parsed."""
@@ -39,7 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--image", default=None, help="image query path (with a text query: composed query)")
     p.add_argument(
-        "--model", default=None, help="model folder (default: the one recorded by `retrieval embed`)"
+        "--model",
+        default=None,
+        metavar="MODEL",
+        help=f"{MODEL_HELP}; default: the one `retrieval embed` recorded",
     )
     p.add_argument("-k", type=int, default=10, help="number of results")
     p.add_argument(

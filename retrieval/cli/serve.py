@@ -84,11 +84,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     option(
         "model",
         "--model",
-        metavar="DIR",
-        help="model folder for every collection (none: the one embed recorded)",
+        metavar="MODEL",
+        help="model for every collection: folder or hub id org/name[@revision] (none: the one embed recorded)",
     )
     p.add_argument(
-        "--model-for", action="append", default=[], metavar="NAME=DIR", help="model folder of one collection"
+        "--model-for", action="append", default=[], metavar="NAME=MODEL", help="model of one collection"
     )
     p.add_argument(
         "--media-root",

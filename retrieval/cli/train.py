@@ -1,4 +1,4 @@
-"""``retrieval train DATA --out DIR [--val DATA] [--config JSON] [--resume] [KEY=VALUE ...]``."""
+"""``retrieval train DATA --out DIR [--init MODEL] [--val DATA] [--config JSON] [--resume] [KEY=VALUE ...]``."""
 
 from __future__ import annotations
 
@@ -8,11 +8,17 @@ import os
 import sys
 from typing import Any
 
+from retrieval.cli.options import MODEL_HELP
+
 EPILOG = """\
 overrides: KEY=VALUE pairs set any TrainConfig field, nested model fields with a dot; values are
 JSON when they parse as JSON, else strings. Give them right after DATA or anywhere with --set:
   retrieval train pairs.jsonl lr=3e-4 model.embed_dim=128 --out runs/a --val val.jsonl
   retrieval train pairs.jsonl --out runs/a --set loss=siglip --set model.text_tower=transformer
+Fine-tune a pretrained model: --init MODEL (a toolkit or transformers CLIP/SigLIP folder, or a hub id
+org/name[@revision]); then model.* overrides set only how each tower trains, e.g.
+  retrieval train pairs.jsonl model.lock_text=false model.unfreeze_image_layers=2 lr=1e-5
+      --init openai/clip-vit-base-patch32 --out runs/ft
 Precedence: TrainConfig defaults < --config JSON < options < overrides. Ctrl-C stops after the current
 step with a checkpoint; --resume continues from it exactly. Data-parallel on N processes (gloo on CPU,
 nccl on GPUs): torchrun --nproc_per_node=N -m retrieval train DATA --out DIR ..."""
@@ -33,6 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="TrainConfig overrides (see below)")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder (checkpoints, models, metrics)")
     p.add_argument("--val", default=None, metavar="DATA", help="validation pairs (recall per epoch, best/)")
+    p.add_argument(
+        "--init",
+        default=None,
+        metavar="MODEL",
+        help="start from this pretrained model (projections and temperature included): " + MODEL_HELP,
+    )
     p.add_argument(
         "--config", default=None, metavar="JSON", help="a TrainConfig JSON file (e.g. a run's config.json)"
     )
@@ -81,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
     data.update(train_data=args.data, out_dir=args.out)
     if args.val is not None:
         data["val_data"] = args.val
+    if args.init is not None:
+        data["init_model"] = args.init
     if args.no_progress:
         data["progress"] = False
     config = TrainConfig.from_dict(apply_overrides(data, [*args.overrides, *args.set_overrides]))

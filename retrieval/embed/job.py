@@ -37,7 +37,7 @@ from retrieval.encoding import pick_device
 logger = logging.getLogger(__name__)
 TUNING_CAPTIONS = 1_000  # captions encoded as tuning queries for an image-only collection
 
-__all__ = ["EmbedSummary", "embed_corpus", "recorded_model_dir"]
+__all__ = ["EmbedSummary", "embed_corpus", "recorded_model", "recorded_model_dir"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,8 +83,10 @@ def embed_corpus(
     webdataset shards), a ``PairSet`` or a sequence of pairs. The collection is created when
     missing and records ``model.fingerprint()``; an existing collection made by another model
     raises ``ValueError``. Items carry metadata ``modality`` ("image" | "text"), ``path``,
-    ``caption``, ``image_id`` and the pair's extra fields. ``model_dir``, the folder the model
-    was loaded from, is recorded so searches can load it (:func:`recorded_model_dir`).
+    ``caption``, ``image_id`` and the pair's extra fields. The model's name (``model_dir``, else the
+    ``source`` :func:`retrieval.model.load_model` set: a folder or ``hub_id@commit``) is recorded so
+    searches can load it (:func:`recorded_model`), and a new collection records where the model came
+    from (``model_info``: hub id and revision, or folder and weights hash) with its fingerprint.
     """
     config = config or EmbedConfig()
     started = time.perf_counter()
@@ -100,12 +102,13 @@ def embed_corpus(
     pairs, source_skips = read_source(source, **read_options)
     items, item_skips = corpus_items(pairs, config.modality)
     source_skips += item_skips
+    source = getattr(model, "source", None)
+    model_info = source.info() if source is not None else None
     # A collection made by another model is refused before any work is done.
-    open_or_create(collection_path, dim, config.index, fingerprint).close()
+    open_or_create(collection_path, dim, config.index, fingerprint, model_info).close()
     with EmbedState(state_dir(collection_path)) as state:  # one job per collection at a time
         state.check_model(fingerprint, dim)
-        if model_dir is not None:
-            state.record(model_dir=str(Path(model_dir).resolve()))
+        state.record(**_model_record(model_dir, source, model_info))
         # Shards committed by an interrupted run go in first.
         added = state.sync_collection(collection_path, config.index, fingerprint, dim)
 
@@ -262,10 +265,36 @@ def _progress(total: int, enabled: bool) -> Any:
     return tqdm(total=total, unit="item", desc="embed", dynamic_ncols=True)
 
 
+def _model_record(model_dir: str | Path | None, source: Any, model_info: Any) -> dict[str, Any]:
+    """The state fields naming the model: ``model`` (any name :func:`retrieval.model.load_model`
+    takes), ``model_dir`` when it is a folder, and ``model_info``."""
+    record: dict[str, Any] = {}
+    hub_id = getattr(source, "hub_id", None)
+    if model_dir is not None and not (hub_id and str(model_dir).partition("@")[0] == hub_id):
+        record["model"] = record["model_dir"] = str(Path(model_dir).resolve())
+    elif source is not None:
+        record["model"] = source.name
+        if source.hub_id is None:
+            record["model_dir"] = source.name
+    if model_info is not None:
+        record["model_info"] = model_info
+    return record
+
+
+def _recorded(collection_path: str | Path) -> dict[str, Any]:
+    path = state_dir(collection_path) / "state.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
 def recorded_model_dir(collection_path: str | Path) -> Path | None:
     """The model folder recorded when the collection was embedded (``model_dir=``), if any."""
-    path = state_dir(collection_path) / "state.json"
-    if not path.exists():
-        return None
-    recorded = json.loads(path.read_text(encoding="utf-8")).get("model_dir")
+    recorded = _recorded(collection_path).get("model_dir")
     return Path(recorded) if recorded else None
+
+
+def recorded_model(collection_path: str | Path) -> str | None:
+    """The name of the model recorded when the collection was embedded (a folder, or a hub id
+    pinned to the commit used: ``org/name@<commit>``), if any; loadable with ``load_model``."""
+    state = _recorded(collection_path)
+    recorded = state.get("model") or state.get("model_dir")
+    return str(recorded) if recorded else None

@@ -2,7 +2,7 @@
 
 Layout of the state folder (``<collection>/embed``, see :func:`state_dir`)::
 
-    state.json                 model fingerprint, dim, which shards the collection already holds
+    state.json                 model fingerprint, dim, name and origin, which shards the collection holds
     shards/000000-image.npz    vectors [n, d] float32, keys, metadata (JSON), skipped keys + reasons
     shards/000001-text.npz
     shards/000002-remove.npz   keys + metadata of items pruned from the collection (``prune``)
@@ -302,7 +302,12 @@ class EmbedState:
         from indexes import Collection
 
         with Collection.create(
-            collection_path, dim, index=index, fingerprint=fingerprint, overwrite=True
+            collection_path,
+            dim,
+            index=index,
+            fingerprint=fingerprint,
+            overwrite=True,
+            model_info=self.state.get("model_info"),
         ) as coll:
             return self._add(coll, self.shards(), set(), tuning_queries)
 
@@ -361,12 +366,20 @@ class EmbedState:
             atomic_write_bytes(meta_path, sink.getvalue())
 
 
-def open_or_create(collection_path: Path, dim: int, index: str, fingerprint: str) -> Any:
+def open_or_create(
+    collection_path: Path,
+    dim: int,
+    index: str,
+    fingerprint: str,
+    model_info: dict[str, Any] | None = None,
+) -> Any:
+    """The collection at ``collection_path``, created (recording ``model_info``: where the model came
+    from) when missing; another model's collection raises the fingerprint ``ValueError``."""
     from indexes import Collection
 
     path = Path(collection_path)
     if not path.exists():
-        return Collection.create(path, dim, index=index, fingerprint=fingerprint)
+        return Collection.create(path, dim, index=index, fingerprint=fingerprint, model_info=model_info)
     coll = Collection.open(path)
     try:
         check_fingerprint(

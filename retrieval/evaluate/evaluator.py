@@ -183,4 +183,11 @@ def evaluate_model(
         skipped=skipped,
         fingerprint=fingerprint,
         seconds=seconds,
+        model_info=_model_info(model),
     )
+
+
+def _model_info(model: Any) -> dict[str, Any] | None:
+    """Where a model loaded by name came from (its ``source``), for the report."""
+    source = getattr(model, "source", None)
+    return source.info() if source is not None and hasattr(source, "info") else None

@@ -28,6 +28,7 @@ import numpy as np
 
 from retrieval.evaluate.result import EvalResult
 from retrieval.io import atomic_write_bytes, atomic_write_text
+from retrieval.pretrained import describe_model_info
 
 __all__ = ["write_report"]
 
@@ -228,12 +229,14 @@ def queries_i2t_csv(result: EvalResult) -> str:
 
 def markdown_summary(result: EvalResult, files: list[str]) -> str:
     m = result.metrics
+    made_by = describe_model_info(result.model_info)
     lines = [
         "# Retrieval evaluation",
         "",
         f"{len(result.captions)} captions, {len(result.images)} images"
         + (f", {len(result.skipped)} skipped (see metrics.json)" if result.skipped else "")
         + (f"; model `{result.fingerprint}`" if result.fingerprint else "")
+        + (f" ({made_by})" if made_by else "")
         + ".",
         "Ranks are 1-based; ties with non-relevant items count against the model (pessimistic).",
         "",

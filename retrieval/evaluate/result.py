@@ -33,6 +33,8 @@ class EvalResult:
         zero_shot_images: indices into ``images`` of the classified images.
         skipped: ``(where, reason)`` for every image or caption left out.
         fingerprint: the model's fingerprint, when it has one.
+        model_info: where the model came from (hub id and revision, or folder and weights hash),
+            when it was loaded by name (``retrieval.model.load_model``).
         seconds: wall time of each stage.
     """
 
@@ -50,6 +52,7 @@ class EvalResult:
     skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     fingerprint: str | None = None
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    model_info: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary (what ``metrics.json`` holds)."""
@@ -63,6 +66,8 @@ class EvalResult:
             "model_fingerprint": self.fingerprint,
             "seconds": self.seconds,
         }
+        if self.model_info is not None:
+            out["model_info"] = self.model_info
         if self.index is not None:
             out["index"] = {
                 "index_spec": self.index.index_spec,

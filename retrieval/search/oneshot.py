@@ -23,23 +23,24 @@ def search_collection(
     text_weight: float = 0.5,
     modality: str | None = None,
 ) -> list[Hit]:
-    """One-call search for scripts and the CLI: loads the model (``model_dir``, else the one recorded
-    when the collection was embedded) and queries with text, an image, or both (composed).
+    """One-call search for scripts and the CLI: loads the model (``model_dir``: any name
+    :func:`retrieval.model.load_model` takes; else the one recorded when the collection was embedded)
+    and queries with text, an image, or both (composed).
 
     ``modality`` is what to return: "image" | "text"; by default images for text queries and for
     composed queries, images for image queries too.
     """
     if query is None and image is None:
         raise ValueError("give a text query, an image, or both")
-    from retrieval.embed import recorded_model_dir
-    from retrieval.model import TwinEncoder
+    from retrieval.embed import recorded_model
+    from retrieval.model import load_model
 
-    model_path = Path(model_dir) if model_dir is not None else recorded_model_dir(collection_path)
-    if model_path is None:
+    name = str(model_dir) if model_dir is not None else recorded_model(collection_path)
+    if name is None:
         raise ValueError(
-            f"no model recorded for collection {collection_path}: pass the model folder (--model DIR)"
+            f"no model recorded for collection {collection_path}: name the model (--model MODEL)"
         )
-    model = TwinEncoder.load(model_path).eval()
+    model = load_model(name)
     target = modality or "image"
     with Searcher(model, collection_path) as searcher:
         if query is not None and image is not None:

@@ -30,6 +30,7 @@ import numpy as np
 
 from indexes.fingerprint import check_fingerprint
 from retrieval import encoding
+from retrieval.pretrained import describe_model_info
 from retrieval.search.queries import ImageQuery, as_query_vectors, load_query_image, one_text
 
 __all__ = ["Hit", "Searcher"]
@@ -81,11 +82,13 @@ class Searcher:
     def _check_model(self) -> None:
         if self.model is None:
             return
+        made_by = describe_model_info(getattr(self.collection, "model_info", None))
         check_fingerprint(
             self.collection.fingerprint,
             str(self.model.fingerprint()),
             what=f"collection {self.collection.path}",
-            fix="search with the model that built the collection, or re-embed the corpus",
+            fix=f"search with the model that built the collection{f' ({made_by})' if made_by else ''}, "
+            "or re-embed the corpus",
         )
         if int(self.model.embed_dim) != int(self.collection.dim):
             raise ValueError(

@@ -104,10 +104,10 @@ class ModelRunner:
         return self._texts.calls + self._images.calls
 
 
-def load_model(directory: str, device: str | None = None, batch_size: int = 32) -> ModelRunner:
-    """Load a saved :class:`~retrieval.model.TwinEncoder` (safetensors + JSON, no pickle)."""
-    from retrieval.model import TwinEncoder
+def load_model(name: str, device: str | None = None, batch_size: int = 32) -> ModelRunner:
+    """Load the model ``name`` names (a toolkit or transformers CLIP/SigLIP folder, or a hub id:
+    :func:`retrieval.model.load_model`; safetensors + JSON, no pickle) behind a runner."""
+    from retrieval.model import load_model as load_twin
 
-    model = TwinEncoder.load(directory, device=device)
-    model.eval()
-    return ModelRunner(model, directory, batch_size)
+    model = load_twin(name, device=device)
+    return ModelRunner(model, name, batch_size)

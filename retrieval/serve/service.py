@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from retrieval.config import ServeConfig
-from retrieval.embed import recorded_model_dir
+from retrieval.embed import recorded_model
 from retrieval.serve.batching import Encoder, ModelRunner, load_model
 from retrieval.serve.errors import ApiError, not_found
 from retrieval.serve.served_collection import ServedCollection
@@ -127,9 +128,12 @@ class Service:
 
 
 def _recorded_model(collection_path: str) -> str | None:
-    """The model folder ``retrieval embed`` recorded for a collection, if it still exists."""
+    """The model ``retrieval embed`` recorded for a collection: a folder that still exists, or a hub
+    id pinned to the commit used."""
     try:
-        recorded = recorded_model_dir(collection_path)
+        recorded = recorded_model(collection_path)
     except (OSError, ValueError):
         return None
-    return str(recorded) if recorded is not None and recorded.is_dir() else None
+    if recorded is None:
+        return None
+    return recorded if os.path.isdir(recorded) or not os.path.isabs(recorded) else None

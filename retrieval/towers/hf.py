@@ -361,11 +361,17 @@ def build_hf_text_tower(config: ModelConfig, source: str, assets: Path | None) -
     )
 
 
-def load_dual_encoder(source: str) -> tuple[ModelConfig, HFImageTower, HFTextTower, float, float | None]:
+def load_dual_encoder(
+    source: str, name: str | None = None
+) -> tuple[ModelConfig, HFImageTower, HFTextTower, float, float | None]:
     """Take a transformers CLIPModel / SiglipModel checkpoint apart: ``(config, image tower, text tower,
-    logit_scale, logit_bias)`` with both towers ending in the checkpoint's own projections."""
+    logit_scale, logit_bias)`` with both towers ending in the checkpoint's own projections.
+
+    ``source`` is what transformers reads (a folder or hub id); ``name`` what the towers are called
+    (``"hf:<name>"``; default ``source``), e.g. the hub id of a cached snapshot folder."""
     from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
 
+    name = name or source
     hf_config = AutoConfig.from_pretrained(source)
     if hf_config.model_type not in DUAL_MODELS:
         raise ValueError(
@@ -378,8 +384,8 @@ def load_dual_encoder(source: str) -> tuple[ModelConfig, HFImageTower, HFTextTow
     text_model = getattr(full, text)
     max_length = int(text_model.config.max_position_embeddings)
     config = ModelConfig(
-        image_tower=f"hf:{source}",
-        text_tower=f"hf:{source}",
+        image_tower=f"hf:{name}",
+        text_tower=f"hf:{name}",
         embed_dim=_output_dim(
             getattr(full, vision).config, getattr(full, vision_proj) if vision_proj else None
         ),
@@ -396,7 +402,7 @@ def load_dual_encoder(source: str) -> tuple[ModelConfig, HFImageTower, HFTextTow
         getattr(full, vision),
         getattr(full, vision_proj) if vision_proj else None,
         AutoImageProcessor.from_pretrained(source),
-        source,
+        name,
     )
     tokenizer = AutoTokenizer.from_pretrained(source)
     _, padding, _ = _text_settings(text_model, tokenizer, config)
@@ -407,7 +413,7 @@ def load_dual_encoder(source: str) -> tuple[ModelConfig, HFImageTower, HFTextTow
         pooling="pooler",
         padding=padding,
         max_length=max_length,
-        source=source,
+        source=name,
     )
     bias = float(full.logit_bias.detach().reshape(-1)[0]) if hasattr(full, "logit_bias") else None
     return config, image_tower, text_tower, config.init_logit_scale, bias

@@ -16,6 +16,7 @@ import torch
 
 from retrieval import encoding
 from retrieval.config import TrainConfig
+from retrieval.pretrained import resolve_model
 from retrieval.train.checkpoint import latest_checkpoint
 from retrieval.train.distributed import DistContext, barrier, broadcast_module
 from retrieval.train.optim import check_optimizer_name
@@ -155,11 +156,53 @@ def _decodable(pairs: Any) -> Any:
 
 def effective_config(config: TrainConfig, model: Any) -> TrainConfig:
     """The config the run records: the sigmoid loss learns a logit bias, so a model built for it
-    gets ``use_bias=True`` (a model passed in is used as it is)."""
+    gets ``use_bias=True`` (a model passed in or ``init_model`` is used as it is)."""
+    if config.init_model:
+        if model is not None:
+            raise ValueError(
+                f"train got a model and TrainConfig.init_model={config.init_model!r}: give one of them"
+            )
+        check_init_config(config)
+        return config
     if config.loss == "siglip" and model is None and not config.model.use_bias:
         logger.info("the siglip loss learns a logit bias: building the model with use_bias=True")
         return config.replace(model=config.model.replace(use_bias=True))
     return config
+
+
+def check_init_config(config: TrainConfig) -> None:
+    """With ``init_model`` the architecture is the pretrained model's: ``config.model`` may only change
+    the training switches (:data:`retrieval.model.TRAINING_FIELDS`)."""
+    from retrieval.config import ModelConfig
+    from retrieval.model import TRAINING_FIELDS
+
+    default = ModelConfig().to_dict()
+    given = config.model.to_dict()
+    ignored = sorted(k for k in given if k not in TRAINING_FIELDS and given[k] != default.get(k))
+    if ignored:
+        details = ", ".join(f"model.{k}={given[k]!r}" for k in ignored)
+        raise ValueError(
+            f"init_model {config.init_model!r} fixes the architecture, so {details} cannot apply: drop "
+            f"them (with init_model, model.* sets only {', '.join(TRAINING_FIELDS)})"
+        )
+
+
+def initial_model(config: TrainConfig, device: Any) -> Any:
+    """``config.init_model`` loaded on ``device`` (:func:`retrieval.model.load_model`: projections,
+    temperature and bias included) with the training switches of ``config.model`` applied."""
+    from retrieval.model import TRAINING_FIELDS, load_model
+
+    model = load_model(str(config.init_model), device=device)
+    switches = {k: getattr(config.model, k) for k in TRAINING_FIELDS}
+    locked = [name for name in ("image", "text") if switches[f"lock_{name}"]]
+    if locked:
+        logger.info(
+            "fine-tuning %s with the %s tower(s) locked (model.lock_%s=false trains them too)",
+            config.init_model,
+            " and ".join(locked),
+            locked[0],
+        )
+    return model.set_training(**switches)
 
 
 def prepare_model(
@@ -172,14 +215,21 @@ def prepare_model(
 ) -> tuple[Any, TrainConfig]:
     """The model to train on ``ctx.device`` and the config.
 
-    Priority: the checkpoint being resumed, then a model passed in, then ``build_model(config.model)``
-    with the tokenizer trained on the training captions. Every rank ends with rank 0's weights.
+    Priority: the checkpoint being resumed, then a model passed in, then ``config.init_model``
+    (:func:`initial_model`), then ``build_model(config.model)`` with the tokenizer trained on the
+    training captions. Every rank ends with rank 0's weights.
     """
     from retrieval.model import TwinEncoder, build_model
 
     torch.manual_seed(config.seed)
     if resume_from is not None:
         model = TwinEncoder.load(resume_from / "model", device=ctx.device)
+    elif model is None and config.init_model:
+        if ctx.enabled:  # rank 0 fetches a hub model into the cache first; then every rank reads it
+            if ctx.is_main:
+                resolve_model(config.init_model)
+            barrier(ctx)
+        model = initial_model(config, ctx.device)
     elif model is None:
         if ctx.enabled:
             # The tokenizer is trained on rank 0 only, then every rank loads the same folder.

@@ -93,3 +93,31 @@ def test_torchrun_training_matches_single_process_training(config, tmp_path, acc
     b = load_file(str(tmp_path / "two" / "final" / "model.safetensors"))
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.slow
+def test_torchrun_fine_tuning_from_a_pretrained_checkpoint_matches_one_process(config, tmp_path):
+    from retrieval.config import ModelConfig
+
+    from support.hf import save_tiny_clip
+
+    words = ("red", "green", "blue", "yellow", "circle", "square", "triangle", "cross", "in")
+    clip = save_tiny_clip(tmp_path / "clip", texts=[f"a {w}" for w in words])
+    base = config.replace(
+        init_model=str(clip),
+        model=ModelConfig(lock_text=False, unfreeze_image_layers=1),
+        val_data=None,
+        max_steps=2,
+        optimizer="sgd",
+        checkpoint_every=0,
+        warmup_steps=0,
+    )
+    single = train(base.replace(out_dir=str(tmp_path / "single"), batch_size=8))
+    two = base.replace(out_dir=str(tmp_path / "two"), batch_size=4)
+    two.save(tmp_path / "two.json")
+    _torchrun("train", str(tmp_path / "two.json"))
+    a = load_file(str(single.run_dir / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "final" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)

@@ -1,0 +1,258 @@
+"""Naming a model: one string for a folder saved by the toolkit, a transformers CLIP / SigLIP folder,
+or a Hugging Face hub id (``org/name``, optionally ``@revision``), told apart without being told.
+
+:func:`resolve_model` turns the name into a :class:`ModelSource`: the local folder holding the files,
+what kind of folder it is, and where it came from. Hub ids go through the standard Hugging Face
+cache (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``) with
+``huggingface_hub.snapshot_download``: a model downloaded once (or placed there by
+``hf download``) loads offline afterwards, and ``HF_HUB_OFFLINE=1`` never touches the network.
+:meth:`ModelSource.info` is what a collection records beside the model's fingerprint.
+
+Loading is :func:`retrieval.model.load_model`; this module only finds and describes the files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from retrieval.towers.hf import DUAL_MODELS
+
+__all__ = ["ModelSource", "describe_model_info", "hub_cache_dir", "resolve_model", "weights_sha256"]
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_FILE = "retrieval_model.json"
+# What a hub snapshot needs for a CLIP / SigLIP model: configs, tokenizer and processor files, weights.
+HUB_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors"]
+# Not for transformers: sub-folders (onnx/, other frameworks' exports) and OpenCLIP's own weight files.
+HUB_IGNORED = ["*/*", "open_clip_*"]
+HUB_FALLBACK_WEIGHTS = ["pytorch_model*.bin"]  # older repos without safetensors
+_WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+_TRUE = {"1", "on", "yes", "true"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    """Where a named model's files are and where they came from.
+
+    ``kind``: ``"toolkit"`` (saved by ``TwinEncoder.save``, e.g. a training run's ``best/``) or
+    ``"transformers"`` (a ``CLIPModel`` / ``SiglipModel`` checkpoint). ``hub_id`` and ``revision``
+    (the resolved commit) are set for hub ids; ``path`` is then the cached snapshot folder.
+    """
+
+    name: str  # how to name the same files again: an absolute folder, or "org/name@<commit>"
+    kind: str
+    path: Path
+    hub_id: str | None = None
+    revision: str | None = None
+    requested_revision: str | None = None  # what the name asked for ("main" when it said nothing)
+
+    @property
+    def label(self) -> str:
+        """A short human name: the hub id, or the folder."""
+        return self.hub_id or str(self.path)
+
+    def info(self) -> dict[str, Any]:
+        """What a collection records about the model (``indexes.Collection.create(model_info=...)``):
+        the hub id and resolved revision, or the folder and the sha256 of its weight files."""
+        if self.hub_id is not None:
+            out: dict[str, Any] = {"source": "hub", "id": self.hub_id, "revision": self.revision}
+            if self.requested_revision not in (None, self.revision):
+                out["requested_revision"] = self.requested_revision
+        else:
+            out = {"source": "folder", "path": str(self.path), "weights_sha256": weights_sha256(self.path)}
+        out["format"] = self.kind
+        base = _base_model(self.path) if self.kind == "toolkit" else None
+        if base:
+            out["base_model"] = base
+        return out
+
+
+def resolve_model(name: str | os.PathLike[str]) -> ModelSource:
+    """The :class:`ModelSource` for ``name``: an existing folder (toolkit or transformers layout), else
+    a hub id ``org/name[@revision]`` fetched through the Hugging Face cache (a name without ``/`` that
+    is no folder is taken for a mistyped folder).
+
+    Raises ``FileNotFoundError`` for a path that does not exist or a hub id that is neither cached
+    nor downloadable (naming the cache folder and the command to run), ``ValueError`` for a folder
+    of another kind (saying what was expected) or a malformed name.
+    """
+    text = os.fspath(name).strip()
+    if not text:
+        raise ValueError(
+            "empty model name: give a model folder or a hub id such as openai/clip-vit-base-patch32"
+        )
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"{text} is a file; expected a model folder or a hub id (org/name[@revision])")
+        return folder_source(path)
+    repo_id, _, revision = text.partition("@")
+    looks_like_path = text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1
+    if looks_like_path or not _REPO_ID.match(repo_id) or "--" in repo_id or ".." in repo_id:
+        raise FileNotFoundError(
+            f"model {text!r} is neither an existing folder nor a hub id (org/name[@revision]): "
+            "check the path, or name a Hugging Face model such as openai/clip-vit-base-patch32"
+        )
+    return _hub_source(repo_id, revision or None)
+
+
+def folder_source(path: Path) -> ModelSource:
+    """The :class:`ModelSource` of a local folder, after checking it holds a model we can load."""
+    path = path.resolve()
+    return ModelSource(name=str(path), kind=folder_kind(path), path=path)
+
+
+def folder_kind(path: Path) -> str:
+    """``"toolkit"`` or ``"transformers"``; ``ValueError`` saying what was expected otherwise."""
+    expected = (
+        f"expected a model saved by the toolkit ({CONFIG_FILE}, {WEIGHTS_FILE}, {FORMAT_FILE}: a training "
+        f"run's best/ or final/ folder) or a transformers CLIP/SigLIP checkpoint ({CONFIG_FILE} with "
+        f"model_type {' or '.join(sorted(DUAL_MODELS))}, weights, tokenizer and processor files)"
+    )
+    config_path = path / CONFIG_FILE
+    if not config_path.is_file():
+        raise ValueError(f"{path} holds no {CONFIG_FILE}: {expected}")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{config_path} is not readable JSON ({exc}): {expected}") from exc
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type is None:
+        if not (path / WEIGHTS_FILE).is_file():
+            raise ValueError(f"{path} has a {CONFIG_FILE} but no {WEIGHTS_FILE}: {expected}")
+        return "toolkit"
+    if model_type not in DUAL_MODELS:
+        raise ValueError(
+            f"{path} is a transformers {model_type!r} checkpoint, not a two-tower model: {expected}. "
+            f"A single backbone can be a tower of a new model: model.image_tower=hf:{path} (or model.text_tower)"
+        )
+    if not _weight_files(path):
+        raise ValueError(
+            f"{path} is a {model_type} checkpoint without weights (*.safetensors or *.bin): {expected}"
+        )
+    return "transformers"
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache, read from the environment at each call (as huggingface_hub does
+    at import): ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``$XDG_CACHE_HOME/huggingface/hub``."""
+    env = os.environ
+    for key in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if env.get(key):
+            return Path(env[key]).expanduser()
+    home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) asks for no network at all."""
+    return any(
+        os.environ.get(k, "").strip().lower() in _TRUE for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def _hub_source(repo_id: str, revision: str | None) -> ModelSource:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RevisionNotFoundError
+
+    cache = hub_cache_dir()
+    offline = hub_offline()
+    shown = f"{repo_id}@{revision}" if revision else repo_id
+    command = f"hf download {repo_id}" + (f" --revision {revision}" if revision else "")
+    try:
+        folder = Path(
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                cache_dir=cache,
+                local_files_only=offline,
+                allow_patterns=HUB_PATTERNS,
+                ignore_patterns=HUB_IGNORED,
+            )
+        )
+        if not _weight_files(folder) and not offline:
+            folder = Path(
+                snapshot_download(
+                    repo_id,
+                    revision=revision,
+                    cache_dir=cache,
+                    allow_patterns=HUB_FALLBACK_WEIGHTS,
+                    ignore_patterns=HUB_IGNORED,
+                )
+            )
+    except RevisionNotFoundError as exc:
+        raise ValueError(f"the hub model {repo_id} has no revision {revision!r}: {exc}") from exc
+    except LocalEntryNotFoundError as exc:
+        why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face hub could not be reached"
+        raise FileNotFoundError(
+            f"model {shown!r} is not in the Hugging Face cache {cache} and {why}: download it once where "
+            f"the hub is reachable (`{command}`, or any command here without HF_HUB_OFFLINE), or give a "
+            "local model folder"
+        ) from exc
+    except HfHubHTTPError as exc:  # not found, gated, private: nothing cached to fall back on
+        raise FileNotFoundError(
+            f"model {shown!r} could not be fetched from the Hugging Face hub and is not in the cache "
+            f"{cache}: {exc}. Check the id (and `hf auth login` for gated models)"
+        ) from exc
+    except Exception as exc:  # an incomplete cached snapshot and similar
+        if type(exc).__name__ != "IncompleteSnapshotError":
+            raise
+        raise FileNotFoundError(
+            f"the cached copy of {shown!r} in {cache} is incomplete: run `{command}` where the hub is reachable"
+        ) from exc
+    try:
+        kind = folder_kind(folder)
+    except ValueError as exc:
+        raise ValueError(f"hub model {shown!r} (cached in {folder}): {exc}") from exc
+    commit = folder.name
+    return ModelSource(
+        name=f"{repo_id}@{commit}",
+        kind=kind,
+        path=folder,
+        hub_id=repo_id,
+        revision=commit,
+        requested_revision=revision or "main",
+    )
+
+
+def describe_model_info(info: Any) -> str | None:
+    """A model name for messages from a recorded :meth:`ModelSource.info` (``None`` when unknown)."""
+    if not isinstance(info, dict):
+        return None
+    if info.get("source") == "hub" and info.get("id"):
+        return f"{info['id']}@{info['revision']}" if info.get("revision") else str(info["id"])
+    return str(info["path"]) if info.get("path") else None
+
+
+def _weight_files(path: Path) -> list[Path]:
+    found = {p for pattern in _WEIGHT_GLOBS for p in path.glob(pattern) if p.is_file()}
+    return sorted(p for p in found if not p.name.startswith("open_clip_"))
+
+
+def weights_sha256(path: Path) -> str:
+    """sha256 over the folder's weight files (name and bytes, in name order)."""
+    digest = hashlib.sha256()
+    for file in _weight_files(Path(path)):
+        digest.update(f"\0{file.name}\0".encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _base_model(path: Path) -> dict[str, Any] | None:
+    """The pretrained model a toolkit folder was fine-tuned from, as its format file records it."""
+    try:
+        info = json.loads((path / FORMAT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    base = info.get("base_model") if isinstance(info, dict) else None
+    return base if isinstance(base, dict) else None
