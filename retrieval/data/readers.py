@@ -9,21 +9,24 @@
 
 Several captions per image are first-class: several rows with the same image, a list of
 captions in one row (JSON / Parquet list, or a JSON list string in CSV), or one caption per
-line of a sidecar ``.txt``. Rows that cannot be used (empty caption, missing column, bad JSON)
-are skipped and listed in :attr:`PairSet.skipped` with where and why; nothing is dropped silently.
+line of a sidecar ``.txt``. Rows that cannot be used (empty caption, missing column, bad JSON,
+bytes that are not UTF-8, a CSV field over the ``csv`` module's size limit) are skipped and listed in :attr:`PairSet.skipped` with where and why; nothing is dropped silently.
 """
 
 from __future__ import annotations
 
+import codecs
+import collections
 import csv
 import dataclasses
 import glob
 import json
 import os
+import re
 import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -58,6 +61,10 @@ class PairSet:
 
     def __getitem__(self, index: int) -> Pair:
         return self.pairs[index]
+
+    def skip_counts(self) -> collections.Counter[str]:
+        """How many records were skipped for each reason."""
+        return collections.Counter(reason for _, reason in self.skipped)
 
     def images(self) -> list[str]:
         """Unique image references in first-seen order (one per ``image_id``)."""
@@ -223,15 +230,25 @@ def _add_rows(
 
 
 def _jsonl_rows(path: Path, out: _Collector) -> Iterator[tuple[str, dict[str, Any]]]:
-    with path.open("r", encoding="utf-8-sig") as fh:
-        for number, line in enumerate(fh, 1):
+    """Rows of a JSON Lines file; a line that is not UTF-8, not JSON, nested too deeply or not an
+    object is skipped with its reason and the read goes on."""
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError:
+                out.skip(where, "invalid UTF-8")
+                continue
             if not line.strip():
                 continue
-            where = f"{path}:{number}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 out.skip(where, f"invalid JSON: {exc.msg}")
+                continue
+            except RecursionError:
+                out.skip(where, "JSON nested too deeply")
                 continue
             if not isinstance(row, dict):
                 out.skip(where, f"expected a JSON object, found {type(row).__name__}")
@@ -262,19 +279,59 @@ def _json_rows(path: Path, out: _Collector) -> Iterator[tuple[str, dict[str, Any
             out.skip(f"{path}:item {number}", f"expected a JSON object, found {type(row).__name__}")
 
 
-def _csv_rows(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[str, dict[str, Any]]]:
+# Characters that stand for undecodable bytes when text is decoded with errors="surrogateescape".
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+
+def _decoded_lines(fh: IO[bytes]) -> Iterator[str]:
+    """Physical lines as text; bytes that are not UTF-8 become lone surrogates, so the row that
+    holds them can be skipped after parsing while the rest of the file is read."""
+    for number, raw in enumerate(fh):
+        if number == 0 and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8) :]
+        yield raw.decode("utf-8", errors="surrogateescape")
+
+
+def _csv_rows(path: Path, columns: tuple[str, ...], out: _Collector) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Rows of a CSV/TSV file; a row with a field over the ``csv`` module's size limit or with
+    bytes that are not UTF-8 is skipped with its reason and the read goes on."""
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    with path.open("r", encoding="utf-8-sig", newline="") as fh:
-        reader = csv.DictReader(fh, delimiter=delimiter)
-        header = reader.fieldnames or []
+    with path.open("rb") as fh:
+        reader = csv.reader(_decoded_lines(fh), delimiter=delimiter)
+        try:
+            header = next(reader)
+        except StopIteration:
+            header = []
+        except csv.Error as exc:
+            raise ValueError(f"{path}: cannot read the header line: {exc}") from exc
         missing = [c for c in columns if c not in header]
         if missing:
             raise ValueError(
                 f"{path} has no column(s) {missing}; its columns are {header}: "
                 "pass image_column= / caption_column= / id_column= naming yours"
             )
-        for row in reader:
-            yield f"{path}:{reader.line_num}", {k: v for k, v in row.items() if k is not None}
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                reason = str(exc)
+                if "field larger than field limit" in reason:
+                    reason = (
+                        f"field larger than the csv module's limit of {csv.field_size_limit()} characters"
+                    )
+                out.skip(f"{path}:{reader.line_num}", reason)
+                continue
+            if not row:
+                continue
+            where = f"{path}:{reader.line_num}"
+            if any(_UNDECODABLE.search(value) for value in row):
+                out.skip(where, "invalid UTF-8")
+                continue
+            values = dict(zip(header, row))
+            values.update((name, None) for name in header[len(row) :])
+            yield where, values
 
 
 def _parquet_rows(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -310,7 +367,7 @@ def _read_manifest(
     elif suffix == ".json":
         rows = _json_rows(path, out)
     elif suffix in (".csv", ".tsv"):
-        rows = _csv_rows(path, columns)
+        rows = _csv_rows(path, columns, out)
     else:
         rows = _parquet_rows(path, columns)
     _add_rows(rows, path.parent.resolve(), out, image_column, caption_column, id_column, split)
