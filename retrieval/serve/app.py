@@ -39,7 +39,7 @@ from retrieval.config import ServeConfig
 from retrieval.serve.batching import Encoder
 from retrieval.serve.clip_compat import clip_router
 from retrieval.serve.errors import ApiError
-from retrieval.serve.inputs import BodyLimitMiddleware
+from retrieval.serve.inputs import BodyLimitMiddleware, body_limit
 from retrieval.serve.routes import api_router
 from retrieval.serve.service import Service
 
@@ -163,7 +163,8 @@ def create_app(
 
     app.add_middleware(ApiKeyMiddleware, api_key=config.api_key)
     # Base64 inflates an image by 4/3; leave room for the JSON or multipart around it.
-    app.add_middleware(BodyLimitMiddleware, limit=config.max_upload_bytes * 4 // 3 + 64 * 1024)
+    image_bytes = config.max_upload_bytes * 4 // 3 + 64 * 1024
+    app.add_middleware(BodyLimitMiddleware, limit_for=lambda path: body_limit(path, image_bytes))
     if config.cors_origins:
         app.add_middleware(
             CORSMiddleware,
