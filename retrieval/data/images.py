@@ -35,9 +35,21 @@ def tar_ref(shard: str | os.PathLike[str], member: str) -> str:
     return f"{TAR_PREFIX}{Path(shard).resolve()}#{member}"
 
 
+_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+
+
 def split_tar_ref(ref: str) -> tuple[str, str]:
-    """``"tar://<shard>#<member>"`` -> ``(shard, member)``."""
+    """``"tar://<shard>#<member>"`` -> ``(shard, member)``.
+
+    Folder names may hold ``#`` too: the shard is the first prefix ending before a ``#`` that is an
+    existing file, else the first ending in a tar suffix (``.tar``, ``.tar.gz``, ...), else the
+    text before the first ``#``."""
     body = ref[len(TAR_PREFIX) :]
+    cuts = [i for i, ch in enumerate(body) if ch == "#" and 0 < i < len(body) - 1]
+    for fits in (os.path.isfile, lambda shard: shard.lower().endswith(_TAR_SUFFIXES)):
+        for i in cuts:
+            if fits(body[:i]):
+                return body[:i], body[i + 1 :]
     shard, sep, member = body.partition("#")
     if not sep or not shard or not member:
         raise ImageDecodeError(
