@@ -12,7 +12,7 @@ The rules (server-side request forgery and slow-server defences):
   download connects to the checked address itself, so a second DNS answer (DNS rebinding)
   cannot swap it;
 * no redirects; the size is capped while the body streams in;
-* one deadline covers connecting, the headers and the whole body: a server that drips a byte
+* one deadline covers the name lookup, connecting, the headers and the whole body: a server that drips a byte
   every few seconds is cut off when the deadline passes, not allowed a fresh timeout per read.
 """
 
@@ -92,12 +92,30 @@ def _parse(url: Any) -> tuple[str, str, int, str, str]:
     return scheme, host, port, host_header, target
 
 
-def _resolve(host: str, port: int, allow_private: bool) -> str:
+def _lookup(host: str, port: int, timeout: float) -> list[Any]:
+    """``socket.getaddrinfo`` bounded by ``timeout`` (it has no timeout of its own): run in a
+    daemon thread that is left behind when the resolver hangs."""
+    answer: list[Any] = []
+
+    def work() -> None:
+        try:
+            answer.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except (OSError, UnicodeError) as exc:
+            answer.append(exc)
+
+    thread = threading.Thread(target=work, name="image-url-lookup", daemon=True)
+    thread.start()
+    thread.join(max(timeout, 0.0))
+    if not answer:
+        raise TimeoutError(f"looking up {host!r} took longer than {timeout:.1f} s")
+    if isinstance(answer[0], Exception):
+        raise bad_request("bad_url", f"cannot resolve {host!r}: {answer[0]}")
+    return list(answer[0])
+
+
+def _resolve(host: str, port: int, allow_private: bool, timeout: float) -> str:
     """The address to connect to: the first of one lookup, after checking all of them."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as exc:
-        raise bad_request("bad_url", f"cannot resolve {host!r}: {exc}") from None
+    infos = _lookup(host, port, timeout)
     addresses = [str(info[4][0]) for info in infos]
     if not addresses:
         raise bad_request("bad_url", f"cannot resolve {host!r}: no address")
@@ -131,7 +149,13 @@ def fetch_image_url(url: Any, *, max_bytes: int, timeout: float, allow_private: 
     :class:`~retrieval.serve.errors.ApiError`. Blocking: run it in a worker thread."""
     deadline = time.monotonic() + timeout
     scheme, host, port, host_header, target = _parse(url)
-    address = _resolve(host, port, allow_private)
+    shown = str(url)[:200]
+    try:
+        address = _resolve(host, port, allow_private, timeout)
+    except TimeoutError:
+        raise ApiError(
+            400, "url_timeout", f"downloading {shown} took longer than the limit of {timeout} s"
+        ) from None
     conn: http.client.HTTPConnection
     if scheme == "https":
         conn = _PinnedHTTPSConnection(address, port, host, timeout)
@@ -140,7 +164,6 @@ def fetch_image_url(url: Any, *, max_bytes: int, timeout: float, allow_private: 
     timer = threading.Timer(max(deadline - time.monotonic(), 0.0), _cut, (conn,))
     timer.daemon = True
     timer.start()
-    shown = str(url)[:200]
     try:
         conn.request(
             "GET",

@@ -148,6 +148,19 @@ def test_one_deadline_for_the_whole_download(recorder, fake_dns):
     assert time.monotonic() - started < 5.0  # well before the drip ends
 
 
+def test_the_deadline_covers_a_hanging_name_lookup(monkeypatch):
+    def hanging(*args, **kwargs):
+        time.sleep(3.0)
+        raise socket.gaierror(socket.EAI_AGAIN, "gave up")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging)
+    started = time.monotonic()
+    with pytest.raises(ApiError) as err:
+        fetch_image_url("http://slow-dns.test/x.png", max_bytes=1000, timeout=0.5, allow_private=False)
+    assert err.value.code == "url_timeout"
+    assert time.monotonic() - started < 2.5
+
+
 # -- hidden fields ---------------------------------------------------------------------------
 
 
