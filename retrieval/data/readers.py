@@ -129,7 +129,7 @@ def _caption_list(value: Any) -> list[Any] | None:
         if stripped.startswith("[") and stripped.endswith("]"):
             try:
                 parsed = json.loads(stripped)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 return [value]
             if isinstance(parsed, list):
                 return parsed
@@ -264,6 +264,11 @@ def _json_rows(path: Path, out: _Collector) -> Iterator[tuple[str, dict[str, Any
         raise ValueError(
             f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); fix it or use JSON Lines"
         ) from exc
+    except (UnicodeDecodeError, RecursionError) as exc:
+        problem = "is not UTF-8" if isinstance(exc, UnicodeDecodeError) else "nests too deeply"
+        raise ValueError(
+            f"{path} {problem}; fix it, or use JSON Lines (a bad line is skipped there, not fatal)"
+        ) from exc
     if isinstance(data, dict):
         data = next(
             (data[k] for k in ("pairs", "data", "rows", "images") if isinstance(data.get(k), list)), None
@@ -395,6 +400,8 @@ def _read_folder(root: Path, out: _Collector, caption_column: str, id_column: st
                 metadata = loaded if isinstance(loaded, dict) else {"json": loaded}
             except json.JSONDecodeError as exc:
                 out.skip(str(sidecar_json), f"invalid JSON metadata ignored: {exc.msg}")
+            except RecursionError:
+                out.skip(str(sidecar_json), "JSON metadata nested too deeply, ignored")
         sidecar_txt = image.with_suffix(".txt")
         if sidecar_txt.is_file():
             captions: Any = _read_text(sidecar_txt).splitlines()
@@ -450,6 +457,8 @@ def _read_shard(shard: Path, out: _Collector, caption_column: str, id_column: st
                 metadata = loaded if isinstance(loaded, dict) else {"json": loaded}
             except json.JSONDecodeError as exc:
                 out.skip(where, f"invalid JSON metadata ignored: {exc.msg}")
+            except RecursionError:
+                out.skip(where, "JSON metadata nested too deeply, ignored")
         if "txt" in group:
             captions: Any = group["txt"].splitlines() or [""]
         elif caption_column in metadata:

@@ -236,3 +236,25 @@ def test_csv_bad_rows_are_skipped_by_reason_and_the_read_goes_on(tmp_path: Path)
     assert reasons[f"{tmp_path / 'm.csv'}:4"] == "invalid UTF-8"
     assert "field larger than" in reasons[f"{tmp_path / 'm.csv'}:3"]
     assert csv.field_size_limit() == limit  # the process-wide limit is left alone
+
+
+def test_deeply_nested_json_in_captions_and_sidecars_does_not_abort_the_read(tmp_path: Path) -> None:
+    deep = "[" * 50_000 + "]" * 50_000
+    (tmp_path / "m.csv").write_text(f"image,caption\na.jpg,{deep}\nb.jpg,fine\n", encoding="utf-8")
+    pairs = read_pairs(tmp_path / "m.csv")
+    assert pairs.captions() == [deep, "fine"]  # not a caption list: kept as the text it is
+    shard = tmp_path / "s.tar"
+    with tarfile.open(shard, "w") as tar:
+        for name, data in (
+            ("k1.jpg", jpeg_bytes(rgb_image())),
+            ("k1.txt", b"one"),
+            ("k1.json", deep.encode()),
+            ("k2.jpg", jpeg_bytes(rgb_image())),
+            ("k2.txt", b"two"),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    pairs = read_pairs(shard)
+    assert pairs.captions() == ["one", "two"]
+    assert pairs.skip_counts() == {"JSON metadata nested too deeply, ignored": 1}
