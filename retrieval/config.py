@@ -197,6 +197,7 @@ class ServeConfig(ConfigBase):
     max_connections: int = 256  # beyond this many concurrent connections the server answers 503
     reload_interval: float = 2.0  # seconds between checks for a collection changed on disk (0: only on /reload)
     cors_origins: tuple[str, ...] = ()  # origins allowed to call the API from a browser ("*" for any)
+    allowed_hosts: tuple[str, ...] = ()  # Host header names accepted; () = loopback names when bound to loopback, else any
     hidden_fields: tuple[str, ...] = ()  # metadata fields never returned (e.g. "path" to hide server paths)
     device: str | None = None  # torch device for the models; None: "cuda" when available, else "cpu"
     mmap: bool = False  # open collections memory-mapped (large indexes, less RAM, slower first queries)

@@ -67,6 +67,8 @@ def build_config(args: argparse.Namespace) -> Any:
         changes["cors_origins"] = [*base.cors_origins, *args.cors_origin]
     if args.hide_field:
         changes["hidden_fields"] = [*base.hidden_fields, *args.hide_field]
+    if args.allowed_host:
+        changes["allowed_hosts"] = [*base.allowed_hosts, *args.allowed_host]
     return base.replace(**changes)
 
 
@@ -120,7 +122,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--cors-origin", action="append", default=[], help="browser origin allowed to call the API"
     )
     p.add_argument(
-        "--hide-field", action="append", default=[], help="metadata field never returned (repeatable)"
+        "--hide-field",
+        action="append",
+        default=[],
+        help="metadata field never returned nor filterable (repeatable)",
+    )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        help="host name browsers may reach the service by (repeatable; default on loopback: localhost, 127.0.0.1, ::1)",
     )
     option("device", "--device", help="torch device (none: cuda when available)")
     option("mmap", "--mmap", action="store_true", help="open collections memory-mapped")

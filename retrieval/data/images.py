@@ -3,7 +3,9 @@
 An image reference is a local path, raw bytes, or ``"tar://<abs shard path>#<member name>"``
 for a file inside a webdataset shard. Decoding applies the EXIF orientation, composites
 transparency (RGBA, LA, palette with transparency) on white, converts everything to RGB and
-refuses images larger than ``max_pixels`` (decompression bombs).
+refuses images larger than ``max_pixels`` (decompression bombs). Only the raster formats in
+:data:`ACCEPTED_FORMATS` are ever handed to a decoder: Pillow's other plugins include ones that
+shell out (EPS runs Ghostscript when it is installed) or parse rarely audited formats.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ import os
 import tarfile
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # 89 million pixels is Pillow's own warning threshold; above it we refuse to decode.
 DEFAULT_MAX_PIXELS = 89_478_485
 TAR_PREFIX = "tar://"
+# Pillow format names tried when decoding (uploads, corpora, served thumbnails); anything else is refused.
+# (Pillow's JPEG reader also opens the multi-picture JPEGs (MPO) many cameras write.)
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
 
 class ImageDecodeError(ValueError):
@@ -30,9 +35,21 @@ def tar_ref(shard: str | os.PathLike[str], member: str) -> str:
     return f"{TAR_PREFIX}{Path(shard).resolve()}#{member}"
 
 
+_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+
+
 def split_tar_ref(ref: str) -> tuple[str, str]:
-    """``"tar://<shard>#<member>"`` -> ``(shard, member)``."""
+    """``"tar://<shard>#<member>"`` -> ``(shard, member)``.
+
+    Folder names may hold ``#`` too: the shard is the first prefix ending before a ``#`` that is an
+    existing file, else the first ending in a tar suffix (``.tar``, ``.tar.gz``, ...), else the
+    text before the first ``#``."""
     body = ref[len(TAR_PREFIX) :]
+    cuts = [i for i, ch in enumerate(body) if ch == "#" and 0 < i < len(body) - 1]
+    for fits in (os.path.isfile, lambda shard: shard.lower().endswith(_TAR_SUFFIXES)):
+        for i in cuts:
+            if fits(body[:i]):
+                return body[:i], body[i + 1 :]
     shard, sep, member = body.partition("#")
     if not sep or not shard or not member:
         raise ImageDecodeError(
@@ -118,7 +135,7 @@ def load_image(
     data = bytes(ref) if isinstance(ref, (bytes, bytearray)) else read_ref_bytes(ref)
     try:
         # No warnings.catch_warnings() here: it is not thread-safe, and decoding runs in threads (serving).
-        with Image.open(io.BytesIO(data)) as probe:
+        with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as probe:
             width, height = probe.size
             if max_pixels is not None and width * height > max_pixels:
                 raise ImageDecodeError(
@@ -136,6 +153,11 @@ def load_image(
             return rgb.copy() if rgb is probe else rgb
     except ImageDecodeError:
         raise
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(
+            f"cannot decode image {name}: not a readable image in an accepted format ({', '.join(ACCEPTED_FORMATS)}); "
+            "convert it to one of them"
+        ) from exc
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"image {name} is too large to decode safely: {exc}") from exc
     except Exception as exc:  # Pillow's plugins raise many types on hostile input; all mean "unusable"

@@ -9,13 +9,13 @@
 
 Several captions per image are first-class: several rows with the same image, a list of
 captions in one row (JSON / Parquet list, or a JSON list string in CSV), or one caption per
-line of a sidecar ``.txt``. Rows that cannot be used (empty caption, missing column, bad JSON)
-are skipped and listed in :attr:`PairSet.skipped` with where and why; nothing is dropped silently.
+line of a sidecar ``.txt``. Rows that cannot be used (empty caption, missing column, bad JSON,
+bytes that are not UTF-8, a CSV field over the ``csv`` module's size limit) are skipped and listed in :attr:`PairSet.skipped` with where and why; nothing is dropped silently.
 """
 
 from __future__ import annotations
 
-import csv
+import collections
 import dataclasses
 import glob
 import json
@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from retrieval.data.images import TAR_PREFIX, tar_ref
+from retrieval.data.manifests import csv_rows, json_rows, jsonl_rows, parquet_rows
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 MANIFEST_EXTENSIONS = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
@@ -58,6 +59,10 @@ class PairSet:
 
     def __getitem__(self, index: int) -> Pair:
         return self.pairs[index]
+
+    def skip_counts(self) -> collections.Counter[str]:
+        """How many records were skipped for each reason."""
+        return collections.Counter(reason for _, reason in self.skipped)
 
     def images(self) -> list[str]:
         """Unique image references in first-seen order (one per ``image_id``)."""
@@ -122,7 +127,7 @@ def _caption_list(value: Any) -> list[Any] | None:
         if stripped.startswith("[") and stripped.endswith("]"):
             try:
                 parsed = json.loads(stripped)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 return [value]
             if isinstance(parsed, list):
                 return parsed
@@ -222,79 +227,6 @@ def _add_rows(
     return count
 
 
-def _jsonl_rows(path: Path, out: _Collector) -> Iterator[tuple[str, dict[str, Any]]]:
-    with path.open("r", encoding="utf-8-sig") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                out.skip(where, f"invalid JSON: {exc.msg}")
-                continue
-            if not isinstance(row, dict):
-                out.skip(where, f"expected a JSON object, found {type(row).__name__}")
-                continue
-            yield where, row
-
-
-def _json_rows(path: Path, out: _Collector) -> Iterator[tuple[str, dict[str, Any]]]:
-    """A ``.json`` manifest: one array of row objects (or ``{"pairs" | "data" | "rows": [...]}``)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(
-            f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); fix it or use JSON Lines"
-        ) from exc
-    if isinstance(data, dict):
-        data = next(
-            (data[k] for k in ("pairs", "data", "rows", "images") if isinstance(data.get(k), list)), None
-        )
-    if not isinstance(data, list):
-        raise ValueError(
-            f'{path} should hold a JSON array of row objects, e.g. [{{"image": ..., "caption": ...}}]'
-        )
-    for number, row in enumerate(data):
-        if isinstance(row, dict):
-            yield f"{path}:item {number}", row
-        else:
-            out.skip(f"{path}:item {number}", f"expected a JSON object, found {type(row).__name__}")
-
-
-def _csv_rows(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[str, dict[str, Any]]]:
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    with path.open("r", encoding="utf-8-sig", newline="") as fh:
-        reader = csv.DictReader(fh, delimiter=delimiter)
-        header = reader.fieldnames or []
-        missing = [c for c in columns if c not in header]
-        if missing:
-            raise ValueError(
-                f"{path} has no column(s) {missing}; its columns are {header}: "
-                "pass image_column= / caption_column= / id_column= naming yours"
-            )
-        for row in reader:
-            yield f"{path}:{reader.line_num}", {k: v for k, v in row.items() if k is not None}
-
-
-def _parquet_rows(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[str, dict[str, Any]]]:
-    import pyarrow.parquet as pq
-
-    parquet = pq.ParquetFile(path)
-    names = parquet.schema_arrow.names
-    missing = [c for c in columns if c not in names]
-    if missing:
-        raise ValueError(
-            f"{path} has no column(s) {missing}; its columns are {names}: "
-            "pass image_column= / caption_column= / id_column= naming yours"
-        )
-    number = 0
-    for batch in parquet.iter_batches(batch_size=4096):
-        for row in batch.to_pylist():
-            yield f"{path}:row {number}", row
-            number += 1
-
-
 def _read_manifest(
     path: Path,
     out: _Collector,
@@ -306,13 +238,13 @@ def _read_manifest(
     suffix = path.suffix.lower()
     columns = tuple(c for c in (image_column, caption_column, id_column) if c)
     if suffix == ".jsonl":
-        rows: Iterable[tuple[str, dict[str, Any]]] = _jsonl_rows(path, out)
+        rows: Iterable[tuple[str, dict[str, Any]]] = jsonl_rows(path, out.skip)
     elif suffix == ".json":
-        rows = _json_rows(path, out)
+        rows = json_rows(path, out.skip)
     elif suffix in (".csv", ".tsv"):
-        rows = _csv_rows(path, columns)
+        rows = csv_rows(path, columns, out.skip)
     else:
-        rows = _parquet_rows(path, columns)
+        rows = parquet_rows(path, columns)
     _add_rows(rows, path.parent.resolve(), out, image_column, caption_column, id_column, split)
 
 
@@ -338,6 +270,8 @@ def _read_folder(root: Path, out: _Collector, caption_column: str, id_column: st
                 metadata = loaded if isinstance(loaded, dict) else {"json": loaded}
             except json.JSONDecodeError as exc:
                 out.skip(str(sidecar_json), f"invalid JSON metadata ignored: {exc.msg}")
+            except RecursionError:
+                out.skip(str(sidecar_json), "JSON metadata nested too deeply, ignored")
         sidecar_txt = image.with_suffix(".txt")
         if sidecar_txt.is_file():
             captions: Any = _read_text(sidecar_txt).splitlines()
@@ -393,6 +327,8 @@ def _read_shard(shard: Path, out: _Collector, caption_column: str, id_column: st
                 metadata = loaded if isinstance(loaded, dict) else {"json": loaded}
             except json.JSONDecodeError as exc:
                 out.skip(where, f"invalid JSON metadata ignored: {exc.msg}")
+            except RecursionError:
+                out.skip(where, "JSON metadata nested too deeply, ignored")
         if "txt" in group:
             captions: Any = group["txt"].splitlines() or [""]
         elif caption_column in metadata:

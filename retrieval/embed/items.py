@@ -5,7 +5,9 @@ caption (``modality="text"``). Its key says what was embedded, so a re-run can t
 work from new work:
 
 * image: ``image:<reference>:<size>:<mtime_ns>`` -- a file that changes on disk gets a new
-  key and is embedded again; for ``tar://`` references the shard's size and mtime count.
+  key and is embedded again; for ``tar://`` references the shard's size and mtime count. The
+  reference is normalised first (absolute, ``..`` and ``.`` resolved), so two spellings of one
+  file are one item.
 * text: ``text:<sha1 of image reference, image id and caption>:<n>`` where ``n`` numbers
   repeats of the same pair, so duplicates are kept rather than silently merged.
 """
@@ -19,9 +21,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from retrieval.config import EmbedConfig
+from retrieval.data.images import TAR_PREFIX, split_tar_ref
 
 MODALITIES = EmbedConfig.CHOICES["modality"]
-TAR_PREFIX = "tar://"
 
 
 class PairLike(Protocol):
@@ -80,9 +82,24 @@ def read_source(source: Any, **read_options: Any) -> tuple[list[PairLike], list[
     return list(pairs), skips
 
 
+def normal_ref(ref: str) -> str:
+    """One spelling per file: an absolute path with ``.`` and ``..`` resolved (for a ``tar://``
+    reference, its shard path; member names are kept as the tar holds them)."""
+    if ref.startswith(TAR_PREFIX):
+        try:
+            shard, member = split_tar_ref(ref)
+        except ValueError:
+            return ref
+        return f"{TAR_PREFIX}{os.path.abspath(shard)}#{member}"
+    return os.path.abspath(ref)
+
+
 def _file_stamp(ref: str) -> tuple[int, int] | None:
     """``(size, mtime_ns)`` of the file behind an image reference, ``None`` when it is missing."""
-    path = ref[len(TAR_PREFIX) :].partition("#")[0] if ref.startswith(TAR_PREFIX) else ref
+    try:
+        path = split_tar_ref(ref)[0] if ref.startswith(TAR_PREFIX) else ref
+    except ValueError:
+        return None
     try:
         st = os.stat(path)
     except OSError:
@@ -90,11 +107,11 @@ def _file_stamp(ref: str) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
-def _metadata(pair: PairLike, modality: str) -> dict[str, Any]:
+def _metadata(pair: PairLike, modality: str, ref: str) -> dict[str, Any]:
     extra = dict(getattr(pair, "metadata", None) or {})
     extra.update(
         modality=modality,
-        path=str(pair.image),
+        path=ref,
         caption=str(pair.caption),
         image_id=str(pair.image_id),
     )
@@ -108,7 +125,7 @@ def image_items(pairs: Iterable[PairLike]) -> tuple[list[Item], list[SourceSkip]
     skips: list[SourceSkip] = []
     seen: set[str] = set()
     for pair in pairs:
-        ref = str(pair.image)
+        ref = normal_ref(str(pair.image))
         if ref in seen:
             continue
         seen.add(ref)
@@ -117,7 +134,7 @@ def image_items(pairs: Iterable[PairLike]) -> tuple[list[Item], list[SourceSkip]
             skips.append(SourceSkip(ref, "missing_file", f"image file not found: {ref}"))
             continue
         key = f"image:{ref}:{stamp[0]}:{stamp[1]}"
-        items.append(Item(key, "image", ref, _metadata(pair, "image")))
+        items.append(Item(key, "image", ref, _metadata(pair, "image", ref)))
     return items, skips
 
 
@@ -131,10 +148,11 @@ def text_items(pairs: Iterable[PairLike]) -> tuple[list[Item], list[SourceSkip]]
         if not caption.strip():
             skips.append(SourceSkip(str(pair.image), "empty_caption", "caption is empty"))
             continue
-        digest = hashlib.sha1(f"{pair.image}\0{pair.image_id}\0{caption}".encode()).hexdigest()
+        ref = normal_ref(str(pair.image))
+        digest = hashlib.sha1(f"{ref}\0{pair.image_id}\0{caption}".encode()).hexdigest()
         n = repeats.get(digest, 0)
         repeats[digest] = n + 1
-        items.append(Item(f"text:{digest}:{n}", "text", caption, _metadata(pair, "text")))
+        items.append(Item(f"text:{digest}:{n}", "text", caption, _metadata(pair, "text", ref)))
     return items, skips
 
 

@@ -131,6 +131,16 @@ class EmbedState:
     def save_state(self) -> None:
         atomic_write_text(self.state_path, json.dumps(self.state, indent=2, sort_keys=True) + "\n")
 
+    def _claim_number(self) -> int:
+        """The number of the next shard: above every shard on disk and every number handed out
+        before (recorded in the state file), so a name is never reused even when the newest
+        shard file was deleted; a name in ``ingested`` always means the same shard."""
+        existing = self.shards()
+        number = max(int(self.state.get("next_shard", 0)), existing[-1].number + 1 if existing else 0)
+        self.state["next_shard"] = number + 1
+        self.save_state()
+        return number
+
     def shards(self) -> list[Shard]:
         found = [Shard(p) for p in self.shard_dir.iterdir() if _SHARD_RE.match(p.name)]
         return sorted(found, key=lambda s: s.number)
@@ -160,7 +170,6 @@ class EmbedState:
                         metadata[key] = meta
         if not metadata:
             return None
-        existing = self.shards()
         buffer = io.BytesIO()
         np.savez(
             buffer,
@@ -171,7 +180,7 @@ class EmbedState:
             skip_keys=_str_array([]),
             skip_records=_str_array([]),
         )
-        path = self.shard_dir / f"{existing[-1].number + 1 if existing else 0:06d}-remove.npz"
+        path = self.shard_dir / f"{self._claim_number():06d}-remove.npz"
         atomic_write_bytes(path, buffer.getvalue())
         return Shard(path)
 
@@ -186,8 +195,6 @@ class EmbedState:
         """Commit one shard atomically; ``skipped`` holds (item, reason, detail); items whose key is in
         ``replaces`` supersede an earlier version of their file when added to the collection."""
         assert vectors.shape[0] == len(items), (vectors.shape, len(items))
-        existing = self.shards()
-        number = existing[-1].number + 1 if existing else 0
         buffer = io.BytesIO()
         np.savez(
             buffer,
@@ -210,7 +217,7 @@ class EmbedState:
                 ]
             ),
         )
-        path = self.shard_dir / f"{number:06d}-{modality}.npz"
+        path = self.shard_dir / f"{self._claim_number():06d}-{modality}.npz"
         atomic_write_bytes(path, buffer.getvalue())
         return Shard(path)
 
@@ -262,19 +269,25 @@ class EmbedState:
         removes that version), then save once, recording the intent first so a crash is detectable."""
         count_before, version_before = len(coll), _version(coll)
         added = 0
+        present: list[dict[str, Any]] = []  # items this ingest adds: stored once the save happened
+        absent: list[int] = []  # ids this ingest removes: gone once the save happened
         for shard in pending:
             vectors, metadata = shard.vectors_and_metadata()
             if shard.modality == "remove":
                 gone = _removed(coll, metadata)
                 if len(gone):
                     coll.remove(gone)
+                    absent += [int(i) for i in gone[:: max(1, len(gone) - 1)]]
                 continue
             stale = _superseded(coll, [m for m, r in zip(metadata, shard.replaces()) if r])
             if len(vectors):
-                coll.add(vectors, metadata)
+                ids = coll.add(vectors, metadata)
                 added += len(vectors)
+                for i in sorted({0, len(ids) - 1}):  # first and last item of the shard
+                    present.append({"id": int(ids[i]), **_identity(metadata[i])})
             if len(stale):
                 coll.remove(stale)
+                absent += [int(i) for i in stale[:: max(1, len(stale) - 1)]]
         if tuning_queries is not None and len(coll):
             coll.set_tuning_queries(tuning_queries)  # before the save that may choose and tune the index
         if coll.needs_rebuild:
@@ -284,6 +297,8 @@ class EmbedState:
             "count_before": count_before,
             "count_after": len(coll),
             "version_before": version_before,
+            "present": present,
+            "absent": absent,
         }
         self.save_state()
         coll.save()
@@ -405,11 +420,43 @@ def _version(coll: Any) -> int | None:
     return int(version) if version is not None else None
 
 
+def _identity(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The fields that tell one embedded item from another (an id alone could be reused by
+    another writer after an unsaved add)."""
+    return {k: metadata.get(k) for k in ("modality", "path", "caption", "image_id")}
+
+
+def _holds(coll: Any, probe: dict[str, Any]) -> bool:
+    try:
+        stored = coll.get([int(probe["id"])])[0]
+    except (KeyError, ValueError, IndexError):
+        return False
+    return _identity(stored) == {k: v for k, v in probe.items() if k != "id"}
+
+
+def _has_id(coll: Any, item_id: int) -> bool:
+    try:
+        coll.get([int(item_id)])
+    except (KeyError, ValueError, IndexError):
+        return False
+    return True
+
+
 def _intent_applied(coll: Any, intent: dict[str, Any]) -> bool | None:
     """Whether the save of an interrupted ingest happened: True, False, or None when unsure.
 
-    The collection's save counter tells (the writer lock keeps other writers out meanwhile);
-    without one, the item count decides when it differs before and after."""
+    The collection itself tells: the first and last item of each added shard are stored (same
+    id, same identity) and the removed ids are gone once the save happened, whatever another
+    writer saved since. Intents recorded without those probes fall back on the save counter,
+    then on the item count when it differs before and after."""
+    present, absent = intent.get("present"), intent.get("absent")
+    if present or absent:
+        facts = [_holds(coll, p) for p in present or []] + [not _has_id(coll, i) for i in absent or []]
+        if all(facts):
+            return True
+        if not any(facts):
+            return False
+        return None
     version, before = _version(coll), intent.get("version_before")
     if version is not None and before is not None:
         return version > before

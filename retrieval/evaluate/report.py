@@ -195,11 +195,24 @@ def _png(image) -> bytes:
     return buf.getvalue()
 
 
+# A text cell starting with one of these is run as a formula by spreadsheet programs (CSV injection).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_cell(value: object) -> object:
+    """``value`` as a CSV cell a spreadsheet shows as text: strings that a spreadsheet would
+    evaluate (leading ``=``, ``+``, ``-``, ``@``, tab or carriage return) get a leading apostrophe,
+    OWASP's advice against CSV injection. Numbers are kept as they are."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def _csv(header: list[str], rows: list[list[object]]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(header)
-    writer.writerows(rows)
+    writer.writerow([safe_cell(h) for h in header])
+    writer.writerows([safe_cell(cell) for cell in row] for row in rows)
     return buf.getvalue()
 
 

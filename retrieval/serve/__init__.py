@@ -14,7 +14,11 @@ This package's ``__init__`` is its public API; the modules behind it:
 * :mod:`~retrieval.serve.routes`, :mod:`~retrieval.serve.clip_compat` -- the JSON API and
   clip-retrieval's API.
 * :mod:`~retrieval.serve.inputs`, :mod:`~retrieval.serve.media`, :mod:`~retrieval.serve.errors` --
-  request checks, media files, the error type.
+  request checks (body limits per endpoint, JSON depth), media files, the error type.
+* :mod:`~retrieval.serve.urls` -- downloading a query image from a URL (global addresses only,
+  the checked address, one deadline).
+* :mod:`~retrieval.serve.guards` -- defences against browser-borne requests (Host allow-list,
+  cross-site posts).
 * :mod:`~retrieval.serve.server` -- :func:`run` with uvicorn.
 """
 

@@ -39,7 +39,8 @@ from retrieval.config import ServeConfig
 from retrieval.serve.batching import Encoder
 from retrieval.serve.clip_compat import clip_router
 from retrieval.serve.errors import ApiError
-from retrieval.serve.inputs import BodyLimitMiddleware
+from retrieval.serve.guards import BrowserGuardMiddleware, is_loopback
+from retrieval.serve.inputs import BodyLimitMiddleware, body_limit
 from retrieval.serve.routes import api_router
 from retrieval.serve.service import Service
 
@@ -163,7 +164,15 @@ def create_app(
 
     app.add_middleware(ApiKeyMiddleware, api_key=config.api_key)
     # Base64 inflates an image by 4/3; leave room for the JSON or multipart around it.
-    app.add_middleware(BodyLimitMiddleware, limit=config.max_upload_bytes * 4 // 3 + 64 * 1024)
+    image_bytes = config.max_upload_bytes * 4 // 3 + 64 * 1024
+    app.add_middleware(BodyLimitMiddleware, limit_for=lambda path: body_limit(path, image_bytes))
+    # Browser defences run before the body is read.
+    app.add_middleware(
+        BrowserGuardMiddleware,
+        allowed_hosts=config.allowed_hosts,
+        loopback_only=is_loopback(config.host),
+        cors_origins=config.cors_origins,
+    )
     if config.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -15,7 +15,7 @@ Reference: https://github.com/rom1504/clip-retrieval (clip_back, clip_client, fr
 
 from __future__ import annotations
 
-import json
+import asyncio
 from typing import Any
 
 import numpy as np
@@ -32,11 +32,12 @@ from retrieval.serve.inputs import (
     check_where,
     decode_base64,
     decode_image,
-    fetch_image_url,
+    parse_json,
 )
 from retrieval.serve.routes import image_path, visible
 from retrieval.serve.served_collection import ServedCollection
 from retrieval.serve.service import Service
+from retrieval.serve.urls import fetch_image_url
 
 IGNORED_OPTIONS = (
     "use_mclip",
@@ -81,10 +82,8 @@ _METADATA_SCHEMA = {
 
 async def _json_body(request: Request) -> dict[str, Any]:
     raw = await request.body()
-    try:
-        body = json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise bad_request("bad_json", f"the request body is not valid JSON: {exc}") from None
+    # Large bodies (base64 images) are parsed in a worker thread, away from the event loop.
+    body = await asyncio.to_thread(parse_json, raw) if len(raw) > 256 * 1024 else parse_json(raw)
     if not isinstance(body, dict):
         raise bad_request(
             "bad_json", f"the request body must be a JSON object, received {type(body).__name__}"

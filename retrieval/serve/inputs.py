@@ -1,4 +1,4 @@
-"""Checking what clients send: request size, images, base64, URLs, texts, filters.
+"""Checking what clients send: request size and shape, images, base64, texts, filters.
 
 Everything here turns bad input into :class:`~retrieval.serve.errors.ApiError` (a 4xx with a
 JSON body naming the problem); nothing here lets an exception reach the client as a 500.
@@ -6,15 +6,14 @@ JSON body naming the problem); nothing here lets an exception reach the client a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
-import ipaddress
 import json
 import math
-import socket
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image
@@ -31,37 +30,95 @@ RANGE_OPERATORS = frozenset({"gt", "gte", "lt", "lte"})
 _SCALARS = (str, int, float, bool)
 
 
+# Body limits by endpoint: a JSON query or filter needs kilobytes; only image uploads need megabytes.
+JSON_BODY_LIMIT = 64 * 1024
+EMBEDDING_BODY_LIMIT = 1024 * 1024  # a query vector as JSON text: room for tens of thousands of dims
+# Deepest JSON nesting accepted anywhere (a filter needs 3 levels); deeper text is refused before parsing.
+MAX_JSON_DEPTH = 32
+# Bodies larger than this are checked and parsed in a worker thread, away from the event loop.
+_INLINE_BYTES = 256 * 1024
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def json_depth(data: bytes) -> int:
+    """How deeply the arrays and objects of the JSON text ``data`` nest (0 for a scalar), in
+    linear time without parsing it (so no ``RecursionError``); brackets inside strings do not count."""
+    brackets = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
+    if not brackets:
+        return 0
+    codes = np.frombuffer(brackets, dtype=np.uint8)
+    steps = np.where((codes == ord("[")) | (codes == ord("{")), 1, -1)  # [n]
+    return int(np.cumsum(steps).max())
+
+
+def parse_json(data: bytes | str, what: str = "the request body") -> Any:
+    """JSON text -> value, with a 400 ``bad_json`` for invalid or too deeply nested text."""
+    raw = data.encode("utf-8", errors="surrogatepass") if isinstance(data, str) else data
+    if json_depth(raw) > MAX_JSON_DEPTH:
+        raise bad_request("bad_json", f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(data or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise bad_request("bad_json", f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:  # pragma: no cover - the depth check comes first
+        raise bad_request("bad_json", f"{what} nests too deeply") from None
+
+
+def body_limit(path: str, image_bytes: int) -> int:
+    """The largest body accepted on ``path``: ``image_bytes`` where an image is uploaded (as a
+    file or base64), a megabyte for query vectors, :data:`JSON_BODY_LIMIT` everywhere else."""
+    if path.endswith("/search/image") or path == "/knn-service":
+        return image_bytes
+    if path.endswith("/search/embedding"):
+        return EMBEDDING_BODY_LIMIT
+    return JSON_BODY_LIMIT
+
+
 class _BodyTooLarge(ApiError):
     def __init__(self, limit: int) -> None:
-        super().__init__(413, "too_large", f"request body is larger than {limit} bytes; send a smaller image")
+        super().__init__(413, "too_large", f"request body is larger than {limit} bytes; send a smaller one")
 
 
 class BodyLimitMiddleware:
-    """Refuse request bodies over ``limit`` bytes: by ``Content-Length`` up front, and by counting
-    the bytes actually received (chunked uploads, lying headers) while the body streams in."""
+    """Refuse request bodies over ``limit_for(path)`` bytes: by ``Content-Length`` up front, and by
+    counting the bytes actually received (chunked uploads, lying headers) while the body streams in.
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], limit: int) -> None:
+    A body that is not a form (JSON, or text sent as JSON by clip-retrieval's clients) is read
+    whole, then its nesting depth is checked (in a worker thread when large) before the
+    application parses it: too deep is a 400, never a ``RecursionError``."""
+
+    def __init__(
+        self, app: Callable[[Scope, Receive, Send], Awaitable[None]], limit_for: Callable[[str], int]
+    ) -> None:
         self.app = app
-        self.limit = limit
+        self.limit_for = limit_for
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.limit_for(scope["path"])
+        content_type = b""
         for name, value in scope.get("headers", ()):
-            if name == b"content-length":
+            if name == b"content-type":
+                content_type = value.lower()
+            elif name == b"content-length":
                 text = value.decode("latin-1").strip()
                 if not text.isdigit():
                     await _send_json(send, 400, "bad_request", f"invalid Content-Length header {text!r}")
                     return
-                if int(text) > self.limit:
+                if int(text) > limit:
                     await _send_json(
-                        send,
-                        413,
-                        "too_large",
-                        f"request body of {text} bytes is larger than {self.limit} bytes",
+                        send, 413, "too_large", f"request body of {text} bytes is larger than {limit} bytes"
                     )
                     return
+        if scope["method"] in ("POST", "PUT", "PATCH") and not content_type.startswith(
+            (b"multipart/", b"application/x-www-form-urlencoded")
+        ):
+            await self._buffered(scope, receive, send, limit)
+            return
         received = 0
 
         async def limited_receive() -> Message:
@@ -69,11 +126,44 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise _BodyTooLarge(self.limit)
+                if received > limit:
+                    raise _BodyTooLarge(limit)
             return message
 
         await self.app(scope, limited_receive, send)
+
+    async def _buffered(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await _send_json(send, 413, "too_large", f"request body is larger than {limit} bytes")
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        depth = await asyncio.to_thread(json_depth, body) if size > _INLINE_BYTES else json_depth(body)
+        if depth > MAX_JSON_DEPTH:
+            await _send_json(
+                send, 400, "bad_json", f"the request body nests deeper than {MAX_JSON_DEPTH} levels"
+            )
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
 
 async def _send_json(send: Send, status: int, code: str, detail: str) -> None:
@@ -149,9 +239,9 @@ def check_where(where: Any, fields: list[str]) -> dict[str, Any] | None:
         return None
     if isinstance(where, str):
         try:
-            where = json.loads(where)
-        except json.JSONDecodeError as exc:
-            raise bad_request("bad_filter", f"where is not valid JSON: {exc}") from None
+            where = parse_json(where, "where")
+        except ApiError as exc:
+            raise bad_request("bad_filter", str(exc.detail)) from None
         if where in (None, {}):
             return None
     if not isinstance(where, dict):
@@ -205,57 +295,6 @@ def check_embedding(values: Any, dim: int, max_rows: int) -> np.ndarray:
     if not (norms > 0).all():
         raise bad_request("bad_embedding", "embedding is all zeros; cannot normalise it")
     return (array / norms).astype(np.float32)  # [n, d] unit rows
-
-
-def _is_public(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    return not (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
-    )
-
-
-def fetch_image_url(url: Any, *, max_bytes: int, timeout: float, allow_private: bool) -> bytes:
-    """Download a query image (http/https only, no redirects, size-capped while streaming).
-
-    Hosts resolving to loopback, private, link-local or reserved addresses are refused unless
-    ``allow_private`` (server-side request forgery)."""
-    import httpx
-
-    if not isinstance(url, str) or not url:
-        raise bad_request("bad_url", "image_url must be a non-empty string")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise bad_request("bad_url", f"image_url must be an http(s) URL with a host, received {url[:200]!r}")
-    if not allow_private:
-        try:
-            infos = socket.getaddrinfo(parts.hostname, parts.port or 80, type=socket.SOCK_STREAM)
-        except (OSError, UnicodeError) as exc:
-            raise bad_request("bad_url", f"cannot resolve {parts.hostname!r}: {exc}") from None
-        if not infos or not all(_is_public(str(info[4][0])) for info in infos):
-            raise ApiError(
-                403, "url_refused", f"{parts.hostname!r} resolves to a private or local address; refused"
-            )
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        with httpx.stream("GET", url, timeout=timeout, follow_redirects=False) as response:
-            if response.status_code != 200:
-                raise bad_request(
-                    "bad_url", f"GET {url[:200]} answered HTTP {response.status_code}, expected 200"
-                )
-            for chunk in response.iter_bytes():
-                size += len(chunk)
-                if size > max_bytes:
-                    raise too_large(f"the image at image_url is larger than the limit of {max_bytes} bytes")
-                chunks.append(chunk)
-    except httpx.HTTPError as exc:
-        raise bad_request("bad_url", f"cannot download image_url: {exc}") from None
-    return b"".join(chunks)
 
 
 def json_safe(value: Any) -> Any:

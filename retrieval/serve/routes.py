@@ -20,11 +20,11 @@ from retrieval.serve.inputs import (
     check_text,
     check_where,
     decode_image,
-    fetch_image_url,
 )
 from retrieval.serve.media import IMAGE_FIELDS
 from retrieval.serve.served_collection import ServedCollection
 from retrieval.serve.service import Service
+from retrieval.serve.urls import fetch_image_url
 
 # Images served from the media root may be SVG: never let them run scripts in our origin.
 MEDIA_HEADERS = {

@@ -250,7 +250,7 @@ class ServedCollection:
             "index_spec": str(c.index_spec),
             "fingerprint": c.fingerprint,
             "model_fingerprint": self.model.fingerprint() if self.model else None,
-            "fields": sorted(c.fields()),
+            "fields": sorted(set(c.fields()) - self.hidden_fields),
             "text_search": self.model is not None,
             "image_search": self.model is not None,
             "media": self.media_root is not None,
@@ -258,7 +258,8 @@ class ServedCollection:
         }
 
     def fields(self) -> list[str]:
-        return list(self._fresh().collection.fields())
+        """The metadata fields clients may see and filter on (hidden fields are left out)."""
+        return [f for f in self._fresh().collection.fields() if f not in self.hidden_fields]
 
     def dim(self) -> int:
         return int(self._fresh().collection.dim)
@@ -292,7 +293,8 @@ class ServedCollection:
         near-copies (cosine >= 0.94 to a better hit) from that list."""
         searcher = self._fresh()
         c = searcher.collection
-        fields = set(c.fields())
+        # A hidden field is not filterable either: yes/no answers about it would reveal its values.
+        fields = set(c.fields()) - self.hidden_fields
         unknown = sorted(set(where or {}) - fields)
         if unknown:
             raise bad_request(

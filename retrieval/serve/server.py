@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 
 from retrieval.config import ServeConfig
 from retrieval.serve.app import create_app
+from retrieval.serve.guards import is_loopback
+
+__all__ = ["check_exposure", "is_loopback", "run"]
 
 logger = logging.getLogger(__name__)
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` names only this machine (``localhost``, ``127.0.0.0/8``, ``::1``)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_exposure(config: ServeConfig) -> None:

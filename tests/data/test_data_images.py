@@ -155,3 +155,36 @@ def test_mutated_files_decode_or_raise_image_decode_error(fmt: str) -> None:
         except ImageDecodeError:
             continue
         assert image.mode == "RGB"
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n0 0 moveto 10 10 lineto stroke\nshowpage\n%%EOF\n"
+
+
+def test_formats_outside_the_raster_list_never_reach_a_decoder(monkeypatch, tmp_path: Path) -> None:
+    from PIL import EpsImagePlugin
+
+    opened = []
+    real_open = EpsImagePlugin.EpsImageFile._open
+
+    def spy(self):
+        opened.append(True)
+        return real_open(self)
+
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", spy)
+    (tmp_path / "x.eps").write_bytes(EPS)
+    for ref in (EPS, tmp_path / "x.eps"):
+        with pytest.raises(ImageDecodeError, match="JPEG"):  # the message lists the accepted formats
+            load_image(ref)
+    assert not opened  # Pillow's EPS plugin (which runs Ghostscript) was never tried
+    # a raster format Pillow reads but the list leaves out is refused the same way
+    buf = io.BytesIO()
+    rgb_image().save(buf, format="PCX")
+    with pytest.raises(ImageDecodeError, match="format"):
+        load_image(buf.getvalue())
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"])
+def test_accepted_raster_formats_decode(fmt: str) -> None:
+    buf = io.BytesIO()
+    rgb_image().save(buf, format=fmt)
+    assert load_image(buf.getvalue()).size == (24, 16)

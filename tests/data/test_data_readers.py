@@ -196,3 +196,65 @@ def test_csv_multiline_caption_reports_physical_lines(tmp_path: Path) -> None:
     pairs = read_pairs(tmp_path / "m.csv")
     assert pairs.captions() == ["two\nlines"]
     assert pairs.skipped == [(f"{tmp_path / 'm.csv'}:4", "empty caption")]
+
+
+def test_jsonl_bad_rows_are_skipped_by_reason_and_the_read_goes_on(tmp_path: Path) -> None:
+    lines = [
+        json.dumps({"image": "a.jpg", "caption": "first"}).encode(),
+        b'{"image": "b.jpg", "caption": "caf\xe9 latin-1"}',  # invalid UTF-8
+        b"42",
+        b'["image", "caption"]',
+        b"[" * 100_000 + b"]" * 100_000,  # nesting deeper than the parser's recursion limit
+        json.dumps({"image": "c.jpg", "caption": "last"}).encode(),
+    ]
+    (tmp_path / "m.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    pairs = read_pairs(tmp_path / "m.jsonl")
+    assert pairs.captions() == ["first", "last"]
+    where = [w for w, _ in pairs.skipped]
+    assert where == [f"{tmp_path / 'm.jsonl'}:{n}" for n in (2, 3, 4, 5)]
+    counts = pairs.skip_counts()
+    assert counts["invalid UTF-8"] == 1
+    assert counts["expected a JSON object, found int"] == 1
+    assert counts["expected a JSON object, found list"] == 1
+    assert sum(counts.values()) == len(pairs.skipped) == 4
+
+
+def test_csv_bad_rows_are_skipped_by_reason_and_the_read_goes_on(tmp_path: Path) -> None:
+    limit = csv.field_size_limit()
+    huge = "x" * (limit + 10)
+    (tmp_path / "m.csv").write_bytes(
+        b"image,caption\n"
+        b"a.jpg,first\n"
+        + f"b.jpg,{huge}\n".encode()
+        + b"c.jpg,caf\xe9\n"  # invalid UTF-8
+        + b"d.jpg,last\n"
+    )
+    pairs = read_pairs(tmp_path / "m.csv")
+    assert pairs.captions() == ["first", "last"]
+    reasons = dict(pairs.skipped)
+    assert len(pairs.skipped) == 2
+    assert reasons[f"{tmp_path / 'm.csv'}:4"] == "invalid UTF-8"
+    assert "field larger than" in reasons[f"{tmp_path / 'm.csv'}:3"]
+    assert csv.field_size_limit() == limit  # the process-wide limit is left alone
+
+
+def test_deeply_nested_json_in_captions_and_sidecars_does_not_abort_the_read(tmp_path: Path) -> None:
+    deep = "[" * 50_000 + "]" * 50_000
+    (tmp_path / "m.csv").write_text(f"image,caption\na.jpg,{deep}\nb.jpg,fine\n", encoding="utf-8")
+    pairs = read_pairs(tmp_path / "m.csv")
+    assert pairs.captions() == [deep, "fine"]  # not a caption list: kept as the text it is
+    shard = tmp_path / "s.tar"
+    with tarfile.open(shard, "w") as tar:
+        for name, data in (
+            ("k1.jpg", jpeg_bytes(rgb_image())),
+            ("k1.txt", b"one"),
+            ("k1.json", deep.encode()),
+            ("k2.jpg", jpeg_bytes(rgb_image())),
+            ("k2.txt", b"two"),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    pairs = read_pairs(shard)
+    assert pairs.captions() == ["one", "two"]
+    assert pairs.skip_counts() == {"JSON metadata nested too deeply, ignored": 1}

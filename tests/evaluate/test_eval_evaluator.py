@@ -128,3 +128,34 @@ def test_empty_pairs_is_a_clear_error():
 def test_config_round_trips():
     config = EvalConfig(zero_shot_label_column="label", refine=4, templates=("{}",))
     assert EvalConfig.from_json(config.to_json()) == config
+
+
+FORMULAS = ['=HYPERLINK("http://x")', "+1+1", "-2+3", "@SUM(A1)", "\tcmd", "\rcmd"]
+
+
+def test_query_csvs_escape_cells_a_spreadsheet_would_run(tmp_path):
+    from retrieval.data import Pair
+
+    base = make_pairs(tmp_path / "img")
+    pairs = PairSet(
+        [
+            Pair(p.image, FORMULAS[i % len(FORMULAS)] + f" {i}", p.image_id, p.metadata)
+            for i, p in enumerate(base)
+        ]
+    )
+    # an image file whose name starts like a formula too
+    evil = tmp_path / "img" / "=cmd.png"
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(evil)
+    pairs = PairSet([*pairs, Pair(str(evil), "@evil", "evil", {"object": "car"})])
+    out = write_report(evaluate_model(FileNameEncoder(), pairs), tmp_path / "r")
+    for name in ("queries_t2i.csv", "queries_i2t.csv"):
+        with open(out / name, newline="") as fh:
+            cells = [cell for row in csv.reader(fh) for cell in row]
+        assert cells, name
+        bad = [c for c in cells if c[:1] in ("=", "+", "-", "@", "\t", "\r")]
+        assert not bad, (name, bad[:5])
+    with open(out / "queries_t2i.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    # escaped with a leading apostrophe, the text itself kept
+    assert rows[0]["caption"] == "'" + FORMULAS[0] + " 0"
+    assert all(r["rank"].isdigit() for r in rows)  # numbers stay numbers

@@ -44,5 +44,5 @@ def client(config: ServeConfig, encoder: KeywordEncoder):
     from retrieval.serve import create_app
 
     app = create_app(config, model=encoder)
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://localhost") as c:
         yield c

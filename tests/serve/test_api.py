@@ -115,7 +115,7 @@ def test_hidden_fields_are_not_returned_but_images_still_served(config, encoder)
     from retrieval.serve import create_app
 
     app = create_app(config.replace(hidden_fields=["path"]), model=encoder)
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://localhost") as c:
         hit = c.post(
             "/collections/shapes/search/text", json={"text": "red", "k": 1, "modality": "image"}
         ).json()["hits"][0]
@@ -133,7 +133,7 @@ def test_several_collections_and_no_model(tmp_path, config, encoder):
     other = square_collection(tmp_path / "two", name="other", fingerprint=None)
     cfg = config.replace(collections={**config.collections, "other": str(other)})
     app = create_app(cfg, models={"shapes": encoder})
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://localhost") as c:
         assert c.get("/healthz").json()["collections"] == ["other", "shapes"]
         info = c.get("/collections/other").json()
         assert info["text_search"] is False and info["model_fingerprint"] is None
@@ -193,7 +193,9 @@ def test_automatic_reload_when_the_collection_changes_on_disk(config, encoder, c
     from indexes import Collection
     from retrieval.serve import create_app
 
-    with TestClient(create_app(config.replace(reload_interval=0.05), model=encoder)) as c:
+    with TestClient(
+        create_app(config.replace(reload_interval=0.05), model=encoder), base_url="http://localhost"
+    ) as c:
         assert c.get("/collections/shapes").json()["count"] == 24
         with Collection.open(collection_dir) as coll:
             coll.add(
@@ -248,7 +250,7 @@ def test_thumbnails(tmp_path, encoder):
     cfg = ServeConfig(
         collections={"c": str(tmp_path / "c")}, media_roots={"c": str(media)}, reload_interval=0
     )
-    with TestClient(create_app(cfg, model=encoder)) as client:
+    with TestClient(create_app(cfg, model=encoder), base_url="http://localhost") as client:
         r = client.get("/collections/c/items/0/image?max_side=64")
         assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
         assert Image.open(io.BytesIO(r.content)).size == (64, 32)
@@ -266,7 +268,7 @@ def test_an_empty_collection_answers_with_no_hits(tmp_path, encoder):
 
     Collection.create(tmp_path / "empty", dim=DIM, index="Flat").close()
     cfg = ServeConfig(collections={"empty": str(tmp_path / "empty")}, reload_interval=0)
-    with TestClient(create_app(cfg, model=encoder)) as c:
+    with TestClient(create_app(cfg, model=encoder), base_url="http://localhost") as c:
         assert c.get("/collections/empty").json()["count"] == 0
         r = c.post("/collections/empty/search/text", json={"text": "red", "k": 5, "modality": "image"})
         assert r.status_code == 200 and r.json()["hits"] == []

@@ -51,7 +51,7 @@ def test_queries_stay_correct_while_the_collection_is_rewritten_and_reloaded(con
                 counts.append(client.get("/collections/shapes").json()["count"])
 
     added = 0
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://localhost") as client:
         threads = [threading.Thread(target=query, args=(client, w)) for w in range(8)]
         for t in threads:
             t.start()
@@ -59,7 +59,8 @@ def test_queries_stay_correct_while_the_collection_is_rewritten_and_reloaded(con
             with Collection.open(collection_dir) as coll:
                 vecs = np.stack([keyword_vector(c) for c in SQUARES])
                 meta = [
-                    {"modality": "image", "color": c, "caption": f"added {batch}", "size": 10} for c in SQUARES
+                    {"modality": "image", "color": c, "caption": f"added {batch}", "size": 10}
+                    for c in SQUARES
                 ]
                 coll.add(vecs, meta)
                 added += len(meta)

@@ -55,7 +55,7 @@ def media_client(tmp_path: Path):
     cfg = ServeConfig(
         collections={"c": str(tmp_path / "coll")}, media_roots={"c": str(root)}, reload_interval=0
     )
-    with TestClient(create_app(cfg, model=KeywordEncoder())) as client:
+    with TestClient(create_app(cfg, model=KeywordEncoder()), base_url="http://localhost") as client:
         yield client, dict(zip(names, ids.tolist()))
 
 
@@ -101,7 +101,7 @@ def test_traversal_in_the_url_is_not_a_path(media_client, path):
 
 def test_api_key(config, encoder):
     app = create_app(config.replace(api_key="s3cret"), model=encoder)
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://localhost") as c:
         for method, path, kwargs in [
             ("post", "/collections/shapes/search/text", {"json": {"text": "red"}}),
             ("get", "/collections/shapes", {}),
@@ -123,11 +123,11 @@ def test_api_key(config, encoder):
 
 
 def test_cors_only_when_configured(config, encoder):
-    with TestClient(create_app(config, model=encoder)) as c:
+    with TestClient(create_app(config, model=encoder), base_url="http://localhost") as c:
         r = c.get("/indices-list", headers={"Origin": "http://front.example"})
         assert "access-control-allow-origin" not in r.headers
     app = create_app(config.replace(cors_origins=["http://front.example"]), model=encoder)
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://localhost") as c:
         r = c.options(
             "/knn-service",
             headers={"Origin": "http://front.example", "Access-Control-Request-Method": "POST"},
@@ -182,13 +182,13 @@ def test_image_urls(config, encoder, image_server):
     url = f"{image_server}/green.png"
     # enabled, but loopback hosts are refused (server-side request forgery)
     app = create_app(config.replace(allow_image_urls=True), model=encoder)
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://localhost") as c:
         r = c.post("/collections/shapes/search/url", json={"url": url, "k": 1})
         assert r.status_code == 403 and r.json()["error"] == "url_refused"
         r = c.post("/collections/shapes/search/url", json={"url": "file:///etc/passwd"})
         assert r.status_code == 400 and r.json()["error"] == "bad_url"
     app = create_app(config.replace(allow_image_urls=True, allow_private_urls=True), model=encoder)
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://localhost") as c:
         r = c.post("/collections/shapes/search/url", json={"url": url, "k": 1, "modality": "image"})
         assert r.status_code == 200, r.text
         assert r.json()["hits"][0]["metadata"]["color"] == "green"

@@ -123,7 +123,7 @@ def test_real_twin_encoder_from_disk(tmp_path, tiny_model_dir):
         media_roots={"tiny": str(tmp_path / "media")},
         reload_interval=0,
     )
-    with TestClient(create_app(config)) as client:
+    with TestClient(create_app(config), base_url="http://localhost") as client:
         info = client.get("/collections/tiny").json()
         assert info["model_fingerprint"] == info["fingerprint"] == model.fingerprint()
         # text -> text: a caption finds itself first (same encoder, same text)
