@@ -381,7 +381,7 @@ def render_svg(svg_path: str | os.PathLike[str], size: int) -> bytes:
         png = cairosvg.svg2png(
             url=str(svg_path), output_width=size, output_height=size, background_color="white"
         )
-    image = Image.open(io.BytesIO(bytes(png)))
+    image = Image.open(io.BytesIO(bytes(png)), formats=("PNG",))
     if image.mode != "RGB":
         canvas = Image.new("RGB", image.size, (255, 255, 255))
         rgba = image.convert("RGBA")
