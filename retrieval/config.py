@@ -222,6 +222,7 @@ class EmbedConfig(ConfigBase):
     id_column: str | None = None  # manifest column / sidecar field with the image id (default: the path)
     split: str | None = None  # only rows of this split (a `split` field, or <split>.jsonl in a folder)
     prune: bool = False  # remove from the collection the items that left the corpus (deleted, edited)
+    state: str | None = None  # folder of the embed record; None: <collection>/embed, or the cache for Milvus
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "modality": ("images", "texts", "both"),

@@ -19,7 +19,7 @@ from indexes import exact
 from indexes.milvus.arrays import hits_to_arrays, merge_topk
 from indexes.milvus.client import Client
 from indexes.milvus.kinds import MilvusIndex
-from indexes.milvus.state import State
+from indexes.milvus.state import QUERIES_KEY, State
 
 __all__ = ["METRICS", "Table"]
 
@@ -229,4 +229,18 @@ class Table:
             "alter_collection_properties",
             self.name,
             properties=state.to_properties(),
+        )
+
+    def read_queries(self) -> str | None:
+        """The stored tuning query sets (JSON text), or None."""
+        desc = self.client.call("reading the collection", "describe_collection", self.name)
+        text = (desc.get("properties") or {}).get(QUERIES_KEY)
+        return text if text and text != "null" else None
+
+    def put_queries(self, text: str | None) -> None:
+        self.client.call(
+            "recording the tuning queries",
+            "alter_collection_properties",
+            self.name,
+            properties={QUERIES_KEY: text if text is not None else "null"},
         )

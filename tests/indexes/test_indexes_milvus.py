@@ -210,3 +210,20 @@ def test_missing_client_says_what_to_install(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setitem(sys.modules, "pymilvus", None)  # as if the distributed extra were not installed
     with pytest.raises(ImportError, match=r"pip install 'siamese-retrieval\[distributed\]'"):
         open_collection("milvus://127.0.0.1:1/photos")
+
+
+def test_stored_tuning_queries_are_what_tune_measures(loc: str) -> None:
+    x = clustered(1_500, D, seed=8)
+    shifted = clustered(60, D, seed=9) + 0.3  # queries apart from the stored vectors
+    shifted /= np.linalg.norm(shifted, axis=1, keepdims=True)
+    with create_collection(loc, D, index="HNSW8", recall_target=0.9) as coll:
+        coll.add(x, [{"modality": "image"}] * len(x))
+        with pytest.raises(ValueError, match="unknown filter field"):
+            coll.set_tuning_queries({"text->image": (shifted, {"nope": 1})})
+        coll.set_tuning_queries({"text->image": (shifted, {"modality": "image"})})
+        coll.save()  # tunes with the stored queries
+        assert coll.params["tune_query_sets"] == ["text->image"] and coll.params["tune_queries"] == 60
+    with open_collection(loc) as coll:
+        assert coll.info()["tuning_queries"] == ["text->image"]
+        coll.set_tuning_queries(None)
+        assert coll.tune()["tune_query_sets"] == ["stored vectors"]
