@@ -604,7 +604,9 @@ class MilvusCollection:
                 for s in stored
             ]
         else:
-            pick = np.sort(np.random.default_rng(0).choice(self.ids(), size=min(TUNE_QUERIES, n), replace=False))
+            pick = np.sort(
+                np.random.default_rng(0).choice(self.ids(), size=min(TUNE_QUERIES, n), replace=False)
+            )
             sets = [auto.QuerySet("stored vectors", self.vectors(pick), None, self_ids=pick)]
         t0 = time.perf_counter()
         exprs = [self._compile(qs.where) or "" if qs.where else "" for qs in sets]
@@ -624,7 +626,7 @@ class MilvusCollection:
             key: v for key, v in self._state.params.items() if key not in ("nprobe", "efSearch", "refine")
         }
         params.update(
-                chosen,
+            chosen,
             tuned_on=n,
             tune_queries=int(sum(qs.queries.shape[0] for qs in sets)),
             tune_query_sets=[qs.name for qs in sets],

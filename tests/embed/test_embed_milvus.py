@@ -46,7 +46,10 @@ def test_embed_into_milvus_lite_matches_a_local_embed(fake_model, corpus, config
     with open_collection(lite, read_only=True) as coll:
         assert len(coll) == 40 and coll.fingerprint == fake_model.fingerprint()
         info = coll.info()
-    assert info["model_info"] == {"fingerprint": fake_model.fingerprint(), "model_dir": str(model_dir.resolve())}
+    assert info["model_info"] == {
+        "fingerprint": fake_model.fingerprint(),
+        "model_dir": str(model_dir.resolve()),
+    }
     # Searches on another machine find the model through the collection's model_info.
     summary.state_path.joinpath("state.json").unlink()
     assert recorded_model_dir(lite) == model_dir.resolve()
