@@ -21,7 +21,8 @@ read costs about 200 ms on a server: it waits for the next time tick. Session re
 One writer at a time: a writable open takes the writer token recorded in the state, and a
 handle whose token was taken over fails its next write with ``CollectionBusyError``. Ids are
 reserved in the state *before* rows are inserted, so a crash can leave a gap but never
-hands an id out twice. ``add(..., ids=...)`` stores rows under given ids with an upsert, so
+hands an id out twice (and since a server that stops abruptly may come back with an older
+state, a writable open also moves the next id past any row found above it). ``add(..., ids=...)`` stores rows under given ids with an upsert, so
 re-sending a batch after a failure never doubles it (this is what makes
 :func:`indexes.copy_collection` safe to re-run).
 
@@ -193,7 +194,18 @@ class MilvusCollection:
             coll._table.sync()
             if not read_only:
                 coll._token = secrets.token_hex(8)
-                coll._put_state(coll._state.updated_with(writer=coll._token), check=False)
+                next_id = coll._table.next_free_id(coll._state.next_id)
+                if next_id != coll._state.next_id:
+                    logger.warning(
+                        "%s: rows with ids up to %d exist but the recorded next id was %d (a server restart "
+                        "lost the last state change); ids continue from %d",
+                        loc,
+                        next_id - 1,
+                        coll._state.next_id,
+                        next_id,
+                    )
+                state = coll._state.updated_with(writer=coll._token, next_id=next_id)
+                coll._put_state(state, check=False)
         except BaseException:
             client.close()
             raise

@@ -80,6 +80,13 @@ class Table:
             yield rows
             last = max(int(r["id"]) for r in rows)
 
+    def next_free_id(self, recorded: int) -> int:
+        """``recorded``, or one past the largest id stored at or above it (rows the state does not know of)."""
+        top = recorded - 1
+        for rows in self.scan(f"id >= {int(recorded)}", ["id"]):
+            top = max(top, max(int(r["id"]) for r in rows))
+        return top + 1
+
     def fetch(
         self, ids: np.ndarray, fields: list[str], what: str, missing_ok: bool = False
     ) -> dict[int, Any]:

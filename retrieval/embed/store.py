@@ -307,7 +307,7 @@ class EmbedState:
                 planned = np.arange(plan["first_id"], plan["first_id"] + plan["count"], dtype=np.int64)
                 present = np.setdiff1d(np.union1d(present, planned), np.asarray(plan["remove"], np.int64))
         for shard in pending:
-            plan = _plan(coll, shard)
+            plan = _plan(coll, shard, plans)
             plans.append(plan)
             self.state["plans"] = plans
             self.save_state()
@@ -422,9 +422,10 @@ def open_or_create(
     return coll
 
 
-def _plan(coll: Any, shard: Shard) -> dict[str, Any]:
+def _plan(coll: Any, shard: Shard, earlier: list[dict[str, Any]]) -> dict[str, Any]:
     """What adding ``shard`` does to the collection, decided before any of it is written: the first of
-    the consecutive ids its vectors get and the ids it removes."""
+    the consecutive ids its vectors get (past the collection's next id and every ``earlier`` plan's)
+    and the ids it removes."""
     vectors, metadata = shard.vectors_and_metadata()
     if shard.modality == "remove":
         remove = _removed(coll, metadata)
@@ -432,7 +433,7 @@ def _plan(coll: Any, shard: Shard) -> dict[str, Any]:
         remove = _superseded(coll, [m for m, r in zip(metadata, shard.replaces()) if r])
     return {
         "shard": shard.name,
-        "first_id": int(coll.info()["next_id"]),
+        "first_id": max([int(coll.info()["next_id"])] + [p["first_id"] + p["count"] for p in earlier]),
         "count": 0 if shard.modality == "remove" else len(vectors),
         "remove": [int(i) for i in remove],
     }

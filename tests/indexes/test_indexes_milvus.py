@@ -227,3 +227,13 @@ def test_stored_tuning_queries_are_what_tune_measures(loc: str) -> None:
         assert coll.info()["tuning_queries"] == ["text->image"]
         coll.set_tuning_queries(None)
         assert coll.tune()["tune_query_sets"] == ["stored vectors"]
+
+
+def test_a_state_older_than_the_rows_never_hands_an_id_out_twice(loc: str) -> None:
+    """A server that stops abruptly may come back with the state from before its last change."""
+    with create_collection(loc, D, index="Flat") as coll:
+        coll.add(clustered(5, D))
+        coll._table.put_state(coll._state.updated_with(next_id=2))  # what the restarted server remembered
+    with open_collection(loc) as coll:
+        assert coll.info()["next_id"] == 5
+        np.testing.assert_array_equal(coll.add(clustered(2, D, seed=1)), [5, 6])
