@@ -176,7 +176,7 @@ class ServeConfig(ConfigBase):
     from inside the collection's declared media root.
     """
 
-    collections: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> collection directory
+    collections: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> collection folder or Milvus location
     model: str | None = None  # default model directory for every collection (None: the one `embed` recorded)
     models: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> model directory, overrides `model`
     media_roots: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> folder the image endpoint may serve

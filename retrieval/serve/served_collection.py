@@ -85,7 +85,7 @@ class ServedCollection:
         reload_interval: float = 2.0,
         mmap: bool = False,
         hidden_fields: Sequence[str] = (),
-        opener: Callable[[Any, bool], Any] = _open_collection,
+        opener: Callable[[str, bool], Any] = _open_collection,
     ) -> None:
         self.name = name
         self.location = os.fspath(path)  # a folder or a Milvus location (see indexes.location)
@@ -156,14 +156,10 @@ class ServedCollection:
 
     def _open_initial(self) -> None:
         files = _disk_signature(self.path)  # taken before opening: a save meanwhile shows as a change
-        self._searcher = self._searcher_for(self._opener(self._source(), self._mmap))
+        self._searcher = self._searcher_for(self._opener(self.location, self._mmap))
         has_token = getattr(self._searcher.collection, "commit_token", None) is not None
         self._signature = self._signature_now() if has_token else files
         self._checked_at = time.monotonic()
-
-    def _source(self) -> Any:
-        """What the opener is given: the folder (a ``Path``) or the Milvus location string."""
-        return self.location if "://" in self.location else self.path
 
     def reopen(self, force: bool) -> bool:
         """Reopen the collection now if it changed (or ``force``); keep the old one on failure.
@@ -173,7 +169,7 @@ class ServedCollection:
         if not force and (signature is None or signature == self._signature):
             return False
         try:
-            fresh = self._searcher_for(self._opener(self._source(), self._mmap))
+            fresh = self._searcher_for(self._opener(self.location, self._mmap))
         except Exception as exc:  # a writer may be mid-save or gone wrong: keep serving the old state
             logger.warning(
                 "collection %r changed on disk but could not be reopened (%s); retrying later", self.name, exc
@@ -197,7 +193,7 @@ class ServedCollection:
 
         def work() -> None:
             try:
-                fresh = self._searcher_for(self._opener(self._source(), self._mmap))
+                fresh = self._searcher_for(self._opener(self.location, self._mmap))
             except Exception as exc:
                 logger.warning("collection %r changed on disk but could not be reopened (%s)", self.name, exc)
                 self._reloading = False

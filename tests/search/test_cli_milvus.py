@@ -66,6 +66,8 @@ def test_copy_cli_to_a_folder_and_back_keeps_ids_and_metadata(embedded, tmp_path
     back = f"milvus-lite://{lite_db}/{unique_name('back')}"
     assert main(["copy", str(folder), back]) == 0
     assert _items(folder) == _items(embedded) == _items(back)
+    with open_collection(embedded, read_only=True) as src, open_collection(back, read_only=True) as dst:
+        assert dst.model_info == src.model_info and src.model_info["model_dir"]
     assert main(["copy", str(folder), back]) == 0  # a finished copy: nothing left to do
     assert "copied 0 of 64 items (64 already there)" in capsys.readouterr().out
 
