@@ -61,6 +61,7 @@ from indexes import segment as segments_module
 from indexes.faiss_index import METRICS
 from indexes.files import DamagedFileError
 from indexes.fingerprint import check_fingerprint
+from indexes.location import local_folder
 from indexes.maintenance import CollectionMaintenance
 from indexes.metadata import compile_where, validate_metadata
 from indexes.persist import FORMAT, FORMAT_VERSION, MANIFEST, CollectionBusyError
@@ -236,7 +237,7 @@ class Collection(CollectionMaintenance):
         accepted for compatibility and implies ``read_only``). A writable open of a collection
         written in format 1 converts its manifest (see :mod:`indexes.legacy`).
         """
-        path = Path(path)
+        path = local_folder(path, "Collection.open")
         read_only = read_only or mmap
         persist.read_manifest(path)  # a missing path or a non-collection fails here, before any lock file
         lock_fd = None if read_only else persist.lock(path)

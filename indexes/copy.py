@@ -1,4 +1,5 @@
-"""Copy a collection to another location (a local folder <-> Milvus), keeping ids, vectors, metadata and fingerprint.
+"""Copy a collection to another location (a local folder <-> Milvus), keeping ids, vectors, metadata, fingerprint
+and model provenance (``model_info``).
 
 >>> from indexes import copy_collection
 >>> report = copy_collection("photos.coll", "milvus://db.example.org:19530/photos")  # doctest: +SKIP
@@ -108,6 +109,7 @@ def _open_destination(
             memory_budget=info.get("memory_budget"),
             recall_target=float(info.get("recall_target", 0.95)),
             overwrite=overwrite,
+            model_info=info.get("model_info"),
         )
     coll = open_collection(dst)
     mismatch = [

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-__all__ = ["DEFAULT_MILVUS_PORT", "DEFAULT_TIMEOUT", "Location", "parse_location"]
+__all__ = ["DEFAULT_MILVUS_PORT", "DEFAULT_TIMEOUT", "Location", "local_folder", "parse_location"]
 
 DEFAULT_MILVUS_PORT = 19530
 DEFAULT_TIMEOUT = 30.0  # seconds per request, and to connect
@@ -268,3 +268,14 @@ def describe(location: Any) -> str:
         return str(parse_location(location))
     except ValueError:
         return _redacted(str(location))
+
+
+def local_folder(location: str | os.PathLike[str], what: str) -> Path:
+    """The folder ``location`` names; ``ValueError`` when it is a Milvus location, which ``what``
+    (e.g. "Collection.open") does not apply to, saying what to use instead."""
+    if isinstance(location, str) and location.strip().lower().startswith(("milvus://", "milvus-lite://")):
+        raise ValueError(
+            f"{what} works on local folders, and {describe(location)} is a Milvus location: open it with "
+            "indexes.open_collection (Milvus stores, compacts and checks its own segments)"
+        )
+    return Path(location)

@@ -38,6 +38,7 @@ import numpy as np
 
 from indexes import files, legacy, persist
 from indexes.files import DamagedFileError
+from indexes.location import local_folder
 from indexes.metadata import MetadataStore
 from indexes.template import Template
 
@@ -109,7 +110,7 @@ def verify_path(path: str | Path, repair: bool = False, locked: bool = False) ->
 
     ``locked`` says the caller already holds the writer lock (an open writable handle).
     """
-    path = Path(path)
+    path = local_folder(path, "verify_path (retrieval check)")
     t0 = time.perf_counter()
     report = Report(str(path))
     manifest = persist.read_manifest(path)

@@ -176,7 +176,7 @@ class ServeConfig(ConfigBase):
     from inside the collection's declared media root.
     """
 
-    collections: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> collection directory
+    collections: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> collection folder or Milvus location
     model: str | None = None  # default model (folder or hub id) for every collection (None: the one `embed` recorded)
     models: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> model (folder or hub id), overrides `model`
     media_roots: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> folder the image endpoint may serve
@@ -223,6 +223,7 @@ class EmbedConfig(ConfigBase):
     id_column: str | None = None  # manifest column / sidecar field with the image id (default: the path)
     split: str | None = None  # only rows of this split (a `split` field, or <split>.jsonl in a folder)
     prune: bool = False  # remove from the collection the items that left the corpus (deleted, edited)
+    state: str | None = None  # folder of the embed record; None: <collection>/embed, or the cache for Milvus
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "modality": ("images", "texts", "both"),

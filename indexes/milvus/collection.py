@@ -21,7 +21,8 @@ read costs about 200 ms on a server: it waits for the next time tick. Session re
 One writer at a time: a writable open takes the writer token recorded in the state, and a
 handle whose token was taken over fails its next write with ``CollectionBusyError``. Ids are
 reserved in the state *before* rows are inserted, so a crash can leave a gap but never
-hands an id out twice. ``add(..., ids=...)`` stores rows under given ids with an upsert, so
+hands an id out twice (and since a server that stops abruptly may come back with an older
+state, a writable open also moves the next id past any row found above it). ``add(..., ids=...)`` stores rows under given ids with an upsert, so
 re-sending a batch after a failure never doubles it (this is what makes
 :func:`indexes.copy_collection` safe to re-run).
 
@@ -33,6 +34,7 @@ for ``r * k`` candidates and rescores them with the stored vectors.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import secrets
@@ -92,10 +94,12 @@ class MilvusCollection:
         memory_budget: int | str | None = None,
         recall_target: float = 0.95,
         overwrite: bool = False,
+        model_info: dict[str, Any] | None = None,
     ) -> MilvusCollection:
         """Create an empty collection at a Milvus ``location`` and return it open for writing.
 
-        The arguments mean what they mean for :meth:`indexes.Collection.create`; ``index`` takes
+        The arguments mean what they mean for :meth:`indexes.Collection.create` (``model_info`` is
+        kept in the collection's state and shown by :meth:`info`); ``index`` takes
         the factory strings of :mod:`indexes.milvus.kinds` or ``"auto"``. ``overwrite=True`` drops
         an existing collection of this toolkit first (never a collection made by something else).
         """
@@ -114,6 +118,7 @@ class MilvusCollection:
             raise ValueError(f"recall_target must be a number in (0, 1], received {recall_target!r}")
         if fingerprint is not None and not isinstance(fingerprint, str):
             raise ValueError(f"fingerprint must be a string or None, received {type(fingerprint).__name__}")
+        model_info = _json_dict("model_info", model_info)
         requested = index.strip() if isinstance(index, str) else index
         client = Client(loc)
         try:
@@ -145,6 +150,7 @@ class MilvusCollection:
                 created=stamp,
                 updated=stamp,
                 writer=secrets.token_hex(8),
+                model_info=model_info,
             )
             client.call(
                 "creating the collection",
@@ -188,7 +194,18 @@ class MilvusCollection:
             coll._table.sync()
             if not read_only:
                 coll._token = secrets.token_hex(8)
-                coll._put_state(coll._state.updated_with(writer=coll._token), check=False)
+                next_id = coll._table.next_free_id(coll._state.next_id)
+                if next_id != coll._state.next_id:
+                    logger.warning(
+                        "%s: rows with ids up to %d exist but the recorded next id was %d (a server restart "
+                        "lost the last state change); ids continue from %d",
+                        loc,
+                        next_id - 1,
+                        coll._state.next_id,
+                        next_id,
+                    )
+                state = coll._state.updated_with(writer=coll._token, next_id=next_id)
+                coll._put_state(state, check=False)
         except BaseException:
             client.close()
             raise
@@ -272,6 +289,11 @@ class MilvusCollection:
         return self._state.fingerprint
 
     @property
+    def model_info(self) -> dict[str, Any] | None:
+        """Where the model that filled the collection came from (as given to :meth:`create`), or None."""
+        return dict(self._state.model_info) if isinstance(self._state.model_info, dict) else None
+
+    @property
     def index_spec(self) -> str:
         """The factory string of the index built (``index_requested`` in :meth:`info` may be "auto")."""
         return self._state.index_spec
@@ -339,6 +361,7 @@ class MilvusCollection:
             "metric": self.metric,
             "score": SCORE_CONVENTION[self.metric],
             "fingerprint": self.fingerprint,
+            "model_info": self.model_info,
             "index_spec": self.index_spec,
             "index_requested": self._state.index_requested,
             "index_kind": self._index.kind,
@@ -358,7 +381,15 @@ class MilvusCollection:
             "consistency": "Session (reads see this handle's writes; others' within about a second)",
             "created": self._state.created,
             "updated": self._state.updated,
+            "tuning_queries": [s["name"] for s in self._stored_queries()],
         }
+
+    def commit_token(self) -> tuple[int, str]:
+        """What changes whenever a writer saves this collection: (version, time of the last save), read
+        from the server (a service polls it to know when to reopen)."""
+        self._check_open()
+        state = self._table.read_state()
+        return state.version, state.updated
 
     def check_fingerprint(self, fingerprint: str | None) -> None:
         """Raise ``ValueError`` unless the collection was built with ``fingerprint`` (None on either side passes)."""
@@ -563,8 +594,9 @@ class MilvusCollection:
         """Tune ``nprobe`` / ``efSearch`` / ``refine`` to reach ``recall_target`` recall@k against exact search.
 
         Exact neighbours come from the stored vectors (streamed from the server). ``queries`` [q, d]
-        default to ``TUNE_QUERIES`` stored vectors, each query's own id left out. The chosen values
-        are kept in :attr:`params` (and recorded when the handle is writable).
+        are used when given; otherwise the query sets stored with :meth:`set_tuning_queries` (each
+        with its filter); otherwise ``TUNE_QUERIES`` stored vectors, each query's own id left out.
+        The chosen values are kept in :attr:`params` (and recorded when the handle is writable).
         """
         self._check_open()
         target = self._state.recall_target if recall_target is None else float(recall_target)
@@ -574,20 +606,30 @@ class MilvusCollection:
         n = len(self)
         if n <= k + 1:
             raise ValueError(f"cannot tune: the collection holds {n} vectors; add more than k + 1 = {k + 1}")
-        if queries is None:
-            pick = np.random.default_rng(0).choice(self.ids(), size=min(TUNE_QUERIES, n), replace=False)
-            q, self_ids = self.vectors(np.sort(pick)), np.sort(pick)
-        else:
+        stored = self._stored_queries() if queries is None else []
+        if queries is not None:
             q = self._as_vectors(queries, "queries", allow_1d=False)
-            self_ids = np.full(q.shape[0], -2, dtype=np.int64)
+            sets = [auto.QuerySet("given", q, None, self_ids=np.full(q.shape[0], -2, dtype=np.int64))]
+        elif stored:
+            sets = [
+                auto.QuerySet(s["name"], s["vectors"], s["where"], self_ids=np.full(len(s["vectors"]), -2))
+                for s in stored
+            ]
+        else:
+            pick = np.sort(
+                np.random.default_rng(0).choice(self.ids(), size=min(TUNE_QUERIES, n), replace=False)
+            )
+            sets = [auto.QuerySet("stored vectors", self.vectors(pick), None, self_ids=pick)]
         t0 = time.perf_counter()
-        truth = auto.drop_self(self._table.exact(q, k + 1, "")[1], self_ids, k)  # [q, k]
+        exprs = [self._compile(qs.where) or "" if qs.where else "" for qs in sets]
+        for qs, expr in zip(sets, exprs):
+            qs.truth = auto.drop_self(self._table.exact(qs.queries, k + 1, expr)[1], qs.self_ids, k)  # [q, k]
         exact_seconds = time.perf_counter() - t0
-        name = "stored vectors" if queries is None else "given"
-        sets = [auto.QuerySet(name, q, None, self_ids=self_ids, truth=truth)]
+        by_name = {qs.name: expr for qs, expr in zip(sets, exprs)}
 
         def run(params: dict[str, Any], query_set: auto.QuerySet, kk: int) -> np.ndarray:
-            return self._ann(query_set.queries, kk, "", params, int(params.get("refine", 0)))[1]
+            expr = by_name.get(query_set.name, "")
+            return self._ann(query_set.queries, kk, expr, params, int(params.get("refine", 0)))[1]
 
         kind, nlist, codes = self._index.kind, self._index.nlist, self._index.has_codes
         chosen = auto.tune(kind, nlist, codes, run, sets, k, target)
@@ -596,13 +638,62 @@ class MilvusCollection:
             key: v for key, v in self._state.params.items() if key not in ("nprobe", "efSearch", "refine")
         }
         params.update(
-            chosen, tuned_on=n, tune_queries=int(q.shape[0]), tune_k=k, exact_seconds=round(exact_seconds, 3)
+            chosen,
+            tuned_on=n,
+            tune_queries=int(sum(qs.queries.shape[0] for qs in sets)),
+            tune_query_sets=[qs.name for qs in sets],
+            tune_k=k,
+            exact_seconds=round(exact_seconds, 3),
         )
         if self._read_only:
             self._state = self._state.updated_with(params=params)
         else:
             self._put_state(self._state.updated_with(params=params))
         return dict(params)
+
+    def set_tuning_queries(self, queries: dict[str, tuple[Any, dict[str, Any] | None]] | None) -> None:
+        """Store query samples that :meth:`tune` (run by ``save()`` when the count has doubled) measures
+        recall with, e.g. ``{"text->image": (caption_vectors, {"modality": "image"})}``; None forgets them.
+
+        Kept with the collection on the server (at most ``TUNE_QUERIES`` queries per set), recorded at once.
+        """
+        self._check_open(write=True)
+        if queries is None:
+            self._table.put_queries(None)
+            return
+        if not isinstance(queries, dict) or not queries:
+            raise ValueError(
+                "queries must be a dict {name: (vectors [q, d], where or None)}, or None to forget them"
+            )
+        described = []
+        for name, value in queries.items():
+            if not isinstance(value, tuple) or len(value) != 2:
+                raise ValueError(
+                    f"queries[{name!r}] must be a (vectors, where) pair, received {type(value).__name__}"
+                )
+            q = self._as_vectors(value[0], f"queries[{name!r}]", allow_1d=False)[:TUNE_QUERIES]  # [q, d]
+            if value[1] is not None:
+                self._compile(value[1])  # a bad filter fails now, not at the next save
+            described.append(
+                {
+                    "name": str(name),
+                    "where": value[1],
+                    "shape": list(q.shape),
+                    "vectors": base64.b64encode(np.ascontiguousarray(q, dtype="<f4").tobytes()).decode(),
+                }
+            )
+        self._table.put_queries(json.dumps(described, separators=(",", ":")))
+
+    def _stored_queries(self) -> list[dict[str, Any]]:
+        """The query sets stored with :meth:`set_tuning_queries`: name, where, vectors [q, d]."""
+        text = self._table.read_queries()
+        if text is None:
+            return []
+        sets = []
+        for d in json.loads(text):
+            vectors = np.frombuffer(base64.b64decode(d["vectors"]), dtype="<f4").reshape(d["shape"])
+            sets.append({"name": d["name"], "where": d["where"], "vectors": vectors.astype(np.float32)})
+        return sets
 
     # ================================================================ internals
     def _check_open(self, write: bool = False) -> None:
@@ -638,6 +729,19 @@ class MilvusCollection:
         state = state.updated_with(updated=now())
         self._table.put_state(state)
         self._state = state
+
+
+def _json_dict(what: str, value: Any) -> dict[str, Any] | None:
+    """A JSON-able dict (copied), None, or ``ValueError`` naming what was received."""
+    if value is None:
+        return None
+    try:
+        copied = json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} must be a JSON-able dict, received {value!r} ({exc})") from exc
+    if not isinstance(copied, dict):
+        raise ValueError(f"{what} must be a dict, received {type(value).__name__}")
+    return copied
 
 
 def _milvus_location(location: Any) -> Location:

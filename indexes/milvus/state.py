@@ -3,8 +3,9 @@
 The property ``siamese_retrieval.state`` holds the toolkit's view of the collection: the
 format, dim, metric and model fingerprint (checked on every open), the next id to hand out,
 the metadata fields seen, the requested and built index, the tuned search parameters, the
-budgets, timestamps, a version counter bumped by each save, and the token of the handle
-currently allowed to write. The vectors and metadata themselves are rows of the Milvus
+budgets, timestamps, a version counter bumped by each save, the token of the handle
+currently allowed to write, and where the model came from (``model_info``). A second
+property, ``siamese_retrieval.queries``, holds the tuning query sets when some were stored. The vectors and metadata themselves are rows of the Milvus
 collection (``id``, ``vector``, ``meta``).
 """
 
@@ -15,9 +16,10 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "STATE_KEY", "State", "now"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "QUERIES_KEY", "STATE_KEY", "State", "now"]
 
 STATE_KEY = "siamese_retrieval.state"
+QUERIES_KEY = "siamese_retrieval.queries"  # tuning query sets (see MilvusCollection.set_tuning_queries)
 FORMAT = "siamese-retrieval/milvus"
 FORMAT_VERSION = 1
 
@@ -44,6 +46,7 @@ class State:
     created: str = ""  # UTC timestamps
     updated: str = ""
     writer: str | None = None  # token of the handle allowed to write (one writer at a time)
+    model_info: dict[str, Any] | None = None  # where the model came from (as given to create)
 
     def to_properties(self) -> dict[str, str]:
         data = asdict(self)

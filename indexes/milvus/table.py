@@ -19,7 +19,7 @@ from indexes import exact
 from indexes.milvus.arrays import hits_to_arrays, merge_topk
 from indexes.milvus.client import Client
 from indexes.milvus.kinds import MilvusIndex
-from indexes.milvus.state import State
+from indexes.milvus.state import QUERIES_KEY, State
 
 __all__ = ["METRICS", "Table"]
 
@@ -79,6 +79,13 @@ class Table:
                 return
             yield rows
             last = max(int(r["id"]) for r in rows)
+
+    def next_free_id(self, recorded: int) -> int:
+        """``recorded``, or one past the largest id stored at or above it (rows the state does not know of)."""
+        top = recorded - 1
+        for rows in self.scan(f"id >= {int(recorded)}", ["id"]):
+            top = max(top, max(int(r["id"]) for r in rows))
+        return top + 1
 
     def fetch(
         self, ids: np.ndarray, fields: list[str], what: str, missing_ok: bool = False
@@ -229,4 +236,18 @@ class Table:
             "alter_collection_properties",
             self.name,
             properties=state.to_properties(),
+        )
+
+    def read_queries(self) -> str | None:
+        """The stored tuning query sets (JSON text), or None."""
+        desc = self.client.call("reading the collection", "describe_collection", self.name)
+        text = (desc.get("properties") or {}).get(QUERIES_KEY)
+        return text if text and text != "null" else None
+
+    def put_queries(self, text: str | None) -> None:
+        self.client.call(
+            "recording the tuning queries",
+            "alter_collection_properties",
+            self.name,
+            properties={QUERIES_KEY: text if text is not None else "null"},
         )

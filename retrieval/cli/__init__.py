@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "index": "retrieval.cli.index",
     "check": "retrieval.cli.check",
     "compact": "retrieval.cli.compact",
+    "copy": "retrieval.cli.copy",
     "embed": "retrieval.cli.embed",
     "search": "retrieval.cli.search",
     "eval": "retrieval.cli.eval",

@@ -20,7 +20,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "source", help="manifest (.jsonl/.csv/.tsv/.parquet), image folder with sidecars, or .tar shard(s)"
     )
     p.add_argument("--model", required=True, metavar="MODEL", help=MODEL_HELP)
-    p.add_argument("--out", required=True, help="collection folder to create or extend")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="collection to create or extend: a folder, milvus://HOST:PORT/NAME or milvus-lite://PATH.db/NAME",
+    )
     option = functools.partial(config_option, p, EmbedConfig)
     option("modality", "--modality", help="what to embed")
     option("engine", "--engine", help="local (this process) or ray (Ray Data actor pool)")
@@ -42,6 +46,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     option("id_column", "--id-column", help="manifest column with the image id (none: the path)")
     option("split", "--split", help="only rows of this split")
     option("prune", "--prune", action="store_true", help="remove items no longer in the corpus")
+    option(
+        "state",
+        "--state",
+        metavar="DIR",
+        help="folder keeping the record of what is done (default: COLLECTION/embed for a folder, the "
+        "toolkit cache for a Milvus location)",
+    )
     option("progress", "--no-progress", action="store_false", help="no progress bar")
     p.set_defaults(func=run)
 

@@ -21,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data", help="pairs: manifest (.jsonl/.csv/.tsv/.parquet), image folder, or .tar shard(s)")
     p.add_argument("--model", required=True, metavar="MODEL", help=MODEL_HELP)
     p.add_argument(
-        "--collection", default=None, help="collection made by this model from DATA (index vs exact)"
+        "--collection",
+        default=None,
+        help="collection made by this model from DATA: a folder or a Milvus location (index vs exact)",
     )
     p.add_argument("--out", default=None, metavar="REPORT_DIR", help="report folder (default: in the cache)")
     option = functools.partial(config_option, p, EvalConfig)
@@ -77,9 +79,9 @@ def run(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         collection = None
         if args.collection:
-            from indexes import Collection
+            from indexes import open_collection
 
-            collection = stack.enter_context(Collection.open(args.collection, read_only=True))
+            collection = stack.enter_context(open_collection(args.collection, read_only=True))
         result = evaluate_model(model, pairs, collection=collection, config=config)
     write_report(result, out, n_samples=config.n_samples, seed=config.seed)
     m = result.metrics

@@ -10,13 +10,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "info", help="show a collection's manifest (count, dim, metric, index, model fingerprint)"
     )
-    p.add_argument("collection", help="collection directory")
+    p.add_argument("collection", help="collection folder or Milvus location")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from indexes import Collection
+    from indexes import open_collection
 
-    with Collection.open(args.collection, read_only=True) as coll:
+    with open_collection(args.collection, read_only=True) as coll:
         print(json.dumps(coll.info(), indent=2, sort_keys=True))
     return 0

@@ -35,7 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "search", help="search a collection by text and/or image; prints a table or JSON lines"
     )
-    p.add_argument("collection", help="collection folder")
+    p.add_argument(
+        "collection",
+        help="collection folder or Milvus location (milvus://HOST:PORT/NAME, milvus-lite://PATH.db/NAME)",
+    )
     p.add_argument(
         "query", nargs="?", default=None, help="text query (with --image: the text of a composed query)"
     )

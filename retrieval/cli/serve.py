@@ -27,15 +27,23 @@ def _named(values: list[str], what: str) -> dict[str, str]:
     return out
 
 
+def _default_name(location: str) -> str:
+    """A collection's default name: its folder's name, or the collection name of a Milvus location."""
+    from indexes import parse_location
+
+    loc = parse_location(location)
+    return str(loc.name) if loc.name else Path(location.rstrip("/")).name
+
+
 def build_config(args: argparse.Namespace) -> Any:
     """The :class:`~retrieval.config.ServeConfig` the command line describes (on top of ``--config``)."""
     base = ServeConfig.load(args.config) if args.config else ServeConfig()
     collections = dict(base.collections)
     for item in args.collections:
         name, sep, path = item.partition("=")
-        if not sep:
+        if not sep or "://" in name:  # a location's own options (milvus://...?db=x) are no NAME=
             path = item
-            name = args.name or Path(item.rstrip("/")).name
+            name = args.name or _default_name(item)
         elif not name or not path:
             raise ValueError(f"expected COLLECTION or NAME=COLLECTION, received {item!r}")
         if name in collections:
@@ -79,9 +87,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Serve one or more collections. Open http://HOST:PORT/ for the search page, /docs for the API.",
     )
     p.add_argument(
-        "collections", nargs="*", metavar="COLLECTION", help="collection folder, or NAME=FOLDER (repeatable)"
+        "collections",
+        nargs="*",
+        metavar="COLLECTION",
+        help="collection folder or Milvus location (milvus://HOST:PORT/NAME, milvus-lite://PATH.db/NAME), "
+        "or NAME=COLLECTION (repeatable)",
     )
-    p.add_argument("--name", default=None, help="name of a single collection (default: its folder name)")
+    p.add_argument(
+        "--name", default=None, help="name of a single collection (default: its folder or Milvus name)"
+    )
     option = functools.partial(config_option, p, ServeConfig)
     option(
         "model",

@@ -2,8 +2,9 @@
 
 ``embed_corpus(model, source, collection_path, config)`` reads the corpus with the data
 layer, skips every item already done, encodes the rest batch by batch (in this process,
-or on a Ray Data actor pool) and commits the vectors in shards to a state folder inside
-the collection; the collection is then extended from the new shards. Killed at any point,
+or on a Ray Data actor pool) and commits the vectors in shards to a state folder (inside a
+local collection; in the toolkit cache, or ``EmbedConfig.state``, for a Milvus location);
+the collection is then extended from the new shards. Killed at any point,
 the same call finishes the job; called on a finished job it does nothing.
 
 This package's ``__init__`` is its public API; the modules behind it:

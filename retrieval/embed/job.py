@@ -3,7 +3,8 @@
 ``embed_corpus(model, source, collection_path, config)`` reads the corpus with the data
 layer, skips every item already done, encodes the rest batch by batch (a ``DataLoader``
 with workers, or a Ray Data actor pool) and commits the vectors in shards of
-``config.shard_size`` to a state folder inside the collection (``<collection>/embed``).
+``config.shard_size`` to a state folder (``<collection>/embed`` for a local collection; for a
+Milvus location the toolkit cache or ``config.state``, see :func:`retrieval.embed.store.state_dir`).
 The collection is then extended from the new shards. Memory holds one shard of vectors
 at a time, however large the corpus.
 
@@ -44,7 +45,7 @@ __all__ = ["EmbedSummary", "embed_corpus", "recorded_model", "recorded_model_dir
 class EmbedSummary:
     """What one :func:`embed_corpus` call did."""
 
-    collection_path: Path  # the collection written
+    collection_path: str  # the collection written (a folder or a Milvus location, without secrets)
     embedded: int  # items encoded by this call
     skipped: dict[str, int]  # reason -> items skipped by this call (decode_error, empty_caption, ...)
     already_done: int  # items found done (embedded or skipped) by an earlier call
@@ -75,7 +76,8 @@ def embed_corpus(
     *,
     model_dir: str | Path | None = None,
 ) -> EmbedSummary:
-    """Embed ``source`` with ``model`` into the collection at ``collection_path``.
+    """Embed ``source`` with ``model`` into the collection at ``collection_path`` (a folder,
+    ``milvus://HOST:PORT/NAME`` or ``milvus-lite://PATH.db/NAME``; see :mod:`indexes.location`).
 
     ``model`` is a :class:`retrieval.model.TwinEncoder` (or anything with ``image_transform``,
     ``image_features``, ``encode_texts``, ``fingerprint`` and ``embed_dim``); ``source`` is
@@ -85,12 +87,15 @@ def embed_corpus(
     raises ``ValueError``. Items carry metadata ``modality`` ("image" | "text"), ``path``,
     ``caption``, ``image_id`` and the pair's extra fields. The model's name (``model_dir``, else the
     ``source`` :func:`retrieval.model.load_model` set: a folder or ``hub_id@commit``) is recorded so
-    searches can load it (:func:`recorded_model`), and a new collection records where the model came
-    from (``model_info``: hub id and revision, or folder and weights hash) with its fingerprint.
+    searches can load it (:func:`recorded_model`): in the state folder and, with the fingerprint and
+    where the model came from (hub id and revision, or folder and weights hash), in the
+    ``model_info`` of a collection created here.
     """
     config = config or EmbedConfig()
     started = time.perf_counter()
-    collection_path = Path(collection_path)
+    from indexes import parse_location
+
+    location = parse_location(collection_path)
     fingerprint = str(model.fingerprint())
     dim = int(model.embed_dim)
     read_options = {
@@ -103,14 +108,17 @@ def embed_corpus(
     items, item_skips = corpus_items(pairs, config.modality)
     source_skips += item_skips
     source = getattr(model, "source", None)
-    model_info = source.info() if source is not None else None
+    record = _model_record(model_dir, source, None)
+    model_info: dict[str, Any] = dict(source.info()) if source is not None else {}
+    model_info.update({key: record[key] for key in ("model", "model_dir") if key in record})
     # A collection made by another model is refused before any work is done.
-    open_or_create(collection_path, dim, config.index, fingerprint, model_info).close()
-    with EmbedState(state_dir(collection_path)) as state:  # one job per collection at a time
+    open_or_create(location, dim, config.index, fingerprint, model_info).close()
+    root = Path(config.state) if config.state else state_dir(location)
+    with EmbedState(root) as state:  # one job per collection at a time
         state.check_model(fingerprint, dim)
-        state.record(**_model_record(model_dir, source, model_info))
+        state.record(collection=str(location), model_info=model_info, **record)
         # Shards committed by an interrupted run go in first.
-        added = state.sync_collection(collection_path, config.index, fingerprint, dim)
+        added = state.sync_collection(location, config.index, fingerprint, dim, model_info=model_info)
 
         done = state.done_keys()
         pending = [it for it in items if it.key not in done]
@@ -132,14 +140,14 @@ def embed_corpus(
         if pending or pruned:
             tuning = _caption_queries(model, pairs, config) if config.modality == "images" else None
             added += state.sync_collection(
-                collection_path, config.index, fingerprint, dim, tuning_queries=tuning
+                location, config.index, fingerprint, dim, tuning_queries=tuning, model_info=model_info
             )
         state.write_errors(source_skips, {it.key for it in items})
         export = Path(config.npy_export) if config.npy_export else None
         if export is not None:
             state.export_npy(export)
         return EmbedSummary(
-            collection_path=collection_path,
+            collection_path=str(location),
             embedded=embedded,
             skipped=dict(skipped),
             already_done=len(items) - len(pending),
@@ -287,14 +295,31 @@ def _recorded(collection_path: str | Path) -> dict[str, Any]:
 
 
 def recorded_model_dir(collection_path: str | Path) -> Path | None:
-    """The model folder recorded when the collection was embedded (``model_dir=``), if any."""
-    recorded = _recorded(collection_path).get("model_dir")
+    """The model folder recorded when the collection was embedded (``model_dir=``), if any: from the
+    default state folder when it is on this machine, else from the collection's ``model_info``."""
+    recorded = _recorded(collection_path).get("model_dir") or _collection_model_info(collection_path).get(
+        "model_dir"
+    )
     return Path(recorded) if recorded else None
 
 
 def recorded_model(collection_path: str | Path) -> str | None:
     """The name of the model recorded when the collection was embedded (a folder, or a hub id
-    pinned to the commit used: ``org/name@<commit>``), if any; loadable with ``load_model``."""
+    pinned to the commit used: ``org/name@<commit>``), if any; loadable with ``load_model``.
+    Read from the default state folder when it is on this machine, else from the collection."""
     state = _recorded(collection_path)
     recorded = state.get("model") or state.get("model_dir")
+    if not recorded:
+        info = _collection_model_info(collection_path)
+        recorded = info.get("model") or info.get("model_dir")
     return str(recorded) if recorded else None
+
+
+def _collection_model_info(collection_path: str | Path) -> dict[str, Any]:
+    from indexes import collection_exists, open_collection
+
+    if not collection_exists(collection_path):
+        return {}
+    with open_collection(collection_path, read_only=True) as coll:
+        info = coll.info().get("model_info") or {}
+    return info if isinstance(info, dict) else {}

@@ -1,6 +1,7 @@
 """Committed embedding work: shards on disk, the record of what is done, the collection built from them.
 
-Layout of the state folder (``<collection>/embed``, see :func:`state_dir`)::
+Layout of the state folder (``<collection>/embed`` for a local collection, the toolkit cache for
+a Milvus one, or a folder of the user's choice; see :func:`state_dir`)::
 
     state.json                 model fingerprint, dim, name and origin, which shards the collection holds
     shards/000000-image.npz    vectors [n, d] float32, keys, metadata (JSON), skipped keys + reasons
@@ -10,14 +11,19 @@ Layout of the state folder (``<collection>/embed``, see :func:`state_dir`)::
 
 A shard is written atomically (temporary file, fsync, rename), so it is either whole or
 absent: the shards on disk *are* the record of what is done. The collection is derived
-from them: before saving added shards the state records an intent (the shards, the
-collection's save counter and size before), so after a crash a re-run can tell whether the
-collection saved them, and rebuilds it from the shards when it cannot tell. An image file
-that changed on disk gets a new key, is embedded again and replaces its earlier version.
+from them. Before a shard is written to the collection, ``state.json`` records its plan:
+the ids its vectors get (consecutive, from the collection's next id) and the ids it removes.
+A re-run after any interruption applies the recorded plans again, writing only the ids the
+collection lacks and removing only the ids it still holds, so nothing is doubled or lost,
+whether the collection dropped its unsaved changes (a local folder: the last save stands) or
+kept every write the server acknowledged (Milvus). Once the collection has saved, the plans'
+shards are marked ingested. An image file that changed on disk gets a new key, is embedded
+again and replaces its earlier version.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -37,10 +43,31 @@ logger = logging.getLogger(__name__)
 _SHARD_RE = re.compile(r"^(\d{6})-(image|text|remove)\.npz$")
 
 
-def state_dir(collection_path: str | Path) -> Path:
-    """Where the embedding state of the collection at ``collection_path`` lives: its ``embed/``
-    subfolder (``indexes`` keeps its own files beside it and leaves other folders alone)."""
-    return Path(collection_path) / "embed"
+def state_dir(location: str | Path) -> Path:
+    """Where the embedding state of the collection at ``location`` lives by default.
+
+    A local collection keeps it in its ``embed/`` subfolder (``indexes`` keeps its own files
+    beside it and leaves other folders alone), so it moves and is deleted with the collection.
+    A Milvus collection has no folder of ours: its state lives in the toolkit cache
+    (:func:`retrieval.paths.cache_dir`), under ``embed/`` and a folder named after the location
+    without secrets (``milvus-HOST-PORT-NAME-<hash>``; the hash also covers the database), on the
+    machine that runs the embedding. ``retrieval embed --state DIR`` chooses another folder,
+    e.g. one on shared storage when several machines take turns embedding into one collection.
+    """
+    from indexes import parse_location
+
+    loc = parse_location(location)
+    if not loc.is_milvus:
+        return Path(str(location)) / "embed"
+    from retrieval.paths import cache_dir
+
+    text = str(loc)
+    if loc.kind == "milvus-lite":
+        text = f"milvus-lite://{Path(str(loc.path)).expanduser().resolve()}/{loc.name}"
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+    where = loc.host if loc.kind == "milvus" else Path(str(loc.path)).stem
+    slug = re.sub(r"[^A-Za-z0-9_.]+", "-", f"{loc.kind}-{where}-{loc.port or ''}-{loc.name}")
+    return cache_dir("embed") / f"{slug.replace('--', '-')}-{digest}"
 
 
 class Shard:
@@ -224,17 +251,20 @@ class EmbedState:
     # -- collection ---------------------------------------------------------------------------
     def sync_collection(
         self,
-        collection_path: Path,
+        location: Any,
         index: str,
         fingerprint: str,
         dim: int,
         tuning_queries: dict[str, tuple[Any, Any]] | None = None,
+        model_info: dict[str, Any] | None = None,
     ) -> int:
         """Add every shard the collection does not hold yet; returns how many vectors were added.
-        ``tuning_queries`` (see :meth:`indexes.Collection.set_tuning_queries`) are stored with them."""
+        ``tuning_queries`` (see :meth:`indexes.Collection.set_tuning_queries`) are stored with them;
+        ``model_info`` is recorded when the collection is created here."""
         ingested = set(self.state.get("ingested", []))
-        intent = self.state.get("intent")
-        coll = open_or_create(collection_path, dim, index, fingerprint)
+        plans: list[dict[str, Any]] = list(self.state.get("plans") or [])
+        intent = self.state.get("intent")  # written by earlier versions of this module
+        coll = open_or_create(location, dim, index, fingerprint, model_info)
         try:
             if intent is not None:
                 applied = _intent_applied(coll, intent)
@@ -245,86 +275,94 @@ class EmbedState:
                         ingested |= set(intent["shards"])
                     self.state.update(ingested=sorted(ingested), intent=None)
                     self.save_state()
-            elif len(coll) and not ingested:
+            elif len(coll) and not ingested and not plans:
                 raise ValueError(
-                    f"collection {collection_path} already holds {len(coll)} vectors that were not embedded "
-                    f"from this state folder ({self.root}): choose a new output path"
+                    f"collection {location} already holds {len(coll)} vectors that were not embedded "
+                    f"from this state folder ({self.root}): choose a new output location, or pass the "
+                    "state folder the collection was embedded with (--state)"
                 )
             if intent != "rebuild":
-                pending = [s for s in self.shards() if s.name not in ingested]
-                return self._add(coll, pending, ingested, tuning_queries) if pending else 0
+                planned = {p["shard"] for p in plans}
+                pending = [s for s in self.shards() if s.name not in ingested and s.name not in planned]
+                return self._add(coll, plans, pending, ingested, tuning_queries) if plans or pending else 0
         finally:
             coll.close()
-        logger.warning("collection %s does not match its shards: rebuilding it from them", collection_path)
-        return self._rebuild(collection_path, index, fingerprint, dim, tuning_queries)
+        logger.warning("collection %s does not match its shards: rebuilding it from them", location)
+        return self._rebuild(location, index, fingerprint, dim, tuning_queries, model_info)
 
     def _add(
         self,
         coll: Any,
+        plans: list[dict[str, Any]],
         pending: list[Shard],
         ingested: set[str],
         tuning_queries: dict[str, tuple[Any, Any]] | None = None,
     ) -> int:
-        """Add ``pending`` shards in order (an image flagged as replacing an earlier version of its file
-        removes that version), then save once, recording the intent first so a crash is detectable."""
-        count_before, version_before = len(coll), _version(coll)
+        """Finish the recorded ``plans`` of an interrupted ingest, then plan and apply the ``pending``
+        shards in order, then save once and mark them all ingested.
+
+        Each shard's plan (the ids its vectors get, the ids it removes: earlier versions of changed
+        image files, pruned items) is recorded in the state before anything is written, so applying
+        it again after any interruption only writes what is missing: nothing is doubled or lost,
+        whether the collection lost its unsaved changes (a local folder) or kept every acknowledged
+        write (Milvus)."""
         added = 0
-        present: list[dict[str, Any]] = []  # items this ingest adds: stored once the save happened
-        absent: list[int] = []  # ids this ingest removes: gone once the save happened
+        if plans:
+            present = coll.ids()  # one look at what an interrupted run left
+            for plan in plans:
+                path = self.shard_dir / plan["shard"]
+                taken = _taken(coll, plan, path, present)
+                if taken.size:  # another writer's items got planned ids the collection had lost
+                    start = _next_free(coll, plans)
+                    plan["moved"] = [
+                        *plan.get("moved", []),
+                        *([int(p), start + j] for j, p in enumerate(taken)),
+                    ]
+                    self.state["plans"] = plans
+                    self.save_state()
+                added += _apply(coll, plan, path, present, moved=False)
+                unmoved = np.delete(_plan_ids(plan), [int(pos) for pos, _ in plan.get("moved", [])])
+                present = np.setdiff1d(np.union1d(present, unmoved), np.asarray(plan["remove"], np.int64))
+            for plan in plans:  # moved ids are past every plan's: added last, so ids stay ascending
+                if plan.get("moved"):
+                    added += _apply(coll, plan, self.shard_dir / plan["shard"], present, moved=True)
         for shard in pending:
-            vectors, metadata = shard.vectors_and_metadata()
-            if shard.modality == "remove":
-                gone = _removed(coll, metadata)
-                if len(gone):
-                    coll.remove(gone)
-                    absent += [int(i) for i in gone[:: max(1, len(gone) - 1)]]
-                continue
-            stale = _superseded(coll, [m for m, r in zip(metadata, shard.replaces()) if r])
-            if len(vectors):
-                ids = coll.add(vectors, metadata)
-                added += len(vectors)
-                for i in sorted({0, len(ids) - 1}):  # first and last item of the shard
-                    present.append({"id": int(ids[i]), **_identity(metadata[i])})
-            if len(stale):
-                coll.remove(stale)
-                absent += [int(i) for i in stale[:: max(1, len(stale) - 1)]]
+            plan = _plan(coll, shard, plans)
+            plans.append(plan)
+            self.state["plans"] = plans
+            self.save_state()
+            added += _apply(coll, plan, shard.path, None)
         if tuning_queries is not None and len(coll):
             coll.set_tuning_queries(tuning_queries)  # before the save that may choose and tune the index
         if coll.needs_rebuild:
             coll.rebuild()
-        self.state["intent"] = {
-            "shards": [s.name for s in pending],
-            "count_before": count_before,
-            "count_after": len(coll),
-            "version_before": version_before,
-            "present": present,
-            "absent": absent,
-        }
-        self.save_state()
         coll.save()
-        self.state.update(ingested=sorted(ingested | {s.name for s in pending}), intent=None)
+        self.state.update(ingested=sorted(ingested | {p["shard"] for p in plans}), plans=[])
         self.save_state()
         return added
 
     def _rebuild(
         self,
-        collection_path: Path,
+        location: Any,
         index: str,
         fingerprint: str,
         dim: int,
         tuning_queries: dict[str, tuple[Any, Any]] | None = None,
+        model_info: dict[str, Any] | None = None,
     ) -> int:
-        from indexes import Collection
+        from indexes import create_collection
 
-        with Collection.create(
-            collection_path,
+        self.state.update(ingested=[], plans=[], intent=None)
+        self.save_state()
+        with create_collection(
+            location,
             dim,
             index=index,
             fingerprint=fingerprint,
             overwrite=True,
-            model_info=self.state.get("model_info"),
+            model_info=model_info if model_info is not None else self.state.get("model_info"),
         ) as coll:
-            return self._add(coll, self.shards(), set(), tuning_queries)
+            return self._add(coll, [], self.shards(), set(), tuning_queries)
 
     # -- outputs ------------------------------------------------------------------------------
     def write_errors(self, source_skips: Sequence[SourceSkip], current_keys: set[str]) -> int:
@@ -382,26 +420,20 @@ class EmbedState:
 
 
 def open_or_create(
-    collection_path: Path,
-    dim: int,
-    index: str,
-    fingerprint: str,
-    model_info: dict[str, Any] | None = None,
+    location: Any, dim: int, index: str, fingerprint: str, model_info: dict[str, Any] | None = None
 ) -> Any:
-    """The collection at ``collection_path``, created (recording ``model_info``: where the model came
-    from) when missing; another model's collection raises the fingerprint ``ValueError``."""
-    from indexes import Collection
+    """Open the collection at ``location`` (any location :mod:`indexes` takes) for writing, or create it."""
+    from indexes import collection_exists, create_collection, open_collection
 
-    path = Path(collection_path)
-    if not path.exists():
-        return Collection.create(path, dim, index=index, fingerprint=fingerprint, model_info=model_info)
-    coll = Collection.open(path)
+    if not collection_exists(location):
+        return create_collection(location, dim, index=index, fingerprint=fingerprint, model_info=model_info)
+    coll = open_collection(location)
     try:
         check_fingerprint(
             coll.fingerprint,
             fingerprint,
-            what=f"collection {path}",
-            fix="embed with the model that made it, or choose a new output path",
+            what=f"collection {location}",
+            fix="embed with the model that made it, or choose a new output location",
         )
     except ValueError:
         coll.close()
@@ -410,9 +442,86 @@ def open_or_create(
         d = coll.dim
         coll.close()
         raise ValueError(
-            f"collection {path} has dim {d}, the model embeds in dim {dim}: choose a new output path"
+            f"collection {location} has dim {d}, the model embeds in dim {dim}: choose a new output location"
         )
     return coll
+
+
+def _plan(coll: Any, shard: Shard, earlier: list[dict[str, Any]]) -> dict[str, Any]:
+    """What adding ``shard`` does to the collection, decided before any of it is written: the first of
+    the consecutive ids its vectors get (past the collection's next id and every ``earlier`` plan's)
+    and the ids it removes."""
+    vectors, metadata = shard.vectors_and_metadata()
+    if shard.modality == "remove":
+        remove = _removed(coll, metadata)
+    else:
+        remove = _superseded(coll, [m for m, r in zip(metadata, shard.replaces()) if r])
+    return {
+        "shard": shard.name,
+        "first_id": _next_free(coll, earlier),
+        "count": 0 if shard.modality == "remove" else len(vectors),
+        "remove": [int(i) for i in remove],
+    }
+
+
+def _plan_ids(plan: dict[str, Any]) -> np.ndarray:
+    """``[count]`` ids of a plan's vectors: consecutive from ``first_id``, except those ``moved``."""
+    ids = np.arange(plan["first_id"], plan["first_id"] + plan["count"], dtype=np.int64)
+    for position, new_id in plan.get("moved", []):
+        ids[int(position)] = int(new_id)
+    return ids
+
+
+def _next_free(coll: Any, plans: list[dict[str, Any]]) -> int:
+    """The first id past the collection's next id and every id ``plans`` gave out."""
+    ends = [int(_plan_ids(p).max()) + 1 for p in plans if p["count"]]
+    return max([int(coll.info()["next_id"]), *ends])
+
+
+def _taken(coll: Any, plan: dict[str, Any], path: Path, present: np.ndarray) -> np.ndarray:
+    """Positions of ``plan``'s vectors whose planned id the collection holds for another item: a
+    local collection loses unsaved adds on a crash, and another writer may then be given their ids."""
+    if not plan["count"]:
+        return np.zeros(0, dtype=np.int64)
+    ids = _plan_ids(plan)
+    held = np.flatnonzero(np.isin(ids, present))
+    if not held.size:
+        return held
+    _, metadata = Shard(path).vectors_and_metadata()
+    stored = coll.get(ids[held])
+    return np.asarray(
+        [pos for pos, m in zip(held.tolist(), stored) if _identity(m) != _identity(metadata[pos])],
+        dtype=np.int64,
+    )
+
+
+def _apply(
+    coll: Any, plan: dict[str, Any], path: Path, present: np.ndarray | None, moved: bool | None = None
+) -> int:
+    """Write ``plan``: add the shard's vectors under the planned ids and remove the planned ids.
+    With ``present`` (the ids the collection held before), only what is still missing is done.
+    ``moved`` True / False adds only the vectors whose id was / was not moved (removals go with
+    False); None does all."""
+    added = 0
+    if plan["count"]:
+        vectors, metadata = Shard(path).vectors_and_metadata()
+        ids = _plan_ids(plan)  # [n]
+        keep = np.ones(len(ids), dtype=bool) if present is None else ~np.isin(ids, present)
+        if moved is not None:
+            is_moved = np.zeros(len(ids), dtype=bool)
+            is_moved[[int(pos) for pos, _ in plan.get("moved", [])]] = True
+            keep &= is_moved if moved else ~is_moved
+        if keep.any():
+            coll.add(vectors[keep], [m for m, k in zip(metadata, keep) if k], ids=ids[keep])
+            added = int(keep.sum())
+    if moved:
+        return added
+    remove = np.asarray(plan["remove"], dtype=np.int64)
+    if present is not None:
+        remove = np.intersect1d(remove, present)
+    if remove.size:
+        coll.remove(remove)
+    return added
 
 
 def _version(coll: Any) -> int | None:

@@ -1,4 +1,5 @@
-"""One call from a collection folder and a query to hits: what scripts and ``retrieval search`` use."""
+"""One call from a collection location (a folder or a Milvus location) and a query to hits: what scripts
+and ``retrieval search`` use."""
 
 from __future__ import annotations
 

@@ -48,8 +48,9 @@ class Hit:
 class Searcher:
     """Search ``collection`` with queries encoded by ``model``.
 
-    ``collection`` is an open :class:`indexes.Collection` or the path of one (opened read-only
-    and closed by :meth:`close`). ``model`` may be ``None`` for raw-vector search only. A model
+    ``collection`` is an open collection (:class:`indexes.Collection`, a Milvus collection) or the
+    location of one: a folder, ``milvus://HOST:PORT/NAME`` or ``milvus-lite://PATH.db/NAME``
+    (opened read-only with :func:`indexes.open_collection` and closed by :meth:`close`). ``model`` may be ``None`` for raw-vector search only. A model
     whose fingerprint differs from the one the collection records raises ``ValueError``.
 
     Items are told apart by their ``modality`` metadata field (as :func:`retrieval.embed.embed_corpus`
@@ -65,9 +66,9 @@ class Searcher:
     def __init__(self, model: Any, collection: Any, *, device: str | None = None) -> None:
         self._owns = isinstance(collection, (str, os.PathLike))
         if self._owns:
-            from indexes import Collection
+            from indexes import open_collection
 
-            collection = Collection.open(collection, read_only=True)
+            collection = open_collection(collection, read_only=True)
         self.model = model
         self.collection = collection
         self.device = device

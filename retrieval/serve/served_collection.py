@@ -7,8 +7,10 @@ plain swap between two queued operations: no request ever sees a half-reopened c
 Query encoding, the expensive part, runs in a shared pool of worker threads
 (:mod:`retrieval.serve.batching` batches concurrent queries).
 
-A reload reopens a collection whose files changed on disk (another process added or removed
-items and saved): checked at most every ``reload_interval`` seconds when a request arrives,
+A reload reopens a collection that another process changed and saved (added or removed
+items): a local folder whose files changed on disk, or a collection on a Milvus server whose
+commit token (:meth:`indexes.milvus.MilvusCollection.commit_token`) moved. Checked at most
+every ``reload_interval`` seconds when a request arrives,
 then opened in a helper thread while queries go on against the old version, and swapped in
 by the owner thread; or forced (synchronously) through :meth:`ServedCollection.reload`.
 """
@@ -41,14 +43,14 @@ T = TypeVar("T")
 _VOLATILE_SUFFIXES = ("-wal", "-shm", "-journal", ".lock", ".tmp")
 
 
-def _open_collection(path: Path, mmap: bool) -> Any:
-    from indexes import Collection
+def _open_collection(location: str, mmap: bool) -> Any:
+    from indexes import open_collection
 
-    return Collection.open(path, mmap=mmap, read_only=True)
+    return open_collection(location, mmap=mmap, read_only=True)
 
 
 def _disk_signature(path: Path) -> tuple[tuple[str, int, int], ...]:
-    """What the collection's files look like now; a change means another process saved it."""
+    """What a local collection's files look like now; a change means another process saved it."""
     entries = []
     try:
         with os.scandir(path) as it:
@@ -83,10 +85,11 @@ class ServedCollection:
         reload_interval: float = 2.0,
         mmap: bool = False,
         hidden_fields: Sequence[str] = (),
-        opener: Callable[[Path, bool], Any] = _open_collection,
+        opener: Callable[[str, bool], Any] = _open_collection,
     ) -> None:
         self.name = name
-        self.path = Path(path)
+        self.location = os.fspath(path)  # a folder or a Milvus location (see indexes.location)
+        self.path = Path(self.location)
         self.model = model
         if media_root is not None and not Path(media_root).is_dir():
             raise ValueError(
@@ -100,7 +103,7 @@ class ServedCollection:
         self._opener = opener
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"collection-{name}")
         self._searcher: Searcher | None = None
-        self._signature: tuple[tuple[str, int, int], ...] = ()
+        self._signature: Any = ()
         self._checked_at = 0.0
         self._reloading = False  # a background reopen is under way
         try:
@@ -139,21 +142,34 @@ class ServedCollection:
             collection.close()
             raise
 
+    def _signature_now(self) -> Any:
+        """What changes when another process saves the collection: the commit token of a collection
+        that offers one (on a server), else the files of its folder. ``None`` when it cannot be read."""
+        token = getattr(getattr(self._searcher, "collection", None), "commit_token", None)
+        if token is None:
+            return _disk_signature(self.path)
+        try:
+            return token()
+        except Exception as exc:  # e.g. the server is briefly unreachable: keep serving what is open
+            logger.warning("cannot tell whether collection %r changed (%s)", self.name, exc)
+            return None
+
     def _open_initial(self) -> None:
-        signature = _disk_signature(self.path)
-        self._searcher = self._searcher_for(self._opener(self.path, self._mmap))
-        self._signature = signature
+        files = _disk_signature(self.path)  # taken before opening: a save meanwhile shows as a change
+        self._searcher = self._searcher_for(self._opener(self.location, self._mmap))
+        has_token = getattr(self._searcher.collection, "commit_token", None) is not None
+        self._signature = self._signature_now() if has_token else files
         self._checked_at = time.monotonic()
 
     def reopen(self, force: bool) -> bool:
-        """Reopen the collection now if its files changed (or ``force``); keep the old one on failure.
+        """Reopen the collection now if it changed (or ``force``); keep the old one on failure.
         Owner thread only: call it through :meth:`run` / :meth:`call`, or use :meth:`reload`."""
-        signature = _disk_signature(self.path)
+        signature = self._signature_now()
         self._checked_at = time.monotonic()
-        if not force and signature == self._signature:
+        if not force and (signature is None or signature == self._signature):
             return False
         try:
-            fresh = self._searcher_for(self._opener(self.path, self._mmap))
+            fresh = self._searcher_for(self._opener(self.location, self._mmap))
         except Exception as exc:  # a writer may be mid-save or gone wrong: keep serving the old state
             logger.warning(
                 "collection %r changed on disk but could not be reopened (%s); retrying later", self.name, exc
@@ -164,20 +180,20 @@ class ServedCollection:
         self._swap(fresh, signature)
         return True
 
-    def _swap(self, fresh: Searcher, signature: tuple[tuple[str, int, int], ...]) -> None:
+    def _swap(self, fresh: Searcher, signature: Any) -> None:
         old, self._searcher, self._signature = self._searcher, fresh, signature
         self.reloads += 1
         if old is not None:
             old.collection.close()
         logger.info("collection %r reloaded: %d items", self.name, len(fresh.collection))
 
-    def _reopen_in_background(self, signature: tuple[tuple[str, int, int], ...]) -> None:
+    def _reopen_in_background(self, signature: Any) -> None:
         """Open the changed collection in a helper thread (queries keep using the old one meanwhile),
         then swap it in from the owner thread."""
 
         def work() -> None:
             try:
-                fresh = self._searcher_for(self._opener(self.path, self._mmap))
+                fresh = self._searcher_for(self._opener(self.location, self._mmap))
             except Exception as exc:
                 logger.warning("collection %r changed on disk but could not be reopened (%s)", self.name, exc)
                 self._reloading = False
@@ -206,8 +222,8 @@ class ServedCollection:
             and now - self._checked_at >= self.reload_interval
         ):
             self._checked_at = now
-            signature = _disk_signature(self.path)
-            if signature != self._signature:
+            signature = self._signature_now()
+            if signature is not None and signature != self._signature:
                 self._reopen_in_background(signature)
         assert self._searcher is not None, "collection used after close()"
         return self._searcher

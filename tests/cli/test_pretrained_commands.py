@@ -68,7 +68,7 @@ def _serve_search(collection: Path, model: str | None = None) -> list[dict]:
     from retrieval.serve import create_app
 
     config = ServeConfig(collections={"c": str(collection)}, model=model, reload_interval=0)
-    with TestClient(create_app(config)) as client:
+    with TestClient(create_app(config), base_url="http://localhost") as client:
         response = client.post("/collections/c/search/text", json={"text": "a red car", "k": 3})
         assert response.status_code == 200, response.text
         return response.json()["hits"]
@@ -80,7 +80,11 @@ def test_every_command_takes_a_transformers_folder(which, checkpoints, manifest,
     coll = tmp_path / "coll"
     assert main(["embed", str(manifest), "--model", str(folder), "--out", str(coll), "--no-progress"]) == 0
     info = _info(coll, capsys)
-    assert info["model_info"] == load_model(folder, device="cpu").source.info()
+    assert info["model_info"] == {
+        **load_model(folder, device="cpu").source.info(),
+        "model": str(folder.resolve()),  # the name search and serve load it by
+        "model_dir": str(folder.resolve()),
+    }
     assert info["model_info"]["source"] == "folder" and info["model_info"]["format"] == "transformers"
 
     assert main(["search", str(coll), "a red car", "-k", "3", "--json"]) == 0  # the recorded model
@@ -96,7 +100,7 @@ def test_every_command_takes_a_transformers_folder(which, checkpoints, manifest,
     assert main(argv) == 0
     metrics = json.loads((report / "metrics.json").read_text())
     assert "t2i/R@1" in metrics["metrics"] and "zeroshot/top1" in metrics["metrics"]
-    assert metrics["model_info"] == info["model_info"]
+    assert metrics["model_info"] == load_model(folder, device="cpu").source.info()
     assert f"({folder.resolve()})" in (report / "report.md").read_text()
     assert len(_serve_search(coll)) == 3
 
@@ -110,6 +114,7 @@ def test_a_hub_id_works_everywhere_offline(hf_home, checkpoints, manifest, tmp_p
         "revision": REVISION,
         "requested_revision": "main",
         "format": "transformers",
+        "model": f"{HUB_ID}@{REVISION}",
     }
     assert main(["search", str(coll), "a blue dog", "--json"]) == 0  # recorded as HUB_ID@REVISION
     assert len(capsys.readouterr().out.splitlines()) == 10

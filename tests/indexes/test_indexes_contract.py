@@ -226,3 +226,16 @@ def test_filtered_ann_search_returns_k_whenever_k_match(location: Callable[[str]
     _, pos = exact_topk(q, x[rare], 5)
     np.testing.assert_array_equal(ids, rare[pos])
     assert np.isfinite(scores).all()
+
+
+@pytest.mark.parametrize("location", backends(), indirect=True)
+def test_model_info_is_kept_with_the_collection(location: Callable[[str], str]) -> None:
+    loc = location("provenance")
+    given = {"fingerprint": "fpA", "model_dir": "/models/a", "revision": "abc"}
+    with create_collection(loc, D, fingerprint="fpA", model_info=given) as coll:
+        coll.add(np.eye(D, dtype=np.float32)[:2])
+    given["revision"] = "changed"  # the collection kept its own copy
+    with open_collection(loc, read_only=True) as coll:
+        assert coll.model_info == coll.info()["model_info"] == {**given, "revision": "abc"}
+    with pytest.raises(ValueError, match="model_info must be"):
+        create_collection(location("bad_provenance"), D, model_info={"x": object()})

@@ -107,3 +107,13 @@ def test_location_type_errors() -> None:
         parse_location(42)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="is a local folder"):
         _ = Location(kind="local", path=Path("x")).uri
+
+
+def test_folder_only_tools_name_a_milvus_location() -> None:
+    from indexes import Collection
+    from indexes.verify import verify_path
+
+    with pytest.raises(ValueError, match=r"Collection.open works on local folders.*milvus://db:19530/photos"):
+        Collection.open("milvus://db:19530/photos")
+    with pytest.raises(ValueError, match=r"milvus-lite://.*vectors.db/photos is a Milvus location"):
+        verify_path("milvus-lite:///data/vectors.db/photos")

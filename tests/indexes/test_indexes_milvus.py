@@ -210,3 +210,30 @@ def test_missing_client_says_what_to_install(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setitem(sys.modules, "pymilvus", None)  # as if the distributed extra were not installed
     with pytest.raises(ImportError, match=r"pip install 'siamese-retrieval\[distributed\]'"):
         open_collection("milvus://127.0.0.1:1/photos")
+
+
+def test_stored_tuning_queries_are_what_tune_measures(loc: str) -> None:
+    x = clustered(1_500, D, seed=8)
+    shifted = clustered(60, D, seed=9) + 0.3  # queries apart from the stored vectors
+    shifted /= np.linalg.norm(shifted, axis=1, keepdims=True)
+    with create_collection(loc, D, index="HNSW8", recall_target=0.9) as coll:
+        coll.add(x, [{"modality": "image"}] * len(x))
+        with pytest.raises(ValueError, match="unknown filter field"):
+            coll.set_tuning_queries({"text->image": (shifted, {"nope": 1})})
+        coll.set_tuning_queries({"text->image": (shifted, {"modality": "image"})})
+        coll.save()  # tunes with the stored queries
+        assert coll.params["tune_query_sets"] == ["text->image"] and coll.params["tune_queries"] == 60
+    with open_collection(loc) as coll:
+        assert coll.info()["tuning_queries"] == ["text->image"]
+        coll.set_tuning_queries(None)
+        assert coll.tune()["tune_query_sets"] == ["stored vectors"]
+
+
+def test_a_state_older_than_the_rows_never_hands_an_id_out_twice(loc: str) -> None:
+    """A server that stops abruptly may come back with the state from before its last change."""
+    with create_collection(loc, D, index="Flat") as coll:
+        coll.add(clustered(5, D))
+        coll._table.put_state(coll._state.updated_with(next_id=2))  # what the restarted server remembered
+    with open_collection(loc) as coll:
+        assert coll.info()["next_id"] == 5
+        np.testing.assert_array_equal(coll.add(clustered(2, D, seed=1)), [5, 6])

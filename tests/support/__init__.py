@@ -7,4 +7,6 @@
 * :mod:`support.hf` -- tiny random transformers checkpoints (the hub is never contacted).
 * :mod:`support.reference` -- a slow numpy reference of the retrieval metrics (the oracle).
 * :mod:`support.fixtures` -- fixtures several folders use (one torch thread per test).
+* :mod:`support.milvus` -- Milvus collection names, locations and the standalone test server
+  (the test-wide fixtures `lite_db` and `milvus_server` are in tests/conftest.py).
 """
