@@ -37,7 +37,8 @@ from retrieval.train.distributed import (
 )
 from retrieval.train.frozen import training_data
 from retrieval.train.history import MetricsLog, plot_history, train_record
-from retrieval.train.optim import build_optimizer, decay_length, lr_factor, set_lr, wsd_factor
+from retrieval.train.optim import build_optimizer, set_lr
+from retrieval.train.plateau import plan_decay, schedule_factor, stop_reason
 from retrieval.train.result import Tally, TrainResult
 from retrieval.train.sampling import epoch_order, item_seed, plan_epoch, sample_weights
 from retrieval.train.setup import (
@@ -249,40 +250,12 @@ class _Run:
         return record
 
     def _lr_factor(self, step: int) -> float:
-        config, state = self.config, self.state
-        if config.schedule == "cosine":
-            return lr_factor(step, config.warmup_steps, self.total_steps, config.min_lr_ratio)
-        return wsd_factor(step, config.warmup_steps, state.decay_start, state.decay_steps, config.min_lr_ratio)
+        return schedule_factor(self.config, self.state, step, self.total_steps)
 
     def _plan_decay(self, plateau: bool) -> bool:
-        """At an epoch boundary, after its validation: whether training should stop now. With the
-        "cosine" schedule a plateau stops it (early stopping). With "plateau", a plateau starts the
-        decay phase (as does the epoch cap coming within one decay's length), and training stops
-        when that decay has run its course. Decided from the state alone, the same on every rank."""
-        config, state = self.config, self.state
-        if config.schedule == "cosine":
-            return plateau
-        if state.decay_start is not None:  # a decay forced by the cap ends with the epochs
-            return state.decay_done and state.decay_reason == "plateau"
-        length = decay_length(state.step, self.steps_per_epoch, config.decay_fraction)
-        if plateau:
-            reason = "plateau"
-        elif state.step + length >= self.total_steps:
-            length, reason = self.total_steps - state.step, "cap"
-        else:
-            return False
-        self.state = state.with_decay(length, reason)
-        if reason == "plateau":
-            logger.info(
-                "validation plateau after %d epochs (%s gained less than %g in %d validations): "
-                "decaying the learning rate over %d more step(s), then stopping",
-                state.epoch,
-                config.select_metric,
-                config.min_improvement,
-                state.bad_epochs,
-                length,
-            )
-        return length <= 0
+        """At an epoch boundary (after its validation): update the schedule; whether to stop now."""
+        self.state, stop = plan_decay(self.config, self.state, plateau, self.steps_per_epoch, self.total_steps)
+        return stop
 
     def _stop_reason(self, record: dict[str, Any], signals: StopSignals, tally: Tally) -> str:
         """Why to stop after this step: "interrupted" (a callback or a signal on any rank),
@@ -401,7 +374,7 @@ class _Run:
         else:
             model_dir = (self.last_checkpoint / "model") if self.last_checkpoint else final
         state = self.state
-        why = self._why(status)
+        why = stop_reason(status, self.config, state)
         logger.info(
             "training %s (%s) after %d steps (%d epochs, %.1f s, %.0f pairs/s)",
             status,
@@ -428,25 +401,6 @@ class _Run:
             stop_reason=why,
             validation=dict(self.validation),
         )
-
-    def _why(self, status: str) -> str:
-        """Why the run stopped, in words."""
-        config, state = self.config, self.state
-        plateau = (
-            f"{config.select_metric} gained less than {config.min_improvement:g} in "
-            f"{config.early_stopping_patience} validations"
-        )
-        if status == "early_stopped" and config.schedule == "plateau":
-            return f"validation plateau ({plateau}), then {state.decay_steps} steps of learning-rate decay"
-        if status == "early_stopped":
-            return f"early stopping: {plateau}"
-        if status == "completed":
-            return f"the epoch cap of {config.epochs} was reached"
-        return {
-            "max_steps": f"max_steps={config.max_steps} reached",
-            "time_budget": f"time_budget={config.time_budget:g}s used up" if config.time_budget else "",
-            "interrupted": "interrupted (resume with --resume)",
-        }.get(status, status)
 
 
 def _seed_step(seed: int, device: torch.device) -> None:
