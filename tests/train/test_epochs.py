@@ -194,3 +194,17 @@ def test_resume_across_a_plateau_decision_is_bit_identical(config, tmp_path, sto
         json.loads(x).get("lr") for x in (resumed.run_dir / "metrics.jsonl").read_text().splitlines()
     ]
     assert lrs_whole == lrs_resumed
+
+
+def test_cli_no_auto_val_turns_the_split_off(config, tmp_path, monkeypatch, capsys):
+    import retrieval.train.valsplit as valsplit
+    from retrieval.cli import main
+
+    monkeypatch.setattr(valsplit, "VAL_MIN_IMAGES", 4)
+    base = tmp_path / "base.json"
+    config.replace(val_data=None, val_fraction=0.125, max_steps=1).save(base)
+    for flag, source in (([], "auto"), (["--no-auto-val"], "none")):
+        out = tmp_path / f"run-{source}"
+        assert main(["train", config.train_data, "--out", str(out), "--config", str(base), *flag]) == 0
+        assert json.loads((out / "validation.json").read_text())["source"] == source
+        assert "why: max_steps=1 reached" in capsys.readouterr().out
