@@ -15,11 +15,12 @@ import math
 import os
 from typing import Any
 
-__all__ = ["VAL_MAX_IMAGES", "VAL_MIN_IMAGES", "ValSplit", "held_out_images", "split_pairs"]
+__all__ = ["VAL_MAX_IMAGES", "VAL_MIN_IMAGES", "ValSplit", "held_out_count", "held_out_images", "split_pairs"]
 
 VAL_MIN_IMAGES = 50  # fewer validation images than this measure recall too noisily to stop on
 VAL_MAX_IMAGES = 1000  # more cost validation time and training data without steadier decisions
-MAX_HELD_OUT_SHARE = 0.2  # never hold out more than this share of the images (small sets get none)
+MAX_HELD_OUT_SHARE = 0.2  # never hold out more than this share of the images
+VAL_FLOOR_IMAGES = 10  # sets where that share is fewer images than this get no split
 _SALT = "retrieval-val-split"
 
 
@@ -53,16 +54,21 @@ def _keys(pairs: Any) -> dict[str, str]:
 
 
 def held_out_count(n_images: int, fraction: float) -> tuple[int, str]:
-    """How many of ``n_images`` to hold out for ``fraction`` (0 when the set is too small), and why."""
+    """How many of ``n_images`` to hold out for ``fraction``, and why: ``fraction`` of them, raised to
+    :data:`VAL_MIN_IMAGES` and lowered to :data:`VAL_MAX_IMAGES`, but never more than
+    :data:`MAX_HELD_OUT_SHARE` of the set; none when that leaves fewer than :data:`VAL_FLOOR_IMAGES`."""
     if fraction <= 0:
         return 0, "automatic validation split turned off"
     wanted = round(fraction * n_images)
     n = min(VAL_MAX_IMAGES, max(VAL_MIN_IMAGES, wanted))
-    if n > MAX_HELD_OUT_SHARE * n_images:
-        return 0, (
-            f"{n_images} images are too few to hold out {VAL_MIN_IMAGES} for validation "
-            f"(at most {MAX_HELD_OUT_SHARE:.0%} of them)"
-        )
+    share = math.floor(MAX_HELD_OUT_SHARE * n_images)
+    if n > share:
+        if share < VAL_FLOOR_IMAGES:
+            return 0, (
+                f"{n_images} images are too few to hold out {VAL_FLOOR_IMAGES} for validation "
+                f"(at most {MAX_HELD_OUT_SHARE:.0%} of them)"
+            )
+        return share, f"{MAX_HELD_OUT_SHARE:.0%} of {n_images} images (a small set: fewer than {VAL_MIN_IMAGES})"
     if n == wanted:
         return n, f"{fraction:.0%} of {n_images} images"
     bound = "raised to the minimum" if n > wanted else "lowered to the maximum"

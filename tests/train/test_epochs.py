@@ -50,7 +50,8 @@ def test_auto_split_size_bounds_and_switch():
     assert held_out_count(1000, 0.1)[0] == 100
     assert held_out_count(300, 0.1)[0] == VAL_MIN_IMAGES  # raised to the minimum
     assert held_out_count(100_000, 0.1)[0] == VAL_MAX_IMAGES  # lowered to the maximum
-    n, reason = held_out_count(200, 0.1)  # the minimum would take a quarter: no split
+    assert held_out_count(200, 0.1)[0] == 40  # the minimum would take a quarter: a fifth instead
+    n, reason = held_out_count(40, 0.1)  # a fifth is 8 images: no split
     assert n == 0 and "too few" in reason
     train, val, record = split_pairs(_pairs(1000), 0.0)
     assert val is None and train is not None and record.images == 0 and "off" in record.reason
