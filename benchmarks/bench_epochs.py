@@ -81,6 +81,8 @@ def run_setting(name: str, data: Any, setting: str, seed: int, work: Path) -> di
     cpu0, wall0 = time.process_time(), time.perf_counter()
     result = train(config)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    if result.status == "interrupted":  # Ctrl-C / SIGTERM: keep the finished rows, cache no partial one
+        raise SystemExit(f"interrupted during {name} {setting}; finished rows are kept in {work}")
     model = TwinEncoder.load(result.model_dir, device="cpu")
     metrics = evaluate_model(model, read_pairs(str(data.test))).metrics
     val_epochs = [

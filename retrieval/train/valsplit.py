@@ -68,7 +68,10 @@ def held_out_count(n_images: int, fraction: float) -> tuple[int, str]:
                 f"{n_images} images are too few to hold out {VAL_FLOOR_IMAGES} for validation "
                 f"(at most {MAX_HELD_OUT_SHARE:.0%} of them)"
             )
-        return share, f"{MAX_HELD_OUT_SHARE:.0%} of {n_images} images (a small set: fewer than {VAL_MIN_IMAGES})"
+        return (
+            share,
+            f"{MAX_HELD_OUT_SHARE:.0%} of {n_images} images (a small set: fewer than {VAL_MIN_IMAGES})",
+        )
     if n == wanted:
         return n, f"{fraction:.0%} of {n_images} images"
     bound = "raised to the minimum" if n > wanted else "lowered to the maximum"

@@ -3,6 +3,7 @@ stopping on a plateau with the best model kept, and exact resume across a platea
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -209,3 +210,21 @@ def test_cli_no_auto_val_turns_the_split_off(config, tmp_path, monkeypatch, caps
         assert main(["train", config.train_data, "--out", str(out), "--config", str(base), *flag]) == 0
         assert json.loads((out / "validation.json").read_text())["source"] == source
         assert "why: max_steps=1 reached" in capsys.readouterr().out
+
+
+def test_plan_decay_decisions(config):
+    from retrieval.train.plateau import plan_decay, stop_reason
+
+    state = LoopState(step=40, epoch=10)
+    wsd = config.replace(schedule="plateau", decay_fraction=0.2)
+    assert plan_decay(wsd, state, False, 4, 400) == (state, False)  # no plateau, cap far away
+    decayed, stop = plan_decay(wsd, state, True, 4, 400)  # plateau: decay over 2 epochs
+    assert not stop and (decayed.decay_start, decayed.decay_steps, decayed.decay_reason) == (40, 8, "plateau")
+    done = LoopState(step=48, epoch=12, decay_start=40, decay_steps=8, decay_reason="plateau")
+    assert plan_decay(wsd, done, False, 4, 400) == (done, True)
+    assert "plateau" in stop_reason("early_stopped", wsd, done)
+    capped, stop = plan_decay(wsd, state, False, 4, 44)  # the cap is within one decay: decay to it
+    assert not stop and (capped.decay_steps, capped.decay_reason) == (4, "cap")
+    assert plan_decay(wsd, dataclasses.replace(capped, step=44), False, 4, 44)[1] is False  # the cap ends it
+    cosine = config.replace(schedule="cosine")
+    assert plan_decay(cosine, state, True, 4, 400) == (state, True)  # cosine: a plateau stops at once
