@@ -23,7 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train twin encoders on image-caption pairs (checkpoints, validation recall, resume)",
         description="Train a TwinEncoder on DATA and write checkpoints, best/ and final/ model folders, "
-        "metrics.jsonl and loss/recall plots to --out.",
+        "metrics.jsonl and loss/recall plots to --out. By default it validates after every epoch (on --val, "
+        "else on a held-out share of DATA's images), decays the learning rate when validation recall "
+        "plateaus and then stops (schedule=cosine epochs=N trains a fixed N epochs instead).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
