@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import signal
 import threading
@@ -37,6 +38,7 @@ RESUMABLE_CHANGES = frozenset(
         "checkpoint_every",
         "keep_checkpoints",
         "early_stopping_patience",
+        "min_improvement",
         "val_batch_size",
         "device",
         "progress",
@@ -89,8 +91,15 @@ def find_resume(run_dir: Path, resume: bool, config: TrainConfig) -> Path | None
         return None
     saved = run_dir / "config.json"
     if saved.is_file():
-        check_resume_config(TrainConfig.load(saved), config)
+        check_resume_config(_saved_config(saved), config)
     return latest
+
+
+def _saved_config(path: Path) -> TrainConfig:
+    """A run's config.json; a run saved before ``schedule`` existed used the cosine schedule."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data.setdefault("schedule", "cosine")
+    return TrainConfig.from_dict(data)
 
 
 def read_data(config: TrainConfig, check_val_images: bool = True) -> tuple[Any, Any, int, dict[str, Any]]:

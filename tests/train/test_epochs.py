@@ -228,3 +228,13 @@ def test_plan_decay_decisions(config):
     assert plan_decay(wsd, dataclasses.replace(capped, step=44), False, 4, 44)[1] is False  # the cap ends it
     cosine = config.replace(schedule="cosine")
     assert plan_decay(cosine, state, True, 4, 400) == (state, True)  # cosine: a plateau stops at once
+
+
+def test_a_run_saved_before_schedules_existed_resumes_only_as_cosine(config):
+    first = train(config.replace(schedule="cosine", val_data=None, max_steps=2))
+    saved = json.loads((first.run_dir / "config.json").read_text())
+    del saved["schedule"]  # as written before the setting existed
+    (first.run_dir / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=r"cannot resume.*schedule: 'cosine' -> 'plateau'"):
+        train(config.replace(val_data=None, max_steps=3), resume=True)
+    assert train(config.replace(schedule="cosine", val_data=None, max_steps=3), resume=True).steps == 3
