@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="train, embed, search and evaluate on OpenMoji")
     parser.add_argument("--out", default=str(cache_dir("tour")), help="folder for the run and the collection")
     parser.add_argument("--limit", type=int, default=None, help="use only this many emoji")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=TrainConfig().epochs, help="most epochs (validation stops earlier)")
     parser.add_argument("--time-budget", type=float, default=300.0, help="seconds of training at most")
     parser.add_argument("--tiny", action="store_true", help="a tiny model instead of the default recipe")
     args = parser.parse_args(argv)

@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="folder for the manifests, the run and the collection (default: in the toolkit cache)",
     )
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=TrainConfig().epochs, help="most epochs (validation stops earlier)")
     parser.add_argument("--time-budget", type=float, default=600.0, help="seconds of training at most")
     parser.add_argument(
         "--make-sample", metavar="DIR", help="write a sample image folder (OpenMoji) and stop"

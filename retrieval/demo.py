@@ -3,9 +3,9 @@
 :func:`run_demo` (``retrieval demo``):
 
 1. builds the OpenMoji dataset (:func:`retrieval.datasets.build_openmoji`, cached);
-2. trains the default recipe (``TrainConfig()``'s model, loss and optimizer: the toolkit's
-   documented default; 15 epochs) on its train split, validating on val each epoch,
-   within a time budget;
+2. trains the default recipe (``TrainConfig()`` as it is: the toolkit's documented default,
+   which trains until validation recall plateaus) on its train split, validating on val each
+   epoch, with a time budget as a guard for slow machines;
 3. embeds every emoji image and caption into a collection on disk;
 4. evaluates on the test split (emoji whose every variant was unseen in training) and writes the
    report (metrics, plots, a grid of sample queries);
@@ -150,8 +150,8 @@ def _train(config: DemoConfig, data: OpenmojiDataset, run_dir: Path, echo: Echo)
     model = train_config.model
     echo(
         f"[2/5] training the default recipe: {model.image_tower} image tower + {model.text_tower} text tower"
-        f"{' (locked)' if model.lock_text else ''}, {train_config.loss} loss, at most "
-        f"{train_config.epochs} epochs or {config.time_budget:.0f}s{' (resuming)' if resume else ''}"
+        f"{' (locked)' if model.lock_text else ''}, {train_config.loss} loss, "
+        f"{_length(train_config, config.time_budget)}{' (resuming)' if resume else ''}"
     )
     started = time.perf_counter()
     callback = _EpochEcho(run_dir / "metrics.jsonl", echo, started)
@@ -174,6 +174,15 @@ def _train(config: DemoConfig, data: OpenmojiDataset, run_dir: Path, echo: Echo)
         "best_val": result.best_metrics,
         "model_dir": str(result.model_dir),
     }
+
+
+def _length(config: Any, budget: float | None) -> str:
+    """How long training runs, in words."""
+    if config.schedule == "plateau" and config.early_stopping_patience:
+        text = f"until validation plateaus (at most {config.epochs} epochs"
+    else:
+        text = f"{config.epochs} epochs (at most"
+    return text + (f" or {budget:.0f}s)" if budget else ")")
 
 
 def _chance(n_images: int, n_texts_per_image: float, ks: Sequence[int]) -> dict[str, float]:

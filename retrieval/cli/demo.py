@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--epochs",
         type=int,
         default=None,
-        help=f"override the recipe's number of epochs (default: {config_default(DemoConfig, 'train').epochs})",
+        help=f"override the recipe's epoch cap (default: {config_default(DemoConfig, 'train').epochs}; validation stops it earlier)",
     )
     option("n_queries", "--queries", metavar="N", help="example queries of each kind")
     p.add_argument("--config", default=None, metavar="JSON", help="DemoConfig JSON file (flags override it)")

@@ -29,7 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train twin encoders on image-caption pairs (checkpoints, validation recall, resume)",
         description="Train a TwinEncoder on DATA and write checkpoints, best/ and final/ model folders, "
-        "metrics.jsonl and loss/recall plots to --out.",
+        "metrics.jsonl and loss/recall plots to --out. By default it validates after every epoch (on --val, "
+        "else on a held-out share of DATA's images), decays the learning rate when validation recall "
+        "plateaus and then stops (schedule=cosine epochs=N trains a fixed N epochs instead).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -38,7 +40,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="TrainConfig overrides (see below)")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder (checkpoints, models, metrics)")
-    p.add_argument("--val", default=None, metavar="DATA", help="validation pairs (recall per epoch, best/)")
+    p.add_argument(
+        "--val",
+        default=None,
+        metavar="DATA",
+        help="validation pairs (recall per epoch, best/, when to stop); default: a share of DATA's images",
+    )
+    p.add_argument(
+        "--no-auto-val",
+        action="store_true",
+        help="without --val, do not hold out training images for validation (trains all epochs)",
+    )
     p.add_argument(
         "--init",
         default=None,
@@ -95,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
         data["val_data"] = args.val
     if args.init is not None:
         data["init_model"] = args.init
+    if args.no_auto_val:
+        data["val_fraction"] = 0.0
     if args.no_progress:
         data["progress"] = False
     config = TrainConfig.from_dict(apply_overrides(data, [*args.overrides, *args.set_overrides]))
@@ -108,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
     best = f", best {config.select_metric} {result.best_metric:.4f}" if result.best_metric is not None else ""
     print(
         f"{result.status}: {result.steps} steps, {result.epochs_completed} epochs, "
-        f"{result.pairs_per_second:.0f} pairs/s{best}\nmodel: {result.model_dir}\nrun: {result.run_dir}"
+        f"{result.pairs_per_second:.0f} pairs/s{best}\nwhy: {result.stop_reason}\n"
+        f"model: {result.model_dir}\nrun: {result.run_dir}"
     )
     return 130 if result.status == "interrupted" else 0

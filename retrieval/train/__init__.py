@@ -8,6 +8,8 @@ This package's ``__init__`` is its public API; the modules behind it:
 * :mod:`~retrieval.train.step` -- one optimizer step: micro-batches, features, loss, update.
 * :mod:`~retrieval.train.setup` -- checks, data, model and precision before the first step.
 * :mod:`~retrieval.train.checkpoint` -- resumable checkpoints (safetensors + JSON, no pickle).
+* :mod:`~retrieval.train.plateau` -- when to decay the learning rate and stop; why a run stopped.
+* :mod:`~retrieval.train.valsplit` -- the automatic validation split when no validation data is given.
 * :mod:`~retrieval.train.optim`, :mod:`~retrieval.train.sampling`, :mod:`~retrieval.train.frozen`,
   :mod:`~retrieval.train.distributed`, :mod:`~retrieval.train.history` -- optimizers and schedule,
   data order, cached locked towers, data parallelism, metrics log and plots.

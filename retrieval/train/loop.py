@@ -3,6 +3,7 @@
 Run folder (``config.out_dir``)::
 
     config.json                 the TrainConfig of the run
+    validation.json             where validation pairs came from ("given", "auto" with the split, "none")
     metrics.jsonl               one record per optimizer step ("train") and per validation ("val")
     loss.png, recall.png        curves of the above (written after each validation and at the end)
     checkpoints/step-*/         resumable checkpoints (model/ + optimizer, RNG and loop state)
@@ -25,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from retrieval.config import TrainConfig
+from retrieval.io import atomic_write_json
 from retrieval.train import checkpoint as ckpt
 from retrieval.train.distributed import (
     DistContext,
@@ -35,7 +37,8 @@ from retrieval.train.distributed import (
 )
 from retrieval.train.frozen import training_data
 from retrieval.train.history import MetricsLog, plot_history, train_record
-from retrieval.train.optim import build_optimizer, lr_factor, set_lr
+from retrieval.train.optim import build_optimizer, set_lr
+from retrieval.train.plateau import plan_decay, schedule_factor, stop_reason
 from retrieval.train.result import Tally, TrainResult
 from retrieval.train.sampling import epoch_order, item_seed, plan_epoch, sample_weights
 from retrieval.train.setup import (
@@ -103,7 +106,9 @@ class _Run:
         self.ckpt_root = self.run_dir / "checkpoints"
         self.log = MetricsLog(self.run_dir / "metrics.jsonl")
         self.resume_from = find_resume(self.run_dir, resume, config)
-        self.train_pairs, self.val_pairs, self.data_skipped = read_data(config, check_val_images=ctx.is_main)
+        self.train_pairs, self.val_pairs, self.data_skipped, self.validation = read_data(
+            config, check_val_images=ctx.is_main
+        )
         column = config.sample_weight_column
         self.weights = sample_weights(self.train_pairs, column) if column else None
         self.model, self.config = prepare_model(
@@ -145,6 +150,7 @@ class _Run:
         if self.ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.config.save(self.run_dir / "config.json")
+            atomic_write_json(self.run_dir / "validation.json", self.validation, indent=2)
             if self.resume_from is not None or self.log.path.exists():
                 # drop what a crashed run logged after its checkpoint
                 self.log.truncate_after(self.state.step)
@@ -179,6 +185,8 @@ class _Run:
         tally = Tally(started=time.perf_counter(), skipped=self.data_skipped)
         status = "completed"
         bar = _progress_bar(self.total_steps, self.state.step, self.config.progress and self.ctx.is_main)
+        if self.state.step == 0:
+            self._plan_decay(plateau=False)  # a cap of one decay's length decays from the start
         with StopSignals() as signals:
             while status == "completed" and self.state.epoch < self.config.epochs:
                 status = self._epoch(parts, signals, tally, bar)
@@ -208,7 +216,7 @@ class _Run:
             if self._checkpoint_due() and not epoch_done:
                 self._checkpoint()
         self.state = self.state.after_epoch()
-        if self._validate(self.state.epoch) and status == "completed":
+        if self._plan_decay(self._validate(self.state.epoch)) and status == "completed":
             status = "early_stopped"
         # a checkpoint after each validation (it keeps best/patience), when one is due, and at the end;
         # small epochs without validation do not pay for one each
@@ -221,10 +229,7 @@ class _Run:
         """One optimizer step at the scheduled learning rate, seeded by its number; returns its record."""
         config, ctx, step = self.config, self.ctx, self.state.step
         _seed_step(item_seed(config.seed + 7919 * ctx.rank, -2, step), ctx.device)
-        set_lr(
-            self.optimizer,
-            config.lr * lr_factor(step, config.warmup_steps, self.total_steps, config.min_lr_ratio),
-        )
+        set_lr(self.optimizer, config.lr * self._lr_factor(step))
         try:
             result = train_step(parts, batches, n_micro)
         except TrainingDivergedError as exc:
@@ -243,6 +248,14 @@ class _Run:
             bar.update(1)
             bar.set_postfix(loss=f"{result.loss:.4f}", pairs_s=f"{record['pairs_per_s']:.0f}", refresh=False)
         return record
+
+    def _lr_factor(self, step: int) -> float:
+        return schedule_factor(self.config, self.state, step, self.total_steps)
+
+    def _plan_decay(self, plateau: bool) -> bool:
+        """At an epoch boundary (after its validation): update the schedule; whether to stop now."""
+        self.state, stop = plan_decay(self.config, self.state, plateau, self.steps_per_epoch, self.total_steps)
+        return stop
 
     def _stop_reason(self, record: dict[str, Any], signals: StopSignals, tally: Tally) -> str:
         """Why to stop after this step: "interrupted" (a callback or a signal on any rank),
@@ -304,7 +317,7 @@ class _Run:
                     f"select_metric {config.select_metric!r} is not a validation metric; "
                     f"choose one of {sorted(metrics)}"
                 )
-            self.state, improved = self.state.after_validation(value, metrics)
+            self.state, improved = self.state.after_validation(value, metrics, config.min_improvement)
             if improved:
                 _save_model(self.model, self.run_dir / "best")
             self.log.append(
@@ -361,9 +374,11 @@ class _Run:
         else:
             model_dir = (self.last_checkpoint / "model") if self.last_checkpoint else final
         state = self.state
+        why = stop_reason(status, self.config, state)
         logger.info(
-            "training %s after %d steps (%d epochs, %.1f s, %.0f pairs/s)",
+            "training %s (%s) after %d steps (%d epochs, %.1f s, %.0f pairs/s)",
             status,
+            why,
             state.step,
             state.epoch,
             seconds,
@@ -383,6 +398,8 @@ class _Run:
             skipped=tally.skipped,
             metrics_path=self.log.path,
             checkpoint=self.last_checkpoint,
+            stop_reason=why,
+            validation=dict(self.validation),
         )
 
 

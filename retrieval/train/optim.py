@@ -1,4 +1,6 @@
-"""Optimizers by name, parameter groups without decay on gains, and the warmup + cosine schedule."""
+"""Optimizers by name, parameter groups without decay on gains, and the learning-rate schedules:
+warmup + cosine (the length known in advance) and warmup-stable-decay with a decay that starts late
+(when validation plateaus)."""
 
 from __future__ import annotations
 
@@ -65,6 +67,35 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float =
     span = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / span)
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def wsd_factor(
+    step: int, warmup_steps: int, decay_start: int | None, decay_steps: int, min_ratio: float = 0.0
+) -> float:
+    """Multiplier of the peak learning rate at optimizer step ``step`` (0-based) of warmup-stable-decay:
+    linear warmup over ``warmup_steps``, then constant, then from ``decay_start`` (``None``: not yet
+    decided) a "1 - sqrt" cooldown over ``decay_steps`` down to ``min_ratio``::
+
+        w(s) = (s + 1) / warmup_steps          for s < warmup_steps, else 1
+        d(s) = 1                                for s < decay_start
+        d(s) = m + (1 - m) * (1 - sqrt(p))      p = min(1, (s - decay_start) / decay_steps)
+        factor = w(s) * d(s)
+
+    The decay phase may start at any step, decided while training (Hu et al. 2024, MiniCPM; Hägele
+    et al. 2024, "Scaling laws and compute-optimal training beyond fixed training durations", who
+    found the 1 - sqrt cooldown to match cosine at its best length)."""
+    warm = (step + 1) / warmup_steps if warmup_steps > 0 and step < warmup_steps else 1.0
+    if decay_start is None or step < decay_start:
+        return warm
+    progress = min(1.0, (step - decay_start) / max(1, decay_steps))
+    return warm * (min_ratio + (1 - min_ratio) * (1 - math.sqrt(progress)))
+
+
+def decay_length(steps_done: int, steps_per_epoch: int, fraction: float) -> int:
+    """Optimizer steps of a decay phase starting after ``steps_done`` steps: ``fraction`` of them,
+    rounded up to whole epochs (at least one), so that it ends with a validation."""
+    epochs = max(1, math.ceil(fraction * steps_done / max(1, steps_per_epoch) - 1e-9))
+    return epochs * steps_per_epoch
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -29,6 +29,8 @@ class TrainResult:
     skipped: int  # pairs skipped: unreadable manifest rows, empty captions, broken images met in batches
     metrics_path: Path  # metrics.jsonl
     checkpoint: Path | None  # the last checkpoint written
+    stop_reason: str = ""  # why training stopped, in words (also logged)
+    validation: dict = dataclasses.field(default_factory=dict)  # where validation came from (validation.json)
 
 
 @dataclasses.dataclass

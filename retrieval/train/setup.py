@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import signal
 import threading
@@ -20,6 +21,7 @@ from retrieval.pretrained import resolve_model
 from retrieval.train.checkpoint import latest_checkpoint
 from retrieval.train.distributed import DistContext, barrier, broadcast_module
 from retrieval.train.optim import check_optimizer_name
+from retrieval.train.valsplit import split_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ RESUMABLE_CHANGES = frozenset(
         "checkpoint_every",
         "keep_checkpoints",
         "early_stopping_patience",
+        "min_improvement",
         "val_batch_size",
         "device",
         "progress",
@@ -89,12 +92,24 @@ def find_resume(run_dir: Path, resume: bool, config: TrainConfig) -> Path | None
         return None
     saved = run_dir / "config.json"
     if saved.is_file():
-        check_resume_config(TrainConfig.load(saved), config)
+        check_resume_config(_saved_config(saved), config)
     return latest
 
 
-def read_data(config: TrainConfig, check_val_images: bool = True) -> tuple[Any, Any, int]:
-    """``(train PairSet, val PairSet or None, skipped count)``; logs what was skipped.
+def _saved_config(path: Path) -> TrainConfig:
+    """A run's config.json; a run saved before ``schedule`` existed used the cosine schedule."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data.setdefault("schedule", "cosine")
+    return TrainConfig.from_dict(data)
+
+
+def read_data(config: TrainConfig, check_val_images: bool = True) -> tuple[Any, Any, int, dict[str, Any]]:
+    """``(train PairSet, val PairSet or None, skipped count, validation record)``; logs what was skipped.
+
+    Without ``val_data``, a deterministic share (``val_fraction``) of the training images is held
+    out for validation (:mod:`retrieval.train.valsplit`; all captions of an image on one side).
+    The validation record says where the validation pairs came from (``"given"``, ``"auto"`` with
+    the split's sizes, or ``"none"``); the loop writes it to the run's ``validation.json``.
 
     Training images are decoded lazily (a broken one is dropped from its batch and counted);
     validation images are decoded once up front (``check_val_images``) and pairs whose image is
@@ -117,7 +132,24 @@ def read_data(config: TrainConfig, check_val_images: bool = True) -> tuple[Any, 
     if skipped:
         logger.warning("training data: %d entries skipped, e.g. %s", skipped, train_pairs.skipped[:3])
     val_pairs = None
+    record: dict[str, Any] = {"source": "none"}
+    if not config.val_data:
+        train_pairs, val_pairs, split = split_pairs(train_pairs, config.val_fraction)
+        record = split.to_dict() if val_pairs is not None else {"source": "none", "reason": split.reason}
+        if val_pairs is not None:
+            logger.info(
+                "no validation data given: holding out %d of the training images (%d pairs; %s) "
+                "for validation (val_fraction=0 turns this off)",
+                split.images,
+                split.pairs,
+                split.reason,
+            )
+            if check_val_images:
+                val_pairs = _decodable(val_pairs)
+        else:
+            logger.info("no validation: %s", split.reason)
     if config.val_data:
+        record = {"source": "given", "val_data": str(config.val_data)}
         val_pairs = read_pairs(config.val_data, **kwargs)
         if len(val_pairs) == 0:
             raise ValueError(f"no usable pairs in the validation data {config.val_data}")
@@ -135,7 +167,9 @@ def read_data(config: TrainConfig, check_val_images: bool = True) -> tuple[Any, 
         len(train_pairs.images()),
         f", {len(val_pairs)} validation pairs" if val_pairs is not None else "",
     )
-    return train_pairs, val_pairs, skipped
+    if val_pairs is not None:
+        record.update(images=len(val_pairs.images()), pairs=len(val_pairs))
+    return train_pairs, val_pairs, skipped, record
 
 
 def _decodable(pairs: Any) -> Any:
