@@ -166,7 +166,7 @@ def render_svg_text(svg: str, size: int) -> bytes:
         png = cairosvg.svg2png(
             bytestring=svg.encode("utf-8"), output_width=size, output_height=size, background_color="white"
         )
-    image = Image.open(io.BytesIO(bytes(png)))
+    image = Image.open(io.BytesIO(bytes(png)), formats=("PNG",))
     if image.mode != "RGB":
         canvas = Image.new("RGB", image.size, (255, 255, 255))
         rgba = image.convert("RGBA")
