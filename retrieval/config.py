@@ -259,11 +259,18 @@ class EvalConfig(ConfigBase):
     caption_column: str = "caption"  # retrieval eval: manifest column with the caption(s)
     id_column: str | None = None  # retrieval eval: manifest column naming the image (default: its path)
     split: str | None = None  # retrieval eval: only rows of this split
+    hubness: str | None = None  # with a query bank: also rank with "isoftmax" (QB-Norm) or "csls" (hub/... keys)
+    hubness_beta: float = 20.0  # isoftmax: inverse temperature of the softmax over the query bank
+    hubness_k: int = 10  # csls: bank neighbours averaged into an item's hub score
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"index_filter": ("where", "post")}
 
     def __post_init__(self) -> None:
         self._check_choices()
+        if self.hubness not in (None, "isoftmax", "csls"):
+            raise ValueError(
+                f"EvalConfig.hubness must be None, 'isoftmax' or 'csls'; received {self.hubness!r}"
+            )
         for name in ("batch_size", "chunk_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"EvalConfig.{name} must be >= 1; received {getattr(self, name)!r}")

@@ -30,6 +30,7 @@ import numpy as np
 
 from indexes.fingerprint import check_fingerprint
 from retrieval import encoding
+from retrieval.search.hubness import Hubness, QueryBank, item_penalties, query_bank_path, rerank
 from retrieval.search.queries import ImageQuery, as_query_vectors, load_query_image, one_text
 
 __all__ = ["Hit", "Searcher"]
@@ -59,9 +60,23 @@ class Searcher:
     is used as it is, which is safe from several threads; a model in train mode is switched to
     eval mode and back around every call. ``device`` encodes there (the model moves for each
     call and back); leave it ``None`` to encode where the model is.
+
+    ``hubness`` (a :class:`~retrieval.search.hubness.Hubness`) corrects hubness at query time:
+    each text or image query asks for ``hubness.candidates`` dense candidates, re-ranked by
+    query-bank normalisation with ``query_bank`` (default: the bank stored beside the
+    collection, :func:`~retrieval.search.hubness.query_bank_path`). Hit scores are then the
+    corrected scores. Raw-vector searches are corrected when given ``query_modality``.
     """
 
-    def __init__(self, model: Any, collection: Any, *, device: str | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        collection: Any,
+        *,
+        device: str | None = None,
+        hubness: Hubness | None = None,
+        query_bank: QueryBank | None = None,
+    ) -> None:
         self._owns = isinstance(collection, (str, os.PathLike))
         if self._owns:
             from indexes import Collection
@@ -75,6 +90,21 @@ class Searcher:
         except Exception:
             self.close()
             raise
+        self.hubness = hubness
+        self.query_bank = query_bank
+        if hubness is not None and query_bank is None:
+            try:
+                self.query_bank = QueryBank.load(query_bank_path(collection.path))
+            except Exception:
+                self.close()
+                raise
+        if self.query_bank is not None and self.query_bank.fingerprint and collection.fingerprint:
+            check_fingerprint(
+                collection.fingerprint,
+                self.query_bank.fingerprint,
+                what=f"the query bank of collection {collection.path}",
+                fix="rebuild the query bank with the model that built the collection",
+            )
         self._has_modality = "modality" in set(collection.fields())
         self._single: tuple[int, str | None] = (-1, None)  # (collection size, its only modality)
 
@@ -162,8 +192,13 @@ class Searcher:
         modality: str | None = None,
         where: Mapping[str, Any] | None = None,
         refine: int | None = None,
+        query_modality: str | None = None,
     ) -> list[list[Hit]]:
-        """Hits for each row of raw query vectors [n, D] (rows normalised here)."""
+        """Hits for each row of raw query vectors [n, D] (rows normalised here).
+
+        ``query_modality`` ("text" / "image") says what the vectors encode; with it, a searcher
+        built with ``hubness`` re-ranks the dense candidates (class docstring).
+        """
         queries = as_query_vectors(vectors, self.collection.dim)
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive int; received {k!r}")
@@ -176,8 +211,26 @@ class Searcher:
         if len(queries) == 0:
             return []
         filters = self._filters(modality, where)
-        scores, ids = self.collection.search(queries, int(k), where=filters, refine=refine)  # [n, k] each
-        return self._hits(scores, ids)
+        if self.hubness is None or query_modality is None:
+            scores, ids = self.collection.search(queries, int(k), where=filters, refine=refine)  # [n, k]
+            return self._hits(scores, ids)
+        if query_modality not in ("text", "image"):
+            raise ValueError(f"query_modality must be 'text', 'image' or None; received {query_modality!r}")
+        wide = max(int(k), int(self.hubness.candidates))
+        scores, ids = self.collection.search(queries, wide, where=filters, refine=refine)  # [n, c]
+        return self._hits(*self._corrected(scores, ids, query_modality, int(k)))
+
+    def _corrected(
+        self, scores: np.ndarray, ids: np.ndarray, query_modality: str, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The best ``k`` of the candidates ``[n, c]`` by hubness-corrected score."""
+        assert self.hubness is not None and self.query_bank is not None
+        unique = np.unique(ids[ids >= 0])  # [u]
+        if len(unique) == 0:
+            return scores[:, :k], ids[:, :k]
+        bank = self.query_bank.for_queries(query_modality)  # [B, D]
+        penalties = item_penalties(bank, self.collection.vectors(unique), self.hubness)  # [u]
+        return rerank(scores, ids, dict(zip(unique.tolist(), penalties.tolist())), k)
 
     # -- the four directions --------------------------------------------------------------------
     def text_to_image(
@@ -195,7 +248,7 @@ class Searcher:
         refine: int | None = None,
     ) -> list[list[Hit]]:
         return self.search_vectors(
-            self.encode_texts(queries), k, modality="image", where=where, refine=refine
+            self.encode_texts(queries), k, modality="image", where=where, refine=refine, query_modality="text"
         )
 
     def text_to_text(
@@ -212,7 +265,9 @@ class Searcher:
         where: Mapping[str, Any] | None = None,
         refine: int | None = None,
     ) -> list[list[Hit]]:
-        return self.search_vectors(self.encode_texts(queries), k, modality="text", where=where, refine=refine)
+        return self.search_vectors(
+            self.encode_texts(queries), k, modality="text", where=where, refine=refine, query_modality="text"
+        )
 
     def image_to_text(
         self,
@@ -233,7 +288,9 @@ class Searcher:
         where: Mapping[str, Any] | None = None,
         refine: int | None = None,
     ) -> list[list[Hit]]:
-        return self.search_vectors(self.encode_images(images), k, modality="text", where=where, refine=refine)
+        return self.search_vectors(
+            self.encode_images(images), k, modality="text", where=where, refine=refine, query_modality="image"
+        )
 
     def image_to_image(
         self,
@@ -255,7 +312,12 @@ class Searcher:
         refine: int | None = None,
     ) -> list[list[Hit]]:
         return self.search_vectors(
-            self.encode_images(images), k, modality="image", where=where, refine=refine
+            self.encode_images(images),
+            k,
+            modality="image",
+            where=where,
+            refine=refine,
+            query_modality="image",
         )
 
     def composed(

@@ -128,3 +128,49 @@ def test_empty_pairs_is_a_clear_error():
 def test_config_round_trips():
     config = EvalConfig(zero_shot_label_column="label", refine=4, templates=("{}",))
     assert EvalConfig.from_json(config.to_json()) == config
+
+
+@pytest.mark.parametrize("method", ["isoftmax", "csls"])
+def test_hubness_metrics_equal_corrected_dense_scores(method):
+    import torch
+
+    from retrieval.evaluate.evaluator import _hubness_metrics
+    from retrieval.search import Hubness, QueryBank
+    from retrieval.search.hubness import item_penalties
+
+    rng = np.random.default_rng(0)
+
+    def unit(n: int) -> np.ndarray:
+        x = rng.standard_normal((n, 8)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    image, text, g = unit(10), unit(25), rng.integers(0, 10, 25)  # random: no ties
+    bank = QueryBank({"text": unit(7), "image": unit(6)})
+    config = EvalConfig(hubness=method, hubness_k=2, hubness_beta=5.0)
+    got = _hubness_metrics(torch.from_numpy(text), torch.from_numpy(image), g, (1, 5), config, bank)
+    hub = Hubness(method, beta=5.0, k=2)
+    p_img = item_penalties(bank.vectors["text"], image, hub)  # images are penalised for text queries
+    p_txt = item_penalties(bank.vectors["image"], text, hub)  # texts for image queries
+    t2i = retrieval_metrics(text @ image.T - p_img[None, :], g, ks=(1, 5))
+    i2t = retrieval_metrics(text @ image.T - p_txt[:, None], g, ks=(1, 5))
+    for key in ("t2i/R@1", "t2i/R@5", "t2i/MRR", "t2i/mean_rank"):
+        assert got[f"hub/{key}"] == pytest.approx(t2i[key], abs=1e-9)
+    for key in ("i2t/R@1", "i2t/R@5", "i2t/MRR", "i2t/mean_rank"):
+        assert got[f"hub/{key}"] == pytest.approx(i2t[key], abs=1e-9)
+
+
+def test_evaluate_model_adds_hubness_metrics_with_a_bank(pairs):
+    from retrieval.search import QueryBank
+
+    model = FileNameEncoder()
+    text, image = model.encode_texts(pairs.captions()), model.encode_images(pairs.images())
+    bank = QueryBank({"text": np.asarray(text[:5]), "image": np.asarray(image[:3])})
+    config = EvalConfig(hubness="csls", hubness_k=2)
+    result = evaluate_model(model, pairs, ks=(1, 5), config=config, query_bank=bank)
+    plain = evaluate_model(model, pairs, ks=(1, 5))
+    assert {k: v for k, v in result.metrics.items() if not k.startswith("hub/")} == plain.metrics
+    assert 0 <= result.metrics["hub/t2i/R@1"] <= 1 and "hubness" in result.seconds
+    with pytest.raises(ValueError, match="needs a query bank"):
+        evaluate_model(model, pairs, config=config)
+    with pytest.raises(ValueError, match="hubness"):
+        EvalConfig(hubness="qb")
