@@ -358,5 +358,6 @@ class DemoConfig(ConfigBase):
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(epochs=15))
     n_queries: int = 3  # example text->image and image->text queries shown
     k: int = 5  # hits shown per example query
+    hubness: str | None = "isoftmax"  # query-bank normalisation measured in the report and used by the queries
     progress: bool = True  # progress bars (also off when stderr is not a terminal)
     seed: int = 0  # dataset split and choice of example queries

@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 Echo = Callable[[str], Any]
 FREE_QUERIES = ("a smiling cat", "hot drink")  # free-form text queries shown besides the test captions
-_PARTS = ("run", "collection", "report", "demo.json")
+_PARTS = ("run", "collection", "collection.querybank.npz", "report", "demo.json")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +86,7 @@ def _settings(config: DemoConfig, data: OpenmojiDataset) -> dict[str, Any]:
         "image_px": config.image_px,
         "seed": config.seed,
         "time_budget": config.time_budget,
+        "hubness": config.hubness,
         "train": config.train.replace(progress=True).to_dict(),
     }
 
@@ -187,7 +188,7 @@ def _chance(n_images: int, n_texts_per_image: float, ks: Sequence[int]) -> dict[
 
 
 def _example_queries(model: Any, collection: Path, test_pairs: Any, config: DemoConfig) -> list[QueryResult]:
-    from retrieval.search import Searcher
+    from retrieval.search import Hubness, Searcher
 
     rng = np.random.default_rng(config.seed)
     images = test_pairs.images()
@@ -198,7 +199,8 @@ def _example_queries(model: Any, collection: Path, test_pairs: Any, config: Demo
     chosen = rng.choice(len(images), size=n, replace=False) if n else np.array([], dtype=int)
     first_caption = {int(img): cap for cap, img in zip(captions, t2i)}
     out: list[QueryResult] = []
-    with Searcher(model, str(collection)) as searcher:
+    hubness = Hubness(config.hubness) if config.hubness else None
+    with Searcher(model, str(collection), hubness=hubness) as searcher:
 
         def hits(found: Sequence[Any], expected: str | None) -> list[dict[str, Any]]:
             rows = []
@@ -313,12 +315,22 @@ def run_demo(
             model_dir=train_summary["model_dir"],
         )
         say(f"  {embedded}")
+        bank = None
+        if config.hubness:
+            from retrieval.search import build_query_bank, query_bank_path
+
+            bank = build_query_bank(model, read_pairs(str(data.train)), seed=config.seed)
+            bank.save(query_bank_path(collection))
+            say(f"  query bank for hubness correction: {len(bank.vectors['text'])} captions, "
+                f"{len(bank.vectors['image'])} images of the train split")  # fmt: skip
         seconds["embed"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         say("[4/5] evaluating on the test split (emoji unseen in training, variants included)")
-        eval_config = EvalConfig(progress=config.progress and sys.stderr.isatty(), seed=config.seed)
-        evaluation = evaluate_model(model, test_pairs, config=eval_config)
+        eval_config = EvalConfig(
+            progress=config.progress and sys.stderr.isatty(), seed=config.seed, hubness=config.hubness
+        )
+        evaluation = evaluate_model(model, test_pairs, config=eval_config, query_bank=bank)
         write_report(evaluation, report_dir, n_samples=eval_config.n_samples, seed=eval_config.seed)
         metrics = {k: float(v) for k, v in evaluation.metrics.items()}
         seconds["evaluate"] = time.perf_counter() - t0
@@ -372,6 +384,14 @@ def format_result(result: DemoResult) -> str:
         f"({c['t2i/R@10']:.3f})",
         f"  image->text {m.get('i2t/R@1', 0):.3f}   {m.get('i2t/R@5', 0):.3f}   {m.get('i2t/R@10', 0):.3f}   "
         f"({c['i2t/R@10']:.3f})",
+    ]
+    if "hub/t2i/R@1" in m:
+        lines += [
+            "  with hubness correction (query-bank normalisation, the example queries use it):",
+            f"  text->image {m['hub/t2i/R@1']:.3f}   {m['hub/t2i/R@5']:.3f}   {m['hub/t2i/R@10']:.3f}",
+            f"  image->text {m['hub/i2t/R@1']:.3f}   {m['hub/i2t/R@5']:.3f}   {m['hub/i2t/R@10']:.3f}",
+        ]
+    lines += [
         "",
     ]
     for q in result.queries:

@@ -56,10 +56,13 @@ def test_demo_runs_end_to_end_and_beats_chance(demo_run):
     assert (out / "report" / "metrics.json").is_file()
     assert (out / "report" / "samples_t2i.png").is_file()
     assert (out / "collection").is_dir()
+    assert (out / "collection.querybank.npz").is_file()  # the hubness query bank beside the collection
+    assert "with hubness correction" in printed
     assert f"retrieval serve {out / 'collection'} --model" in printed
     assert "text->image: " in printed and "image->text: " in printed
     summary = json.loads((out / "demo.json").read_text(encoding="utf-8"))
     metrics, chance = summary["metrics"], summary["chance"]
+    assert 0 <= metrics["hub/t2i/R@10"] <= 1 and 0 <= metrics["hub/i2t/R@10"] <= 1
     # unseen test emoji: clearly better than a random ranking
     assert metrics["t2i/R@5"] >= chance["t2i/R@5"] + 0.15, (metrics, chance)
     assert metrics["t2i/R@10"] >= chance["t2i/R@10"] + 0.1, (metrics, chance)

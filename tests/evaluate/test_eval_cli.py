@@ -83,3 +83,19 @@ def test_cli_reports_user_errors(dataset, tmp_path, capsys):
     argv = ["eval", "--model", str(model_dir), str(manifest), "--out", str(tmp_path / "r"), "-k", "0"]
     assert main(argv) == 1
     assert "ks must be positive" in capsys.readouterr().err
+
+
+def test_cli_hubness_with_a_query_bank(dataset, tmp_path, capsys):
+    manifest, model_dir, model = dataset
+    from retrieval.search import build_query_bank
+
+    bank_path = tmp_path / "bank.querybank.npz"
+    build_query_bank(model, read_pairs(manifest, id_column="id"), max_queries=6).save(bank_path)
+    out = tmp_path / "report"
+    argv = ["eval", "--model", str(model_dir), str(manifest), "--id-column", "id", "--out", str(out),
+            "-k", "1", "5", "--hubness", "csls", "--query-bank", str(bank_path), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    assert "hub t2i R@K" in capsys.readouterr().out
+    assert "hub/i2t/R@5" in json.loads((out / "metrics.json").read_text())["metrics"]
+    assert main([*argv[:-3], "--no-progress"]) == 1  # --hubness without a bank
+    assert "needs a query bank" in capsys.readouterr().err
