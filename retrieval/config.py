@@ -277,6 +277,27 @@ class EvalConfig(ConfigBase):
 
 
 @dataclasses.dataclass(frozen=True)
+class MatchConfig(ConfigBase):
+    """How :func:`retrieval.match.train_match_head` trains the match head that re-ranks dense candidates."""
+
+    hidden: int = 256  # width of the head's hidden layer
+    pool: int = 32  # nearest non-matching items mined from the index per caption and per image
+    negatives: int = 4  # hard negatives drawn from that pool per caption and per image, each epoch
+    epochs: int = 20  # passes over the positives and freshly drawn negatives
+    batch_size: int = 256  # pairs per optimizer step
+    lr: float = 1e-3  # AdamW learning rate
+    weight_decay: float = 1e-2  # AdamW weight decay
+    seed: int = 0  # head initialisation and negative draws
+
+    def __post_init__(self) -> None:
+        for name in ("hidden", "pool", "negatives", "epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"MatchConfig.{name} must be >= 1; received {getattr(self, name)!r}")
+        if not self.lr > 0:
+            raise ValueError(f"MatchConfig.lr must be positive; received {self.lr!r}")
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig(ConfigBase):
     """How ``retrieval.train.train`` trains a :class:`retrieval.model.TwinEncoder` on image-caption pairs.
 
