@@ -262,6 +262,7 @@ class EvalConfig(ConfigBase):
     hubness: str | None = None  # with a query bank: also rank with "isoftmax" (QB-Norm) or "csls" (hub/... keys)
     hubness_beta: float = 20.0  # isoftmax: inverse temperature of the softmax over the query bank
     hubness_k: int = 10  # csls: bank neighbours averaged into an item's hub score
+    rerank: int = 0  # with a match head: also re-rank each query's dense top-N (rerank/... keys, match/ECE)
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"index_filter": ("where", "post")}
 
@@ -274,6 +275,8 @@ class EvalConfig(ConfigBase):
         for name in ("batch_size", "chunk_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"EvalConfig.{name} must be >= 1; received {getattr(self, name)!r}")
+        if int(self.rerank) < 0:
+            raise ValueError(f"EvalConfig.rerank must be >= 0 (0: no re-ranking); received {self.rerank!r}")
 
 
 @dataclasses.dataclass(frozen=True)

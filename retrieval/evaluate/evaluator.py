@@ -134,6 +134,7 @@ def evaluate_model(
     collection: Any = None,
     config: EvalConfig | None = None,
     query_bank: Any = None,
+    match_head: Any = None,
 ) -> EvalResult:
     """Encode the images and captions of ``pairs`` with ``model`` and measure retrieval both ways.
 
@@ -150,6 +151,9 @@ def evaluate_model(
         query_bank: a :class:`retrieval.search.QueryBank` of queries from outside this set (e.g.
             the training split); with ``config.hubness``, the rankings are also measured after
             query-bank normalisation over all candidates (``hub/t2i/...``, ``hub/i2t/...`` keys).
+        match_head: a :class:`retrieval.match.MatchHead` (default: the one attached to ``model``);
+            with ``config.rerank = N``, each query's dense top-N is re-ranked by it (``rerank/...``
+            keys, the added time per query, and its calibration: ``match/ECE`` and ``calibration``).
 
     Images that cannot be decoded are skipped with their captions and listed in ``skipped``.
     Writing the report is a step of its own on the result: :func:`retrieval.evaluate.write_report`.
@@ -193,6 +197,21 @@ def evaluate_model(
         metrics.update(_hubness_metrics(text_emb, image_emb, g, ks, config, query_bank))
         seconds["hubness"] = time.perf_counter() - t0
 
+    calibration = None
+    if config.rerank:
+        head = match_head if match_head is not None else getattr(model, "match_head", None)
+        if head is None:
+            raise ValueError(
+                f"EvalConfig.rerank={config.rerank} needs a match head: train one (retrieval.match."
+                "train_match_head) and attach it to the model, or pass match_head="
+            )
+        from retrieval.evaluate.rerank_eval import rerank_metrics
+
+        t0 = time.perf_counter()
+        extra, calibration = rerank_metrics(head, text_emb, image_emb, g, t2i, i2t, ks, int(config.rerank))
+        metrics.update(extra)
+        seconds["rerank"] = time.perf_counter() - t0
+
     index = None
     if collection is not None:
         t0 = time.perf_counter()
@@ -226,4 +245,5 @@ def evaluate_model(
         skipped=skipped,
         fingerprint=fingerprint,
         seconds=seconds,
+        calibration=calibration,
     )

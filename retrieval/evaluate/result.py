@@ -34,6 +34,7 @@ class EvalResult:
         skipped: ``(where, reason)`` for every image or caption left out.
         fingerprint: the model's fingerprint, when it has one.
         seconds: wall time of each stage.
+        calibration: with re-ranking, the match head's reliability table on the re-ranked pairs.
     """
 
     metrics: dict[str, float]
@@ -50,6 +51,7 @@ class EvalResult:
     skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     fingerprint: str | None = None
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    calibration: list[dict[str, float]] | None = None
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary (what ``metrics.json`` holds)."""
@@ -75,6 +77,8 @@ class EvalResult:
                 "n_text_items": self.index.n_text_items,
                 "missing_images": self.index.missing_images,
             }
+        if self.calibration is not None:
+            out["calibration"] = [{k: _json_float(v) for k, v in row.items()} for row in self.calibration]
         if self.zero_shot is not None:
             out["zero_shot"] = {
                 "classes": self.zero_shot.classes,
