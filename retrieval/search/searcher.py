@@ -66,6 +66,12 @@ class Searcher:
     query-bank normalisation with ``query_bank`` (default: the bank stored beside the
     collection, :func:`~retrieval.search.hubness.query_bank_path`). Hit scores are then the
     corrected scores. Raw-vector searches are corrected when given ``query_modality``.
+
+    ``rerank=N`` re-orders the best ``N`` dense (or hubness-corrected) candidates of each text or
+    image query by the model's match head (:meth:`retrieval.model.TwinEncoder.match`), reading
+    the candidates' stored vectors: two-stage retrieval. Re-ranked hits carry the match
+    probability as their score; hits past ``N`` keep their dense score. The set of the best
+    ``max(N, k)`` candidates never changes, only its order.
     """
 
     def __init__(
@@ -76,6 +82,7 @@ class Searcher:
         device: str | None = None,
         hubness: Hubness | None = None,
         query_bank: QueryBank | None = None,
+        rerank: int = 0,
     ) -> None:
         self._owns = isinstance(collection, (str, os.PathLike))
         if self._owns:
@@ -92,6 +99,16 @@ class Searcher:
             raise
         self.hubness = hubness
         self.query_bank = query_bank
+        if isinstance(rerank, bool) or not isinstance(rerank, (int, np.integer)) or rerank < 0:
+            self.close()
+            raise ValueError(f"rerank must be an int >= 0 (0: no re-ranking); received {rerank!r}")
+        self.rerank = int(rerank)
+        if self.rerank and getattr(model, "match_head", None) is None:
+            self.close()
+            raise ValueError(
+                "rerank needs a model with a match head (retrieval.match.train_match_head, then "
+                "model.attach_match_head or a head saved beside the model)"
+            )
         if hubness is not None and query_bank is None:
             try:
                 self.query_bank = QueryBank.load(query_bank_path(collection.path))
@@ -211,14 +228,45 @@ class Searcher:
         if len(queries) == 0:
             return []
         filters = self._filters(modality, where)
-        if self.hubness is None or query_modality is None:
+        if (self.hubness is None and not self.rerank) or query_modality is None:
             scores, ids = self.collection.search(queries, int(k), where=filters, refine=refine)  # [n, k]
             return self._hits(scores, ids)
         if query_modality not in ("text", "image"):
             raise ValueError(f"query_modality must be 'text', 'image' or None; received {query_modality!r}")
-        wide = max(int(k), int(self.hubness.candidates))
+        keep = max(int(k), self.rerank)
+        wide = max(keep, int(self.hubness.candidates) if self.hubness is not None else 0)
         scores, ids = self.collection.search(queries, wide, where=filters, refine=refine)  # [n, c]
-        return self._hits(*self._corrected(scores, ids, query_modality, int(k)))
+        if self.hubness is not None:
+            scores, ids = self._corrected(scores, ids, query_modality, keep)  # [n, keep]
+        if self.rerank:
+            scores, ids = self._reranked(queries, scores, ids, query_modality)
+        return self._hits(scores[:, : int(k)], ids[:, : int(k)])
+
+    def _reranked(
+        self, queries: np.ndarray, scores: np.ndarray, ids: np.ndarray, query_modality: str
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The first ``rerank`` candidates of each row re-ordered by match probability (stable)."""
+        n = min(self.rerank, ids.shape[1])
+        head = self.model.match_head
+        scores, ids = scores.copy(), ids.copy()
+        valid = ids[:, :n] >= 0  # [q, n]
+        rows, cols = np.nonzero(valid)
+        if len(rows) == 0:
+            return scores, ids
+        unique, inverse = np.unique(ids[rows, cols], return_inverse=True)
+        items = self.collection.vectors(unique)[inverse]  # [m, D]
+        query_rows = queries[rows]  # [m, D]
+        if query_modality == "text":
+            probs = head.probabilities(items, query_rows)  # [m]
+        else:
+            probs = head.probabilities(query_rows, items)
+        table = np.full((len(ids), n), -np.inf)  # [q, n]; padding stays last
+        table[rows, cols] = probs
+        order = np.argsort(-table, axis=1, kind="stable")  # [q, n]
+        ids[:, :n] = np.take_along_axis(ids[:, :n], order, 1)
+        reordered = np.take_along_axis(table, order, 1)
+        scores[:, :n] = np.where(np.isfinite(reordered), reordered, scores[:, :n]).astype(scores.dtype)
+        return scores, ids
 
     def _corrected(
         self, scores: np.ndarray, ids: np.ndarray, query_modality: str, k: int

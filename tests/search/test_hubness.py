@@ -136,3 +136,51 @@ def test_hubness_settings_are_checked():
         Hubness("qbnorm")
     with pytest.raises(ValueError, match="beta"):
         Hubness(beta=0)
+
+
+@pytest.fixture
+def reranking_model(fake_model):
+    import copy
+
+    import torch
+
+    from retrieval.match import MatchHead
+
+    model = copy.copy(fake_model)
+    torch.manual_seed(0)
+    head = MatchHead(int(fake_model.embed_dim), hidden=8)
+    torch.nn.init.normal_(head.mlp[2].weight, std=3.0)  # a head that disagrees with the cosine
+    head.scale.data.fill_(0.0)
+    model.match_head = head
+    return model
+
+
+@pytest.mark.parametrize("hubness", [None, Hubness("csls", k=3)])
+def test_reranking_changes_only_the_order(reranking_model, fake_model, collection, hubness):
+    queries = ["a red car", "yellow bird", "a blue dog"]
+    if hubness is not None:
+        from retrieval.search import QueryBank, query_bank_path
+
+        bank = fake_model.encode_texts(["red", "green", "blue", "a car", "a dog"])
+        QueryBank({"text": np.asarray(bank)}).save(query_bank_path(collection))
+    with Searcher(fake_model, collection, hubness=hubness) as plain:
+        dense = plain.text_to_image_batch(queries, k=6)
+    with Searcher(reranking_model, collection, hubness=hubness, rerank=6) as searcher:
+        reranked = searcher.text_to_image_batch(queries, k=6)
+        top2 = searcher.text_to_image_batch(queries, k=2)
+        vectors = searcher.encode_texts(queries)
+        for before, after, short, query in zip(dense, reranked, top2, vectors):
+            assert sorted(h.id for h in before) == sorted(h.id for h in after)  # same ids, none dropped
+            assert [h.id for h in short] == [h.id for h in after[:2]]
+            probs = reranking_model.match_head.probabilities(
+                collection_vectors(searcher, [h.id for h in after]), np.repeat(query[None], len(after), 0)
+            )
+            np.testing.assert_allclose([h.score for h in after], probs, rtol=1e-5)
+            assert np.all(np.diff(probs) <= 1e-7)
+    assert any([h.id for h in a] != [h.id for h in b] for a, b in zip(dense, reranked))
+    with pytest.raises(ValueError, match="match head"):
+        Searcher(fake_model, collection, rerank=5)
+
+
+def collection_vectors(searcher, ids):
+    return searcher.collection.vectors(np.asarray(ids, dtype=np.int64))
