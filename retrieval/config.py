@@ -301,6 +301,33 @@ class MatchConfig(ConfigBase):
 
 
 @dataclasses.dataclass(frozen=True)
+class ClassifyConfig(ConfigBase):
+    """How :func:`retrieval.classify.train_classifier` fits a classifier on the shared space."""
+
+    label_column: str = "group"  # pair metadata field holding the class (OpenMoji: "group" or "subgroup")
+    fusion: str = "attention"  # how image and text vectors are fused: "attention" | "concat"
+    hidden: int = 256  # width of the hidden layer
+    epochs: int = 60  # passes over the labelled pairs
+    batch_size: int = 128  # examples per optimizer step
+    lr: float = 2e-3  # AdamW learning rate
+    weight_decay: float = 1e-2  # AdamW weight decay
+    modality_dropout: float = 0.5  # fraction of examples seen with one modality only (half image, half text)
+    seed: int = 0  # initialisation, order and modality dropout
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"fusion": ("attention", "concat")}
+
+    def __post_init__(self) -> None:
+        self._check_choices()
+        for name in ("hidden", "epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"ClassifyConfig.{name} must be >= 1; received {getattr(self, name)!r}")
+        if not 0.0 <= float(self.modality_dropout) <= 1.0:
+            raise ValueError(
+                f"ClassifyConfig.modality_dropout must be in [0, 1]; received {self.modality_dropout!r}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig(ConfigBase):
     """How ``retrieval.train.train`` trains a :class:`retrieval.model.TwinEncoder` on image-caption pairs.
 

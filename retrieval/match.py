@@ -224,7 +224,7 @@ def train_match_head(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(batch)
+            total += loss.item() * len(batch)
             seen += len(batch)
         losses.append(total / max(1, seen))
     head.eval()

@@ -58,6 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="query bank (.querybank.npz) for --hubness (default: the one stored beside --collection)",
     )
+    option("rerank", "--rerank", help="re-rank each query's dense top-N by the model's match head")
     option("n_samples", "--samples", help="queries shown in each sample grid")
     option("device", "--device", help="torch device (none: cuda when available)")
     option("progress", "--no-progress", action="store_false", help="no progress bars")
@@ -109,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
     if config.hubness:
         for k in result.ks:
             print(f"{k:>5} hub t2i R@K {m[f'hub/t2i/R@{k}']:.4f}  hub i2t R@K {m[f'hub/i2t/R@{k}']:.4f}")
+    if config.rerank:
+        rer = ", ".join(f"t2i R@{k} {m[f'rerank/t2i/R@{k}']:.4f}" for k in result.ks)
+        print(f"re-ranked top {config.rerank}: {rer}; ECE {m['match/ECE']:.4f}")
     if result.zero_shot is not None:
         print("zero-shot " + ", ".join(f"{n} {v:.4f}" for n, v in result.zero_shot.accuracy.items()))
     print(f"report: {out}")
