@@ -373,6 +373,11 @@ class TrainConfig(ConfigBase):
     progress: bool = True  # tqdm bar with loss and pairs/s (also off when stderr is not a terminal)
     augment: bool = True  # random crops / colour jitter on training images (the tower's train transform)
     cache_locked_features: bool = True  # fully locked tower: encode each caption (image: if not augment) once
+    hard_negatives: bool = False  # after a warm-up, batches are neighbourhoods mined from an index of the current space
+    hard_negative_warmup: int = 2  # epochs of random batches before the first mining
+    hard_negative_every: int = 1  # epochs between re-embedding the training set (batches are recomposed every epoch)
+    hard_negative_neighbours: int = 16  # nearest other images mined per caption
+    hard_negative_fraction: float = 0.5  # share of each batch grown from neighbourhoods (the rest: random pairs)
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "optimizer": ("adamw", "adam", "sgd", "adagrad", "rmsprop"),
@@ -384,6 +389,13 @@ class TrainConfig(ConfigBase):
         for name in ("batch_size", "grad_accum", "epochs", "val_batch_size", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1; received {getattr(self, name)!r}")
+        for name in ("hard_negative_every", "hard_negative_neighbours"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1; received {getattr(self, name)!r}")
+        if not 0.0 <= self.hard_negative_fraction <= 1.0:
+            raise ValueError(
+                f"TrainConfig.hard_negative_fraction must be in [0, 1]; received {self.hard_negative_fraction!r}"
+            )
         for name in ("warmup_steps", "num_workers", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0; received {getattr(self, name)!r}")
