@@ -200,6 +200,8 @@ class ServeConfig(ConfigBase):
     hidden_fields: tuple[str, ...] = ()  # metadata fields never returned (e.g. "path" to hide server paths)
     device: str | None = None  # torch device for the models; None: "cuda" when available, else "cpu"
     mmap: bool = False  # open collections memory-mapped (large indexes, less RAM, slower first queries)
+    hubness: str | None = None  # "isoftmax" | "csls": correct text/image queries with the bank beside each collection
+    rerank: int = 0  # re-rank the dense top-N of text/image queries by the model's match head (0: off)
 
 
 @dataclasses.dataclass(frozen=True)
