@@ -41,6 +41,7 @@ __all__ = [
     "MatchTrainResult",
     "calibration_bins",
     "expected_calibration_error",
+    "fit_match_head",
     "match_loss",
     "mined_pairs",
     "train_match_head",
@@ -199,12 +200,28 @@ def train_match_head(
 
     The twin encoders stay frozen: images and captions are encoded once, hard negatives are
     mined from an index of those vectors, and the head is fitted on positives plus negatives
-    drawn afresh each epoch. With ``val_pairs``, the temperature is fitted on their mined pairs.
+    drawn afresh each epoch (:func:`fit_match_head`). With ``val_pairs``, the temperature is
+    fitted on their mined pairs.
     """
+    train = _encode(model, pairs)
+    val = _encode(model, val_pairs) if val_pairs is not None else None
+    return fit_match_head(train, config, val=val)
+
+
+MatchData = tuple[
+    np.ndarray, np.ndarray, list[str], np.ndarray
+]  # images [I, D], texts [T, D], captions, t->i
+
+
+def fit_match_head(
+    train: MatchData, config: MatchConfig | None = None, *, val: MatchData | None = None
+) -> MatchTrainResult:
+    """Fit a :class:`MatchHead` on vectors already computed: ``(image vectors [I, D], caption vectors
+    [T, D], captions, text_to_image [T])`` (e.g. read from a collection), optionally calibrated on ``val``."""
     config = config or MatchConfig()
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    image_vecs, text_vecs, captions, g = _encode(model, pairs)
+    image_vecs, text_vecs, captions, g = train
     head = MatchHead(image_vecs.shape[1], config.hidden)
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     u_all, v_all = torch.from_numpy(image_vecs), torch.from_numpy(text_vecs)
@@ -229,8 +246,8 @@ def train_match_head(
         losses.append(total / max(1, seen))
     head.eval()
     before = after = None
-    if val_pairs is not None:
-        vi, vt, vcap, vg = _encode(model, val_pairs)
+    if val is not None:
+        vi, vt, vcap, vg = val
         img, txt, lab, _ = mined_pairs(vi, vt, vcap, vg, config.pool, config.negatives, rng)
         with torch.no_grad():
             logits = head.uncalibrated(torch.from_numpy(vi[img]), torch.from_numpy(vt[txt]))  # [n]
