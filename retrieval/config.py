@@ -424,5 +424,6 @@ class DemoConfig(ConfigBase):
     n_queries: int = 3  # example text->image and image->text queries shown
     k: int = 5  # hits shown per example query
     hubness: str | None = "isoftmax"  # query-bank normalisation measured in the report and used by the queries
+    rerank: int = 0  # re-rank the dense top-N with a match head fitted on the train split's vectors (0: off)
     progress: bool = True  # progress bars (also off when stderr is not a terminal)
     seed: int = 0  # dataset split and choice of example queries
