@@ -53,6 +53,9 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--rerank", type=int, default=20, help="top-N re-ranked by the match head")
     parser.add_argument("--work", default=None, help="folder for the runs (default: a temporary one)")
+    parser.add_argument(
+        "--reuse", action="store_true", help="evaluate finished runs in --work instead of training"
+    )
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
 
@@ -65,17 +68,24 @@ def main() -> None:
             train_data=str(data.train), val_data=str(data.val), out_dir=str(work / name),
             epochs=args.epochs, progress=False, **SETTINGS[name],
         )  # fmt: skip
-        start = time.process_time()
-        result = train(config, callback=lambda record, t0=start: time.process_time() - t0 > args.cpu_budget)
-        cpu = time.process_time() - start
-        model = TwinEncoder.load(result.model_dir, device="cpu").eval()
+        if args.reuse and (work / name / "best").is_dir():
+            model_dir, cpu, note = work / name / "best", float("nan"), "reused run"
+        else:
+            start = time.process_time()
+            result = train(
+                config, callback=lambda record, t0=start: time.process_time() - t0 > args.cpu_budget
+            )
+            cpu = time.process_time() - start
+            model_dir = result.model_dir
+            note = f"{result.epochs_completed} epochs, {result.steps} steps, {cpu:.0f} s CPU"
+        print(f"{name}: trained ({note})", flush=True)
+        model = TwinEncoder.load(model_dir, device="cpu").eval()
         bank = build_query_bank(model, splits["train"])
         head = train_match_head(model, splits["train"], MatchConfig(), val_pairs=splits["val"]).head
         model.attach_match_head(head)
         config_eval = EvalConfig(progress=False, top_n=0, hubness="isoftmax", rerank=args.rerank)
         for split in ("val", "test"):
             m = evaluate_model(model, splits[split], config=config_eval, query_bank=bank).metrics
-            note = f"{result.epochs_completed} epochs, {result.steps} steps, {cpu:.0f} s CPU"
             rows.append((name, "dense", split, _recalls(m), note))
             rows.append((name, "hubness", split, _recalls(m, "hub/"), ""))
             rows.append(
@@ -86,6 +96,8 @@ def main() -> None:
         for split in ("val", "test"):
             m = _hub_then_rerank(model, splits[split], bank, head, args.rerank, both, evaluate_model)
             rows.append((name, f"hubness + re-rank {args.rerank}", split, m, ""))
+        for row in rows:
+            print(row, flush=True)
     best = max((r for r in rows if r[2] == "val"), key=lambda r: float(np.mean(r[3])))
     lines = [
         "# The recipe with and without hard negatives, hubness correction and re-ranking (equal CPU time)",
