@@ -201,6 +201,8 @@ class ServeConfig(ConfigBase):
     hidden_fields: tuple[str, ...] = ()  # metadata fields never returned (e.g. "path" to hide server paths)
     device: str | None = None  # torch device for the models; None: "cuda" when available, else "cpu"
     mmap: bool = False  # open collections memory-mapped (large indexes, less RAM, slower first queries)
+    hubness: str | None = None  # "isoftmax" | "csls": correct text/image queries with the bank beside each collection
+    rerank: int = 0  # re-rank the dense top-N of text/image queries by the model's match head (0: off)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,14 +263,72 @@ class EvalConfig(ConfigBase):
     caption_column: str = "caption"  # retrieval eval: manifest column with the caption(s)
     id_column: str | None = None  # retrieval eval: manifest column naming the image (default: its path)
     split: str | None = None  # retrieval eval: only rows of this split
+    hubness: str | None = None  # with a query bank: also rank with "isoftmax" (QB-Norm) or "csls" (hub/... keys)
+    hubness_beta: float = 10.0  # isoftmax: inverse temperature over the query bank (best on OpenMoji val)
+    hubness_k: int = 10  # csls: bank neighbours averaged into an item's hub score
+    rerank: int = 0  # with a match head: also re-rank each query's dense top-N (rerank/... keys, match/ECE)
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"index_filter": ("where", "post")}
 
     def __post_init__(self) -> None:
         self._check_choices()
+        if self.hubness not in (None, "isoftmax", "csls"):
+            raise ValueError(
+                f"EvalConfig.hubness must be None, 'isoftmax' or 'csls'; received {self.hubness!r}"
+            )
         for name in ("batch_size", "chunk_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"EvalConfig.{name} must be >= 1; received {getattr(self, name)!r}")
+        if int(self.rerank) < 0:
+            raise ValueError(f"EvalConfig.rerank must be >= 0 (0: no re-ranking); received {self.rerank!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MatchConfig(ConfigBase):
+    """How :func:`retrieval.match.train_match_head` trains the match head that re-ranks dense candidates."""
+
+    hidden: int = 256  # width of the head's hidden layer
+    pool: int = 32  # nearest non-matching items mined from the index per caption and per image
+    negatives: int = 4  # hard negatives drawn from that pool per caption and per image, each epoch
+    epochs: int = 5  # passes over positives and fresh negatives (20 overfit: val recall fell)
+    batch_size: int = 256  # pairs per optimizer step
+    lr: float = 1e-3  # AdamW learning rate
+    weight_decay: float = 1e-2  # AdamW weight decay
+    seed: int = 0  # head initialisation and negative draws
+
+    def __post_init__(self) -> None:
+        for name in ("hidden", "pool", "negatives", "epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"MatchConfig.{name} must be >= 1; received {getattr(self, name)!r}")
+        if not self.lr > 0:
+            raise ValueError(f"MatchConfig.lr must be positive; received {self.lr!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifyConfig(ConfigBase):
+    """How :func:`retrieval.classify.train_classifier` fits a classifier on the shared space."""
+
+    label_column: str = "group"  # pair metadata field holding the class (OpenMoji: "group" or "subgroup")
+    fusion: str = "attention"  # how image and text vectors are fused: "attention" | "concat"
+    hidden: int = 256  # width of the hidden layer
+    epochs: int = 60  # passes over the labelled pairs
+    batch_size: int = 128  # examples per optimizer step
+    lr: float = 2e-3  # AdamW learning rate
+    weight_decay: float = 1e-2  # AdamW weight decay
+    modality_dropout: float = 0.5  # fraction of examples seen with one modality only (half image, half text)
+    seed: int = 0  # initialisation, order and modality dropout
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"fusion": ("attention", "concat")}
+
+    def __post_init__(self) -> None:
+        self._check_choices()
+        for name in ("hidden", "epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"ClassifyConfig.{name} must be >= 1; received {getattr(self, name)!r}")
+        if not 0.0 <= float(self.modality_dropout) <= 1.0:
+            raise ValueError(
+                f"ClassifyConfig.modality_dropout must be in [0, 1]; received {self.modality_dropout!r}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -331,6 +391,11 @@ class TrainConfig(ConfigBase):
     progress: bool = True  # tqdm bar with loss and pairs/s (also off when stderr is not a terminal)
     augment: bool = True  # random crops / colour jitter on training images (the tower's train transform)
     cache_locked_features: bool = True  # fully locked tower: encode each caption (image: if not augment) once
+    hard_negatives: bool = False  # after a warm-up, batches are neighbourhoods mined from an index of the current space
+    hard_negative_warmup: int = 2  # epochs of random batches before the first mining
+    hard_negative_every: int = 1  # epochs between re-embedding the training set (batches are recomposed every epoch)
+    hard_negative_neighbours: int = 16  # nearest other images mined per caption
+    hard_negative_fraction: float = 0.5  # share of each batch grown from neighbourhoods (the rest: random pairs)
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "optimizer": ("adamw", "adam", "sgd", "adagrad", "rmsprop"),
@@ -343,6 +408,13 @@ class TrainConfig(ConfigBase):
         for name in ("batch_size", "grad_accum", "epochs", "val_batch_size", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1; received {getattr(self, name)!r}")
+        for name in ("hard_negative_every", "hard_negative_neighbours"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1; received {getattr(self, name)!r}")
+        if not 0.0 <= self.hard_negative_fraction <= 1.0:
+            raise ValueError(
+                f"TrainConfig.hard_negative_fraction must be in [0, 1]; received {self.hard_negative_fraction!r}"
+            )
         for name in ("warmup_steps", "num_workers", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0; received {getattr(self, name)!r}")
@@ -375,5 +447,7 @@ class DemoConfig(ConfigBase):
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig())
     n_queries: int = 3  # example text->image and image->text queries shown
     k: int = 5  # hits shown per example query
+    hubness: str | None = "isoftmax"  # query-bank normalisation measured in the report and used by the queries
+    rerank: int = 0  # re-rank the dense top-N with a match head fitted on the train split's vectors (0: off)
     progress: bool = True  # progress bars (also off when stderr is not a terminal)
     seed: int = 0  # dataset split and choice of example queries

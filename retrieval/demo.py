@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 Echo = Callable[[str], Any]
 FREE_QUERIES = ("a smiling cat", "hot drink")  # free-form text queries shown besides the test captions
-_PARTS = ("run", "collection", "report", "demo.json")
+_PARTS = ("run", "collection", "collection.querybank.npz", "report", "demo.json")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +86,8 @@ def _settings(config: DemoConfig, data: OpenmojiDataset) -> dict[str, Any]:
         "image_px": config.image_px,
         "seed": config.seed,
         "time_budget": config.time_budget,
+        "hubness": config.hubness,
+        "rerank": config.rerank,
         "train": config.train.replace(progress=True).to_dict(),
     }
 
@@ -195,8 +197,29 @@ def _chance(n_images: int, n_texts_per_image: float, ks: Sequence[int]) -> dict[
     return out
 
 
+def _split_vectors(collection: Path, split: str) -> tuple[Any, Any, list[str], Any]:
+    """``(image vectors, caption vectors, captions, text_to_image)`` of one split, read back from the
+    collection the demo embedded (no second encoding)."""
+    from indexes import Collection
+
+    with Collection.open(collection, read_only=True) as coll:
+        ids = coll.ids()
+        meta = coll.get(ids)
+        image_rows = [
+            i for i, m in enumerate(meta) if m.get("split") == split and m.get("modality") == "image"
+        ]
+        text_rows = [i for i, m in enumerate(meta) if m.get("split") == split and m.get("modality") == "text"]
+        row_of = {meta[i]["image_id"]: r for r, i in enumerate(image_rows)}
+        text_rows = [i for i in text_rows if meta[i]["image_id"] in row_of]
+        images = coll.vectors(ids[image_rows])
+        texts = coll.vectors(ids[text_rows])
+    captions = [str(meta[i]["caption"]) for i in text_rows]
+    g = np.array([row_of[meta[i]["image_id"]] for i in text_rows], dtype=np.int64)
+    return images, texts, captions, g
+
+
 def _example_queries(model: Any, collection: Path, test_pairs: Any, config: DemoConfig) -> list[QueryResult]:
-    from retrieval.search import Searcher
+    from retrieval.search import Hubness, Searcher
 
     rng = np.random.default_rng(config.seed)
     images = test_pairs.images()
@@ -207,7 +230,9 @@ def _example_queries(model: Any, collection: Path, test_pairs: Any, config: Demo
     chosen = rng.choice(len(images), size=n, replace=False) if n else np.array([], dtype=int)
     first_caption = {int(img): cap for cap, img in zip(captions, t2i)}
     out: list[QueryResult] = []
-    with Searcher(model, str(collection)) as searcher:
+    hubness = Hubness(config.hubness) if config.hubness else None
+    rerank = config.rerank if getattr(model, "match_head", None) is not None else 0
+    with Searcher(model, str(collection), hubness=hubness, rerank=rerank) as searcher:
 
         def hits(found: Sequence[Any], expected: str | None) -> list[dict[str, Any]]:
             rows = []
@@ -322,12 +347,35 @@ def run_demo(
             model_dir=train_summary["model_dir"],
         )
         say(f"  {embedded}")
+        bank = head = None
+        if config.hubness or config.rerank:
+            train_vectors = _split_vectors(collection, "train")
+        if config.hubness:
+            from retrieval.search import QueryBank, query_bank_path
+
+            bank = QueryBank({"image": train_vectors[0], "text": train_vectors[1]}, model.fingerprint())
+            bank.save(query_bank_path(collection))
+            say(f"  query bank for hubness correction: {len(bank.vectors['text'])} captions, "
+                f"{len(bank.vectors['image'])} images of the train split")  # fmt: skip
+        if config.rerank:
+            from retrieval.match import MATCH_HEAD_DIR, fit_match_head
+
+            fitted = fit_match_head(train_vectors, val=_split_vectors(collection, "val"))
+            head = fitted.head
+            head.save(Path(train_summary["model_dir"]) / MATCH_HEAD_DIR)
+            model.attach_match_head(head)
+            say(f"  match head for re-ranking the top {config.rerank}: val ECE {fitted.val_ece:.3f}")
         seconds["embed"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         say("[4/5] evaluating on the test split (emoji unseen in training, variants included)")
-        eval_config = EvalConfig(progress=config.progress and sys.stderr.isatty(), seed=config.seed)
-        evaluation = evaluate_model(model, test_pairs, config=eval_config)
+        eval_config = EvalConfig(
+            progress=config.progress and sys.stderr.isatty(),
+            seed=config.seed,
+            hubness=config.hubness,
+            rerank=config.rerank,
+        )
+        evaluation = evaluate_model(model, test_pairs, config=eval_config, query_bank=bank)
         write_report(evaluation, report_dir, n_samples=eval_config.n_samples, seed=eval_config.seed)
         metrics = {k: float(v) for k, v in evaluation.metrics.items()}
         seconds["evaluate"] = time.perf_counter() - t0
@@ -381,6 +429,21 @@ def format_result(result: DemoResult) -> str:
         f"({c['t2i/R@10']:.3f})",
         f"  image->text {m.get('i2t/R@1', 0):.3f}   {m.get('i2t/R@5', 0):.3f}   {m.get('i2t/R@10', 0):.3f}   "
         f"({c['i2t/R@10']:.3f})",
+    ]
+    if "hub/t2i/R@1" in m:
+        lines += [
+            "  with hubness correction (query-bank normalisation, the example queries use it):",
+            f"  text->image {m['hub/t2i/R@1']:.3f}   {m['hub/t2i/R@5']:.3f}   {m['hub/t2i/R@10']:.3f}",
+            f"  image->text {m['hub/i2t/R@1']:.3f}   {m['hub/i2t/R@5']:.3f}   {m['hub/i2t/R@10']:.3f}",
+        ]
+    if "rerank/t2i/R@1" in m:
+        lines += [
+            f"  re-ranking the top {int(m['rerank/n'])} with the match head "
+            f"(+{m['rerank/ms_per_query']:.2f} ms per query, ECE {m['match/ECE']:.3f}):",
+            f"  text->image {m['rerank/t2i/R@1']:.3f}   {m['rerank/t2i/R@5']:.3f}   {m['rerank/t2i/R@10']:.3f}",
+            f"  image->text {m['rerank/i2t/R@1']:.3f}   {m['rerank/i2t/R@5']:.3f}   {m['rerank/i2t/R@10']:.3f}",
+        ]
+    lines += [
         "",
     ]
     for q in result.queries:

@@ -24,6 +24,7 @@ from retrieval import encoding
 from retrieval.config import ModelConfig
 from retrieval.encoding import pick_device
 from retrieval.io import atomic_write_json, fsync_file, staged_directory
+from retrieval.match import MATCH_HEAD_DIR, MatchHead
 from retrieval.pretrained import (
     CONFIG_FILE,
     FORMAT_FILE,
@@ -108,6 +109,8 @@ class TwinEncoder(nn.Module):
             nn.Parameter(torch.tensor(float(config.init_logit_bias))) if config.use_bias else None
         )
         self._apply_locks()
+        # the match head re-ranks; kept outside the module tree, so it is not part of the fingerprint
+        self.__dict__["match_head"] = None
 
     def _apply_locks(self) -> None:
         config = self.config
@@ -224,6 +227,36 @@ class TwinEncoder(nn.Module):
             self, texts, batch_size=batch_size, device=device, progress=progress
         ).vectors
 
+    # ---------------------------------------------------------------- matching
+    def attach_match_head(self, head: Any) -> None:
+        """Use ``head`` (a :class:`retrieval.match.MatchHead`) for :meth:`match` and re-ranking;
+        :meth:`save` writes it to ``match_head/`` and :meth:`load` reads it back."""
+        if head is not None and int(head.dim) != int(self.embed_dim):
+            raise ValueError(f"match head takes dim {head.dim}, this model embeds in dim {self.embed_dim}")
+        self.__dict__["match_head"] = head
+
+    def match(
+        self,
+        images: Sequence[Image.Image | str | os.PathLike[str]],
+        texts: Sequence[str],
+        device: str | torch.device | None = None,
+    ) -> Any:
+        """Calibrated probability that ``images[i]`` and ``texts[i]`` match: ``[N]`` float32 numpy array.
+
+        Needs a match head (:meth:`attach_match_head`, or one saved beside the model).
+        """
+        head = self.__dict__.get("match_head")
+        if head is None:
+            raise ValueError(
+                "this model has no match head: train one (retrieval.match.train_match_head, or "
+                "`retrieval match train`) and attach it"
+            )
+        if len(images) != len(texts):
+            raise ValueError(f"match takes as many images as texts; received {len(images)} and {len(texts)}")
+        u = self.encode_images(images, device=device)  # [N, D]
+        v = self.encode_texts(texts, device=device)  # [N, D]
+        return head.probabilities(u, v)
+
     # ------------------------------------------------------------- identity
     def preprocess_config(self) -> dict[str, Any]:
         """What the model does to inputs before the weights see them (part of :meth:`fingerprint`)."""
@@ -274,6 +307,8 @@ class TwinEncoder(nn.Module):
             if base is not None:
                 info["base_model"] = base
             atomic_write_json(tmp / FORMAT_FILE, info, indent=2)
+            if self.__dict__.get("match_head") is not None:
+                self.__dict__["match_head"].save(tmp / MATCH_HEAD_DIR)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], device: str | torch.device | None = None) -> TwinEncoder:
@@ -307,7 +342,10 @@ class TwinEncoder(nn.Module):
         model.source = folder_source(directory) if (directory / CONFIG_FILE).is_file() else None
         base = saved_info.get("base_model")
         model.base_model = base if isinstance(base, dict) else None
-        return model.to(pick_device(device)).eval()
+        model = model.to(pick_device(device)).eval()
+        if (directory / MATCH_HEAD_DIR).is_dir():
+            model.attach_match_head(MatchHead.load(directory / MATCH_HEAD_DIR, device=model.device))
+        return model
 
     @classmethod
     def from_pretrained(

@@ -26,6 +26,8 @@ COMMANDS: dict[str, str] = {
     "serve": "retrieval.cli.serve",
     "train": "retrieval.cli.train",
     "demo": "retrieval.cli.demo",
+    "classify": "retrieval.cli.classify",
+    "match": "retrieval.cli.match",
 }
 
 

@@ -50,6 +50,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="with --collection holding images and texts: filtered search as a Searcher does (where), or "
         "an unfiltered ANN search then keeping one modality (post: measures the index itself)",
     )  # fmt: skip
+    option(
+        "hubness", "--hubness", choices=("isoftmax", "csls"),
+        help="also rank after query-bank normalisation (hub/... metrics); needs a query bank",
+    )  # fmt: skip
+    p.add_argument(
+        "--query-bank",
+        default=None,
+        metavar="FILE",
+        help="query bank (.querybank.npz) for --hubness (default: the one stored beside --collection)",
+    )
+    option("rerank", "--rerank", help="re-rank each query's dense top-N by the model's match head")
     option("n_samples", "--samples", help="queries shown in each sample grid")
     option("device", "--device", help="torch device (none: cuda when available)")
     option("progress", "--no-progress", action="store_false", help="no progress bars")
@@ -82,7 +93,14 @@ def run(args: argparse.Namespace) -> int:
             from indexes import open_collection
 
             collection = stack.enter_context(open_collection(args.collection, read_only=True))
-        result = evaluate_model(model, pairs, collection=collection, config=config)
+        bank = None
+        if config.hubness:
+            from retrieval.search import QueryBank, query_bank_path
+
+            if args.query_bank is None and args.collection is None:
+                raise ValueError("--hubness needs a query bank: pass --query-bank FILE or --collection DIR")
+            bank = QueryBank.load(args.query_bank or query_bank_path(args.collection))
+        result = evaluate_model(model, pairs, collection=collection, config=config, query_bank=bank)
     write_report(result, out, n_samples=config.n_samples, seed=config.seed)
     m = result.metrics
     print(f"{len(result.captions)} captions, {len(result.images)} images, {len(result.skipped)} skipped")
@@ -91,6 +109,12 @@ def run(args: argparse.Namespace) -> int:
         index = f" {m[f'index/t2i/R@{k}']:>10.4f}" if result.index else ""
         print(f"{k:>5} {m[f't2i/R@{k}']:>9.4f} {m[f'i2t/R@{k}']:>9.4f}{index}")
     print(f"MRR t2i {m['t2i/MRR']:.4f}  i2t {m['i2t/MRR']:.4f}")
+    if config.hubness:
+        for k in result.ks:
+            print(f"{k:>5} hub t2i R@K {m[f'hub/t2i/R@{k}']:.4f}  hub i2t R@K {m[f'hub/i2t/R@{k}']:.4f}")
+    if config.rerank:
+        rer = ", ".join(f"t2i R@{k} {m[f'rerank/t2i/R@{k}']:.4f}" for k in result.ks)
+        print(f"re-ranked top {config.rerank}: {rer}; ECE {m['match/ECE']:.4f}")
     if result.zero_shot is not None:
         print("zero-shot " + ", ".join(f"{n} {v:.4f}" for n, v in result.zero_shot.accuracy.items()))
     print(f"report: {out}")

@@ -149,6 +149,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     option("device", "--device", help="torch device (none: cuda when available)")
     option("mmap", "--mmap", action="store_true", help="open collections memory-mapped")
+    option(
+        "hubness", "--hubness", choices=("isoftmax", "csls"),
+        help="hubness correction of text/image queries with the query bank stored beside each collection",
+    )  # fmt: skip
+    option("rerank", "--rerank", help="re-rank the dense top-N of text/image queries by the match head")
     p.add_argument("--config", default=None, help="ServeConfig JSON file (flags override it)")
     p.set_defaults(func=run)
 

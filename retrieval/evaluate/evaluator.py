@@ -96,6 +96,35 @@ def _zero_shot(
     return result, chosen
 
 
+def _hubness_metrics(
+    text_emb: torch.Tensor,
+    image_emb: torch.Tensor,
+    g: np.ndarray,
+    ks: Sequence[int],
+    config: EvalConfig,
+    query_bank: Any,
+) -> dict[str, float]:
+    """Both directions ranked by hubness-corrected scores ``s - penalty[candidate]`` (exact, all candidates).
+
+    A penalty on the candidate is one more coordinate: ``[q, 1] . [c, -p] = s - p``.
+    """
+    from retrieval.search.hubness import Hubness, item_penalties
+
+    hub = Hubness(config.hubness or "isoftmax", beta=config.hubness_beta, k=config.hubness_k)
+    texts = text_emb.detach().cpu().float()  # [T, D]
+    pics = image_emb.detach().cpu().float()  # [I, D]
+    p_img = torch.from_numpy(item_penalties(query_bank.for_queries("text"), pics.numpy(), hub))  # [I]
+    p_txt = torch.from_numpy(item_penalties(query_bank.for_queries("image"), texts.numpy(), hub))  # [T]
+    ones_t, ones_i = torch.ones(len(texts), 1), torch.ones(len(pics), 1)
+    t2i, _ = retrieval_rankings_from_embeddings(
+        torch.cat([texts, ones_t], 1), torch.cat([pics, -p_img[:, None]], 1), g, chunk_size=config.chunk_size
+    )
+    _, i2t = retrieval_rankings_from_embeddings(
+        torch.cat([texts, -p_txt[:, None]], 1), torch.cat([pics, ones_i], 1), g, chunk_size=config.chunk_size
+    )
+    return {**ranking_metrics(t2i, ks, "hub/t2i/"), **ranking_metrics(i2t, ks, "hub/i2t/", true_recall=True)}
+
+
 def evaluate_model(
     model: Any,
     pairs: Any,
@@ -104,6 +133,8 @@ def evaluate_model(
     batch_size: int | None = None,
     collection: Any = None,
     config: EvalConfig | None = None,
+    query_bank: Any = None,
+    match_head: Any = None,
 ) -> EvalResult:
     """Encode the images and captions of ``pairs`` with ``model`` and measure retrieval both ways.
 
@@ -117,6 +148,12 @@ def evaluate_model(
         collection: an open ``indexes.Collection`` holding this set's images (and
             texts) made by ``model``: adds exact vs index metrics (``index/...`` keys).
         config: the remaining settings (:class:`retrieval.config.EvalConfig`).
+        query_bank: a :class:`retrieval.search.QueryBank` of queries from outside this set (e.g.
+            the training split); with ``config.hubness``, the rankings are also measured after
+            query-bank normalisation over all candidates (``hub/t2i/...``, ``hub/i2t/...`` keys).
+        match_head: a :class:`retrieval.match.MatchHead` (default: the one attached to ``model``);
+            with ``config.rerank = N``, each query's dense top-N is re-ranked by it (``rerank/...``
+            keys, the added time per query, and its calibration: ``match/ECE`` and ``calibration``).
 
     Images that cannot be decoded are skipped with their captions and listed in ``skipped``.
     Writing the report is a step of its own on the result: :func:`retrieval.evaluate.write_report`.
@@ -149,6 +186,31 @@ def evaluate_model(
     )
     metrics = {**ranking_metrics(t2i, ks, "t2i/"), **ranking_metrics(i2t, ks, "i2t/", true_recall=True)}
     seconds["rank"] = time.perf_counter() - t0
+
+    if config.hubness:
+        if query_bank is None:
+            raise ValueError(
+                f"EvalConfig.hubness={config.hubness!r} needs a query bank: pass query_bank= (queries from "
+                "outside the evaluated set, e.g. retrieval.search.build_query_bank on the training split)"
+            )
+        t0 = time.perf_counter()
+        metrics.update(_hubness_metrics(text_emb, image_emb, g, ks, config, query_bank))
+        seconds["hubness"] = time.perf_counter() - t0
+
+    calibration = None
+    if config.rerank:
+        head = match_head if match_head is not None else getattr(model, "match_head", None)
+        if head is None:
+            raise ValueError(
+                f"EvalConfig.rerank={config.rerank} needs a match head: train one (retrieval.match."
+                "train_match_head) and attach it to the model, or pass match_head="
+            )
+        from retrieval.evaluate.rerank_eval import rerank_metrics
+
+        t0 = time.perf_counter()
+        extra, calibration = rerank_metrics(head, text_emb, image_emb, g, t2i, i2t, ks, int(config.rerank))
+        metrics.update(extra)
+        seconds["rerank"] = time.perf_counter() - t0
 
     index = None
     if collection is not None:
@@ -184,6 +246,7 @@ def evaluate_model(
         fingerprint=fingerprint,
         seconds=seconds,
         model_info=_model_info(model),
+        calibration=calibration,
     )
 
 

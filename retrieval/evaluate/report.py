@@ -11,6 +11,7 @@ Files written (each atomically):
 * ``samples_t2i.png`` -- sample text queries with their top images; correct ones have a green border.
 * ``samples_i2t.png`` -- sample image queries with their top captions; correct ones in green.
 * ``queries_t2i.csv`` / ``queries_i2t.csv`` -- one row per query: ground truth, rank, top hits.
+* ``reliability.png`` -- with re-ranking: the match head's reliability diagram (ECE in the title).
 * ``zero_shot_confusion.png`` -- with zero-shot labels (and the per-class accuracy in the JSON).
 """
 
@@ -92,6 +93,50 @@ def rank_histogram(result: EvalResult) -> bytes:
     ax.set_title("Rank histogram")
     ax.legend()
     return _figure_png(fig)
+
+
+def reliability_plot(result: EvalResult) -> bytes:
+    from matplotlib.figure import Figure
+
+    bins = result.calibration or []
+    fig = Figure(figsize=(4.5, 4.5))
+    ax = fig.add_subplot()
+    used = [b for b in bins if b["count"]]
+    ax.bar([b["low"] for b in used], [b["accuracy"] for b in used], width=[b["high"] - b["low"] for b in used],
+           align="edge", edgecolor="black", alpha=0.7, label="fraction of matches")  # fmt: skip
+    ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    ax.set_xlabel("predicted match probability")
+    ax.set_ylabel("fraction that match")
+    ax.set_title(f"Match head reliability, ECE {result.metrics.get('match/ECE', float('nan')):.3f}")
+    ax.legend(loc="upper left")
+    return _figure_png(fig)
+
+
+def _extra_tables(result: EvalResult) -> list[str]:
+    """Markdown rows for hubness correction and re-ranking, beside the dense numbers."""
+    m, lines = result.metrics, []
+    for prefix, title in (
+        ("hub/", "With hubness correction"),
+        ("rerank/", "With re-ranking by the match head"),
+    ):
+        if f"{prefix}t2i/R@{result.ks[0]}" not in m:
+            continue
+        lines += [
+            "",
+            f"## {title}",
+            "",
+            "| K | t2i R@K | (dense) | i2t R@K | (dense) |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+        for k in result.ks:
+            lines.append(
+                f"| {k} | {m[f'{prefix}t2i/R@{k}']:.4f} | {m[f't2i/R@{k}']:.4f} "
+                f"| {m[f'{prefix}i2t/R@{k}']:.4f} | {m[f'i2t/R@{k}']:.4f} |"
+            )
+        if prefix == "rerank/":
+            lines += ["", f"Top {int(m['rerank/n'])} re-ranked; the head adds {m['rerank/ms_per_query']:.3f} ms "
+                      f"per query; ECE on the re-ranked pairs {m['match/ECE']:.4f}."]  # fmt: skip
+    return lines
 
 
 def confusion_plot(result: EvalResult) -> bytes:
@@ -269,6 +314,7 @@ def markdown_summary(result: EvalResult, files: list[str]) -> str:
             f"| {d} | {m[d + '/MRR']:.4f} | {m[d + '/median_rank']:g} | {m[d + '/mean_rank']:.2f} "
             f"| {int(m[d + '/n_queries'])} |"
         )
+    lines += _extra_tables(result)
     if result.index is not None:
         lines += ["", "## Exact search vs the collection's index", "", result.index.markdown()]
         if result.index.missing_images:
@@ -312,6 +358,8 @@ def write_report(result: EvalResult, directory: str | Path, *, n_samples: int = 
         )
     if result.zero_shot is not None:
         files["zero_shot_confusion.png"] = confusion_plot(result)
+    if result.calibration is not None:
+        files["reliability.png"] = reliability_plot(result)
     for name, data in files.items():
         atomic_write_bytes(out / name, data)
     atomic_write_text(out / "report.md", markdown_summary(result, sorted(files)))

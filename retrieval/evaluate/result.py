@@ -36,6 +36,7 @@ class EvalResult:
         model_info: where the model came from (hub id and revision, or folder and weights hash),
             when it was loaded by name (``retrieval.model.load_model``).
         seconds: wall time of each stage.
+        calibration: with re-ranking, the match head's reliability table on the re-ranked pairs.
     """
 
     metrics: dict[str, float]
@@ -53,6 +54,7 @@ class EvalResult:
     fingerprint: str | None = None
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     model_info: dict[str, Any] | None = None
+    calibration: list[dict[str, float]] | None = None
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary (what ``metrics.json`` holds)."""
@@ -80,6 +82,8 @@ class EvalResult:
                 "n_text_items": self.index.n_text_items,
                 "missing_images": self.index.missing_images,
             }
+        if self.calibration is not None:
+            out["calibration"] = [{k: _json_float(v) for k, v in row.items()} for row in self.calibration]
         if self.zero_shot is not None:
             out["zero_shot"] = {
                 "classes": self.zero_shot.classes,

@@ -5,13 +5,24 @@ This package's ``__init__`` is its public API; the modules behind it:
 * :mod:`~retrieval.search.searcher` -- :class:`Searcher` (a model paired with the collection it
   embedded) and :class:`Hit`.
 * :mod:`~retrieval.search.queries` -- checks of text queries, image queries and raw query vectors.
+* :mod:`~retrieval.search.hubness` -- hubness correction at query time (query-bank
+  normalisation: inverted softmax / QB-Norm, CSLS) and the :class:`QueryBank` stored beside a collection.
 * :mod:`~retrieval.search.oneshot` -- :func:`search_collection`: load the model, open the
   collection and query it in one call.
 """
 
 from __future__ import annotations
 
+from retrieval.search.hubness import Hubness, QueryBank, build_query_bank, query_bank_path
 from retrieval.search.oneshot import search_collection
 from retrieval.search.searcher import Hit, Searcher
 
-__all__ = ["Hit", "Searcher", "search_collection"]
+__all__ = [
+    "Hit",
+    "Hubness",
+    "QueryBank",
+    "Searcher",
+    "build_query_bank",
+    "query_bank_path",
+    "search_collection",
+]

@@ -31,6 +31,7 @@ import numpy as np
 from indexes.fingerprint import check_fingerprint
 from retrieval import encoding
 from retrieval.pretrained import describe_model_info
+from retrieval.search.hubness import Hubness, QueryBank, item_penalties, query_bank_path, rerank
 from retrieval.search.queries import ImageQuery, as_query_vectors, load_query_image, one_text
 
 __all__ = ["Hit", "Searcher"]
@@ -61,9 +62,30 @@ class Searcher:
     is used as it is, which is safe from several threads; a model in train mode is switched to
     eval mode and back around every call. ``device`` encodes there (the model moves for each
     call and back); leave it ``None`` to encode where the model is.
+
+    ``hubness`` (a :class:`~retrieval.search.hubness.Hubness`) corrects hubness at query time:
+    each text or image query asks for ``hubness.candidates`` dense candidates, re-ranked by
+    query-bank normalisation with ``query_bank`` (default: the bank stored beside the
+    collection, :func:`~retrieval.search.hubness.query_bank_path`). Hit scores are then the
+    corrected scores. Raw-vector searches are corrected when given ``query_modality``.
+
+    ``rerank=N`` re-orders the best ``N`` dense (or hubness-corrected) candidates of each text or
+    image query by the model's match head (:meth:`retrieval.model.TwinEncoder.match`), reading
+    the candidates' stored vectors: two-stage retrieval. Re-ranked hits carry the match
+    probability as their score; hits past ``N`` keep their dense score. The set of the best
+    ``max(N, k)`` candidates never changes, only its order.
     """
 
-    def __init__(self, model: Any, collection: Any, *, device: str | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        collection: Any,
+        *,
+        device: str | None = None,
+        hubness: Hubness | None = None,
+        query_bank: QueryBank | None = None,
+        rerank: int = 0,
+    ) -> None:
         self._owns = isinstance(collection, (str, os.PathLike))
         if self._owns:
             from indexes import open_collection
@@ -77,6 +99,31 @@ class Searcher:
         except Exception:
             self.close()
             raise
+        self.hubness = hubness
+        self.query_bank = query_bank
+        if isinstance(rerank, bool) or not isinstance(rerank, (int, np.integer)) or rerank < 0:
+            self.close()
+            raise ValueError(f"rerank must be an int >= 0 (0: no re-ranking); received {rerank!r}")
+        self.rerank = int(rerank)
+        if self.rerank and getattr(model, "match_head", None) is None:
+            self.close()
+            raise ValueError(
+                "rerank needs a model with a match head (retrieval.match.train_match_head, then "
+                "model.attach_match_head or a head saved beside the model)"
+            )
+        if hubness is not None and query_bank is None:
+            try:
+                self.query_bank = QueryBank.load(query_bank_path(collection.path))
+            except Exception:
+                self.close()
+                raise
+        if self.query_bank is not None and self.query_bank.fingerprint and collection.fingerprint:
+            check_fingerprint(
+                collection.fingerprint,
+                self.query_bank.fingerprint,
+                what=f"the query bank of collection {collection.path}",
+                fix="rebuild the query bank with the model that built the collection",
+            )
         self._has_modality = "modality" in set(collection.fields())
         self._single: tuple[int, str | None] = (-1, None)  # (collection size, its only modality)
 
@@ -166,8 +213,13 @@ class Searcher:
         modality: str | None = None,
         where: Mapping[str, Any] | None = None,
         refine: int | None = None,
+        query_modality: str | None = None,
     ) -> list[list[Hit]]:
-        """Hits for each row of raw query vectors [n, D] (rows normalised here)."""
+        """Hits for each row of raw query vectors [n, D] (rows normalised here).
+
+        ``query_modality`` ("text" / "image") says what the vectors encode; with it, a searcher
+        built with ``hubness`` re-ranks the dense candidates (class docstring).
+        """
         queries = as_query_vectors(vectors, self.collection.dim)
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive int; received {k!r}")
@@ -180,8 +232,57 @@ class Searcher:
         if len(queries) == 0:
             return []
         filters = self._filters(modality, where)
-        scores, ids = self.collection.search(queries, int(k), where=filters, refine=refine)  # [n, k] each
-        return self._hits(scores, ids)
+        if (self.hubness is None and not self.rerank) or query_modality is None:
+            scores, ids = self.collection.search(queries, int(k), where=filters, refine=refine)  # [n, k]
+            return self._hits(scores, ids)
+        if query_modality not in ("text", "image"):
+            raise ValueError(f"query_modality must be 'text', 'image' or None; received {query_modality!r}")
+        keep = max(int(k), self.rerank)
+        wide = max(keep, int(self.hubness.candidates) if self.hubness is not None else 0)
+        scores, ids = self.collection.search(queries, wide, where=filters, refine=refine)  # [n, c]
+        if self.hubness is not None:
+            scores, ids = self._corrected(scores, ids, query_modality, keep)  # [n, keep]
+        if self.rerank:
+            scores, ids = self._reranked(queries, scores, ids, query_modality)
+        return self._hits(scores[:, : int(k)], ids[:, : int(k)])
+
+    def _reranked(
+        self, queries: np.ndarray, scores: np.ndarray, ids: np.ndarray, query_modality: str
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The first ``rerank`` candidates of each row re-ordered by match probability (stable)."""
+        n = min(self.rerank, ids.shape[1])
+        head = self.model.match_head
+        scores, ids = scores.copy(), ids.copy()
+        valid = ids[:, :n] >= 0  # [q, n]
+        rows, cols = np.nonzero(valid)
+        if len(rows) == 0:
+            return scores, ids
+        unique, inverse = np.unique(ids[rows, cols], return_inverse=True)
+        items = self.collection.vectors(unique)[inverse]  # [m, D]
+        query_rows = queries[rows]  # [m, D]
+        if query_modality == "text":
+            probs = head.probabilities(items, query_rows)  # [m]
+        else:
+            probs = head.probabilities(query_rows, items)
+        table = np.full((len(ids), n), -np.inf)  # [q, n]; padding stays last
+        table[rows, cols] = probs
+        order = np.argsort(-table, axis=1, kind="stable")  # [q, n]
+        ids[:, :n] = np.take_along_axis(ids[:, :n], order, 1)
+        reordered = np.take_along_axis(table, order, 1)
+        scores[:, :n] = np.where(np.isfinite(reordered), reordered, scores[:, :n]).astype(scores.dtype)
+        return scores, ids
+
+    def _corrected(
+        self, scores: np.ndarray, ids: np.ndarray, query_modality: str, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The best ``k`` of the candidates ``[n, c]`` by hubness-corrected score."""
+        assert self.hubness is not None and self.query_bank is not None
+        unique = np.unique(ids[ids >= 0])  # [u]
+        if len(unique) == 0:
+            return scores[:, :k], ids[:, :k]
+        bank = self.query_bank.for_queries(query_modality)  # [B, D]
+        penalties = item_penalties(bank, self.collection.vectors(unique), self.hubness)  # [u]
+        return rerank(scores, ids, dict(zip(unique.tolist(), penalties.tolist())), k)
 
     # -- the four directions --------------------------------------------------------------------
     def text_to_image(
@@ -199,7 +300,7 @@ class Searcher:
         refine: int | None = None,
     ) -> list[list[Hit]]:
         return self.search_vectors(
-            self.encode_texts(queries), k, modality="image", where=where, refine=refine
+            self.encode_texts(queries), k, modality="image", where=where, refine=refine, query_modality="text"
         )
 
     def text_to_text(
@@ -216,7 +317,9 @@ class Searcher:
         where: Mapping[str, Any] | None = None,
         refine: int | None = None,
     ) -> list[list[Hit]]:
-        return self.search_vectors(self.encode_texts(queries), k, modality="text", where=where, refine=refine)
+        return self.search_vectors(
+            self.encode_texts(queries), k, modality="text", where=where, refine=refine, query_modality="text"
+        )
 
     def image_to_text(
         self,
@@ -237,7 +340,9 @@ class Searcher:
         where: Mapping[str, Any] | None = None,
         refine: int | None = None,
     ) -> list[list[Hit]]:
-        return self.search_vectors(self.encode_images(images), k, modality="text", where=where, refine=refine)
+        return self.search_vectors(
+            self.encode_images(images), k, modality="text", where=where, refine=refine, query_modality="image"
+        )
 
     def image_to_image(
         self,
@@ -259,7 +364,12 @@ class Searcher:
         refine: int | None = None,
     ) -> list[list[Hit]]:
         return self.search_vectors(
-            self.encode_images(images), k, modality="image", where=where, refine=refine
+            self.encode_images(images),
+            k,
+            modality="image",
+            where=where,
+            refine=refine,
+            query_modality="image",
         )
 
     def composed(

@@ -89,6 +89,11 @@ class ModelRunner:
             lambda items: model.encode_images(items, batch_size=max(1, len(items))), batch_size
         )
 
+    @property
+    def match_head(self) -> Any:
+        """The model's match head (re-ranking), or None."""
+        return getattr(self.model, "match_head", None)
+
     def fingerprint(self) -> str:
         return self._fingerprint
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -132,10 +133,15 @@ def api_router(service: Service) -> APIRouter:
         return check_k(k, config.max_k), check_where(where, fields), check_modality(modality)
 
     async def run_search(
-        served: ServedCollection, vector: np.ndarray, query: tuple[Any, ...], t0: float
+        served: ServedCollection,
+        vector: np.ndarray,
+        query: tuple[Any, ...],
+        t0: float,
+        query_modality: str | None = None,
     ) -> SearchOut:
         k, where, modality = query
-        hits = (await served.run(served.search, vector, k, where, modality))[0]
+        search = functools.partial(served.search, query_modality=query_modality)
+        hits = (await served.run(search, vector, k, where, modality))[0]
         return SearchOut(
             collection=served.name,
             k=k,
@@ -179,7 +185,7 @@ def api_router(service: Service) -> APIRouter:
         checks = await checked(served, query.k, query.where, query.modality)
         served.require_model()
         vector = await service.work(served.encode_texts, [text])  # [1, D]
-        return await run_search(served, vector, checks, t0)
+        return await run_search(served, vector, checks, t0, "text")
 
     @router.post("/{name}/search/image", summary="Search by an uploaded image (multipart form)")
     async def search_image(
@@ -195,7 +201,7 @@ def api_router(service: Service) -> APIRouter:
         served.require_model()
         data = await image.read(config.max_upload_bytes + 1)
         vector = await encode_image_bytes(served, data)
-        return await run_search(served, vector, checks, t0)
+        return await run_search(served, vector, checks, t0, "image")
 
     @router.post(
         "/{name}/search/url", summary="Search by an image URL (off unless the server allows image URLs)"
@@ -219,7 +225,7 @@ def api_router(service: Service) -> APIRouter:
             )
         )
         vector = await encode_image_bytes(served, data)
-        return await run_search(served, vector, checks, t0)
+        return await run_search(served, vector, checks, t0, "image")
 
     @router.post("/{name}/search/embedding", summary="Search by a raw query vector")
     async def search_embedding(name: str, query: EmbeddingQuery) -> SearchOut:

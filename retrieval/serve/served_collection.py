@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from retrieval.search import Hit, Searcher
+from retrieval.search import Hit, Hubness, Searcher
 from retrieval.serve.batching import ModelRunner
 from retrieval.serve.errors import bad_request, not_found
 from retrieval.serve.inputs import json_safe
@@ -86,8 +86,12 @@ class ServedCollection:
         mmap: bool = False,
         hidden_fields: Sequence[str] = (),
         opener: Callable[[str, bool], Any] = _open_collection,
+        hubness: str | None = None,
+        rerank: int = 0,
     ) -> None:
         self.name = name
+        self.hubness = Hubness(hubness) if hubness else None  # query-time hubness correction
+        self.rerank = int(rerank)  # dense top-N re-ranked by the model's match head
         self.location = os.fspath(path)  # a folder or a Milvus location (see indexes.location)
         self.path = Path(self.location)
         self.model = model
@@ -137,7 +141,8 @@ class ServedCollection:
 
     def _searcher_for(self, collection: Any) -> Searcher:
         try:
-            return Searcher(self.model, collection)  # checks the model's fingerprint and dim
+            # checks the model's fingerprint and dim (and the query bank's, with hubness correction)
+            return Searcher(self.model, collection, hubness=self.hubness, rerank=self.rerank)
         except BaseException:
             collection.close()
             raise
@@ -303,10 +308,12 @@ class ServedCollection:
         *,
         fetch: int | None = None,
         deduplicate: bool = False,
+        query_modality: str | None = None,
     ) -> list[list[Hit]]:
         """Best hits per query row, best first: ``k`` of them, or ``fetch`` when larger (for
         clip-retrieval's ``num_result_ids``; the caller trims what it shows); ``deduplicate`` drops
-        near-copies (cosine >= 0.94 to a better hit) from that list."""
+        near-copies (cosine >= 0.94 to a better hit) from that list. ``query_modality`` ("text" /
+        "image") lets the searcher apply hubness correction and re-ranking when configured."""
         searcher = self._fresh()
         c = searcher.collection
         # A hidden field is not filterable either: yes/no answers about it would reveal its values.
@@ -323,7 +330,9 @@ class ServedCollection:
                 f"query vector has dim {queries.shape[1]}, collection {self.name!r} has dim {c.dim}",
             )
         try:
-            rows = searcher.search_vectors(queries, max(k, fetch or 0), modality=modality, where=where)
+            rows = searcher.search_vectors(
+                queries, max(k, fetch or 0), modality=modality, where=where, query_modality=query_modality
+            )
         except (ValueError, TypeError, OverflowError) as exc:  # e.g. a filter value SQLite cannot hold
             raise bad_request("bad_query", f"search refused: {exc}") from None
         results = []

@@ -96,6 +96,8 @@ class Service:
                     reload_interval=config.reload_interval,
                     mmap=config.mmap,
                     hidden_fields=config.hidden_fields,
+                    hubness=config.hubness,
+                    rerank=config.rerank,
                 )
         except BaseException:
             self.close()

@@ -40,7 +40,15 @@ from retrieval.train.history import MetricsLog, plot_history, train_record
 from retrieval.train.optim import build_optimizer, set_lr
 from retrieval.train.plateau import plan_decay, schedule_factor, stop_reason
 from retrieval.train.result import Tally, TrainResult
-from retrieval.train.sampling import epoch_order, item_seed, plan_epoch, sample_weights
+from retrieval.train.sampling import (
+    MinedNeighbours,
+    compose_hard_batches,
+    epoch_order,
+    item_seed,
+    mine_neighbours,
+    plan_epoch,
+    sample_weights,
+)
 from retrieval.train.setup import (
     Precision,
     StopSignals,
@@ -122,6 +130,7 @@ class _Run:
         self.last_checkpoint: Path | None = None
         self.last_plot = -math.inf
         self.val_caches: dict[str, Any] = {}  # locked-tower outputs on the validation set
+        self.mined: tuple[int, MinedNeighbours] | None = None  # (epoch mined, neighbours): hard negatives
         n = len(self.train_pairs)
         self.steps_per_epoch = len(
             plan_epoch(n, config.batch_size, ctx.world_size, ctx.rank, config.grad_accum)
@@ -200,6 +209,8 @@ class _Run:
             return "max_steps"
         n = len(self.train_pairs)
         order = epoch_order(n, state.epoch, config.seed, self.weights)
+        if config.hard_negatives and state.epoch >= config.hard_negative_warmup:
+            order = self._hard_negative_order(order)
         plan = plan_epoch(n, config.batch_size, self.ctx.world_size, self.ctx.rank, config.grad_accum)
         remaining = plan[state.step_in_epoch :]
         batches = self._loader(order, remaining)
@@ -224,6 +235,19 @@ class _Run:
         if self.val_pairs is not None or self._checkpoint_due() or finished:
             self._checkpoint()
         return status
+
+    def _hard_negative_order(self, order: list[int]) -> list[int]:
+        """The epoch's random order recomposed into batches of neighbours (re-mined when due)."""
+        config, epoch = self.config, self.state.epoch
+        if self.mined is None or epoch - self.mined[0] >= config.hard_negative_every:
+            model = getattr(self.model, "module", self.model)
+            found = mine_neighbours(model, self.train_pairs.pairs, config.hard_negative_neighbours)
+            self.mined = (epoch, found)  # a run resumed mid-epoch mines again with the resumed weights
+        mined = self.mined[1]
+        return compose_hard_batches(
+            mined.neighbours, mined.pair_image, mined.captions, order,
+            config.batch_size * self.ctx.world_size, config.hard_negative_fraction,
+        )  # fmt: skip
 
     def _step(self, parts: StepParts, batches: Any, n_micro: int, tally: Tally, bar: Any) -> dict[str, Any]:
         """One optimizer step at the scheduled learning rate, seeded by its number; returns its record."""

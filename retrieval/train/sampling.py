@@ -8,11 +8,13 @@ as an uninterrupted run, with any number of DataLoader workers.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, WeightedRandomSampler
 
@@ -116,3 +118,100 @@ class SeededItems(Dataset):
             return self.dataset[index]
         finally:
             generator.set_state(state)
+
+
+def compose_hard_batches(
+    neighbours: np.ndarray,
+    pair_image: Sequence[int],
+    captions: Sequence[str],
+    base_order: Sequence[int],
+    batch_size: int,
+    fraction: float = 0.5,
+) -> list[int]:
+    """An epoch order whose consecutive ``batch_size`` chunks are neighbourhoods in the current space.
+
+    ``neighbours[p]`` lists image rows near the caption of pair ``p`` (nearest first, ``-1``
+    padded, its own positives already left out); ``pair_image[p]`` is the image row of pair ``p``.
+    Anchors are taken in ``base_order`` (the epoch's random order); each batch starts from an
+    unused anchor and grows breadth-first through the pairs of its neighbour images until
+    ``fraction`` of the batch is filled, then takes the next unused pairs of ``base_order``
+    (random, easier negatives). A batch never holds two pairs of one image nor two equal
+    captions, so no in-batch negative is a positive of another row, while pairs allow it; only
+    when nothing else is left does a batch take such a pair (the loss masks same-image rows).
+    Returns a permutation of ``range(len(base_order))``.
+    """
+    n = len(base_order)
+    pairs_of: dict[int, list[int]] = {}
+    for p in base_order:  # the pairs of each image, in the epoch's random order
+        pairs_of.setdefault(int(pair_image[p]), []).append(int(p))
+    used = np.zeros(n, dtype=bool)
+    order: list[int] = []
+    cursor = 0
+    hard_target = max(1, round(fraction * batch_size))
+
+    def fits(p: int, images: set[int], texts: set[str]) -> bool:
+        return not used[p] and int(pair_image[p]) not in images and captions[p] not in texts
+
+    for anchor in base_order:
+        if used[anchor]:
+            continue
+        batch, images, texts = [int(anchor)], {int(pair_image[anchor])}, {captions[anchor]}
+        used[anchor] = True
+        frontier = [int(anchor)]
+        while frontier and len(batch) < hard_target:
+            x = frontier.pop(0)
+            for row in neighbours[x]:
+                if row < 0 or len(batch) >= hard_target:
+                    break
+                p = next((q for q in pairs_of.get(int(row), ()) if fits(q, images, texts)), None)
+                if p is not None:
+                    batch.append(p)
+                    used[p] = True
+                    images.add(int(pair_image[p]))
+                    texts.add(captions[p])
+                    frontier.append(p)
+        while len(batch) < batch_size and cursor < n:  # the rest: the next unused pairs of the random order
+            p = int(base_order[cursor])
+            cursor += 1
+            if fits(p, images, texts):
+                batch.append(p)
+                used[p] = True
+                images.add(int(pair_image[p]))
+                texts.add(captions[p])
+        if len(batch) < batch_size:  # nothing compatible left: accept what remains
+            rest = [int(p) for p in base_order if not used[p]][: batch_size - len(batch)]
+            used[rest] = True
+            batch.extend(rest)
+            cursor = 0
+        order.extend(batch)
+    assert sorted(order) == list(range(n)), "hard-negative order must be a permutation"
+    return order
+
+
+@dataclasses.dataclass(frozen=True)
+class MinedNeighbours:
+    """What :func:`mine_neighbours` found, the input of :func:`compose_hard_batches`."""
+
+    neighbours: np.ndarray  # [N, k] image rows near each pair's caption, positives left out, -1 padded
+    pair_image: list[int]  # [N] image row of each pair
+    captions: list[str]  # [N] caption of each pair
+
+
+def mine_neighbours(model: Any, pairs: Sequence[Any], k: int = 16, *, device: Any = None) -> MinedNeighbours:
+    """Encode the training pairs with ``model`` (their images once each, and their captions) and find
+    each caption's ``k`` nearest other images in an :class:`indexes.Collection` of the image vectors
+    (:func:`retrieval.mining.hard_negatives`): its own image and images with the exact same caption
+    are left out."""
+    from retrieval import encoding
+    from retrieval.mining import caption_positives, hard_negatives
+
+    keys: dict[str, int] = {}
+    pair_image = [keys.setdefault(p.image_id, len(keys)) for p in pairs]
+    first_path: dict[int, str] = {}
+    for p, row in zip(pairs, pair_image):
+        first_path.setdefault(row, p.image)
+    captions = [p.caption for p in pairs]
+    images = encoding.encode_images(model, [first_path[r] for r in range(len(keys))], device=device).vectors
+    texts = encoding.encode_texts(model, captions, device=device).vectors  # [N, D]
+    near = hard_negatives(texts, images, caption_positives(captions, pair_image), k)  # [N, k]
+    return MinedNeighbours(near, pair_image, captions)

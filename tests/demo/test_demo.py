@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from pathlib import Path
 
 import pytest
 
@@ -37,7 +38,7 @@ def demo_run(tmp_path_factory):
     """One finished demo (200 emoji, ~40 training steps): its folder, command line and output."""
     root = tmp_path_factory.mktemp("demo")
     config_path = root / "demo-config.json"
-    DemoConfig(train=TINY_RECIPE, n_queries=2, seed=0).save(config_path)
+    DemoConfig(train=TINY_RECIPE, n_queries=2, seed=0, rerank=5).save(config_path)
     argv = ["demo", "--config", str(config_path), "--out", str(root / "out"), "--data", str(root / "data")]
     argv += ["--limit", "200", "--no-progress"]
     printed = io.StringIO()
@@ -56,10 +57,17 @@ def test_demo_runs_end_to_end_and_beats_chance(demo_run):
     assert (out / "report" / "metrics.json").is_file()
     assert (out / "report" / "samples_t2i.png").is_file()
     assert (out / "collection").is_dir()
+    assert (out / "collection.querybank.npz").is_file()  # the hubness query bank beside the collection
+    assert "with hubness correction" in printed
+    assert "re-ranking the top 5 with the match head" in printed
     assert f"retrieval serve {out / 'collection'} --model" in printed
     assert "text->image: " in printed and "image->text: " in printed
     summary = json.loads((out / "demo.json").read_text(encoding="utf-8"))
     metrics, chance = summary["metrics"], summary["chance"]
+    assert 0 <= metrics["hub/t2i/R@10"] <= 1 and 0 <= metrics["hub/i2t/R@10"] <= 1
+    assert 0 <= metrics["rerank/t2i/R@1"] <= 1
+    assert (Path(summary["train"]["model_dir"]) / "match_head").is_dir()
+    assert (out / "report" / "reliability.png").is_file()
     # unseen test emoji: clearly better than a random ranking
     assert metrics["t2i/R@5"] >= chance["t2i/R@5"] + 0.15, (metrics, chance)
     assert metrics["t2i/R@10"] >= chance["t2i/R@10"] + 0.1, (metrics, chance)

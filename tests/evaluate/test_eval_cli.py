@@ -83,3 +83,45 @@ def test_cli_reports_user_errors(dataset, tmp_path, capsys):
     argv = ["eval", "--model", str(model_dir), str(manifest), "--out", str(tmp_path / "r"), "-k", "0"]
     assert main(argv) == 1
     assert "ks must be positive" in capsys.readouterr().err
+
+
+def test_cli_hubness_with_a_query_bank(dataset, tmp_path, capsys):
+    manifest, model_dir, model = dataset
+    from retrieval.search import build_query_bank
+
+    bank_path = tmp_path / "bank.querybank.npz"
+    build_query_bank(model, read_pairs(manifest, id_column="id"), max_queries=6).save(bank_path)
+    out = tmp_path / "report"
+    argv = ["eval", "--model", str(model_dir), str(manifest), "--id-column", "id", "--out", str(out),
+            "-k", "1", "5", "--hubness", "csls", "--query-bank", str(bank_path), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    assert "hub t2i R@K" in capsys.readouterr().out
+    assert "hub/i2t/R@5" in json.loads((out / "metrics.json").read_text())["metrics"]
+    assert main([*argv[:-3], "--no-progress"]) == 1  # --hubness without a bank
+    assert "needs a query bank" in capsys.readouterr().err
+
+
+def test_cli_classify_and_match_smoke(dataset, tmp_path, capsys):
+    import shutil
+
+    manifest, model_dir, _ = dataset
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    clf = tmp_path / "clf"
+    argv = ["classify", "train", str(manifest), "--model", str(model), "--out", str(clf),
+            "--label-column", "label", "--fusion", "concat", "--epochs", "3"]  # fmt: skip
+    assert main(argv) == 0
+    assert main(["classify", "eval", str(manifest), "--model", str(model), "--classifier", str(clf),
+                 "--out", str(tmp_path / "report")]) == 0  # fmt: skip
+    assert (tmp_path / "report" / "confusion_both.png").is_file()
+    assert main(["classify", "predict", "--model", str(model), "--classifier", str(clf),
+                 "--text", "a red circle", "--top", "2"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "zero-shot" in printed and "report:" in printed
+    assert main(["match", "train", str(manifest), "--model", str(model), "--val", str(manifest),
+                 "--epochs", "2", "--negatives", "2"]) == 0  # fmt: skip
+    assert (model / "match_head").is_dir() and "temperature" in capsys.readouterr().out
+    argv = ["eval", "--model", str(model), str(manifest), "--id-column", "id", "--out", str(tmp_path / "r2"),
+            "--rerank", "3", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    assert (tmp_path / "r2" / "reliability.png").is_file()

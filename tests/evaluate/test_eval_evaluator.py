@@ -159,3 +159,119 @@ def test_query_csvs_escape_cells_a_spreadsheet_would_run(tmp_path):
     # escaped with a leading apostrophe, the text itself kept
     assert rows[0]["caption"] == "'" + FORMULAS[0] + " 0"
     assert all(r["rank"].isdigit() for r in rows)  # numbers stay numbers
+
+
+@pytest.mark.parametrize("method", ["isoftmax", "csls"])
+def test_hubness_metrics_equal_corrected_dense_scores(method):
+    import torch
+
+    from retrieval.evaluate.evaluator import _hubness_metrics
+    from retrieval.search import Hubness, QueryBank
+    from retrieval.search.hubness import item_penalties
+
+    rng = np.random.default_rng(0)
+
+    def unit(n: int) -> np.ndarray:
+        x = rng.standard_normal((n, 8)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    image, text, g = unit(10), unit(25), rng.integers(0, 10, 25)  # random: no ties
+    bank = QueryBank({"text": unit(7), "image": unit(6)})
+    config = EvalConfig(hubness=method, hubness_k=2, hubness_beta=5.0)
+    got = _hubness_metrics(torch.from_numpy(text), torch.from_numpy(image), g, (1, 5), config, bank)
+    hub = Hubness(method, beta=5.0, k=2)
+    p_img = item_penalties(bank.vectors["text"], image, hub)  # images are penalised for text queries
+    p_txt = item_penalties(bank.vectors["image"], text, hub)  # texts for image queries
+    t2i = retrieval_metrics(text @ image.T - p_img[None, :], g, ks=(1, 5))
+    i2t = retrieval_metrics(text @ image.T - p_txt[:, None], g, ks=(1, 5))
+    for key in ("t2i/R@1", "t2i/R@5", "t2i/MRR", "t2i/mean_rank"):
+        assert got[f"hub/{key}"] == pytest.approx(t2i[key], abs=1e-9)
+    for key in ("i2t/R@1", "i2t/R@5", "i2t/MRR", "i2t/mean_rank"):
+        assert got[f"hub/{key}"] == pytest.approx(i2t[key], abs=1e-9)
+
+
+def test_evaluate_model_adds_hubness_metrics_with_a_bank(pairs):
+    from retrieval.search import QueryBank
+
+    model = FileNameEncoder()
+    text, image = model.encode_texts(pairs.captions()), model.encode_images(pairs.images())
+    bank = QueryBank({"text": np.asarray(text[:5]), "image": np.asarray(image[:3])})
+    config = EvalConfig(hubness="csls", hubness_k=2)
+    result = evaluate_model(model, pairs, ks=(1, 5), config=config, query_bank=bank)
+    plain = evaluate_model(model, pairs, ks=(1, 5))
+    assert {k: v for k, v in result.metrics.items() if not k.startswith("hub/")} == plain.metrics
+    assert 0 <= result.metrics["hub/t2i/R@1"] <= 1 and "hubness" in result.seconds
+    with pytest.raises(ValueError, match="needs a query bank"):
+        evaluate_model(model, pairs, config=config)
+    with pytest.raises(ValueError, match="hubness"):
+        EvalConfig(hubness="qb")
+
+
+def _random_set(seed: int = 0):
+    rng = np.random.default_rng(seed)
+
+    def unit(n: int) -> np.ndarray:
+        x = rng.standard_normal((n, 8)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    image = unit(15)
+    g = np.concatenate([np.arange(15), rng.integers(0, 15, 15)])
+    text = image[g] + 0.9 * unit(len(g))
+    return text / np.linalg.norm(text, axis=1, keepdims=True), image, g
+
+
+def test_reranking_with_a_cosine_head_keeps_the_dense_metrics():
+    import torch
+
+    from retrieval.evaluate import retrieval_rankings_from_embeddings
+    from retrieval.evaluate.rerank_eval import rerank_metrics
+    from retrieval.match import MatchHead
+
+    text, image, g = _random_set()
+    t, i = torch.from_numpy(text), torch.from_numpy(image)
+    t2i, i2t = retrieval_rankings_from_embeddings(t, i, g)
+    dense = retrieval_metrics(text @ image.T, g, ks=(1, 5))
+    metrics, bins = rerank_metrics(MatchHead(8), t, i, g, t2i, i2t, (1, 5), n=5)  # monotone in the cosine
+    for key in ("t2i/R@1", "t2i/R@5", "i2t/R@1", "i2t/R@5"):
+        assert metrics[f"rerank/{key}"] == pytest.approx(dense[key])
+    assert sum(b["count"] for b in bins) == 5 * (len(text) + len(image))
+    assert 0 <= metrics["match/ECE"] <= 1 and metrics["rerank/ms_per_query"] >= 0
+
+
+def test_reranking_with_an_oracle_head_puts_every_found_match_first():
+    import torch
+
+    from retrieval.evaluate import retrieval_rankings_from_embeddings
+    from retrieval.evaluate.rerank_eval import rerank_metrics
+
+    text, image, g = _random_set(1)
+    pair_of = {(tuple(image[g[k]].round(5)), tuple(text[k].round(5))) for k in range(len(g))}
+
+    class Oracle:
+        def probabilities(self, u, v):
+            return np.array([float((tuple(a.round(5)), tuple(b.round(5))) in pair_of) for a, b in zip(u, v)])
+
+    t, i = torch.from_numpy(text), torch.from_numpy(image)
+    t2i, i2t = retrieval_rankings_from_embeddings(t, i, g)
+    metrics, _ = rerank_metrics(Oracle(), t, i, g, t2i, i2t, (1, 5), n=5)
+    dense = retrieval_metrics(text @ image.T, g, ks=(1, 5))
+    assert metrics["rerank/t2i/R@1"] == pytest.approx(dense["t2i/R@5"])  # found in the top 5 -> first
+    assert metrics["rerank/i2t/R@1"] == pytest.approx(dense["i2t/R@5"])
+    assert metrics["rerank/t2i/R@5"] == pytest.approx(dense["t2i/R@5"])  # nothing enters or leaves the top 5
+    assert metrics["match/ECE"] == pytest.approx(0.0)
+
+
+def test_evaluate_model_reranks_with_a_match_head_and_reports_calibration(pairs, tmp_path):
+    from retrieval.match import MatchHead
+
+    model = FileNameEncoder()
+    dim = model.encode_texts(["a"]).shape[1]
+    config = EvalConfig(rerank=3)
+    with pytest.raises(ValueError, match="needs a match head"):
+        evaluate_model(model, pairs, ks=(1, 5), config=config)
+    result = evaluate_model(model, pairs, ks=(1, 5), config=config, match_head=MatchHead(dim))
+    assert {"rerank/t2i/R@1", "rerank/i2t/R@5", "match/ECE", "rerank/ms_per_query"} <= set(result.metrics)
+    out = write_report(result, tmp_path / "report", n_samples=2)
+    assert (out / "reliability.png").is_file()
+    assert "re-ranking by the match head" in (out / "report.md").read_text()
+    assert len(json.loads((out / "metrics.json").read_text())["calibration"]) == 10

@@ -200,3 +200,27 @@ def test_package_root_is_lazy() -> None:
         "assert 'transformers' not in sys.modules  # only hf towers import it\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_match_head_is_saved_beside_the_model_and_keeps_the_fingerprint(cnn_gru, tmp_path):
+    from PIL import Image
+
+    from retrieval.match import MatchHead
+
+    images = [Image.new("RGB", (40, 40), c) for c in ("red", "blue")]
+    with pytest.raises(ValueError, match="no match head"):
+        cnn_gru.match(images, ["a red square", "a blue square"])
+    before = cnn_gru.fingerprint()
+    head = MatchHead(cnn_gru.embed_dim, hidden=8)
+    cnn_gru.attach_match_head(head)
+    assert cnn_gru.fingerprint() == before  # a head does not change what the embeddings are
+    probs = cnn_gru.match(images, ["a red square", "a blue square"])
+    assert probs.shape == (2,) and ((probs > 0) & (probs < 1)).all()
+    cnn_gru.save(tmp_path / "m")
+    loaded = TwinEncoder.load(tmp_path / "m", device="cpu")
+    assert (tmp_path / "m" / "match_head").is_dir() and loaded.fingerprint() == before
+    np.testing.assert_allclose(loaded.match(images, ["a red square", "a blue square"]), probs, rtol=1e-5)
+    with pytest.raises(ValueError, match="as many images as texts"):
+        loaded.match(images, ["one"])
+    with pytest.raises(ValueError, match="dim"):
+        loaded.attach_match_head(MatchHead(cnn_gru.embed_dim + 1))
