@@ -48,11 +48,11 @@ def main() -> None:
     dense = {**ranking_metrics(t2i, (1, 5, 10), "t2i/"), **ranking_metrics(i2t, (1, 5, 10), "i2t/")}
     rows = [("dense (no re-ranking)", [dense[k] for k in KEYS], "", "")]
     settings = {
-        "epochs 5 (default)": MatchConfig(),
-        "epochs 10": MatchConfig(epochs=10),
-        "epochs 20": MatchConfig(epochs=20),
-        "epochs 5, hidden 64": MatchConfig(hidden=64),
-        "epochs 5, 8 negatives": MatchConfig(negatives=8),
+        "epochs 5, hidden 64 (default)": MatchConfig(),
+        "epochs 10": MatchConfig(epochs=10, hidden=256),
+        "epochs 20": MatchConfig(epochs=20, hidden=256),
+        "epochs 5, hidden 256": MatchConfig(hidden=256),
+        "epochs 5, hidden 256, 8 negatives": MatchConfig(hidden=256, negatives=8),
     }
     for name, config in settings.items():
         t0 = time.process_time()
