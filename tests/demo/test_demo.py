@@ -38,7 +38,7 @@ def demo_run(tmp_path_factory):
     """One finished demo (200 emoji, ~40 training steps): its folder, command line and output."""
     root = tmp_path_factory.mktemp("demo")
     config_path = root / "demo-config.json"
-    DemoConfig(train=TINY_RECIPE, n_queries=2, seed=0, rerank=5).save(config_path)
+    DemoConfig(train=TINY_RECIPE, n_queries=2, seed=0, hubness="isoftmax", rerank=5).save(config_path)
     argv = ["demo", "--config", str(config_path), "--out", str(root / "out"), "--data", str(root / "data")]
     argv += ["--limit", "200", "--no-progress"]
     printed = io.StringIO()
