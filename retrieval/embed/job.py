@@ -108,7 +108,7 @@ def embed_corpus(
     items, item_skips = corpus_items(pairs, config.modality)
     source_skips += item_skips
     source = getattr(model, "source", None)
-    record = _model_record(model_dir, source, None)
+    record = _model_record(model_dir, source)
     model_info: dict[str, Any] = dict(source.info()) if source is not None else {}
     model_info.update({key: record[key] for key in ("model", "model_dir") if key in record})
     # A collection made by another model is refused before any work is done.
@@ -273,9 +273,9 @@ def _progress(total: int, enabled: bool) -> Any:
     return tqdm(total=total, unit="item", desc="embed", dynamic_ncols=True)
 
 
-def _model_record(model_dir: str | Path | None, source: Any, model_info: Any) -> dict[str, Any]:
-    """The state fields naming the model: ``model`` (any name :func:`retrieval.model.load_model`
-    takes), ``model_dir`` when it is a folder, and ``model_info``."""
+def _model_record(model_dir: str | Path | None, source: Any) -> dict[str, Any]:
+    """The fields naming the model: ``model`` (any name :func:`retrieval.model.load_model` takes)
+    and ``model_dir`` when it is a folder."""
     record: dict[str, Any] = {}
     hub_id = getattr(source, "hub_id", None)
     if model_dir is not None and not (hub_id and str(model_dir).partition("@")[0] == hub_id):
@@ -284,8 +284,6 @@ def _model_record(model_dir: str | Path | None, source: Any, model_info: Any) ->
         record["model"] = source.name
         if source.hub_id is None:
             record["model_dir"] = source.name
-    if model_info is not None:
-        record["model_info"] = model_info
     return record
 
 
