@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 
-from retrieval.cli.options import config_option, given
+from retrieval.cli.options import MODEL_HELP, config_option, given
 from retrieval.config import ClassifyConfig
 
 
@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     actions = p.add_subparsers(dest="action", required=True)
     train = actions.add_parser("train", help="fit a classifier on labelled pairs")
     train.add_argument("data", help="labelled pairs (manifest, image folder or .tar shards)")
-    train.add_argument("--model", required=True, help="model folder")
+    train.add_argument("--model", required=True, metavar="MODEL", help=MODEL_HELP)
     train.add_argument("--out", required=True, metavar="DIR", help="classifier folder to write")
     train.add_argument("--split", default=None, help="only rows of this split of DATA")
     option = functools.partial(config_option, train, ClassifyConfig)
@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "eval", help="accuracy, per-class report and confusion matrices, against zero-shot"
     )
     ev.add_argument("data", help="labelled pairs")
-    ev.add_argument("--model", required=True, help="model folder")
+    ev.add_argument("--model", required=True, metavar="MODEL", help=MODEL_HELP)
     ev.add_argument("--classifier", required=True, metavar="DIR", help="classifier folder")
     ev.add_argument("--out", required=True, metavar="REPORT_DIR", help="report folder")
     ev.add_argument("--split", default=None, help="only rows of this split of DATA")
@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.set_defaults(func=run_eval)
 
     pr = actions.add_parser("predict", help="class probabilities of an image, a text, or both")
-    pr.add_argument("--model", required=True, help="model folder")
+    pr.add_argument("--model", required=True, metavar="MODEL", help=MODEL_HELP)
     pr.add_argument("--classifier", required=True, metavar="DIR", help="classifier folder")
     pr.add_argument("--image", default=None, help="image path")
     pr.add_argument("--text", default=None, help="text")
@@ -60,10 +60,10 @@ def _pairs(data: str, split: str | None):  # type: ignore[no-untyped-def]
 
 def run_train(args: argparse.Namespace) -> int:
     from retrieval.classify import train_classifier
-    from retrieval.model import TwinEncoder
+    from retrieval.model import load_model
 
     config = ClassifyConfig().replace(**given(args, ClassifyConfig))
-    classifier = train_classifier(TwinEncoder.load(args.model), _pairs(args.data, args.split), config)
+    classifier = train_classifier(load_model(args.model), _pairs(args.data, args.split), config)
     classifier.save(args.out)
     config.save(f"{args.out}/train_config.json")
     print(f"{len(classifier.classes)} classes ({config.fusion} fusion) -> {args.out}")
@@ -75,7 +75,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from retrieval.classify import FusionClassifier, evaluate_classifier, write_classification_report
-    from retrieval.model import TwinEncoder
+    from retrieval.model import load_model
 
     classifier = FusionClassifier.load(args.classifier)
     column = args.label_column
@@ -85,7 +85,7 @@ def run_eval(args: argparse.Namespace) -> int:
             json.loads(meta.read_text())["label_column"] if meta.exists() else ClassifyConfig().label_column
         )
     report = evaluate_classifier(
-        TwinEncoder.load(args.model), classifier, _pairs(args.data, args.split), column
+        load_model(args.model), classifier, _pairs(args.data, args.split), column
     )
     out = write_classification_report(report, args.out)
     for inputs in ("image", "text", "both"):
@@ -98,11 +98,11 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     from retrieval.classify import FusionClassifier, predict
-    from retrieval.model import TwinEncoder
+    from retrieval.model import load_model
 
     if args.image is None and args.text is None:
         raise ValueError("give --image, --text, or both")
-    model = TwinEncoder.load(args.model)
+    model = load_model(args.model)
     classifier = FusionClassifier.load(args.classifier)
     image = model.encode_images([args.image]) if args.image else None
     text = model.encode_texts([args.text]) if args.text else None

@@ -144,3 +144,11 @@ def test_a_hub_id_works_everywhere_offline(hf_home, checkpoints, manifest, tmp_p
     assert main(["embed", str(manifest), "--model", "tiny-org/missing", "--out", str(tmp_path / "x")]) == 1
     err = capsys.readouterr().err
     assert "'tiny-org/missing' is not in the Hugging Face cache" in err and str(hf_home / "hub") in err
+
+
+def test_classify_takes_a_transformers_folder(checkpoints, manifest, tmp_path, capsys):
+    folder, clf = checkpoints["clip"], tmp_path / "clf"
+    argv = ["classify", "train", str(manifest), "--model", str(folder), "--out", str(clf),
+            "--label-column", "label", "--epochs", "1"]  # fmt: skip
+    assert main(argv) == 0
+    assert main(["classify", "predict", "--model", str(folder), "--classifier", str(clf), "--text", "a red car"]) == 0
