@@ -27,7 +27,7 @@ def main() -> None:
     import torch
 
     from retrieval.config import MatchConfig
-    from retrieval.demo import _split_vectors
+    from retrieval.demo import split_vectors
     from retrieval.evaluate import ranking_metrics, retrieval_rankings_from_embeddings
     from retrieval.evaluate.rerank_eval import rerank_metrics
     from retrieval.match import fit_match_head
@@ -42,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
 
     collection = (Path(args.demo) if args.demo else cache_dir("demo")) / "collection"
-    train, val = _split_vectors(collection, "train"), _split_vectors(collection, "val")
+    train, val = split_vectors(collection, "train"), split_vectors(collection, "val")
     texts, images = torch.from_numpy(np.asarray(val[1])), torch.from_numpy(np.asarray(val[0]))
     t2i, i2t = retrieval_rankings_from_embeddings(texts, images, val[3])
     dense = {**ranking_metrics(t2i, (1, 5, 10), "t2i/"), **ranking_metrics(i2t, (1, 5, 10), "i2t/")}

@@ -197,7 +197,7 @@ def _chance(n_images: int, n_texts_per_image: float, ks: Sequence[int]) -> dict[
     return out
 
 
-def _split_vectors(collection: Path, split: str) -> tuple[Any, Any, list[str], Any]:
+def split_vectors(collection: Path, split: str) -> tuple[Any, Any, list[str], Any]:
     """``(image vectors, caption vectors, captions, text_to_image)`` of one split, read back from the
     collection the demo embedded (no second encoding)."""
     from indexes import Collection
@@ -349,7 +349,7 @@ def run_demo(
         say(f"  {embedded}")
         bank = head = None
         if config.hubness or config.rerank:
-            train_vectors = _split_vectors(collection, "train")
+            train_vectors = split_vectors(collection, "train")
         if config.hubness:
             from retrieval.search import QueryBank, query_bank_path
 
@@ -360,7 +360,7 @@ def run_demo(
         if config.rerank:
             from retrieval.match import MATCH_HEAD_DIR, fit_match_head
 
-            fitted = fit_match_head(train_vectors, val=_split_vectors(collection, "val"))
+            fitted = fit_match_head(train_vectors, val=split_vectors(collection, "val"))
             head = fitted.head
             head.save(Path(train_summary["model_dir"]) / MATCH_HEAD_DIR)
             model.attach_match_head(head)

