@@ -362,7 +362,9 @@ class TrainConfig(ConfigBase):
     loss: str = "clip"  # retrieval.losses.LOSSES name: "clip" | "siglip" | "contrastive" | "triplet"
     optimizer: str = "adamw"  # "adamw" | "adam" | "sgd" (with momentum) | "adagrad" | "rmsprop"
     lr: float = 1e-3  # peak learning rate (reached after warmup; see schedule for what follows)
-    schedule: str = "plateau"  # "plateau": constant lr until validation plateaus, then a short decay; "cosine"
+    # "plateau": constant lr until validation plateaus, then a short decay; "reduce": the lr is cut by
+    # lr_reduce_factor at each plateau, at most max_lr_reductions times; "cosine": fixed in advance
+    schedule: str = "plateau"
     min_lr_ratio: float = 0.0  # final learning rate as a fraction of lr
     weight_decay: float = 0.3  # adamw/L2 decay, not on biases/norms/logit scale (0.3: best val on OpenMoji)
     momentum: float = 0.9  # sgd and rmsprop momentum
@@ -371,6 +373,8 @@ class TrainConfig(ConfigBase):
     epochs: int = 100  # most passes over the training pairs ("plateau": a cap; "cosine": the schedule's length)
     max_steps: int | None = None  # stop after this many optimizer steps (also caps the schedule length)
     decay_fraction: float = 0.2  # "plateau": the decay lasts this share of the epochs trained before it (>= 1)
+    lr_reduce_factor: float = 0.5  # "reduce": the learning rate is multiplied by this at each plateau
+    max_lr_reductions: int = 4  # "reduce": the plateau after this many cuts (or after a cut without gain) stops
     time_budget: float | None = None  # stop (with a checkpoint) after this many seconds of training
     batch_size: int = 128  # pairs per micro-batch per process (the negatives each pair is contrasted with)
     grad_accum: int = 1  # micro-batches per optimizer step
@@ -400,7 +404,7 @@ class TrainConfig(ConfigBase):
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "optimizer": ("adamw", "adam", "sgd", "adagrad", "rmsprop"),
         "precision": ("auto", "fp32", "bf16", "fp16"),
-        "schedule": ("plateau", "cosine"),
+        "schedule": ("plateau", "reduce", "cosine"),
     }
 
     def __post_init__(self) -> None:
@@ -431,6 +435,11 @@ class TrainConfig(ConfigBase):
             )
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
             raise ValueError(f"TrainConfig.clip_grad_norm must be > 0 or None; got {self.clip_grad_norm!r}")
+        if not 0 < self.lr_reduce_factor < 1 or self.max_lr_reductions < 0:
+            raise ValueError(
+                f"TrainConfig.lr_reduce_factor must be in (0, 1) and max_lr_reductions >= 0; received "
+                f"{self.lr_reduce_factor!r} and {self.max_lr_reductions!r}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

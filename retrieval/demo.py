@@ -180,7 +180,7 @@ def _train(config: DemoConfig, data: OpenmojiDataset, run_dir: Path, echo: Echo)
 
 def _length(config: Any, budget: float | None) -> str:
     """How long training runs, in words."""
-    if config.schedule == "plateau" and config.early_stopping_patience:
+    if config.schedule in ("plateau", "reduce") and config.early_stopping_patience:
         text = f"until validation plateaus (at most {config.epochs} epochs"
     else:
         text = f"{config.epochs} epochs (at most"

@@ -29,6 +29,8 @@ class LoopState:
     decay_start: int | None = None  # "plateau" schedule: step where the decay began (None: not yet)
     decay_steps: int = 0  # "plateau" schedule: length of the decay in optimizer steps
     decay_reason: str = ""  # why the decay began ("plateau" | "cap")
+    reductions: int = 0  # "reduce" schedule: plateaus that cut the learning rate so far
+    reduced_ref: float | None = None  # "reduce" schedule: gain_ref when the last cut was made
 
     def after_step(self) -> LoopState:
         """One optimizer step later."""
@@ -56,6 +58,17 @@ class LoopState:
     def with_decay(self, steps: int, reason: str) -> LoopState:
         """The decay phase of the "plateau" schedule starts now and lasts ``steps`` optimizer steps."""
         return dataclasses.replace(self, decay_start=self.step, decay_steps=steps, decay_reason=reason)
+
+    def with_reduction(self) -> LoopState:
+        """The "reduce" schedule cuts the learning rate now; patience counts afresh."""
+        return dataclasses.replace(
+            self, reductions=self.reductions + 1, reduced_ref=self.gain_ref, bad_epochs=0
+        )
+
+    @property
+    def gained_since_reduction(self) -> bool:
+        """A gain was made since the last cut of the learning rate (or none was made yet)."""
+        return self.reductions == 0 or self.gain_ref != self.reduced_ref
 
     @property
     def decay_done(self) -> bool:

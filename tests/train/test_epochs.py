@@ -238,3 +238,70 @@ def test_a_run_saved_before_schedules_existed_resumes_only_as_cosine(config):
     with pytest.raises(ValueError, match=r"cannot resume.*schedule: 'cosine' -> 'plateau'"):
         train(config.replace(val_data=None, max_steps=3), resume=True)
     assert train(config.replace(schedule="cosine", val_data=None, max_steps=3), resume=True).steps == 3
+
+
+def test_reduce_cuts_the_lr_at_each_plateau_and_stops_when_a_cut_gains_nothing(config, monkeypatch):
+    # 4 steps per epoch, patience 2: gains to epoch 2, plateau after 4 -> cut to 0.5x; a gain at
+    # epoch 5, plateau after 7 -> cut to 0.25x; no gain in epochs 8-9 -> stop after epoch 9
+    values = [0.1, 0.2, 0.2, 0.2, 0.3, 0.3, 0.3, 0.3, 0.3, 0.9]
+    _synthetic_validation(monkeypatch, values)
+    config = config.replace(
+        schedule="reduce", epochs=50, early_stopping_patience=2, min_improvement=0.01, lr_reduce_factor=0.5
+    )
+    result = train(config)
+    assert result.status == "early_stopped" and result.epochs_completed == 9
+    assert "no gain since the last of 2 cut(s)" in result.stop_reason
+    assert result.best_metric == 0.3
+    records = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in records if r["kind"] == "train"]
+    assert lrs[2:16] == [config.lr] * 14  # stable after the 2-step warmup until the first plateau
+    assert lrs[16:28] == pytest.approx([config.lr * 0.5] * 12)
+    assert lrs[28:] == pytest.approx([config.lr * 0.25] * 8)
+
+
+def test_reduce_stops_after_its_last_cut(config):
+    from retrieval.train.plateau import plan_decay, schedule_factor, stop_reason
+
+    reduce = config.replace(schedule="reduce", lr_reduce_factor=0.1, max_lr_reductions=2, warmup_steps=0)
+    state = LoopState(step=40, epoch=10, gain_ref=0.3, bad_epochs=3)
+    cut, stop = plan_decay(reduce, state, True, 4, 400)
+    assert not stop and (cut.reductions, cut.bad_epochs, cut.reduced_ref) == (1, 0, 0.3)
+    assert schedule_factor(reduce, cut, 41, 400) == pytest.approx(0.1)
+    assert plan_decay(reduce, cut, False, 4, 400) == (cut, False)
+    # a gain since the cut, then another plateau: a second cut; then the plateau after the last cut stops
+    gained = dataclasses.replace(cut, gain_ref=0.4)
+    second, stop = plan_decay(reduce, gained, True, 4, 400)
+    assert not stop and second.reductions == 2
+    assert schedule_factor(reduce, second, 41, 400) == pytest.approx(0.01)
+    last = dataclasses.replace(second, gain_ref=0.5)
+    assert plan_decay(reduce, last, True, 4, 400) == (last, True)
+    assert "after 2 cut(s)" in stop_reason("early_stopped", reduce, last)
+    # without validation it decays to the cap like "plateau"
+    capped, stop = plan_decay(reduce, LoopState(step=40, epoch=10), False, 4, 44)
+    assert not stop and capped.decay_reason == "cap"
+
+
+def test_resume_across_a_reduction_is_bit_identical(config, tmp_path):
+    config = config.replace(
+        model=config.model.replace(dropout=0.2),
+        schedule="reduce",
+        lr=1e-9,
+        warmup_steps=0,
+        epochs=50,
+        early_stopping_patience=1,
+        min_improvement=0.5,
+        checkpoint_every=0,
+    )
+    # no gain reaches min_improvement: a cut after epoch 2, the stop after epoch 3 (no gain since)
+    whole = train(config.replace(out_dir=str(tmp_path / "whole")))
+    assert whole.status == "early_stopped" and whole.epochs_completed == 3
+    assert train(config, callback=lambda record: record["step"] == 10).status == "interrupted"
+    resumed = train(config, resume=True)
+    assert (resumed.steps, resumed.epochs_completed, resumed.stop_reason) == (
+        whole.steps,
+        whole.epochs_completed,
+        whole.stop_reason,
+    )
+    a = load_file(str(whole.run_dir / "final" / "model.safetensors"))
+    b = load_file(str(resumed.run_dir / "final" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
