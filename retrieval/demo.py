@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.config import DemoConfig, EmbedConfig, EvalConfig
+from retrieval.config import DemoConfig, EmbedConfig, EvalConfig, TrainConfig
 from retrieval.datasets import OpenmojiDataset, build_openmoji
 from retrieval.io import atomic_write_text
 from retrieval.paths import cache_dir
@@ -90,6 +90,26 @@ def _settings(config: DemoConfig, data: OpenmojiDataset) -> dict[str, Any]:
         "rerank": config.rerank,
         "train": config.train.replace(progress=True).to_dict(),
     }
+
+
+def same_settings(saved: Any, current: Any, defaults: Any = None) -> bool:
+    """Whether a finished demo's ``saved`` settings match ``current``. A field the toolkit added since
+    that demo ran (absent from ``saved``) matches when it holds its default, so an upgrade alone
+    does not force a rerun; any other difference does."""
+    if defaults is None:
+        defaults = {"train": TrainConfig().to_dict()}
+    if not (isinstance(saved, dict) and isinstance(current, dict)):
+        return bool(saved == current)
+    if set(saved) - set(current):
+        return False
+    for key, value in current.items():
+        default = defaults.get(key) if isinstance(defaults, dict) else None
+        if key not in saved:
+            if not isinstance(defaults, dict) or key not in defaults or defaults[key] != value:
+                return False
+        elif not same_settings(saved[key], value, default if default is not None else {}):
+            return False
+    return True
 
 
 def _remove_parts(out: Path) -> None:
@@ -309,7 +329,7 @@ def run_demo(
     if fresh:
         _remove_parts(out)
     previous = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else None
-    reused = previous is not None and previous.get("settings") == settings
+    reused = previous is not None and same_settings(previous.get("settings"), settings)
     if previous is not None and not reused:
         raise ValueError(
             f"{out} holds a finished demo with other settings: rerun with --fresh to replace it, "

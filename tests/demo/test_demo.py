@@ -106,3 +106,20 @@ def test_chance_levels():
     assert chance["t2i/R@10"] == pytest.approx(0.1)
     assert chance["i2t/R@10"] == pytest.approx(0.1)
     assert _chance(5, 2.0, (10,))["t2i/R@10"] == 1.0
+
+
+def test_a_demo_from_before_a_new_default_field_is_reused_but_not_one_with_other_values():
+    from retrieval.config import TrainConfig
+    from retrieval.demo import same_settings
+
+    current = {"seed": 0, "hubness": None, "train": TrainConfig().to_dict()}
+    older = {"seed": 0, "hubness": None, "train": TrainConfig().to_dict()}
+    del older["train"]["max_lr_reductions"]  # written before the field existed
+    del older["train"]["model"]["dropout"]
+    assert same_settings(older, current)
+    changed = {**current, "train": TrainConfig(max_lr_reductions=2).to_dict()}
+    assert not same_settings(older, changed)  # the new field set to another value
+    assert not same_settings({**older, "seed": 1}, current)
+    assert not same_settings({**older, "gone": 1}, current)  # a setting this version no longer has
+    lr = {**current, "train": {**current["train"], "lr": 0.5}}
+    assert not same_settings(older, lr)
