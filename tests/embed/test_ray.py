@@ -40,7 +40,16 @@ def local_ray():
     ray.cloudpickle.register_pickle_by_value(sys.modules[KeywordEncoder.__module__])
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_AUTH_MODE", "disabled")  # no token written to the home folder
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=os.environ["RAY_TMPDIR"])
+        for attempt in (1, 2):
+            try:
+                ray.init(
+                    num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=os.environ["RAY_TMPDIR"]
+                )
+                break
+            except Exception as exc:  # Ray gives its node a fixed 30 s to start; a loaded machine can miss it
+                ray.shutdown()
+                if attempt == 2 or "timed out during startup" not in str(exc):
+                    raise
         yield ray
         ray.shutdown()
 
