@@ -11,6 +11,7 @@ with the same settings is a cache hit (then nothing is rendered).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -166,3 +167,39 @@ def write_manifests(
     full = {"name": info["name"], "settings": info["settings"], "counts": counts, **info}
     atomic_write_text(manifest_dir / "dataset.json", json.dumps(full, indent=2, ensure_ascii=False) + "\n")
     return counts
+
+
+def render_svg_png(
+    size: int, *, path: str | os.PathLike[str] | None = None, text: str | None = None
+) -> bytes:
+    """Render an SVG (a file ``path`` or a document ``text``) to an RGB PNG of ``size`` x ``size``
+    pixels on white, with ``resvg-py`` (``cairosvg`` as a fallback)."""
+    from PIL import Image
+
+    if (path is None) == (text is None):
+        raise ValueError("render_svg_png needs exactly one of path= or text=")
+    try:
+        import resvg_py
+
+        source = {"svg_path": str(path)} if path is not None else {"svg_string": text}
+        png = resvg_py.svg_to_bytes(
+            **source, width=size, height=size, background="#ffffff", skip_system_fonts=True
+        )
+    except ImportError:
+        try:
+            import cairosvg
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                "rendering SVGs needs an SVG renderer: pip install resvg-py (or cairosvg)"
+            ) from exc
+        source = {"url": str(path)} if path is not None else {"bytestring": str(text).encode("utf-8")}
+        png = cairosvg.svg2png(**source, output_width=size, output_height=size, background_color="white")
+    image = Image.open(io.BytesIO(bytes(png)), formats=("PNG",))
+    if image.mode != "RGB":
+        canvas = Image.new("RGB", image.size, (255, 255, 255))
+        rgba = image.convert("RGBA")
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        image = canvas
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()

@@ -21,7 +21,6 @@ with the same settings renders nothing.
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import os
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ from retrieval.datasets._build import (
     package_version,
     rank,
     render_missing,
+    render_svg_png,
     write_manifests,
 )
 from retrieval.paths import cache_dir
@@ -147,33 +147,7 @@ def icons_catalogue(
 
 def render_svg_text(svg: str, size: int) -> bytes:
     """Render an SVG document (a string) to an RGB PNG of ``size`` x ``size`` pixels on white."""
-    from PIL import Image
-
-    try:
-        import resvg_py
-
-        png = resvg_py.svg_to_bytes(
-            svg_string=svg, width=size, height=size, background="#ffffff", skip_system_fonts=True
-        )
-    except ImportError:
-        try:
-            import cairosvg
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "rendering icons needs an SVG renderer: pip install resvg-py (or cairosvg)"
-            ) from exc
-        png = cairosvg.svg2png(
-            bytestring=svg.encode("utf-8"), output_width=size, output_height=size, background_color="white"
-        )
-    image = Image.open(io.BytesIO(bytes(png)), formats=("PNG",))
-    if image.mode != "RGB":
-        canvas = Image.new("RGB", image.size, (255, 255, 255))
-        rgba = image.convert("RGBA")
-        canvas.paste(rgba, mask=rgba.getchannel("A"))
-        image = canvas
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
+    return render_svg_png(size, text=svg)
 
 
 def build_icons(

@@ -26,7 +26,6 @@ renders nothing.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 import os
@@ -44,6 +43,7 @@ from retrieval.datasets._build import (
     package_version,
     rank,
     render_missing,
+    render_svg_png,
     write_manifests,
 )
 from retrieval.paths import cache_dir
@@ -324,33 +324,7 @@ def openmoji_catalogue(
 
 def render_svg(svg_path: str | os.PathLike[str], size: int) -> bytes:
     """Render an SVG file to an RGB PNG of ``size`` x ``size`` pixels on white."""
-    from PIL import Image
-
-    try:
-        import resvg_py
-
-        png = resvg_py.svg_to_bytes(
-            svg_path=str(svg_path), width=size, height=size, background="#ffffff", skip_system_fonts=True
-        )
-    except ImportError:
-        try:
-            import cairosvg
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "rendering OpenMoji needs an SVG renderer: pip install resvg-py (or cairosvg)"
-            ) from exc
-        png = cairosvg.svg2png(
-            url=str(svg_path), output_width=size, output_height=size, background_color="white"
-        )
-    image = Image.open(io.BytesIO(bytes(png)), formats=("PNG",))
-    if image.mode != "RGB":
-        canvas = Image.new("RGB", image.size, (255, 255, 255))
-        rgba = image.convert("RGBA")
-        canvas.paste(rgba, mask=rgba.getchannel("A"))
-        image = canvas
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
+    return render_svg_png(size, path=svg_path)
 
 
 # --------------------------------------------------------------------------- build
