@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from retrieval.cli.train import apply_overrides
 from retrieval.config import TrainConfig
 from retrieval.data import read_pairs
 from retrieval.datasets import build_icons, build_openmoji
@@ -67,14 +68,7 @@ def setting_config(setting: str, data: Any, out_dir: Path, seed: int) -> TrainCo
     if "[" in setting and setting.endswith("]"):  # a variant: "default[decay_fraction=0.4,...]"
         name, _, overrides = setting[:-1].partition("[")
         config = setting_config(name, data, out_dir, seed)
-        changes = {}
-        for item in overrides.split(";"):
-            key, _, value = item.partition("=")
-            current = getattr(config, key.strip())
-            changes[key.strip()] = (
-                None if value == "None" else type(current)(value) if current is not None else float(value)
-            )
-        return config.replace(**changes)
+        return TrainConfig.from_dict(apply_overrides(config.to_dict(), overrides.split(";")))
     if setting == "default":
         return base
     if setting == "default-auto":
