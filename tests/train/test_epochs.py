@@ -165,6 +165,24 @@ def test_without_a_plateau_the_decay_ends_at_the_cap(config):
     assert lrs[2:8] == [config.lr] * 6 and lrs[8] == config.lr and lrs[11] < lrs[10] < lrs[9] < config.lr
 
 
+def _assert_same_run(whole, resumed) -> None:
+    """An interrupted and resumed run ended as the uninterrupted one: same stop, weights and lr per step."""
+    assert (resumed.status, resumed.steps, resumed.epochs_completed, resumed.stop_reason) == (
+        whole.status,
+        whole.steps,
+        whole.epochs_completed,
+        whole.stop_reason,
+    )
+    a = load_file(str(whole.run_dir / "final" / "model.safetensors"))
+    b = load_file(str(resumed.run_dir / "final" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    def lrs(run) -> list:
+        return [json.loads(x).get("lr") for x in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+
+    assert lrs(whole) == lrs(resumed)
+
+
 @pytest.mark.parametrize("stop_at", [11, 14], ids=["before-the-plateau-decision", "inside-the-decay"])
 def test_resume_across_a_plateau_decision_is_bit_identical(config, tmp_path, stop_at):
     # real validation; no gain can reach min_improvement: a plateau after epoch 3 (step 12), then
@@ -182,20 +200,7 @@ def test_resume_across_a_plateau_decision_is_bit_identical(config, tmp_path, sto
     assert whole.status == "early_stopped"
     stopped = train(config, callback=lambda record: record["step"] == stop_at)
     assert stopped.status == "interrupted"
-    resumed = train(config, resume=True)
-    assert (resumed.status, resumed.steps, resumed.epochs_completed) == (
-        whole.status,
-        whole.steps,
-        whole.epochs_completed,
-    )
-    a = load_file(str(whole.run_dir / "final" / "model.safetensors"))
-    b = load_file(str(resumed.run_dir / "final" / "model.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    lrs_whole = [json.loads(x).get("lr") for x in (whole.run_dir / "metrics.jsonl").read_text().splitlines()]
-    lrs_resumed = [
-        json.loads(x).get("lr") for x in (resumed.run_dir / "metrics.jsonl").read_text().splitlines()
-    ]
-    assert lrs_whole == lrs_resumed
+    _assert_same_run(whole, train(config, resume=True))
 
 
 def test_cli_no_auto_val_turns_the_split_off(config, tmp_path, monkeypatch, capsys):
@@ -296,12 +301,4 @@ def test_resume_across_a_reduction_is_bit_identical(config, tmp_path):
     whole = train(config.replace(out_dir=str(tmp_path / "whole")))
     assert whole.status == "early_stopped" and whole.epochs_completed == 3
     assert train(config, callback=lambda record: record["step"] == 10).status == "interrupted"
-    resumed = train(config, resume=True)
-    assert (resumed.steps, resumed.epochs_completed, resumed.stop_reason) == (
-        whole.steps,
-        whole.epochs_completed,
-        whole.stop_reason,
-    )
-    a = load_file(str(whole.run_dir / "final" / "model.safetensors"))
-    b = load_file(str(resumed.run_dir / "final" / "model.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    _assert_same_run(whole, train(config, resume=True))
