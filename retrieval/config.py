@@ -305,6 +305,35 @@ class MatchConfig(ConfigBase):
 
 
 @dataclasses.dataclass(frozen=True)
+class CrossMatchConfig(ConfigBase):
+    """How :func:`retrieval.match_cross.fit_cross_match_head` trains the cross-attention match head
+    (text tokens attending over image grid cells) on the frozen twin encoder's features."""
+
+    width: int = 128  # width the grid cells and tokens are projected to
+    layers: int = 1  # cross-attention blocks (tokens attend over grid cells)
+    heads: int = 4  # attention heads per block (width must divide by it)
+    hidden: int = 64  # width of the MLP on the pooled attended tokens
+    pool: int = 32  # nearest non-matching items mined from the index per caption and per image
+    negatives: int = 4  # hard negatives drawn from that pool per caption and per image, each epoch
+    epochs: int = 5  # passes over positives and fresh negatives
+    batch_size: int = 256  # pairs per optimizer step
+    lr: float = 1e-3  # AdamW learning rate
+    weight_decay: float = 1e-2  # AdamW weight decay
+    seed: int = 0  # head initialisation and negative draws
+
+    def __post_init__(self) -> None:
+        for name in ("width", "layers", "heads", "hidden", "pool", "negatives", "epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"CrossMatchConfig.{name} must be >= 1; received {getattr(self, name)!r}")
+        if self.width % self.heads:
+            raise ValueError(
+                f"CrossMatchConfig.width {self.width} is not divisible by heads {self.heads}; change one"
+            )
+        if not self.lr > 0:
+            raise ValueError(f"CrossMatchConfig.lr must be positive; received {self.lr!r}")
+
+
+@dataclasses.dataclass(frozen=True)
 class ClassifyConfig(ConfigBase):
     """How :func:`retrieval.classify.train_classifier` fits a classifier on the shared space."""
 

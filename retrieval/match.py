@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +40,15 @@ __all__ = [
     "MATCH_HEAD_DIR",
     "MatchHead",
     "MatchTrainResult",
+    "calibrate_on_mined_pairs",
     "calibration_bins",
     "expected_calibration_error",
     "fit_match_head",
+    "head_kind",
     "match_loss",
     "mined_pairs",
     "train_match_head",
+    "train_on_mined_pairs",
 ]
 
 MATCH_HEAD_DIR = "match_head"
@@ -93,26 +97,51 @@ class MatchHead(nn.Module):
     # --------------------------------------------------------------------- save / load
     def save(self, directory: str | os.PathLike[str]) -> None:
         """Write the head to ``directory`` (replaced atomically)."""
-        from safetensors.torch import save_model
-
-        with staged_directory(directory) as tmp:
-            atomic_write_json(tmp / _CONFIG, {"dim": self.dim, "hidden": self.hidden}, indent=2)
-            save_model(self, str(tmp / _WEIGHTS))
+        save_head(self, directory, {"kind": "pooled", "dim": self.dim, "hidden": self.hidden})
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], device: str | torch.device | None = None) -> MatchHead:
         """Read a head written by :meth:`save`."""
-        from safetensors.torch import load_model
-
-        directory = Path(directory)
-        if not (directory / _CONFIG).is_file():
-            raise FileNotFoundError(
-                f"{directory / _CONFIG} is missing: expected a folder written by MatchHead.save"
-            )
-        config = json.loads((directory / _CONFIG).read_text(encoding="utf-8"))
+        config = read_head_config(directory, "pooled")
         head = cls(int(config["dim"]), int(config["hidden"]))
-        load_model(head, str(directory / _WEIGHTS), strict=True)
-        return head.to(device or "cpu").eval()
+        return load_head_weights(head, directory, device)
+
+
+def save_head(head: nn.Module, directory: str | os.PathLike[str], config: dict[str, Any]) -> None:
+    """Write a head's JSON ``config`` (with its ``kind``) and weights to ``directory``, atomically."""
+    from safetensors.torch import save_model
+
+    with staged_directory(directory) as tmp:
+        atomic_write_json(tmp / _CONFIG, config, indent=2)
+        save_model(head, str(tmp / _WEIGHTS))
+
+
+def head_kind(directory: str | os.PathLike[str]) -> str:
+    """The ``kind`` of the head saved in ``directory``: "pooled" (:class:`MatchHead`; also for folders
+    written before kinds were recorded) or "cross" (:class:`retrieval.match_cross.CrossMatchHead`)."""
+    path = Path(directory) / _CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: expected a folder written by a match head's save()")
+    return str(json.loads(path.read_text(encoding="utf-8")).get("kind", "pooled"))
+
+
+def read_head_config(directory: str | os.PathLike[str], kind: str) -> dict[str, Any]:
+    """The JSON config of the head in ``directory``, checked to be of ``kind``."""
+    found = head_kind(directory)
+    if found != kind:
+        raise ValueError(
+            f"{directory} holds a {found!r} match head, not a {kind!r} one: load it with "
+            "retrieval.match_cross.load_match_head, which picks the class by kind"
+        )
+    return dict(json.loads((Path(directory) / _CONFIG).read_text(encoding="utf-8")))
+
+
+def load_head_weights(head: nn.Module, directory: str | os.PathLike[str], device: Any = None) -> Any:
+    """``head`` with the weights saved in ``directory`` (strictly), on ``device``, in eval mode."""
+    from safetensors.torch import load_model
+
+    load_model(head, str(Path(directory) / _WEIGHTS), strict=True)
+    return head.to(device or "cpu").eval()
 
 
 def match_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -211,6 +240,7 @@ def train_match_head(
 MatchData = tuple[
     np.ndarray, np.ndarray, list[str], np.ndarray
 ]  # images [I, D], texts [T, D], captions, t->i
+PairLogits = Callable[[np.ndarray, np.ndarray], torch.Tensor]  # (image rows, text rows) -> logits [b]
 
 
 def fit_match_head(
@@ -221,10 +251,29 @@ def fit_match_head(
     config = config or MatchConfig()
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    image_vecs, text_vecs, captions, g = train
-    head = MatchHead(image_vecs.shape[1], config.hidden)
+    head = MatchHead(train[0].shape[1], config.hidden)
+
+    def logits_of(data: MatchData) -> PairLogits:
+        u_all, v_all = torch.from_numpy(data[0]), torch.from_numpy(data[1])
+        return lambda img, txt: head.uncalibrated(u_all[img], v_all[txt])  # [b]
+
+    losses = train_on_mined_pairs(head, logits_of(train), train, config, rng)
+    before = after = None
+    if val is not None:
+        before, after = calibrate_on_mined_pairs(head, logits_of(val), val, config, rng)
+    return MatchTrainResult(head, losses, float(head.temperature), before, after)
+
+
+def train_on_mined_pairs(
+    head: nn.Module, logits_of: PairLogits, data: MatchData, config: Any, rng: np.random.Generator
+) -> list[float]:
+    """Train ``head`` with :func:`match_loss` on positives plus hard negatives drawn afresh each epoch
+    (:func:`mined_pairs` on ``data``'s vectors; the index is searched once). ``logits_of(image rows,
+    text rows)`` gives the head's uncalibrated logits of those pairs; ``config`` has ``pool``,
+    ``negatives``, ``epochs``, ``batch_size``, ``lr`` and ``weight_decay``. Returns each epoch's mean
+    loss; the head is left in eval mode."""
+    image_vecs, text_vecs, captions, g = data
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    u_all, v_all = torch.from_numpy(image_vecs), torch.from_numpy(text_vecs)
     mined = None
     losses = []
     for _ in range(config.epochs):
@@ -236,8 +285,8 @@ def fit_match_head(
         head.train()
         for s in range(0, len(order), config.batch_size):
             batch = order[s : s + config.batch_size]
-            logits = head.uncalibrated(u_all[img[batch]], v_all[txt[batch]])  # [b]
-            loss = match_loss(logits, torch.from_numpy(lab[batch]))
+            logits = logits_of(img[batch], txt[batch])  # [b]
+            loss = match_loss(logits, torch.from_numpy(lab[batch]).to(logits.device))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -245,17 +294,26 @@ def fit_match_head(
             seen += len(batch)
         losses.append(total / max(1, seen))
     head.eval()
-    before = after = None
-    if val is not None:
-        vi, vt, vcap, vg = val
-        img, txt, lab, _ = mined_pairs(vi, vt, vcap, vg, config.pool, config.negatives, rng)
-        with torch.no_grad():
-            logits = head.uncalibrated(torch.from_numpy(vi[img]), torch.from_numpy(vt[txt]))  # [n]
-        labels = torch.from_numpy(lab)
-        before = expected_calibration_error(torch.sigmoid(logits).numpy(), lab)
-        head.temperature.fill_(_fit_temperature(logits, labels))
-        after = expected_calibration_error(torch.sigmoid(logits / head.temperature).numpy(), lab)
-    return MatchTrainResult(head, losses, float(head.temperature), before, after)
+    return losses
+
+
+def calibrate_on_mined_pairs(
+    head: nn.Module, logits_of: PairLogits, data: MatchData, config: Any, rng: np.random.Generator
+) -> tuple[float, float]:
+    """Fit ``head.temperature`` on pairs mined from held-out ``data`` (as :func:`train_on_mined_pairs`
+    draws them); returns their ECE ``(before, after)`` temperature scaling."""
+    img, txt, lab, _ = mined_pairs(*data, config.pool, config.negatives, rng)
+    with torch.no_grad():
+        parts = [
+            logits_of(img[s : s + config.batch_size], txt[s : s + config.batch_size]).float().cpu()
+            for s in range(0, len(lab), config.batch_size)
+        ]
+    logits = torch.cat(parts) if parts else torch.zeros(0)  # [n]
+    labels = torch.from_numpy(lab)
+    before = expected_calibration_error(torch.sigmoid(logits).numpy(), lab)
+    head.temperature.fill_(_fit_temperature(logits, labels))
+    after = expected_calibration_error(torch.sigmoid(logits / float(head.temperature)).numpy(), lab)
+    return before, after
 
 
 def _fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:

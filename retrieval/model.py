@@ -179,15 +179,26 @@ class TwinEncoder(nn.Module):
         features = self.image_tower(pixel_values.to(self.device))  # [B, F_img]
         return F.normalize(self.image_projection(features).float(), dim=-1)  # [B, D]
 
-    def text_features(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Tokens from :meth:`tokenize` -> ``[B, D]`` unit vectors (differentiable)."""
+    def _ids_and_mask(self, tokens: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         input_ids = tokens["input_ids"].to(self.device)  # [B, L]
         attention_mask = tokens.get("attention_mask")
         mask = (
             torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(self.device)
         )  # [B, L]
-        features = self.text_tower(input_ids, mask)  # [B, F_txt]
+        return input_ids, mask
+
+    def text_features(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Tokens from :meth:`tokenize` -> ``[B, D]`` unit vectors (differentiable)."""
+        features = self.text_tower(*self._ids_and_mask(tokens))  # [B, F_txt]
         return F.normalize(self.text_projection(features).float(), dim=-1)  # [B, D]
+
+    def image_grid(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` -> the image tower's grid before pooling, ``[B, N, C]`` (no projection)."""
+        return self.image_tower.grid_features(pixel_values.to(self.device)).float()  # [B, N, C]
+
+    def text_token_features(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Tokens from :meth:`tokenize` -> the text tower's per-token features ``[B, L, H]`` (no projection)."""
+        return self.text_tower.token_features(*self._ids_and_mask(tokens)).float()  # [B, L, H]
 
     def forward(
         self, pixel_values: torch.Tensor, tokens: dict[str, torch.Tensor]

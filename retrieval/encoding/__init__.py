@@ -33,6 +33,8 @@ This package's ``__init__`` is its public API; the modules behind it:
 * :mod:`~retrieval.encoding.images` -- :func:`encode_images`, :func:`image_batches`,
   :func:`decoded_batches`.
 * :mod:`~retrieval.encoding.texts` -- :func:`encode_texts`, :func:`text_batches`.
+* :mod:`~retrieval.encoding.features` -- :func:`encode_grids`, :func:`encode_tokens` (features
+  before pooling, for the cross-attention match head).
 * :mod:`~retrieval.encoding.runtime` -- :func:`pick_device` and :func:`inference` (device and
   mode), :func:`prefetch` (the helper thread).
 * :mod:`~retrieval.encoding.batches` -- :class:`Encoded`, :class:`Skipped`, the default batch
@@ -42,6 +44,7 @@ This package's ``__init__`` is its public API; the modules behind it:
 from __future__ import annotations
 
 from retrieval.encoding.batches import IMAGE_BATCH_SIZE, TEXT_BATCH_SIZE, Encoded, Skipped
+from retrieval.encoding.features import encode_grids, encode_tokens
 from retrieval.encoding.images import decoded_batches, encode_images, image_batches
 from retrieval.encoding.runtime import inference, pick_device, prefetch
 from retrieval.encoding.texts import encode_texts, text_batches
@@ -52,8 +55,10 @@ __all__ = [
     "Encoded",
     "Skipped",
     "decoded_batches",
+    "encode_grids",
     "encode_images",
     "encode_texts",
+    "encode_tokens",
     "image_batches",
     "inference",
     "pick_device",

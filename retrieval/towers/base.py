@@ -2,7 +2,8 @@
 
 An image tower maps ``pixel_values [B, 3, H, W]`` to features ``[B, output_dim]`` and declares its
 own preprocessing (``image_transform``); a text tower tokenizes strings (``tokenize``) and maps the
-tokens to ``[B, output_dim]``. Both list their repeated ``blocks()`` (input to output) and the
+tokens to ``[B, output_dim]``. Towers may also expose what they pool: ``grid_features`` (image,
+``[B, N, C]``) and ``token_features`` (text, ``[B, L, H]``), read by the cross-attention match head. Both list their repeated ``blocks()`` (input to output) and the
 ``head()`` modules after them, which is what partial unfreezing works on.
 """
 
@@ -33,6 +34,14 @@ class ImageTower(nn.Module, abc.ABC):
     @abc.abstractmethod
     def image_transform(self, train: bool = False) -> Callable[[Image.Image], torch.Tensor]:
         ...
+
+    def grid_features(self, pixel_values: torch.Tensor) -> torch.Tensor:  # [B, 3, H, W] -> [B, N, C]
+        """The spatial grid before pooling (one row per cell or patch), what a cross-attention match
+        head attends over. Towers that cannot give one raise ``NotImplementedError``."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not expose grid features (grid_features), which the "
+            "cross-attention match head needs: use a cnn, vit or hf image tower"
+        )
 
     def preprocess_config(self) -> dict[str, Any]:
         """JSON-able description of the preprocessing (part of the model fingerprint)."""
@@ -67,6 +76,16 @@ class TextTower(nn.Module, abc.ABC):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> torch.Tensor:  # [B, L] -> [B, D]
         ...
+
+    def token_features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:  # [B, L] -> [B, L, H]
+        """One feature per token before pooling (padding positions hold anything: mask them), what a
+        cross-attention match head reads. Towers that cannot give them raise ``NotImplementedError``."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not expose token features (token_features), which the "
+            "cross-attention match head needs: use a gru, transformer or hf text tower"
+        )
 
     @abc.abstractmethod
     def preprocess_config(self) -> dict[str, Any]:

@@ -166,6 +166,15 @@ class HFImageTower(ImageTower):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         out = self.backbone(pixel_values=pixel_values)
+        return self._pool(out)  # [B, D]
+
+    def grid_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The backbone's ``last_hidden_state`` as rows: ``[B, T, H]`` (transformers: every token,
+        [CLS] included where the model has one) or a ``[B, C, h, w]`` map flattened to ``[B, h * w, C]``."""
+        hidden = self.backbone(pixel_values=pixel_values).last_hidden_state  # [B, T, H] or [B, C, h, w]
+        return hidden.flatten(2).transpose(1, 2) if hidden.dim() == 4 else hidden
+
+    def _pool(self, out: Any) -> torch.Tensor:
         pooled = getattr(out, "pooler_output", None)
         if pooled is None:
             hidden = out.last_hidden_state  # [B, T, H] or [B, C, h, w]
@@ -258,9 +267,16 @@ class HFTextTower(TextTower):
         attention_mask = torch.ones_like(input_ids) if mask is None else mask.long()  # [B, L]
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
         kwargs = {"attention_mask": attention_mask} if self._pass_mask else {}
-        out = self.backbone(input_ids=input_ids, **kwargs)
+        return self.backbone(input_ids=input_ids, **kwargs)
+
+    def token_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The backbone's ``last_hidden_state``: ``[B, L, H]`` (before any projection)."""
+        return self._run(input_ids, attention_mask).last_hidden_state  # [B, L, H]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self._run(input_ids, attention_mask)
         if self.pooling == "pooler":
             pooled = out.pooler_output  # [B, H]
             if pooled is None:

@@ -81,11 +81,18 @@ class CNNImageTower(_ScratchImageTower):
         self.norm = nn.LayerNorm(channels[-1])
         self.output_dim = channels[-1]
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def _feature_map(self, pixel_values: torch.Tensor) -> torch.Tensor:
         x = self.stem(pixel_values)  # [B, W, H/2, W/2]
         for stage in self.stages:
             x = stage(x)  # [B, C, h, w]
-        return self.norm(x.mean(dim=(2, 3)))  # [B, C]
+        return x
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.norm(self._feature_map(pixel_values).mean(dim=(2, 3)))  # [B, C]
+
+    def grid_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The last stage's feature map, one row per cell: ``[B, h * w, C]`` (what ``forward`` averages)."""
+        return self._feature_map(pixel_values).flatten(2).transpose(1, 2)  # [B, h*w, C]
 
     def blocks(self) -> list[nn.Module]:
         return list(self.stages)
@@ -132,7 +139,8 @@ class ViTImageTower(_ScratchImageTower):
         self.norm = nn.LayerNorm(width)
         self.output_dim = width
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def _states(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Final normed states, ``[B, 1 + N, W]``: [CLS] first, then the patches."""
         x = self.patch_embed(pixel_values).flatten(2).transpose(1, 2)  # [B, N, W]
         if x.shape[1] + 1 != self.position.shape[1]:
             raise ValueError(
@@ -142,7 +150,14 @@ class ViTImageTower(_ScratchImageTower):
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.position  # [B, N+1, W]
         for layer in self.layers:
             x = layer(x)  # [B, N+1, W]
-        return self.norm(x[:, 0])  # [B, W]
+        return self.norm(x)  # [B, N+1, W]
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self._states(pixel_values)[:, 0]  # [B, W]
+
+    def grid_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The patch tokens after the final norm (the [CLS] state left out): ``[B, N, W]``."""
+        return self._states(pixel_values)[:, 1:]  # [B, N, W]
 
     def blocks(self) -> list[nn.Module]:
         return list(self.layers)
@@ -182,7 +197,8 @@ class GRUTextTower(_ScratchTextTower):
         self.norm = nn.LayerNorm(2 * width)
         self.output_dim = 2 * width
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def token_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The last GRU layer's output per token (both directions): ``[B, L, 2W]``, zero at padding."""
         lengths = attention_mask.sum(1).clamp_min(1).cpu()  # [B]
         x = self.dropout(self.embed(input_ids))  # [B, L, W]
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
@@ -198,6 +214,10 @@ class GRUTextTower(_ScratchTextTower):
         hidden, _ = pad_packed_sequence(
             packed, batch_first=True, total_length=input_ids.shape[1]
         )  # [B, L, 2W]
+        return hidden
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.token_features(input_ids, attention_mask)  # [B, L, 2W]
         return self.norm(masked_mean(hidden, attention_mask))  # [B, 2W]
 
     def blocks(self) -> list[nn.Module]:
@@ -239,13 +259,17 @@ class TransformerTextTower(_ScratchTextTower):
         self.layers = image_tower.layers
         self.norm = image_tower.norm
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def token_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The final normed state of every token: ``[B, L, W]``."""
         length = input_ids.shape[1]
         x = self.embed(input_ids) + self.position[:, :length]  # [B, L, W]
         padding = attention_mask == 0  # [B, L] True where padded
         for layer in self.layers:
             x = layer(x, src_key_padding_mask=padding)  # [B, L, W]
-        x = self.norm(x)  # [B, L, W]
+        return self.norm(x)  # [B, L, W]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        x = self.token_features(input_ids, attention_mask)  # [B, L, W]
         return x[:, 0] if self.pooling == "cls" else masked_mean(x, attention_mask)  # [B, W]
 
     def blocks(self) -> list[nn.Module]:
