@@ -59,7 +59,9 @@ def encode_tokens(
                 hidden = model.text_token_features({k: v.to(target) for k, v in tokens.items()})  # [b, l, H]
             feats.append(hidden.float().cpu())
             mask = tokens.get("attention_mask")
-            masks.append(torch.ones(hidden.shape[:2], dtype=torch.bool) if mask is None else mask.bool().cpu())
+            masks.append(
+                torch.ones(hidden.shape[:2], dtype=torch.bool) if mask is None else mask.bool().cpu()
+            )
     length = max(f.shape[1] for f in feats)
     out = torch.zeros(len(texts), length, feats[0].shape[2])  # [n, L, H]
     out_mask = torch.zeros(len(texts), length, dtype=torch.bool)  # [n, L]
