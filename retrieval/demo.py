@@ -217,6 +217,15 @@ def _chance(n_images: int, n_texts_per_image: float, ks: Sequence[int]) -> dict[
     return out
 
 
+def _split_rows(meta: list[dict[str, Any]], split: str) -> tuple[list[int], list[int], dict[Any, int]]:
+    """``(image rows, caption rows, image row of each image_id)`` of one split in collection order;
+    captions whose image is not in the split are left out."""
+    image_rows = [i for i, m in enumerate(meta) if m.get("split") == split and m.get("modality") == "image"]
+    text_rows = [i for i, m in enumerate(meta) if m.get("split") == split and m.get("modality") == "text"]
+    row_of = {meta[i]["image_id"]: r for r, i in enumerate(image_rows)}
+    return image_rows, [i for i in text_rows if meta[i]["image_id"] in row_of], row_of
+
+
 def split_vectors(collection: Path, split: str) -> tuple[Any, Any, list[str], Any]:
     """``(image vectors, caption vectors, captions, text_to_image)`` of one split, read back from the
     collection the demo embedded (no second encoding)."""
@@ -225,17 +234,22 @@ def split_vectors(collection: Path, split: str) -> tuple[Any, Any, list[str], An
     with Collection.open(collection, read_only=True) as coll:
         ids = coll.ids()
         meta = coll.get(ids)
-        image_rows = [
-            i for i, m in enumerate(meta) if m.get("split") == split and m.get("modality") == "image"
-        ]
-        text_rows = [i for i, m in enumerate(meta) if m.get("split") == split and m.get("modality") == "text"]
-        row_of = {meta[i]["image_id"]: r for r, i in enumerate(image_rows)}
-        text_rows = [i for i in text_rows if meta[i]["image_id"] in row_of]
+        image_rows, text_rows, row_of = _split_rows(meta, split)
         images = coll.vectors(ids[image_rows])
         texts = coll.vectors(ids[text_rows])
     captions = [str(meta[i]["caption"]) for i in text_rows]
     g = np.array([row_of[meta[i]["image_id"]] for i in text_rows], dtype=np.int64)
     return images, texts, captions, g
+
+
+def split_image_paths(collection: Path, split: str) -> list[str]:
+    """The image file of each image row of :func:`split_vectors` (same split, same order)."""
+    from indexes import Collection
+
+    with Collection.open(collection, read_only=True) as coll:
+        meta = coll.get(coll.ids())
+    image_rows, _, _ = _split_rows(meta, split)
+    return [str(meta[i].get("path") or meta[i]["image_id"]) for i in image_rows]
 
 
 def _example_queries(model: Any, collection: Path, test_pairs: Any, config: DemoConfig) -> list[QueryResult]:
