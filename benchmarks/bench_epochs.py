@@ -5,11 +5,13 @@ into train / val / test by variant family, so test items are unseen), every sett
 default recipe and is scored on the test split with the model the run returns (``best/``):
 
 * ``default``: ``TrainConfig()`` as it is: constant learning rate until validation plateaus, then a
-  short decay, then stop (``epochs`` only a cap), validating on the set's val split (``--val``);
+  decay, then stop (``epochs`` only a cap), validating on the set's val split (``--val``), batches
+  partly grown from index-mined neighbourhoods after two epochs (hard negatives);
 * ``default-auto``: the same without ``--val``: the trainer holds out its own validation images
   from the training split (what ``retrieval train DATA --out DIR`` does);
-* ``cosine-10`` / ``-20`` / ``-40``: the previous default, warmup + cosine decay over exactly that
-  many epochs (no early stopping), validating on the val split.
+* ``cosine-10`` / ``-20`` / ``-40``: the recipe before validation decided its length: random
+  batches, warmup + cosine decay over exactly that many epochs (no early stopping), validating on
+  the val split.
 
 Quality depends only on the steps taken (seeded, deterministic on CPU), so the table is
 reproducible on a busy machine; the CPU seconds (``time.process_time``, all threads of this
@@ -75,7 +77,10 @@ def setting_config(setting: str, data: Any, out_dir: Path, seed: int) -> TrainCo
         return base.replace(val_data=None)
     if setting.startswith("cosine-"):
         return base.replace(
-            schedule="cosine", epochs=int(setting.split("-")[1]), early_stopping_patience=None
+            schedule="cosine",
+            epochs=int(setting.split("-")[1]),
+            early_stopping_patience=None,
+            hard_negatives=False,
         )
     raise ValueError(f"unknown setting {setting!r}; choose from {list(SETTINGS)}")
 

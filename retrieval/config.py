@@ -370,7 +370,9 @@ class TrainConfig(ConfigBase):
     (``val_fraction``); the learning rate warms up, stays constant until validation plateaus
     (``early_stopping_patience`` validations without a gain of ``min_improvement``), then decays
     over ``decay_fraction`` of the epochs trained so far, and training stops when the decay ends
-    (warmup-stable-decay with the decay started by the plateau; ``epochs`` is only a cap).
+    (warmup-stable-decay with the decay started by the plateau; ``epochs`` is only a cap). After
+    ``hard_negative_warmup`` epochs, every ``hard_negative_every`` epochs the training set is
+    embedded and half of each batch is grown from neighbourhoods of an index of it (hard negatives).
     ``schedule="cosine"`` instead decays over exactly ``epochs`` (or ``max_steps``). One
     optimizer step sees ``batch_size * grad_accum * world_size`` pairs; in-batch negatives come from
     each ``batch_size * world_size`` micro-batch (features are gathered across ranks), or from the
@@ -401,7 +403,7 @@ class TrainConfig(ConfigBase):
     warmup_steps: int = 50  # linear warmup from 0 to lr over this many optimizer steps
     epochs: int = 100  # most passes over the training pairs ("plateau": a cap; "cosine": the schedule's length)
     max_steps: int | None = None  # stop after this many optimizer steps (also caps the schedule length)
-    decay_fraction: float = 0.2  # "plateau": the decay lasts this share of the epochs trained before it (>= 1)
+    decay_fraction: float = 0.4  # "plateau": the decay lasts this share of the epochs before it, >= 1 epoch (0.4: measured)
     lr_reduce_factor: float = 0.5  # "reduce": the learning rate is multiplied by this at each plateau
     max_lr_reductions: int = 4  # "reduce": the plateau after this many cuts (or after a cut without gain) stops
     time_budget: float | None = None  # stop (with a checkpoint) after this many seconds of training
@@ -424,9 +426,9 @@ class TrainConfig(ConfigBase):
     progress: bool = True  # tqdm bar with loss and pairs/s (also off when stderr is not a terminal)
     augment: bool = True  # random crops / colour jitter on training images (the tower's train transform)
     cache_locked_features: bool = True  # fully locked tower: encode each caption (image: if not augment) once
-    hard_negatives: bool = False  # after a warm-up, batches are neighbourhoods mined from an index of the current space
+    hard_negatives: bool = True  # after a warm-up, batches are neighbourhoods mined from an index of the current space
     hard_negative_warmup: int = 2  # epochs of random batches before the first mining
-    hard_negative_every: int = 1  # epochs between re-embedding the training set (batches are recomposed every epoch)
+    hard_negative_every: int = 2  # epochs between re-embeddings of the training set (batches are recomposed every epoch)
     hard_negative_neighbours: int = 16  # nearest other images mined per caption
     hard_negative_fraction: float = 0.5  # share of each batch grown from neighbourhoods (the rest: random pairs)
 

@@ -148,7 +148,7 @@ def test_plateau_starts_the_decay_then_stops_and_keeps_the_best(config, monkeypa
 
 def test_best_model_is_the_best_epoch_not_the_last(config, monkeypatch):
     _synthetic_validation(monkeypatch, [0.5, 0.4, 0.3, 0.2])
-    result = train(config.replace(epochs=50, early_stopping_patience=2))
+    result = train(config.replace(epochs=50, early_stopping_patience=2, decay_fraction=0.2))
     assert result.status == "early_stopped" and result.epochs_completed == 4  # plateau after 3, decay 1
     assert result.best_metric == 0.5 and result.model_dir == result.run_dir / "best"
     best = load_file(str(result.run_dir / "best" / "model.safetensors"))
@@ -194,6 +194,7 @@ def test_resume_across_a_plateau_decision_is_bit_identical(config, tmp_path, sto
         epochs=50,
         early_stopping_patience=2,
         min_improvement=0.5,
+        decay_fraction=0.2,
         checkpoint_every=0,
     )
     whole = train(config.replace(out_dir=str(tmp_path / "whole")))
