@@ -150,23 +150,25 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def mean_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per set and setting, the mean over the seeds the default has run (settings that ran them all)."""
+    """Per set and setting, means over seeds the default has run: one group per seed set that some
+    setting shares with the default (at least two seeds), each with every setting that ran all of it."""
     means = []
     for name in dict.fromkeys(r["set"] for r in rows):
         group = [r for r in rows if r["set"] == name]
-        seeds = {r["seed"] for r in group if r["setting"] == "default"}
-        if len(seeds) < 2:
-            continue
-        for setting in dict.fromkeys(r["setting"] for r in group):
-            picked = [r for r in group if r["setting"] == setting and r["seed"] in seeds]
-            if {r["seed"] for r in picked} != seeds:
-                continue
-            mean = {
-                key: sum(r[key] for r in picked) / len(picked)
-                for key in ("epochs", "steps", "train_cpu_s", "load_1min", *(f"test/{k}" for k in KEYS))
-            }
-            seed_label = "mean " + ",".join(str(s) for s in sorted(seeds))
-            means.append({**picked[0], **mean, "seed": seed_label, "best_epoch": "-", "status": "-"})
+        settings = list(dict.fromkeys(r["setting"] for r in group))
+        ran = {s: {r["seed"] for r in group if r["setting"] == s} for s in settings}
+        shared = {frozenset(ran[s] & ran.get("default", set())) for s in settings}
+        for seeds in sorted((x for x in shared if len(x) >= 2), key=lambda x: (-len(x), sorted(x))):
+            for setting in settings:
+                if not seeds <= ran[setting]:
+                    continue
+                picked = [r for r in group if r["setting"] == setting and r["seed"] in seeds]
+                mean = {
+                    key: sum(r[key] for r in picked) / len(picked)
+                    for key in ("epochs", "steps", "train_cpu_s", "load_1min", *(f"test/{k}" for k in KEYS))
+                }
+                seed_label = "mean " + ",".join(str(s) for s in sorted(seeds))
+                means.append({**picked[0], **mean, "seed": seed_label, "best_epoch": "-", "status": "-"})
     return means
 
 
@@ -192,7 +194,7 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
         )
     means = mean_rows(rows)
     if means:
-        lines += ["", "Mean over the seeds the default ran (settings that ran all of them):", ""]
+        lines += ["", "Means over seeds the default ran (each seed set with the settings that ran all of it):", ""]
         lines += lines[4:6]  # the header of the table above
         for r in means:
             lines.append(
