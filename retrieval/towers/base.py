@@ -2,9 +2,11 @@
 
 An image tower maps ``pixel_values [B, 3, H, W]`` to features ``[B, output_dim]`` and declares its
 own preprocessing (``image_transform``); a text tower tokenizes strings (``tokenize``) and maps the
-tokens to ``[B, output_dim]``. Towers may also expose what they pool: ``grid_features`` (image,
-``[B, N, C]``) and ``token_features`` (text, ``[B, L, H]``), read by the cross-attention match head. Both list their repeated ``blocks()`` (input to output) and the
-``head()`` modules after them, which is what partial unfreezing works on.
+tokens to ``[B, output_dim]``. Both list their repeated ``blocks()`` (input to output) and the
+``head()`` modules after them, which is what partial unfreezing works on. Towers may also expose
+what they pool, read by the cross-attention match head: ``grid_features`` (image, ``[B, N, C]``)
+and ``token_features`` (text, ``[B, L, H]``); the base classes' versions raise a clear
+``NotImplementedError`` for towers that have no such features.
 """
 
 from __future__ import annotations
