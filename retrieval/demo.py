@@ -171,8 +171,8 @@ def _train(config: DemoConfig, data: OpenmojiDataset, run_dir: Path, echo: Echo)
     resume = (run_dir / "metrics.jsonl").exists()
     model = train_config.model
     echo(
-        f"[2/5] training the default recipe: {model.image_tower} image tower + {model.text_tower} text tower"
-        f"{' (locked)' if model.lock_text else ''}, {train_config.loss} loss, "
+        f"[2/5] training the default recipe: {model.image_tower} image tower{' (locked)' if model.image_locked else ''}"
+        f" + {model.text_tower} text tower{' (locked)' if model.lock_text else ''}, {train_config.loss} loss, "
         f"{_length(train_config, config.time_budget)}{' (resuming)' if resume else ''}"
     )
     started = time.perf_counter()

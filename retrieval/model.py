@@ -52,11 +52,27 @@ TRAINING_FIELDS = (
 _FINGERPRINT_FIELDS = ("embed_dim", "projection", "pooling", "context_length", "shared")
 
 
-def _projection(kind: str, in_dim: int, out_dim: int, what: str) -> nn.Module:
+def _projection(
+    kind: str, in_dim: int, out_dim: int, what: str, hidden: int = 0, dropout: float = 0.0
+) -> nn.Module:
+    """A projection head. Without dropout the layouts are the plain ones (``Linear``; ``Linear, GELU,
+    Linear``) that models saved before these options use; with it, ``Dropout`` comes first (and
+    after the mlp's activation), which is what a head on a large locked feature needs not to learn
+    the training images by heart."""
     if kind == "linear":
-        return nn.Linear(in_dim, out_dim, bias=False)
+        layer = nn.Linear(in_dim, out_dim, bias=False)
+        return nn.Sequential(nn.Dropout(dropout), layer) if dropout else layer
     if kind == "mlp":
-        return nn.Sequential(nn.Linear(in_dim, in_dim), nn.GELU(), nn.Linear(in_dim, out_dim))
+        width = hidden or in_dim
+        if dropout:
+            return nn.Sequential(
+                nn.Dropout(dropout),
+                nn.Linear(in_dim, width),
+                nn.GELU(),
+                nn.Dropout(dropout),
+                nn.Linear(width, out_dim),
+            )
+        return nn.Sequential(nn.Linear(in_dim, width), nn.GELU(), nn.Linear(width, out_dim))
     if kind == "none":
         if in_dim != out_dim:
             raise ValueError(
@@ -94,13 +110,20 @@ class TwinEncoder(nn.Module):
                     f"modalities), received {config.image_tower!r} and {config.text_tower!r}"
                 )
             text_tower.share_trunk(image_tower)  # type: ignore[operator]
+        head = {"hidden": config.projection_hidden, "dropout": config.projection_dropout}
         self.image_projection = _projection(
-            config.projection, image_tower.output_dim, config.embed_dim, "image tower"
+            config.projection, image_tower.output_dim, config.embed_dim, "image tower", **head
         )
         self.text_projection = (
             self.image_projection
             if config.shared
-            else _projection(config.projection, text_tower.output_dim, config.embed_dim, "text tower")
+            else _projection(
+                config.text_projection or config.projection,
+                text_tower.output_dim,
+                config.embed_dim,
+                "text tower",
+                **head,
+            )
         )
         self.logit_scale = nn.Parameter(
             torch.tensor(float(config.init_logit_scale)), requires_grad=config.learn_logit_scale
@@ -114,7 +137,7 @@ class TwinEncoder(nn.Module):
 
     def _apply_locks(self) -> None:
         config = self.config
-        if config.lock_image or config.unfreeze_image_layers:
+        if config.image_locked or config.unfreeze_image_layers:
             lock(self.image_tower, config.unfreeze_image_layers, what="image tower")
         if config.lock_text or config.unfreeze_text_layers:
             lock(self.text_tower, config.unfreeze_text_layers, what="text tower")

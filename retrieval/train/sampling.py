@@ -188,6 +188,15 @@ def compose_hard_batches(
     return order
 
 
+def _cached_vectors(model: Any, cache: Any, keys: Sequence[str], device: Any, batch: int = 1024) -> np.ndarray:
+    """Unit vectors of ``keys`` from a locked tower's cached outputs, through the heads in eval mode."""
+    from retrieval import encoding
+
+    with encoding.inference(model, device), torch.no_grad():
+        parts = [cache(model, keys[i : i + batch]).cpu() for i in range(0, len(keys), batch)]
+    return torch.cat(parts).numpy().astype(np.float32)  # [N, D]
+
+
 @dataclasses.dataclass(frozen=True)
 class MinedNeighbours:
     """What :func:`mine_neighbours` found, the input of :func:`compose_hard_batches`."""
@@ -197,11 +206,20 @@ class MinedNeighbours:
     captions: list[str]  # [N] caption of each pair
 
 
-def mine_neighbours(model: Any, pairs: Sequence[Any], k: int = 16, *, device: Any = None) -> MinedNeighbours:
+def mine_neighbours(
+    model: Any,
+    pairs: Sequence[Any],
+    k: int = 16,
+    *,
+    device: Any = None,
+    text_cache: Any = None,
+    image_cache: Any = None,
+) -> MinedNeighbours:
     """Encode the training pairs with ``model`` (their images once each, and their captions) and find
     each caption's ``k`` nearest other images in an :class:`indexes.Collection` of the image vectors
     (:func:`retrieval.mining.hard_negatives`): its own image and images with the exact same caption
-    are left out."""
+    are left out. ``text_cache`` / ``image_cache`` (:mod:`retrieval.train.frozen`) stand in for
+    locked towers: only the projection heads run, in eval mode."""
     from retrieval import encoding
     from retrieval.mining import caption_positives, hard_negatives
 
@@ -211,7 +229,14 @@ def mine_neighbours(model: Any, pairs: Sequence[Any], k: int = 16, *, device: An
     for p, row in zip(pairs, pair_image):
         first_path.setdefault(row, p.image)
     captions = [p.caption for p in pairs]
-    images = encoding.encode_images(model, [first_path[r] for r in range(len(keys))], device=device).vectors
-    texts = encoding.encode_texts(model, captions, device=device).vectors  # [N, D]
+    paths = [first_path[r] for r in range(len(keys))]
+    if image_cache is not None and all(path in image_cache.index for path in paths):
+        images = _cached_vectors(model, image_cache, paths, device)  # [I, D]
+    else:
+        images = encoding.encode_images(model, paths, device=device).vectors  # [I, D]
+    if text_cache is not None:
+        texts = _cached_vectors(model, text_cache, captions, device)  # [N, D]
+    else:
+        texts = encoding.encode_texts(model, captions, device=device).vectors  # [N, D]
     near = hard_negatives(texts, images, caption_positives(captions, pair_image), k)  # [N, k]
     return MinedNeighbours(near, pair_image, captions)

@@ -207,12 +207,14 @@ def effective_config(config: TrainConfig, model: Any) -> TrainConfig:
 def check_init_config(config: TrainConfig) -> None:
     """With ``init_model`` the architecture is the pretrained model's: ``config.model`` may only change
     the training switches (:data:`retrieval.model.TRAINING_FIELDS`)."""
-    from retrieval.config import ModelConfig
+    from retrieval.config import RECIPE_MODEL, ModelConfig
     from retrieval.model import TRAINING_FIELDS
 
-    default = ModelConfig().to_dict()
+    defaults = (ModelConfig().to_dict(), RECIPE_MODEL.to_dict())  # what a user who set nothing has
     given = config.model.to_dict()
-    ignored = sorted(k for k in given if k not in TRAINING_FIELDS and given[k] != default.get(k))
+    ignored = sorted(
+        k for k in given if k not in TRAINING_FIELDS and all(given[k] != d.get(k) for d in defaults)
+    )
     if ignored:
         details = ", ".join(f"model.{k}={given[k]!r}" for k in ignored)
         raise ValueError(

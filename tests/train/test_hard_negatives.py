@@ -76,3 +76,39 @@ def test_training_with_hard_negatives_runs_and_logs(config, monkeypatch):
     assert any(r.get("kind") == "val" and r.get("epoch") == 2 for r in records)
     with pytest.raises(ValueError, match="hard_negative_fraction"):
         config.replace(hard_negative_fraction=1.5)
+
+
+def test_mining_from_locked_towers_caches_equals_encoding_again(dataset, tiny_model):
+    """Locked towers: mining reads the cached tower outputs (only the heads run) and finds the same
+    neighbours as encoding every image and caption through the whole model."""
+    import torch
+
+    from retrieval.data import read_pairs
+    from retrieval.model import build_model
+    from retrieval.train.frozen import FrozenImageFeatures, FrozenTextFeatures
+    from retrieval.train.sampling import mine_neighbours
+
+    pairs = read_pairs(dataset["train"])
+    config = tiny_model.replace(lock_image=True, lock_text=True, projection="mlp", projection_dropout=0.5)
+    torch.manual_seed(0)
+    model = build_model(config, captions=pairs.captions(), device="cpu")
+    model.train()  # as during training: the heads' dropout must be off while mining
+    device = torch.device("cpu")
+    text_cache = FrozenTextFeatures(model, pairs.captions(), device)
+    image_cache = FrozenImageFeatures(model, pairs.images(), device)
+    reference = mine_neighbours(model, pairs.pairs, 4)
+    cached = mine_neighbours(model, pairs.pairs, 4, text_cache=text_cache, image_cache=image_cache)
+    np.testing.assert_array_equal(cached.neighbours, reference.neighbours)
+    assert cached.pair_image == reference.pair_image and model.training
+
+
+def test_augment_follows_the_image_tower_unless_set(config):
+    from retrieval.model import build_model
+    from retrieval.train.frozen import augments
+
+    trained = build_model(config.model, captions=["a"], device="cpu")
+    locked = build_model(config.model.replace(lock_image=True), captions=["a"], device="cpu")
+    assert config.augment is None
+    assert augments(config, trained) and not augments(config, locked)
+    assert not augments(config.replace(augment=False), trained)
+    assert augments(config.replace(augment=True), locked)

@@ -278,3 +278,39 @@ def test_validation_reuses_locked_tower_outputs(config, dataset):
     plain = validate(model, pairs, config, torch.device("cpu"))
     for key, value in plain.items():
         assert first[key] == pytest.approx(value, abs=1e-6) and second[key] == first[key], key
+
+
+def test_the_default_recipe_trains_only_the_heads_on_features_computed_once(config, monkeypatch):
+    """TrainConfig()'s model: both pretrained towers locked, each image and caption through its tower
+    once (not per epoch, validation or mining); the image tower's weights never change."""
+    from retrieval.config import RECIPE_MODEL, TrainConfig
+    from retrieval.towers.efficientnet import EfficientNetLiteImageTower
+
+    assert TrainConfig().model == RECIPE_MODEL and TrainConfig().augment is None
+    calls = []
+    original = EfficientNetLiteImageTower.forward
+
+    def counting(self, pixel_values):
+        calls.append(len(pixel_values))
+        return original(self, pixel_values)
+
+    monkeypatch.setattr(EfficientNetLiteImageTower, "forward", counting)
+    run = config.replace(
+        model=RECIPE_MODEL.replace(image_tower="efficientnet-lite0:64"),
+        lr=TrainConfig().lr,
+        weight_decay=TrainConfig().weight_decay,
+        augment=None,
+        hard_negatives=True,
+        hard_negative_warmup=1,
+        hard_negative_every=1,
+        hard_negative_neighbours=4,
+        epochs=3,
+    )
+    start = build_model(run.model, device="cpu")  # the towers' weights before training
+    result = train(run)
+    assert result.status == "completed"
+    n_train, n_val = 32, 16  # unique images of the training and validation manifests
+    assert sum(calls) == n_train + n_val  # once each: not per epoch, per validation or per mining
+    trained = TwinEncoder.load(result.model_dir)
+    for name, tensor in start.image_tower.state_dict().items():
+        assert torch.equal(tensor, trained.image_tower.state_dict()[name]), name

