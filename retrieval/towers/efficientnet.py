@@ -118,8 +118,8 @@ class EfficientNetLiteImageTower(ImageTower):
     learned scale) so every part weighs alike, concatenated (``output_dim``: 3,184 for lite0).
     ImageNet's last layers describe photographs; drawn images such as emoji and icons are matched
     better when the middle stages' shapes and strokes are kept (on OpenMoji's unseen test
-    families, with the tower locked: text->image R@10 0.55 from the head's average alone, 0.58
-    from all five; benchmarks/results/pretrained_tower.md). ``grid_features`` gives the head's map
+    families, with the tower locked: text->image R@10 0.543 from the head's average alone, 0.568
+    from all five, mean of four seeds; benchmarks/results/image_features.md). ``grid_features`` gives the head's map
     one row per cell.
 
     BatchNorm keeps the ImageNet statistics: the layers stay in eval mode even while the tower
