@@ -174,6 +174,11 @@ class ModelConfig(ConfigBase):
         for name in ("unfreeze_image_layers", "unfreeze_text_layers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"ModelConfig.{name} must be >= 0, received {getattr(self, name)!r}")
+        if self.lock_image not in (None, True, False):
+            raise ValueError(
+                f"ModelConfig.lock_image must be true, false or null (null: locked for the efficientnet-lite "
+                f"towers only), received {self.lock_image!r}"
+            )
         for name in ("dropout", "projection_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"ModelConfig.{name} must be in [0, 1), received {getattr(self, name)!r}")

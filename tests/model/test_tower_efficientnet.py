@@ -97,6 +97,15 @@ def test_batchnorm_keeps_the_imagenet_statistics_while_training():
     assert tower.stem[0].weight.grad is not None  # the weights themselves still learn when unlocked
 
 
+def test_the_pretrained_tower_is_locked_unless_told_otherwise():
+    assert ModelConfig(image_tower="efficientnet-lite0").image_locked
+    assert not ModelConfig(image_tower="efficientnet-lite0", lock_image=False).image_locked
+    assert not ModelConfig().image_locked and ModelConfig(lock_image=True).image_locked
+    model = build_model(_recipe(), captions=["a red circle"], device="cpu")
+    assert not any(p.requires_grad for p in model.image_tower.parameters())
+    assert all(p.requires_grad for p in model.image_projection.parameters())
+
+
 def test_tower_names_and_bad_arguments():
     tower = build_image_tower(ModelConfig(image_tower="efficientnet-lite0:96"))
     assert isinstance(tower, EfficientNetLiteImageTower) and tower.image_size == 96
@@ -153,6 +162,7 @@ def test_projection_heads_follow_the_settings():
         ({"projection_dropout": 1.0}, "projection_dropout must be in"),
         ({"projection_hidden": -1}, "projection_hidden must be an integer >= 0"),
         ({"text_projection": "deep"}, "text_projection"),
+        ({"lock_image": "none"}, "lock_image must be true, false or null"),
     ],
 )
 def test_bad_head_settings_are_refused(changes, message):
