@@ -120,7 +120,9 @@ class ModelConfig(ConfigBase):
     text_projection: str | None = None  # the text tower's head when it differs from `projection` (None: same)
     projection_hidden: int = 0  # mlp heads: hidden width (0: the tower's output size)
     projection_dropout: float = 0.0  # dropout on each head's input (and an mlp's hidden layer) while training
-    image_size: int = 48  # square input side of the from-scratch image towers (hf: their processor's)
+    # square input side of the from-scratch image towers (hf: their processor's; efficientnet-liteN:
+    # its native 224 / 240 / 260, or the side the name gives, "efficientnet-lite0:160")
+    image_size: int = 48
     image_width: int = 32  # cnn: channels of the first stage (doubled per stage); vit: token width
     image_layers: int = 3  # cnn: residual stages; vit: transformer blocks
     image_heads: int = 4  # vit: attention heads
