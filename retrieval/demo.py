@@ -419,6 +419,8 @@ def run_demo(
     grid = report_dir / "samples_t2i.png"
     image_dir = Path(test_pairs.images()[0]).parent if n_images else data.root
     serve = f"retrieval serve {collection} --model {train_summary['model_dir']} --media-root {image_dir}"
+    if config.hubness:  # search the browser's queries the way the demo's were
+        serve += f" --hubness {config.hubness}"
     if not reused:
         record = {
             "settings": settings,
