@@ -58,20 +58,16 @@ KEYS = ("t2i/R@1", "t2i/R@10", "i2t/R@10")
 
 
 def image_parts(images: list[str], size: int) -> dict[str, torch.Tensor]:
-    """Each part of the tower's features for every image (layer-normalised, not concatenated)."""
+    """Each part of the tower's features for every image: its output split by ``tower.parts``."""
     tower = build_efficientnet_lite("lite0", size).eval()
     transform = tower.image_transform(False)
-    out: dict[str, list[torch.Tensor]] = {name: [] for name in PARTS}
+    features = []
     with torch.no_grad():
         for _positions, pixels, skipped in decoded_batches(images, transform, 64):
             if skipped:
                 raise ValueError(f"unreadable images: {[s.item for s in skipped]}")
-            stages, head = tower._feature_map(pixels)
-            maps = {"s5_mean": stages[0], "s6_mean": stages[1], "s7_mean": stages[2], "head_mean": head}
-            for name, m in maps.items():
-                out[name].append(m.mean(dim=(2, 3)))
-            out["head_max"].append(head.amax(dim=(2, 3)))
-    return {name: F.layer_norm(torch.cat(v), torch.cat(v).shape[-1:]) for name, v in out.items()}
+            features.append(tower(pixels))  # [b, output_dim]
+    return dict(zip(PARTS, torch.cat(features).split(list(tower.parts), dim=-1), strict=True))
 
 
 def text_features(captions: list[str]) -> torch.Tensor:

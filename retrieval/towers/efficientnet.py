@@ -119,8 +119,8 @@ class EfficientNetLiteImageTower(ImageTower):
     ImageNet's last layers describe photographs; drawn images such as emoji and icons are matched
     better when the middle stages' shapes and strokes are kept (on OpenMoji's unseen test
     families, with the tower locked: text->image R@10 0.543 from the head's average alone, 0.568
-    from all five, mean of four seeds; benchmarks/results/image_features.md). ``grid_features`` gives the head's map
-    one row per cell.
+    from all five, mean of four seeds; benchmarks/results/image_features.md). ``parts`` lists the
+    parts' sizes in that order. ``grid_features`` gives the head's map one row per cell.
 
     BatchNorm keeps the ImageNet statistics: the layers stay in eval mode even while the tower
     trains (their scale and shift still learn), so small or single-class batches cannot skew them.
@@ -137,6 +137,7 @@ class EfficientNetLiteImageTower(ImageTower):
             raise ValueError(f"EfficientNet-Lite needs inputs of at least 32 px, received {self.image_size}")
         self.stem = nn.Sequential(SameConv2d(3, _STEM, 3, 2), _norm(_STEM), nn.ReLU6())
         stages: list[nn.Module] = []
+        widths: list[int] = []  # each stage's output channels
         channels = _STEM
         for i, (repeats, kernel, stride, expand, out) in enumerate(_STAGES):
             out = _round_channels(out, width)
@@ -145,10 +146,11 @@ class EfficientNetLiteImageTower(ImageTower):
             blocks = [MBConv(channels, out, kernel, stride, expand)]
             blocks += [MBConv(out, out, kernel, 1, expand) for _ in range(repeats - 1)]
             stages.append(nn.Sequential(*blocks))
+            widths.append(out)
             channels = out
         self.stages = nn.ModuleList(stages)
         self.head_conv = nn.Sequential(SameConv2d(channels, _HEAD, 1), _norm(_HEAD), nn.ReLU6())
-        self.parts = (*[_round_channels(out, width) for *_, out in _STAGES[-3:]], _HEAD, _HEAD)
+        self.parts = (*widths[-3:], _HEAD, _HEAD)  # what forward concatenates, in order
         self.output_dim = sum(self.parts)
         # depthwise convolutions run about twice as fast on the CPU in channels-last layout
         self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
