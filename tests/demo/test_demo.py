@@ -61,6 +61,8 @@ def test_demo_runs_end_to_end_and_beats_chance(demo_run):
     assert "with hubness correction" in printed
     assert "re-ranking the top 5 with the match head" in printed
     assert f"retrieval serve {out / 'collection'} --model" in printed
+    assert "--hubness isoftmax" in printed  # the browser's queries are ranked like the demo's
+    assert DemoConfig().hubness == "isoftmax"  # the default, chosen by validation recall
     assert "text->image: " in printed and "image->text: " in printed
     summary = json.loads((out / "demo.json").read_text(encoding="utf-8"))
     metrics, chance = summary["metrics"], summary["chance"]
