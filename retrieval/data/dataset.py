@@ -12,7 +12,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from retrieval.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_image
-from retrieval.data.readers import Pair
+from retrieval.data.records import Pair
 
 logger = logging.getLogger(__name__)
 

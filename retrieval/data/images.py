@@ -18,6 +18,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from retrieval.data.refs import is_row_ref, read_row_bytes
+
 # 89 million pixels is Pillow's own warning threshold; above it we refuse to decode.
 DEFAULT_MAX_PIXELS = 89_478_485
 TAR_PREFIX = "tar://"
@@ -96,6 +98,8 @@ def read_ref_bytes(ref: str | os.PathLike[str]) -> bytes:
     try:
         if text.startswith(TAR_PREFIX):
             return _read_tar_member(*split_tar_ref(text))
+        if is_row_ref(text):  # image bytes in a row of a Parquet / Arrow file (retrieval.data.refs)
+            return read_row_bytes(text)
         return Path(text).read_bytes()
     except ImageDecodeError:
         raise

@@ -1,4 +1,5 @@
-"""Rows of manifest files (JSON Lines, JSON, CSV/TSV, Parquet) as ``(where, row dict)``.
+"""Rows of text manifest files (JSON Lines, JSON, CSV/TSV) as ``(where, row dict)``; Parquet and
+Arrow files are read by :mod:`retrieval.data.tables`.
 
 A row that cannot be read (not UTF-8, not JSON, nested too deeply, not an object, a CSV field
 over the ``csv`` module's size limit) is reported through ``skip(where, reason)`` and the read
@@ -15,10 +16,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-Skip = Callable[[str, str], None]  # (where, reason) of a row that was skipped
+SkipFn = Callable[[str, str], None]  # (where, reason) of a row that was skipped
 
 
-def jsonl_rows(path: Path, skip: Skip) -> Iterator[tuple[str, dict[str, Any]]]:
+def jsonl_rows(path: Path, skip: SkipFn) -> Iterator[tuple[str, dict[str, Any]]]:
     """Rows of a JSON Lines file; a line that is not UTF-8, not JSON, nested too deeply or not an
     object is skipped with its reason and the read goes on."""
     with path.open("rb") as fh:
@@ -45,19 +46,9 @@ def jsonl_rows(path: Path, skip: Skip) -> Iterator[tuple[str, dict[str, Any]]]:
             yield where, row
 
 
-def json_rows(path: Path, skip: Skip) -> Iterator[tuple[str, dict[str, Any]]]:
-    """A ``.json`` manifest: one array of row objects (or ``{"pairs" | "data" | "rows": [...]}``)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(
-            f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); fix it or use JSON Lines"
-        ) from exc
-    except (UnicodeDecodeError, RecursionError) as exc:
-        problem = "is not UTF-8" if isinstance(exc, UnicodeDecodeError) else "nests too deeply"
-        raise ValueError(
-            f"{path} {problem}; fix it, or use JSON Lines (a bad line is skipped there, not fatal)"
-        ) from exc
+def json_rows(path: Path, data: Any, skip: SkipFn) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Rows of a parsed ``.json`` manifest: one array of row objects (or ``{"pairs" | "data" |
+    "rows" | "images": [...]}``)."""
     if isinstance(data, dict):
         data = next(
             (data[k] for k in ("pairs", "data", "rows", "images") if isinstance(data.get(k), list)), None
@@ -86,9 +77,12 @@ def _decoded_lines(fh: IO[bytes]) -> Iterator[str]:
         yield raw.decode("utf-8", errors="surrogateescape")
 
 
-def csv_rows(path: Path, columns: tuple[str, ...], skip: Skip) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Rows of a CSV/TSV file; a row with a field over the ``csv`` module's size limit or with
-    bytes that are not UTF-8 is skipped with its reason and the read goes on."""
+def csv_rows(
+    path: Path, check_header: Callable[[list[str]], None], skip: SkipFn
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Rows of a CSV/TSV file; ``check_header`` sees the column names first (and raises when they
+    cannot do). A row with a field over the ``csv`` module's size limit or with bytes that are not
+    UTF-8 is skipped with its reason and the read goes on."""
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     with path.open("rb") as fh:
         reader = csv.reader(_decoded_lines(fh), delimiter=delimiter)
@@ -98,12 +92,7 @@ def csv_rows(path: Path, columns: tuple[str, ...], skip: Skip) -> Iterator[tuple
             header = []
         except csv.Error as exc:
             raise ValueError(f"{path}: cannot read the header line: {exc}") from exc
-        missing = [c for c in columns if c not in header]
-        if missing:
-            raise ValueError(
-                f"{path} has no column(s) {missing}; its columns are {header}: "
-                "pass image_column= / caption_column= / id_column= naming yours"
-            )
+        check_header(header)
         while True:
             try:
                 row = next(reader)
@@ -126,21 +115,3 @@ def csv_rows(path: Path, columns: tuple[str, ...], skip: Skip) -> Iterator[tuple
             values = dict(zip(header, row))
             values.update((name, None) for name in header[len(row) :])
             yield where, values
-
-
-def parquet_rows(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[str, dict[str, Any]]]:
-    import pyarrow.parquet as pq
-
-    parquet = pq.ParquetFile(path)
-    names = parquet.schema_arrow.names
-    missing = [c for c in columns if c not in names]
-    if missing:
-        raise ValueError(
-            f"{path} has no column(s) {missing}; its columns are {names}: "
-            "pass image_column= / caption_column= / id_column= naming yours"
-        )
-    number = 0
-    for batch in parquet.iter_batches(batch_size=4096):
-        for row in batch.to_pylist():
-            yield f"{path}:row {number}", row
-            number += 1

@@ -1,145 +1,419 @@
-"""Read image-caption pairs from the formats users already have.
+"""Read a corpus from the formats users already hold, through one entry point.
 
-* manifests: JSON Lines (``.jsonl``), ``.csv`` / ``.tsv`` and ``.parquet`` with configurable
-  image / caption / id columns; relative image paths are relative to the manifest;
-* an image folder with a same-name sidecar ``.txt`` caption file (and optional ``.json``
-  metadata), as img2dataset and clip-retrieval write them;
-* webdataset ``.tar`` shards (a shard, a folder of shards or a glob), whose images are
-  referenced as ``"tar://<abs shard path>#<member name>"``.
+``read_corpus(source)`` returns a :class:`~retrieval.data.records.Corpus` (image-caption pairs, images
+alone, captions alone, and what was skipped); ``read_pairs(source)`` is its pairs, for training and
+evaluation (a corpus without any pair is a clear error). Both take the same options. The reader
+is chosen from the content, not from flags:
 
-Several captions per image are first-class: several rows with the same image, a list of
-captions in one row (JSON / Parquet list, or a JSON list string in CSV), or one caption per
-line of a sidecar ``.txt``. Rows that cannot be used (empty caption, missing column, bad JSON,
-bytes that are not UTF-8, a CSV field over the ``csv`` module's size limit) are skipped and listed in :attr:`PairSet.skipped` with where and why; nothing is dropped silently.
+* a folder: a ``datasets.save_to_disk`` folder (``state.json``; a ``DatasetDict`` with
+  ``dataset_dict.json`` and one folder per split), a clip_benchmark webdataset root
+  (``ROOT/<split>/*.tar``), a folder of ``.tar`` shards, a Hugging Face image folder (images with a
+  ``metadata.jsonl`` / ``.csv`` / ``.parquet`` naming them in a ``file_name`` column), or an image
+  folder (sidecar ``.txt`` captions when there are some: :mod:`retrieval.data.folders`);
+* a file, by its first bytes: Parquet (``PAR1``), Arrow IPC / Feather (``ARROW1`` or a stream),
+  a tar shard (``ustar``), JSON Lines, a JSON document (a Karpathy split or a COCO captions file,
+  :mod:`retrieval.data.caption_json`, else an array of rows), CSV / TSV, or a caption list (``.txt``:
+  one caption per line, captions alone);
+* a pattern: ``shards/{000..009}.tar``, ``{a,b}``, ``*`` / ``?`` globs; every file it names is
+  read as above (:mod:`retrieval.data.shards`).
+
+Rows of manifests and tables name the image (``image_column``: a path relative to ``image_root``,
+default the manifest's folder; image bytes in Parquet / Arrow: :mod:`retrieval.data.tables`) and
+the captions (``caption_column``: a string, a list, or a JSON list in a string). When the default
+column is absent a usual name is taken instead (``file_name``, ``path``, ...; ``text``, ``captions``,
+...; the one image-bytes column of a table) and said in :attr:`Corpus.notes`. A row with only an
+image is an image alone; with only captions, captions alone. ``split`` keeps the rows whose
+``split`` field is one of its comma-separated values, or picks ``<split>/`` or ``<split>.<ext>``
+in a folder. Rows that cannot be used are skipped with where and why; nothing is dropped silently.
+When nothing at all can be read, :class:`~retrieval.data.records.EmptyCorpusError` names the reader
+tried and the first reasons.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import glob
 import json
+import logging
 import os
-import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from retrieval.data import caption_json, tables
+from retrieval.data.folders import IMAGE_EXTENSIONS, folder_images, read_image_folder
+from retrieval.data.images import TAR_PREFIX
+from retrieval.data.manifests import csv_rows, json_rows, jsonl_rows
+from retrieval.data.records import Collector, Corpus, EmptyCorpusError, Pair, PairSet, Record, reason_kind
+from retrieval.data.refs import is_row_ref
+from retrieval.data.shards import (
+    class_names,
+    is_pattern,
+    natural_key,
+    read_shard,
+    shard_split_folder,
+    shards_of_pattern,
+    split_shards,
+)
 
-from retrieval.data.images import TAR_PREFIX, tar_ref
-from retrieval.data.manifests import csv_rows, json_rows, jsonl_rows, parquet_rows
+logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-MANIFEST_EXTENSIONS = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MANIFEST_EXTENSIONS",
+    "EmptyCorpusError",
+    "Pair",
+    "PairSet",
+    "ReadOptions",
+    "Record",
+    "read_corpus",
+    "read_pairs",
+    "reason_kind",
+]
+
+MANIFEST_EXTENSIONS = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".arrow", ".feather", ".txt")
+# Columns tried, in order, when the default image / caption column is absent.
+IMAGE_COLUMN_FALLBACKS = ("file_name", "filepath", "image_path", "path", "img")
+CAPTION_COLUMN_FALLBACKS = ("captions", "text", "txt", "sentences")
+HF_FOLDER_MANIFESTS = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
 
 
 @dataclasses.dataclass(frozen=True)
-class Pair:
-    """One image-caption pair. ``image`` is an absolute path or a ``tar://`` reference."""
+class ReadOptions:
+    """How a source is read (the keyword arguments of :func:`read_corpus`)."""
 
-    image: str
-    caption: str
-    image_id: str
-    metadata: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False, hash=False)
+    image_column: str = "image"  # column / field with the image (path, bytes, {bytes, path})
+    caption_column: str = "caption"  # column / field with the caption(s)
+    id_column: str | None = None  # column / field naming the image (default: its path)
+    split: str | None = None  # rows whose `split` is one of these (comma-separated), or <split>/ in a folder
+    image_root: str | None = None  # folder relative image paths start from (default: the manifest's)
 
-
-@dataclasses.dataclass
-class PairSet:
-    """Pairs read from a source, plus what was skipped as ``(where, reason)``."""
-
-    pairs: list[Pair]
-    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __iter__(self) -> Iterator[Pair]:
-        return iter(self.pairs)
-
-    def __getitem__(self, index: int) -> Pair:
-        return self.pairs[index]
-
-    def skip_counts(self) -> collections.Counter[str]:
-        """How many records were skipped for each reason."""
-        return collections.Counter(reason for _, reason in self.skipped)
-
-    def images(self) -> list[str]:
-        """Unique image references in first-seen order (one per ``image_id``)."""
-        seen: dict[str, str] = {}
-        for pair in self.pairs:
-            seen.setdefault(pair.image_id, pair.image)
-        return list(seen.values())
-
-    def image_ids(self) -> list[str]:
-        """Unique image ids, aligned with :meth:`images`."""
-        return list(dict.fromkeys(pair.image_id for pair in self.pairs))
-
-    def captions(self) -> list[str]:
-        """Every caption, one per pair (aligned with :meth:`text_to_image`)."""
-        return [pair.caption for pair in self.pairs]
-
-    def text_to_image(self) -> np.ndarray:
-        """``[n_pairs]`` int64: caption ``i`` belongs to image ``images()[result[i]]``."""
-        index = {image_id: i for i, image_id in enumerate(self.image_ids())}
-        return np.asarray([index[pair.image_id] for pair in self.pairs], dtype=np.int64)
+    def replace(self, **changes: Any) -> ReadOptions:
+        return dataclasses.replace(self, **changes)
 
 
-class _Collector:
-    """Accumulates pairs and skips with the same rules for every format."""
+def read_corpus(
+    source: str | os.PathLike[str],
+    *,
+    image_column: str = "image",
+    caption_column: str = "caption",
+    id_column: str | None = None,
+    split: str | None = None,
+    image_root: str | os.PathLike[str] | None = None,
+) -> Corpus:
+    """Read every image and caption of ``source`` (see the module docstring for the formats).
 
-    def __init__(self) -> None:
-        self.pairs: list[Pair] = []
-        self.skipped: list[tuple[str, str]] = []
-
-    def skip(self, where: str, reason: str) -> None:
-        self.skipped.append((where, reason))
-
-    def add(self, where: str, image: str, captions: Any, image_id: Any, metadata: dict[str, Any]) -> None:
-        texts = _caption_list(captions)
-        if texts is None:
-            self.skip(
-                where, f"caption is a {type(captions).__name__}, expected a string or a list of strings"
-            )
-            return
-        if not texts:
-            self.skip(where, "no caption")
-            return
-        key = str(image_id) if image_id not in (None, "") else image
-        for n, text in enumerate(texts):
-            text = text.strip() if isinstance(text, str) else text
-            if not isinstance(text, str):
-                self.skip(f"{where} caption {n}", f"caption is a {type(text).__name__}, expected a string")
-            elif not text:
-                self.skip(f"{where} caption {n}" if len(texts) > 1 else where, "empty caption")
-            else:
-                self.pairs.append(Pair(image=image, caption=text, image_id=key, metadata=dict(metadata)))
-
-    def result(self) -> PairSet:
-        return PairSet(self.pairs, self.skipped)
+    Raises ``FileNotFoundError`` when ``source`` does not exist (or a pattern names no file),
+    :class:`~retrieval.data.records.EmptyCorpusError` (a ``ValueError``) when nothing could be read,
+    and ``ValueError`` for a source that cannot be read as a whole (unknown format, no usable column).
+    """
+    options = ReadOptions(
+        image_column, caption_column, id_column, split, os.fspath(image_root) if image_root else None
+    )
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    out = Collector(text, "")
+    if not path.exists() and is_pattern(text):
+        readers = [_read_path(file, out, options) for file in shards_of_pattern(text)]
+        out.reader = " + ".join(dict.fromkeys(readers))
+    elif not path.exists():
+        raise FileNotFoundError(
+            f"{path} does not exist: expected an image folder, a manifest, a table, .tar shards or a pattern"
+        )
+    else:
+        out.reader = _read_path(path, out, options)
+    corpus = out.result()
+    for note in corpus.notes:
+        logger.info("%s", note)
+    if not corpus.records:
+        raise EmptyCorpusError(_nothing_read(corpus))
+    return corpus
 
 
-def _caption_list(value: Any) -> list[Any] | None:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        stripped = value.strip()
-        if stripped.startswith("[") and stripped.endswith("]"):
-            try:
-                parsed = json.loads(stripped)
-            except (json.JSONDecodeError, RecursionError):
-                return [value]
-            if isinstance(parsed, list):
-                return parsed
-        return [value]
-    if isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
-        return list(value.tolist() if hasattr(value, "tolist") else value)
+def read_pairs(
+    source: str | os.PathLike[str],
+    *,
+    image_column: str = "image",
+    caption_column: str = "caption",
+    id_column: str | None = None,
+    split: str | None = None,
+    image_root: str | os.PathLike[str] | None = None,
+) -> PairSet:
+    """The image-caption pairs of ``source`` (read by :func:`read_corpus`, same options); images and
+    captions without the other are listed in ``PairSet.skipped`` with why. A source without any pair
+    raises :class:`~retrieval.data.records.UnpairedCorpusError` (a ``ValueError``) saying what it holds."""
+    corpus = read_corpus(
+        source,
+        image_column=image_column,
+        caption_column=caption_column,
+        id_column=id_column,
+        split=split,
+        image_root=image_root,
+    )
+    return corpus.require_pairs()
+
+
+def _nothing_read(corpus: Corpus) -> str:
+    counts = corpus.skip_counts()
+    if not corpus.skipped:
+        what = "nothing in it could be read as an image or a caption"
+    else:
+        by_reason = ", ".join(f"{n} {kind}" for kind, n in counts.most_common())
+        first = "; ".join(f"{s.where}: {s.reason}" for s in corpus.skipped[:3])
+        what = f"all {len(corpus.skipped)} entries were skipped ({by_reason}); first: {first}"
+    notes = "".join(f" {note}." for note in corpus.notes)
+    return (
+        f"nothing could be read from {corpus.source} (read as {corpus.reader or 'nothing'}): {what}.{notes}"
+    )
+
+
+# -- choosing the reader -----------------------------------------------------------------------
+def _read_path(path: Path, out: Collector, options: ReadOptions) -> str:
+    """Read one file or folder into ``out``; returns the reader's name."""
+    if path.is_dir():
+        return _read_folder(path, out, options)
+    kind = _file_kind(path)
+    if kind in ("parquet", "arrow"):
+        _read_table(path, kind, out, options)
+        return "Parquet table" if kind == "parquet" else "Arrow table"
+    if kind == "tar":
+        read_shard(path, out, options.caption_column, options.id_column, class_names(path.parent))
+        return "webdataset shard"
+    if kind in ("csv", "tsv"):
+        picked: list[tuple[str | None, str | None]] = []
+        rows = csv_rows(path, lambda names: picked.append(_pick_columns(names, options, path, out)), out.skip)
+        _add_rows(rows, path, out, options, picked)
+        return f"{kind.upper()} manifest"
+    if kind == "captions":
+        _read_caption_list(path, out)
+        return "caption list"
+    if kind == "json":
+        return _read_json(path, out, options)
+    raise ValueError(
+        f"cannot read pairs or images from {path}: its content is none of the formats read here (an image "
+        "folder; .jsonl / .json / .csv / .tsv manifests; Parquet or Arrow tables; .tar shards; a Karpathy "
+        "or COCO captions JSON; a .txt caption list; a datasets.save_to_disk folder)"
+    )
+
+
+def _file_kind(path: Path) -> str | None:
+    table = tables.table_kind(path)
+    if table is not None:
+        return table
+    name = path.name.lower()
+    if name.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
+        return "tar"
+    with path.open("rb") as fh:
+        head = fh.read(512)
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        return "tar"
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        return suffix[1:]
+    if suffix == ".txt":
+        return "captions"
+    if suffix in (".jsonl", ".json") or head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] in (b"{", b"["):
+        return "json"
     return None
+
+
+def _read_folder(path: Path, out: Collector, options: ReadOptions) -> str:
+    if tables.is_hf_dataset_dict(path):
+        split_folder = tables.hf_split_folder(path, options.split)
+        _read_hf_dataset(split_folder, out, options.replace(split=None))
+        return f"datasets save_to_disk folder (split {split_folder.name})"
+    if tables.is_hf_dataset(path):
+        _read_hf_dataset(path, out, options)
+        return "datasets save_to_disk folder"
+    if options.split is not None:
+        return _read_split(path, out, options)
+    split_folder = shard_split_folder(path, None)
+    if split_folder is not None:
+        _read_shards(split_shards(split_folder), out, options, class_names(path))
+        return f"webdataset root (split {split_folder.name})"
+    for name in HF_FOLDER_MANIFESTS:
+        if (path / name).is_file():
+            _read_path(path / name, out, options)
+            return f"image folder with {name}"
+    shards = sorted(path.glob("*.tar"), key=lambda p: natural_key(p.name))
+    if shards and not folder_images(path):
+        _read_shards(shards, out, options, class_names(path))
+        return "webdataset shards"
+    if not read_image_folder(path, out, options.caption_column, options.id_column):
+        out.note(f"{path} holds no image ({', '.join(IMAGE_EXTENSIONS)}), no shard and no manifest")
+    return "image folder"
+
+
+def _read_split(path: Path, out: Collector, options: ReadOptions) -> str:
+    """``split`` of a folder: ``<split>.<ext>`` beside the others, or the folder ``<split>/``."""
+    split = str(options.split)
+    for ext in MANIFEST_EXTENSIONS:
+        candidate = path / f"{split}{ext}"
+        if candidate.is_file():
+            return _read_path(candidate, out, options.replace(split=None))
+    folder = path / split
+    if folder.is_dir():
+        if any(folder.glob("*.tar")):
+            _read_shards(split_shards(folder), out, options, class_names(folder))
+            return f"webdataset root (split {split})"
+        return _read_path(folder, out, options.replace(split=None))
+    shard_split_folder(path, split)  # a webdataset root without this split: the error names its splits
+    raise ValueError(
+        f"{path} has no split {split!r}: looked for {folder}/ and {path}/{split}.<{'|'.join(e[1:] for e in MANIFEST_EXTENSIONS)}>; "
+        "drop --split to read the folder as it is"
+    )
+
+
+def _read_shards(
+    shards: Iterable[Path], out: Collector, options: ReadOptions, classes: list[str] | None
+) -> None:
+    for shard in shards:
+        read_shard(shard, out, options.caption_column, options.id_column, classes)
+
+
+def _read_hf_dataset(folder: Path, out: Collector, options: ReadOptions) -> None:
+    for file in tables.hf_table_files(folder):
+        _read_table(file, "arrow", out, options)
+
+
+def _read_table(path: Path, kind: str, out: Collector, options: ReadOptions) -> None:
+    schema = tables.table_schema(path, kind)
+    picked = [_pick_columns(schema.names, options, path, out, tables.image_bytes_columns(schema))]
+    _add_rows(tables.table_rows(path, kind, picked[0][0]), path, out, options, picked)
+
+
+def _read_caption_list(path: Path, out: Collector) -> None:
+    """A ``.txt`` file with one caption per line: captions alone (blank lines are left out)."""
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError:
+                out.skip(where, "invalid UTF-8", "text")
+                continue
+            if line.strip():
+                out.add(where, None, line, None, {}, no_image="no image: a caption list holds captions alone")
+
+
+def _read_json(path: Path, out: Collector, options: ReadOptions) -> str:
+    """A JSON Lines file, a Karpathy split or COCO captions document, or a JSON array of rows."""
+    data: Any = None
+    if path.suffix.lower() != ".jsonl":
+        with path.open("rb") as fh:
+            first = fh.readline()
+            after = fh.read(4096).strip()
+        head = first.decode("utf-8-sig", errors="replace").strip()
+        if head.startswith("[") or not head.startswith("{"):
+            data = caption_json.load_document(path)
+        else:
+            try:
+                parsed = json.loads(head)
+            except (json.JSONDecodeError, RecursionError):
+                data = caption_json.load_document(path)  # a document over several lines
+            else:
+                listed = isinstance(parsed, dict) and any(
+                    isinstance(parsed.get(k), list) for k in ("pairs", "data", "rows", "images")
+                )
+                if listed and not after:
+                    data = parsed
+    if data is None:
+        _add_rows(jsonl_rows(path, out.skip), path, out, options, [])
+        return "JSON Lines manifest"
+    kind = caption_json.benchmark_kind(data)
+    if kind is None:
+        _add_rows(json_rows(path, data, out.skip), path, out, options, [])
+        return "JSON manifest"
+    resolve = _ImageResolver(
+        Path(options.image_root).expanduser() if options.image_root else path.parent.resolve()
+    )
+    if kind == "coco":
+        if options.split is not None:
+            raise ValueError(
+                f"{path} is a COCO captions file: its split is the file itself (captions_val2017.json, "
+                "captions_train2017.json); drop --split"
+            )
+        first = caption_json.read_coco(data, path, out, resolve, options.id_column)
+        name = "COCO captions JSON"
+    else:
+        first = caption_json.read_karpathy(data, path, out, resolve, options.split, options.id_column)
+        name = "Karpathy split JSON"
+    if first and not any(os.path.exists(image) for image in first):
+        root = options.image_root or path.parent
+        raise FileNotFoundError(
+            f"the images of {path} ({name}) are not under {root}: {first[0]} does not exist; pass "
+            "--image-root (image_root=) naming the folder that holds them (for COCO, the folder with "
+            "train2014/ and val2014/ or val2017/; for Flickr30k, flickr30k-images/)"
+        )
+    return name
+
+
+# -- rows of manifests and tables ----------------------------------------------------------------
+def _pick_columns(
+    names: list[str],
+    options: ReadOptions,
+    where: Path,
+    out: Collector,
+    bytes_columns: Iterable[str] = (),
+    strict: bool = True,
+) -> tuple[str | None, str | None]:
+    """The image and caption columns of a manifest or table with these column names (``None``:
+    absent), falling back to usual names when the default is absent (noted in ``out``). With neither,
+    a ``ValueError``; unless not ``strict`` (JSON rows, chosen from the first row, may differ), which
+    gives the asked-for names and lets each row be checked."""
+    defaults = ReadOptions()
+
+    def pick(wanted: str, default: str, fallbacks: tuple[str, ...], what: str) -> str | None:
+        if wanted in names:
+            return wanted
+        if wanted != default:
+            return None
+        found = next((c for c in fallbacks if c in names), None)
+        if found is not None:
+            flag = "--image-column" if what == "images" else "--caption-column"
+            out.note(
+                f"{where} has no {wanted!r} column: its {what} are read from {found!r} ({flag} names another)"
+            )
+        return found
+
+    byte_columns = list(bytes_columns)
+    image_fallbacks = IMAGE_COLUMN_FALLBACKS + (tuple(byte_columns) if len(byte_columns) == 1 else ())
+    image = pick(options.image_column, defaults.image_column, image_fallbacks, "images")
+    caption = pick(options.caption_column, defaults.caption_column, CAPTION_COLUMN_FALLBACKS, "captions")
+    if image is None and caption is None:
+        if not strict:
+            return options.image_column, options.caption_column
+        raise ValueError(
+            f"{where} has no column(s) {[options.image_column, options.caption_column]}; its columns are "
+            f"{names}: pass --image-column / --caption-column (image_column= / caption_column=) naming yours"
+        )
+    if image is None:
+        out.note(
+            f"{where} has no column {options.image_column!r}: its rows are captions alone (--image-column names the image column)"
+        )
+    if caption is None:
+        out.note(
+            f"{where} has no column {options.caption_column!r}: its rows are images alone (--caption-column names the caption column)"
+        )
+    if options.id_column and options.id_column not in names:
+        raise ValueError(
+            f"{where} has no column {options.id_column!r}; its columns are {names}: pass --id-column "
+            "(id_column=) naming yours, or leave it out to use the image path"
+        )
+    return image, caption
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return str(value)
 
 
 class _ImageResolver:
     """Image column value -> absolute path string, the same as ``str(Path(v))`` for absolute paths
-    and ``str((base / v).resolve())`` for relative ones, at a fraction of the cost per row.
+    and ``str((base / v).resolve())`` for relative ones, at a fraction of the cost per row;
+    references (``tar://``, ``parquet://``, ``arrow://``) and URLs are kept as they are.
 
     Building ``Path`` objects and resolving every row dominates reading a large manifest, so
     absolute paths already in normal form are kept as they are, and a relative path resolves its
@@ -154,7 +428,7 @@ class _ImageResolver:
         if not isinstance(value, str) or not value.strip():
             return None
         value = value.strip()
-        if value.startswith(TAR_PREFIX):
+        if value.startswith(TAR_PREFIX) or is_row_ref(value) or value.startswith(("http://", "https://")):
             return value
         if value.startswith("~"):
             value = os.path.expanduser(value)
@@ -175,235 +449,71 @@ class _ImageResolver:
         return os.path.realpath(path) if os.path.islink(path) else path
 
 
-def _jsonable(value: Any) -> Any:
-    try:
-        json.dumps(value)
-        return value
-    except (TypeError, ValueError):
-        return str(value)
-
-
 def _add_rows(
     rows: Iterable[tuple[str, dict[str, Any]]],
-    base: Path,
-    out: _Collector,
-    image_column: str,
-    caption_column: str,
-    id_column: str | None,
-    split: str | None,
-) -> int:
-    count = 0
-    lacking = 0
-    first_keys: list[str] = []
+    path: Path,
+    out: Collector,
+    options: ReadOptions,
+    picked: list[tuple[str | None, str | None]],
+) -> None:
+    """Add manifest / table rows to ``out``: each row gives a pair per caption, an image alone, or
+    captions alone; rows with neither field are skipped (all of them: a ``ValueError``). ``picked``
+    holds the ``(image, caption)`` columns once known (a header sets them; else the first row)."""
+    base = Path(options.image_root).expanduser().resolve() if options.image_root else path.parent.resolve()
     resolve = _ImageResolver(base)
+    count = lacking = 0
+    first_keys: list[str] = []
+    split_seen = False
     for where, row in rows:
         count += 1
-        if split is not None and "split" in row and str(row["split"]) != split:
-            continue
-        missing = [c for c in (image_column, caption_column) if c not in row]
-        if missing:
+        if not picked:  # JSON rows: the columns are chosen from the first row
+            picked.append(_pick_columns(sorted(row), options, path, out, strict=False))
+        image_column, caption_column = picked[0]
+        if options.split is not None and "split" in row:
+            split_seen = True
+            if not caption_json.split_matches(row["split"], options.split):
+                continue
+        has_image = image_column is not None and image_column in row
+        has_caption = caption_column is not None and caption_column in row
+        if not has_image and not has_caption:
             lacking += 1
             first_keys = first_keys or sorted(row)
-            out.skip(where, f"no {missing} field (found {sorted(row)}); pass image_column=/caption_column=")
+            out.skip(
+                where,
+                f"no {options.image_column!r} or {options.caption_column!r} field: the row has {sorted(row)}; "
+                "pass --image-column / --caption-column (image_column= / caption_column=)",
+            )
             continue
-        image = resolve(row[image_column])
-        if image is None:
-            out.skip(where, f"{image_column!r} is empty or not a string")
+        image_id = row.get(options.id_column) if options.id_column else None
+        if options.id_column and image_id in (None, ""):
+            out.skip(where, f"no {options.id_column!r} value")
             continue
-        if image.startswith(("http://", "https://")):
-            out.skip(where, "remote image URLs are not fetched; download the images first (e.g. img2dataset)")
-            continue
-        image_id = row.get(id_column) if id_column else None
-        if id_column and image_id in (None, ""):
-            out.skip(where, f"no {id_column!r} value")
-            continue
+        image = None
+        no_image: str | None = f"no image: no {image_column or options.image_column!r} field"
+        if has_image:
+            image = resolve(row[image_column])
+            no_image = None
+            if image is None:
+                out.skip(where, f"no image: {image_column!r} is empty or not a string", "image")
+            elif image.startswith(("http://", "https://")):
+                out.skip(
+                    where,
+                    "remote image URL: images are not downloaded; fetch them first (e.g. img2dataset)",
+                    "image",
+                )
+                image = None
         metadata = {k: _jsonable(v) for k, v in row.items() if k not in (image_column, caption_column)}
-        out.add(where, image, row[caption_column], image_id, metadata)
+        out.add(
+            where, image, row.get(caption_column) if has_caption else None, image_id, metadata,
+            no_caption=f"no caption: no {caption_column or options.caption_column!r} field", no_image=no_image,
+        )  # fmt: skip
     if count and lacking == count:
         raise ValueError(
-            f"no row has both {image_column!r} and {caption_column!r} fields (the first has {first_keys}): "
-            "pass image_column= / caption_column= naming yours"
+            f"no row of {path} has an {options.image_column!r} or a {options.caption_column!r} field (the "
+            f"first has {first_keys}): pass --image-column / --caption-column (image_column= / caption_column=) "
+            "naming yours"
         )
-    return count
-
-
-def _read_manifest(
-    path: Path,
-    out: _Collector,
-    image_column: str,
-    caption_column: str,
-    id_column: str | None,
-    split: str | None,
-) -> None:
-    suffix = path.suffix.lower()
-    columns = tuple(c for c in (image_column, caption_column, id_column) if c)
-    if suffix == ".jsonl":
-        rows: Iterable[tuple[str, dict[str, Any]]] = jsonl_rows(path, out.skip)
-    elif suffix == ".json":
-        rows = json_rows(path, out.skip)
-    elif suffix in (".csv", ".tsv"):
-        rows = csv_rows(path, columns, out.skip)
-    else:
-        rows = parquet_rows(path, columns)
-    _add_rows(rows, path.parent.resolve(), out, image_column, caption_column, id_column, split)
-
-
-def _read_text(path: Path) -> str:
-    return path.read_text(encoding="utf-8", errors="replace")
-
-
-def _read_folder(root: Path, out: _Collector, caption_column: str, id_column: str | None) -> None:
-    images = sorted(
-        p
-        for p in root.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)  # ._a.jpg, .cache/, ...
-        and p.is_file()
-    )
-    for image in images:
-        where = str(image)
-        metadata: dict[str, Any] = {}
-        sidecar_json = image.with_suffix(".json")
-        if sidecar_json.is_file():
-            try:
-                loaded = json.loads(_read_text(sidecar_json))
-                metadata = loaded if isinstance(loaded, dict) else {"json": loaded}
-            except json.JSONDecodeError as exc:
-                out.skip(str(sidecar_json), f"invalid JSON metadata ignored: {exc.msg}")
-            except RecursionError:
-                out.skip(str(sidecar_json), "JSON metadata nested too deeply, ignored")
-        sidecar_txt = image.with_suffix(".txt")
-        if sidecar_txt.is_file():
-            captions: Any = _read_text(sidecar_txt).splitlines()
-            if not any(c.strip() for c in captions):
-                captions = [""]
-        elif caption_column in metadata:
-            captions = metadata[caption_column]
-        else:
-            out.skip(where, f"no caption: expected {sidecar_txt.name} beside the image")
-            continue
-        image_id = metadata.get(id_column) if id_column else None
-        metadata = {k: _jsonable(v) for k, v in metadata.items() if k != caption_column}
-        metadata.setdefault("path", str(image.relative_to(root)))
-        out.add(where, str(image.resolve()), captions, image_id, metadata)
-
-
-def _split_member(name: str) -> tuple[str, str]:
-    """webdataset convention: the key is the path up to the first dot of the file name."""
-    folder, _, filename = name.rpartition("/")
-    stem, _, ext = filename.partition(".")
-    return (f"{folder}/{stem}" if folder else stem), ext.lower()
-
-
-def _read_shard(shard: Path, out: _Collector, caption_column: str, id_column: str | None) -> None:
-    groups: dict[str, dict[str, Any]] = {}
-    try:
-        with tarfile.open(shard, "r") as tar:
-            shard_size = shard.stat().st_size
-            for member in tar:
-                if not member.isfile():
-                    continue
-                if member.offset_data + member.size > shard_size:
-                    out.skip(f"{shard}#{member.name}", "truncated tar shard: this member is cut off")
-                    break
-                key, ext = _split_member(member.name)
-                group = groups.setdefault(key, {})
-                if "." + ext.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS:
-                    group["image"] = member.name
-                elif ext in ("txt", "json"):
-                    fh = tar.extractfile(member)
-                    group[ext] = fh.read().decode("utf-8", errors="replace") if fh else ""
-    except (OSError, tarfile.TarError) as exc:
-        out.skip(str(shard), f"unreadable tar shard after {len(groups)} samples: {exc}")  # keep what was read
-    for key, group in groups.items():
-        where = f"{shard}#{key}"
-        if "image" not in group:
-            out.skip(where, "no image member in this sample")
-            continue
-        metadata: dict[str, Any] = {}
-        if "json" in group:
-            try:
-                loaded = json.loads(group["json"])
-                metadata = loaded if isinstance(loaded, dict) else {"json": loaded}
-            except json.JSONDecodeError as exc:
-                out.skip(where, f"invalid JSON metadata ignored: {exc.msg}")
-            except RecursionError:
-                out.skip(where, "JSON metadata nested too deeply, ignored")
-        if "txt" in group:
-            captions: Any = group["txt"].splitlines() or [""]
-        elif caption_column in metadata:
-            captions = metadata[caption_column]
-        else:
-            out.skip(where, "no caption: expected a .txt member")
-            continue
-        image_id = metadata.get(id_column) if id_column else None
-        metadata = {k: _jsonable(v) for k, v in metadata.items() if k != caption_column}
-        metadata.setdefault("key", key)
-        out.add(where, tar_ref(shard, group["image"]), captions, image_id, metadata)
-
-
-def read_pairs(
-    source: str | os.PathLike[str],
-    *,
-    image_column: str = "image",
-    caption_column: str = "caption",
-    id_column: str | None = None,
-    split: str | None = None,
-) -> PairSet:
-    """Read image-caption pairs from a manifest, an image folder, or webdataset shards.
-
-    ``source`` is a ``.jsonl`` / ``.csv`` / ``.tsv`` / ``.parquet`` manifest, a ``.tar`` shard,
-    a glob of shards (``"data/{0..9}.tar"`` is not expanded; use ``"data/*.tar"``), a folder of
-    shards, or an image folder with sidecar ``.txt`` captions. ``image_id`` defaults to the image
-    reference; ``id_column`` names a column (or a sidecar JSON field) to use instead. ``split``
-    keeps rows whose ``split`` field equals it; for a folder holding ``<split>.jsonl`` (or another
-    manifest type) that manifest is read. Unusable rows are in ``PairSet.skipped``.
-    """
-    text = os.fspath(source)
-    out = _Collector()
-    if any(ch in text for ch in "*?[") and not Path(text).exists():
-        shards = sorted(glob.glob(text))
-        if not shards:
-            raise FileNotFoundError(f"no files match {text!r}: check the pattern")
-        for shard in shards:
-            _read_one(Path(shard), out, image_column, caption_column, id_column, split)
-        return out.result()
-    path = Path(text).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: expected a manifest, an image folder or .tar shards")
-    if path.is_dir() and split is not None:
-        for ext in MANIFEST_EXTENSIONS:
-            candidate = path / f"{split}{ext}"
-            if candidate.is_file():
-                _read_one(candidate, out, image_column, caption_column, id_column, None)
-                return out.result()
-    _read_one(path, out, image_column, caption_column, id_column, split)
-    return out.result()
-
-
-def _read_one(
-    path: Path,
-    out: _Collector,
-    image_column: str,
-    caption_column: str,
-    id_column: str | None,
-    split: str | None,
-) -> None:
-    suffix = path.suffix.lower()
-    if path.is_dir():
-        shards = sorted(path.glob("*.tar"))
-        has_images = any(p.suffix.lower() in IMAGE_EXTENSIONS for p in path.rglob("*"))
-        if shards and not has_images:
-            for shard in shards:
-                _read_shard(shard, out, caption_column, id_column)
-        else:
-            _read_folder(path, out, caption_column, id_column)
-    elif suffix in MANIFEST_EXTENSIONS:
-        _read_manifest(path, out, image_column, caption_column, id_column, split)
-    elif suffix == ".tar":
-        _read_shard(path, out, caption_column, id_column)
-    else:
-        raise ValueError(
-            f"cannot read pairs from {path}: expected one of {list(MANIFEST_EXTENSIONS)}, a .tar shard, "
-            "a folder of shards or an image folder with sidecar .txt captions"
+    if options.split is not None and count and not split_seen:
+        out.note(
+            f"no row of {path} has a 'split' field: every row was kept (--split {options.split} ignored)"
         )

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from retrieval.data import read_pairs
+from retrieval.data import read_corpus, read_pairs
 
 from support.images import jpeg_bytes, rgb_image
 
@@ -46,7 +46,7 @@ def test_jsonl_relative_paths_lists_and_skips(image_dir: Path) -> None:
     assert len(pairs.skipped) == 4
     assert reasons.count("empty caption") == 2
     assert any("invalid JSON" in r for r in reasons)
-    assert any("no ['caption'] field" in r for r in reasons)
+    assert any("no caption: no 'caption' field" in r for r in reasons)
     assert pairs.skipped[0][0].endswith("m.jsonl:4")
 
 
@@ -86,11 +86,22 @@ def test_csv_and_tsv(image_dir: Path, suffix: str, delimiter: str) -> None:
 
 
 def test_csv_missing_column_is_a_clear_error(tmp_path: Path) -> None:
-    (tmp_path / "m.csv").write_text("path,text\nx.jpg,hello\n", encoding="utf-8")
+    (tmp_path / "m.csv").write_text("file,title\nx.jpg,hello\n", encoding="utf-8")
     with pytest.raises(
-        ValueError, match=r"no column\(s\) \['image', 'caption'\].*columns are \['path', 'text'\]"
+        ValueError, match=r"no column\(s\) \['image', 'caption'\].*columns are \['file', 'title'\].*--image-column"
     ):
         read_pairs(tmp_path / "m.csv")
+
+
+def test_usual_column_names_stand_in_for_absent_defaults(tmp_path: Path) -> None:
+    (tmp_path / "m.csv").write_text("path,text\nx.jpg,hello\n", encoding="utf-8")
+    corpus = read_corpus(tmp_path / "m.csv")
+    assert [(r.image, r.caption) for r in corpus] == [(str(tmp_path / "x.jpg"), "hello")]
+    assert any("read from 'path'" in note and "--image-column" in note for note in corpus.notes)
+    assert any("read from 'text'" in note for note in corpus.notes)
+    # a column the user names is never replaced
+    with pytest.raises(ValueError, match="no column"):
+        read_pairs(tmp_path / "m.csv", image_column="file", caption_column="title")
 
 
 def test_parquet_with_list_captions(image_dir: Path) -> None:
@@ -183,8 +194,8 @@ def test_json_array_manifest_bom_and_wrong_columns(tmp_path: Path) -> None:
     assert pairs.captions() == ["one", "two"] and pairs.skipped[0][1] == "expected a JSON object, found int"
     (tmp_path / "bom.jsonl").write_text('\ufeff{"image": "a.jpg", "caption": "bom"}\n', encoding="utf-8")
     assert read_pairs(tmp_path / "bom.jsonl").captions() == ["bom"]
-    write_jsonl(tmp_path / "wrong.jsonl", [{"path": "a.jpg", "text": "x"}, {"path": "b.jpg", "text": "y"}])
-    with pytest.raises(ValueError, match=r"no row has both 'image' and 'caption'.*\['path', 'text'\]"):
+    write_jsonl(tmp_path / "wrong.jsonl", [{"file": "a.jpg", "title": "x"}, {"file": "b.jpg", "title": "y"}])
+    with pytest.raises(ValueError, match=r"no row of .* has an 'image' or a 'caption' field.*\['file', 'title'\]"):
         read_pairs(tmp_path / "wrong.jsonl")
     (tmp_path / "bad.json").write_text("[{", encoding="utf-8")
     with pytest.raises(ValueError, match="not valid JSON"):
