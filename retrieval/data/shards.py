@@ -74,7 +74,7 @@ def _range(body: str) -> list[str] | None:
     first, last = int(match.group(1)), int(match.group(2))
     step = int(match.group(3) or 1) or 1
     width = max(len(match.group(1)), len(match.group(2)))
-    padded = match.group(1).startswith("0") or match.group(2).startswith("0")
+    padded = any(len(b.lstrip("-")) > 1 and b.lstrip("-").startswith("0") for b in match.group(1, 2))
     if abs(last - first) // step + 1 > MAX_EXPANSION:
         raise ValueError(f"the range {{{body}}} names more than {MAX_EXPANSION} files")
     values = range(first, last + 1, step) if last >= first else range(first, last - 1, -step)
