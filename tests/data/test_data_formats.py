@@ -21,8 +21,8 @@ from retrieval.data import (
     load_image,
     read_corpus,
     read_pairs,
+    refs,
 )
-from retrieval.data import refs
 from retrieval.data.images import read_ref_bytes
 
 from support.images import jpeg_bytes, png_bytes, rgb_image
@@ -65,7 +65,9 @@ def test_parquet_with_bytes_structs_reads_decodes_and_keeps_refs_stable(tmp_path
 
 def test_parquet_plain_binary_column_found_by_its_content(tmp_path: Path) -> None:
     blobs = _images(3)
-    pq.write_table(pa.table({"jpg": pa.array(blobs, pa.binary()), "text": ["a", "b", "c"]}), tmp_path / "data.bin")
+    pq.write_table(
+        pa.table({"jpg": pa.array(blobs, pa.binary()), "text": ["a", "b", "c"]}), tmp_path / "data.bin"
+    )
     corpus = read_corpus(tmp_path / "data.bin")  # the name says nothing: the content does
     assert corpus.counts()["pair"] == 3
     assert [read_ref_bytes(ref) for ref in corpus.pairs().images()] == blobs
@@ -74,7 +76,7 @@ def test_parquet_plain_binary_column_found_by_its_content(tmp_path: Path) -> Non
     # two byte columns: which one holds the images must be said
     table = pa.table({"jpg": pa.array(blobs, pa.binary()), "thumb": blobs, "text": ["a", "b", "c"]})
     pq.write_table(table, tmp_path / "two.parquet")
-    with pytest.raises(UnpairedCorpusError, match="has no column 'image'.*--image-column"):
+    with pytest.raises(UnpairedCorpusError, match=r"has no column 'image'.*--image-column"):
         read_pairs(tmp_path / "two.parquet")
     pairs = read_pairs(tmp_path / "two.parquet", image_column="jpg")
     assert [read_ref_bytes(ref) for ref in pairs.images()] == blobs
@@ -95,7 +97,9 @@ def test_row_refs_fuzzed_against_the_bytes_across_cache_and_cursor_paths(tmp_pat
         for name in ("one_group.parquet", "groups.parquet"):
             order = list(range(40)) + [rng.randrange(40) for _ in range(40)]
             for row in order:
-                assert refs.read_row_bytes(refs.row_ref("parquet", tmp_path / name, "image", row)) == blobs[row]
+                assert (
+                    refs.read_row_bytes(refs.row_ref("parquet", tmp_path / name, "image", row)) == blobs[row]
+                )
     with pytest.raises(OSError, match="past the file's 40 rows"):
         refs.read_row_bytes(refs.row_ref("parquet", tmp_path / "groups.parquet", "image", 40))
     with pytest.raises(OSError, match="no column"):
@@ -150,9 +154,9 @@ def test_struct_without_bytes_reads_its_path(tmp_path: Path) -> None:
 def _save_to_disk_by_hand(folder: Path, table: pa.Table, split: str) -> None:
     """The layout `datasets.Dataset.save_to_disk` writes: Arrow stream files, state.json, dataset_info.json."""
     folder.mkdir(parents=True)
-    with pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as sink:
-        with pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
+    path = str(folder / "data-00000-of-00001.arrow")
+    with pa.OSFile(path, "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
     features = {"image": {"_type": "Image"}, "caption": {"feature": {"dtype": "string", "_type": "Value"}}}
     (folder / "dataset_info.json").write_text(json.dumps({"features": features}), encoding="utf-8")
     state = {"_data_files": [{"filename": "data-00000-of-00001.arrow"}], "_split": split}
@@ -201,7 +205,10 @@ def _karpathy(images: Path, coco: bool) -> dict:
         entry = {
             "filename": name,
             "split": split,
-            "sentences": [{"raw": f"first of {i}", "tokens": ["first"]}, {"tokens": ["tokens", "of", str(i)]}],
+            "sentences": [
+                {"raw": f"first of {i}", "tokens": ["first"]},
+                {"tokens": ["tokens", "of", str(i)]},
+            ],
             "sentids": [2 * i, 2 * i + 1],
             ("cocoid" if coco else "imgid"): 100 + i,
         }
@@ -343,7 +350,9 @@ def test_unpaired_sources_are_images_or_captions_alone(tmp_path: Path) -> None:
     assert folder.records[0].image_id == str(photos / "a.jpg") and folder.records[0].caption is None
     with pytest.raises(UnpairedCorpusError, match=r"2 images without a caption.*--caption-column"):
         read_pairs(photos)
-    (tmp_path / "m.jsonl").write_text('{"image": "photos/a.jpg"}\n{"image": "photos/b.png"}\n', encoding="utf-8")
+    (tmp_path / "m.jsonl").write_text(
+        '{"image": "photos/a.jpg"}\n{"image": "photos/b.png"}\n', encoding="utf-8"
+    )
     assert read_corpus(tmp_path / "m.jsonl").counts()["image"] == 2
     pq.write_table(pa.table({"image": _images(2)}), tmp_path / "only_images.parquet")
     assert read_corpus(tmp_path / "only_images.parquet").counts()["image"] == 2
@@ -375,7 +384,9 @@ def test_nothing_read_names_the_reader_and_the_first_reasons(tmp_path: Path) -> 
 
 def test_content_decides_the_reader_not_the_name(tmp_path: Path) -> None:
     rgb_image().save(tmp_path / "a.jpg")
-    (tmp_path / "rows.json").write_text('{"image": "a.jpg", "caption": "x"}\n{"image": "a.jpg", "caption": "y"}\n')
+    (tmp_path / "rows.json").write_text(
+        '{"image": "a.jpg", "caption": "x"}\n{"image": "a.jpg", "caption": "y"}\n'
+    )
     assert read_corpus(tmp_path / "rows.json").reader == "JSON Lines manifest"
     with tarfile.open(tmp_path / "shard.data", "w") as tar:
         for name, data in (("k.png", png_bytes("red")), ("k.txt", b"red square")):

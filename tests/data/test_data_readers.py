@@ -88,7 +88,8 @@ def test_csv_and_tsv(image_dir: Path, suffix: str, delimiter: str) -> None:
 def test_csv_missing_column_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "m.csv").write_text("file,title\nx.jpg,hello\n", encoding="utf-8")
     with pytest.raises(
-        ValueError, match=r"no column\(s\) \['image', 'caption'\].*columns are \['file', 'title'\].*--image-column"
+        ValueError,
+        match=r"no column\(s\) \['image', 'caption'\].*columns are \['file', 'title'\].*--image-column",
     ):
         read_pairs(tmp_path / "m.csv")
 
@@ -195,7 +196,9 @@ def test_json_array_manifest_bom_and_wrong_columns(tmp_path: Path) -> None:
     (tmp_path / "bom.jsonl").write_text('\ufeff{"image": "a.jpg", "caption": "bom"}\n', encoding="utf-8")
     assert read_pairs(tmp_path / "bom.jsonl").captions() == ["bom"]
     write_jsonl(tmp_path / "wrong.jsonl", [{"file": "a.jpg", "title": "x"}, {"file": "b.jpg", "title": "y"}])
-    with pytest.raises(ValueError, match=r"no row of .* has an 'image' or a 'caption' field.*\['file', 'title'\]"):
+    with pytest.raises(
+        ValueError, match=r"no row of .* has an 'image' or a 'caption' field.*\['file', 'title'\]"
+    ):
         read_pairs(tmp_path / "wrong.jsonl")
     (tmp_path / "bad.json").write_text("[{", encoding="utf-8")
     with pytest.raises(ValueError, match="not valid JSON"):
