@@ -254,6 +254,7 @@ class EmbedConfig(ConfigBase):
     caption_column: str = "caption"  # manifest column holding the caption(s)
     id_column: str | None = None  # manifest column / sidecar field with the image id (default: the path)
     split: str | None = None  # only rows of this split (a `split` field, or <split>.jsonl in a folder)
+    image_root: str | None = None  # folder relative image paths start from (default: the manifest's)
     prune: bool = False  # remove from the collection the items that left the corpus (deleted, edited)
     state: str | None = None  # folder of the embed record; None: <collection>/embed, or the cache for Milvus
 
@@ -293,6 +294,7 @@ class EvalConfig(ConfigBase):
     caption_column: str = "caption"  # retrieval eval: manifest column with the caption(s)
     id_column: str | None = None  # retrieval eval: manifest column naming the image (default: its path)
     split: str | None = None  # retrieval eval: only rows of this split
+    image_root: str | None = None  # retrieval eval: folder relative image paths start from (default: the manifest's)
     hubness: str | None = None  # with a query bank: also rank with "isoftmax" (QB-Norm) or "csls" (hub/... keys)
     hubness_beta: float = 10.0  # isoftmax: inverse temperature over the query bank (best on OpenMoji val)
     hubness_k: int = 10  # csls: bank neighbours averaged into an item's hub score
@@ -431,6 +433,9 @@ class TrainConfig(ConfigBase):
     image_column: str = "image"  # manifest column with the image path (relative to the manifest)
     caption_column: str = "caption"  # manifest column with the caption (a string or a list of strings)
     id_column: str | None = None  # manifest column naming the image (default: the image path)
+    split: str | None = None  # only train_data's rows of this split (e.g. "train" or "train,restval")
+    val_split: str | None = None  # only val_data's rows of this split (e.g. "val")
+    image_root: str | None = None  # folder relative image paths start from (default: the manifest's)
     model: ModelConfig = dataclasses.field(default_factory=lambda: RECIPE_MODEL)  # towers, dim, temperature
     # Start from this pretrained model instead of building `model`: a toolkit folder, a transformers
     # CLIP/SigLIP folder or a hub id org/name[@revision]; `model` then only sets its training switches

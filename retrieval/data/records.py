@@ -191,10 +191,10 @@ class Corpus:
         first = "; ".join(f"{where}: {reason}" for where, reason in self.pair_skipped[:3])
         notes = "".join(f" {note}." for note in self.notes)
         raise UnpairedCorpusError(
-            f"{self.source} ({self.reader}) has no image-caption pair: it holds {self.describe()}, and "
-            f"{purpose} need images with their captions (e.g. {first or 'nothing was skipped'}).{notes} "
-            "Give the images captions (a same-name .txt beside each image, or a caption column named "
-            "with --caption-column / caption_column=), or index the corpus as it is with `retrieval embed`"
+            f"{self.source} ({self.reader}) has no image-caption pair to use for {purpose}: it holds "
+            f"{self.describe()} (e.g. {first or 'nothing was skipped'}).{notes} Give the images captions (a "
+            "same-name .txt beside each image, or a caption column named with --caption-column / "
+            "caption_column=), or index the corpus as it is with `retrieval embed`"
         )
 
 

@@ -11,7 +11,9 @@ at a time, however large the corpus.
 Killed at any point (even ``kill -9``), the same call finishes the job and gives the same
 collection as an uninterrupted run; called on a finished job it does nothing; called after
 files were added to the corpus it embeds only the new ones. Broken inputs are skipped,
-counted by reason and listed in ``errors.jsonl`` in the state folder.
+counted by reason and listed in ``errors.jsonl`` in the state folder. A corpus of images without
+captions, or of captions without images, is embedded as it is; one that gives nothing to embed, or
+whose every item was skipped, raises :class:`NothingEmbeddedError` with the counts by reason.
 """
 
 from __future__ import annotations
@@ -37,8 +39,32 @@ from retrieval.encoding import pick_device
 
 logger = logging.getLogger(__name__)
 TUNING_CAPTIONS = 1_000  # captions encoded as tuning queries for an image-only collection
+EXAMPLES = 3  # skipped inputs quoted in a summary or an error
 
-__all__ = ["EmbedSummary", "embed_corpus", "recorded_model", "recorded_model_dir"]
+# Skip codes of the items and the encoder, in words (readers give their reasons in words already).
+SKIP_WORDS = {
+    "missing_file": "image file missing",
+    "decode_error": "image could not be decoded",
+    "transform_error": "image could not be transformed",
+    "encode_error": "refused by the model",
+    "empty_caption": "empty caption",
+}
+
+__all__ = ["EmbedSummary", "NothingEmbeddedError", "embed_corpus", "recorded_model", "recorded_model_dir"]
+
+
+def _counts_in_words(counts: dict[str, int]) -> str:
+    ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{n} {SKIP_WORDS.get(reason, reason)}" for reason, n in ordered)
+
+
+class NothingEmbeddedError(ValueError):
+    """A source gave nothing to embed, or every item of it was skipped; ``summary`` says what
+    happened (``None`` when nothing was started)."""
+
+    def __init__(self, message: str, summary: EmbedSummary | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,17 +81,20 @@ class EmbedSummary:
     state_path: Path  # folder with the committed shards
     npy_export: Path | None  # clip-retrieval style export folder, when asked for
     seconds: float  # wall time of the call
+    examples: tuple[tuple[str, str], ...] = ()  # (where, why) of the first inputs skipped by this call
 
     @property
     def skipped_total(self) -> int:
         return sum(self.skipped.values())
 
     def __str__(self) -> str:
-        skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items())) or "none"
-        return (
+        """One line of counts (skip reasons in words), then the first skipped inputs with why."""
+        skipped = _counts_in_words(self.skipped) or "none"
+        line = (
             f"embedded {self.embedded}, already done {self.already_done}, skipped {self.skipped_total} ({skipped}) "
             f"in {self.seconds:.1f}s -> {self.collection_path} (errors: {self.errors_path})"
         )
+        return "\n".join([line, *(f"  skipped {where}: {why}" for where, why in self.examples)])
 
 
 def embed_corpus(
@@ -103,10 +132,15 @@ def embed_corpus(
         "caption_column": config.caption_column,
         "id_column": config.id_column,
         "split": config.split,
+        "image_root": config.image_root,
     }
+    shown = source if isinstance(source, (str, Path)) else type(source).__name__
     pairs, source_skips = read_source(source, **read_options)
+    source_skips = [s for s in source_skips if s.costs(config.modality)]
     items, item_skips = corpus_items(pairs, config.modality)
     source_skips += item_skips
+    if not items:
+        raise NothingEmbeddedError(_nothing_to_embed(shown, pairs, source_skips, config.modality))
     source = getattr(model, "source", None)
     record = _model_record(model_dir, source)
     model_info: dict[str, Any] = dict(source.info()) if source is not None else {}
@@ -125,6 +159,7 @@ def embed_corpus(
         replaces = _changed_images(pending, done)
         pruned = _prune(state, items, done, config) if config.prune else 0
         skipped: collections.Counter[str] = collections.Counter(s.reason for s in source_skips)
+        examples = [(s.where, s.detail) for s in source_skips[:EXAMPLES]]
         embedded = 0
         if pending:
             device = str(pick_device(config.device))
@@ -136,6 +171,7 @@ def embed_corpus(
                 for n_ok, failed in _commit(state, batches, config.shard_size, dim, replaces):
                     embedded += n_ok
                     skipped.update(reason for _, reason, _ in failed)
+                    examples += [(it.ref, detail) for it, _, detail in failed[: EXAMPLES - len(examples)]]
                     bar.update(n_ok + len(failed))
         if pending or pruned:
             tuning = _caption_queries(model, pairs, config) if config.modality == "images" else None
@@ -146,7 +182,7 @@ def embed_corpus(
         export = Path(config.npy_export) if config.npy_export else None
         if export is not None:
             state.export_npy(export)
-        return EmbedSummary(
+        summary = EmbedSummary(
             collection_path=str(location),
             embedded=embedded,
             skipped=dict(skipped),
@@ -157,7 +193,48 @@ def embed_corpus(
             state_path=state.root,
             npy_export=export,
             seconds=time.perf_counter() - started,
+            examples=tuple(examples),
         )
+        if not embedded and not any(done.get(it.key) == "embedded" for it in items):
+            raise NothingEmbeddedError(
+                f"nothing of {shown} could be embedded: all {len(items)} items were skipped "
+                f"({_counts_in_words(summary.skipped)}); the first: "
+                + "; ".join(f"{where}: {why}" for where, why in summary.examples)
+                + f" (every skipped input: {summary.errors_path})",
+                summary,
+            )
+        return summary
+
+
+def _nothing_to_embed(source: Any, records: Sequence[Any], skips: Sequence[Any], modality: str) -> str:
+    """Why a source gave no item to embed, in words."""
+    kinds = collections.Counter(
+        "pair"
+        if r.image is not None and r.caption is not None
+        else ("image" if r.image is not None else "text")
+        for r in records
+    )
+    held = ", ".join(
+        f"{n} {what}"
+        for n, what in (
+            (kinds["pair"], "image-caption pairs"),
+            (kinds["image"], "images without a caption"),
+            (kinds["text"], "captions without an image"),
+        )
+        if n
+    )
+    message = f"nothing to embed from {source} with --modality {modality} (modality={modality!r})"
+    if held:
+        message += f": it holds {held}"
+        other = {"texts": "images", "images": "texts"}.get(modality)
+        if (other == "images" and kinds["image"]) or (other == "texts" and kinds["text"]):
+            message += f"; --modality {other} or both embeds them"
+    if skips:
+        counts = collections.Counter(s.reason for s in skips)
+        message += f"; skipped: {_counts_in_words(dict(counts))}; the first: " + "; ".join(
+            f"{s.where}: {s.detail}" for s in skips[:EXAMPLES]
+        )
+    return message
 
 
 def _caption_queries(

@@ -115,19 +115,16 @@ def read_data(config: TrainConfig, check_val_images: bool = True) -> tuple[Any, 
     validation images are decoded once up front (``check_val_images``) and pairs whose image is
     broken are left out, so validation never fails at the end of an epoch.
     """
-    from retrieval.data import read_pairs
+    from retrieval.data import read_corpus
 
     kwargs = {
         "image_column": config.image_column,
         "caption_column": config.caption_column,
         "id_column": config.id_column,
+        "image_root": config.image_root,
     }
-    train_pairs = read_pairs(config.train_data, **kwargs)
-    if len(train_pairs) == 0:
-        raise ValueError(
-            f"no usable pairs in {config.train_data} ({len(train_pairs.skipped)} skipped, e.g. "
-            f"{train_pairs.skipped[:3]}): check image_column / caption_column and the paths"
-        )
+    # A corpus of images without captions (or captions alone) cannot train: a clear error says so.
+    train_pairs = read_corpus(config.train_data, split=config.split, **kwargs).require_pairs("training")
     skipped = len(train_pairs.skipped)
     if skipped:
         logger.warning("training data: %d entries skipped, e.g. %s", skipped, train_pairs.skipped[:3])
@@ -150,9 +147,7 @@ def read_data(config: TrainConfig, check_val_images: bool = True) -> tuple[Any, 
             logger.info("no validation: %s", split.reason)
     if config.val_data:
         record = {"source": "given", "val_data": str(config.val_data)}
-        val_pairs = read_pairs(config.val_data, **kwargs)
-        if len(val_pairs) == 0:
-            raise ValueError(f"no usable pairs in the validation data {config.val_data}")
+        val_pairs = read_corpus(config.val_data, split=config.val_split, **kwargs).require_pairs("validation")
         if check_val_images:
             val_pairs = _decodable(val_pairs)
             if len(val_pairs) == 0:
