@@ -17,7 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "stopped; re-running after adding files embeds only the new ones.",
     )
     p.add_argument(
-        "source", help="manifest (.jsonl/.csv/.tsv/.parquet), image folder with sidecars, or .tar shard(s)"
+        "source",
+        help="image folder (captions optional), manifest or table (.jsonl/.json/.csv/.tsv/.parquet/.arrow), "
+        "caption list (.txt), Karpathy or COCO captions JSON, .tar shard(s) or a pattern, datasets folder",
     )
     p.add_argument("--model", required=True, metavar="MODEL", help=MODEL_HELP)
     p.add_argument(
@@ -44,7 +46,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     option("image_column", "--image-column", help="manifest column with the image path")
     option("caption_column", "--caption-column", help="manifest column with the caption(s)")
     option("id_column", "--id-column", help="manifest column with the image id (none: the path)")
-    option("split", "--split", help="only rows of this split")
+    option(
+        "split", "--split", help="only rows of this split (comma-separated for several), or SOURCE/<split>/"
+    )
+    option(
+        "image_root",
+        "--image-root",
+        metavar="DIR",
+        help="folder relative image paths start from (default: the manifest's)",
+    )
     option("prune", "--prune", action="store_true", help="remove items no longer in the corpus")
     option(
         "state",

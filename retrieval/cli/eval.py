@@ -39,6 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="zero-shot prompt with {} for the class name (repeatable)",
     )  # fmt: skip
     option("split", "--split", help="split of DATA to read (e.g. test)")
+    option(
+        "image_root",
+        "--image-root",
+        metavar="DIR",
+        help="folder relative image paths start from (default: the manifest's)",
+    )
     option("image_column", "--image-column", help="manifest column with the image path")
     option("caption_column", "--caption-column", help="manifest column with the caption(s)")
     option("id_column", "--id-column", help="manifest column naming the image (none: its path)")
@@ -72,20 +78,21 @@ def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from retrieval.data import read_pairs
+    from retrieval.data import read_corpus
     from retrieval.evaluate import evaluate_model, write_report
     from retrieval.model import load_model
     from retrieval.paths import cache_dir
 
     config = EvalConfig().replace(**given(args, EvalConfig))
     out = Path(args.out) if args.out else cache_dir("reports") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
-    pairs = read_pairs(
+    pairs = read_corpus(
         args.data,
         image_column=config.image_column,
         caption_column=config.caption_column,
         id_column=config.id_column,
         split=config.split,
-    )
+        image_root=config.image_root,
+    ).require_pairs("evaluation")
     model = load_model(args.model, device=config.device)
     with contextlib.ExitStack() as stack:
         collection = None
@@ -104,10 +111,14 @@ def run(args: argparse.Namespace) -> int:
     write_report(result, out, n_samples=config.n_samples, seed=config.seed)
     m = result.metrics
     print(f"{len(result.captions)} captions, {len(result.images)} images, {len(result.skipped)} skipped")
-    print(f"{'K':>5} {'t2i R@K':>9} {'i2t R@K':>9}" + (f" {'index t2i':>10}" if result.index else ""))
+    via = [d for d in ("t2i", "i2t") if f"index/{d}/R@{result.ks[0]}" in m]  # directions the collection has
+    print(f"{'K':>5} {'t2i R@K':>9} {'i2t R@K':>9}" + "".join(f" {'index ' + d:>10}" for d in via))
     for k in result.ks:
-        index = f" {m[f'index/t2i/R@{k}']:>10.4f}" if result.index else ""
+        index = "".join(f" {m[f'index/{d}/R@{k}']:>10.4f}" for d in via)
         print(f"{k:>5} {m[f't2i/R@{k}']:>9.4f} {m[f'i2t/R@{k}']:>9.4f}{index}")
+    if result.index is not None:
+        for note in result.index.notes:
+            print(note)
     print(f"MRR t2i {m['t2i/MRR']:.4f}  i2t {m['i2t/MRR']:.4f}")
     if config.hubness:
         for k in result.ks:

@@ -17,6 +17,12 @@ an evaluated image by a metadata field (``image_id`` by default, as written by
 
 When an image appears several times among the candidates, its first item is the
 relevant one and the others are distractors, in both measurements.
+
+A direction is measured when the collection holds candidates for it: text-to-image with image
+items, image-to-text with text items (an image-only collection gives text-to-image only, a
+caption-only one image-to-text only). Evaluated images (or captions) the collection lacks are added
+to a scratch copy of it, which is measured instead (:mod:`retrieval.evaluate.scratch`; the
+collection is never written); ``add_missing=False`` leaves them out instead.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import torch
 
 from retrieval.evaluate._ranking import Ranking
 from retrieval.evaluate.metrics import _check_ks, embedding_rankings, ranking_metrics
+from retrieval.evaluate.scratch import scratch_copy
 
 __all__ = ["IndexComparison", "compare_index"]
 
@@ -42,9 +49,10 @@ class IndexComparison:
         index_spec: the collection's index description (``Collection.index_spec``).
         exact: metrics of exact search (all keys, e.g. ``t2i/R@10``, ``t2i/MRR``).
         index: ``@K`` metrics through ``Collection.search`` (e.g. ``t2i/R@10``).
-        n_image_items: image candidates in the collection.
+        n_image_items: image candidates in the collection (0: no t2i comparison).
         n_text_items: text candidates in the collection (0: no i2t comparison).
-        missing_images: evaluated images with no item in the collection (their texts are left out of t2i).
+        missing_images: evaluated images with no image item in the collection (added to a scratch
+            copy, or with ``add_missing=False`` their texts left out of t2i).
         refine: the ``refine`` factor passed to ``Collection.search``.
         filter_mode: how one modality was selected ("where", "post", or "none" for an image-only collection).
         notes: remarks for the reader (e.g. searches the collection answered exactly).
@@ -59,6 +67,8 @@ class IndexComparison:
     refine: int | None = None
     notes: tuple[str, ...] = ()
     filter_mode: str = "where"
+    added_images: int = 0  # evaluated images added to the scratch copy measured
+    added_texts: int = 0  # evaluated captions added to the scratch copy measured
 
     def rows(self) -> list[tuple[str, float, float]]:
         """``(metric, exact, via index)`` for every metric measured both ways."""
@@ -163,6 +173,7 @@ def compare_index(
     refine: int | None = None,
     filter_mode: str = "where",
     chunk_size: int = 4096,
+    add_missing: bool = True,
 ) -> IndexComparison:
     """Retrieval metrics of exact search and of the collection's index, side by side.
 
@@ -183,11 +194,13 @@ def compare_index(
             unfiltered ANN search for ``k * ceil(2 * all items / that modality's items)``
             hits, keeping that modality's first ``k`` (measures the index itself).
         chunk_size: block size of the exact scoring.
+        add_missing: evaluated images (and, when the collection holds texts, the captions of
+            evaluated images without any text item) that are not in the collection are added to a
+            scratch copy of it, which is measured instead; ``False`` leaves them out.
     """
     ks = _check_ks(ks)
     if filter_mode not in FILTER_MODES:
         raise ValueError(f"filter_mode must be one of {list(FILTER_MODES)}, received {filter_mode!r}")
-    k_max = max(ks)
     te = torch.as_tensor(np.asarray(text_emb, dtype=np.float32))  # [T, D]
     ie = torch.as_tensor(np.asarray(image_emb, dtype=np.float32))  # [I, D]
     g = np.asarray(text_to_image, dtype=np.int64)  # [T]
@@ -205,62 +218,136 @@ def compare_index(
             f"expected {ie.shape[0]} image keys and {te.shape[0]} text_to_image entries, "
             f"received {len(image_keys)} and {g.shape[0] if g.ndim else g.shape}"
         )
-    n_images = ie.shape[0]
-    image_index = {str(key): i for i, key in enumerate(image_keys)}
-    ids = np.asarray(collection.ids(), dtype=np.int64)
-    metadata = collection.get(ids)
-    has_modality = "modality" in collection.fields()
-    modality = np.array([m.get("modality", "image") if has_modality else "image" for m in metadata])
-    image_ids, text_ids = ids[modality == "image"], ids[modality == "text"]
-    if len(image_ids) == 0:
+    args = (te, ie, [str(k) for k in image_keys], g, ks, key_field, refine, filter_mode, chunk_size)
+    items = _Items.of(collection, key_field, image_keys)
+    if len(items.image_ids) == 0 and len(items.text_ids) == 0:
         raise ValueError(
-            f"collection {collection.path} holds no image items (metadata 'modality' == 'image'): "
-            "embed the images of the evaluation set into it"
+            f"collection {collection.path} holds no image or text item: embed the evaluation set into it"
         )
-    image_meta = [m for m, mod in zip(metadata, modality) if mod == "image"]
-    image_targets = _item_targets(image_meta, image_index, key_field)  # [Ni]
-    first_item = _first_item_per_image(image_targets, n_images)  # [I]
-    missing_images = int((first_item < 0).sum())
-    if missing_images == n_images:
+    lacking_images = np.flatnonzero(items.image_first < 0) if len(items.image_ids) else np.zeros(0, np.int64)
+    lacking_texts = np.flatnonzero(np.isin(g, np.flatnonzero(~items.has_text))) if len(items.text_ids) else []
+    if not add_missing or (len(lacking_images) == 0 and len(lacking_texts) == 0):
+        return _compare(collection, items, *args)
+    keys = [str(k) for k in image_keys]
+    vectors = np.concatenate([ie.numpy()[lacking_images], te.numpy()[lacking_texts]])  # [n, D]
+    image_meta = {"modality": "image"} if items.has_modality else {}
+    metadata = [{**image_meta, key_field: keys[i]} for i in lacking_images]
+    metadata += [{"modality": "text", key_field: keys[g[t]]} for t in lacking_texts]
+    with scratch_copy(collection, vectors, metadata, key_field) as scratch:
+        result = _compare(scratch, _Items.of(scratch, key_field, image_keys), *args)
+    added = ", ".join(
+        f"{n} evaluated {what}"
+        for n, what in ((len(lacking_images), "images"), (len(lacking_texts), "captions"))
+        if n
+    )
+    note = (
+        f"{added} were not in the collection: they were embedded and added to a scratch copy of it "
+        f"(index {result.index_spec}), which was measured instead; the collection was not changed."
+    )
+    return dataclasses.replace(
+        result,
+        index_spec=str(getattr(collection, "index_spec", "index")),
+        missing_images=len(lacking_images),
+        added_images=len(lacking_images),
+        added_texts=len(lacking_texts),
+        n_image_items=result.n_image_items - len(lacking_images),
+        n_text_items=result.n_text_items - len(lacking_texts),
+        notes=(note, *result.notes),
+    )
+
+
+@dataclasses.dataclass
+class _Items:
+    """The collection's items by modality, matched to the evaluated images."""
+
+    image_ids: np.ndarray  # [Ni] ids of image items
+    text_ids: np.ndarray  # [Nt] ids of text items
+    image_targets: np.ndarray  # [Ni] evaluated image of each image item, -1 for none
+    text_targets: np.ndarray  # [Nt] evaluated image of each text item, -1 for none
+    image_first: np.ndarray  # [I] position of each evaluated image's first image item, -1 for none
+    has_text: np.ndarray  # [I] bool: the evaluated image has a text item
+    has_modality: bool  # the collection records a modality field
+
+    @classmethod
+    def of(cls, collection: Any, key_field: str, image_keys: Sequence[str]) -> _Items:
+        n_images = len(image_keys)
+        image_index = {str(key): i for i, key in enumerate(image_keys)}
+        ids = np.asarray(collection.ids(), dtype=np.int64)
+        metadata = collection.get(ids)
+        has_modality = "modality" in collection.fields()
+        modality = np.array([m.get("modality", "image") if has_modality else "image" for m in metadata])
+        is_image, is_text = modality == "image", modality == "text"
+        image_targets = _item_targets([m for m, i in zip(metadata, is_image) if i], image_index, key_field)
+        text_targets = _item_targets([m for m, t in zip(metadata, is_text) if t], image_index, key_field)
+        has_text = np.zeros(n_images, dtype=bool)
+        has_text[text_targets[text_targets >= 0]] = True
+        return cls(
+            ids[is_image], ids[is_text], image_targets, text_targets,
+            _first_item_per_image(image_targets, n_images), has_text, has_modality,
+        )  # fmt: skip
+
+
+def _compare(
+    collection: Any,
+    items: _Items,
+    te: torch.Tensor,
+    ie: torch.Tensor,
+    image_keys: list[str],
+    g: np.ndarray,
+    ks: Sequence[int],
+    key_field: str,
+    refine: int | None,
+    filter_mode: str,
+    chunk_size: int,
+) -> IndexComparison:
+    """Both directions (those the collection has candidates for), exact and through the index."""
+    k_max = max(ks)
+    n_images = ie.shape[0]
+    image_ids, text_ids, has_modality = items.image_ids, items.text_ids, items.has_modality
+    first_item = items.image_first
+    missing_images = int((first_item < 0).sum()) if len(image_ids) else 0
+    if len(image_ids) and missing_images == n_images and not (items.text_targets >= 0).any():
         raise ValueError(
             f"none of the {n_images} evaluated images is in collection {collection.path} "
             f"(matched on metadata field {key_field!r}): embed this evaluation set into it"
         )
-    g_items = first_item[g]  # [T] candidate position of each text's image, -1 when missing
-
     exact: dict[str, float] = {}
     index: dict[str, float] = {}
     where_image = {"modality": "image"} if has_modality else None
     post = has_modality and filter_mode == "post"
     # text -> image
-    cand = torch.as_tensor(np.asarray(collection.vectors(image_ids), dtype=np.float32))  # [Ni, D]
-    t2i_exact, _ = embedding_rankings(te, cand, torch.as_tensor(g_items), chunk_size, i2t=False)
-    assert t2i_exact is not None
-    exact.update(ranking_metrics(t2i_exact, ks, "t2i/"))
-    hit_ids, hit_scores = _search(
-        collection, te.numpy(), k_max, where_image, refine, image_ids if post else None
-    )
-    relevant = [image_ids[[j]] if j >= 0 else image_ids[:0] for j in g_items]
-    index.update(
-        _at_k(ranking_metrics(_ranking_from_hits(hit_ids, hit_scores, relevant, len(image_ids)), ks, "t2i/"))
-    )
+    if len(image_ids) and missing_images < n_images:
+        g_items = first_item[g]  # [T] candidate position of each text's image, -1 when missing
+        cand = torch.as_tensor(np.asarray(collection.vectors(image_ids), dtype=np.float32))  # [Ni, D]
+        t2i_exact, _ = embedding_rankings(te, cand, torch.as_tensor(g_items), chunk_size, i2t=False)
+        assert t2i_exact is not None
+        exact.update(ranking_metrics(t2i_exact, ks, "t2i/"))
+        hit_ids, hit_scores = _search(
+            collection, te.numpy(), k_max, where_image, refine, image_ids if post else None
+        )
+        relevant = [image_ids[[j]] if j >= 0 else image_ids[:0] for j in g_items]
+        ranking = _ranking_from_hits(hit_ids, hit_scores, relevant, len(image_ids))
+        index.update(_at_k(ranking_metrics(ranking, ks, "t2i/")))
     # image -> text
-    if len(text_ids):
-        text_meta = [m for m, mod in zip(metadata, modality) if mod == "text"]
-        text_targets = _item_targets(text_meta, image_index, key_field)  # [Nt] image of each text item
-        if (text_targets >= 0).any():
-            tcand = torch.as_tensor(np.asarray(collection.vectors(text_ids), dtype=np.float32))  # [Nt, D]
-            _, i2t_exact = embedding_rankings(tcand, ie, torch.as_tensor(text_targets), chunk_size, t2i=False)
-            assert i2t_exact is not None
-            exact.update(ranking_metrics(i2t_exact, ks, "i2t/", true_recall=True))
-            hit_ids, hit_scores = _search(
-                collection, ie.numpy(), k_max, {"modality": "text"}, refine, text_ids if post else None
-            )
-            order = np.argsort(text_targets, kind="stable")
-            bounds = np.searchsorted(text_targets[order], np.arange(n_images + 1))
-            relevant = [text_ids[order[bounds[i] : bounds[i + 1]]] for i in range(n_images)]
-            ranking = _ranking_from_hits(hit_ids, hit_scores, relevant, len(text_ids))
-            index.update(_at_k(ranking_metrics(ranking, ks, "i2t/", true_recall=True)))
+    text_targets = items.text_targets
+    if len(text_ids) and (text_targets >= 0).any():
+        tcand = torch.as_tensor(np.asarray(collection.vectors(text_ids), dtype=np.float32))  # [Nt, D]
+        _, i2t_exact = embedding_rankings(tcand, ie, torch.as_tensor(text_targets), chunk_size, t2i=False)
+        assert i2t_exact is not None
+        exact.update(ranking_metrics(i2t_exact, ks, "i2t/", true_recall=True))
+        hit_ids, hit_scores = _search(
+            collection, ie.numpy(), k_max, {"modality": "text"}, refine, text_ids if post else None
+        )
+        order = np.argsort(text_targets, kind="stable")
+        bounds = np.searchsorted(text_targets[order], np.arange(n_images + 1))
+        relevant = [text_ids[order[bounds[i] : bounds[i + 1]]] for i in range(n_images)]
+        ranking = _ranking_from_hits(hit_ids, hit_scores, relevant, len(text_ids))
+        index.update(_at_k(ranking_metrics(ranking, ks, "i2t/", true_recall=True)))
+    if not exact:
+        raise ValueError(
+            f"none of the {n_images} evaluated images is in collection {collection.path}, nor any caption of "
+            f"them (matched on metadata field {key_field!r}): embed this evaluation set into it"
+        )
     notes = []
     exact_max = getattr(collection, "exact_filter_max", None)
     if has_modality and not post and isinstance(exact_max, int):

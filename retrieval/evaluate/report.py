@@ -317,7 +317,7 @@ def markdown_summary(result: EvalResult, files: list[str]) -> str:
     lines += _extra_tables(result)
     if result.index is not None:
         lines += ["", "## Exact search vs the collection's index", "", result.index.markdown()]
-        if result.index.missing_images:
+        if result.index.missing_images and not result.index.added_images:
             lines.append(f"\n{result.index.missing_images} evaluated images are not in the collection.")
     if result.zero_shot is not None:
         zs = result.zero_shot

@@ -81,6 +81,8 @@ class EvalResult:
                 "n_image_items": self.index.n_image_items,
                 "n_text_items": self.index.n_text_items,
                 "missing_images": self.index.missing_images,
+                "added_images": self.index.added_images,
+                "added_texts": self.index.added_texts,
             }
         if self.calibration is not None:
             out["calibration"] = [{k: _json_float(v) for k, v in row.items()} for row in self.calibration]

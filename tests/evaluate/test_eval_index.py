@@ -74,12 +74,12 @@ def test_missing_images_and_distractors(tmp_path):
     with Collection.create(tmp_path / "c", dim=8, index="Flat") as coll:
         coll.add(image[:30], [{"image_id": k} for k in keys[:30]])  # 10 evaluated images missing
         coll.add(extra, [{"image_id": f"other{i}"} for i in range(10)])  # distractors
-        cmp = compare_index(coll, text, image, keys, g, ks=(1, 5))
-        assert cmp.missing_images == 10
+        cmp = compare_index(coll, text, image, keys, g, ks=(1, 5), add_missing=False)
+        assert cmp.missing_images == 10 and cmp.added_images == 0
         assert cmp.exact["t2i/n_queries"] == 30
         assert cmp.index["t2i/R@5"] == pytest.approx(cmp.exact["t2i/R@5"])
         with pytest.raises(ValueError, match="none of the 3 evaluated images"):
-            compare_index(coll, text[:3], image[:3], ["x", "y", "z"], [0, 1, 2])
+            compare_index(coll, text[:3], image[:3], ["x", "y", "z"], [0, 1, 2], add_missing=False)
         with pytest.raises(ValueError, match="dim 4 but collection"):
             compare_index(coll, text[:, :4], image[:, :4], keys, g)
 
