@@ -54,7 +54,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--where", action="append", default=[], metavar="FIELD=VALUE", help="metadata filter (repeatable)"
     )
     p.add_argument(
-        "--modality", choices=("image", "text"), default="image", help="what to return (default image)"
+        "--modality",
+        choices=("image", "text"),
+        default=None,
+        help="what to return (default: what the collection holds; image when it holds both)",
     )
     p.add_argument("--text-weight", type=float, default=0.5, help="weight of the text in a composed query")
     p.add_argument("--json", action="store_true", help="one JSON object per hit")

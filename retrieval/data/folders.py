@@ -56,9 +56,10 @@ def read_image_folder(root: Path, out: Collector, caption_column: str, id_column
         sidecar_txt = image.with_suffix(".txt")
         captions: Any = None
         if sidecar_txt.is_file():
-            captions = sidecar_txt.read_text(encoding="utf-8", errors="replace").splitlines()
-            if not any(c.strip() for c in captions):
-                captions = [""]
+            lines = sidecar_txt.read_text(encoding="utf-8", errors="replace").splitlines()
+            captions = [line for line in lines if line.strip()] or [
+                ""
+            ]  # blank lines separate, all blank: empty
         elif caption_column in metadata:
             captions = metadata[caption_column]
         image_id = metadata.get(id_column) if id_column else None

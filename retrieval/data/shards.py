@@ -248,7 +248,7 @@ def read_shard(
             )
         captions: Any = None
         if "txt" in group:
-            captions = group["txt"].splitlines() or [""]
+            captions = [line for line in group["txt"].splitlines() if line.strip()] or [""]
         elif caption_column in metadata:
             captions = metadata[caption_column]
         image_id = metadata.get(id_column) if id_column else None

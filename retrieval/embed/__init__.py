@@ -20,7 +20,21 @@ This package's ``__init__`` is its public API; the modules behind it:
 from __future__ import annotations
 
 from retrieval.config import EmbedConfig
-from retrieval.embed.job import EmbedSummary, embed_corpus, recorded_model, recorded_model_dir
+from retrieval.embed.job import (
+    EmbedSummary,
+    NothingEmbeddedError,
+    embed_corpus,
+    recorded_model,
+    recorded_model_dir,
+)
 from retrieval.embed.store import state_dir
 
-__all__ = ["EmbedConfig", "EmbedSummary", "embed_corpus", "recorded_model", "recorded_model_dir", "state_dir"]
+__all__ = [
+    "EmbedConfig",
+    "EmbedSummary",
+    "NothingEmbeddedError",
+    "embed_corpus",
+    "recorded_model",
+    "recorded_model_dir",
+    "state_dir",
+]

@@ -28,8 +28,8 @@ def search_collection(
     :func:`retrieval.model.load_model` takes; else the one recorded when the collection was embedded)
     and queries with text, an image, or both (composed).
 
-    ``modality`` is what to return: "image" | "text"; by default images for text queries and for
-    composed queries, images for image queries too.
+    ``modality`` is what to return: "image" | "text"; by default what the collection holds when it
+    holds one modality only (a caption-only collection answers with captions), else images.
     """
     if query is None and image is None:
         raise ValueError("give a text query, an image, or both")
@@ -42,8 +42,8 @@ def search_collection(
             f"no model recorded for collection {collection_path}: name the model (--model MODEL)"
         )
     model = load_model(name)
-    target = modality or "image"
     with Searcher(model, collection_path) as searcher:
+        target = modality or (searcher._only_modality() if searcher._has_modality else None) or "image"
         if query is not None and image is not None:
             return searcher.composed(image, query, k, text_weight=text_weight, modality=target, where=where)
         if image is not None:
