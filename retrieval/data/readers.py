@@ -122,10 +122,10 @@ def read_corpus(
     else:
         out.reader = _read_path(path, out, options)
     corpus = out.result()
-    for note in corpus.notes:
-        logger.info("%s", note)
     if not corpus.records:
         raise EmptyCorpusError(_nothing_read(corpus))
+    for note in corpus.notes:
+        logger.info("%s", note)
     return corpus
 
 
@@ -154,6 +154,10 @@ def read_pairs(
 
 def _nothing_read(corpus: Corpus) -> str:
     counts = corpus.skip_counts()
+    if not corpus.skipped and corpus.notes:
+        return f"nothing could be read from {corpus.source} (read as {corpus.reader}): " + "; ".join(
+            corpus.notes
+        )
     if not corpus.skipped:
         what = "nothing in it could be read as an image or a caption"
     else:

@@ -94,7 +94,11 @@ class EmbedSummary:
             f"embedded {self.embedded}, already done {self.already_done}, skipped {self.skipped_total} ({skipped}) "
             f"in {self.seconds:.1f}s -> {self.collection_path} (errors: {self.errors_path})"
         )
-        return "\n".join([line, *(f"  skipped {where}: {why}" for where, why in self.examples)])
+        # the reason often names the file again: say it once
+        shown = [
+            (where, why.replace(f" {where}:", ":").replace(f" {where}", "")) for where, why in self.examples
+        ]
+        return "\n".join([line, *(f"  skipped {where}: {why}" for where, why in shown)])
 
 
 def embed_corpus(
