@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 
+from retrieval.cli.data_options import add_data_options, read_options
 from retrieval.cli.options import MODEL_HELP, config_option, given
 from retrieval.config import ClassifyConfig
 
@@ -23,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--model", required=True, metavar="MODEL", help=MODEL_HELP)
     train.add_argument("--out", required=True, metavar="DIR", help="classifier folder to write")
     train.add_argument("--split", default=None, help="only rows of this split of DATA")
+    add_data_options(train, split=False)
     option = functools.partial(config_option, train, ClassifyConfig)
     option("label_column", "--label-column", help="metadata column with the class")
     option("fusion", "--fusion", help="how image and text vectors are fused")
@@ -38,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--classifier", required=True, metavar="DIR", help="classifier folder")
     ev.add_argument("--out", required=True, metavar="REPORT_DIR", help="report folder")
     ev.add_argument("--split", default=None, help="only rows of this split of DATA")
+    add_data_options(ev, split=False)
     ev.add_argument(
         "--label-column", default=None, help="metadata column with the class (default: training's)"
     )
@@ -52,10 +55,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     pr.set_defaults(func=run_predict)
 
 
-def _pairs(data: str, split: str | None):  # type: ignore[no-untyped-def]
+def _pairs(data: str, split: str | None, args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from retrieval.data import read_pairs
 
-    return read_pairs(data, split=split)
+    return read_pairs(data, split=split, **read_options(args))
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -63,7 +66,7 @@ def run_train(args: argparse.Namespace) -> int:
     from retrieval.model import load_model
 
     config = ClassifyConfig().replace(**given(args, ClassifyConfig))
-    classifier = train_classifier(load_model(args.model), _pairs(args.data, args.split), config)
+    classifier = train_classifier(load_model(args.model), _pairs(args.data, args.split, args), config)
     classifier.save(args.out)
     config.save(f"{args.out}/train_config.json")
     print(f"{len(classifier.classes)} classes ({config.fusion} fusion) -> {args.out}")
@@ -84,7 +87,9 @@ def run_eval(args: argparse.Namespace) -> int:
         column = (
             json.loads(meta.read_text())["label_column"] if meta.exists() else ClassifyConfig().label_column
         )
-    report = evaluate_classifier(load_model(args.model), classifier, _pairs(args.data, args.split), column)
+    report = evaluate_classifier(
+        load_model(args.model), classifier, _pairs(args.data, args.split, args), column
+    )
     out = write_classification_report(report, args.out)
     for inputs in ("image", "text", "both"):
         print(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 
+from retrieval.cli.data_options import add_data_options, read_options
 from retrieval.cli.options import config_option, given
 from retrieval.config import MatchConfig
 
@@ -26,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     option("epochs", "--epochs", help="passes over the mined pairs")
     option("negatives", "--negatives", help="hard negatives per caption and per image")
     option("seed", "--seed", help="seed")
+    add_data_options(train)
     train.set_defaults(func=run_train)
 
 
@@ -37,8 +39,10 @@ def run_train(args: argparse.Namespace) -> int:
     from retrieval.model import TwinEncoder
 
     config = MatchConfig().replace(**given(args, MatchConfig))
-    val = read_pairs(args.val) if args.val else None
-    result = train_match_head(TwinEncoder.load(args.model), read_pairs(args.data), config, val_pairs=val)
+    options = read_options(args)
+    val = read_pairs(args.val, **{**options, "split": None}) if args.val else None
+    pairs = read_pairs(args.data, **options)
+    result = train_match_head(TwinEncoder.load(args.model), pairs, config, val_pairs=val)
     result.head.save(Path(args.model) / MATCH_HEAD_DIR)
     ece = (
         f"; val ECE {result.val_ece_before:.3f} -> {result.val_ece:.3f}" if result.val_ece is not None else ""

@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any
 
+from retrieval.cli.data_options import add_data_options, read_options
 from retrieval.cli.options import MODEL_HELP
 
 EPILOG = """\
@@ -67,20 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--set", action="append", default=[], dest="set_overrides", metavar="KEY=VALUE", help="an override"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    for flag, help_text in DATA_OPTIONS.items():
-        p.add_argument(flag, default=None, metavar=flag.lstrip("-").split("-")[-1].upper(), help=help_text)
+    add_data_options(p, val_split=True)  # each sets the TrainConfig field of the same name
     p.set_defaults(func=run)
-
-
-# How DATA and --val are read: flag -> help (each sets the TrainConfig field of the same name).
-DATA_OPTIONS = {
-    "--split": "only DATA's rows of this split (comma-separated for several, e.g. train,restval), or DATA/<split>/",
-    "--val-split": "only the --val data's rows of this split (e.g. val)",
-    "--image-root": "folder relative image paths start from (default: the manifest's)",
-    "--image-column": "manifest column with the image (path or bytes; default: image)",
-    "--caption-column": "manifest column with the caption(s) (default: caption)",
-    "--id-column": "manifest column naming the image (default: its path)",
-}
 
 
 def _parse_value(text: str) -> Any:
@@ -124,10 +113,7 @@ def run(args: argparse.Namespace) -> int:
         data["val_fraction"] = 0.0
     if args.no_progress:
         data["progress"] = False
-    for flag in DATA_OPTIONS:
-        value = getattr(args, flag.lstrip("-").replace("-", "_"))
-        if value is not None:
-            data[flag.lstrip("-").replace("-", "_")] = value
+    data.update(read_options(args))
     config = TrainConfig.from_dict(apply_overrides(data, [*args.overrides, *args.set_overrides]))
     try:
         result = train(config, resume=args.resume)

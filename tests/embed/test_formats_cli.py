@@ -196,3 +196,27 @@ def test_embed_and_eval_read_a_clip_benchmark_root_and_a_parquet_of_bytes(model_
     assert "embedded 0, already done 4" in capsys.readouterr().out
     assert main(["search", str(coll), "a photo", "-k", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["metadata"]["path"].startswith("parquet://")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "D", "--out", "o"],
+        ["embed", "D", "--model", "m", "--out", "o"],
+        ["eval", "D", "--model", "m"],
+        ["match", "train", "D", "--model", "m"],
+        ["classify", "train", "D", "--model", "m", "--out", "o"],
+        ["classify", "eval", "D", "--model", "m", "--classifier", "c", "--out", "o"],
+    ],
+)
+def test_every_command_reading_data_takes_the_reading_options(argv):
+    from retrieval.cli import build_parser
+    from retrieval.cli.data_options import read_options
+    from retrieval.cli.options import given
+    from retrieval.config import EmbedConfig, EvalConfig
+
+    extra = ["--image-root", "imgs", "--image-column", "jpg", "--caption-column", "txt", "--split", "test"]
+    args = build_parser().parse_args([*argv, *extra])
+    seen = {**read_options(args), **given(args, EmbedConfig), **given(args, EvalConfig)}
+    seen.setdefault("split", getattr(args, "split", None))  # classify's own --split
+    assert seen == {"image_root": "imgs", "image_column": "jpg", "caption_column": "txt", "split": "test"}
