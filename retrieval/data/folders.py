@@ -31,6 +31,8 @@ def folder_images(root: Path) -> list[Path]:
 
 
 def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
     try:
         json.dumps(value)
         return value

@@ -281,8 +281,14 @@ def _read_hf_dataset(folder: Path, out: Collector, options: ReadOptions) -> None
 
 def _read_table(path: Path, kind: str, out: Collector, options: ReadOptions) -> None:
     schema = tables.table_schema(path, kind)
-    picked = [_pick_columns(schema.names, options, path, out, tables.image_bytes_columns(schema))]
-    _add_rows(tables.table_rows(path, kind, picked[0][0]), path, out, options, picked)
+    byte_columns = tables.image_bytes_columns(schema)
+    picked = [_pick_columns(schema.names, options, path, out, byte_columns)]
+    image = picked[0][0]
+    if kind == "parquet" and image in byte_columns:
+        remark = tables.slow_random_access(path, image)
+        if remark:
+            out.note(remark)
+    _add_rows(tables.table_rows(path, kind, image), path, out, options, picked)
 
 
 def _read_caption_list(path: Path, out: Collector) -> None:
@@ -407,6 +413,8 @@ def _pick_columns(
 
 
 def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
     try:
         json.dumps(value)
         return value

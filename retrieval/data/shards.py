@@ -202,6 +202,8 @@ def _json_metadata(text: str, where: str, out: Collector) -> dict[str, Any]:
 
 
 def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
     try:
         json.dumps(value)
         return value

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from retrieval.data import refs
 from retrieval.data.refs import row_ref
 
 logger = logging.getLogger(__name__)
@@ -79,27 +80,49 @@ def table_schema(path: Path, kind: str) -> Any:
     return _open(path, kind)[0]
 
 
+def _valid(array: Any) -> Any:
+    """``[n]`` bool: which values of ``array`` are not null (from its validity bitmap; no compute
+    kernels, whose first call imports pandas)."""
+    import numpy as np
+
+    n, offset = len(array), array.offset
+    bitmap = array.buffers()[0]
+    if bitmap is None or array.null_count == 0:
+        return np.ones(n, dtype=bool)
+    bits = np.unpackbits(np.frombuffer(bitmap, dtype=np.uint8), bitorder="little")
+    return bits[offset : offset + n].astype(bool)
+
+
+def _nonempty(array: Any) -> Any:
+    """``[n]`` bool: which values of a binary array hold at least one byte (and are not null)."""
+    import numpy as np
+    import pyarrow as pa
+
+    n, offset = len(array), array.offset
+    dtype = np.int64 if pa.types.is_large_binary(array.type) else np.int32
+    offsets = np.frombuffer(array.buffers()[1], dtype=dtype, count=offset + n + 1)[offset:]
+    return (np.diff(offsets) > 0) & _valid(array)
+
+
 def _image_cells(kind: str, path: Path, column: str, array: Any, first_row: int) -> list[str | None]:
     """The image column of one batch as row references (bytes) or paths (struct without bytes)."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     t = array.type
     if pa.types.is_struct(t):
-        data = array.field("bytes")
+        has = _nonempty(array.field("bytes")) & _valid(array)
         paths = array.field("path").to_pylist() if t.get_field_index("path") >= 0 else [None] * len(array)
-        valid = pc.and_(array.is_valid(), pc.fill_null(pc.greater(pc.binary_length(data), 0), False))
+        paths = [p if ok else None for p, ok in zip(paths, _valid(array))]
     elif _is_bytes_type(t):
+        has = _nonempty(array)
         paths = [None] * len(array)
-        valid = pc.fill_null(pc.greater(pc.binary_length(array), 0), False)
     else:
         return array.to_pylist()
-    flags = valid.to_pylist()
     return [
         row_ref(kind, path, column, first_row + i)
-        if has
+        if flag
         else (paths[i] if isinstance(paths[i], str) else None)
-        for i, has in enumerate(flags)
+        for i, flag in enumerate(has.tolist())
     ]
 
 
@@ -120,6 +143,30 @@ def table_rows(path: Path, kind: str, image_column: str | None) -> Rows:
         for i in range(batch.num_rows):
             yield f"{path}:row {number + i}", {name: values[i] for name, values in columns.items()}
         number += batch.num_rows
+
+
+def slow_random_access(path: Path, column: str) -> str | None:
+    """A remark when a Parquet file keeps ``column`` in row groups larger than the read cache:
+    rows read in order (embedding) stay fast, rows read in a random order (training) do not."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    largest = 0
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        size = sum(
+            group.column(c).total_uncompressed_size
+            for c in range(group.num_columns)
+            if group.column(c).path_in_schema.split(".")[0] == column
+        )
+        largest = max(largest, size)
+    if largest <= refs.CACHE_BYTES:
+        return None
+    return (
+        f"{path} keeps its images in row groups of up to {largest / 2**20:.0f} MB: reading them in order "
+        "(embed, eval) is fast, in a random order (train) slow; rewrite it with smaller row groups, e.g. "
+        "pyarrow.parquet.write_table(table, path, row_group_size=100)"
+    )
 
 
 # -- datasets.save_to_disk folders ---------------------------------------------------------------

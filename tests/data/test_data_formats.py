@@ -100,6 +100,7 @@ def test_row_refs_fuzzed_against_the_bytes_across_cache_and_cursor_paths(tmp_pat
                 assert (
                     refs.read_row_bytes(refs.row_ref("parquet", tmp_path / name, "image", row)) == blobs[row]
                 )
+    assert any("row groups of up to" in note for note in read_corpus(tmp_path / "one_group.parquet").notes)
     with pytest.raises(OSError, match="past the file's 40 rows"):
         refs.read_row_bytes(refs.row_ref("parquet", tmp_path / "groups.parquet", "image", 40))
     with pytest.raises(OSError, match="no column"):
