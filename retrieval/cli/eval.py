@@ -79,20 +79,24 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from retrieval.data import read_corpus
+    from retrieval.data.records import describe_skips
     from retrieval.evaluate import evaluate_model, write_report
     from retrieval.model import load_model
     from retrieval.paths import cache_dir
 
     config = EvalConfig().replace(**given(args, EvalConfig))
     out = Path(args.out) if args.out else cache_dir("reports") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
-    pairs = read_corpus(
+    corpus = read_corpus(
         args.data,
         image_column=config.image_column,
         caption_column=config.caption_column,
         id_column=config.id_column,
         split=config.split,
         image_root=config.image_root,
-    ).require_pairs("evaluation")
+    )
+    pairs = corpus.require_pairs("evaluation")
+    if pairs.skipped:
+        print(f"{args.data} ({corpus.reader}): {describe_skips(pairs.skipped)}")
     model = load_model(args.model, device=config.device)
     with contextlib.ExitStack() as stack:
         collection = None

@@ -31,6 +31,7 @@ __all__ = [
     "Record",
     "Skip",
     "UnpairedCorpusError",
+    "describe_skips",
     "reason_kind",
 ]
 
@@ -79,6 +80,16 @@ def reason_kind(reason: str) -> str:
     """The kind of a skip reason, for counting: the text before the first ``": "``
     (``"invalid JSON: Expecting value"`` -> ``"invalid JSON"``)."""
     return reason.partition(": ")[0]
+
+
+def describe_skips(skipped: list[tuple[str, str]], examples: int = 3) -> str:
+    """``"12 skipped (10 no caption, 2 invalid JSON); the first: WHERE: REASON; ..."``, or ``""``."""
+    if not skipped:
+        return ""
+    counts = collections.Counter(reason_kind(reason) for _, reason in skipped)
+    by_kind = ", ".join(f"{n} {kind}" for kind, n in counts.most_common())
+    first = "; ".join(f"{where}: {reason}" for where, reason in skipped[:examples])
+    return f"{len(skipped)} skipped ({by_kind}); the first: {first}"
 
 
 @dataclasses.dataclass

@@ -116,6 +116,7 @@ def read_data(config: TrainConfig, check_val_images: bool = True) -> tuple[Any, 
     broken are left out, so validation never fails at the end of an epoch.
     """
     from retrieval.data import read_corpus
+    from retrieval.data.records import describe_skips
 
     kwargs = {
         "image_column": config.image_column,
@@ -127,7 +128,7 @@ def read_data(config: TrainConfig, check_val_images: bool = True) -> tuple[Any, 
     train_pairs = read_corpus(config.train_data, split=config.split, **kwargs).require_pairs("training")
     skipped = len(train_pairs.skipped)
     if skipped:
-        logger.warning("training data: %d entries skipped, e.g. %s", skipped, train_pairs.skipped[:3])
+        logger.warning("training data %s: %s", config.train_data, describe_skips(train_pairs.skipped))
     val_pairs = None
     record: dict[str, Any] = {"source": "none"}
     if not config.val_data:
@@ -153,9 +154,7 @@ def read_data(config: TrainConfig, check_val_images: bool = True) -> tuple[Any, 
             if len(val_pairs) == 0:
                 raise ValueError(f"no validation pair in {config.val_data} has a readable image")
         if val_pairs.skipped:
-            logger.warning(
-                "validation data: %d entries skipped, e.g. %s", len(val_pairs.skipped), val_pairs.skipped[:3]
-            )
+            logger.warning("validation data %s: %s", config.val_data, describe_skips(val_pairs.skipped))
     logger.info(
         "%d training pairs (%d images)%s",
         len(train_pairs),

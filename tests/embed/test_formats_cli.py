@@ -220,3 +220,19 @@ def test_every_command_reading_data_takes_the_reading_options(argv):
     seen = {**read_options(args), **given(args, EmbedConfig), **given(args, EvalConfig)}
     seen.setdefault("split", getattr(args, "split", None))  # classify's own --split
     assert seen == {"image_root": "imgs", "image_column": "jpg", "caption_column": "txt", "split": "test"}
+
+
+def test_eval_prints_what_it_skipped_without_verbose(photos, model_dir, tmp_path, capsys):
+    rows = [json.dumps({"image": f"photos/{n}.png", "caption": f"a {n} photo"}) for n in NAMES[:3]]
+    rows += [
+        "{broken",
+        json.dumps({"image": "photos/red.png", "caption": ""}),
+        json.dumps({"image": "photos/blue.png"}),
+    ]
+    (tmp_path / "test.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    argv = ["eval", str(tmp_path / "test.jsonl"), "--model", str(model_dir), "--out", str(tmp_path / "r")]
+    assert main([*argv, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "(JSON Lines manifest): 3 skipped (1 invalid JSON, 1 empty caption, 1 no caption); the first:" in out
+    )
