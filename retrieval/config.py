@@ -294,7 +294,7 @@ class EvalConfig(ConfigBase):
     caption_column: str = "caption"  # retrieval eval: manifest column with the caption(s)
     id_column: str | None = None  # retrieval eval: manifest column naming the image (default: its path)
     split: str | None = None  # retrieval eval: only rows of this split
-    image_root: str | None = None  # retrieval eval: folder relative image paths start from (default: the manifest's)
+    image_root: str | None = None  # retrieval eval: root of relative image paths (default: the manifest's)
     hubness: str | None = None  # with a query bank: also rank with "isoftmax" (QB-Norm) or "csls" (hub/... keys)
     hubness_beta: float = 10.0  # isoftmax: inverse temperature over the query bank (best on OpenMoji val)
     hubness_k: int = 10  # csls: bank neighbours averaged into an item's hub score
