@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 
+from retrieval.cli.checks import require_input, require_model
 from retrieval.cli.options import config_option, given
 from retrieval.config import MatchConfig
 
@@ -37,6 +38,8 @@ def run_train(args: argparse.Namespace) -> int:
     from retrieval.model import TwinEncoder
 
     config = MatchConfig().replace(**given(args, MatchConfig))
+    require_input(args.data, "training pairs", flag="DATA")
+    require_model(args.model)
     val = read_pairs(args.val) if args.val else None
     result = train_match_head(TwinEncoder.load(args.model), read_pairs(args.data), config, val_pairs=val)
     result.head.save(Path(args.model) / MATCH_HEAD_DIR)
