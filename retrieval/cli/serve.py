@@ -163,8 +163,8 @@ def run(args: argparse.Namespace) -> int:
     from retrieval.serve import run as serve
 
     config = build_config(args)
-    for name, location in config.collections.items():
-        require_collection(location, flag=f"collection {name}")
+    for location in config.collections.values():
+        require_collection(location)
     for model in {config.model, *config.models.values()} - {None}:
         require_model(model)
     serve(config)
