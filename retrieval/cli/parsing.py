@@ -9,8 +9,9 @@ the action) are read here by hand, then the rest by the command's own parser wit
 so ``retrieval search COLL "a cat" -v`` and ``retrieval -v search COLL "a cat"`` mean the same.
 
 Known limit (argparse's too): an option taking several values (``eval -k 1 5 10``) takes every
-value up to the next option; a positional right after it is read as one more value. Put the
-positional first, or end the values with ``--``.
+value up to the next option, so a positional right after it is read as one more value: put the
+positional before it (``eval DATA -k 1 5 10 --model M``) or another option after it. After ``--``
+everything is a positional (a query starting with ``-``).
 """
 
 from __future__ import annotations

@@ -126,16 +126,26 @@ def run(args: argparse.Namespace) -> int:
         )
         query = {"query": args.query} if args.query is not None else {}
         queries, results = [{**query, **({"image": args.image} if args.image else {})}], [hits]
-    for n, (query, hits) in enumerate(zip(queries, results), 1):
-        if args.json:
-            for rank, hit in enumerate(hits, 1):
-                row = {**query, "rank": rank, "id": hit.id, "score": hit.score, "metadata": hit.metadata}
-                print(json.dumps(row))
-            continue
-        if len(queries) > 1:
-            print(f"{'' if n == 1 else chr(10)}query {n}/{len(queries)}: {query['query']}")
-        print(hits_table(hits, width=_width()))
+    _print(queries, results, as_json=args.json, headers=args.queries is not None)
     return 0
+
+
+def _print(queries: list[dict[str, Any]], results: list[list[Any]], *, as_json: bool, headers: bool) -> None:
+    """JSON lines carrying their query, or a table per query (under a header line with ``headers``)."""
+    for n, (query, hits) in enumerate(zip(queries, results), 1):
+        if as_json:
+            for rank, hit in enumerate(hits, 1):
+                print(
+                    json.dumps(
+                        {**query, "rank": rank, "id": hit.id, "score": hit.score, "metadata": hit.metadata}
+                    )
+                )
+            continue
+        if headers:
+            if n > 1:
+                print()
+            print(f"query {n}/{len(queries)}: {query['query']}")
+        print(hits_table(hits, width=_width()))
 
 
 def _width() -> int | None:
