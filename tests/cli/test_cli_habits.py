@@ -12,7 +12,9 @@ import pytest
 
 import retrieval.cli as cli
 from retrieval.cli import build_parser, main
+from retrieval.cli.options import given
 from retrieval.cli.parsing import parse_command_line
+from retrieval.config import EvalConfig
 
 
 def _json_lines(text: str) -> list[dict]:
@@ -33,6 +35,13 @@ def test_options_and_positionals_in_any_order(collection, capsys):
         assert main(argv) == 0, argv
         hits = _json_lines(capsys.readouterr().out)
         assert len(hits) == 2 and all(h["query"] == "a red car" for h in hits)
+    parser = build_parser()
+    args, _ = parse_command_line(
+        parser, ["search", "C", "-k", "2", "--", "-3 degrees"]
+    )  # after --: positionals
+    assert (args.collection, args.query, args.k) == ("C", "-3 degrees", 2)
+    args, _ = parse_command_line(parser, ["eval", "--model", "m", "D", "-k", "1", "5"])
+    assert (args.data, given(args, EvalConfig)["ks"]) == ("D", [1, 5])
 
 
 def test_key_value_overrides_anywhere_on_the_line(corpus, train_config, tmp_path, capsys):
