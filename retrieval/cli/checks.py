@@ -30,7 +30,7 @@ def require_collection(location: str, *, flag: str = "COLLECTION", manifest: boo
         return
     path = Path(os.fspath(loc.path))
     if not path.exists():
-        raise FileNotFoundError(f"no collection at {location} ({flag}): {create}")
+        raise FileNotFoundError(f"no collection at {location} ({flag}): the folder does not exist; {create}")
     if not path.is_dir():
         raise ValueError(f"{location} ({flag}) is a file; expected a collection folder: {create}")
     if manifest and not collection_exists(loc):
@@ -67,14 +67,14 @@ def require_input(path: str, what: str, *, flag: str) -> None:
     if "://" in path or _PATTERN_CHARS & set(path):
         return
     if not Path(path).expanduser().exists():
-        raise FileNotFoundError(f"no {what} at {path} ({flag})")
+        raise FileNotFoundError(f"no {what} at {path} ({flag}): the path does not exist")
 
 
 def require_file(path: str, what: str, *, flag: str) -> None:
     """``path`` is an existing file (a query list, a config, an image)."""
     file = Path(path).expanduser()
     if not file.exists():
-        raise FileNotFoundError(f"no {what} at {path} ({flag})")
+        raise FileNotFoundError(f"no {what} at {path} ({flag}): the file does not exist")
     if file.is_dir():
         raise ValueError(f"{path} ({flag}) is a folder; expected a {what} file")
 

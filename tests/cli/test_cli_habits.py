@@ -201,7 +201,7 @@ def test_search_table_fits_a_terminal(tmp_path):
     "argv,expected",
     [
         (["search", "{tmp}/no_such_dir", "cat"],
-         "no collection at {tmp}/no_such_dir (COLLECTION): create one with `retrieval embed SOURCE --model MODEL --out {tmp}/no_such_dir`"),
+         "no collection at {tmp}/no_such_dir (COLLECTION): the folder does not exist; create one with `retrieval embed SOURCE --model MODEL --out {tmp}/no_such_dir`"),
         (["search", "{tmp}/no_such_dir", "cat", "--model", "{model}"], "no collection at {tmp}/no_such_dir"),
         (["info", "{tmp}/gone"], "no collection at {tmp}/gone"),
         (["compact", "{tmp}/gone"], "no collection at {tmp}/gone"),

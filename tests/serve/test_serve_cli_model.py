@@ -72,7 +72,7 @@ def test_cli_errors(capsys, collection_dir):
     assert main(["serve", f"a={collection_dir}", f"a={collection_dir}"]) == 1
     assert "twice" in capsys.readouterr().err
     assert main(["serve", str(collection_dir.parent / "missing")]) == 1
-    assert "no collection at" in capsys.readouterr().err  # named before any model loads
+    assert "does not exist" in capsys.readouterr().err
     assert main(["serve", str(collection_dir), "--media-root", str(collection_dir / "nope")]) == 1
     assert "not a folder" in capsys.readouterr().err
 
