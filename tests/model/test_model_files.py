@@ -84,7 +84,7 @@ def test_locked_package_weights_are_referenced_not_copied(recipe, tmp_path):
 
     loaded.save(tmp_path / "again")  # a loaded model keeps referencing its packages
     assert load_file(str(tmp_path / "again" / "model.safetensors")).keys() == stored.keys()
-    assert TwinEncoder.load(tmp_path / "again", device="cpu").fingerprint() == recipe.fingerprint()
+    assert json.loads((tmp_path / "again" / FORMAT).read_text())["packaged_weights"] == refs
 
 
 def test_tensors_training_changed_are_stored(lite, tmp_path):
