@@ -29,7 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from retrieval.config import ClassifyConfig
-from retrieval.io import atomic_write_bytes, atomic_write_json, atomic_write_text, staged_directory
+from retrieval.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    settle_file,
+    staged_directory,
+)
 
 __all__ = [
     "ClassificationReport",
@@ -88,6 +94,7 @@ class FusionClassifier(nn.Module):
             meta = {"dim": self.dim, "classes": self.classes, "fusion": self.fusion, "hidden": self.hidden}
             atomic_write_json(tmp / _META, meta, indent=2)
             save_model(self, str(tmp / _WEIGHTS))
+            settle_file(tmp / _WEIGHTS)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> FusionClassifier:

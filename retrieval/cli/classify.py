@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import functools
 
+from retrieval.cli.checks import require_input, require_model
 from retrieval.cli.data_options import add_data_options, read_options
 from retrieval.cli.options import MODEL_HELP, config_option, given
+from retrieval.cli.parsing import UsageError
 from retrieval.config import ClassifyConfig
 
 
@@ -66,6 +68,8 @@ def run_train(args: argparse.Namespace) -> int:
     from retrieval.model import load_model
 
     config = ClassifyConfig().replace(**given(args, ClassifyConfig))
+    require_input(args.data, "labelled pairs", flag="DATA")
+    require_model(args.model)
     classifier = train_classifier(load_model(args.model), _pairs(args.data, args.split, args), config)
     classifier.save(args.out)
     config.save(f"{args.out}/train_config.json")
@@ -80,6 +84,9 @@ def run_eval(args: argparse.Namespace) -> int:
     from retrieval.classify import FusionClassifier, evaluate_classifier, write_classification_report
     from retrieval.model import load_model
 
+    require_input(args.data, "labelled pairs", flag="DATA")
+    require_input(args.classifier, "classifier", flag="--classifier")
+    require_model(args.model)
     classifier = FusionClassifier.load(args.classifier)
     column = args.label_column
     if column is None:
@@ -104,7 +111,9 @@ def run_predict(args: argparse.Namespace) -> int:
     from retrieval.model import load_model
 
     if args.image is None and args.text is None:
-        raise ValueError("give --image, --text, or both")
+        raise UsageError("give --image, --text, or both")
+    require_input(args.classifier, "classifier", flag="--classifier")
+    require_model(args.model)
     model = load_model(args.model)
     classifier = FusionClassifier.load(args.classifier)
     image = model.encode_images([args.image]) if args.image else None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from retrieval.cli.checks import require_collection
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -18,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from indexes import Collection
 
+    require_collection(args.collection)
     with Collection.open(args.collection) as coll:
         merged = coll.compact(force=args.all)
         print(json.dumps({"new_segments": merged, "segments": coll.segments}, indent=2))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from retrieval.cli.checks import require_collection
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -34,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from indexes import copy_collection
 
+    require_collection(args.source, flag="SRC")
     report = copy_collection(
         args.source,
         args.destination,

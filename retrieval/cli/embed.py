@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 
+from retrieval.cli.checks import require_input, require_model
 from retrieval.cli.options import MODEL_HELP, config_option, given
 from retrieval.config import EmbedConfig
 
@@ -72,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     from retrieval.model import load_model
 
     config = EmbedConfig().replace(**given(args, EmbedConfig))
+    require_input(args.source, "corpus", flag="SOURCE")
+    require_model(args.model)
     model = load_model(args.model, device=config.device)
     summary = embed_corpus(model, args.source, args.out, config)
     print(summary)

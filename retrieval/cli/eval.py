@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 
+from retrieval.cli.checks import require_collection, require_file, require_input, require_model
 from retrieval.cli.options import MODEL_HELP, config_option, given
 from retrieval.config import EvalConfig
 
@@ -85,6 +86,12 @@ def run(args: argparse.Namespace) -> int:
     from retrieval.paths import cache_dir
 
     config = EvalConfig().replace(**given(args, EvalConfig))
+    require_input(args.data, "pairs", flag="DATA")
+    require_model(args.model)
+    if args.collection:
+        require_collection(args.collection, flag="--collection")
+    if args.query_bank:
+        require_file(args.query_bank, "query bank", flag="--query-bank")
     out = Path(args.out) if args.out else cache_dir("reports") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
     corpus = read_corpus(
         args.data,

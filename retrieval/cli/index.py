@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from retrieval.cli.checks import require_input
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -38,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from indexes.build import build_collection
 
+    require_input(args.shards, "embedding shards", flag="SHARDS")
     summary = build_collection(
         args.shards,
         args.out,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from retrieval.cli.checks import require_collection
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -17,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from indexes import open_collection
 
+    require_collection(args.collection)
     with open_collection(args.collection, read_only=True) as coll:
         print(json.dumps(coll.info(), indent=2, sort_keys=True))
     return 0

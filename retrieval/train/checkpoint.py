@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from retrieval.io import atomic_write_text, fsync_file, staged_directory
+from retrieval.io import atomic_write_text, settle_file, staged_directory
 from retrieval.train.state import LoopState
 
 LATEST = "latest.json"
@@ -101,10 +101,10 @@ def save_checkpoint(
         model.save(tmp / "model")
         opt_tensors, opt_meta = _optimizer_to_safe(optimizer)
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-        fsync_file(tmp / "optimizer.safetensors")
+        settle_file(tmp / "optimizer.safetensors")
         rng_tensors, rng_meta = _rng_state()
         save_file(rng_tensors, str(tmp / "rng.safetensors"))
-        fsync_file(tmp / "rng.safetensors")
+        settle_file(tmp / "rng.safetensors")
         payload = {
             **state.to_dict(),
             "optimizer": opt_meta,

