@@ -141,7 +141,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = in_flag_words(one_line(exc), keyword_flags(parser))
         hint = "" if verbose or is_user_error(exc) else " (run with -v for the traceback)"
         print(f"error: {message}{hint}", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_NOTHING_DONE if _nothing_done(exc) else EXIT_ERROR
+
+
+def _nothing_done(exc: BaseException) -> bool:
+    """An input that gave nothing to do (an empty corpus, every item skipped): exit status 3."""
+    from retrieval.data.records import EmptyCorpusError
+
+    embed_job = sys.modules.get("retrieval.embed.job")  # imported only by the commands that embed
+    nothing = (EmptyCorpusError,) + ((embed_job.NothingEmbeddedError,) if embed_job else ())
+    return isinstance(exc, nothing)
 
 
 def _silence_stdout() -> None:

@@ -82,27 +82,27 @@ def test_captions_alone_with_modality_texts(model_dir, tmp_path, capsys):
     assert main(["search", str(coll), "--image", str(query), "-k", "3", "--json"]) == 0
     hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(hits) == 3 and all(h["metadata"]["caption"].endswith("photo") for h in hits)
-    assert _embed(captions, tmp_path / "x.coll", model_dir, "--modality", "images") == 1
+    assert _embed(captions, tmp_path / "x.coll", model_dir, "--modality", "images") == 3
     assert (
         "holds 6 captions without an image; --modality texts or both embeds them" in capsys.readouterr().err
     )
 
 
-def test_empty_and_all_skipped_corpora_exit_non_zero_with_counts(model_dir, tmp_path, capsys):
+def test_empty_and_all_skipped_corpora_exit_3_with_counts(model_dir, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert _embed(tmp_path / "empty", tmp_path / "e.coll", model_dir) == 1
+    assert _embed(tmp_path / "empty", tmp_path / "e.coll", model_dir) == 3
     err = capsys.readouterr().err
     assert err.startswith("error: nothing could be read from") and "(read as image folder)" in err
     broken = tmp_path / "broken"
     broken.mkdir()
     for name in ("a.jpg", "b.png", "c.webp", "d.gif"):
         (broken / name).write_bytes(b"these bytes are no image")
-    assert _embed(broken, tmp_path / "b.coll", model_dir) == 1
+    assert _embed(broken, tmp_path / "b.coll", model_dir) == 3
     err = capsys.readouterr().err
     assert "all 4 items were skipped (4 image could not be decoded)" in err and str(broken / "a.jpg") in err
     rows = ["{broken", json.dumps({"image": "http://example.com/a.jpg"}), json.dumps({"other": 1})]
     (tmp_path / "bad.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    assert _embed(tmp_path / "bad.jsonl", tmp_path / "j.coll", model_dir) == 1
+    assert _embed(tmp_path / "bad.jsonl", tmp_path / "j.coll", model_dir) == 3
     err = capsys.readouterr().err
     assert "read as JSON Lines manifest" in err and "1 invalid JSON" in err and "1 remote image URL" in err
 
