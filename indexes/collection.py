@@ -43,6 +43,7 @@ One writer at a time (a flock); concurrent ``search`` calls on one handle are sa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -61,6 +62,7 @@ from indexes import segment as segments_module
 from indexes.faiss_index import METRICS
 from indexes.files import DamagedFileError
 from indexes.fingerprint import check_fingerprint
+from indexes.limits import DEFAULT_BUFFER_BYTES, DEFAULT_LIMITS, Limits, as_limits
 from indexes.location import local_folder
 from indexes.maintenance import CollectionMaintenance
 from indexes.metadata import compile_where, validate_metadata
@@ -72,13 +74,6 @@ __all__ = ["FORMAT", "FORMAT_VERSION", "Collection", "CollectionBusyError"]
 
 logger = logging.getLogger(__name__)
 
-TOMBSTONE_REBUILD_FRACTION = 0.10  # needs_rebuild once this share of stored rows is removed-but-present
-RETRAIN_GROWTH = 4.0  # needs_rebuild once the collection holds this many times the vectors it trained on
-EXACT_FILTER_MAX = 20_000  # filters matching at most this many items are answered by exact search
-BUFFER_BYTES = 256 << 20  # unsaved items kept in memory before they are written as a segment
-SEGMENT_MAX_BYTES = 2 << 30  # merges never write a segment with more vector bytes than this
-_FILTER_CACHE_BYTES = 256 << 20  # filter results kept (matching ids and rows), least recently used first
-_FILTER_CACHE_ENTRIES = 64
 SCORE_CONVENTION = {"ip": "inner product (higher is better)", "l2": "-squared L2 distance (higher is better)"}
 
 
@@ -89,7 +84,7 @@ def _now() -> str:
 class Collection(CollectionMaintenance):
     """Vectors + metadata on disk, searchable with FAISS. Build with :meth:`create`, reopen with :meth:`open`."""
 
-    exact_filter_max: int = EXACT_FILTER_MAX
+    default_limits: Limits = DEFAULT_LIMITS  # the limits of handles opened without ``limits=``
 
     def __init__(
         self,
@@ -99,8 +94,10 @@ class Collection(CollectionMaintenance):
         template: Template,
         read_only: bool,
         lock_fd: int | None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self._path = path
+        self._limits = limits
         self._manifest = manifest  # the committed manifest, as on disk (format 2)
         self._dim = int(manifest["dim"])
         self._metric = str(manifest["metric"])
@@ -143,6 +140,7 @@ class Collection(CollectionMaintenance):
         recall_target: float = 0.95,
         overwrite: bool = False,
         model_info: dict[str, Any] | None = None,
+        limits: Limits | None = None,
     ) -> Collection:
         """Create an empty collection at ``path`` (written to disk at once) and return it open for writing.
 
@@ -153,9 +151,11 @@ class Collection(CollectionMaintenance):
         ANN search parameters are tuned to. ``overwrite=True`` replaces an existing collection
         (never a directory that is not one). ``model_info`` is a small JSON-able dict saying where the
         model with ``fingerprint`` came from (e.g. a hub id and revision), kept with the collection
-        and shown by :meth:`info`.
+        and shown by :meth:`info`. ``limits`` sets the sizes at which this handle changes path
+        (see :class:`indexes.Limits`; not saved).
         """
         path = Path(path)
+        limits = as_limits(cls.default_limits if limits is None else limits)
         dim = checks.check_int("dim", dim, 1)
         if metric not in METRICS:
             raise ValueError(f"metric {metric!r} is not supported; expected one of {sorted(METRICS)}")
@@ -172,7 +172,9 @@ class Collection(CollectionMaintenance):
             try:
                 model_info = json.loads(json.dumps(model_info, allow_nan=False))
             except (TypeError, ValueError) as exc:
-                raise ValueError(f"model_info must be a JSON-able dict, received {model_info!r} ({exc})") from exc
+                raise ValueError(
+                    f"model_info must be a JSON-able dict, received {model_info!r} ({exc})"
+                ) from exc
             if not isinstance(model_info, dict):
                 raise ValueError(f"model_info must be a dict, received {type(model_info).__name__}")
         requested = index.strip() if isinstance(index, str) else index
@@ -221,7 +223,7 @@ class Collection(CollectionMaintenance):
                 "queries": None,
                 "auto": None,
             }
-            coll = cls(path, manifest, [], template, False, lock_fd)
+            coll = cls(path, manifest, [], template, False, lock_fd, limits)
             coll._commit(dict(manifest, version=manifest["version"] + 1), previous=old)
         except BaseException:
             persist.unlock(lock_fd)
@@ -229,15 +231,23 @@ class Collection(CollectionMaintenance):
         return coll
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], mmap: bool = False, read_only: bool = False) -> Collection:
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        mmap: bool = False,
+        read_only: bool = False,
+        limits: Limits | None = None,
+    ) -> Collection:
         """Open an existing collection.
 
         ``read_only=True`` takes no lock; several readers may open a collection while one writer
         saves it. Vectors, graphs and IVF lists are memory-mapped in every mode (``mmap=True`` is
         accepted for compatibility and implies ``read_only``). A writable open of a collection
-        written in format 1 converts its manifest (see :mod:`indexes.legacy`).
+        written in format 1 converts its manifest (see :mod:`indexes.legacy`). ``limits`` as in
+        :meth:`create`.
         """
         path = local_folder(path, "Collection.open")
+        limits = as_limits(cls.default_limits if limits is None else limits)
         read_only = read_only or mmap
         persist.read_manifest(path)  # a missing path or a non-collection fails here, before any lock file
         lock_fd = None if read_only else persist.lock(path)
@@ -245,7 +255,7 @@ class Collection(CollectionMaintenance):
             for attempt in range(10):
                 manifest = persist.read_manifest(path)
                 try:
-                    coll = cls._load(path, manifest, read_only, lock_fd)
+                    coll = cls._load(path, manifest, read_only, lock_fd, limits)
                     break
                 except (OSError, RuntimeError, ValueError) as exc:
                     # a concurrent save may have replaced this version while we loaded it: retry with
@@ -266,7 +276,14 @@ class Collection(CollectionMaintenance):
             raise
 
     @classmethod
-    def _load(cls, path: Path, manifest: dict[str, Any], read_only: bool, lock_fd: int | None) -> Collection:
+    def _load(
+        cls,
+        path: Path,
+        manifest: dict[str, Any],
+        read_only: bool,
+        lock_fd: int | None,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> Collection:
         if int(manifest["format_version"]) < 2:
             manifest = legacy.as_segments(path, manifest)
         dim, metric = int(manifest["dim"]), str(manifest["metric"])
@@ -283,7 +300,9 @@ class Collection(CollectionMaintenance):
         segments: list[Segment] = []
         try:
             for entry in manifest.get("segments") or []:
-                segments.append(Segment.open(path, entry, dim, template))
+                segments.append(
+                    Segment.open(path, entry, dim, template, verify_bytes=limits.verify_on_open_bytes)
+                )
             count = sum(s.n_live for s in segments)
             if count != int(manifest["count"]):
                 raise ValueError(
@@ -294,7 +313,7 @@ class Collection(CollectionMaintenance):
             for s in segments:
                 s.close()
             raise
-        return cls(path, manifest, segments, template, read_only, lock_fd)
+        return cls(path, manifest, segments, template, read_only, lock_fd, limits)
 
     def close(self) -> None:
         """Release files and the writer lock. Unsaved changes are discarded (with a warning)."""
@@ -386,6 +405,26 @@ class Collection(CollectionMaintenance):
         return self._read_only
 
     @property
+    def limits(self) -> Limits:
+        """The sizes at which this handle changes path (see :class:`indexes.Limits`)."""
+        return self._limits
+
+    @limits.setter
+    def limits(self, limits: Limits) -> None:
+        self._limits = as_limits(limits)
+        with self._filter_lock:
+            self._filters.clear()
+
+    @property
+    def exact_filter_max(self) -> int:
+        """Filters matching at most this many items are searched exactly (``limits.exact_filter_max``)."""
+        return self._limits.exact_filter_max
+
+    @exact_filter_max.setter
+    def exact_filter_max(self, value: int) -> None:
+        self._limits = dataclasses.replace(self._limits, exact_filter_max=value)
+
+    @property
     def params(self) -> dict[str, Any]:
         """Search parameters in use (``nprobe``, ``efSearch``, ``refine``) and how they were obtained."""
         return dict(self._params)
@@ -441,12 +480,12 @@ class Collection(CollectionMaintenance):
         n = len(self)
         stored = sum(p.rows for p in self._parts())
         dead = stored - n
-        if dead > TOMBSTONE_REBUILD_FRACTION * max(stored, 1):
+        if dead > self._limits.tombstone_rebuild_fraction * max(stored, 1):
             return f"{dead} removed rows are still stored (compact() or rebuild() drops them)"
         if self._requested == "auto" and self._choice_due(n):
             return f"the index for {n} vectors is due to be chosen again (the next save does it)"
         trained_on = int(self._params.get("trained_on", 0))
-        if self._template.needs_training and trained_on and n > RETRAIN_GROWTH * trained_on:
+        if self._template.needs_training and trained_on and n > self._limits.retrain_growth * trained_on:
             return f"index trained with {trained_on} vectors, collection now holds {n}"
         return None
 
@@ -675,7 +714,7 @@ class Collection(CollectionMaintenance):
             metric=self._metric,
             knobs=dict(self._params if knobs is None else knobs),
             n_live=sum(p.n_live for p in parts),
-            exact_filter_max=self.exact_filter_max,
+            limits=self._limits,
         )
 
     def _match(self, where: dict[str, Any], parts: Sequence[Part]) -> planner.Match:
@@ -695,7 +734,8 @@ class Collection(CollectionMaintenance):
                 self._filters[key] = match
                 total = sum(m.nbytes for m in self._filters.values())
                 while self._filters and (
-                    len(self._filters) > _FILTER_CACHE_ENTRIES or total > _FILTER_CACHE_BYTES
+                    len(self._filters) > self._limits.filter_cache_entries
+                    or total > self._limits.filter_cache_bytes
                 ):
                     _, old = self._filters.popitem(last=False)
                     total -= old.nbytes
@@ -703,21 +743,16 @@ class Collection(CollectionMaintenance):
 
     # ================================================================ buffer and segments
     def _buffer_limit(self) -> int:
-        if type(self).buffer_bytes is not None:
-            return int(type(self).buffer_bytes)  # type: ignore[arg-type]
+        if self._limits.buffer_bytes is not None:
+            return int(self._limits.buffer_bytes)
         if self._budget:
             return max(64 << 10, int(self._budget) // 8)
-        return BUFFER_BYTES
-
-    buffer_bytes: int | None = None  # override of the buffer size (bytes), e.g. in tests
+        return DEFAULT_BUFFER_BYTES
 
     def _segment_max_rows(self) -> int:
-        limit = (
-            SEGMENT_MAX_BYTES
-            if not self._budget
-            else max(1 << 20, min(SEGMENT_MAX_BYTES, int(self._budget) // 2))
-        )
-        return max(1024, limit // (self._dim * 4 + 8))
+        cap = self._limits.segment_max_bytes
+        limit = cap if not self._budget else max(1 << 20, min(cap, int(self._budget) // 2))
+        return max(self._limits.segment_min_rows, limit // (self._dim * 4 + 8))
 
     def _segment_name(self) -> str:
         return f"s{int(self._manifest.get('version', 0)) + 1:06d}-{secrets.token_hex(4)}"
@@ -930,7 +965,8 @@ class Collection(CollectionMaintenance):
             raise ValueError("save() or discard the unsaved changes before repairing the collection")
         report = verify_path(self._path, repair=repair, locked=not self._read_only)
         if report.repaired:  # reload what the repair committed; the writer lock stays with this handle
-            fresh = Collection._load(self._path, persist.read_manifest(self._path), self._read_only, None)
+            manifest = persist.read_manifest(self._path)
+            fresh = Collection._load(self._path, manifest, self._read_only, None, self._limits)
             for s in self._segments:
                 s.close()
             if self._buffer is not None:

@@ -24,15 +24,12 @@ from indexes.files import DamagedFileError
 from indexes.segment import Buffer, Segment, write_index_record
 from indexes.template import Template
 
-__all__ = ["GOOD_SPEEDUP", "TUNE_MIN", "TUNE_QUERIES", "CollectionMaintenance", "IndexState"]
+__all__ = ["GOOD_SPEEDUP", "CollectionMaintenance", "IndexState"]
 
 logger = logging.getLogger(__name__)
 
-TUNE_QUERIES = 200  # queries per query set used to tune and to measure
 GOOD_SPEEDUP = 10.0  # index="auto" stops trying candidates once one is this much faster than exact search
 MODALITY_FIELD = "modality"  # items carrying several values of it are tuned across them (text->image, ...)
-RETUNE_AFTER_MERGE = 0.25  # re-tune once merges rewrote this share of the rows
-TUNE_MIN = 1_000  # below this many vectors, ANN parameters are not tuned (defaults are used)
 
 
 # ---------------------------------------------------------------------------------------------- states
@@ -133,7 +130,7 @@ class CollectionMaintenance:
         try:
             if template.needs_training:
                 n = sum(s.n_live for s in segments)
-                if n < max(template.min_train_size(), 1):
+                if n < max(template.min_train_size(self._limits), 1):
                     state.seconds = time.perf_counter() - t0
                     state.segments = [s.with_index(None, dict(s.entry, index=None)) for s in segments]
                     return state  # not enough vectors yet: exact search until there are
@@ -219,7 +216,11 @@ class CollectionMaintenance:
             self._choose_index()
             return
         template = self._template
-        if template.needs_training and template.trained is None and n >= max(template.min_train_size(), 1):
+        if (
+            template.needs_training
+            and template.trained is None
+            and n >= max(template.min_train_size(self._limits), 1)
+        ):
             self._flush_buffer()
             self._install(self._build_state(template.spec, self._segments))
         if self._should_tune():
@@ -227,7 +228,7 @@ class CollectionMaintenance:
 
     def _should_tune(self) -> bool:
         n = len(self)
-        if not self._template.ready or n < TUNE_MIN:
+        if not self._template.ready or n < self._limits.tune_min:
             return False
         return n >= 2 * int(self._params.get("tuned_on", 0))
 
@@ -237,6 +238,7 @@ class CollectionMaintenance:
         """The queries tuning measures with (see :meth:`Collection.tune`), with exact neighbours filled in."""
         rng = np.random.default_rng(0)
         parts = self._parts()
+        size = self._limits.tune_queries
         sets: list[auto.QuerySet] = []
         if queries is not None:
             q = self._as_vectors(queries, "queries", allow_1d=False)
@@ -250,9 +252,7 @@ class CollectionMaintenance:
                     match = self._match({MODALITY_FIELD: value}, parts)
                     if match.ids.size == 0:
                         continue
-                    pick = np.sort(
-                        rng.choice(match.ids, size=min(TUNE_QUERIES, match.ids.size), replace=False)
-                    )
+                    pick = np.sort(rng.choice(match.ids, size=min(size, match.ids.size), replace=False))
                     others = [v for v in values if v != value]
                     target: Any = others[0] if len(others) == 1 else {"ne": value}
                     sets.append(
@@ -264,7 +264,7 @@ class CollectionMaintenance:
                     )
             if not sets:
                 ids = self.ids()
-                pick = np.sort(rng.choice(ids, size=min(TUNE_QUERIES, ids.size), replace=False))
+                pick = np.sort(rng.choice(ids, size=min(size, ids.size), replace=False))
                 sets = [auto.QuerySet("stored vectors", planner.gather(parts, pick), None, self_ids=pick)]
         exact_view = self._view(template=Template("Flat", self.dim, self.metric))
         for qs in sets:
@@ -297,7 +297,9 @@ class CollectionMaintenance:
                 raise ValueError(
                     f"queries[{name!r}] must be a (vectors, where) pair, received {type(value).__name__}"
                 )
-            q = self._as_vectors(value[0], f"queries[{name!r}]", allow_1d=False)[: 5 * TUNE_QUERIES]
+            q = self._as_vectors(value[0], f"queries[{name!r}]", allow_1d=False)[
+                : 5 * self._limits.tune_queries
+            ]
             if value[1] is not None:
                 metadata.compile_where(
                     value[1], self.fields()
@@ -328,7 +330,7 @@ class CollectionMaintenance:
         with np.load(path, allow_pickle=False) as data:
             described = json.loads(str(data["names"]))
             return [
-                auto.QuerySet(d["name"], data[f"q{i}"][:TUNE_QUERIES], d["where"])
+                auto.QuerySet(d["name"], data[f"q{i}"][: self._limits.tune_queries], d["where"])
                 for i, d in enumerate(described)
             ]
 
@@ -364,7 +366,7 @@ class CollectionMaintenance:
             speedup=round(exact_t.batch / max(ann_t.batch, 1e-12), 2),
         )
         if ann_t.batch >= exact_t.batch and self._template.kind != "flat":
-            (logger.warning if len(self) > auto.FLAT_MAX else logger.info)(
+            (logger.warning if len(self) > self._limits.flat_max else logger.info)(
                 "%s tuned to recall %.3f takes %.3f ms per query, exact search %.3f ms: index='Flat' (or 'auto', "
                 "which falls back to exact search) would be faster on %s",
                 self._template.spec,
@@ -411,7 +413,7 @@ class CollectionMaintenance:
         qualifying means exact search (Flat). The decision is recorded in ``info()["auto"]``."""
         self._flush_buffer()
         n = len(self)
-        cands = auto.candidates(n, self.dim, self._budget)
+        cands = auto.candidates(n, self.dim, self._budget, self._limits)
         record: dict[str, Any] = {
             "n": n,
             "candidates": cands,
@@ -572,7 +574,7 @@ class CollectionMaintenance:
 
     def _planned_merges(self, segments: Sequence[Segment], force: bool = False) -> list[tuple[int, int]]:
         sizes = [compaction.SegmentSize(s.rows, s.n_deleted_rows) for s in segments]
-        return compaction.plan(sizes, self._segment_max_rows(), force=force)
+        return compaction.plan(sizes, self._segment_max_rows(), force=force, limits=self._limits)
 
     def _apply_merges(
         self, segments: list[Segment], runs: list[tuple[int, int]], created: list[Path]
@@ -625,12 +627,16 @@ class CollectionMaintenance:
     def _after_merge(self, rewritten: int) -> None:
         """Re-check the tuned parameters once merges rewrote a large share of the rows."""
         n = len(self)
-        if rewritten >= RETUNE_AFTER_MERGE * max(n, 1) and "tuned_on" in self._params and self._tunable():
+        if (
+            rewritten >= self._limits.retune_after_merge * max(n, 1)
+            and "tuned_on" in self._params
+            and self._tunable()
+        ):
             self._tune_now()
             self._commit(self._manifest_for(self._generation(), self._segments), previous=self._manifest)
 
     def _tunable(self) -> bool:
-        return self._template.ready and len(self) >= TUNE_MIN
+        return self._template.ready and len(self) >= self._limits.tune_min
 
     def _rebuild_now(self, index: str | None) -> None:
         requested = self._requested if index is None else (index.strip() if isinstance(index, str) else index)

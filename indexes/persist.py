@@ -204,7 +204,11 @@ def collect_garbage(path: Path, keep: list[dict[str, Any]], protect: set[Path] |
         if name in top:
             if name in inside and child.is_dir():
                 for item in child.iterdir():
-                    if GENERATION_RE.match(item.name) and item.name not in inside[name] and item not in protect:
+                    if (
+                        GENERATION_RE.match(item.name)
+                        and item.name not in inside[name]
+                        and item not in protect
+                    ):
                         remove_file(item)
             continue
         if child.is_dir() and (SEGMENT_RE.match(name) or DATA_RE.match(name)):

@@ -34,6 +34,7 @@ import numpy as np
 
 from indexes import files, metadata
 from indexes.files import DamagedFileError
+from indexes.limits import DEFAULT_LIMITS
 from indexes.metadata import MetadataStore
 from indexes.template import PartIndex, Template
 
@@ -46,7 +47,7 @@ CORE_FILES = ("vectors.npy", "ids.npy", "metadata.sqlite")
 GENERATION_RE = re.compile(r"^(index|lists|deleted)-\d{6}-[0-9a-f]{8}\.(faiss|ivf|npy)$")
 # Files up to this size are checksummed whole when a collection opens; larger ones get their size,
 # header and last block checked (whole-file checks run in verify(), before merges and copies).
-VERIFY_ON_OPEN_BYTES = 64 << 20
+VERIFY_ON_OPEN_BYTES = DEFAULT_LIMITS.verify_on_open_bytes
 
 _REPAIR_HINT = "run `retrieval check {path} --repair` (or Collection.verify(repair=True)) or restore a backup"
 
@@ -214,15 +215,22 @@ class Segment(Part):
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(
-        cls, root: Path, entry: dict[str, Any], dim: int, template: Template, check: bool = True
+        cls,
+        root: Path,
+        entry: dict[str, Any],
+        dim: int,
+        template: Template,
+        check: bool = True,
+        verify_bytes: int = VERIFY_ON_OPEN_BYTES,
     ) -> Segment:
-        """Open the segment ``entry`` names under ``root``, checking what is cheap to check (``check``)."""
+        """Open the segment ``entry`` names under ``root``, checking what is cheap to check (``check``):
+        files up to ``verify_bytes`` are checksummed whole, larger ones at both ends."""
         folder = root / entry["name"]
         rows = int(entry["rows"])
         hint = _REPAIR_HINT.format(path=root)
         if check:
             for name, digest in _entry_files(entry):
-                _check_on_open(folder / name, digest, hint)
+                _check_on_open(folder / name, digest, hint, verify_bytes)
         try:
             meta = MetadataStore.open_read_only(folder / "metadata.sqlite")
         except sqlite3.Error as exc:
@@ -287,13 +295,13 @@ def _entry_files(entry: dict[str, Any]) -> list[tuple[str, dict[str, Any] | None
     return out
 
 
-def _check_on_open(path: Path, digest: dict[str, Any] | None, hint: str) -> None:
+def _check_on_open(path: Path, digest: dict[str, Any] | None, hint: str, verify_bytes: int) -> None:
     if digest is None:
         if not path.exists():
             raise DamagedFileError(path, "the file is missing", hint)
         return
     size = int(digest["size"])
-    if size <= VERIFY_ON_OPEN_BYTES:
+    if size <= verify_bytes:
         result = files.verify_file(path, digest, full=True)
     else:
         result = files.verify_file(path, digest, full=False) or files.verify_ends(path, digest)

@@ -46,6 +46,7 @@ import numpy as np
 
 from indexes import auto, exact
 from indexes.fingerprint import check_fingerprint
+from indexes.limits import DEFAULT_LIMITS, Limits, as_limits
 from indexes.location import Location, parse_location
 from indexes.metadata import validate_metadata
 from indexes.milvus import kinds
@@ -61,9 +62,6 @@ __all__ = ["MilvusCollection"]
 logger = logging.getLogger(__name__)
 
 MAX_TOPK = 16_384  # Milvus's limit on k (and on rows per query)
-TUNE_MIN = 1_000  # below this many vectors, search parameters are not tuned
-TUNE_QUERIES = 200  # stored vectors used as queries when tuning
-EXACT_FILL_MAX = 50_000  # short filtered rows are answered exactly when at most this many items match
 INDEX_WAIT = 3_600.0  # seconds save() / rebuild() wait for Milvus to finish building the index
 SCORE_CONVENTION = {"ip": "inner product (higher is better)", "l2": "-squared L2 distance (higher is better)"}
 
@@ -71,10 +69,18 @@ SCORE_CONVENTION = {"ip": "inner product (higher is better)", "l2": "-squared L2
 class MilvusCollection:
     """Vectors + metadata in a Milvus collection. Build with :meth:`create`, reopen with :meth:`open`."""
 
-    def __init__(self, location: Location, client: Client, state: State, read_only: bool) -> None:
+    def __init__(
+        self,
+        location: Location,
+        client: Client,
+        state: State,
+        read_only: bool,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
         self._loc = location
+        self._limits = limits
         self._client = client
-        self._table = Table(client, str(location.name), str(location), state.metric)
+        self._table = Table(client, str(location.name), str(location), state.metric, limits.request_rows)
         self._state = state
         self._read_only = read_only
         self._token: str | None = None  # the writer token this handle holds (writable handles)
@@ -95,6 +101,7 @@ class MilvusCollection:
         recall_target: float = 0.95,
         overwrite: bool = False,
         model_info: dict[str, Any] | None = None,
+        limits: Limits | None = None,
     ) -> MilvusCollection:
         """Create an empty collection at a Milvus ``location`` and return it open for writing.
 
@@ -102,8 +109,10 @@ class MilvusCollection:
         kept in the collection's state and shown by :meth:`info`); ``index`` takes
         the factory strings of :mod:`indexes.milvus.kinds` or ``"auto"``. ``overwrite=True`` drops
         an existing collection of this toolkit first (never a collection made by something else).
+        ``limits``: the sizes at which this handle changes path (see :class:`indexes.Limits`).
         """
         loc = _milvus_location(location)
+        limits = as_limits(limits)
         dim = check_int("dim", dim, 1)
         if dim > 32_768:
             raise ValueError(f"dim must be at most 32768 for Milvus, received {dim}")
@@ -124,7 +133,7 @@ class MilvusCollection:
         try:
             lite = client.lite
             built = (
-                kinds.choose(0, dim, budget, lite)
+                kinds.choose(0, dim, budget, lite, limits)
                 if requested == "auto"
                 else kinds.translate(requested, dim, lite)
             )
@@ -161,7 +170,7 @@ class MilvusCollection:
                 properties=state.to_properties(),
                 description=f"siamese-retrieval collection: dim {dim}, metric {metric}, model {fingerprint}",
             )
-            coll = cls(loc, client, state, read_only=False)
+            coll = cls(loc, client, state, read_only=False, limits=limits)
             coll._token = state.writer
             coll._table.create_index(built, INDEX_WAIT)
             coll._table.ensure_loaded()
@@ -171,12 +180,19 @@ class MilvusCollection:
         return coll
 
     @classmethod
-    def open(cls, location: str | Location, mmap: bool = False, read_only: bool = False) -> MilvusCollection:
+    def open(
+        cls,
+        location: str | Location,
+        mmap: bool = False,
+        read_only: bool = False,
+        limits: Limits | None = None,
+    ) -> MilvusCollection:
         """Open an existing collection (``mmap`` is accepted for parity: memory mapping is a server setting).
 
-        A writable open takes over the writer token (see the module doc).
+        A writable open takes over the writer token (see the module doc). ``limits`` as in :meth:`create`.
         """
         loc = _milvus_location(location)
+        limits = as_limits(limits)
         client = Client(loc)
         try:
             name = str(loc.name)
@@ -189,7 +205,7 @@ class MilvusCollection:
             desc = client.call("reading the collection", "describe_collection", name)
             state = State.from_properties(desc.get("properties") or {}, str(loc))
             _check_schema(desc, state, loc)
-            coll = cls(loc, client, state, read_only=read_only)
+            coll = cls(loc, client, state, read_only=read_only, limits=limits)
             coll._table.ensure_loaded()
             coll._table.sync()
             if not read_only:
@@ -337,7 +353,7 @@ class MilvusCollection:
     def _rebuild_reason(self, n: int) -> str | None:
         if self._state.index_requested != "auto":
             return None
-        want = kinds.choose(n, self.dim, self._state.memory_budget, self._client.lite)
+        want = kinds.choose(n, self.dim, self._state.memory_budget, self._client.lite, self._limits)
         built_on = int(self._state.params.get("built_on", 0))
         if want.spec != self.index_spec and (n >= 2 * built_on or n * 4 <= built_on):
             return f"{want.spec} suits {n} vectors better than {self.index_spec}"
@@ -530,7 +546,7 @@ class MilvusCollection:
         matches = self._table.count(expr)
         short = np.flatnonzero(found < min(k, matches))
         if short.size:
-            if matches <= EXACT_FILL_MAX or self._index.kind == "flat":
+            if matches <= self._limits.exact_fill_max or self._index.kind == "flat":
                 s, i = self._table.exact(q[short], k, expr)
             else:
                 widest = {"efSearch": 1_024} if self._index.kind == "hnsw" else {"nprobe": self._index.nlist}
@@ -555,7 +571,7 @@ class MilvusCollection:
         self._dirty = False
 
     def _should_tune(self, n: int) -> bool:
-        if self._index.kind == "flat" or n < TUNE_MIN:
+        if self._index.kind == "flat" or n < self._limits.tune_min:
             return False
         return n >= 2 * int(self._state.params.get("tuned_on", 0))
 
@@ -575,7 +591,7 @@ class MilvusCollection:
         n = len(self)
         lite = self._client.lite
         if requested == "auto":
-            new = kinds.choose(n, self.dim, self._state.memory_budget, lite)
+            new = kinds.choose(n, self.dim, self._state.memory_budget, lite, self._limits)
         else:
             new = kinds.translate(requested, self.dim, lite)
         t0 = time.perf_counter()
@@ -595,7 +611,7 @@ class MilvusCollection:
 
         Exact neighbours come from the stored vectors (streamed from the server). ``queries`` [q, d]
         are used when given; otherwise the query sets stored with :meth:`set_tuning_queries` (each
-        with its filter); otherwise ``TUNE_QUERIES`` stored vectors, each query's own id left out.
+        with its filter); otherwise ``limits.tune_queries`` stored vectors, each query's own id left out.
         The chosen values are kept in :attr:`params` (and recorded when the handle is writable).
         """
         self._check_open()
@@ -617,7 +633,9 @@ class MilvusCollection:
             ]
         else:
             pick = np.sort(
-                np.random.default_rng(0).choice(self.ids(), size=min(TUNE_QUERIES, n), replace=False)
+                np.random.default_rng(0).choice(
+                    self.ids(), size=min(self._limits.tune_queries, n), replace=False
+                )
             )
             sets = [auto.QuerySet("stored vectors", self.vectors(pick), None, self_ids=pick)]
         t0 = time.perf_counter()
@@ -655,7 +673,7 @@ class MilvusCollection:
         """Store query samples that :meth:`tune` (run by ``save()`` when the count has doubled) measures
         recall with, e.g. ``{"text->image": (caption_vectors, {"modality": "image"})}``; None forgets them.
 
-        Kept with the collection on the server (at most ``TUNE_QUERIES`` queries per set), recorded at once.
+        Kept with the collection on the server (at most ``limits.tune_queries`` per set), recorded at once.
         """
         self._check_open(write=True)
         if queries is None:
@@ -671,7 +689,8 @@ class MilvusCollection:
                 raise ValueError(
                     f"queries[{name!r}] must be a (vectors, where) pair, received {type(value).__name__}"
                 )
-            q = self._as_vectors(value[0], f"queries[{name!r}]", allow_1d=False)[:TUNE_QUERIES]  # [q, d]
+            q = self._as_vectors(value[0], f"queries[{name!r}]", allow_1d=False)  # [q, d]
+            q = q[: self._limits.tune_queries]
             if value[1] is not None:
                 self._compile(value[1])  # a bad filter fails now, not at the next save
             described.append(

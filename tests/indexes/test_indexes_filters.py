@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from idx_helpers import clustered, exact_topk, recall
 
-from indexes import Collection
+from indexes import Collection, Limits
 from indexes.metadata import MetadataStore, validate_metadata
 
 N, D = 3_000, 16
@@ -64,7 +64,7 @@ CASES = [
 def test_filter_only_matching_and_k_returned(
     coll: Collection, data, where, pred, exact_max: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(coll, "exact_filter_max", exact_max)  # 0 forces the FAISS ID-selector path
+    coll.limits = Limits(exact_filter_max=exact_max)  # 0 forces the FAISS ID-selector path
     x, q = data
     match = _matching(pred)
     k = 10

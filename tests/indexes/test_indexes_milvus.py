@@ -12,7 +12,7 @@ import pytest
 from idx_helpers import clustered, exact_topk, recall
 from milvus_support import unique_name
 
-from indexes import CollectionBusyError, auto, create_collection, open_collection
+from indexes import CollectionBusyError, Limits, auto, create_collection, open_collection
 from indexes.milvus import MilvusCollection, MilvusUnavailableError, kinds
 
 D = 16
@@ -123,10 +123,9 @@ def test_add_with_given_ids(loc: str) -> None:
         assert coll.add(x[4:5]).tolist() == [100]
 
 
-def test_auto_index_follows_the_count(loc: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(auto, "FLAT_MAX", 100)  # auto picks HNSW beyond 100 vectors
+def test_auto_index_follows_the_count(loc: str) -> None:
     x = clustered(300, D, seed=2)
-    with create_collection(loc, D, index="auto") as coll:
+    with create_collection(loc, D, index="auto", limits=Limits(flat_max=100)) as coll:  # HNSW beyond 100
         coll.add(x[:50])
         coll.save()
         assert coll.index_spec == "Flat" and not coll.needs_rebuild

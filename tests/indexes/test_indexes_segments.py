@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from idx_helpers import clustered, exact_topk, recall
 
-from indexes import Collection, compaction, persist
+from indexes import Collection, Limits, compaction, persist
 from indexes.compaction import SegmentSize
+from indexes.limits import DEFAULT_LIMITS
 
 D = 16
 
@@ -50,7 +51,7 @@ def test_save_writes_only_the_change(tmp_path: Path, spec: str) -> None:
 
 @pytest.fixture()
 def no_merges(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(compaction, "MERGE_FACTOR", 1_000)
+    monkeypatch.setattr(Collection, "default_limits", Limits(merge_factor=1_000))
 
 
 def test_many_segments_answer_like_one(tmp_path: Path, no_merges: None) -> None:
@@ -115,28 +116,28 @@ def test_compact_merges_and_keeps_everything(tmp_path: Path, no_merges: None) ->
 
 
 def test_merge_policy() -> None:
-    small = [SegmentSize(1_000, 0)] * compaction.MERGE_FACTOR
-    assert compaction.plan(small, max_rows=10**9) == [(0, compaction.MERGE_FACTOR)]
+    factor = DEFAULT_LIMITS.merge_factor
+    small = [SegmentSize(1_000, 0)] * factor
+    assert compaction.plan(small, max_rows=10**9) == [(0, factor)]
     assert compaction.plan(small[:-1], max_rows=10**9) == [], "one short of a full tier: no merge"
     big = [SegmentSize(10**6, 0), *small]
-    assert compaction.plan(big, max_rows=10**9) == [(1, 1 + compaction.MERGE_FACTOR)], (
-        "a big segment is not rewritten"
-    )
+    assert compaction.plan(big, max_rows=10**9) == [(1, 1 + factor)], "a big segment is not rewritten"
     deleted = [SegmentSize(10**6, 0), SegmentSize(10_000, 4_000), SegmentSize(10**6, 0)]
     assert compaction.plan(deleted, max_rows=10**9) == [(1, 2)], (
         "a segment with many removed rows is rewritten"
     )
-    capped = [SegmentSize(100_000, 0)] * compaction.MERGE_FACTOR
+    capped = [SegmentSize(100_000, 0)] * factor
     assert compaction.plan(capped, max_rows=150_000) == [], "merges never exceed the segment cap"
-    many = [SegmentSize(10**6 * (i + 1), 0) for i in range(compaction.MAX_SEGMENTS + 3)]
+    many = [SegmentSize(10**6 * (i + 1), 0) for i in range(DEFAULT_LIMITS.max_segments + 3)]
     runs = compaction.plan(many, max_rows=10**12)
-    assert len(many) - sum(hi - lo - 1 for lo, hi in runs) <= compaction.MAX_SEGMENTS
+    assert len(many) - sum(hi - lo - 1 for lo, hi in runs) <= DEFAULT_LIMITS.max_segments
+    assert compaction.plan(small[:3], 10**9, limits=Limits(merge_factor=3)) == [(0, 3)]
     assert compaction.plan([SegmentSize(10, 0)], 100, force=True) == []
     assert compaction.plan([SegmentSize(10, 1), SegmentSize(5, 0)], 100, force=True) == [(0, 2)]
 
 
 def test_saves_merge_small_segments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(compaction, "MERGE_FACTOR", 4)
+    monkeypatch.setattr(Collection, "default_limits", Limits(merge_factor=4))
     x = clustered(1_000, D, seed=7)
     with Collection.create(tmp_path / "c", D, index="Flat") as coll:
         counts = []
@@ -209,7 +210,7 @@ def test_filter_cache_is_bounded(tmp_path: Path) -> None:
     with Collection.create(tmp_path / "c", D, index="HNSW32") as coll:
         coll.add(x, [{"i": i} for i in range(300)])
     with Collection.open(tmp_path / "c", read_only=True) as coll:
-        coll.exact_filter_max = 0  # force the index path, which builds selectors
+        coll.limits = Limits(exact_filter_max=0)  # force the index path, which builds selectors
         for i in range(200):
             coll.search(x[:1], 3, where={"i": {"gte": i}})
         assert len(coll._filters) <= 64
