@@ -68,17 +68,15 @@ class Match:
         ids = np.concatenate(live) if live else np.zeros(0, dtype=np.int64)
         return cls(ids, rows)
 
-    def masks(self, parts: Sequence[Part]) -> list[np.ndarray]:
-        out = []
-        for part, rows in zip(parts, self.rows):
-            mask = np.zeros(part.rows, dtype=bool)
-            mask[rows] = True
-            out.append(mask)
-        return out
+    def mask(self, i: int, part: Part) -> np.ndarray:
+        """bool [rows] of part ``i`` (``part``): True on the rows the filter admits."""
+        mask = np.zeros(part.rows, dtype=bool)
+        mask[self.rows[i]] = True
+        return mask
 
     def part_selectors(self, parts: Sequence[Part]) -> list[tuple[Any, ...] | None]:
         if self.selectors is None:
-            self.selectors = [part.selector(mask) for part, mask in zip(parts, self.masks(parts))]
+            self.selectors = [part.selector(self.mask(i, part)) for i, part in enumerate(parts)]
         return self.selectors
 
     @property
@@ -170,7 +168,7 @@ def ann(
         if part.rows == 0 or (match is not None and match.rows[i].size == 0):
             continue
         if part.index is None or (selectors[i] is not None and not _takes_selector(part)):
-            allowed = None if match is None else match.masks([part])[0]
+            allowed = None if match is None else match.mask(i, part)
             if allowed is None:
                 allowed = part.live_mask()
             scores, rows = _knn_rows(view, q, part.vectors, kk, allowed)

@@ -106,3 +106,26 @@ def test_compiled_sql_binds_values() -> None:
     assert len(store) == 3
     store.delete(np.array([2]))
     assert store.fields() == ["a"]
+
+
+@pytest.mark.parametrize("spec", ["IVF512,Flat", "PQ4x4"], ids=["untrained-ivf", "codes-without-selector"])
+def test_broad_filters_match_in_every_segment_and_the_buffer(tmp_path: Path, spec: str) -> None:
+    """Parts whose index takes no ID selector (untrained IVF, PQ) are filtered with their own rows."""
+    rng = np.random.default_rng(11)
+    x = clustered(660, 8, seed=11)
+    meta = [{"h": int(v)} for v in rng.integers(0, 2, 660)]
+    limits = Limits(exact_filter_max=10, merge_factor=1_000, points_per_centroid=4)
+    with Collection.create(tmp_path / "c", 8, index=spec, limits=limits) as coll:
+        for lo in (0, 300):
+            coll.add(x[lo : lo + 300], meta[lo : lo + 300])
+            coll.save()
+        coll.add(x[600:], meta[600:])  # unsaved rows: a third part, with fewer rows than the others
+        assert len(coll.segments) == 2
+        match = np.array([i for i, m in enumerate(meta) if m["h"] == 1])
+        _, ids = coll.search(x[:20], 50, where={"h": 1})
+        assert ((ids >= 0).sum(axis=1) == 50).all(), "k results whenever k items match"
+        assert np.isin(ids, match).all(), "only matching items, from every part"
+        if spec.startswith("IVF"):  # untrained: every part is searched exactly
+            _, pos = exact_topk(x[:20], x[match], 50)
+            np.testing.assert_array_equal(np.sort(ids, axis=1), np.sort(match[pos], axis=1))
+
