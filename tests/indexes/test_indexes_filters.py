@@ -129,3 +129,16 @@ def test_broad_filters_match_in_every_segment_and_the_buffer(tmp_path: Path, spe
             _, pos = exact_topk(x[:20], x[match], 50)
             np.testing.assert_array_equal(np.sort(ids, axis=1), np.sort(match[pos], axis=1))
 
+
+def test_field_names_with_backslashes_and_control_characters_filter(tmp_path: Path) -> None:
+    names = ["a\\b", "\\", "tab\there", "new\nline", "quo'te", "uni\u00e9", "dot.ted", "br[0]"]
+    x = clustered(len(names) * 2, 8)
+    meta = [{name: i % 2} for name in names for i in range(2)]
+    with Collection.create(tmp_path / "c", 8, index="Flat") as coll:
+        coll.add(x, meta)
+        assert coll.fields() == sorted(names)
+        for j, name in enumerate(names):
+            _, ids = coll.search(x[0], 4, where={name: 1})
+            assert ids[0, ids[0] >= 0].tolist() == [2 * j + 1], name
+            _, ids = coll.search(x[0], 4, where={name: {"in": [0]}})
+            assert ids[0, ids[0] >= 0].tolist() == [2 * j], name
