@@ -762,6 +762,12 @@ class Collection(CollectionMaintenance):
         assert self._buffer is not None
         if not self._buffer.rows:
             return
+        if not self._buffer.n_live:  # every buffered row was removed: nothing to write
+            self._buffer.close()
+            self._buffer = Buffer(self._dim, self._template)
+            with self._filter_lock:
+                self._filters.clear()
+            return
         name = self._segment_name()
         generation = int(self._manifest.get("version", 0)) + 1
         with files.storage_errors(self._path, "write unsaved items to disk", self._buffer.nbytes * 2):

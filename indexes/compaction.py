@@ -4,7 +4,8 @@ Saves add small segments; left alone, their number grows with every save and sea
 little for each. The policy (in the spirit of Lucene's tiered merging) runs after a save has
 committed, and merges
 
-* any segment whose removed rows exceed ``deleted_fraction`` of its rows (rewritten without them);
+* any segment whose removed rows exceed ``deleted_fraction`` of its rows (rewritten without them),
+  and any segment without rows (dropped);
 * runs of ``merge_factor`` adjacent segments of the same size tier (tier = how many times
   ``merge_factor`` their live rows exceed ``tier_floor``), so every row is rewritten about
   ``log_merge_factor(n / tier_floor)`` times in its life;
@@ -57,15 +58,15 @@ def plan(
     if n == 0:
         return []
     if force:
-        if n == 1 and sizes[0].deleted == 0:
+        if n == 1 and sizes[0].deleted == 0 and sizes[0].rows:
             return []
         return [(0, n)]
     factor = limits.merge_factor
     tiers = [tier(s, limits) for s in sizes]
     merge = [False] * n
     for i, s in enumerate(sizes):
-        if s.rows and s.deleted > limits.deleted_fraction * s.rows:
-            merge[i] = True  # rewritten without its removed rows
+        if s.rows == 0 or s.deleted > limits.deleted_fraction * s.rows:
+            merge[i] = True  # rewritten without its removed rows (an empty segment: dropped)
     runs: list[tuple[int, int]] = []
     i = 0
     while i < n:  # runs of merge_factor adjacent segments in one tier, each below the cap

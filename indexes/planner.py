@@ -240,8 +240,7 @@ def gather(parts: Sequence[Part], ids: np.ndarray) -> np.ndarray:
     out = np.zeros((ids.size, dim), dtype=np.float32)
     if not parts or ids.size == 0:
         return out
-    mins = np.array([p.id_min if p.rows else np.iinfo(np.int64).max for p in parts], dtype=np.int64)
-    which = np.searchsorted(mins, ids, side="right") - 1
+    which = owners(parts, ids)
     for i, part in enumerate(parts):
         sel = np.flatnonzero((which == i) & (ids >= 0))
         if sel.size == 0:
@@ -255,6 +254,20 @@ def gather(parts: Sequence[Part], ids: np.ndarray) -> np.ndarray:
     return out
 
 
+def owners(parts: Sequence[Part], ids: np.ndarray) -> np.ndarray:
+    """Position in ``parts`` of the part whose id range may hold each id (-1: before every part).
+
+    Parts hold disjoint, ascending id ranges; parts without rows hold no range and own no id
+    (whatever their position: collections written by earlier versions may hold empty segments).
+    """
+    nonempty = np.array([i for i, p in enumerate(parts) if p.rows], dtype=np.int64)
+    if nonempty.size == 0:
+        return np.full(ids.shape, -1, dtype=np.int64)
+    mins = np.array([parts[int(i)].id_min for i in nonempty], dtype=np.int64)
+    slot = np.searchsorted(mins, ids, side="right") - 1
+    return np.where(slot >= 0, nonempty[np.maximum(slot, 0)], -1)
+
+
 def locate(parts: Sequence[Part], ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(part index, row) of each id; -1 / -1 where the id is not a live item."""
     ids = np.asarray(ids, dtype=np.int64)
@@ -262,8 +275,7 @@ def locate(parts: Sequence[Part], ids: np.ndarray) -> tuple[np.ndarray, np.ndarr
     row_of = np.full(ids.shape, -1, dtype=np.int64)
     if not parts or ids.size == 0:
         return part_of, row_of
-    mins = np.array([p.id_min if p.rows else np.iinfo(np.int64).max for p in parts], dtype=np.int64)
-    which = np.searchsorted(mins, ids, side="right") - 1
+    which = owners(parts, ids)
     for i, part in enumerate(parts):
         sel = np.flatnonzero(which == i)
         if sel.size:

@@ -214,3 +214,57 @@ def test_filter_cache_is_bounded(tmp_path: Path) -> None:
         for i in range(200):
             coll.search(x[:1], 3, where={"i": {"gte": i}})
         assert len(coll._filters) <= 64
+
+
+def test_a_buffer_emptied_by_removals_leaves_every_id_reachable(tmp_path: Path) -> None:
+    """An index="auto" re-choice flushes the buffer: one whose rows were all removed writes nothing."""
+    x = clustered(12, 8, seed=5)
+    path = tmp_path / "c"
+    with Collection.create(path, 8, index="auto") as coll:
+        coll.add(x[:5])
+        coll.save()
+        coll.remove([0, 1, 2, 3])
+        coll.add(x[5:8])
+        coll.remove([5, 6, 7])
+        coll.save()  # the count fell to a quarter: the index is chosen again, the buffer flushed first
+        assert all(s["rows"] for s in coll.segments), coll.segments
+        new = coll.add(x[8:12])
+        assert coll.get(new) == [{}] * 4
+        np.testing.assert_array_equal(coll.vectors(new), x[8:12])
+        coll.remove(new[:1])
+    with Collection.open(path, read_only=True) as coll:
+        assert coll.ids().tolist() == [4, 9, 10, 11]
+        np.testing.assert_array_equal(coll.vectors([4, 11]), x[[4, 11]])
+        assert coll.search(x[11], 1)[1][0, 0] == 11
+
+
+def test_zero_row_segments_written_earlier_are_read_and_dropped(tmp_path: Path) -> None:
+    """Collections holding an empty segment between others (as earlier versions could write) work."""
+    import json
+
+    from indexes.segment import write_segment
+    from indexes.template import Template
+
+    x = clustered(8, 8, seed=6)
+    path = tmp_path / "c"
+    with Collection.create(path, 8, index="Flat", limits=Limits(merge_factor=1_000)) as coll:
+        coll.add(x[:4])
+        coll.save()
+        coll.add(x[4:])
+    manifest = json.loads((path / "manifest.json").read_text())
+    empty = write_segment(
+        path, "s000003-0000abcd", np.zeros(0, np.int64), np.zeros((0, 8), np.float32), None,
+        Template("Flat", 8, "ip"), texts=[],
+    )  # fmt: skip
+    manifest["segments"].insert(1, empty)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with Collection.open(path, read_only=True) as coll:
+        assert coll.get([6]) == [{}] and coll.ids().tolist() == list(range(8))
+        np.testing.assert_array_equal(coll.vectors([0, 7]), x[[0, 7]])
+        assert coll.verify().ok
+    with Collection.open(path) as coll:
+        coll.remove([6])
+        coll.add(x[:1])
+    with Collection.open(path, read_only=True) as coll:
+        assert all(s["rows"] for s in coll.segments), "the next save drops the empty segment"
+        assert coll.ids().tolist() == [0, 1, 2, 3, 4, 5, 7, 8]
