@@ -345,9 +345,9 @@ class Collection(CollectionMaintenance):
             self.close()
 
     def __del__(self) -> None:  # pragma: no cover - best effort
+        """A handle dropped without close(): released like close() (which warns about unsaved changes)."""
         try:
             if not getattr(self, "_closed", True):
-                self._dirty = False
                 self.close()
         except Exception:
             pass

@@ -242,3 +242,19 @@ def test_unsaved_changes_warn_on_close(tmp_path: Path, caplog: pytest.LogCapture
     assert "unsaved changes" in caplog.text
     with Collection.open(path, read_only=True) as again:
         assert len(again) == 50
+
+
+def test_dropping_a_handle_with_unsaved_changes_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import gc
+    import logging
+
+    coll = Collection.create(tmp_path / "c", 4, index="Flat")
+    coll.add(np.eye(4, dtype=np.float32))
+    with caplog.at_level(logging.WARNING, logger="indexes"):
+        del coll
+        gc.collect()
+    assert "unsaved changes" in caplog.text and str(tmp_path / "c") in caplog.text
+    with Collection.open(tmp_path / "c") as coll:  # the lock went with the handle; nothing was committed
+        assert len(coll) == 0
