@@ -74,6 +74,7 @@ __all__ = ["FORMAT", "FORMAT_VERSION", "Collection", "CollectionBusyError"]
 
 logger = logging.getLogger(__name__)
 
+MAX_PADDING_BYTES = 1 << 30  # a search asking for more results than items may pad its answer up to this size
 SCORE_CONVENTION = {"ip": "inner product (higher is better)", "l2": "-squared L2 distance (higher is better)"}
 
 
@@ -592,6 +593,11 @@ class Collection(CollectionMaintenance):
         n = vecs.shape[0]
         texts = validate_metadata(metadata, n, counts)
         if ids is None:
+            if self._next_id + n - 1 > checks.MAX_ID:
+                raise ValueError(
+                    f"no ids left in collection {self._path}: ids are never reused and the next one is "
+                    f"{self._next_id}, the largest is {checks.MAX_ID}; copy the items into a new collection"
+                )
             new_ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
         else:
             new_ids = checks.as_ids(ids)
@@ -601,6 +607,11 @@ class Collection(CollectionMaintenance):
                 raise ValueError(
                     f"explicit ids must be strictly ascending and >= {self._next_id} (ids are never reused), "
                     f"received {new_ids[:3].tolist()}..."
+                )
+            if n and int(new_ids[-1]) > checks.MAX_ID:
+                raise ValueError(
+                    f"ids must be at most {checks.MAX_ID} (the id after the last must fit in int64), "
+                    f"received {new_ids[new_ids > checks.MAX_ID][:3].tolist()}"
                 )
         if n == 0:
             return new_ids
@@ -646,6 +657,10 @@ class Collection(CollectionMaintenance):
         """Never hand out ids below ``next_id`` (e.g. after copying a collection whose ids ran higher)."""
         self._check_open(write=True)
         next_id = checks.check_int("next_id", next_id, 0)
+        if next_id > checks.MAX_ID + 1:
+            raise ValueError(
+                f"next_id must be at most {checks.MAX_ID + 1} (ids are int64), received {next_id}"
+            )
         if next_id > self._next_id:
             self._next_id = next_id
             self._dirty = True
@@ -695,6 +710,13 @@ class Collection(CollectionMaintenance):
         if where is not None and not (isinstance(where, dict) and not where):  # {} filters nothing out
             match = self._match(where, view.parts)
         n_live = view.n_live if match is None else int(match.ids.size)
+        if k > n_live and q.shape[0] * k * 12 > MAX_PADDING_BYTES:
+            raise ValueError(
+                f"k={k} asks for more results than the {n_live} items of collection {self._path}"
+                f"{' matching the filter' if match is not None else ''}, and padding {q.shape[0]} result "
+                f"rows to k would take {q.shape[0] * k * 12 / 2**30:.1f} GiB: ask for k <= {max(n_live, 1)} "
+                "(rows are padded with id -1 up to k)"
+            )
         if 0 < n_live < k:  # never ask FAISS for more results than items: pad afterwards
             scores, ids = planner.search(view, q, n_live, match, refine)
             pad_s, pad_i = planner.exact.padded(q.shape[0], k - n_live)
