@@ -3,7 +3,7 @@
 Reads the layout clip-retrieval writes (and ``retrieval embed --npy-export``)::
 
     SHARDS/img_emb/img_emb_0.npy        float32 (or float16) [n0, d]
-    SHARDS/metadata/metadata_0.parquet  one row per vector of img_emb_0 (optional)
+    SHARDS/metadata/metadata_0.parquet  one row per vector of img_emb_0 (optional, but all or none)
     SHARDS/text_emb/text_emb_0.npy      captions (metadata in text_metadata/ when images exist)
 
 or a folder of ``.npy`` files (each with an optional same-name ``.parquet`` / ``.jsonl`` beside it), or
@@ -93,9 +93,17 @@ def discover_shards(source: str | os.PathLike[str]) -> list[Shard]:
         ):
             if not folder.is_dir():
                 continue
+            # metadata is optional as a whole; once a metadata folder holds files, every shard has one
+            with_meta = any((root / meta_folder).glob(f"{meta_folder}_*.parquet"))
             for npy in sorted(folder.glob(f"{stem}_*.npy"), key=_natural):
                 number = npy.stem[len(stem) + 1 :]
                 meta = root / meta_folder / f"{meta_folder}_{number}.parquet"
+                if with_meta and not meta.exists():
+                    raise ValueError(
+                        f"{meta} is missing: the other shards of {root / meta_folder} have their metadata, "
+                        f"{npy} would get none; restore it, or move {meta_folder}/ away to build without "
+                        "metadata"
+                    )
                 shards.append(_shard(npy, meta if meta.exists() else None, modality))
     else:
         for npy in sorted(root.glob("*.npy"), key=_natural):

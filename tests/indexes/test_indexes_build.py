@@ -250,6 +250,18 @@ def test_an_interrupted_build_never_mixes_old_and_new_shards(
         np.testing.assert_array_equal(coll.vectors(np.arange(1_000)), fresh)
 
 
+def test_a_missing_metadata_file_of_the_clip_layout_is_an_error(tmp_path: Path) -> None:
+    _clip_layout(tmp_path / "shards", [30, 20], [10])
+    (tmp_path / "shards" / "metadata" / "metadata_1.parquet").unlink()
+    with pytest.raises(ValueError, match=r"metadata_1\.parquet is missing.*img_emb_1\.npy"):
+        discover_shards(tmp_path / "shards")
+    import shutil
+
+    shutil.rmtree(tmp_path / "shards" / "metadata")  # no metadata at all: items carry their modality only
+    shards = discover_shards(tmp_path / "shards")
+    assert [s.metadata for s in shards[:2]] == [None, None] and shards[2].metadata is not None
+
+
 def test_shard_vectors_whose_scores_would_overflow_are_refused(tmp_path: Path) -> None:
     (tmp_path / "s").mkdir()
     x = clustered(10, D, seed=55)
