@@ -34,18 +34,26 @@ def as_segments(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     if not data:
         return out
     folder = path / str(data)
+    hint = f"format 1 kept no checksums: restore {folder.name} from a backup (`retrieval check {path}` lists the damage)"
     if not folder.is_dir():
-        raise files.DamagedFileError(folder, "the data folder the manifest names is missing")
-    _, shape = files.npy_shape(folder / "ids.npy")
-    rows = int(shape[0]) if shape else 0
-    ids = np.load(folder / "ids.npy", mmap_mode="r", allow_pickle=False)
-    tomb = np.load(folder / "tombstones.npy", allow_pickle=False)
-    meta = MetadataStore.open_read_only(folder / "metadata.sqlite")
-    try:
-        fields = meta.field_counts()
-    finally:
-        meta.close()
-    index = faiss.read_index(str(folder / "index.faiss"), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        raise files.DamagedFileError(folder, "the data folder the manifest names is missing", hint)
+    with files.reading(folder / "ids.npy", hint):
+        ids = np.load(folder / "ids.npy", mmap_mode="r", allow_pickle=False)
+        if ids.ndim != 1 or ids.dtype != np.int64:
+            raise ValueError(f"it holds {ids.dtype}{list(ids.shape)}, expected int64[n]")
+    rows = int(ids.shape[0])
+    with files.reading(folder / "tombstones.npy", hint):
+        tomb = np.load(folder / "tombstones.npy", allow_pickle=False)
+        if tomb.ndim != 1 or tomb.dtype != np.int64:
+            raise ValueError(f"it holds {tomb.dtype}{list(tomb.shape)}, expected int64[n]")
+    with files.reading(folder / "metadata.sqlite", hint):
+        meta = MetadataStore.open_read_only(folder / "metadata.sqlite")
+        try:
+            fields = meta.field_counts()
+        finally:
+            meta.close()
+    with files.reading(folder / "index.faiss", hint):
+        index = faiss.read_index(str(folder / "index.faiss"), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
     is_ivf = faiss.try_extract_index_ivf(index) is not None
     entry: dict[str, Any] = {
         "name": str(data),

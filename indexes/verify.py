@@ -115,8 +115,21 @@ def verify_path(path: str | Path, repair: bool = False, locked: bool = False) ->
     report = Report(str(path))
     manifest = persist.read_manifest(path)
     if int(manifest["format_version"]) < 2:
-        manifest = legacy.as_segments(path, manifest)
         report.notes.append("format 1: no checksums were recorded; files are checked for consistency only")
+        try:
+            manifest = legacy.as_segments(path, manifest)
+        except DamagedFileError as exc:
+            report.files_checked += 1
+            report.problems.append(
+                Problem(
+                    str(exc.file.relative_to(path)) if exc.file.is_relative_to(path) else str(exc.file),
+                    exc.detail,
+                    "cannot be repaired: format 1 kept no checksums to rebuild from; restore a backup",
+                    repairable=False,
+                )
+            )
+            report.seconds = time.perf_counter() - t0
+            return report
     checker = _Checker(path, manifest, report)
     checker.run()
     report.seconds = time.perf_counter() - t0
@@ -343,8 +356,21 @@ class _Checker:
                 and rec.get("labels", "rows") == "rows"
                 and not str(entry["name"]).startswith("v")
             ):
-                deleted = np.load(folder / rec["file"], allow_pickle=False)
-                if deleted.size != int(rec["ids"]) or not np.isin(deleted, ids).all():
+                try:
+                    deleted = np.load(folder / rec["file"], allow_pickle=False)
+                except (ValueError, OSError) as exc:
+                    deleted = None
+                    state.deleted_ok = False
+                    self.problem(
+                        f"{name}/{rec['file']}",
+                        f"it is not a readable .npy file ({exc})",
+                        "cannot be repaired: which of the segment's rows were removed is unknown; "
+                        "restore a backup",
+                        repairable=False,
+                    )
+                if deleted is None:
+                    pass
+                elif deleted.size != int(rec["ids"]) or not np.isin(deleted, ids).all():
                     state.deleted_ok = False
                     self.problem(
                         f"{name}/{rec['file']}",
