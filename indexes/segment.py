@@ -252,7 +252,8 @@ class Segment(Part):
             deleted = np.zeros(0, dtype=np.int64)
             record = entry.get("deleted")
             if record:
-                deleted = np.asarray(np.load(folder / record["file"], allow_pickle=False), dtype=np.int64)
+                with files.reading(folder / record["file"], hint):
+                    deleted = np.asarray(np.load(folder / record["file"], allow_pickle=False), dtype=np.int64)
                 if deleted.ndim != 1 or deleted.size != int(record["ids"]):
                     raise DamagedFileError(
                         folder / record["file"],
