@@ -291,6 +291,11 @@ class Collection(CollectionMaintenance):
         trained = None
         record = manifest.get("template")
         hint = _repair_hint(path)
+        newer, newest = persist.newer_files(path, manifest)
+        if newer:
+            raise DamagedFileError(
+                path / MANIFEST, persist.describe_newer(manifest, newer, newest), _newer_hint(path)
+            )
         if record:
             file = path / record["file"]
             result = files.verify_file(file, record.get("digest"))
@@ -1018,6 +1023,13 @@ def _files_of(entry: dict[str, Any]) -> list[tuple[str, dict[str, Any] | None]]:
         if entry.get(key):
             out.append((entry[key]["file"], entry[key].get("digest")))
     return out
+
+
+def _newer_hint(path: Path) -> str:
+    return (
+        "restore the newest manifest.json if you have it, or run `retrieval check "
+        f"{path} --repair` to keep this version (the newer files are deleted; their ids are never reused)"
+    )
 
 
 def _repair_hint(path: Path) -> str:
