@@ -198,6 +198,8 @@ class MetadataStore:
             raise FileExistsError(f"{path} exists; segment files are never rewritten")
         dst = sqlite3.connect(str(path))
         try:
+            dst.execute("PRAGMA journal_mode=OFF")  # a new file, fsynced and checksummed by the caller
+            dst.execute("PRAGMA synchronous=OFF")
             self._con.backup(dst)
             dst.commit()
         finally:
