@@ -686,6 +686,8 @@ class Collection(CollectionMaintenance):
         """The exact stored vectors of ``ids``: float32 [n, d]."""
         self._check_open()
         ids, _, _ = self._locate(ids, "get vectors")
+        if ids.size == 0:
+            return np.zeros((0, self._dim), dtype=np.float32)
         return planner.gather(self._parts(), ids)
 
     # ================================================================ search
