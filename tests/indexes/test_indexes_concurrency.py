@@ -7,6 +7,10 @@ the others run real processes side by side for a bounded time.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -117,3 +121,170 @@ def test_repair_of_real_damage_keeps_a_commit_made_meanwhile(
         assert len(coll) == 1_000 and coll.verify().ok, "the segment committed meanwhile is kept"
         assert coll.get([1_005]) == [{"i": 1_005}]
         np.testing.assert_array_equal(coll.vectors([1, 1_005]), x[[1, 1_005]])
+
+
+# ---------------------------------------------------------------------------------------------- processes
+WRITER = textwrap.dedent(
+    """
+    import json, sys, time
+    import numpy as np
+    from indexes import Collection, CollectionBusyError, Limits
+
+    path, seconds, seed, out, mode = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+    rng = np.random.default_rng(seed)
+    limits = Limits(merge_factor=2, tier_floor=4)  # merges on most saves: files of old versions go away
+    deadline = time.time() + seconds
+    mine, commits, busy = [], 0, 0
+    while time.time() < deadline:
+        try:
+            coll = Collection.open(path, limits=limits)
+        except CollectionBusyError:
+            busy += 1
+            time.sleep(0.005)
+            continue
+        with coll:
+            for _ in range(50 if mode == "hold" else 1):
+                x = rng.standard_normal((20, 8)).astype("float32")
+                mine += coll.add(x, [{"w": seed}] * 20).tolist()
+                live = [i for i in mine if i in set(coll.ids().tolist())]
+                if len(live) > 60:
+                    gone = rng.choice(live, 10, replace=False).tolist()
+                    coll.remove(gone)
+                if rng.random() < 0.3:
+                    coll.compact(force=True)
+                else:
+                    coll.save()
+                commits += 1
+                if time.time() >= deadline:
+                    break
+    with Collection.open(path, read_only=True) as coll:
+        ids = coll.ids().tolist()
+        mine_live = sorted(set(ids) & set(mine))
+    with open(out, "w") as fh:
+        json.dump({"commits": commits, "busy": busy, "added": mine, "live": mine_live}, fh)
+    """
+)
+
+
+def _writer(path: Path, seconds: float, seed: int, out: Path, mode: str = "hold") -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path), str(seconds), str(seed), str(out), mode],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _finish(proc: subprocess.Popen, out: Path) -> dict:
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()[-2_000:]
+    return json.loads(out.read_text())
+
+
+def _small(path: Path) -> None:
+    with Collection.create(path, D, index="HNSW8") as coll:
+        coll.add(clustered(100, D, seed=22), [{"w": -1}] * 100)
+
+
+def test_check_and_repair_beside_a_writer_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """verify(), `retrieval check` and `check --repair` in a loop while another process adds, removes,
+    saves and compacts: every report is clean, nothing is repaired, and the writer's commits all stay."""
+    from retrieval.cli import main
+
+    path = tmp_path / "c"
+    _small(path)
+    proc = _writer(path, 4.0, 1, tmp_path / "w.json")
+    reports, cli_runs, repairs = 0, 0, 0
+    deadline = time.monotonic() + 30
+    while proc.poll() is None and time.monotonic() < deadline:
+        report = verify_path(path)
+        assert report.ok, report.summary()
+        reports += 1
+        if reports % 5 == 0:
+            assert main(["check", str(path)]) == 0, capsys.readouterr()
+            cli_runs += 1
+        if reports % 7 == 0:
+            repaired = verify_path(path, repair=True)
+            assert repaired.ok and not repaired.repaired, repaired.summary()
+            repairs += 1
+    result = _finish(proc, tmp_path / "w.json")
+    assert result["commits"] >= 5 and reports >= 10, (result["commits"], reports)
+    with Collection.open(path, read_only=True) as coll:
+        assert sorted(set(coll.ids().tolist()) - set(range(100))) == result["live"], "no commit was lost"
+        assert coll.verify().ok
+    print(f"{reports} checks, {cli_runs} CLI runs, {repairs} repairs beside {result['commits']} commits")
+
+
+def test_two_writer_processes_take_turns_and_lose_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "c"
+    _small(path)
+    procs = [_writer(path, 3.0, seed, tmp_path / f"w{seed}.json", mode="turns") for seed in (1, 2)]
+    results = [_finish(p, tmp_path / f"w{seed}.json") for p, seed in zip(procs, (1, 2))]
+    assert all(r["commits"] >= 3 for r in results), [r["commits"] for r in results]
+    assert not set(results[0]["added"]) & set(results[1]["added"]), "an id was handed out twice"
+    with Collection.open(path, read_only=True) as coll:
+        ids = set(coll.ids().tolist())
+        for seed, r in zip((1, 2), results):
+            mine = {i for i in ids if coll.get([i])[0]["w"] == seed}
+            assert mine == set(r["live"]), f"writer {seed} lost commits"
+        assert coll.verify().ok
+
+
+READER = textwrap.dedent(
+    """
+    import json, sys, time
+    import numpy as np
+    from indexes import Collection
+
+    path, seconds, out = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+    deadline = time.time() + seconds
+    opens, problems = 0, []
+    q = np.random.default_rng(0).standard_normal((3, 8)).astype("float32")
+    while time.time() < deadline:
+        with Collection.open(path, read_only=True) as coll:
+            opens += 1
+            ids = coll.ids()
+            if len(coll) != ids.size:
+                problems.append(f"len {len(coll)} but {ids.size} ids")
+            _, found = coll.search(q, 10)
+            if not np.isin(found[found >= 0], ids).all():
+                problems.append("search returned ids the version does not hold")
+            if ids.size:
+                coll.get(ids[-5:])
+                coll.vectors(ids[:5])
+    with open(out, "w") as fh:
+        json.dump({"opens": opens, "problems": problems[:10]}, fh)
+    """
+)
+
+
+def test_readers_across_compactions(tmp_path: Path) -> None:
+    """A reader keeps answering from the version it opened while a writer compacts away its files, and
+    readers opening meanwhile always see one whole version."""
+    path = tmp_path / "c"
+    x = clustered(300, D, seed=23)
+    with Collection.create(path, D, index="Flat", limits=NO_MERGES) as coll:
+        for lo in range(0, 300, 100):
+            coll.add(x[lo : lo + 100], [{"i": i} for i in range(lo, lo + 100)])
+            coll.save()
+    reader = Collection.open(path, read_only=True)
+    before = reader.search(x[:10], 5)
+    opener = subprocess.Popen(
+        [sys.executable, "-c", READER, str(path), "3.0", str(tmp_path / "r.json")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    writer = _writer(path, 3.0, 3, tmp_path / "w.json")
+    result = _finish(writer, tmp_path / "w.json")
+    _, err = opener.communicate(timeout=120)
+    assert opener.returncode == 0, err.decode()[-2_000:]
+    opened = json.loads((tmp_path / "r.json").read_text())
+    assert opened["opens"] >= 5 and not opened["problems"], opened
+    assert result["commits"] >= 3
+    assert not (set(e.name for e in path.iterdir()) & {s["name"] for s in reader.segments}), (
+        "the reader's segments were compacted away on disk"
+    )
+    after = reader.search(x[:10], 5)  # still the version it opened, from its open files
+    np.testing.assert_array_equal(after[1], before[1])
+    assert len(reader) == 300 and reader.get([299]) == [{"i": 299}]
+    np.testing.assert_array_equal(reader.vectors([0, 150]), x[[0, 150]])
+    reader.close()
