@@ -538,20 +538,21 @@ class MilvusCollection:
     def _fill_short(
         self, q: np.ndarray, k: int, scores: np.ndarray, ids: np.ndarray, expr: str
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Rows with fewer than min(k, matching items) hits are answered again: exactly when few items
-        match, else with the widest search parameters."""
+        """Rows with fewer than min(k, matching items) hits are answered again: with the widest search
+        parameters when many items match (more than ``limits.exact_fill_max``), and exactly when few do
+        or when the widest search still comes back short."""
         found = (ids >= 0).sum(axis=1)
         if (found >= k).all():
             return scores, ids
         matches = self._table.count(expr)
         short = np.flatnonzero(found < min(k, matches))
-        if short.size:
-            if matches <= self._limits.exact_fill_max or self._index.kind == "flat":
-                s, i = self._table.exact(q[short], k, expr)
-            else:
-                widest = {"efSearch": 1_024} if self._index.kind == "hnsw" else {"nprobe": self._index.nlist}
-                s, i = self._table.search(q[short], k, expr, kinds.search_params(self._index, widest, k))
+        if short.size and matches > self._limits.exact_fill_max and self._index.kind != "flat":
+            widest = {"efSearch": 1_024} if self._index.kind == "hnsw" else {"nprobe": self._index.nlist}
+            s, i = self._table.search(q[short], k, expr, kinds.search_params(self._index, widest, k))
             scores[short], ids[short] = s, i
+            short = short[(i >= 0).sum(axis=1) < min(k, matches)]  # still short (removed rows, unindexed...)
+        if short.size:
+            scores[short], ids[short] = self._table.exact(q[short], k, expr)
         return scores, ids
 
     # ================================================================ save / index / tune
