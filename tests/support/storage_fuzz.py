@@ -384,10 +384,11 @@ def run_program(
     allow_null: bool = True,
     odd_names: bool = True,
     describe: Callable[[], str] = lambda: "",
+    reference: Callable[[str], Reference] = Reference,
 ) -> FuzzStats:
     """Run ``program`` on ``target`` and a :class:`Reference`; raises :class:`FuzzFailure` on disagreement."""
     stats = FuzzStats(programs=1)
-    ref = Reference(target.metric)
+    ref = reference(target.metric)
     target.create()
     ref.commit()
     step = -1
