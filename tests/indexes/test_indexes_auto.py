@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from idx_helpers import clustered, exact_topk, recall
 
-from indexes import Collection, Limits, auto, maintenance
+from indexes import Collection, Limits, auto
 
 D = 32
 
@@ -59,7 +59,7 @@ def test_keeps_the_first_candidate_that_is_much_faster(
         search(sets[0].queries[:2], sets[0].where)
         return auto.Timing(1e-3, 1e-3) if next(calls) % 2 == 0 else auto.Timing(1e-5, 1e-5)
 
-    monkeypatch.setattr(maintenance.auto, "time_search", fake_timing)
+    monkeypatch.setattr(auto, "time_search", fake_timing)
     x = clustered(4_000, D, seed=71)
     with Collection.create(tmp_path / "c", D) as coll:
         coll.add(x)
