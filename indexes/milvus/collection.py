@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from indexes import auto, exact
+from indexes.checks import MAX_ID
 from indexes.fingerprint import check_fingerprint
 from indexes.limits import DEFAULT_LIMITS, Limits, as_limits
 from indexes.location import Location
@@ -417,6 +418,11 @@ class MilvusCollection(MilvusIndexing, MilvusTuning):
         n = vecs.shape[0]
         metas = [json.loads(text) for text in validate_metadata(metadata, n)]
         if ids is None:
+            if self._state.next_id + n - 1 > MAX_ID:
+                raise ValueError(
+                    f"no ids left in collection {self._loc}: ids are never reused and the next one is "
+                    f"{self._state.next_id}, the largest is {MAX_ID}; copy the items into a new collection"
+                )
             new = np.arange(self._state.next_id, self._state.next_id + n, dtype=np.int64)
         else:
             new = as_ids(ids)
@@ -428,6 +434,11 @@ class MilvusCollection(MilvusIndexing, MilvusTuning):
                 raise ValueError("ids contains duplicates: each item needs its own id")
             if n and new.min() < 0:
                 raise ValueError(f"ids must be >= 0, received {int(new.min())}")
+            if n and new.max() > MAX_ID:
+                raise ValueError(
+                    f"ids must be at most {MAX_ID} (the id after the last must fit in int64), "
+                    f"received {new[new > MAX_ID][:3].tolist()}"
+                )
             present = self._table.existing(new)
             if present.size:
                 raise ValueError(
@@ -450,6 +461,8 @@ class MilvusCollection(MilvusIndexing, MilvusTuning):
         """Never hand out ids below ``next_id`` from now on (copies use it to keep the source's id space)."""
         self._check_open(write=True)
         next_id = check_int("next_id", next_id, 0)
+        if next_id > MAX_ID + 1:
+            raise ValueError(f"next_id must be at most {MAX_ID + 1} (ids are int64), received {next_id}")
         if next_id > self._state.next_id:
             self._put_state(self._state.updated_with(next_id=next_id))
 

@@ -236,3 +236,16 @@ def test_a_state_older_than_the_rows_never_hands_an_id_out_twice(loc: str) -> No
     with open_collection(loc) as coll:
         assert coll.info()["next_id"] == 5
         np.testing.assert_array_equal(coll.add(clustered(2, D, seed=1)), [5, 6])
+
+
+def test_ids_near_the_int64_limit(loc: str) -> None:
+    top = 2**63 - 2
+    with create_collection(loc, D, index="Flat") as coll:
+        with pytest.raises(ValueError, match=rf"ids must be at most {top}"):
+            coll.add(clustered(1, D), ids=[2**63 - 1])
+        coll.add(clustered(1, D), ids=[top])
+        with pytest.raises(ValueError, match="no ids left"):
+            coll.add(clustered(1, D, seed=1))
+        with pytest.raises(ValueError, match=r"next_id must be at most"):
+            coll.reserve_ids(2**63)
+        assert coll.ids().tolist() == [top]
