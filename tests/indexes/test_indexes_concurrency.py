@@ -288,3 +288,32 @@ def test_readers_across_compactions(tmp_path: Path) -> None:
     assert len(reader) == 300 and reader.get([299]) == [{"i": 299}]
     np.testing.assert_array_equal(reader.vectors([0, 150]), x[[0, 150]])
     reader.close()
+
+
+def test_repair_waits_for_the_writer_lock_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A repair never commits while another handle may write: nothing is repaired, the report says why."""
+    from retrieval.cli import main
+
+    monkeypatch.setattr(files, "BLOCK", 4_096)
+    path = tmp_path / "c"
+    _two_segments(path)
+    entry = json.loads((path / "manifest.json").read_text())["segments"][0]
+    vectors = path / entry["name"] / "vectors.npy"
+    data = bytearray(vectors.read_bytes())
+    data[8_200:8_264] = bytes(b ^ 0xA5 for b in data[8_200:8_264])
+    vectors.write_bytes(bytes(data))
+    writer = Collection.open(path, limits=Limits(merge_factor=1_000, verify_on_open_bytes=0))
+    try:
+        report = verify_path(path, repair=True)
+        assert not report.ok and not report.repaired
+        assert any("nothing was repaired" in n and "open for writing" in n for n in report.notes), (
+            report.notes
+        )
+        capsys.readouterr()
+        assert main(["check", str(path), "--repair"]) == 1
+        assert "nothing was repaired" in capsys.readouterr().out
+    finally:
+        writer.close()
+    assert verify_path(path, repair=True).repaired
