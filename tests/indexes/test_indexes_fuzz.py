@@ -37,8 +37,8 @@ search when the collection shrinks are crossed too. ``os.fsync`` is a no-op here
 what the crash and fault-injection tests check; the fuzzer checks what a program sees.
 
 The default run takes about 30 s; ``make test-slow`` runs ten times as many programs per kind.
-A failure names its seed: ``FUZZ_SEED=<seed> pytest tests/indexes/test_indexes_fuzz.py -k <kind>``
-replays that program alone.
+A failure names its seed and length: ``FUZZ_SEED=<seed> FUZZ_OPS=<n> pytest
+tests/indexes/test_indexes_fuzz.py -k <kind>`` replays that program alone.
 """
 
 from __future__ import annotations
@@ -162,11 +162,17 @@ class LocalTarget(Target):
         spec = self.coll().index_spec
         return refine > 0 or not Template(spec, DIM, self.metric).has_codes()
 
+    def tuning(self) -> Any:
+        params = self.coll().params if self.coll() is not None else {}
+        return (params.get("tuned_on"), params.get("tune_seconds"), params.get("tuned_recall"))
+
     def promised_recall(self) -> float | None:
         coll = self.coll()
         params, target = coll.params, float(coll.info()["recall_target"])
         if self._kind()[0] == "flat" or float(params.get("tuned_recall", 0.0)) < target:
             return None  # exact search, not tuned yet, or tuning said the target is out of reach
+        if set(params.get("tuned_recall_by_queries") or {}) != {"stored vectors"}:
+            return None  # tuned for other queries (stored ones, or modalities searching each other)
         pairs = int(params.get("tune_queries") or self.limits.tune_queries) * int(params.get("tune_k", 10))
         return target - 3 * math.sqrt(target * (1 - target) / max(pairs, 1))
 
@@ -235,6 +241,7 @@ def _run_kind(
 ) -> FuzzStats:
     replay = os.environ.get("FUZZ_SEED")
     seeds = [int(replay)] if replay else seeds
+    operations = int(os.environ.get("FUZZ_OPS", operations))
     monkeypatch.setattr(os, "fsync", lambda fd: None)
     total = FuzzStats()
     before = faiss.omp_get_max_threads()

@@ -93,11 +93,17 @@ class MilvusTarget(Target):
     def exact_scores(self, refine: int) -> bool:
         return refine > 0 or "SQ8" not in self._coll.index_spec
 
+    def tuning(self) -> Any:
+        params = self.coll().params if self.coll() is not None else {}
+        return (params.get("tuned_on"), params.get("tune_seconds"), params.get("tuned_recall"))
+
     def promised_recall(self) -> float | None:
         params = self._coll.params
         target = float(self._coll.info()["recall_target"])
         if self._coll.info()["index_kind"] == "flat" or float(params.get("tuned_recall", 0.0)) < target:
             return None
+        if params.get("tune_query_sets") != ["stored vectors"]:
+            return None  # tuned for other queries
         pairs = int(params.get("tune_queries") or self.limits.tune_queries) * int(params.get("tune_k", 10))
         return target - 3 * math.sqrt(target * (1 - target) / max(pairs, 1))
 
@@ -141,6 +147,7 @@ class _FieldsEverSeen(Reference):
 def _run(lite_db: Any, kind: str, metric: str, seeds: list[int], operations: int) -> FuzzStats:
     replay = os.environ.get("FUZZ_SEED")
     seeds = [int(replay)] if replay else seeds
+    operations = int(os.environ.get("FUZZ_OPS", operations))
     total = FuzzStats()
     for seed in seeds:
         limits = random_limits(np.random.default_rng(seed))

@@ -18,7 +18,7 @@ What "agree" means (:func:`check_search`):
   scores; recall@k is summed per program and checked against the recall the tuning promised.
 
 A failure raises :class:`FuzzFailure` naming the seed, the operation and the whole program, so
-``FUZZ_SEED=<seed>`` replays it.
+``FUZZ_SEED=<seed> FUZZ_OPS=<length>`` replays it.
 """
 
 from __future__ import annotations
@@ -60,8 +60,9 @@ class FuzzStats:
     searches_ann: int = 0
     ann_hits: float = 0.0  # tie-tolerant hits of every ANN search
     ann_wanted: int = 0
-    promised_hits: float = 0.0  # ... of the searches tuning speaks for (no filter, stored vectors, k <= 10)
-    promised_wanted: int = 0
+    promised_hits: float = 0.0  # ... of the searches tuning speaks for (no filter, stored vectors, k <= 10,
+    promised_wanted: int = 0  #     the collection changed by at most a tenth since it was tuned)
+    promised_expected: float = 0.0  # sum of wanted * the recall promised at the time of each search
     by_op: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: FuzzStats) -> None:
@@ -73,6 +74,7 @@ class FuzzStats:
         self.ann_wanted += other.ann_wanted
         self.promised_hits += other.promised_hits
         self.promised_wanted += other.promised_wanted
+        self.promised_expected += other.promised_expected
         for k, v in other.by_op.items():
             self.by_op[k] = self.by_op.get(k, 0) + v
 
@@ -143,6 +145,7 @@ class Reference:
         self.items: dict[int, tuple[np.ndarray, dict[str, Any]]] = {}
         self.next_id = 0
         self.saved: tuple[dict[int, tuple[np.ndarray, dict[str, Any]]], int] = ({}, 0)
+        self.changes_since_tuning = 0  # items added or removed since the search parameters were tuned
 
     def add(self, ids: np.ndarray, vectors: np.ndarray, metas: list[dict[str, Any]]) -> None:
         for i, v, m in zip(ids.tolist(), vectors, metas):
@@ -150,10 +153,12 @@ class Reference:
             self.items[int(i)] = (np.asarray(v, dtype=np.float32), m)
         if len(ids):
             self.next_id = max(self.next_id, int(ids.max()) + 1)
+        self.changes_since_tuning += len(ids)
 
     def remove(self, ids: list[int]) -> None:
         for i in ids:
             del self.items[i]
+        self.changes_since_tuning += len(ids)
 
     def commit(self) -> None:
         self.saved = (dict(self.items), self.next_id)
@@ -304,6 +309,10 @@ class Target:
         """The recall@k (k <= 10) that tuning promised on stored vectors as queries, less the error of its
         sample; None when nothing was promised."""
 
+    def tuning(self) -> Any:
+        """Something that changes whenever the search parameters are tuned again (None: never tuned)."""
+        return None
+
     def extra_ops(self, op: str, rng: np.random.Generator, ref: Reference, stats: FuzzStats) -> bool:
         return False
 
@@ -319,7 +328,7 @@ def check_search(
     exact: bool,
     exact_scores: bool,
     stats: FuzzStats,
-    promised: bool = False,
+    promised: float | None = None,
 ) -> None:
     n = q.shape[0]
     assert scores.shape == ids.shape == (n, k), (scores.shape, ids.shape, (n, k))
@@ -359,9 +368,10 @@ def check_search(
         stats.ann_hits += hits
         stats.ann_wanted += n * want
         stats.searches_ann += 1
-        if promised:
+        if promised is not None:
             stats.promised_hits += hits
             stats.promised_wanted += n * want
+            stats.promised_expected += n * want * promised
 
 
 def _check_state(ref: Reference, coll: Any, rng: np.random.Generator, full: bool) -> None:
@@ -392,17 +402,20 @@ def run_program(
     target.create()
     ref.commit()
     step = -1
+    tuned: Any = None
     try:
         for step, op in enumerate(program):
             rng = np.random.default_rng(op["seed"])
             _apply(target, op["op"], rng, ref, stats, allow_null, odd_names)
+            if target.tuning() != tuned:  # tuned again: the promise is about the collection as it is now
+                tuned, ref.changes_since_tuning = target.tuning(), 0
             stats.operations += 1
             stats.by_op[op["op"]] = stats.by_op.get(op["op"], 0) + 1
             _check_state(ref, target.coll(), rng, full=step % 5 == 4 or op["op"] in ("reopen", "compact"))
         _check_state(ref, target.coll(), np.random.default_rng(seed), full=True)
-        recall = target.promised_recall()
-        if recall is not None and stats.promised_wanted >= 100:
+        if stats.promised_wanted >= 100:
             got = stats.promised_hits / stats.promised_wanted
+            recall = stats.promised_expected / stats.promised_wanted
             floor = recall - 3 * math.sqrt(
                 recall * (1 - recall) / stats.promised_wanted
             )  # the program's sample
@@ -414,7 +427,7 @@ def run_program(
         where = f"operation #{step} {program[step] if 0 <= step < len(program) else ''}"
         raise FuzzFailure(
             f"{target.name} {target.kind}/{target.metric} seed {seed}: {where} failed: "
-            f"{type(exc).__name__}: {exc}\n  {describe()}\n  program: {shown}\n  replay: FUZZ_SEED={seed}"
+            f"{type(exc).__name__}: {exc}\n  {describe()}\n  program: {shown}\n  replay: FUZZ_SEED={seed} FUZZ_OPS={len(program)}"
         ) from exc
     finally:
         target.close()
@@ -514,7 +527,14 @@ def _apply(
             target.exact_answer(eligible if where else None, k),
             target.exact_scores(used_refine),
             stats,
-            promised=stored and not noisy and not where and k <= 10 and refine is None,
+            promised=target.promised_recall()
+            if stored
+            and not noisy
+            and not where
+            and k <= 10
+            and refine is None
+            and ref.changes_since_tuning <= 0.1 * len(ref.items)
+            else None,
         )
     elif op == "reserve_ids":
         target_id = ref.next_id + int(rng.integers(0, 20))
