@@ -192,7 +192,7 @@ def test_check_and_repair_beside_a_writer_process(tmp_path: Path, capsys: pytest
 
     path = tmp_path / "c"
     _small(path)
-    proc = _writer(path, 4.0, 1, tmp_path / "w.json")
+    proc = _writer(path, 2.5, 1, tmp_path / "w.json")
     reports, cli_runs, repairs = 0, 0, 0
     deadline = time.monotonic() + 30
     while proc.poll() is None and time.monotonic() < deadline:
@@ -217,7 +217,7 @@ def test_check_and_repair_beside_a_writer_process(tmp_path: Path, capsys: pytest
 def test_two_writer_processes_take_turns_and_lose_nothing(tmp_path: Path) -> None:
     path = tmp_path / "c"
     _small(path)
-    procs = [_writer(path, 3.0, seed, tmp_path / f"w{seed}.json", mode="turns") for seed in (1, 2)]
+    procs = [_writer(path, 2.0, seed, tmp_path / f"w{seed}.json", mode="turns") for seed in (1, 2)]
     results = [_finish(p, tmp_path / f"w{seed}.json") for p, seed in zip(procs, (1, 2))]
     assert all(r["commits"] >= 3 for r in results), [r["commits"] for r in results]
     assert not set(results[0]["added"]) & set(results[1]["added"]), "an id was handed out twice"
@@ -269,11 +269,11 @@ def test_readers_across_compactions(tmp_path: Path) -> None:
     reader = Collection.open(path, read_only=True)
     before = reader.search(x[:10], 5)
     opener = subprocess.Popen(
-        [sys.executable, "-c", READER, str(path), "3.0", str(tmp_path / "r.json")],
+        [sys.executable, "-c", READER, str(path), "2.0", str(tmp_path / "r.json")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    writer = _writer(path, 3.0, 3, tmp_path / "w.json")
+    writer = _writer(path, 2.0, 3, tmp_path / "w.json")
     result = _finish(writer, tmp_path / "w.json")
     _, err = opener.communicate(timeout=120)
     assert opener.returncode == 0, err.decode()[-2_000:]
