@@ -1,4 +1,4 @@
-"""Repairing a collection from what its intact parts allow, as :class:`indexes.check.Checker` found it.
+"""Repairing a collection from what its intact parts allow, as :class:`indexes.checking.Checker` found it.
 
 :class:`Repairer` commits a new version (under the writer lock, taken by :func:`indexes.verify.verify_path`)
 in which
@@ -31,7 +31,7 @@ import faiss
 import numpy as np
 
 from indexes import files, persist
-from indexes.check import Checker, Report, SegmentState
+from indexes.checking import Checker, Report, SegmentState
 from indexes.metadata import MetadataStore
 from indexes.template import Template
 

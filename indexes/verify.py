@@ -1,6 +1,6 @@
 """Verify one consistent version of a collection, beside any writer, and repair it under the writer lock.
 
-:func:`verify_path` reads the manifest, checks every file it names (:mod:`indexes.check`) and
+:func:`verify_path` reads the manifest, checks every file it names (:mod:`indexes.checking`) and
 reads the manifest again. A writer that committed meanwhile may have deleted files of the version
 being checked (merged segments, superseded deletion records): problems found while the manifest
 moved are not trusted, and the check runs again on the new version (segments already found intact
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from indexes import legacy, persist
-from indexes.check import CheckCache, Checker, Problem, Report
+from indexes.checking import CheckCache, Checker, Problem, Report
 from indexes.files import DamagedFileError
 from indexes.location import local_folder
 from indexes.persist import CollectionBusyError
