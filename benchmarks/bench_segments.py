@@ -38,7 +38,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from indexes import Collection, auto, compaction
+from indexes import Collection, Limits, auto
 from indexes.build import build_collection
 
 K = 10
@@ -145,7 +145,10 @@ def section_change(root: Path, n: int, dim: int, rng: np.random.Generator) -> No
     t0 = time.perf_counter()
     with Collection.create(path, dim, index="auto") as coll:
         for lo in range(0, n, 100_000):
-            coll.add(clustered_block(rng, centres, min(100_000, n - lo), 0.6), [{"b": i % 100} for i in range(lo, min(n, lo + 100_000))])
+            coll.add(
+                clustered_block(rng, centres, min(100_000, n - lo), 0.6),
+                [{"b": i % 100} for i in range(lo, min(n, lo + 100_000))],
+            )
             coll.save()
     build = time.perf_counter() - t0
     total = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
@@ -158,7 +161,11 @@ def section_change(root: Path, n: int, dim: int, rng: np.random.Generator) -> No
         coll.remove(np.linspace(0, n - 1, 100).astype(np.int64))
         coll.save()
         seconds, written = time.perf_counter() - t0, io_written() - w0
-    new = sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and (p not in before or p.name == "manifest.json"))
+    new = sum(
+        p.stat().st_size
+        for p in path.rglob("*")
+        if p.is_file() and (p not in before or p.name == "manifest.json")
+    )
     share = written / total
     row(
         "add 1,000 + remove 100 + save",
@@ -175,8 +182,8 @@ def section_segments(root: Path, n: int, dim: int, rng: np.random.Generator, nq:
     x = clustered_block(rng, centres, n, 0.6)
     q = clustered_block(rng, centres, nq, 0.6)
     _, truth = faiss.knn(q, x, K, metric=faiss.METRIC_INNER_PRODUCT)
-    saved = compaction.MERGE_FACTOR
-    compaction.MERGE_FACTOR = 1_000  # keep the 8 segments apart
+    saved = Collection.default_limits
+    Collection.default_limits = Limits(merge_factor=1_000)  # keep the 8 segments apart
     try:
         for spec in (f"IVF{auto.choose_nlist(n)},Flat", "HNSW32"):
             path = root / f"seg-{spec.replace(',', '_')}"
@@ -220,7 +227,7 @@ def section_segments(root: Path, n: int, dim: int, rng: np.random.Generator, nq:
                 "yes" if ratio >= 0.8 else "no",
             )
     finally:
-        compaction.MERGE_FACTOR = saved
+        Collection.default_limits = saved
 
 
 def section_verify(root: Path, n: int, dim: int, rng: np.random.Generator) -> None:
@@ -247,15 +254,12 @@ def section_verify(root: Path, n: int, dim: int, rng: np.random.Generator) -> No
         Collection.open(path, read_only=True).close()
 
     t_open = timed(open_close, 5)
-    limit = segment.VERIFY_ON_OPEN_BYTES
-    segment.VERIFY_ON_OPEN_BYTES = -1  # only existence (no sizes or checksums)
     original = segment._check_on_open
-    segment._check_on_open = lambda path, digest, hint: None
+    segment._check_on_open = lambda path, digest, hint, verify_bytes: None  # no checks at all
     try:
         t_open_bare = timed(open_close, 5)
     finally:
         segment._check_on_open = original
-        segment.VERIFY_ON_OPEN_BYTES = limit
     with Collection.open(path, read_only=True) as coll:
         t_verify = timed(lambda: coll.verify(), 1)
         ok = coll.verify().ok
@@ -278,7 +282,9 @@ def section_verify(root: Path, n: int, dim: int, rng: np.random.Generator) -> No
     )
 
 
-def make_shards(folder: Path, n: int, dim: int, rng: np.random.Generator, nq: int) -> tuple[np.ndarray, np.ndarray, float]:
+def make_shards(
+    folder: Path, n: int, dim: int, rng: np.random.Generator, nq: int
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Shards of 1M clustered vectors on disk, queries, and the exact top-10 (computed shard by shard)."""
     folder.mkdir(parents=True, exist_ok=True)
     centres = rng.standard_normal((4_096, dim)).astype(np.float32)
@@ -303,7 +309,9 @@ def make_shards(folder: Path, n: int, dim: int, rng: np.random.Generator, nq: in
     return q, best_i, t_exact
 
 
-def section_build(root: Path, n: int, dim: int, rng: np.random.Generator, budget: str, nq: int, workers: int) -> None:
+def section_build(
+    root: Path, n: int, dim: int, rng: np.random.Generator, budget: str, nq: int, workers: int
+) -> None:
     shards = root / "shards"
     t0 = time.perf_counter()
     q, truth, t_exact = make_shards(shards, n, dim, rng, nq)
@@ -406,7 +414,14 @@ def _signature(path: Path) -> list:
     manifest = json.loads((path / "manifest.json").read_text())
     out: list = [manifest["count"], (manifest["template"] or {}).get("digest", {}).get("crc32")]
     for e in manifest["segments"]:
-        out.append((e["rows"], e["id_min"], {k: d["crc32"] for k, d in e["files"].items()}, (e["index"] or {}).get("digest", {}).get("crc32")))
+        out.append(
+            (
+                e["rows"],
+                e["id_min"],
+                {k: d["crc32"] for k, d in e["files"].items()},
+                (e["index"] or {}).get("digest", {}).get("crc32"),
+            )
+        )
     return out
 
 
@@ -415,12 +430,16 @@ def main() -> None:
     parser.add_argument("--sections", default="change,segments,verify,compare,build")
     parser.add_argument("--n", type=int, default=1_000_000, help="vectors for change / segments / verify")
     parser.add_argument("--build-n", type=int, default=10_000_000, help="vectors for the bulk build")
-    parser.add_argument("--compare-n", type=int, default=1_000_000, help="vectors for serial / parallel / Ray builds")
+    parser.add_argument(
+        "--compare-n", type=int, default=1_000_000, help="vectors for serial / parallel / Ray builds"
+    )
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--queries", type=int, default=1_000)
     parser.add_argument("--budget", default="4GB", help="memory_budget of the bulk build")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--workdir", type=Path, default=None, help="where data and collections go (default: a temp dir)")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where data and collections go (default: a temp dir)"
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "segments.md")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -17,7 +17,8 @@ missing results are id -1 / score -inf.
 
 Modules: ``collection`` (the Collection), ``faiss_index`` (factory strings, training, params),
 ``auto`` (index choice and recall tuning), ``metadata`` (SQLite store and ``where`` filters),
-``store`` (raw vectors), ``exact`` (brute force), ``persist`` (manifest, fsync, writer lock).
+``store`` (raw vectors), ``exact`` (brute force), ``persist`` (manifest, fsync, writer lock),
+``limits`` (every size at which the code changes path, :class:`Limits`).
 
 A collection may also live in Milvus (a server, a cluster or a Milvus Lite file):
 ``open_collection`` / ``create_collection`` take a folder, ``milvus://HOST:PORT/NAME`` or
@@ -37,12 +38,14 @@ from indexes.auto import choose_index
 from indexes.backends import VectorCollection, collection_exists, create_collection, open_collection
 from indexes.collection import Collection, CollectionBusyError
 from indexes.copy import CopyReport, copy_collection
+from indexes.limits import Limits
 from indexes.location import Location, parse_location
 
 __all__ = [
     "Collection",
     "CollectionBusyError",
     "CopyReport",
+    "Limits",
     "Location",
     "MilvusCollection",
     "VectorCollection",

@@ -3,13 +3,14 @@
 The choice follows the approach of autofaiss (criteo/autofaiss): the user states budgets,
 the tool picks the index.
 
-* up to ``FLAT_MAX`` vectors: ``Flat`` (exact; brute force is fast at this size);
-* up to ``HNSW_MAX`` vectors, when the graph fits the budget: ``HNSW32``;
+* up to ``flat_max`` vectors: ``Flat`` (exact; brute force is fast at this size);
+* up to ``hnsw_max`` vectors, when the graph fits the budget: ``HNSW32``;
 * beyond, ``IVF{nlist},Flat`` when it fits, else ``IVF{nlist},PQ{m}`` with the largest
   ``m`` that fits; PQ results are rescored exactly from the raw vector store (``refine``).
 
 ``nlist`` is the power of two nearest to ``2 * sqrt(n)`` (capped so that every centroid
-gets at least 39 training points). The memory figures are estimates of the index alone;
+gets at least 39 training points). ``flat_max`` and ``hnsw_max`` are fields of
+:class:`indexes.limits.Limits`. The memory figures are estimates of the index alone;
 the raw vector store lives on disk and is memory-mapped by read-only opens.
 
 Tuning (:func:`tune`) measures recall@k against exact search on a sample of stored vectors
@@ -30,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from indexes.limits import DEFAULT_LIMITS, Limits
+
 __all__ = [
     "QuerySet",
     "Timing",
@@ -45,8 +48,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FLAT_MAX = 20_000
-HNSW_MAX = 300_000
 HNSW_M = 32
 PQ_CHOICES = (64, 48, 32, 24, 16, 12, 8, 4)
 
@@ -116,11 +117,13 @@ def estimate_memory(spec: str, n: int, dim: int) -> int:
     return n * dim * 4 + ids
 
 
-def candidates(n: int, dim: int, memory_budget: int | None = None) -> list[str]:
+def candidates(
+    n: int, dim: int, memory_budget: int | None = None, limits: Limits = DEFAULT_LIMITS
+) -> list[str]:
     """Index specs worth trying for ``n`` vectors of ``dim`` within ``memory_budget``, best guess first.
 
-    ``Flat`` alone up to ``FLAT_MAX``; beyond, HNSW (whenever its graph and vectors fit the budget)
-    and IVF-Flat, HNSW first up to ``HNSW_MAX`` and IVF first above (IVF builds in a fraction of the
+    ``Flat`` alone up to ``limits.flat_max``; beyond, HNSW (whenever its graph and vectors fit the
+    budget) and IVF-Flat, HNSW first up to ``limits.hnsw_max`` and IVF first above (IVF builds in a fraction of the
     time), then IVF-PQ with the largest code that fits. Exact search is always the fallback.
     """
     budget = math.inf if memory_budget is None else memory_budget
@@ -128,12 +131,12 @@ def candidates(n: int, dim: int, memory_budget: int | None = None) -> list[str]:
     def fits(spec: str) -> bool:
         return estimate_memory(spec, n, dim) <= budget
 
-    if n <= FLAT_MAX and fits("Flat"):
+    if n <= limits.flat_max and fits("Flat"):
         return ["Flat"]
     nlist = choose_nlist(n)
     hnsw = f"HNSW{HNSW_M}"
     ivf_flat = f"IVF{nlist},Flat"
-    ordered = [hnsw, ivf_flat] if n <= HNSW_MAX else [ivf_flat, hnsw]
+    ordered = [hnsw, ivf_flat] if n <= limits.hnsw_max else [ivf_flat, hnsw]
     out = [spec for spec in ordered if fits(spec)]
     sq8 = f"IVF{nlist},SQ8"
     if ivf_flat not in out and fits(sq8):
@@ -157,9 +160,9 @@ def candidates(n: int, dim: int, memory_budget: int | None = None) -> list[str]:
     )
 
 
-def choose_index(n: int, dim: int, memory_budget: int | None = None) -> str:
+def choose_index(n: int, dim: int, memory_budget: int | None = None, limits: Limits = DEFAULT_LIMITS) -> str:
     """The first candidate ``index="auto"`` tries for ``n`` vectors of ``dim`` (see :func:`candidates`)."""
-    return candidates(n, dim, memory_budget)[0]
+    return candidates(n, dim, memory_budget, limits)[0]
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:

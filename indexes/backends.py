@@ -22,6 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from indexes.limits import Limits
 from indexes.location import Location, parse_location
 
 __all__ = ["VectorCollection", "collection_exists", "create_collection", "open_collection"]
@@ -83,21 +84,23 @@ def open_collection(
     read_only: bool = False,
     mmap: bool = False,
     fingerprint: str | None = None,
+    limits: Limits | None = None,
 ) -> VectorCollection:
     """Open the collection at ``location`` (a folder, ``milvus://...`` or ``milvus-lite://...``).
 
     ``read_only`` / ``mmap`` as in :meth:`indexes.Collection.open` (Milvus accepts ``mmap`` and
     ignores it). ``fingerprint``, when given, must be the model that built the collection:
-    otherwise ``ValueError`` (see ``check_fingerprint``) and nothing is left open.
+    otherwise ``ValueError`` (see ``check_fingerprint``) and nothing is left open. ``limits``: the
+    sizes at which the handle changes path (:class:`indexes.Limits`).
     """
     loc = parse_location(location)
     coll: VectorCollection
     if loc.is_milvus:
-        coll = _milvus().open(loc, mmap=mmap, read_only=read_only)
+        coll = _milvus().open(loc, mmap=mmap, read_only=read_only, limits=limits)
     else:
         from indexes.collection import Collection
 
-        coll = Collection.open(loc.path, mmap=mmap, read_only=read_only)  # type: ignore[arg-type]
+        coll = Collection.open(loc.path, mmap=mmap, read_only=read_only, limits=limits)  # type: ignore[arg-type]
     try:
         coll.check_fingerprint(fingerprint)
     except BaseException:
@@ -116,6 +119,7 @@ def create_collection(
     recall_target: float = 0.95,
     overwrite: bool = False,
     model_info: dict[str, Any] | None = None,
+    limits: Limits | None = None,
 ) -> VectorCollection:
     """Create an empty collection at ``location`` and return it open for writing.
 
@@ -133,6 +137,8 @@ def create_collection(
     )
     if model_info is not None:
         kwargs["model_info"] = model_info
+    if limits is not None:
+        kwargs["limits"] = limits
     if loc.is_milvus:
         return _milvus().create(loc, dim, **kwargs)
     from indexes.collection import Collection

@@ -3,7 +3,7 @@
 Reads the layout clip-retrieval writes (and ``retrieval embed --npy-export``)::
 
     SHARDS/img_emb/img_emb_0.npy        float32 (or float16) [n0, d]
-    SHARDS/metadata/metadata_0.parquet  one row per vector of img_emb_0 (optional)
+    SHARDS/metadata/metadata_0.parquet  one row per vector of img_emb_0 (optional, but all or none)
     SHARDS/text_emb/text_emb_0.npy      captions (metadata in text_metadata/ when images exist)
 
 or a folder of ``.npy`` files (each with an optional same-name ``.parquet`` / ``.jsonl`` beside it), or
@@ -16,11 +16,15 @@ and Ray builds write identical files (workers build with one thread each).
 
 Each worker holds one segment at a time (the segment size follows ``memory_budget``); the main
 process holds the training sample. An interrupted build resumes: finished segments are recorded
-in ``<out>/.build/`` and reused when the same shards are built again.
+in ``<out>/.build/`` and reused when the same shards are built again with the same options. "The
+same shards" means the same bytes: the plan records a hash of every shard's vectors and metadata
+(a file not rewritten since the last build, by its size, times and inode, keeps its recorded hash),
+so re-embedded shards of unchanged shapes are never mistaken for the ones built.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -89,9 +93,17 @@ def discover_shards(source: str | os.PathLike[str]) -> list[Shard]:
         ):
             if not folder.is_dir():
                 continue
+            # metadata is optional as a whole; once a metadata folder holds files, every shard has one
+            with_meta = any((root / meta_folder).glob(f"{meta_folder}_*.parquet"))
             for npy in sorted(folder.glob(f"{stem}_*.npy"), key=_natural):
                 number = npy.stem[len(stem) + 1 :]
                 meta = root / meta_folder / f"{meta_folder}_{number}.parquet"
+                if with_meta and not meta.exists():
+                    raise ValueError(
+                        f"{meta} is missing: the other shards of {root / meta_folder} have their metadata, "
+                        f"{npy} would get none; restore it, or move {meta_folder}/ away to build without "
+                        "metadata"
+                    )
                 shards.append(_shard(npy, meta if meta.exists() else None, modality))
     else:
         for npy in sorted(root.glob("*.npy"), key=_natural):
@@ -144,23 +156,25 @@ def build_collection(
     runner = Runner(engine, workers, ray_address)
     dim = shards[0].dim
     out = Path(out)
+    state_dir = out / ".build"
+    old = None
+    if out.exists() and (out / persist.MANIFEST).exists():
+        old = _read_plan(state_dir / "plan.json")
+    contents = _contents(shards, old)
     plan = {
-        "shards": [s.__dict__ for s in shards],
+        "shards": [dict(s.__dict__, content=c["content"]) for s, c in zip(shards, contents)],
         "index": index,
         "metric": metric,
         "fingerprint": fingerprint,
     }
-    plan_key = files.digest_bytes(json.dumps(plan, sort_keys=True).encode())["crc32"][0]
-    state_dir = out / ".build"
+    plan_key = hashlib.blake2b(json.dumps(plan, sort_keys=True).encode(), digest_size=16).hexdigest()
     reuse = False
     if out.exists() and (out / persist.MANIFEST).exists():
-        old = (
-            json.loads((state_dir / "plan.json").read_text()) if (state_dir / "plan.json").exists() else None
-        )
         reuse = old is not None and old.get("key") == plan_key
         if not reuse and not overwrite:
             raise FileExistsError(
-                f"collection {out} already exists: choose another --out, or pass overwrite=True"
+                f"collection {out} already exists{_difference(old, plan)}: choose another --out, or pass "
+                "overwrite=True (--overwrite) to build it again from these shards"
             )
     coll = None
     if reuse:
@@ -194,7 +208,9 @@ def build_collection(
         for stale in (state_dir / "done").glob("*"):
             stale.unlink()
         (state_dir / "complete").unlink(missing_ok=True)
-        files.write_bytes(state_dir / ".plan.tmp", json.dumps({"key": plan_key, **plan}).encode())
+        recorded = dict(plan, key=plan_key, stats=[c["stat"] for c in contents])
+        (state_dir / ".plan.tmp").unlink(missing_ok=True)
+        files.write_bytes(state_dir / ".plan.tmp", json.dumps(recorded).encode())
         os.replace(state_dir / ".plan.tmp", state_dir / "plan.json")
     try:
         summary = _build(coll, shards, runner, state_dir)
@@ -202,6 +218,80 @@ def build_collection(
         coll.close()
     summary.seconds["total"] = round(time.perf_counter() - t0, 2)
     return summary
+
+
+def _read_plan(path: Path) -> dict[str, Any] | None:
+    try:
+        plan = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return plan if isinstance(plan, dict) else None
+
+
+def _stat(path: str) -> list[int]:
+    """What changes whenever a file is rewritten (size, modification and change times, inode)."""
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _content_hash(path: str) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _contents(shards: Sequence[Shard], old: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Per shard: a hash of its vectors' and metadata's bytes, and the files' stat (see :func:`_stat`).
+
+    A build is reused only for shards of the same content. Hashing reads every shard once; a file
+    whose stat equals the one recorded by the previous build (same size, times and inode: it was not
+    rewritten since) keeps the hash recorded then.
+    """
+    known: dict[tuple[str, str], str] = {}  # (file, its stat then) -> hash recorded by the last build
+    if old:
+        for s, stat in zip(old.get("shards") or [], old.get("stats") or []):
+            if not (isinstance(s, dict) and isinstance(s.get("content"), dict) and isinstance(stat, dict)):
+                continue
+            for role in ("vectors", "metadata"):
+                if s.get(role) and role in s["content"] and role in stat:
+                    known[(s[role], json.dumps(stat[role]))] = s["content"][role]
+    out = []
+    for shard in shards:
+        content: dict[str, str] = {}
+        stat: dict[str, list[int]] = {}
+        for role, file in (("vectors", shard.vectors), ("metadata", shard.metadata)):
+            if file is not None:
+                stat[role] = _stat(file)
+                content[role] = known.get((file, json.dumps(stat[role]))) or _content_hash(file)
+        out.append({"content": content, "stat": stat})
+    return out
+
+
+def _difference(old: dict[str, Any] | None, plan: dict[str, Any]) -> str:
+    """What differs between the plan of the existing build and this one, as a clause of an error."""
+    if old is None or "shards" not in old:
+        return ""
+    for key in ("index", "metric", "fingerprint"):
+        if old.get(key) != plan[key]:
+            return f" with {key} {old.get(key)!r} (this build: {plan[key]!r})"
+    before = {s.get("vectors"): s for s in old["shards"] if isinstance(s, dict)}
+    changed = []
+    for s in plan["shards"]:
+        was = before.get(s["vectors"])
+        if was is None:
+            changed.append(f"{Path(s['vectors']).name} is new")
+            continue
+        for role in ("vectors", "metadata"):
+            file = s["vectors"] if role == "vectors" else s["metadata"]
+            if (was.get("content") or {}).get(role) != s["content"].get(role):
+                changed.append(f"{Path(file or was.get('metadata') or '?').name} changed")
+    gone = set(before) - {s["vectors"] for s in plan["shards"]}
+    changed += [f"{Path(str(v)).name} is gone" for v in sorted(gone, key=str)]
+    if changed:
+        return f", built from other shards ({', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''})"
+    return " (built from other shards or options)"
 
 
 def _build(coll: Any, shards: list[Shard], runner: Runner, state_dir: Path) -> BuildSummary:

@@ -4,11 +4,14 @@ Saves add small segments; left alone, their number grows with every save and sea
 little for each. The policy (in the spirit of Lucene's tiered merging) runs after a save has
 committed, and merges
 
-* any segment whose removed rows exceed ``DELETED_FRACTION`` of its rows (rewritten without them);
-* runs of ``MERGE_FACTOR`` adjacent segments of the same size tier (tier = how many times
-  ``MERGE_FACTOR`` their live rows exceed ``TIER_FLOOR``), so every row is rewritten about
-  ``log_MERGE_FACTOR(n / TIER_FLOOR)`` times in its life;
-* the two smallest adjacent segments, while there are more than ``MAX_SEGMENTS``.
+* any segment whose removed rows exceed ``deleted_fraction`` of its rows (rewritten without them),
+  and any segment without rows (dropped);
+* runs of ``merge_factor`` adjacent segments of the same size tier (tier = how many times
+  ``merge_factor`` their live rows exceed ``tier_floor``), so every row is rewritten about
+  ``log_merge_factor(n / tier_floor)`` times in its life;
+* the two smallest adjacent segments, while there are more than ``max_segments``.
+
+The four numbers are fields of :class:`indexes.limits.Limits`.
 
 A merge never produces a segment above ``max_rows`` (the collection's segment cap, from its memory
 budget), and only adjacent segments merge, so segments keep disjoint, ascending id ranges.
@@ -22,12 +25,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["DELETED_FRACTION", "MAX_SEGMENTS", "MERGE_FACTOR", "TIER_FLOOR", "SegmentSize", "plan"]
+from indexes.limits import DEFAULT_LIMITS, Limits
 
-DELETED_FRACTION = 0.25  # rewrite a segment once this share of its rows is removed
-MERGE_FACTOR = 8  # merge this many adjacent segments of one size tier
-TIER_FLOOR = 8_192  # segments with fewer live rows share the lowest tier
-MAX_SEGMENTS = 24  # above this count, the smallest neighbours merge whatever their tier
+__all__ = ["SegmentSize", "plan", "tier"]
 
 
 @dataclass(frozen=True)
@@ -39,12 +39,16 @@ class SegmentSize:
     def live(self) -> int:
         return self.rows - self.deleted
 
-    @property
-    def tier(self) -> int:
-        return int(math.log(max(self.live, TIER_FLOOR) / TIER_FLOOR, MERGE_FACTOR))
+
+def tier(size: SegmentSize, limits: Limits = DEFAULT_LIMITS) -> int:
+    """Size tier of a segment: how many times ``merge_factor`` its live rows exceed ``tier_floor``."""
+    floor = limits.tier_floor
+    return int(math.log(max(size.live, floor) / floor, limits.merge_factor))
 
 
-def plan(sizes: Sequence[SegmentSize], max_rows: int, force: bool = False) -> list[tuple[int, int]]:
+def plan(
+    sizes: Sequence[SegmentSize], max_rows: int, force: bool = False, limits: Limits = DEFAULT_LIMITS
+) -> list[tuple[int, int]]:
     """Runs ``[start, stop)`` of segment positions to merge (each into one or more new segments).
 
     ``force`` merges everything into as few segments as ``max_rows`` allows and drops every
@@ -54,22 +58,24 @@ def plan(sizes: Sequence[SegmentSize], max_rows: int, force: bool = False) -> li
     if n == 0:
         return []
     if force:
-        if n == 1 and sizes[0].deleted == 0:
+        if n == 1 and sizes[0].deleted == 0 and sizes[0].rows:
             return []
         return [(0, n)]
+    factor = limits.merge_factor
+    tiers = [tier(s, limits) for s in sizes]
     merge = [False] * n
     for i, s in enumerate(sizes):
-        if s.rows and s.deleted > DELETED_FRACTION * s.rows:
-            merge[i] = True
+        if s.rows == 0 or s.deleted > limits.deleted_fraction * s.rows:
+            merge[i] = True  # rewritten without its removed rows (an empty segment: dropped)
     runs: list[tuple[int, int]] = []
     i = 0
-    while i < n:  # runs of MERGE_FACTOR adjacent segments in one tier, each below the cap
+    while i < n:  # runs of merge_factor adjacent segments in one tier, each below the cap
         j = i
-        while j < n and sizes[j].tier == sizes[i].tier and sizes[j].live < max_rows // 2:
+        while j < n and tiers[j] == tiers[i] and sizes[j].live < max_rows // 2:
             j += 1
-        if j - i >= MERGE_FACTOR:
-            for lo in range(i, j - MERGE_FACTOR + 1, MERGE_FACTOR):
-                runs.append((lo, lo + MERGE_FACTOR))
+        if j - i >= factor:
+            for lo in range(i, j - factor + 1, factor):
+                runs.append((lo, lo + factor))
             i = j
         else:
             i = max(j, i + 1)
@@ -83,7 +89,7 @@ def plan(sizes: Sequence[SegmentSize], max_rows: int, force: bool = False) -> li
             covered[i] = True
     runs.sort()
     count = n - sum(hi - lo - 1 for lo, hi in runs)
-    while count > MAX_SEGMENTS:
+    while count > limits.max_segments:
         best: tuple[int, int] | None = None
         best_live = math.inf
         for p in range(n - 1):

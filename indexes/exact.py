@@ -17,10 +17,13 @@ from contextlib import contextmanager
 import faiss
 import numpy as np
 
+from indexes.limits import DEFAULT_LIMITS
+
 __all__ = ["knn", "knn_rows", "merge", "padded", "rescore", "scores_of"]
 
 _METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
-BLOCK_ROWS = 1 << 16  # rows per block of a blockwise exact search (64 MB at d=256)
+BLOCK_ROWS = DEFAULT_LIMITS.exact_block_rows  # rows per block of a blockwise exact search (64 MB at d=256)
+PARALLEL_QUERIES = DEFAULT_LIMITS.thread_queries  # below twice this many queries, large searches split rows
 # From this many queries a brute-force search is one matrix product (BLAS) per block instead of
 # one scan of the data per query. FAISS 1.15's own threshold (128,000 query floats: 500 queries of
 # dim 256) leaves batches of 20-500 queries 4-6x slower per query than BLAS on 2 cores.
@@ -71,21 +74,28 @@ def knn(
 
 
 def knn_rows(
-    queries: np.ndarray, base: np.ndarray, k: int, metric: str, allowed: np.ndarray | None = None
+    queries: np.ndarray,
+    base: np.ndarray,
+    k: int,
+    metric: str,
+    allowed: np.ndarray | None = None,
+    block_rows: int = BLOCK_ROWS,
+    thread_queries: int = PARALLEL_QUERIES,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k rows of ``base`` [m, d] (rows where ``allowed`` [m] bool is True, all when None).
 
     Returns (scores [n, k], rows [n, k]); -inf / -1 where fewer than k rows qualify. Rows are
-    searched in place (a memory map stays a memory map) except in blocks holding removed rows,
-    whose live rows are copied one block at a time. A few queries over many rows are split by
-    rows across the FAISS threads (FAISS parallelises a brute-force search over queries only).
+    searched in place (a memory map stays a memory map) except in blocks of ``block_rows`` holding
+    removed rows, whose live rows are copied one block at a time. Fewer than ``2 * thread_queries``
+    queries over many rows are split by rows across the FAISS threads (FAISS parallelises a
+    brute-force search over queries only).
     """
     n = queries.shape[0]
     m = base.shape[0]
     if m == 0 or k <= 0:
         return padded(n, max(k, 0))
-    ranges = _ranges(n, m, allowed)
-    if len(ranges) > 1 and n < 2 * PARALLEL_QUERIES:
+    ranges = _ranges(n, m, allowed, block_rows, thread_queries)
+    if len(ranges) > 1 and n < 2 * thread_queries:
         threads = faiss.omp_get_max_threads()
         pool = thread_pool(threads)
         found = list(pool.map(lambda r: _one_thread_rows(queries, base, k, metric, allowed, r), ranges))
@@ -93,7 +103,6 @@ def knn_rows(
     return merge([_rows_of_range(queries, base, k, metric, allowed, r) for r in ranges], n, k)
 
 
-PARALLEL_QUERIES = 32  # below twice this many queries, large brute-force searches split their rows
 _POOL: ThreadPoolExecutor | None = None
 
 
@@ -106,13 +115,15 @@ def thread_pool(threads: int) -> ThreadPoolExecutor:
         return _POOL
 
 
-def _ranges(n: int, m: int, allowed: np.ndarray | None) -> list[tuple[int, int]]:
+def _ranges(
+    n: int, m: int, allowed: np.ndarray | None, block_rows: int, thread_queries: int
+) -> list[tuple[int, int]]:
     """Row ranges to search: whole when nothing is removed (split per thread for a few queries over
-    many rows), else blocks of ``BLOCK_ROWS`` so that copies of live rows stay small."""
+    many rows), else blocks of ``block_rows`` so that copies of live rows stay small."""
     if allowed is not None and not allowed.all():
-        return [(lo, min(m, lo + BLOCK_ROWS)) for lo in range(0, m, BLOCK_ROWS)]
+        return [(lo, min(m, lo + block_rows)) for lo in range(0, m, block_rows)]
     threads = faiss.omp_get_max_threads()
-    if threads > 1 and n < 2 * PARALLEL_QUERIES and m >= 2 * BLOCK_ROWS:
+    if threads > 1 and n < 2 * thread_queries and m >= 2 * block_rows:
         bounds = np.linspace(0, m, threads + 1).astype(int)
         return [(int(lo), int(hi)) for lo, hi in itertools.pairwise(bounds)]
     return [(0, m)]

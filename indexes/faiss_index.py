@@ -33,6 +33,7 @@ import faiss
 import numpy as np
 
 from indexes.files import DamagedFileError, DigestWriter
+from indexes.limits import DEFAULT_LIMITS
 
 __all__ = [
     "METRICS",
@@ -54,8 +55,9 @@ __all__ = [
 METRICS: dict[str, int] = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 
 DEFAULT_EF_SEARCH = 16  # FAISS's default efSearch for HNSW
-# faiss's own k-means advice: at least 39 training points per centroid.
-POINTS_PER_CENTROID = 39
+# faiss's own k-means advice: at least 39 training points per centroid (the defaults live in Limits).
+POINTS_PER_CENTROID = DEFAULT_LIMITS.points_per_centroid
+CODES_MIN_TRAIN = DEFAULT_LIMITS.codes_min_train
 # upper bound on the training sample (k-means cost grows with it; 64 per centroid is ample for IVF).
 MAX_POINTS_PER_CENTROID = 64
 
@@ -140,20 +142,27 @@ def has_codes(index: faiss.Index) -> bool:
     return not isinstance(inner, (faiss.IndexFlat, faiss.IndexHNSWFlat, faiss.IndexIVFFlat))
 
 
-def min_train_size(index: faiss.Index) -> int:
-    """How many vectors the collection waits for before training ``index`` (0: no training)."""
+def min_train_size(
+    index: faiss.Index, points_per_centroid: int = POINTS_PER_CENTROID, codes_min: int = CODES_MIN_TRAIN
+) -> int:
+    """How many vectors the collection waits for before training ``index`` (0: no training).
+
+    ``points_per_centroid`` per IVF list and per PQ centroid (never fewer points than centroids:
+    k-means needs one per centroid), ``codes_min`` for other trainable codes (SQ8, ...).
+    """
     info = describe(index)
     if not info.needs_training:
         return 0
     need = 1
+    per = max(int(points_per_centroid), 1)
     if info.kind == "ivf":
-        need = max(need, POINTS_PER_CENTROID * info.nlist)
+        need = max(need, per * info.nlist)
     inner = _unwrap(index)
     pq = getattr(inner, "pq", None)
     if pq is not None:
-        need = max(need, POINTS_PER_CENTROID * (1 << int(pq.nbits)))
+        need = max(need, per * (1 << int(pq.nbits)))
     elif info.kind == "codes":
-        need = max(need, 1_000)
+        need = max(need, int(codes_min))
     return need
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import sqlite3
 import zlib
@@ -40,6 +41,7 @@ __all__ = [
     "digest_file",
     "fsync_dir",
     "fsync_file",
+    "reading",
     "storage_errors",
     "verify_file",
     "write_bytes",
@@ -57,6 +59,27 @@ class DamagedFileError(ValueError):
         self.file = Path(file)
         self.detail = detail
         super().__init__(f"{file} is damaged: {detail}" + (f"; {hint}" if hint else ""))
+
+
+@contextmanager
+def reading(path: Path, hint: str = "") -> Iterator[None]:
+    """Errors of numpy, FAISS or SQLite while reading ``path`` become a :class:`DamagedFileError` naming it."""
+    try:
+        yield
+    except DamagedFileError:
+        raise
+    except FileNotFoundError as exc:
+        raise DamagedFileError(path, "the file is missing", hint) from exc
+    except (ValueError, RuntimeError, EOFError, sqlite3.DatabaseError) as exc:
+        raise DamagedFileError(path, f"it cannot be read ({_reason(exc)})", hint) from exc
+
+
+def _reason(exc: BaseException) -> str:
+    """The informative part of an error message (FAISS prefixes its own with the C++ function and line)."""
+    text = str(exc).strip()
+    text = text.splitlines()[-1] if text else type(exc).__name__
+    m = re.search(r" at \S+:\d+: (?:Error: )?(.*)$", text)
+    return (m.group(1) if m else text)[:200]
 
 
 class StorageFullError(OSError):

@@ -11,6 +11,8 @@ trained quantizer is written once as the template new segments share).
 
 from __future__ import annotations
 
+import logging
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +22,12 @@ import numpy as np
 from indexes import faiss_index as fi
 from indexes import files
 from indexes.metadata import MetadataStore
+from indexes.segment import Buffer
+from indexes.template import Template
 
-__all__ = ["as_segments", "checksum", "template_of"]
+__all__ = ["Format1Conversion", "as_segments", "checksum", "template_of"]
+
+logger = logging.getLogger(__name__)
 
 
 def as_segments(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -34,18 +40,26 @@ def as_segments(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     if not data:
         return out
     folder = path / str(data)
+    hint = f"format 1 kept no checksums: restore {folder.name} from a backup (`retrieval check {path}` lists the damage)"
     if not folder.is_dir():
-        raise files.DamagedFileError(folder, "the data folder the manifest names is missing")
-    _, shape = files.npy_shape(folder / "ids.npy")
-    rows = int(shape[0]) if shape else 0
-    ids = np.load(folder / "ids.npy", mmap_mode="r", allow_pickle=False)
-    tomb = np.load(folder / "tombstones.npy", allow_pickle=False)
-    meta = MetadataStore.open_read_only(folder / "metadata.sqlite")
-    try:
-        fields = meta.field_counts()
-    finally:
-        meta.close()
-    index = faiss.read_index(str(folder / "index.faiss"), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        raise files.DamagedFileError(folder, "the data folder the manifest names is missing", hint)
+    with files.reading(folder / "ids.npy", hint):
+        ids = np.load(folder / "ids.npy", mmap_mode="r", allow_pickle=False)
+        if ids.ndim != 1 or ids.dtype != np.int64:
+            raise ValueError(f"it holds {ids.dtype}{list(ids.shape)}, expected int64[n]")
+    rows = int(ids.shape[0])
+    with files.reading(folder / "tombstones.npy", hint):
+        tomb = np.load(folder / "tombstones.npy", allow_pickle=False)
+        if tomb.ndim != 1 or tomb.dtype != np.int64:
+            raise ValueError(f"it holds {tomb.dtype}{list(tomb.shape)}, expected int64[n]")
+    with files.reading(folder / "metadata.sqlite", hint):
+        meta = MetadataStore.open_read_only(folder / "metadata.sqlite")
+        try:
+            fields = meta.field_counts()
+        finally:
+            meta.close()
+    with files.reading(folder / "index.faiss", hint):
+        index = faiss.read_index(str(folder / "index.faiss"), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
     is_ivf = faiss.try_extract_index_ivf(index) is not None
     entry: dict[str, Any] = {
         "name": str(data),
@@ -114,3 +128,40 @@ def template_of(path: Path, entry: dict[str, Any], spec: str, dim: int, metric: 
     template = faiss.clone_index(inner)
     template.reset()
     return template
+
+
+class Format1Conversion:
+    """The first writable open of a format-1 collection (a base of :class:`indexes.collection.Collection`)."""
+
+    def _convert_legacy(self) -> None:
+        """Record checksums of a format-1 collection, extract its trained template, and commit as format 2."""
+        manifest = checksum(self.path, self._manifest)
+        template = self._template
+        if template.needs_training and manifest.get("segments"):
+            trained = template_of(self.path, manifest["segments"][0], template.spec, self.dim, self.metric)
+            if trained is not None:
+                template = Template(template.spec, self.dim, self.metric, trained)
+                name = f"t{self._generation():06d}-{secrets.token_hex(4)}.faiss"
+                digest = template.write(self.path / name)
+                self._template_record = {
+                    "file": name,
+                    "digest": digest,
+                    "trained_on": int(self._params.get("trained_on", 0)),
+                }
+        self._template = template
+        segments = []
+        for seg, entry in zip(self._segments, manifest.get("segments") or []):
+            segments.append(seg.with_deleted(seg.deleted, entry))
+        self._segments = segments
+        assert self._buffer is not None
+        self._buffer.close()
+        self._buffer = Buffer(self.dim, template)
+        if self._requested == "auto":
+            self._auto = {
+                "n": len(self),
+                "chosen": template.spec,
+                "reason": "kept from a format-1 collection",
+            }
+        new = self._manifest_for(self._generation(), segments)
+        self._commit(new, previous=None)
+        logger.info("converted collection %s to format 2 (checksums recorded, no data rewritten)", self.path)

@@ -60,8 +60,14 @@ CREATE TABLE IF NOT EXISTS fields (name TEXT PRIMARY KEY, n INTEGER NOT NULL);
 
 
 def _json_path(field: str) -> str:
-    # Field names never contain '"' (validate_metadata refuses them), so quoting is safe.
-    return '$."' + field + '"'
+    """The JSON path of a top-level field, as SQLite matches it against the stored JSON text.
+
+    SQLite compares a quoted path label with the key as it is written in the JSON text (3.40) or
+    with both decoded (later versions); the key written the way the stored text writes it (JSON
+    escapes for backslashes and control characters, other characters as they are) matches in
+    both. Field names never contain '"' (validate_metadata refuses them), so the quoting is safe.
+    """
+    return '$."' + json.dumps(field, ensure_ascii=False)[1:-1] + '"'
 
 
 def _json_default(value: Any) -> Any:
@@ -192,6 +198,8 @@ class MetadataStore:
             raise FileExistsError(f"{path} exists; segment files are never rewritten")
         dst = sqlite3.connect(str(path))
         try:
+            dst.execute("PRAGMA journal_mode=OFF")  # a new file, fsynced and checksummed by the caller
+            dst.execute("PRAGMA synchronous=OFF")
             self._con.backup(dst)
             dst.commit()
         finally:

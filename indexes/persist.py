@@ -6,6 +6,13 @@ the directory). Until that rename the previous manifest names only files that ar
 after it, the new ones. Files no manifest names are deleted only after a durable commit, and
 only by the writer (:func:`collect_garbage`): readers of an older version keep their open
 files (POSIX keeps unlinked files readable while they are open or mapped).
+
+Every file a version writes carries its generation in its name (``s000012-...``, ``t000012-...``,
+``deleted-000012-...``): the version that commits it, or the next one. After a durable commit the
+writer also records the version in ``.committed``. A manifest older than files it does not name
+(it was replaced by an older copy: a restore of one file, a sync race) is told apart from what a
+crashed writer left behind by :func:`newer_files`, so nothing a newer version may name is deleted
+and no id is handed out twice.
 """
 
 from __future__ import annotations
@@ -28,14 +35,18 @@ except ImportError:  # pragma: no cover - non-POSIX platforms: no inter-process 
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
+    "COMMITTED",
     "DATA_RE",
     "FORMAT",
     "FORMAT_VERSION",
     "MANIFEST",
     "CollectionBusyError",
     "collect_garbage",
+    "describe_newer",
     "fsync_dir",
     "lock",
+    "newer_files",
+    "read_committed",
     "read_manifest",
     "remove_file",
     "remove_folder",
@@ -49,11 +60,12 @@ FORMAT = "indexes.collection"
 FORMAT_VERSION = 2  # 1: one data folder per version; 2: segments
 MANIFEST = "manifest.json"
 LOCK = ".writer.lock"
+COMMITTED = ".committed"  # the version of the last durable commit (see newer_files)
 DATA_RE = re.compile(r"^v\d{6}-[0-9a-f]{8}$")  # format 1 data folders: v<version>-<random>
 SEGMENT_RE = re.compile(r"^s\d{6}-[0-9a-f]{8}$")  # segment folders: s<version>-<random>
 TEMPLATE_RE = re.compile(r"^t\d{6}-[0-9a-f]{8}\.faiss$")  # trained index templates
 QUERIES_RE = re.compile(r"^q\d{6}-[0-9a-f]{8}\.npz$")  # stored tuning queries
-GENERATION_RE = re.compile(r"^(index|lists|deleted)-\d{6}-[0-9a-f]{8}\.(faiss|ivf|npy)$")  # inside segments
+GENERATION_RE = re.compile(r"^(index|lists|deleted)-(\d{6})-[0-9a-f]{8}\.(faiss|ivf|npy)$")  # inside segments
 
 
 class CollectionBusyError(RuntimeError):
@@ -89,7 +101,76 @@ def write_manifest(path: Path, manifest: dict[str, Any]) -> bool:
     except OSError as exc:
         logger.warning("committed %s but could not fsync its folder (%s); old files are kept", path, exc)
         return False
+    _write_committed(path, int(manifest.get("version", 0)))
     return True
+
+
+def _write_committed(path: Path, version: int) -> None:
+    """Record the version of a durable commit (after the manifest: a crash leaves it one behind, never ahead)."""
+    tmp = path / f".{COMMITTED}.{secrets.token_hex(4)}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(f"{version}\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path / COMMITTED)
+    except OSError as exc:  # the mark is advisory: the commit itself is done
+        logger.warning("could not record the commit of version %d in %s (%s)", version, path, exc)
+        tmp.unlink(missing_ok=True)
+
+
+def read_committed(path: Path) -> int:
+    """The version recorded by the last durable commit, or -1 (collections written before the record)."""
+    try:
+        return int((path / COMMITTED).read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        return -1
+
+
+def generation(name: str) -> int | None:
+    """The generation in a file or folder name a collection writes (``s000012-...`` -> 12), else None."""
+    if SEGMENT_RE.match(name) or TEMPLATE_RE.match(name) or QUERIES_RE.match(name):
+        return int(name[1:7])
+    m = GENERATION_RE.match(name)
+    return int(m.group(2)) if m else None
+
+
+def newer_files(path: Path, manifest: dict[str, Any]) -> tuple[list[str], int]:
+    """Files and folders (relative names) that a version newer than ``manifest`` wrote, and the newest
+    version recorded; empty when the manifest is the newest.
+
+    A writer names what it writes for its next commit with generation ``version + 1``, so after a
+    crash such files may be left over; anything of a later generation, or of generation
+    ``version + 1`` once a commit of that version was recorded, belongs to a committed newer version.
+    """
+    version = int(manifest.get("version", 0))
+    committed = read_committed(path)
+    allowed = version + 1 if committed <= version else version
+    found: list[str] = []
+    newest = max(version, committed)
+    named = {e["name"] for e in manifest.get("segments") or []}
+    try:
+        children = list(path.iterdir())
+    except OSError:
+        return [], newest
+    for child in children:
+        gen = generation(child.name)
+        if gen is not None and gen > allowed:
+            found.append(child.name)
+            newest = max(newest, gen)
+        if child.name in named and child.is_dir():
+            try:
+                inside = list(child.iterdir())
+            except OSError:
+                continue
+            for item in inside:
+                gen = generation(item.name)
+                if gen is not None and gen > allowed:
+                    found.append(f"{child.name}/{item.name}")
+                    newest = max(newest, gen)
+    if committed > version and not found:
+        found.append(COMMITTED)
+    return sorted(found), newest
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -169,7 +250,7 @@ def remove_file(file: Path) -> None:
 
 def referenced(manifest: dict[str, Any]) -> tuple[set[str], dict[str, set[str]]]:
     """(top-level names, {segment folder: file names}) that a format-2 manifest refers to."""
-    top = {MANIFEST, LOCK}
+    top = {MANIFEST, LOCK, COMMITTED}
     inside: dict[str, set[str]] = {}
     for entry in manifest.get("segments") or []:
         names = set((entry.get("files") or {}).keys())
@@ -182,6 +263,15 @@ def referenced(manifest: dict[str, Any]) -> tuple[set[str], dict[str, set[str]]]
         if manifest.get(key):
             top.add(manifest[key]["file"])
     return top, inside
+
+
+def describe_newer(manifest: dict[str, Any], newer: list[str], newest: int) -> str:
+    """One sentence about the files :func:`newer_files` found."""
+    shown = ", ".join(newer[:4]) + (f" and {len(newer) - 4} more" if len(newer) > 4 else "")
+    return (
+        f"it is version {manifest.get('version')}, but files of newer versions (up to {newest}) exist: "
+        f"{shown}; it was probably replaced by an older copy"
+    )
 
 
 def collect_garbage(path: Path, keep: list[dict[str, Any]], protect: set[Path] | None = None) -> None:
@@ -204,7 +294,11 @@ def collect_garbage(path: Path, keep: list[dict[str, Any]], protect: set[Path] |
         if name in top:
             if name in inside and child.is_dir():
                 for item in child.iterdir():
-                    if GENERATION_RE.match(item.name) and item.name not in inside[name] and item not in protect:
+                    if (
+                        GENERATION_RE.match(item.name)
+                        and item.name not in inside[name]
+                        and item not in protect
+                    ):
                         remove_file(item)
             continue
         if child.is_dir() and (SEGMENT_RE.match(name) or DATA_RE.match(name)):
@@ -212,6 +306,6 @@ def collect_garbage(path: Path, keep: list[dict[str, Any]], protect: set[Path] |
         elif (
             TEMPLATE_RE.match(name)
             or QUERIES_RE.match(name)
-            or (name.startswith(f".{MANIFEST}.") and name.endswith(".tmp"))
+            or (name.startswith((f".{MANIFEST}.", f".{COMMITTED}.")) and name.endswith(".tmp"))
         ):
             remove_file(child)

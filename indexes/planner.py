@@ -7,13 +7,14 @@ Plan (the same for any number of segments):
   IVF) are searched exactly over their raw vectors. IVF parts share one coarse assignment of the
   queries (see :mod:`indexes.template`). The candidates are merged by score; with ``refine`` they
   are rescored exactly from the raw vectors.
-* a filter (``where``) matching at most ``exact_filter_max`` items, at most ``k``, or under 5 % of an
-  HNSW collection: exact search over the matching vectors.
+* a filter (``where``) matching at most ``exact_filter_max`` items, at most ``k``, or less than
+  ``hnsw_sparse_filter`` of an HNSW collection: exact search over the matching vectors.
 * a broader filter: the indexes with a selector of the matching rows and ``nprobe`` / ``efSearch``
   widened by the selectivity.
 * any query row left with fewer than ``min(k, eligible items)`` hits is answered exactly.
 
 Scores are higher-is-better (see :mod:`indexes.exact`); missing results are id -1 / score -inf.
+The sizes named here are fields of :class:`indexes.limits.Limits` (the view carries them).
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ import numpy as np
 
 from indexes import exact
 from indexes import faiss_index as fi
+from indexes.limits import Limits
 from indexes.segment import Part
 from indexes.template import Template, search_part
 
-__all__ = ["HNSW_SPARSE_FILTER", "Match", "View", "exact_all", "gather", "search"]
+__all__ = ["Match", "View", "exact_all", "gather", "search"]
 
-HNSW_SPARSE_FILTER = 0.05  # HNSW searches filters accepting less than this share exactly
 _RESCORE_FLOATS = 1 << 24  # rescoring works in query blocks of about this many floats
 
 
@@ -45,7 +46,7 @@ class View:
     metric: str
     knobs: dict[str, Any]  # nprobe / efSearch / refine in use
     n_live: int
-    exact_filter_max: int
+    limits: Limits
 
 
 @dataclass
@@ -67,17 +68,15 @@ class Match:
         ids = np.concatenate(live) if live else np.zeros(0, dtype=np.int64)
         return cls(ids, rows)
 
-    def masks(self, parts: Sequence[Part]) -> list[np.ndarray]:
-        out = []
-        for part, rows in zip(parts, self.rows):
-            mask = np.zeros(part.rows, dtype=bool)
-            mask[rows] = True
-            out.append(mask)
-        return out
+    def mask(self, i: int, part: Part) -> np.ndarray:
+        """bool [rows] of part ``i`` (``part``): True on the rows the filter admits."""
+        mask = np.zeros(part.rows, dtype=bool)
+        mask[self.rows[i]] = True
+        return mask
 
     def part_selectors(self, parts: Sequence[Part]) -> list[tuple[Any, ...] | None]:
         if self.selectors is None:
-            self.selectors = [part.selector(mask) for part, mask in zip(parts, self.masks(parts))]
+            self.selectors = [part.selector(self.mask(i, part)) for i, part in enumerate(parts)]
         return self.selectors
 
     @property
@@ -97,15 +96,13 @@ def search(
     """
     threads = faiss.omp_get_max_threads()
     n = q.shape[0]
-    if threads > 1 and n >= 2 * CHUNK_QUERIES:
-        blocks = np.array_split(np.arange(n), min(threads, n // CHUNK_QUERIES))
+    chunk = view.limits.thread_queries  # smallest block of queries worth a thread of its own
+    if threads > 1 and n >= 2 * chunk:
+        blocks = np.array_split(np.arange(n), min(threads, n // chunk))
         pool = exact.thread_pool(threads)
         parts = list(pool.map(lambda b: _one_thread(view, q[b[0] : b[-1] + 1], k, match, refine), blocks))
         return np.vstack([p[0] for p in parts]), np.vstack([p[1] for p in parts])
     return _search(view, q, k, match, refine)
-
-
-CHUNK_QUERIES = 32  # smallest block of queries worth a thread of its own
 
 
 def _one_thread(
@@ -124,10 +121,10 @@ def _search(
         if match.ids.size == 0:
             return exact.padded(n, k)
         frac = match.ids.size / max(view.n_live, 1)
-        hnsw_sparse = kind == "hnsw" and frac < HNSW_SPARSE_FILTER
+        hnsw_sparse = kind == "hnsw" and frac < view.limits.hnsw_sparse_filter
         if (
             view.template.is_flat
-            or match.ids.size <= view.exact_filter_max
+            or match.ids.size <= view.limits.exact_filter_max
             or match.ids.size <= k
             or hnsw_sparse
         ):
@@ -171,10 +168,10 @@ def ann(
         if part.rows == 0 or (match is not None and match.rows[i].size == 0):
             continue
         if part.index is None or (selectors[i] is not None and not _takes_selector(part)):
-            allowed = None if match is None else match.masks([part])[0]
+            allowed = None if match is None else match.mask(i, part)
             if allowed is None:
                 allowed = part.live_mask()
-            scores, rows = exact.knn_rows(q, part.vectors, kk, view.metric, allowed)
+            scores, rows = _knn_rows(view, q, part.vectors, kk, allowed)
             results.append((scores, np.where(rows >= 0, np.asarray(part.ids)[np.maximum(rows, 0)], -1)))
             continue
         sel = selectors[i][0] if selectors[i] is not None else None
@@ -194,13 +191,20 @@ def _takes_selector(part: Part) -> bool:
     return index.takes_selector
 
 
+def _knn_rows(
+    view: View, q: np.ndarray, base: np.ndarray, k: int, allowed: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    limits = view.limits
+    return exact.knn_rows(q, base, k, view.metric, allowed, limits.exact_block_rows, limits.thread_queries)
+
+
 def exact_all(view: View, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Brute force over every live row of every part."""
     results = []
     for part in view.parts:
         if part.rows == 0:
             continue
-        scores, rows = exact.knn_rows(q, part.vectors, k, view.metric, part.live_mask())
+        scores, rows = _knn_rows(view, q, part.vectors, k, part.live_mask())
         results.append((scores, np.where(rows >= 0, np.asarray(part.ids)[np.maximum(rows, 0)], -1)))
     return exact.merge(results, q.shape[0], k)
 
@@ -210,7 +214,7 @@ def exact_matches(view: View, q: np.ndarray, k: int, match: Match) -> tuple[np.n
     results = []
     for part, rows in zip(view.parts, match.rows):
         if rows.size:
-            scores, pos = exact.knn_rows(q, np.asarray(part.vectors[rows]), k, view.metric)
+            scores, pos = _knn_rows(view, q, np.asarray(part.vectors[rows]), k, None)
             results.append((scores, np.where(pos >= 0, np.asarray(part.ids)[rows][np.maximum(pos, 0)], -1)))
     return exact.merge(results, q.shape[0], k)
 
@@ -236,8 +240,7 @@ def gather(parts: Sequence[Part], ids: np.ndarray) -> np.ndarray:
     out = np.zeros((ids.size, dim), dtype=np.float32)
     if not parts or ids.size == 0:
         return out
-    mins = np.array([p.id_min if p.rows else np.iinfo(np.int64).max for p in parts], dtype=np.int64)
-    which = np.searchsorted(mins, ids, side="right") - 1
+    which = owners(parts, ids)
     for i, part in enumerate(parts):
         sel = np.flatnonzero((which == i) & (ids >= 0))
         if sel.size == 0:
@@ -251,6 +254,20 @@ def gather(parts: Sequence[Part], ids: np.ndarray) -> np.ndarray:
     return out
 
 
+def owners(parts: Sequence[Part], ids: np.ndarray) -> np.ndarray:
+    """Position in ``parts`` of the part whose id range may hold each id (-1: before every part).
+
+    Parts hold disjoint, ascending id ranges; parts without rows hold no range and own no id
+    (whatever their position: collections written by earlier versions may hold empty segments).
+    """
+    nonempty = np.array([i for i, p in enumerate(parts) if p.rows], dtype=np.int64)
+    if nonempty.size == 0:
+        return np.full(ids.shape, -1, dtype=np.int64)
+    mins = np.array([parts[int(i)].id_min for i in nonempty], dtype=np.int64)
+    slot = np.searchsorted(mins, ids, side="right") - 1
+    return np.where(slot >= 0, nonempty[np.maximum(slot, 0)], -1)
+
+
 def locate(parts: Sequence[Part], ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(part index, row) of each id; -1 / -1 where the id is not a live item."""
     ids = np.asarray(ids, dtype=np.int64)
@@ -258,8 +275,7 @@ def locate(parts: Sequence[Part], ids: np.ndarray) -> tuple[np.ndarray, np.ndarr
     row_of = np.full(ids.shape, -1, dtype=np.int64)
     if not parts or ids.size == 0:
         return part_of, row_of
-    mins = np.array([p.id_min if p.rows else np.iinfo(np.int64).max for p in parts], dtype=np.int64)
-    which = np.searchsorted(mins, ids, side="right") - 1
+    which = owners(parts, ids)
     for i, part in enumerate(parts):
         sel = np.flatnonzero(which == i)
         if sel.size:

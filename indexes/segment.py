@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import errno
 import logging
-import re
 import secrets
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,19 +34,25 @@ import numpy as np
 
 from indexes import files, metadata
 from indexes.files import DamagedFileError
+from indexes.limits import DEFAULT_LIMITS
 from indexes.metadata import MetadataStore
 from indexes.template import PartIndex, Template
 
-__all__ = ["SEGMENT_RE", "Buffer", "Part", "Segment", "write_segment"]
+__all__ = [
+    "Buffer",
+    "Part",
+    "Segment",
+    "write_deleted",
+    "write_index_record",
+    "write_merged",
+    "write_segment",
+]
 
 logger = logging.getLogger(__name__)
 
-SEGMENT_RE = re.compile(r"^s\d{6}-[0-9a-f]{8}$")
-CORE_FILES = ("vectors.npy", "ids.npy", "metadata.sqlite")
-GENERATION_RE = re.compile(r"^(index|lists|deleted)-\d{6}-[0-9a-f]{8}\.(faiss|ivf|npy)$")
 # Files up to this size are checksummed whole when a collection opens; larger ones get their size,
 # header and last block checked (whole-file checks run in verify(), before merges and copies).
-VERIFY_ON_OPEN_BYTES = 64 << 20
+VERIFY_ON_OPEN_BYTES = DEFAULT_LIMITS.verify_on_open_bytes
 
 _REPAIR_HINT = "run `retrieval check {path} --repair` (or Collection.verify(repair=True)) or restore a backup"
 
@@ -214,15 +220,22 @@ class Segment(Part):
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(
-        cls, root: Path, entry: dict[str, Any], dim: int, template: Template, check: bool = True
+        cls,
+        root: Path,
+        entry: dict[str, Any],
+        dim: int,
+        template: Template,
+        check: bool = True,
+        verify_bytes: int = VERIFY_ON_OPEN_BYTES,
     ) -> Segment:
-        """Open the segment ``entry`` names under ``root``, checking what is cheap to check (``check``)."""
+        """Open the segment ``entry`` names under ``root``, checking what is cheap to check (``check``):
+        files up to ``verify_bytes`` are checksummed whole, larger ones at both ends."""
         folder = root / entry["name"]
         rows = int(entry["rows"])
         hint = _REPAIR_HINT.format(path=root)
         if check:
             for name, digest in _entry_files(entry):
-                _check_on_open(folder / name, digest, hint)
+                _check_on_open(folder / name, digest, hint, verify_bytes)
         try:
             meta = MetadataStore.open_read_only(folder / "metadata.sqlite")
         except sqlite3.Error as exc:
@@ -244,7 +257,8 @@ class Segment(Part):
             deleted = np.zeros(0, dtype=np.int64)
             record = entry.get("deleted")
             if record:
-                deleted = np.asarray(np.load(folder / record["file"], allow_pickle=False), dtype=np.int64)
+                with files.reading(folder / record["file"], hint):
+                    deleted = np.asarray(np.load(folder / record["file"], allow_pickle=False), dtype=np.int64)
                 if deleted.ndim != 1 or deleted.size != int(record["ids"]):
                     raise DamagedFileError(
                         folder / record["file"],
@@ -287,13 +301,13 @@ def _entry_files(entry: dict[str, Any]) -> list[tuple[str, dict[str, Any] | None
     return out
 
 
-def _check_on_open(path: Path, digest: dict[str, Any] | None, hint: str) -> None:
+def _check_on_open(path: Path, digest: dict[str, Any] | None, hint: str, verify_bytes: int) -> None:
     if digest is None:
         if not path.exists():
             raise DamagedFileError(path, "the file is missing", hint)
         return
     size = int(digest["size"])
-    if size <= VERIFY_ON_OPEN_BYTES:
+    if size <= verify_bytes:
         result = files.verify_file(path, digest, full=True)
     else:
         result = files.verify_file(path, digest, full=False) or files.verify_ends(path, digest)
@@ -333,34 +347,86 @@ def write_segment(
     """
     folder = root / name
     folder.mkdir()
-    rows = int(ids.shape[0])
-    entry: dict[str, Any] = {
-        "name": name,
-        "rows": rows,
-        "id_min": int(ids[0]) if rows else -1,
-        "id_max": int(ids[-1]) if rows else -1,
-        "files": {},
-        "fields": {},
-        "index": None,
-        "deleted": None,
+    digests = {
+        "vectors.npy": files.write_npy(folder / "vectors.npy", vectors),
+        "ids.npy": files.write_npy(folder / "ids.npy", np.asarray(ids, dtype=np.int64)),
     }
-    entry["files"]["vectors.npy"] = files.write_npy(folder / "vectors.npy", vectors)
-    entry["files"]["ids.npy"] = files.write_npy(folder / "ids.npy", np.asarray(ids, dtype=np.int64))
     if texts is None:
         assert meta is not None
         meta.write_to(folder / "metadata.sqlite")
         counts = meta.field_counts()
     else:
         counts = metadata.create_file(folder / "metadata.sqlite", ids, texts)
-    files.fsync_file(folder / "metadata.sqlite")
-    entry["files"]["metadata.sqlite"] = files.digest_file(folder / "metadata.sqlite")
-    entry["fields"] = dict(sorted(counts.items()))
-    if index is None and template.ready and rows:
+    entry = _new_entry(folder, np.asarray(ids), digests, counts)
+    if index is None and template.ready and entry["rows"]:
         index = template.build_part(np.load(folder / "vectors.npy", mmap_mode="r"))
-    if index is not None and rows:
+    if index is not None and entry["rows"]:
         entry["index"] = write_index_record(folder, index, template, generation)
     files.fsync_dir(folder)
     return entry
+
+
+def write_merged(
+    root: Path,
+    name: str,
+    sources: Sequence[tuple[Segment, np.ndarray]],
+    dim: int,
+    template: Template | None,
+    generation: int,
+) -> dict[str, Any]:
+    """Write the new segment ``root/name`` from rows of existing segments; returns its manifest entry.
+
+    ``sources`` are (segment, rows) in id order, rows ascending: vectors and ids are streamed in blocks
+    (the sources may be memory-mapped and larger than memory), metadata is copied by SQLite. An index
+    is built with ``template`` when it is given and ready.
+    """
+    total = int(sum(rows.size for _, rows in sources))
+    folder = root / name
+    folder.mkdir()
+    vec_out = files.NpyWriter(folder / "vectors.npy", np.float32, (total, dim))
+    id_out = files.NpyWriter(folder / "ids.npy", np.int64, (total,))
+    with vec_out, id_out:
+        for seg, rows in sources:
+            for lo in range(0, rows.size, 1 << 16):
+                block = rows[lo : lo + (1 << 16)]
+                vec_out.write(np.asarray(seg.vectors[block], dtype=np.float32))
+                id_out.write(np.asarray(seg.ids[block]))
+    keep = [(seg.folder / "metadata.sqlite", np.asarray(seg.ids[rows])) for seg, rows in sources]
+    counts = metadata.merge_files(folder / "metadata.sqlite", keep)
+    assert vec_out.digest is not None and id_out.digest is not None
+    ids = np.load(folder / "ids.npy", mmap_mode="r")
+    entry = _new_entry(folder, ids, {"vectors.npy": vec_out.digest, "ids.npy": id_out.digest}, counts)
+    if template is not None and template.ready and total:
+        part = template.build_part(np.load(folder / "vectors.npy", mmap_mode="r"))
+        if part is not None:
+            entry["index"] = write_index_record(folder, part, template, generation)
+    files.fsync_dir(folder)
+    return entry
+
+
+def _new_entry(
+    folder: Path, ids: np.ndarray, digests: dict[str, Any], counts: dict[str, int]
+) -> dict[str, Any]:
+    """The manifest entry of a segment whose vectors, ids and metadata are written (digests of the first
+    two given; the metadata file is fsynced and checksummed here).
+
+    Every new segment passes here once its metadata is final (flushed buffers, merges, repairs, bulk
+    builds): files derived from a segment's metadata (a per-segment side index over its fields) are
+    written and recorded in ``files`` at this point, and merges, deletion records and garbage
+    collection then carry them with the segment.
+    """
+    files.fsync_file(folder / "metadata.sqlite")
+    rows = int(ids.shape[0])
+    return {
+        "name": folder.name,
+        "rows": rows,
+        "id_min": int(ids[0]) if rows else -1,
+        "id_max": int(ids[-1]) if rows else -1,
+        "files": {**digests, "metadata.sqlite": files.digest_file(folder / "metadata.sqlite")},
+        "fields": dict(sorted(counts.items())),
+        "index": None,
+        "deleted": None,
+    }
 
 
 def write_index_record(folder: Path, index: PartIndex, template: Template, generation: int) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from indexes import files
+from indexes.checks import check_norms
 from indexes.metadata import validate_metadata
 
 __all__ = ["ENGINES", "Runner", "Shard", "index_task", "read_metadata", "segment_task"]
@@ -85,6 +86,7 @@ def segment_task(args: dict[str, Any]) -> dict[str, Any]:
     if not np.isfinite(vectors).all():
         bad = int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0]) + lo
         raise ValueError(f"{shard.vectors} row {bad} holds NaN or infinite values; clean the shard first")
+    check_norms(vectors, f"the vectors of {shard.vectors}", first_row=lo)
     ids = np.arange(first_id, first_id + (hi - lo), dtype=np.int64)
     texts = read_metadata(shard, lo, hi)
     flat = Template("Flat", shard.dim, args["metric"])

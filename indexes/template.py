@@ -30,6 +30,7 @@ import faiss
 import numpy as np
 
 from indexes import faiss_index as fi
+from indexes.limits import DEFAULT_LIMITS, Limits
 
 __all__ = ["PartIndex", "Template"]
 
@@ -90,8 +91,10 @@ class Template:
     def nlist(self) -> int:
         return self.info.nlist
 
-    def min_train_size(self) -> int:
-        return fi.min_train_size(fi.build_index(self.spec, self.dim, self.metric, keep_ids=False))
+    def min_train_size(self, limits: Limits = DEFAULT_LIMITS) -> int:
+        """Vectors the collection waits for before training this kind (0: no training)."""
+        index = fi.build_index(self.spec, self.dim, self.metric, keep_ids=False)
+        return fi.min_train_size(index, limits.points_per_centroid, limits.codes_min_train)
 
     def has_codes(self) -> bool:
         """True when the index stores compressed vectors (its scores are approximate)."""

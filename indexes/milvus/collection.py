@@ -34,26 +34,29 @@ for ``r * k`` candidates and rescores them with the stored vectors.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import secrets
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from indexes import auto, exact
+from indexes.checks import MAX_ID
 from indexes.fingerprint import check_fingerprint
-from indexes.location import Location, parse_location
+from indexes.limits import DEFAULT_LIMITS, Limits, as_limits
+from indexes.location import Location
 from indexes.metadata import validate_metadata
 from indexes.milvus import kinds
 from indexes.milvus.arrays import as_ids, as_vectors, check_int
 from indexes.milvus.client import Client
 from indexes.milvus.expr import compile_where
+from indexes.milvus.indexing import INDEX_WAIT, MilvusIndexing
+from indexes.milvus.opening import check_schema, json_dict, milvus_location
 from indexes.milvus.state import FORMAT_VERSION, State, now
 from indexes.milvus.table import METRICS, Table
+from indexes.milvus.tuning import MilvusTuning
 from indexes.persist import CollectionBusyError
 
 __all__ = ["MilvusCollection"]
@@ -61,20 +64,24 @@ __all__ = ["MilvusCollection"]
 logger = logging.getLogger(__name__)
 
 MAX_TOPK = 16_384  # Milvus's limit on k (and on rows per query)
-TUNE_MIN = 1_000  # below this many vectors, search parameters are not tuned
-TUNE_QUERIES = 200  # stored vectors used as queries when tuning
-EXACT_FILL_MAX = 50_000  # short filtered rows are answered exactly when at most this many items match
-INDEX_WAIT = 3_600.0  # seconds save() / rebuild() wait for Milvus to finish building the index
 SCORE_CONVENTION = {"ip": "inner product (higher is better)", "l2": "-squared L2 distance (higher is better)"}
 
 
-class MilvusCollection:
+class MilvusCollection(MilvusIndexing, MilvusTuning):
     """Vectors + metadata in a Milvus collection. Build with :meth:`create`, reopen with :meth:`open`."""
 
-    def __init__(self, location: Location, client: Client, state: State, read_only: bool) -> None:
+    def __init__(
+        self,
+        location: Location,
+        client: Client,
+        state: State,
+        read_only: bool,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
         self._loc = location
+        self._limits = limits
         self._client = client
-        self._table = Table(client, str(location.name), str(location), state.metric)
+        self._table = Table(client, str(location.name), str(location), state.metric, limits.request_rows)
         self._state = state
         self._read_only = read_only
         self._token: str | None = None  # the writer token this handle holds (writable handles)
@@ -95,6 +102,7 @@ class MilvusCollection:
         recall_target: float = 0.95,
         overwrite: bool = False,
         model_info: dict[str, Any] | None = None,
+        limits: Limits | None = None,
     ) -> MilvusCollection:
         """Create an empty collection at a Milvus ``location`` and return it open for writing.
 
@@ -102,8 +110,10 @@ class MilvusCollection:
         kept in the collection's state and shown by :meth:`info`); ``index`` takes
         the factory strings of :mod:`indexes.milvus.kinds` or ``"auto"``. ``overwrite=True`` drops
         an existing collection of this toolkit first (never a collection made by something else).
+        ``limits``: the sizes at which this handle changes path (see :class:`indexes.Limits`).
         """
-        loc = _milvus_location(location)
+        loc = milvus_location(location)
+        limits = as_limits(limits)
         dim = check_int("dim", dim, 1)
         if dim > 32_768:
             raise ValueError(f"dim must be at most 32768 for Milvus, received {dim}")
@@ -118,13 +128,13 @@ class MilvusCollection:
             raise ValueError(f"recall_target must be a number in (0, 1], received {recall_target!r}")
         if fingerprint is not None and not isinstance(fingerprint, str):
             raise ValueError(f"fingerprint must be a string or None, received {type(fingerprint).__name__}")
-        model_info = _json_dict("model_info", model_info)
+        model_info = json_dict("model_info", model_info)
         requested = index.strip() if isinstance(index, str) else index
         client = Client(loc)
         try:
             lite = client.lite
             built = (
-                kinds.choose(0, dim, budget, lite)
+                kinds.choose(0, dim, budget, lite, limits)
                 if requested == "auto"
                 else kinds.translate(requested, dim, lite)
             )
@@ -161,7 +171,7 @@ class MilvusCollection:
                 properties=state.to_properties(),
                 description=f"siamese-retrieval collection: dim {dim}, metric {metric}, model {fingerprint}",
             )
-            coll = cls(loc, client, state, read_only=False)
+            coll = cls(loc, client, state, read_only=False, limits=limits)
             coll._token = state.writer
             coll._table.create_index(built, INDEX_WAIT)
             coll._table.ensure_loaded()
@@ -171,12 +181,19 @@ class MilvusCollection:
         return coll
 
     @classmethod
-    def open(cls, location: str | Location, mmap: bool = False, read_only: bool = False) -> MilvusCollection:
+    def open(
+        cls,
+        location: str | Location,
+        mmap: bool = False,
+        read_only: bool = False,
+        limits: Limits | None = None,
+    ) -> MilvusCollection:
         """Open an existing collection (``mmap`` is accepted for parity: memory mapping is a server setting).
 
-        A writable open takes over the writer token (see the module doc).
+        A writable open takes over the writer token (see the module doc). ``limits`` as in :meth:`create`.
         """
-        loc = _milvus_location(location)
+        loc = milvus_location(location)
+        limits = as_limits(limits)
         client = Client(loc)
         try:
             name = str(loc.name)
@@ -188,8 +205,8 @@ class MilvusCollection:
                 )
             desc = client.call("reading the collection", "describe_collection", name)
             state = State.from_properties(desc.get("properties") or {}, str(loc))
-            _check_schema(desc, state, loc)
-            coll = cls(loc, client, state, read_only=read_only)
+            check_schema(desc, state, loc)
+            coll = cls(loc, client, state, read_only=read_only, limits=limits)
             coll._table.ensure_loaded()
             coll._table.sync()
             if not read_only:
@@ -214,7 +231,7 @@ class MilvusCollection:
     @staticmethod
     def exists(location: str | Location) -> bool:
         """True when a collection exists at ``location``."""
-        loc = _milvus_location(location)
+        loc = milvus_location(location)
         client = Client(loc)
         try:
             return bool(client.call("checking the collection", "has_collection", str(loc.name)))
@@ -224,7 +241,7 @@ class MilvusCollection:
     @staticmethod
     def drop(location: str | Location) -> None:
         """Delete the collection at ``location`` with all its items (only a collection this toolkit made)."""
-        loc = _milvus_location(location)
+        loc = milvus_location(location)
         client = Client(loc)
         try:
             name = str(loc.name)
@@ -329,20 +346,6 @@ class MilvusCollection:
         ]
         return np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
 
-    @property
-    def needs_rebuild(self) -> bool:
-        """True when ``index="auto"`` now calls for another index kind (``save()`` then rebuilds)."""
-        return self._rebuild_reason(len(self)) is not None
-
-    def _rebuild_reason(self, n: int) -> str | None:
-        if self._state.index_requested != "auto":
-            return None
-        want = kinds.choose(n, self.dim, self._state.memory_budget, self._client.lite)
-        built_on = int(self._state.params.get("built_on", 0))
-        if want.spec != self.index_spec and (n >= 2 * built_on or n * 4 <= built_on):
-            return f"{want.spec} suits {n} vectors better than {self.index_spec}"
-        return None
-
     def info(self) -> dict[str, Any]:
         """The recorded state plus live figures (count, index build progress, needs_rebuild)."""
         self._check_open()
@@ -415,6 +418,11 @@ class MilvusCollection:
         n = vecs.shape[0]
         metas = [json.loads(text) for text in validate_metadata(metadata, n)]
         if ids is None:
+            if self._state.next_id + n - 1 > MAX_ID:
+                raise ValueError(
+                    f"no ids left in collection {self._loc}: ids are never reused and the next one is "
+                    f"{self._state.next_id}, the largest is {MAX_ID}; copy the items into a new collection"
+                )
             new = np.arange(self._state.next_id, self._state.next_id + n, dtype=np.int64)
         else:
             new = as_ids(ids)
@@ -426,6 +434,11 @@ class MilvusCollection:
                 raise ValueError("ids contains duplicates: each item needs its own id")
             if n and new.min() < 0:
                 raise ValueError(f"ids must be >= 0, received {int(new.min())}")
+            if n and new.max() > MAX_ID:
+                raise ValueError(
+                    f"ids must be at most {MAX_ID} (the id after the last must fit in int64), "
+                    f"received {new[new > MAX_ID][:3].tolist()}"
+                )
             present = self._table.existing(new)
             if present.size:
                 raise ValueError(
@@ -448,6 +461,8 @@ class MilvusCollection:
         """Never hand out ids below ``next_id`` from now on (copies use it to keep the source's id space)."""
         self._check_open(write=True)
         next_id = check_int("next_id", next_id, 0)
+        if next_id > MAX_ID + 1:
+            raise ValueError(f"next_id must be at most {MAX_ID + 1} (ids are int64), received {next_id}")
         if next_id > self._state.next_id:
             self._put_state(self._state.updated_with(next_id=next_id))
 
@@ -522,20 +537,21 @@ class MilvusCollection:
     def _fill_short(
         self, q: np.ndarray, k: int, scores: np.ndarray, ids: np.ndarray, expr: str
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Rows with fewer than min(k, matching items) hits are answered again: exactly when few items
-        match, else with the widest search parameters."""
+        """Rows with fewer than min(k, matching items) hits are answered again: with the widest search
+        parameters when many items match (more than ``limits.exact_fill_max``), and exactly when few do
+        or when the widest search still comes back short."""
         found = (ids >= 0).sum(axis=1)
         if (found >= k).all():
             return scores, ids
         matches = self._table.count(expr)
         short = np.flatnonzero(found < min(k, matches))
-        if short.size:
-            if matches <= EXACT_FILL_MAX or self._index.kind == "flat":
-                s, i = self._table.exact(q[short], k, expr)
-            else:
-                widest = {"efSearch": 1_024} if self._index.kind == "hnsw" else {"nprobe": self._index.nlist}
-                s, i = self._table.search(q[short], k, expr, kinds.search_params(self._index, widest, k))
+        if short.size and matches > self._limits.exact_fill_max and self._index.kind != "flat":
+            widest = {"efSearch": 1_024} if self._index.kind == "hnsw" else {"nprobe": self._index.nlist}
+            s, i = self._table.search(q[short], k, expr, kinds.search_params(self._index, widest, k))
             scores[short], ids[short] = s, i
+            short = short[(i >= 0).sum(axis=1) < min(k, matches)]  # still short (removed rows, unindexed...)
+        if short.size:
+            scores[short], ids[short] = self._table.exact(q[short], k, expr)
         return scores, ids
 
     # ================================================================ save / index / tune
@@ -553,147 +569,6 @@ class MilvusCollection:
             self.tune()
         self._put_state(self._state.updated_with(version=self._state.version + 1))
         self._dirty = False
-
-    def _should_tune(self, n: int) -> bool:
-        if self._index.kind == "flat" or n < TUNE_MIN:
-            return False
-        return n >= 2 * int(self._state.params.get("tuned_on", 0))
-
-    def wait_for_index(self, timeout: float = INDEX_WAIT) -> float:
-        """Wait until Milvus has indexed every flushed row; returns the seconds waited."""
-        self._check_open()
-        return self._table.wait_for_index(self._index.index_type, timeout)
-
-    def rebuild(self, index: str | None = None) -> None:
-        """Rebuild the index (``index``: another factory string or ``"auto"``; None keeps the requested one).
-
-        The collection is released while Milvus builds the new index: searches fail meanwhile.
-        """
-        self._check_open(write=True)
-        requested = self._state.index_requested if index is None else index.strip()
-        self._table.flush()
-        n = len(self)
-        lite = self._client.lite
-        if requested == "auto":
-            new = kinds.choose(n, self.dim, self._state.memory_budget, lite)
-        else:
-            new = kinds.translate(requested, self.dim, lite)
-        t0 = time.perf_counter()
-        self._table.replace_index(self._index, new, INDEX_WAIT)
-        self._index = new
-        seconds = time.perf_counter() - t0
-        params = {"built_on": n, "build_seconds": round(seconds, 3)}
-        self._put_state(
-            self._state.updated_with(index_requested=str(requested), index_spec=new.spec, params=params)
-        )
-        logger.info("built %s (%s) over %d vectors in %.1fs", new.spec, new.index_type, n, seconds)
-        if self._should_tune(n):
-            self.tune()
-
-    def tune(self, recall_target: float | None = None, queries: Any = None, k: int = 10) -> dict[str, Any]:
-        """Tune ``nprobe`` / ``efSearch`` / ``refine`` to reach ``recall_target`` recall@k against exact search.
-
-        Exact neighbours come from the stored vectors (streamed from the server). ``queries`` [q, d]
-        are used when given; otherwise the query sets stored with :meth:`set_tuning_queries` (each
-        with its filter); otherwise ``TUNE_QUERIES`` stored vectors, each query's own id left out.
-        The chosen values are kept in :attr:`params` (and recorded when the handle is writable).
-        """
-        self._check_open()
-        target = self._state.recall_target if recall_target is None else float(recall_target)
-        if not 0 < target <= 1:
-            raise ValueError(f"recall_target must be in (0, 1], received {recall_target!r}")
-        k = check_int("k", k, 1)
-        n = len(self)
-        if n <= k + 1:
-            raise ValueError(f"cannot tune: the collection holds {n} vectors; add more than k + 1 = {k + 1}")
-        stored = self._stored_queries() if queries is None else []
-        if queries is not None:
-            q = self._as_vectors(queries, "queries", allow_1d=False)
-            sets = [auto.QuerySet("given", q, None, self_ids=np.full(q.shape[0], -2, dtype=np.int64))]
-        elif stored:
-            sets = [
-                auto.QuerySet(s["name"], s["vectors"], s["where"], self_ids=np.full(len(s["vectors"]), -2))
-                for s in stored
-            ]
-        else:
-            pick = np.sort(
-                np.random.default_rng(0).choice(self.ids(), size=min(TUNE_QUERIES, n), replace=False)
-            )
-            sets = [auto.QuerySet("stored vectors", self.vectors(pick), None, self_ids=pick)]
-        t0 = time.perf_counter()
-        exprs = [self._compile(qs.where) or "" if qs.where else "" for qs in sets]
-        for qs, expr in zip(sets, exprs):
-            qs.truth = auto.drop_self(self._table.exact(qs.queries, k + 1, expr)[1], qs.self_ids, k)  # [q, k]
-        exact_seconds = time.perf_counter() - t0
-        by_name = {qs.name: expr for qs, expr in zip(sets, exprs)}
-
-        def run(params: dict[str, Any], query_set: auto.QuerySet, kk: int) -> np.ndarray:
-            expr = by_name.get(query_set.name, "")
-            return self._ann(query_set.queries, kk, expr, params, int(params.get("refine", 0)))[1]
-
-        kind, nlist, codes = self._index.kind, self._index.nlist, self._index.has_codes
-        chosen = auto.tune(kind, nlist, codes, run, sets, k, target)
-        chosen.pop("reached", None)
-        params = {
-            key: v for key, v in self._state.params.items() if key not in ("nprobe", "efSearch", "refine")
-        }
-        params.update(
-            chosen,
-            tuned_on=n,
-            tune_queries=int(sum(qs.queries.shape[0] for qs in sets)),
-            tune_query_sets=[qs.name for qs in sets],
-            tune_k=k,
-            exact_seconds=round(exact_seconds, 3),
-        )
-        if self._read_only:
-            self._state = self._state.updated_with(params=params)
-        else:
-            self._put_state(self._state.updated_with(params=params))
-        return dict(params)
-
-    def set_tuning_queries(self, queries: dict[str, tuple[Any, dict[str, Any] | None]] | None) -> None:
-        """Store query samples that :meth:`tune` (run by ``save()`` when the count has doubled) measures
-        recall with, e.g. ``{"text->image": (caption_vectors, {"modality": "image"})}``; None forgets them.
-
-        Kept with the collection on the server (at most ``TUNE_QUERIES`` queries per set), recorded at once.
-        """
-        self._check_open(write=True)
-        if queries is None:
-            self._table.put_queries(None)
-            return
-        if not isinstance(queries, dict) or not queries:
-            raise ValueError(
-                "queries must be a dict {name: (vectors [q, d], where or None)}, or None to forget them"
-            )
-        described = []
-        for name, value in queries.items():
-            if not isinstance(value, tuple) or len(value) != 2:
-                raise ValueError(
-                    f"queries[{name!r}] must be a (vectors, where) pair, received {type(value).__name__}"
-                )
-            q = self._as_vectors(value[0], f"queries[{name!r}]", allow_1d=False)[:TUNE_QUERIES]  # [q, d]
-            if value[1] is not None:
-                self._compile(value[1])  # a bad filter fails now, not at the next save
-            described.append(
-                {
-                    "name": str(name),
-                    "where": value[1],
-                    "shape": list(q.shape),
-                    "vectors": base64.b64encode(np.ascontiguousarray(q, dtype="<f4").tobytes()).decode(),
-                }
-            )
-        self._table.put_queries(json.dumps(described, separators=(",", ":")))
-
-    def _stored_queries(self) -> list[dict[str, Any]]:
-        """The query sets stored with :meth:`set_tuning_queries`: name, where, vectors [q, d]."""
-        text = self._table.read_queries()
-        if text is None:
-            return []
-        sets = []
-        for d in json.loads(text):
-            vectors = np.frombuffer(base64.b64decode(d["vectors"]), dtype="<f4").reshape(d["shape"])
-            sets.append({"name": d["name"], "where": d["where"], "vectors": vectors.astype(np.float32)})
-        return sets
 
     # ================================================================ internals
     def _check_open(self, write: bool = False) -> None:
@@ -729,36 +604,3 @@ class MilvusCollection:
         state = state.updated_with(updated=now())
         self._table.put_state(state)
         self._state = state
-
-
-def _json_dict(what: str, value: Any) -> dict[str, Any] | None:
-    """A JSON-able dict (copied), None, or ``ValueError`` naming what was received."""
-    if value is None:
-        return None
-    try:
-        copied = json.loads(json.dumps(value, allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{what} must be a JSON-able dict, received {value!r} ({exc})") from exc
-    if not isinstance(copied, dict):
-        raise ValueError(f"{what} must be a dict, received {type(value).__name__}")
-    return copied
-
-
-def _milvus_location(location: Any) -> Location:
-    loc = parse_location(location)
-    if not loc.is_milvus:
-        raise ValueError(
-            f"{loc} is a local folder: open it with indexes.Collection, or use indexes.open_collection for any location"
-        )
-    return loc
-
-
-def _check_schema(desc: dict[str, Any], state: State, loc: Location) -> None:
-    fields = {f.get("name"): f for f in desc.get("fields", [])}
-    vector = fields.get("vector")
-    dim = int((vector or {}).get("params", {}).get("dim", -1))
-    if "id" not in fields or "meta" not in fields or vector is None or dim != state.dim:
-        raise ValueError(
-            f"collection {loc} is inconsistent: its state says dim {state.dim} but the Milvus schema has fields "
-            f"{sorted(fields)} with vector dim {dim}; restore it or rebuild it from the source vectors"
-        )

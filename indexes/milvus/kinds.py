@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from indexes import auto
+from indexes.limits import DEFAULT_LIMITS, Limits
 
 __all__ = ["MilvusIndex", "choose", "search_params", "translate"]
 
@@ -89,9 +90,11 @@ def translate(spec: Any, dim: int, lite: bool) -> MilvusIndex:
     return out
 
 
-def choose(n: int, dim: int, memory_budget: int | None, lite: bool) -> MilvusIndex:
+def choose(
+    n: int, dim: int, memory_budget: int | None, lite: bool, limits: Limits = DEFAULT_LIMITS
+) -> MilvusIndex:
     """What ``index="auto"`` builds for ``n`` vectors (see the module doc)."""
-    spec = auto.choose_index(n, dim, memory_budget)
+    spec = auto.choose_index(n, dim, memory_budget, limits)
     if lite and re.fullmatch(r"IVF\d+,PQ\d+(?:x\d+)?", spec):
         spec = spec.split(",")[0] + ",SQ8"
     return translate(spec, dim, lite)

@@ -24,9 +24,6 @@ from indexes.milvus.state import QUERIES_KEY, State
 __all__ = ["METRICS", "Table"]
 
 METRICS = {"ip": "IP", "l2": "L2"}
-WRITE_BATCH = 4_096  # rows per insert / upsert request
-READ_BATCH = 4_096  # ids per get / delete request
-SCAN_BATCH = 8_192  # rows per page when reading everything
 SEARCH_CELLS = 1 << 18  # queries * k per search request
 _READ = {"consistency_level": "Session"}
 
@@ -34,11 +31,12 @@ _READ = {"consistency_level": "Session"}
 class Table:
     """Requests on the Milvus collection ``name`` reached through ``client``; ``where`` names it in errors."""
 
-    def __init__(self, client: Client, name: str, where: str, metric: str) -> None:
+    def __init__(self, client: Client, name: str, where: str, metric: str, request_rows: int = 4_096) -> None:
         self.client = client
         self.name = name
         self.where = where
         self.metric = metric
+        self.batch = int(request_rows)  # rows per write, read or delete request (Limits.request_rows)
 
     # ----- rows -----------------------------------------------------------------------------
     def count(self, expr: str = "") -> int:
@@ -69,7 +67,7 @@ class Table:
                 self.name,
                 filter=cond,
                 output_fields=fields,
-                limit=SCAN_BATCH,
+                limit=2 * self.batch,
                 iterator="True",
                 reduce_stop_for_best="True",
                 strict_float32=True,
@@ -93,8 +91,8 @@ class Table:
         """Rows of ``ids`` by id; unknown ids raise ``ValueError`` (worded like the local collection's)."""
         unique = np.unique(ids)
         rows: dict[int, Any] = {}
-        for lo in range(0, unique.size, READ_BATCH):
-            chunk = unique[lo : lo + READ_BATCH].tolist()
+        for lo in range(0, unique.size, self.batch):
+            chunk = unique[lo : lo + self.batch].tolist()
             result = self.client.call(
                 what,
                 "query",
@@ -120,14 +118,14 @@ class Table:
     def write(self, ids: np.ndarray, vectors: np.ndarray, metas: list[dict[str, Any]], upsert: bool) -> None:
         """Insert (or upsert: replacing rows with the same ids) ``vectors`` [n, d] under ``ids``."""
         method = "upsert" if upsert else "insert"
-        for lo in range(0, ids.size, WRITE_BATCH):
-            hi = min(ids.size, lo + WRITE_BATCH)
+        for lo in range(0, ids.size, self.batch):
+            hi = min(ids.size, lo + self.batch)
             rows = [{"id": int(ids[j]), "vector": vectors[j], "meta": metas[j]} for j in range(lo, hi)]
             self.client.call(f"writing rows {lo}..{hi}", method, self.name, rows)
 
     def delete(self, ids: np.ndarray) -> None:
-        for lo in range(0, ids.size, READ_BATCH):
-            self.client.call("removing rows", "delete", self.name, ids=ids[lo : lo + READ_BATCH].tolist())
+        for lo in range(0, ids.size, self.batch):
+            self.client.call("removing rows", "delete", self.name, ids=ids[lo : lo + self.batch].tolist())
 
     def flush(self) -> None:
         self.client.call("flushing", "flush", self.name)

@@ -56,6 +56,7 @@ exit status:
   {EXIT_USAGE}    wrong command line (the command's usage is printed)
   {EXIT_NOTHING_DONE}    nothing done: no input, or every input skipped (the reasons are counted);
        `check --repair`: repaired, but items were lost (listed)
+  4    `check`: not checked, writers kept committing throughout (run it again)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C); `train` leaves a checkpoint to --resume from"""
 
 __all__ = [

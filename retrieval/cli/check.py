@@ -1,7 +1,11 @@
 """``retrieval check COLLECTION [--repair]``: verify every file of a collection, optionally repair it.
 
+Safe beside a writer in another process: the check reports on one version that stayed current
+while it was read (it follows the writer's commits), and a repair commits on top of the newest
+version under the writer lock (nothing is repaired while another process holds it).
+
 Exit status: 0 no damage (or all of it repaired without loss), 1 damage found and not repaired,
-3 repaired but some items were lost (listed).
+3 repaired but some items were lost (listed), 4 not checked: writers kept committing throughout.
 """
 
 from __future__ import annotations
@@ -26,10 +30,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from indexes import CollectionBusyError
     from indexes.verify import verify_path
 
     require_collection(args.collection, manifest=False)
-    report = verify_path(args.collection, repair=args.repair)
+    try:
+        report = verify_path(args.collection, repair=args.repair)
+    except CollectionBusyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 4
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.summary())
     if report.ok:
         return 0

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from idx_helpers import clustered, exact_topk, recall
 
-from indexes import Collection, auto
-from indexes import collection as collection_module
+from indexes import Collection, Limits, auto
+from indexes.limits import DEFAULT_LIMITS
 
 D = 32
 
@@ -176,5 +176,13 @@ def test_mmap_open_ivf(tmp_path: Path) -> None:
             coll.add(x[:1])
 
 
-def test_constants_documented() -> None:
-    assert 0 < collection_module.TOMBSTONE_REBUILD_FRACTION < 1
+def test_limits_are_checked_and_round_trip() -> None:
+    assert 0 < DEFAULT_LIMITS.tombstone_rebuild_fraction < 1
+    small = Limits(exact_filter_max=3, buffer_bytes=None, merge_factor=2)
+    assert Limits.from_dict(small.as_dict()) == small
+    with pytest.raises(ValueError, match="unknown Limits field"):
+        Limits.from_dict({"exact_filter_mx": 3})
+    with pytest.raises(ValueError, match="merge_factor must be >= 2"):
+        Limits(merge_factor=1)
+    with pytest.raises(ValueError, match="exact_filter_max must be a number >= 0"):
+        Limits(exact_filter_max=-1)

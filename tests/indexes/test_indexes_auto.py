@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from idx_helpers import clustered, exact_topk, recall
 
-from indexes import Collection, auto, maintenance
+from indexes import Collection, Limits, auto
 
 D = 32
 
@@ -28,7 +28,7 @@ def test_falls_back_to_exact_search_when_no_index_is_faster(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On a small, structureless set every candidate is slower than brute force: auto keeps exact search."""
-    monkeypatch.setattr(auto, "FLAT_MAX", 500)
+    monkeypatch.setattr(Collection, "default_limits", Limits(flat_max=500))
     rng = np.random.default_rng(70)
     x = rng.standard_normal((4_000, 16)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
@@ -38,7 +38,8 @@ def test_falls_back_to_exact_search_when_no_index_is_faster(
         decision = coll.info()["auto"]
         assert coll.index_spec == "Flat" and decision["chosen"] == "Flat"
         assert "exact search" in decision["reason"] and decision["exact"]["batch_ms"] > 0
-        assert [t["spec"] for t in decision["tried"]] == auto.candidates(4_000, 16)[: len(decision["tried"])]
+        tried = [t["spec"] for t in decision["tried"]]
+        assert tried == auto.candidates(4_000, 16, limits=Limits(flat_max=500))[: len(tried)]
         assert all(t["verdict"] != "kept" for t in decision["tried"])
         q = x[:50]
         scores, found = coll.search(q, 10)
@@ -51,14 +52,14 @@ def test_keeps_the_first_candidate_that_is_much_faster(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With timings that make the index 100x faster than exact search, the first candidate is kept."""
-    monkeypatch.setattr(auto, "FLAT_MAX", 500)
+    monkeypatch.setattr(Collection, "default_limits", Limits(flat_max=500))
     calls = itertools.count()
 
     def fake_timing(search, sets, repeats=3, singles=20):  # exact first, then the candidate, per tuning
         search(sets[0].queries[:2], sets[0].where)
         return auto.Timing(1e-3, 1e-3) if next(calls) % 2 == 0 else auto.Timing(1e-5, 1e-5)
 
-    monkeypatch.setattr(maintenance.auto, "time_search", fake_timing)
+    monkeypatch.setattr(auto, "time_search", fake_timing)
     x = clustered(4_000, D, seed=71)
     with Collection.create(tmp_path / "c", D) as coll:
         coll.add(x)

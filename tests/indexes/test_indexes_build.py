@@ -193,3 +193,79 @@ def test_builds_are_identical_whatever_the_threads(tmp_path: Path, monkeypatch: 
     finally:
         faiss.omp_set_num_threads(before)
     assert _signature(tmp_path / "serial") == _signature(tmp_path / "parallel")
+
+
+def test_a_rebuild_from_changed_shards_never_keeps_stale_vectors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shards re-embedded with the same shapes are new content: nothing of the old build is reused."""
+    (tmp_path / "s").mkdir()
+    old, new = clustered(40, D, seed=52), clustered(40, D, seed=53)
+    np.save(tmp_path / "s" / "a.npy", old)
+    (tmp_path / "s" / "a.jsonl").write_text("".join(json.dumps({"v": 1}) + "\n" for _ in range(40)))
+    build_collection(tmp_path / "s", tmp_path / "c", index="Flat", workers=1)
+    real_hash = build._content_hash
+    monkeypatch.setattr(build, "_content_hash", lambda path: pytest.fail(f"{path} read again"))
+    again = build_collection(tmp_path / "s", tmp_path / "c", index="Flat", workers=1)
+    assert again.count == 40, "unchanged shards: the finished build is kept, without reading them"
+    monkeypatch.setattr(build, "_content_hash", real_hash)
+    np.save(tmp_path / "s" / "a.npy", new)  # same shape, other vectors
+    with pytest.raises(FileExistsError, match=r"a\.npy changed.*overwrite"):
+        build_collection(tmp_path / "s", tmp_path / "c", index="Flat", workers=1)
+    build_collection(tmp_path / "s", tmp_path / "c", index="Flat", workers=1, overwrite=True)
+    with Collection.open(tmp_path / "c", read_only=True) as coll:
+        np.testing.assert_array_equal(coll.vectors(np.arange(40)), new)
+    (tmp_path / "s" / "a.jsonl").write_text("".join(json.dumps({"v": 2}) + "\n" for _ in range(40)))
+    with pytest.raises(FileExistsError, match=r"a\.jsonl changed"):
+        build_collection(tmp_path / "s", tmp_path / "c", index="Flat", workers=1)
+
+
+def test_an_interrupted_build_never_mixes_old_and_new_shards(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Collection, "_segment_max_rows", lambda self: 500)
+    monkeypatch.setattr(build, "COMMIT_EVERY", 0.0)
+    _clip_layout(tmp_path / "shards", [1_000, 1_000], [])
+    real = build.segment_task
+    calls = {"n": 0}
+
+    def flaky(args: dict) -> dict:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(args)
+
+    monkeypatch.setattr(build, "segment_task", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        build_collection(tmp_path / "shards", tmp_path / "c", index="Flat", workers=1)
+    monkeypatch.setattr(build, "segment_task", real)
+    shard = tmp_path / "shards" / "img_emb" / "img_emb_0.npy"
+    fresh = clustered(1_000, D, seed=54)
+    np.save(shard, fresh)  # the first shard, already built, was re-embedded meanwhile
+    with pytest.raises(FileExistsError, match=r"img_emb_0\.npy changed"):
+        build_collection(tmp_path / "shards", tmp_path / "c", index="Flat", workers=1)
+    done = build_collection(tmp_path / "shards", tmp_path / "c", index="Flat", workers=1, overwrite=True)
+    assert done.reused_segments == 0 and done.count == 2_000
+    with Collection.open(tmp_path / "c", read_only=True) as coll:
+        np.testing.assert_array_equal(coll.vectors(np.arange(1_000)), fresh)
+
+
+def test_a_missing_metadata_file_of_the_clip_layout_is_an_error(tmp_path: Path) -> None:
+    _clip_layout(tmp_path / "shards", [30, 20], [10])
+    (tmp_path / "shards" / "metadata" / "metadata_1.parquet").unlink()
+    with pytest.raises(ValueError, match=r"metadata_1\.parquet is missing.*img_emb_1\.npy"):
+        discover_shards(tmp_path / "shards")
+    import shutil
+
+    shutil.rmtree(tmp_path / "shards" / "metadata")  # no metadata at all: items carry their modality only
+    shards = discover_shards(tmp_path / "shards")
+    assert [s.metadata for s in shards[:2]] == [None, None] and shards[2].metadata is not None
+
+
+def test_shard_vectors_whose_scores_would_overflow_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "s").mkdir()
+    x = clustered(10, D, seed=55)
+    x[7] *= 1e19
+    np.save(tmp_path / "s" / "a.npy", x)
+    with pytest.raises(ValueError, match=r"a\.npy.*rows \[7\]"):
+        build_collection(tmp_path / "s", tmp_path / "c", index="Flat", workers=1)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from idx_helpers import clustered, exact_topk
 
-from indexes import Collection, compaction, files, segment
+from indexes import Collection, Limits, files
 from indexes.files import DamagedFileError
 from indexes.verify import verify_path
 
@@ -23,7 +23,7 @@ D = 16
 
 @pytest.fixture(autouse=True)
 def _no_merges(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(compaction, "MERGE_FACTOR", 1_000)
+    monkeypatch.setattr(Collection, "default_limits", Limits(merge_factor=1_000))
 
 
 def _build(path: Path, spec: str, n: int = 1_200) -> np.ndarray:
@@ -86,9 +86,9 @@ def test_large_files_are_checked_before_merging(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(files, "BLOCK", 4096)  # several blocks per file: the middle one is not read on open
     path = tmp_path / "c"
     x = _build(path, "Flat")
-    monkeypatch.setattr(segment, "VERIFY_ON_OPEN_BYTES", 0)
     _flip(_file_of(path, "vectors.npy"))
-    coll = Collection.open(path)  # the middle of a large file is not read when opening
+    ends_only = Limits(merge_factor=1_000, verify_on_open_bytes=0)
+    coll = Collection.open(path, limits=ends_only)  # the middle of a large file is not read when opening
     report = coll.verify()
     assert not report.ok and report.problems[0].file.endswith("vectors.npy")
     with pytest.raises(DamagedFileError, match=r"vectors.npy.*nothing was merged"):
@@ -257,9 +257,9 @@ FULL_DISK = textwrap.dedent(
     import os, sys, errno
     from pathlib import Path
     import numpy as np
-    from indexes import Collection, compaction
+    from indexes import Collection, Limits
     from indexes.files import StorageFullError
-    compaction.MERGE_FACTOR = 1000
+    Collection.default_limits = Limits(merge_factor=1000)
     mnt = Path(os.environ["MNT"])
     rng = np.random.default_rng(0)
     def vecs(n):

@@ -181,7 +181,10 @@ def test_fingerprint_and_tune_errors(coll: Collection, tmp_path: Path) -> None:
     coll.check_fingerprint(None)
     with Collection.create(tmp_path / "fp", 4, index="Flat", fingerprint="model-a") as other:
         other.check_fingerprint("model-a")
-        with pytest.raises(ValueError, match="made by the model with fingerprint model-a, but the model given has fingerprint model-b"):
+        with pytest.raises(
+            ValueError,
+            match="made by the model with fingerprint model-a, but the model given has fingerprint model-b",
+        ):
             other.check_fingerprint("model-b")
     with pytest.raises(ValueError, match="cannot tune"):
         coll.tune()
@@ -192,3 +195,45 @@ def test_fingerprint_and_tune_errors(coll: Collection, tmp_path: Path) -> None:
         Collection.create(tmp_path / "file", 4)
     with pytest.raises(ValueError, match="a file, not a collection"):
         Collection.open(tmp_path / "file")
+
+
+def test_a_huge_k_is_refused_before_anything_is_allocated(coll: Collection) -> None:
+    q = np.ones((3, 4), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"k=2147483648.*4 items.*k <= 4"):
+        coll.search(q, 2**31)
+    scores, ids = coll.search(q, 1_000)  # more than the items, small enough to pad: the contract holds
+    assert ids.shape == (3, 1_000) and (ids[:, 4:] == -1).all() and np.isneginf(scores[:, 4:]).all()
+
+
+def test_vectors_whose_scores_would_overflow_are_refused(coll: Collection) -> None:
+    big = np.full((2, 4), 1e19, dtype=np.float32)  # finite, but big @ big.T overflows float32
+    with pytest.raises(ValueError, match=r"vectors.*rows \[0, 1\].*norm"):
+        coll.add(big)
+    with pytest.raises(ValueError, match=r"queries.*rows \[1\].*norm"):
+        coll.search(np.stack([np.ones(4), big[0]]), 2)
+    assert len(coll) == 4
+    far = np.full((1, 4), 1e17, dtype=np.float32)  # large but safe: scores stay finite
+    new = coll.add(far)
+    scores, ids = coll.search(far, 1)
+    assert ids[0, 0] == new[0] and np.isfinite(scores).all()
+
+
+def test_ids_near_the_int64_limit(coll: Collection) -> None:
+    top = 2**63 - 2  # the largest id: the next one must still be an int64
+    with pytest.raises(ValueError, match=rf"ids must be at most {top}.*received \[{2**63 - 1}\]"):
+        coll.add(np.eye(4, dtype=np.float32)[:1], ids=[2**63 - 1])
+    coll.add(np.eye(4, dtype=np.float32)[:1], ids=[top])
+    with pytest.raises(ValueError, match="no ids left"):
+        coll.add(np.eye(4, dtype=np.float32)[:1])
+    assert len(coll) == 5 and coll.get([top]) == [{}]
+    with pytest.raises(ValueError, match=r"next_id must be at most 9223372036854775807"):
+        coll.reserve_ids(2**63)
+
+
+@pytest.mark.parametrize("ids", [np.array([2**63 + 5], dtype=np.uint64), [2**64 + 1], [-(2**63) - 1]])
+def test_ids_outside_int64_are_named_as_given(coll: Collection, ids) -> None:
+    shown = str(int(np.asarray(ids, dtype=object)[0]))
+    with pytest.raises(ValueError, match=rf"{shown}.*int64"):
+        coll.get(ids)
+    with pytest.raises(ValueError, match=rf"{shown}.*int64"):
+        coll.remove(ids)

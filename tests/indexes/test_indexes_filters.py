@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from idx_helpers import clustered, exact_topk, recall
 
-from indexes import Collection
+from indexes import Collection, Limits
 from indexes.metadata import MetadataStore, validate_metadata
 
 N, D = 3_000, 16
@@ -64,7 +64,7 @@ CASES = [
 def test_filter_only_matching_and_k_returned(
     coll: Collection, data, where, pred, exact_max: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(coll, "exact_filter_max", exact_max)  # 0 forces the FAISS ID-selector path
+    coll.limits = Limits(exact_filter_max=exact_max)  # 0 forces the FAISS ID-selector path
     x, q = data
     match = _matching(pred)
     k = 10
@@ -106,3 +106,39 @@ def test_compiled_sql_binds_values() -> None:
     assert len(store) == 3
     store.delete(np.array([2]))
     assert store.fields() == ["a"]
+
+
+@pytest.mark.parametrize("spec", ["IVF512,Flat", "PQ4x4"], ids=["untrained-ivf", "codes-without-selector"])
+def test_broad_filters_match_in_every_segment_and_the_buffer(tmp_path: Path, spec: str) -> None:
+    """Parts whose index takes no ID selector (untrained IVF, PQ) are filtered with their own rows."""
+    rng = np.random.default_rng(11)
+    x = clustered(660, 8, seed=11)
+    meta = [{"h": int(v)} for v in rng.integers(0, 2, 660)]
+    limits = Limits(exact_filter_max=10, merge_factor=1_000, points_per_centroid=4)
+    with Collection.create(tmp_path / "c", 8, index=spec, limits=limits) as coll:
+        for lo in (0, 300):
+            coll.add(x[lo : lo + 300], meta[lo : lo + 300])
+            coll.save()
+        coll.add(x[600:], meta[600:])  # unsaved rows: a third part, with fewer rows than the others
+        assert len(coll.segments) == 2
+        match = np.array([i for i, m in enumerate(meta) if m["h"] == 1])
+        _, ids = coll.search(x[:20], 50, where={"h": 1})
+        assert ((ids >= 0).sum(axis=1) == 50).all(), "k results whenever k items match"
+        assert np.isin(ids, match).all(), "only matching items, from every part"
+        if spec.startswith("IVF"):  # untrained: every part is searched exactly
+            _, pos = exact_topk(x[:20], x[match], 50)
+            np.testing.assert_array_equal(np.sort(ids, axis=1), np.sort(match[pos], axis=1))
+
+
+def test_field_names_with_backslashes_and_control_characters_filter(tmp_path: Path) -> None:
+    names = ["a\\b", "\\", "tab\there", "new\nline", "quo'te", "uni\u00e9", "dot.ted", "br[0]"]
+    x = clustered(len(names) * 2, 8)
+    meta = [{name: i % 2} for name in names for i in range(2)]
+    with Collection.create(tmp_path / "c", 8, index="Flat") as coll:
+        coll.add(x, meta)
+        assert coll.fields() == sorted(names)
+        for j, name in enumerate(names):
+            _, ids = coll.search(x[0], 4, where={name: 1})
+            assert ids[0, ids[0] >= 0].tolist() == [2 * j + 1], name
+            _, ids = coll.search(x[0], 4, where={name: {"in": [0]}})
+            assert ids[0, ids[0] >= 0].tolist() == [2 * j], name

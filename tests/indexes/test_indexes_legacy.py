@@ -78,3 +78,35 @@ def test_format1_converts_on_writable_open(old: tuple[Path, str, np.ndarray]) ->
         assert len(coll.segments) == 1 and not list(path.glob("v*"))
         _, found = coll.search(x[3:4], 1)
         assert found[0, 0] == 3
+
+
+@pytest.mark.parametrize("damage", ["flipped", "truncated"])
+@pytest.mark.parametrize(
+    "name", ["index.faiss", "vectors.npy", "ids.npy", "metadata.sqlite", "tombstones.npy"]
+)
+def test_damaged_format1_files_are_named(
+    old: tuple[Path, str, np.ndarray], name: str, damage: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Format 1 kept no checksums: a damaged file still gets an error naming it, never a raw FAISS,
+    SQLite or numpy error, and `retrieval check` reports it without a traceback."""
+    from indexes.files import DamagedFileError
+    from indexes.verify import verify_path
+    from retrieval.cli import main
+
+    path, _, _ = old
+    file = next(path.glob("v*")) / name
+    data = bytearray(file.read_bytes())
+    if damage == "flipped":
+        for i in range(min(len(data), 200)):
+            data[i] ^= 0xA5
+    else:
+        data = data[: len(data) // 2]
+    file.write_bytes(bytes(data))
+    with pytest.raises(DamagedFileError, match=name):
+        Collection.open(path, read_only=True).close()
+    report = verify_path(path)
+    assert not report.ok and any(name in p.file for p in report.problems), report.summary()
+    capsys.readouterr()
+    assert main(["check", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert name in out and "Traceback" not in out + err

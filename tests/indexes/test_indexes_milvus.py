@@ -12,7 +12,7 @@ import pytest
 from idx_helpers import clustered, exact_topk, recall
 from milvus_support import unique_name
 
-from indexes import CollectionBusyError, auto, create_collection, open_collection
+from indexes import CollectionBusyError, Limits, auto, create_collection, open_collection
 from indexes.milvus import MilvusCollection, MilvusUnavailableError, kinds
 
 D = 16
@@ -123,10 +123,9 @@ def test_add_with_given_ids(loc: str) -> None:
         assert coll.add(x[4:5]).tolist() == [100]
 
 
-def test_auto_index_follows_the_count(loc: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(auto, "FLAT_MAX", 100)  # auto picks HNSW beyond 100 vectors
+def test_auto_index_follows_the_count(loc: str) -> None:
     x = clustered(300, D, seed=2)
-    with create_collection(loc, D, index="auto") as coll:
+    with create_collection(loc, D, index="auto", limits=Limits(flat_max=100)) as coll:  # HNSW beyond 100
         coll.add(x[:50])
         coll.save()
         assert coll.index_spec == "Flat" and not coll.needs_rebuild
@@ -237,3 +236,16 @@ def test_a_state_older_than_the_rows_never_hands_an_id_out_twice(loc: str) -> No
     with open_collection(loc) as coll:
         assert coll.info()["next_id"] == 5
         np.testing.assert_array_equal(coll.add(clustered(2, D, seed=1)), [5, 6])
+
+
+def test_ids_near_the_int64_limit(loc: str) -> None:
+    top = 2**63 - 2
+    with create_collection(loc, D, index="Flat") as coll:
+        with pytest.raises(ValueError, match=rf"ids must be at most {top}"):
+            coll.add(clustered(1, D), ids=[2**63 - 1])
+        coll.add(clustered(1, D), ids=[top])
+        with pytest.raises(ValueError, match="no ids left"):
+            coll.add(clustered(1, D, seed=1))
+        with pytest.raises(ValueError, match=r"next_id must be at most"):
+            coll.reserve_ids(2**63)
+        assert coll.ids().tolist() == [top]

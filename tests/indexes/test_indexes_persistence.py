@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from idx_helpers import clustered
 
-from indexes import Collection, faiss_index, files, metadata, persist, segment
+from indexes import Collection, Limits, faiss_index, files, metadata, persist, segment
 
 D = 8
 
@@ -242,3 +242,54 @@ def test_unsaved_changes_warn_on_close(tmp_path: Path, caplog: pytest.LogCapture
     assert "unsaved changes" in caplog.text
     with Collection.open(path, read_only=True) as again:
         assert len(again) == 50
+
+
+def test_dropping_a_handle_with_unsaved_changes_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import gc
+    import logging
+
+    coll = Collection.create(tmp_path / "c", 4, index="Flat")
+    coll.add(np.eye(4, dtype=np.float32))
+    with caplog.at_level(logging.WARNING, logger="indexes"):
+        del coll
+        gc.collect()
+    assert "unsaved changes" in caplog.text and str(tmp_path / "c") in caplog.text
+    with Collection.open(tmp_path / "c") as coll:  # the lock went with the handle; nothing was committed
+        assert len(coll) == 0
+
+
+@pytest.mark.parametrize("mark", [True, False], ids=["commit-mark", "generations-only"])
+def test_a_manifest_older_than_its_segments_is_refused_and_nothing_is_swept(
+    tmp_path: Path, mark: bool
+) -> None:
+    """manifest.json replaced by an older copy (a restore of one file, a sync race): opens refuse with
+    an error naming the newer files, nothing is deleted, and a repair never hands their ids out again."""
+    from indexes.files import DamagedFileError
+    from indexes.verify import verify_path
+
+    path = tmp_path / "c"
+    x = clustered(12, 4, seed=3)
+    with Collection.create(path, 4, index="Flat", limits=Limits(merge_factor=1_000)) as coll:
+        coll.add(x[:4])
+        coll.save()
+        old = (path / "manifest.json").read_bytes()
+        coll.add(x[4:8])
+        coll.save()
+        coll.add(x[8:10])  # committed when the block ends
+    if not mark:  # a collection written before the commit mark existed: two versions newer are needed
+        (path / persist.COMMITTED).unlink()
+    (path / "manifest.json").write_bytes(old)
+    before = sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+    for read_only in (True, False):
+        with pytest.raises(DamagedFileError, match=r"manifest\.json.*newer.*s0000"):
+            Collection.open(path, read_only=read_only)
+    assert sorted(str(p.relative_to(path)) for p in path.rglob("*")) == before, "nothing was deleted"
+    report = verify_path(path)
+    assert not report.ok and "newer" in report.problems[0].detail, report.summary()
+    repaired = verify_path(path, repair=True)
+    assert repaired.repaired and repaired.ok is False
+    with Collection.open(path) as coll:
+        assert coll.ids().tolist() == [0, 1, 2, 3] and coll.verify().ok
+        assert coll.add(x[10:11]).tolist() == [10], "the ids of the newer versions are never handed out again"

@@ -18,7 +18,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from indexes import Collection, compaction
+from indexes import Collection, Limits
 
 D = 4
 GROUPS = ["a", "b", "c"]
@@ -155,9 +155,9 @@ def make_machine(root: Path, spec: str, metric: str) -> type[RuleBasedStateMachi
 def test_collection_state_machine(
     tmp_path: Path, spec: str, metric: str, buffer_bytes: int | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(Collection, "buffer_bytes", buffer_bytes)
-    monkeypatch.setattr(compaction, "MERGE_FACTOR", 3)  # merges happen within a few saves
-    monkeypatch.setattr(compaction, "TIER_FLOOR", 64)
+    # unsaved items go to disk every few adds with buffer_bytes; merges happen within a few saves
+    limits = Limits(buffer_bytes=buffer_bytes, merge_factor=3, tier_floor=64)
+    monkeypatch.setattr(Collection, "default_limits", limits)
     machine = make_machine(tmp_path, spec, metric)
     run_state_machine_as_test(
         machine,

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from idx_helpers import clustered, exact_topk, recall
 
-from indexes import Collection, compaction, persist
+from indexes import Collection, Limits, compaction, persist
 from indexes.compaction import SegmentSize
+from indexes.limits import DEFAULT_LIMITS
 
 D = 16
 
@@ -36,12 +37,11 @@ def test_save_writes_only_the_change(tmp_path: Path, spec: str) -> None:
         coll.add(x[7_000:7_100], [{"i": i} for i in range(7_000, 7_100)])
         coll.remove(np.arange(0, 7_000, 700))
     after = _files(path)
+    commit_point = (persist.MANIFEST, persist.COMMITTED)  # rewritten by every commit
     for name, stat in before.items():
-        if name != persist.MANIFEST:
+        if name not in commit_point:
             assert after.get(name) == stat, f"{name} was rewritten or deleted"
-    written = sum(
-        size for name, (_, size, _) in after.items() if name not in before or name == persist.MANIFEST
-    )
+    written = sum(size for name, (_, size, _) in after.items() if name not in before or name in commit_point)
     assert written < 0.05 * total, f"a small change wrote {written} of {total} bytes"
     with Collection.open(path, read_only=True) as coll:
         assert len(coll) == 7_090 and len(coll.segments) == 2
@@ -50,7 +50,7 @@ def test_save_writes_only_the_change(tmp_path: Path, spec: str) -> None:
 
 @pytest.fixture()
 def no_merges(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(compaction, "MERGE_FACTOR", 1_000)
+    monkeypatch.setattr(Collection, "default_limits", Limits(merge_factor=1_000))
 
 
 def test_many_segments_answer_like_one(tmp_path: Path, no_merges: None) -> None:
@@ -115,28 +115,28 @@ def test_compact_merges_and_keeps_everything(tmp_path: Path, no_merges: None) ->
 
 
 def test_merge_policy() -> None:
-    small = [SegmentSize(1_000, 0)] * compaction.MERGE_FACTOR
-    assert compaction.plan(small, max_rows=10**9) == [(0, compaction.MERGE_FACTOR)]
+    factor = DEFAULT_LIMITS.merge_factor
+    small = [SegmentSize(1_000, 0)] * factor
+    assert compaction.plan(small, max_rows=10**9) == [(0, factor)]
     assert compaction.plan(small[:-1], max_rows=10**9) == [], "one short of a full tier: no merge"
     big = [SegmentSize(10**6, 0), *small]
-    assert compaction.plan(big, max_rows=10**9) == [(1, 1 + compaction.MERGE_FACTOR)], (
-        "a big segment is not rewritten"
-    )
+    assert compaction.plan(big, max_rows=10**9) == [(1, 1 + factor)], "a big segment is not rewritten"
     deleted = [SegmentSize(10**6, 0), SegmentSize(10_000, 4_000), SegmentSize(10**6, 0)]
     assert compaction.plan(deleted, max_rows=10**9) == [(1, 2)], (
         "a segment with many removed rows is rewritten"
     )
-    capped = [SegmentSize(100_000, 0)] * compaction.MERGE_FACTOR
+    capped = [SegmentSize(100_000, 0)] * factor
     assert compaction.plan(capped, max_rows=150_000) == [], "merges never exceed the segment cap"
-    many = [SegmentSize(10**6 * (i + 1), 0) for i in range(compaction.MAX_SEGMENTS + 3)]
+    many = [SegmentSize(10**6 * (i + 1), 0) for i in range(DEFAULT_LIMITS.max_segments + 3)]
     runs = compaction.plan(many, max_rows=10**12)
-    assert len(many) - sum(hi - lo - 1 for lo, hi in runs) <= compaction.MAX_SEGMENTS
+    assert len(many) - sum(hi - lo - 1 for lo, hi in runs) <= DEFAULT_LIMITS.max_segments
+    assert compaction.plan(small[:3], 10**9, limits=Limits(merge_factor=3)) == [(0, 3)]
     assert compaction.plan([SegmentSize(10, 0)], 100, force=True) == []
     assert compaction.plan([SegmentSize(10, 1), SegmentSize(5, 0)], 100, force=True) == [(0, 2)]
 
 
 def test_saves_merge_small_segments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(compaction, "MERGE_FACTOR", 4)
+    monkeypatch.setattr(Collection, "default_limits", Limits(merge_factor=4))
     x = clustered(1_000, D, seed=7)
     with Collection.create(tmp_path / "c", D, index="Flat") as coll:
         counts = []
@@ -209,7 +209,61 @@ def test_filter_cache_is_bounded(tmp_path: Path) -> None:
     with Collection.create(tmp_path / "c", D, index="HNSW32") as coll:
         coll.add(x, [{"i": i} for i in range(300)])
     with Collection.open(tmp_path / "c", read_only=True) as coll:
-        coll.exact_filter_max = 0  # force the index path, which builds selectors
+        coll.limits = Limits(exact_filter_max=0)  # force the index path, which builds selectors
         for i in range(200):
             coll.search(x[:1], 3, where={"i": {"gte": i}})
         assert len(coll._filters) <= 64
+
+
+def test_a_buffer_emptied_by_removals_leaves_every_id_reachable(tmp_path: Path) -> None:
+    """An index="auto" re-choice flushes the buffer: one whose rows were all removed writes nothing."""
+    x = clustered(12, 8, seed=5)
+    path = tmp_path / "c"
+    with Collection.create(path, 8, index="auto") as coll:
+        coll.add(x[:5])
+        coll.save()
+        coll.remove([0, 1, 2, 3])
+        coll.add(x[5:8])
+        coll.remove([5, 6, 7])
+        coll.save()  # the count fell to a quarter: the index is chosen again, the buffer flushed first
+        assert all(s["rows"] for s in coll.segments), coll.segments
+        new = coll.add(x[8:12])
+        assert coll.get(new) == [{}] * 4
+        np.testing.assert_array_equal(coll.vectors(new), x[8:12])
+        coll.remove(new[:1])
+    with Collection.open(path, read_only=True) as coll:
+        assert coll.ids().tolist() == [4, 9, 10, 11]
+        np.testing.assert_array_equal(coll.vectors([4, 11]), x[[4, 11]])
+        assert coll.search(x[11], 1)[1][0, 0] == 11
+
+
+def test_zero_row_segments_written_earlier_are_read_and_dropped(tmp_path: Path) -> None:
+    """Collections holding an empty segment between others (as earlier versions could write) work."""
+    import json
+
+    from indexes.segment import write_segment
+    from indexes.template import Template
+
+    x = clustered(8, 8, seed=6)
+    path = tmp_path / "c"
+    with Collection.create(path, 8, index="Flat", limits=Limits(merge_factor=1_000)) as coll:
+        coll.add(x[:4])
+        coll.save()
+        coll.add(x[4:])
+    manifest = json.loads((path / "manifest.json").read_text())
+    empty = write_segment(
+        path, "s000003-0000abcd", np.zeros(0, np.int64), np.zeros((0, 8), np.float32), None,
+        Template("Flat", 8, "ip"), texts=[],
+    )  # fmt: skip
+    manifest["segments"].insert(1, empty)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with Collection.open(path, read_only=True) as coll:
+        assert coll.get([6]) == [{}] and coll.ids().tolist() == list(range(8))
+        np.testing.assert_array_equal(coll.vectors([0, 7]), x[[0, 7]])
+        assert coll.verify().ok
+    with Collection.open(path) as coll:
+        coll.remove([6])
+        coll.add(x[:1])
+    with Collection.open(path, read_only=True) as coll:
+        assert all(s["rows"] for s in coll.segments), "the next save drops the empty segment"
+        assert coll.ids().tolist() == [0, 1, 2, 3, 4, 5, 7, 8]
