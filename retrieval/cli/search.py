@@ -57,6 +57,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--modality", choices=("image", "text"), default="image", help="what to return (default image)"
     )
     p.add_argument("--text-weight", type=float, default=0.5, help="weight of the text in a composed query")
+    p.add_argument(
+        "--hubness", choices=("isoftmax", "csls"), default=None,
+        help="hubness correction of the query, as `retrieval serve --hubness` scores it (needs a query bank)",
+    )  # fmt: skip
+    p.add_argument(
+        "--query-bank", default=None, metavar="FILE",
+        help="query bank (.querybank.npz) for --hubness (default: the one stored beside the collection)",
+    )  # fmt: skip
+    p.add_argument("--rerank", type=int, default=0, metavar="N", help="re-rank the best N by the match head")
     p.add_argument("--json", action="store_true", help="one JSON object per hit")
     p.set_defaults(func=run)
 
@@ -73,16 +82,30 @@ def run(args: argparse.Namespace) -> int:
         where=_where(args.where),
         text_weight=args.text_weight,
         modality=args.modality,
+        hubness=args.hubness,
+        query_bank=args.query_bank,
+        rerank=args.rerank,
     )
     if args.json:
         for rank, hit in enumerate(hits, 1):
-            print(json.dumps({"rank": rank, "id": hit.id, "score": hit.score, "metadata": hit.metadata}))
+            out = {
+                "rank": rank,
+                "id": hit.id,
+                "score": hit.score,
+                "cosine": hit.cosine,
+                "metadata": hit.metadata,
+            }
+            print(json.dumps(out))
         return 0
-    print(f"{'rank':>4}  {'score':>7}  {'id':>6}  {'modality':<8}  item")
+    # corrected scores are shown with the cosine beside them
+    corrected = bool(args.hubness or args.rerank)
+    cosine = f"  {'cosine':>7}" if corrected else ""
+    print(f"{'rank':>4}  {'score':>7}{cosine}  {'id':>6}  {'modality':<8}  item")
     for rank, hit in enumerate(hits, 1):
         meta = hit.metadata
         item = meta.get("path") if meta.get("modality") == "image" else meta.get("caption")
-        print(f"{rank:>4}  {hit.score:>7.4f}  {hit.id:>6}  {meta.get('modality', ''):<8}  {item}")
+        cosine = f"  {hit.cosine:>7.4f}" if corrected else ""
+        print(f"{rank:>4}  {hit.score:>7.4f}{cosine}  {hit.id:>6}  {meta.get('modality', ''):<8}  {item}")
     if not hits:
         print("(no results)")
     return 0

@@ -3,10 +3,12 @@ and ``retrieval search`` use."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from retrieval.search.hubness import Hubness, QueryBank
 from retrieval.search.queries import ImageQuery, one_text
 from retrieval.search.searcher import Hit, Searcher
 
@@ -23,6 +25,9 @@ def search_collection(
     where: Mapping[str, Any] | None = None,
     text_weight: float = 0.5,
     modality: str | None = None,
+    hubness: str | Hubness | None = None,
+    query_bank: str | os.PathLike[str] | QueryBank | None = None,
+    rerank: int = 0,
 ) -> list[Hit]:
     """One-call search for scripts and the CLI: loads the model (``model_dir``: any name
     :func:`retrieval.model.load_model` takes; else the one recorded when the collection was embedded)
@@ -30,6 +35,12 @@ def search_collection(
 
     ``modality`` is what to return: "image" | "text"; by default images for text queries and for
     composed queries, images for image queries too.
+
+    ``hubness`` ("isoftmax" | "csls" or a :class:`~retrieval.search.Hubness`) corrects text and image
+    queries with a query bank (``query_bank``: a bank or its ``.querybank.npz`` file; default the one
+    stored beside the collection), and ``rerank=N`` re-orders the best N by the model's match head:
+    the same scoring as ``retrieval serve --hubness/--rerank`` (:class:`~retrieval.search.Searcher`).
+    Composed queries are scored by cosine.
     """
     if query is None and image is None:
         raise ValueError("give a text query, an image, or both")
@@ -41,13 +52,15 @@ def search_collection(
         raise ValueError(
             f"no model recorded for collection {collection_path}: name the model (--model MODEL)"
         )
+    correction = Hubness(hubness) if isinstance(hubness, str) else hubness
+    bank = QueryBank.load(query_bank) if isinstance(query_bank, (str, os.PathLike)) else query_bank
     model = load_model(name)
     target = modality or "image"
-    with Searcher(model, collection_path) as searcher:
+    with Searcher(model, collection_path, hubness=correction, query_bank=bank, rerank=rerank) as searcher:
         if query is not None and image is not None:
             return searcher.composed(image, query, k, text_weight=text_weight, modality=target, where=where)
         if image is not None:
-            vectors = searcher.encode_images([image])
+            vectors, kind = searcher.encode_images([image]), "image"
         else:
-            vectors = searcher.encode_texts([one_text(query)])
-        return searcher.search_vectors(vectors, k, modality=target, where=where)[0]
+            vectors, kind = searcher.encode_texts([one_text(query)]), "text"
+        return searcher.search_vectors(vectors, k, modality=target, where=where, query_modality=kind)[0]
