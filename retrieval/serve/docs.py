@@ -4,7 +4,8 @@
 the files the pinned ``fastapi-offline`` package ships (part of the ``serve`` extra), and two small
 start-up scripts of this package. No page loads anything from another site, and every page carries
 a Content Security Policy allowing scripts from this origin only, with ``frame-ancestors 'none'``
-(no other site can frame the pages, where the search page keeps the API key).
+(no other site can frame the pages, where the search page keeps the API key). (ReDoc's footer
+names its maker with a logo from a CDN; the policy refuses that image, so it is not shown.)
 
 The OpenAPI document (``/openapi.json``) declares the API key (``X-API-Key``) and the reload key
 (``X-Reload-Key``) as security schemes when the server uses them, so the "Authorize" button of

@@ -91,3 +91,43 @@ def live_service(config: ServeConfig, model=None) -> Iterator[str]:
 def serving():
     """:func:`live_service`, for tests to start servers with their own configs."""
     return live_service
+
+
+@pytest.fixture(scope="session")
+def hubness_setup(tmp_path_factory) -> tuple[Path, Path, ServeConfig]:
+    """A tiny real model saved to disk, 32 noisy coloured images and their captions embedded into a
+    collection, and a query bank beside it: ``(model dir, collection, ServeConfig served with
+    hubness correction)``."""
+    import json
+
+    import torch
+
+    from retrieval.config import EmbedConfig
+    from retrieval.data import read_pairs
+    from retrieval.embed import embed_corpus
+    from retrieval.model import build_model
+    from retrieval.search import build_query_bank, query_bank_path
+
+    from support.corpora import write_corpus
+    from support.tiny import CNN_GRU
+
+    root = tmp_path_factory.mktemp("hubness")
+    rows = write_corpus(root / "images", 32)
+    manifest = root / "corpus.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    torch.manual_seed(0)
+    model = build_model(CNN_GRU, captions=[r["caption"] for r in rows], device="cpu").eval()
+    model.save(root / "model")
+    coll = root / "coll"
+    embed_corpus(
+        model, manifest, coll, EmbedConfig(batch_size=16, num_workers=0, progress=False, index="Flat")
+    )
+    build_query_bank(model, read_pairs(manifest), max_queries=32).save(query_bank_path(coll))
+    config = ServeConfig(
+        collections={"tiny": str(coll)},
+        model=str(root / "model"),
+        media_roots={"tiny": str(root / "images")},
+        hubness="isoftmax",
+        reload_interval=0,
+    )
+    return root / "model", coll, config
