@@ -26,6 +26,7 @@ from retrieval.serve.inputs import (
 from retrieval.serve.media import IMAGE_FIELDS
 from retrieval.serve.served_collection import ServedCollection
 from retrieval.serve.service import Service
+from retrieval.serve.thumbnails import ThumbnailsBusy
 from retrieval.serve.urls import fetch_image_url
 
 # Images served from the media root may be SVG: never let them run scripts in our origin.
@@ -279,12 +280,16 @@ def api_router(service: Service) -> APIRouter:
     ) -> Response:
         served = service.get(name)
         content, media_type = await served.run(served.media, item_id)
+        headers = MEDIA_HEADERS
         if max_side is not None:  # made in the thumbnail threads, not in the query pool
-            thumb = await service.thumbnails.get(content, max_side)
+            try:
+                thumb = await service.thumbnails.get(content, max_side)
+            except ThumbnailsBusy:  # a flood of thumbnails: the original costs no decoding
+                thumb, headers = None, {**MEDIA_HEADERS, "Cache-Control": "no-store", "X-Thumbnail": "busy"}
             if thumb is not None:
                 return Response(thumb, media_type="image/jpeg", headers=MEDIA_HEADERS)
         if isinstance(content, Path):
-            return FileResponse(content, media_type=media_type, headers=MEDIA_HEADERS)
-        return Response(content, media_type=media_type, headers=MEDIA_HEADERS)
+            return FileResponse(content, media_type=media_type, headers=headers)
+        return Response(content, media_type=media_type, headers=headers)
 
     return router

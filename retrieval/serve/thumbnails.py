@@ -5,8 +5,8 @@ or the digest of a tar member's bytes) and the requested side, so a changed file
 Thumbnails are made in their own small thread pool, never in the pool that encodes queries, so a
 grid of large photos cannot slow searches down; they are kept in a least-recently-used cache bounded
 in bytes. Concurrent requests for one thumbnail wait for one decode, and when ``max_pending``
-thumbnails are already being made, a request for another is refused (503, retry later) rather than
-queued without bound.
+thumbnails are already being made, a request for another raises :class:`ThumbnailsBusy` rather
+than queue without bound (the service then sends the original file, which costs no decoding).
 
 JPEG originals are decoded at a reduced scale when the thumbnail is much smaller than they are
 (:func:`retrieval.data.load_image`'s ``reduce_to``): a 36-megapixel photo costs a fraction of a full
@@ -25,11 +25,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from retrieval.serve.errors import ApiError
-
-__all__ = ["ThumbnailCache", "make_thumbnail"]
+__all__ = ["ThumbnailCache", "ThumbnailsBusy", "make_thumbnail"]
 
 _NONE_COST = 64  # bytes charged for remembering that a file is served as it is
+
+
+class ThumbnailsBusy(Exception):
+    """``max_pending`` thumbnails are being made already: serve the original, or try later."""
 
 
 def make_thumbnail(content: Path | bytes, max_side: int, max_pixels: int) -> bytes | None:
@@ -92,12 +94,7 @@ class ThumbnailCache:
             future = self._pending.get(key)
             if future is None:
                 if len(self._pending) >= self.max_pending:
-                    raise ApiError(
-                        503,
-                        "busy",
-                        f"{len(self._pending)} thumbnails are being made; ask again in a moment",
-                        headers={"Retry-After": "1"},
-                    )
+                    raise ThumbnailsBusy(f"{len(self._pending)} thumbnails are being made")
                 future = self._pool.submit(self._make, key, content, int(max_side))
                 self._pending[key] = future
         return await asyncio.wrap_future(future)
