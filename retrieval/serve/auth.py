@@ -3,7 +3,7 @@
 * Every path but :data:`PUBLIC_PATHS` (the page, liveness, the API description and its assets)
   needs the ``X-API-Key`` header when a key is configured. The check runs before any other part
   of the service reads the request body, so an unauthenticated request costs its headers only: it
-  is answered ``401`` at once (never ``100 Continue``), and its connection is closed when it
+  is answered ``401`` at once (never ``100 Continue``), and its connection is ended when it
   announced a body.
 * ``POST /collections/{name}/reload`` reopens a collection, which costs real work, so it has its
   own permission: with ``ServeConfig.reload_key`` set it needs ``X-Reload-Key`` with that value;
@@ -45,9 +45,9 @@ def is_public(path: str) -> bool:
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
-def _has_body(headers: dict[bytes, bytes]) -> bool:
+def _announces_body(headers: dict[bytes, bytes]) -> bool:
     length = headers.get(b"content-length", b"0").strip()
-    return b"transfer-encoding" in headers or (length.isdigit() and int(length) > 0) or not length.isdigit()
+    return b"transfer-encoding" in headers or not length.isdigit() or int(length) > 0
 
 
 class ApiKeyMiddleware:
@@ -70,15 +70,14 @@ class ApiKeyMiddleware:
         if hmac.compare_digest(headers.get(API_KEY_HEADER.lower().encode(), b""), self.key):
             await self.app(scope, receive, send)
             return
-        # The body is never read: close the connection after answering if one was announced.
-        extra = {"Connection": "close"} if _has_body(headers) else {}
+        # The body is never read: the connection ends after the answer (retrieval.serve.connections).
         response = SafeJSONResponse(
             {
                 "error": "unauthorized",
                 "detail": f"missing or wrong API key: send it in the {API_KEY_HEADER} header",
             },
             status_code=401,
-            headers=extra,
+            headers={"Connection": "close"} if _announces_body(headers) else None,
         )
         await response(scope, receive, send)
 

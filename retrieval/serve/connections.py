@@ -17,8 +17,10 @@ key needed) refuse everyone else. Here:
   are answered at once, counted once their headers are in and their API key checked, so sockets
   still sending headers take no place there; more get ``503`` with ``Retry-After``.
 
-After an answer sent before the request body was read (a ``401``, a ``413``), the connection is
-closed instead of reading (and discarding) the rest of the body.
+After an answer sent before the request body was read (a ``401``, a ``413``), the connection
+stops: the server half-closes it, discards what the client still sends for :data:`LINGER_SECONDS`
+(closing at once could reset the connection before the client has read the answer) and closes it,
+instead of reading the rest of the body.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 __all__ = ["GuardedH11Protocol", "RequestLimitMiddleware", "guarded_protocol"]
 
 OPEN_SOCKETS_PER_REQUEST_SLOT = 4
+LINGER_SECONDS = 2.0  # after an early answer: how long what the client still sends is discarded
 
 
 def _raw_response(status: int, reason: str, code: str, detail: str) -> bytes:
@@ -61,6 +64,7 @@ class GuardedH11Protocol(H11Protocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._phase: str | None = None
         self._address: str | None = None
+        self._lingering = False
         address = self.client[0] if self.client else None
         if len(self.connections) > self.max_open:
             self._refuse("the server has too many open connections; try again in a moment")
@@ -86,23 +90,38 @@ class GuardedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return  # the rest of a body nobody will read
         super().data_received(data)
         self._track()
 
     def on_response_complete(self) -> None:
         if not self.transport.is_closing() and self.conn.their_state is h11.SEND_BODY:
             # answered before the body was read (401, 413): do not read the rest of it
-            self._arm(None)
             self.server_state.total_requests += 1
-            self.transport.close()
+            self._linger()
             return
         super().on_response_complete()
         self._track()
+
+    def _linger(self) -> None:
+        self._arm(None)
+        self._lingering = True
+        try:
+            if self.transport.can_write_eof():
+                self.transport.write_eof()  # the client sees the end of the answer
+        except (OSError, RuntimeError):
+            self.transport.close()
+            return
+        self.flow.resume_reading()
+        self._deadline = self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
     # -- deadlines ---------------------------------------------------------------------------
 
     def _track(self) -> None:
         """Arm the deadline of what the connection is waiting for from the client now."""
+        if self._lingering:
+            return
         if self.transport.is_closing():
             self._arm(None)
             return

@@ -167,8 +167,13 @@ class BodyLimitMiddleware:
 
 
 async def _send_json(send: Send, status: int, code: str, detail: str) -> None:
+    """An error answered before (the rest of) the body was read: the connection ends after it."""
     body = json.dumps({"error": code, "detail": detail}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

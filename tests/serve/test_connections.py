@@ -250,3 +250,26 @@ def test_expect_100_continue_gets_the_401_not_a_continue(config, serving):
         sock.sendall(body)
         data, _ = _read_all(sock, 5.0)
         assert b"HTTP/1.1 200" in data and b'"red"' in data, data
+
+
+def test_early_answers_reach_clients_that_sent_a_body(config, serving):
+    """A 401 (wrong key) or 413 (too large) sent before the body is read still reaches a client that
+    sent its whole body, and the client does not reuse the connection the server ends."""
+    import httpx
+
+    with (
+        serving(config.replace(api_key="s3cret"), KeywordEncoder()) as base,
+        httpx.Client(base_url=base, timeout=10) as client,
+    ):
+        for _ in range(20):
+            r = client.post(
+                "knn-service", content=b'{"text": "' + b"a" * 200_000 + b'"}', headers={"X-API-Key": "no"}
+            )
+            assert r.status_code == 401
+            r = client.post(
+                "collections/shapes/search/text",
+                content=b'{"text": "' + b"a" * 100_000 + b'"}',
+                headers={"X-API-Key": "s3cret", "content-type": "application/json"},
+            )
+            assert r.status_code == 413 and r.json()["error"] == "too_large"
+        assert client.get("healthz").status_code == 200
