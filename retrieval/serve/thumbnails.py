@@ -2,8 +2,8 @@
 
 A thumbnail is keyed by what it was made from (the file's real path, size and modification time,
 or the digest of a tar member's bytes) and the requested side, so a changed file gets a new one.
-Thumbnails are made in their own small thread pool, never in the pool that encodes queries, so a
-grid of large photos cannot slow searches down; they are kept in a least-recently-used cache bounded
+Thumbnails are made in their own small thread pool (at a lower CPU priority where the system
+allows), never in the pool that encodes queries, so a grid of large photos cannot slow searches down; they are kept in a least-recently-used cache bounded
 in bytes. Concurrent requests for one thumbnail wait for one decode, and when ``max_pending``
 thumbnails are already being made, a request for another raises :class:`ThumbnailsBusy` rather
 than queue without bound (the service then sends the original file, which costs no decoding).
@@ -16,6 +16,7 @@ decode.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import os
@@ -53,6 +54,13 @@ def make_thumbnail(content: Path | bytes, max_side: int, max_pixels: int) -> byt
     return buffer.getvalue()
 
 
+def _lower_priority() -> None:
+    """Let query threads have the CPU first: a thumbnail thread runs at a lower priority where the
+    system allows one thread's priority to be set (Linux; a no-op elsewhere)."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
 def _source_key(content: Path | bytes) -> tuple[Any, ...]:
     if isinstance(content, bytes):
         return ("bytes", hashlib.blake2b(content, digest_size=16).hexdigest())
@@ -68,7 +76,9 @@ class ThumbnailCache:
         self.max_pixels = int(max_pixels)
         self.max_pending = max(1, int(max_pending))
         self._pool = ThreadPoolExecutor(
-            max_workers=max(1, int(workers)), thread_name_prefix="serve-thumbnails"
+            max_workers=max(1, int(workers)),
+            thread_name_prefix="serve-thumbnails",
+            initializer=_lower_priority,
         )
         self._lock = threading.Lock()
         self._cache: OrderedDict[tuple[Any, ...], bytes | None] = OrderedDict()
