@@ -273,3 +273,40 @@ def test_early_answers_reach_clients_that_sent_a_body(config, serving):
             )
             assert r.status_code == 413 and r.json()["error"] == "too_large"
         assert client.get("healthz").status_code == 200
+
+
+def test_requests_in_progress_are_bounded(config):
+    """Past max_connections requests being answered, more get 503 with Retry-After (sockets still
+    sending headers do not count: see the flood test)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastapi.testclient import TestClient
+
+    from retrieval.serve import create_app
+
+    model = KeywordEncoder()
+    gate = threading.Event()
+    inside = threading.Semaphore(0)
+    original = model.encode_texts
+
+    def slow_encode(texts, **kwargs):
+        inside.release()
+        gate.wait(10)
+        return original(texts, **kwargs)
+
+    model.encode_texts = slow_encode
+    app = create_app(config.replace(max_connections=2, workers=4), model=model)
+    with TestClient(app, base_url="http://localhost") as client, ThreadPoolExecutor(2) as pool:
+        held = [
+            pool.submit(client.post, "/collections/shapes/search/text", json={"text": t})
+            for t in ("red", "blue")
+        ]
+        try:
+            assert inside.acquire(timeout=10)  # one is in the model, the other waits behind it
+            time.sleep(0.2)
+            r = client.get("/healthz")
+        finally:
+            gate.set()
+        assert r.status_code == 503 and r.json()["error"] == "busy" and r.headers["retry-after"] == "1"
+        assert all(f.result().status_code == 200 for f in held)
+        assert client.get("/healthz").status_code == 200
