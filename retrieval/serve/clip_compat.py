@@ -156,7 +156,7 @@ def clip_router(service: Service) -> APIRouter:
             )
         )[0]
         base_url = str(request.base_url)
-        headers = {"X-Scoring": await served.run(served.scoring, query_modality)}
+        headers = {"X-Scoring": served.scoring(query_modality)}
         ignored = [name for name in IGNORED_OPTIONS if body.get(name) not in (None, False, "", 0)]
         if ignored:
             headers["X-Ignored-Options"] = ",".join(ignored)

@@ -146,7 +146,7 @@ def api_router(service: Service) -> APIRouter:
             collection=served.name,
             k=k,
             took_ms=round((time.perf_counter() - t0) * 1000, 3),
-            scoring=await served.run(served.scoring, query_modality),
+            scoring=served.scoring(query_modality),
             hits=[hit_out(served, h) for h in hits],
         )
 

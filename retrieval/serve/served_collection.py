@@ -283,8 +283,11 @@ class ServedCollection:
     # -- queries (owner thread only) -------------------------------------------------------
 
     def scoring(self, query_modality: str | None) -> str:
-        """What hit scores mean for queries of ``query_modality`` (:meth:`retrieval.search.Searcher.scoring`)."""
-        return self._fresh().scoring(query_modality)
+        """What hit scores mean for queries of ``query_modality`` (:meth:`retrieval.search.Searcher.scoring`).
+        Any thread: it depends on settings every reopened searcher shares."""
+        searcher = self._searcher
+        assert searcher is not None, "collection used after close()"
+        return searcher.scoring(query_modality)
 
     def modality_counts(self) -> dict[str, int] | None:
         """Items per ``modality`` value (None when the collection does not record it or is too large
