@@ -224,11 +224,19 @@ class ServeConfig(ConfigBase):
     max_result_ids: int = 1000  # clip-retrieval `num_result_ids` is capped at this many
     workers: int = 4  # threads that decode and encode queries (the model is shared by all of them)
     batch_size: int = 32  # most queries encoded in one forward pass (queries arriving together are batched)
-    max_connections: int = 256  # beyond this many concurrent connections the server answers 503
+    max_connections: int = 256  # beyond this many requests answered at once the server answers 503 (sockets: 4x)
+    max_connections_per_client: int = 32  # open connections one client address may hold (0: no bound; behind a proxy)
+    header_timeout: float = 10.0  # seconds a connection has to send its request line and headers
+    body_timeout: float = 60.0  # seconds a request has to send its whole body once its headers arrived
     reload_interval: float = 2.0  # seconds between checks for a collection changed on disk (0: only on /reload)
+    reload_key: str | None = None  # POST /reload needs the header X-Reload-Key with this value (None: see serve.auth)
+    reload_min_interval: float = 1.0  # seconds between two reloads of one collection through the API (else 429)
+    show_paths: bool = False  # return server file paths in metadata and errors (default: relative or file names)
+    thumbnail_cache_bytes: int = 64 * 1024 * 1024  # memory kept for item thumbnails (least recently used go first)
+    thumbnail_workers: int = 1  # threads making thumbnails (apart from the ones encoding queries)
     cors_origins: tuple[str, ...] = ()  # origins allowed to call the API from a browser ("*" for any)
     allowed_hosts: tuple[str, ...] = ()  # Host header names accepted; () = loopback names when bound to loopback, else any
-    hidden_fields: tuple[str, ...] = ()  # metadata fields never returned (e.g. "path" to hide server paths)
+    hidden_fields: tuple[str, ...] = ()  # metadata fields never returned nor filterable (e.g. "path")
     device: str | None = None  # torch device for the models; None: "cuda" when available, else "cpu"
     mmap: bool = False  # open collections memory-mapped (large indexes, less RAM, slower first queries)
     hubness: str | None = None  # "isoftmax" | "csls": correct text/image queries with the bank beside each collection

@@ -71,6 +71,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="what to return (default: what the collection holds; image when it holds both)",
     )
     p.add_argument("--text-weight", type=float, default=0.5, help="weight of the text in a composed query")
+    p.add_argument(
+        "--hubness", choices=("isoftmax", "csls"), default=None,
+        help="hubness correction of the query, as `retrieval serve --hubness` scores it (needs a query bank)",
+    )  # fmt: skip
+    p.add_argument(
+        "--query-bank", default=None, metavar="FILE",
+        help="query bank (.querybank.npz) for --hubness (default: the one stored beside the collection)",
+    )  # fmt: skip
+    p.add_argument("--rerank", type=int, default=0, metavar="N", help="re-rank the best N by the match head")
     p.add_argument("--json", action="store_true", help="one JSON object per hit (with its query)")
     p.set_defaults(func=run)
 
@@ -105,7 +114,10 @@ def run(args: argparse.Namespace) -> int:
             require_model(recorded, flag="the model `retrieval embed` recorded; name another with --model")
     if args.image is not None and "://" not in args.image:
         require_file(args.image, "image", flag="--image")
+    if args.query_bank is not None:
+        require_file(args.query_bank, "query bank", flag="--query-bank")
     where = _where(args.where)
+    scoring = {"hubness": args.hubness, "query_bank": args.query_bank, "rerank": args.rerank}
     if args.queries is not None:
         queries: list[dict[str, Any]] = [{"query": q} for q in _read_queries(args.queries)]
         results = search_texts(
@@ -115,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
             k=args.k,
             where=where,
             modality=args.modality,
+            **scoring,
         )
     else:
         hits = search_collection(
@@ -126,21 +139,32 @@ def run(args: argparse.Namespace) -> int:
             where=where,
             text_weight=args.text_weight,
             modality=args.modality,
+            **scoring,
         )
         query = {"query": args.query} if args.query is not None else {}
         queries, results = [{**query, **({"image": args.image} if args.image else {})}], [hits]
-    _print(queries, results, as_json=args.json, headers=args.queries is not None)
+    corrected = bool(args.hubness or args.rerank)  # corrected scores are shown with the cosine beside them
+    _print(queries, results, as_json=args.json, headers=args.queries is not None, cosine=corrected)
     return 0
 
 
-def _print(queries: list[dict[str, Any]], results: list[list[Any]], *, as_json: bool, headers: bool) -> None:
+def _print(
+    queries: list[dict[str, Any]], results: list[list[Any]], *, as_json: bool, headers: bool, cosine: bool
+) -> None:
     """JSON lines carrying their query, or a table per query (under a header line with ``headers``)."""
     for n, (query, hits) in enumerate(zip(queries, results), 1):
         if as_json:
             for rank, hit in enumerate(hits, 1):
                 print(
                     json.dumps(
-                        {**query, "rank": rank, "id": hit.id, "score": hit.score, "metadata": hit.metadata}
+                        {
+                            **query,
+                            "rank": rank,
+                            "id": hit.id,
+                            "score": hit.score,
+                            "cosine": hit.cosine,
+                            "metadata": hit.metadata,
+                        }
                     )
                 )
             continue
@@ -148,7 +172,7 @@ def _print(queries: list[dict[str, Any]], results: list[list[Any]], *, as_json: 
             if n > 1:
                 print()
             print(f"query {n}/{len(queries)}: {query['query']}")
-        print(hits_table(hits, width=_width()))
+        print(hits_table(hits, width=_width(), cosine=cosine))
 
 
 def _width() -> int | None:

@@ -13,6 +13,7 @@ from retrieval.cli.options import config_option, given
 from retrieval.config import ServeConfig
 
 API_KEY_ENV = "RETRIEVAL_API_KEY"
+RELOAD_KEY_ENV = "RETRIEVAL_RELOAD_KEY"
 
 
 def _named(values: list[str], what: str) -> dict[str, str]:
@@ -72,6 +73,7 @@ def build_config(args: argparse.Namespace) -> Any:
     }
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or base.api_key
     changes["api_key"] = api_key or None
+    changes["reload_key"] = args.reload_key or os.environ.get(RELOAD_KEY_ENV) or base.reload_key or None
     if args.cors_origin:
         changes["cors_origins"] = [*base.cors_origins, *args.cors_origin]
     if args.hide_field:
@@ -133,6 +135,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     option("workers", "--workers", help="threads encoding queries")
     option("batch_size", "--batch-size", help="most queries encoded together")
     option("reload_interval", "--reload-interval", help="seconds between checks for changes on disk")
+    p.add_argument(
+        "--reload-key", default=None,
+        help=f"allow POST .../reload to callers sending this X-Reload-Key header (default: ${RELOAD_KEY_ENV}; "
+        "without one, reload is open on a keyless server and off on one with --api-key)",
+    )  # fmt: skip
+    option(
+        "max_connections", "--max-connections",
+        help="requests answered at once (more get 503; open sockets are bounded at 4x this)",
+    )  # fmt: skip
+    option(
+        "max_connections_per_client", "--max-connections-per-client",
+        help="connections one client address may hold open (0: no bound, e.g. behind a reverse proxy)",
+    )  # fmt: skip
+    option("header_timeout", "--header-timeout", help="seconds a client has to send its request headers")
+    option("body_timeout", "--body-timeout", help="seconds a client has to send a request body")
+    option(
+        "show_paths", "--show-paths", action="store_true",
+        help="return server file paths in metadata and errors (default: relative to the media root, or file names)",
+    )  # fmt: skip
     p.add_argument(
         "--cors-origin", action="append", default=[], help="browser origin allowed to call the API"
     )

@@ -126,7 +126,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def load_image(
-    ref: str | os.PathLike[str] | bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+    ref: str | os.PathLike[str] | bytes,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    reduce_to: int | None = None,
 ) -> Image.Image:
     """Decode an image safely into an RGB ``PIL.Image``.
 
@@ -134,6 +137,10 @@ def load_image(
     (a ``ValueError``) when the file is missing, unreadable, corrupt, truncated, or has more
     than ``max_pixels`` pixels (``None`` disables this limit; Pillow's own ``Image.MAX_IMAGE_PIXELS``
     check still applies). Pillow may warn about corrupt metadata it skips.
+
+    ``reduce_to`` (for previews, never for a model's input) lets the decoder stop at a smaller scale
+    whose sides are still at least that many pixels: a JPEG decodes at 1/2, 1/4 or 1/8 of its size,
+    a fraction of the work and memory of a full decode.
     """
     name = "<bytes>" if isinstance(ref, (bytes, bytearray)) else str(ref)
     data = bytes(ref) if isinstance(ref, (bytes, bytearray)) else read_ref_bytes(ref)
@@ -146,6 +153,8 @@ def load_image(
                     f"image {name} has {width}x{height} = {width * height} pixels, more than max_pixels="
                     f"{max_pixels}: refusing to decode (possible decompression bomb); raise max_pixels to allow it"
                 )
+            if reduce_to is not None and probe.format == "JPEG":
+                probe.draft(probe.mode, (reduce_to, reduce_to))
             probe.load()  # full decode: truncated data raises here
             try:
                 image = ImageOps.exif_transpose(probe) or probe

@@ -2,6 +2,7 @@
 
 ``ImageTransform`` serves the from-scratch towers; ``ProcessorTransform`` wraps a transformers
 image processor so pretrained towers see exactly the preprocessing they were trained with.
+Both bound their work by their output, whatever the input's shape (:func:`cap_aspect`).
 Both are picklable (DataLoader workers) and draw randomness from torch's global generator, so
 ``torch.manual_seed`` makes augmentation reproducible.
 """
@@ -61,8 +62,34 @@ def color_jitter(image: Image.Image, strength: float) -> Image.Image:
     return image
 
 
+# Longest side / shortest side kept before an image is resized for a model. Resizing the shorter side
+# of a 1 x 39,000 strip to 224 px would make a 224 x 8.7 M image (9 GB) before cropping it; cutting the
+# strip to its central 1 x 64 first bounds that work by the output (at most 64 output squares), and
+# leaves every image with an ordinary shape (up to 1:64) exactly as it was.
+MAX_ASPECT = 64
+
+
+def cap_aspect(image: Image.Image, max_aspect: float = MAX_ASPECT) -> Image.Image:
+    """``image`` itself when its longer side is at most ``max_aspect`` times its shorter side, else
+    the central part of the longer side that has that ratio (a crop: no resampling)."""
+    width, height = image.size
+    short = max(1, min(width, height))
+    keep = max(1, math.floor(short * max_aspect))
+    if width > keep:
+        left = (width - keep) // 2
+        return image.crop((left, 0, left + keep, height))
+    if height > keep:
+        top = (height - keep) // 2
+        return image.crop((0, top, width, top + keep))
+    return image
+
+
 def resize_center_crop(image: Image.Image, size: int, resample: str = "bicubic") -> Image.Image:
-    """Resize the shorter side to ``size`` and cut the central ``size x size`` square."""
+    """Resize the shorter side to ``size`` and cut the central ``size x size`` square.
+
+    Work and memory are bounded by the output: an image longer than :data:`MAX_ASPECT` times its
+    width (or the reverse) is first cut to its central part of that ratio (:func:`cap_aspect`)."""
+    image = cap_aspect(image)
     width, height = image.size
     scale = size / min(width, height)
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
@@ -165,6 +192,8 @@ class ProcessorTransform:
         if self.train:
             image = image.crop(random_resized_crop_box(*image.size, scale=self.scale))
             image = color_jitter(image, self.jitter)
+        # Processors that resize the shorter side would blow an extreme strip up before cropping it.
+        image = cap_aspect(image)
         pixel_values = self.processor(images=image, return_tensors="pt")["pixel_values"]  # [1, 3, H, W]
         return pixel_values[0].to(torch.float32)
 

@@ -3,10 +3,12 @@ and ``retrieval search`` use."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from retrieval.search.hubness import Hubness, QueryBank
 from retrieval.search.queries import ImageQuery, one_text
 from retrieval.search.searcher import Hit, Searcher
 
@@ -23,6 +25,9 @@ def search_collection(
     where: Mapping[str, Any] | None = None,
     text_weight: float = 0.5,
     modality: str | None = None,
+    hubness: str | Hubness | None = None,
+    query_bank: str | os.PathLike[str] | QueryBank | None = None,
+    rerank: int = 0,
 ) -> list[Hit]:
     """One-call search for scripts and the CLI: loads the model (``model_dir``: any name
     :func:`retrieval.model.load_model` takes; else the one recorded when the collection was embedded)
@@ -30,19 +35,25 @@ def search_collection(
 
     ``modality`` is what to return: "image" | "text"; by default what the collection holds when it
     holds one modality only (a caption-only collection answers with captions), else images.
+
+    ``hubness`` ("isoftmax" | "csls" or a :class:`~retrieval.search.Hubness`) corrects text and image
+    queries with a query bank (``query_bank``: a bank or its ``.querybank.npz`` file; default the one
+    stored beside the collection), and ``rerank=N`` re-orders the best N by the model's match head:
+    the same scoring as ``retrieval serve --hubness/--rerank`` (:class:`~retrieval.search.Searcher`).
+    Composed queries are scored by cosine.
     """
     if query is None and image is None:
         raise ValueError("give a text query, an image, or both")
     model = _load_model(collection_path, model_dir)
-    with Searcher(model, collection_path) as searcher:
-        target = modality or (searcher._only_modality() if searcher._has_modality else None) or "image"
+    with _searcher(model, collection_path, hubness, query_bank, rerank) as searcher:
+        target = modality or _default_modality(searcher)
         if query is not None and image is not None:
             return searcher.composed(image, query, k, text_weight=text_weight, modality=target, where=where)
         if image is not None:
-            vectors = searcher.encode_images([image])
+            vectors, kind = searcher.encode_images([image]), "image"
         else:
-            vectors = searcher.encode_texts([one_text(query)])
-        return searcher.search_vectors(vectors, k, modality=target, where=where)[0]
+            vectors, kind = searcher.encode_texts([one_text(query)]), "text"
+        return searcher.search_vectors(vectors, k, modality=target, where=where, query_modality=kind)[0]
 
 
 def search_texts(
@@ -53,6 +64,9 @@ def search_texts(
     k: int = 10,
     where: Mapping[str, Any] | None = None,
     modality: str | None = None,
+    hubness: str | Hubness | None = None,
+    query_bank: str | os.PathLike[str] | QueryBank | None = None,
+    rerank: int = 0,
 ) -> list[list[Hit]]:
     """Several text queries at once (e.g. one per line of a file): the model loads once and the
     queries are encoded in batches; one list of hits per query, in order. Arguments as in
@@ -61,9 +75,28 @@ def search_texts(
         raise TypeError("search_texts takes a list of queries; for one query use search_collection")
     texts = [one_text(query) for query in queries]
     model = _load_model(collection_path, model_dir)
-    with Searcher(model, collection_path) as searcher:
-        target = modality or (searcher._only_modality() if searcher._has_modality else None) or "image"
-        return searcher.search_vectors(searcher.encode_texts(texts), k, modality=target, where=where)
+    with _searcher(model, collection_path, hubness, query_bank, rerank) as searcher:
+        target = modality or _default_modality(searcher)
+        return searcher.search_vectors(
+            searcher.encode_texts(texts), k, modality=target, where=where, query_modality="text"
+        )
+
+
+def _default_modality(searcher: Searcher) -> str:
+    """What a one-modality collection holds, else images."""
+    return (searcher._only_modality() if searcher._has_modality else None) or "image"
+
+
+def _searcher(
+    model: Any,
+    collection_path: str | Path,
+    hubness: str | Hubness | None,
+    query_bank: str | os.PathLike[str] | QueryBank | None,
+    rerank: int,
+) -> Searcher:
+    correction = Hubness(hubness) if isinstance(hubness, str) else hubness
+    bank = QueryBank.load(query_bank) if isinstance(query_bank, (str, os.PathLike)) else query_bank
+    return Searcher(model, collection_path, hubness=correction, query_bank=bank, rerank=rerank)
 
 
 def _load_model(collection_path: str | Path, model_dir: str | Path | None) -> Any:

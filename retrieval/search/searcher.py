@@ -39,11 +39,18 @@ __all__ = ["Hit", "Searcher"]
 
 @dataclasses.dataclass(frozen=True)
 class Hit:
-    """One search result: the item's collection id, its score (cosine, higher is better) and metadata."""
+    """One search result: the item's collection id, its score (higher is better) and metadata.
+
+    ``score`` is what the hits are ordered by: the cosine similarity of query and item, unless the
+    searcher corrects hubness (then the corrected score, ``cosine - penalty``, which may be
+    negative; see :mod:`retrieval.search.hubness`) or re-ranks (then the match probability of the
+    re-ranked hits). ``cosine`` is always the plain similarity from the index, so both can be shown.
+    """
 
     id: int
     score: float
     metadata: dict[str, Any]
+    cosine: float | None = None  # the index similarity (== score when nothing corrects it)
 
 
 class Searcher:
@@ -67,7 +74,8 @@ class Searcher:
     each text or image query asks for ``hubness.candidates`` dense candidates, re-ranked by
     query-bank normalisation with ``query_bank`` (default: the bank stored beside the
     collection, :func:`~retrieval.search.hubness.query_bank_path`). Hit scores are then the
-    corrected scores. Raw-vector searches are corrected when given ``query_modality``.
+    corrected scores, each hit keeping its cosine beside (:class:`Hit`); :meth:`scoring` names
+    what the scores are. Raw-vector searches are corrected when given ``query_modality``.
 
     ``rerank=N`` re-orders the best ``N`` dense (or hubness-corrected) candidates of each text or
     image query by the model's match head (:meth:`retrieval.model.TwinEncoder.match`), reading
@@ -232,19 +240,32 @@ class Searcher:
         if len(queries) == 0:
             return []
         filters = self._filters(modality, where)
-        if (self.hubness is None and not self.rerank) or query_modality is None:
+        if self.scoring(query_modality) == "cosine":
             scores, ids = self.collection.search(queries, int(k), where=filters, refine=refine)  # [n, k]
-            return self._hits(scores, ids)
-        if query_modality not in ("text", "image"):
-            raise ValueError(f"query_modality must be 'text', 'image' or None; received {query_modality!r}")
+            return self._hits(scores, ids, scores)
         keep = max(int(k), self.rerank)
         wide = max(keep, int(self.hubness.candidates) if self.hubness is not None else 0)
-        scores, ids = self.collection.search(queries, wide, where=filters, refine=refine)  # [n, c]
+        dense_scores, dense_ids = self.collection.search(
+            queries, wide, where=filters, refine=refine
+        )  # [n, c]
+        scores, ids = dense_scores, dense_ids
         if self.hubness is not None:
             scores, ids = self._corrected(scores, ids, query_modality, keep)  # [n, keep]
         if self.rerank:
             scores, ids = self._reranked(queries, scores, ids, query_modality)
-        return self._hits(scores[:, : int(k)], ids[:, : int(k)])
+        scores, ids = scores[:, : int(k)], ids[:, : int(k)]
+        return self._hits(scores, ids, _dense_of(ids, dense_ids, dense_scores))
+
+    def scoring(self, query_modality: str | None) -> str:
+        """What the hit scores of a query of ``query_modality`` are: ``"cosine"``, the hubness method
+        (``"isoftmax"`` / ``"csls"``: cosine minus the item's hub penalty), or that followed by
+        ``"+match"`` when the best ``rerank`` hits carry the match head's probability instead."""
+        if query_modality is None or (self.hubness is None and not self.rerank):
+            return "cosine"
+        if query_modality not in ("text", "image"):
+            raise ValueError(f"query_modality must be 'text', 'image' or None; received {query_modality!r}")
+        base = self.hubness.method if self.hubness is not None else "cosine"
+        return f"{base}+match" if self.rerank else base
 
     def _reranked(
         self, queries: np.ndarray, scores: np.ndarray, ids: np.ndarray, query_modality: str
@@ -431,16 +452,26 @@ class Searcher:
             self._single = (size, present[0] if len(present) == 1 else None)
         return self._single[1]
 
-    def _hits(self, scores: np.ndarray, ids: np.ndarray) -> list[list[Hit]]:
+    def _hits(self, scores: np.ndarray, ids: np.ndarray, cosines: np.ndarray) -> list[list[Hit]]:
         valid = ids >= 0  # [n, k]; -1 pads rows with fewer than k matches
         flat = ids[valid]
         metadata = self.collection.get(flat) if len(flat) else []
         by_id = {int(i): m for i, m in zip(flat.tolist(), metadata)}
         return [
             [
-                Hit(int(i), float(s), dict(by_id[int(i)]))
-                for i, s, ok in zip(row_ids, row_scores, row_ok)
+                Hit(int(i), float(s), dict(by_id[int(i)]), float(c))
+                for i, s, c, ok in zip(row_ids, row_scores, row_cosines, row_ok)
                 if ok
             ]
-            for row_ids, row_scores, row_ok in zip(ids, scores, valid)
+            for row_ids, row_scores, row_cosines, row_ok in zip(ids, scores, cosines, valid)
         ]
+
+
+def _dense_of(ids: np.ndarray, dense_ids: np.ndarray, dense_scores: np.ndarray) -> np.ndarray:
+    """[n, k] index similarity of each id in ``ids`` [n, k], looked up in its row of the dense
+    candidates ``dense_ids`` / ``dense_scores`` [n, c] (NaN for padding)."""
+    out = np.full(ids.shape, np.nan, dtype=np.float32)  # [n, k]
+    for row in range(ids.shape[0]):
+        lookup = dict(zip(dense_ids[row].tolist(), dense_scores[row].tolist()))
+        out[row] = [lookup.get(int(i), np.nan) for i in ids[row]]
+    return out

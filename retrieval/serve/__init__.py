@@ -18,7 +18,14 @@ This package's ``__init__`` is its public API; the modules behind it:
 * :mod:`~retrieval.serve.urls` -- downloading a query image from a URL (global addresses only,
   the checked address, one deadline).
 * :mod:`~retrieval.serve.guards` -- defences against browser-borne requests (Host allow-list,
-  cross-site posts).
+  cross-site posts, resource policy headers).
+* :mod:`~retrieval.serve.auth` -- the API key (checked before any body is read) and the reload
+  permission and rate limit.
+* :mod:`~retrieval.serve.connections` -- read deadlines, connections per client address, requests
+  in progress.
+* :mod:`~retrieval.serve.thumbnails` -- thumbnails made apart from query encoding, cached.
+* :mod:`~retrieval.serve.privacy` -- server file paths kept out of answers.
+* :mod:`~retrieval.serve.docs` -- ``/docs`` and ``/redoc`` served offline, the OpenAPI security schemes.
 * :mod:`~retrieval.serve.server` -- :func:`run` with uvicorn.
 """
 

@@ -28,6 +28,9 @@ class _Batcher:
     adds no delay; a busy one encodes many queries per forward pass, which is what a CPU or a
     GPU is fastest at. Serialising the calls also keeps tokenizers, whose per-call state
     concurrent calls could trample, to one thread at a time.
+
+    A merged call that raises is retried caller by caller, so a query that cannot be encoded fails
+    only its own caller; the others get their rows.
     """
 
     def __init__(self, fn: Callable[[list[Any]], Any], max_items: int) -> None:
@@ -58,9 +61,18 @@ class _Batcher:
     def _run(self, batch: list[tuple[list[Any], Future[Any]]]) -> None:
         flat = [item for items, _ in batch for item in items]
         try:
-            rows = self._fn(flat)  # [sum n, D]
             self.calls += 1
-        except BaseException as exc:
+            rows = self._fn(flat)  # [sum n, D]
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0][1].set_exception(exc)
+                return
+            # One bad query (a text the tokenizer refuses, an image the transform cannot take) must
+            # fail only itself: run each caller's items on their own to find out whose they are.
+            for items, future in batch:
+                self._run_alone(items, future)
+            return
+        except BaseException as exc:  # interrupted: nobody gets an answer
             for _, future in batch:
                 future.set_exception(exc)
             return
@@ -68,6 +80,13 @@ class _Batcher:
         for items, future in batch:
             future.set_result(rows[start : start + len(items)])  # [n, D]
             start += len(items)
+
+    def _run_alone(self, items: list[Any], future: Future[Any]) -> None:
+        try:
+            self.calls += 1
+            future.set_result(self._fn(items))  # [n, D]
+        except Exception as exc:
+            future.set_exception(exc)
 
 
 class ModelRunner:

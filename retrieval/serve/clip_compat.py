@@ -4,8 +4,11 @@ The request fields follow clip-retrieval's documented knn service (``clip_back``
 (sent with any or no content type) holding one of ``text``, ``image`` (base64),
 ``image_url`` or ``embedding_input``, plus ``modality`` (which kind of item to return),
 ``num_images``, ``num_result_ids``, ``indice_name`` and ``deduplicate``. The answer is a
-list of ``{"id", "similarity", ...metadata, "url"?, "caption"?}``; items past ``num_images``
-carry only ``id`` and ``similarity`` (the front end fetches the rest through ``/metadata``).
+list of ``{"id", "similarity", "cosine", ...metadata, "url"?, "caption"?}``; items past
+``num_images`` carry only ``id``, ``similarity`` and ``cosine`` (the front end fetches the rest
+through ``/metadata``). ``similarity`` is scored as the JSON API scores the same query (hubness
+correction and re-ranking of text and image queries when the server applies them), with the
+plain ``cosine`` beside it; the ``X-Scoring`` response header names the scoring.
 
 Options that need models this toolkit does not ship (``use_safety_model``,
 ``use_violence_detector``, ``use_mclip``, ``aesthetic_score``/``aesthetic_weight``) are
@@ -20,10 +23,9 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
 from retrieval.search import Hit
-from retrieval.serve.errors import bad_request
+from retrieval.serve.errors import SafeJSONResponse, bad_request
 from retrieval.serve.inputs import (
     check_embedding,
     check_k,
@@ -103,7 +105,12 @@ def _clip_item(served: ServedCollection, hit: Hit, base_url: str) -> dict[str, A
             out["url"] = base_url.rstrip("/") + path
     out["id"] = hit.id
     out["similarity"] = hit.score
+    out["cosine"] = _finite(hit.cosine)
     return out
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
 
 
 def clip_router(service: Service) -> APIRouter:
@@ -125,7 +132,7 @@ def clip_router(service: Service) -> APIRouter:
             "requestBody": {"content": {"application/json": {"schema": _KNN_SCHEMA}}, "required": True}
         },
     )
-    async def knn_service(request: Request) -> JSONResponse:
+    async def knn_service(request: Request) -> SafeJSONResponse:
         body = await _json_body(request)
         served = service.get(body.get("indice_name"))
         modality = check_modality(body.get("modality", "image")) or "image"
@@ -134,7 +141,7 @@ def clip_router(service: Service) -> APIRouter:
         num_ids = num_images if num_ids is None else check_k(num_ids, 10**9, "num_result_ids")
         num_ids = min(max(num_ids, num_images), config.max_result_ids)
         where = check_where(body.get("where"), await served.run(served.fields))
-        vector = await _query_vector(served, body)
+        vector, query_modality = await _query_vector(served, body)
         hits = (
             await served.run(
                 lambda: served.search(
@@ -144,31 +151,34 @@ def clip_router(service: Service) -> APIRouter:
                     modality,
                     fetch=num_ids,
                     deduplicate=bool(body.get("deduplicate")),
+                    query_modality=query_modality,
                 )
             )
         )[0]
         base_url = str(request.base_url)
-        headers = {}
+        headers = {"X-Scoring": served.scoring(query_modality)}
         ignored = [name for name in IGNORED_OPTIONS if body.get(name) not in (None, False, "", 0)]
         if ignored:
             headers["X-Ignored-Options"] = ",".join(ignored)
         items = [
-            _clip_item(served, h, base_url) if i < num_images else {"id": h.id, "similarity": h.score}
+            _clip_item(served, h, base_url)
+            if i < num_images
+            else {"id": h.id, "similarity": h.score, "cosine": _finite(h.cosine)}
             for i, h in enumerate(hits)
         ]
-        return JSONResponse(items, headers=headers)
+        return SafeJSONResponse(items, headers=headers)
 
-    async def _query_vector(served: ServedCollection, body: dict[str, Any]) -> np.ndarray:
+    async def _query_vector(served: ServedCollection, body: dict[str, Any]) -> tuple[np.ndarray, str | None]:
+        """The query vector ``[1, D]`` and what it encodes ("text", "image", or None for a raw vector)."""
         text, image, url, embedding = (body.get(f) for f in ("text", "image", "image_url", "embedding_input"))
         if _present(embedding) and not any(_present(v) for v in (text, image, url)):
-            return check_embedding(embedding, await served.run(served.dim), 1)
+            return check_embedding(embedding, await served.run(served.dim), 1), None
         if not any(_present(v) for v in (text, image, url, embedding)):
             raise bad_request("no_query", "fill one of text, image (base64), image_url or embedding_input")
         served.require_model()
         if _present(text):
-            return await service.work(
-                served.encode_texts, [check_text(text, config.max_text_chars)]
-            )  # [1, D]
+            vector = await service.work(served.encode_texts, [check_text(text, config.max_text_chars)])
+            return vector, "text"  # [1, D]
         if _present(image):
             data = decode_base64(image, max_bytes=config.max_upload_bytes)
         else:
@@ -188,7 +198,7 @@ def clip_router(service: Service) -> APIRouter:
         picture = await service.work(
             lambda: decode_image(data, max_bytes=config.max_upload_bytes, max_pixels=config.max_image_pixels)
         )
-        return await service.work(served.encode_images, [picture])  # [1, D]
+        return await service.work(served.encode_images, [picture]), "image"  # [1, D]
 
     @router.post(
         "/metadata",
@@ -211,7 +221,7 @@ def clip_router(service: Service) -> APIRouter:
         for i in ids:
             if i in found:
                 item = _clip_item(served, Hit(i, 0.0, found[i]), base_url)
-                del item["id"], item["similarity"]
+                del item["id"], item["similarity"], item["cosine"]
                 out.append({"id": i, "metadata": item})
         return out
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
 
 
 class ApiError(HTTPException):
@@ -12,8 +16,8 @@ class ApiError(HTTPException):
     ``HTTPException`` so it passes unchanged through FastAPI's body parsing.
     """
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(status_code=status, detail=message)
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(status_code=status, detail=message, headers=headers)
         self.code = code
 
 
@@ -27,3 +31,12 @@ def not_found(code: str, message: str) -> ApiError:
 
 def too_large(message: str) -> ApiError:
     return ApiError(413, "too_large", message)
+
+
+class SafeJSONResponse(JSONResponse):
+    """JSON that always encodes. Text a client sent may hold lone surrogates (JSON's ``"\\ud800"``
+    escape decodes to one), which UTF-8 cannot carry; they are written back as that same escape."""
+
+    def render(self, content: Any) -> bytes:
+        text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return text.encode("utf-8", errors="backslashreplace")

@@ -13,6 +13,10 @@ A service on 127.0.0.1 without an API key is still reachable from any web page t
   ``ServeConfig.cors_origins``; form content types are refused where JSON is expected
   (``unsupported_media_type``).
 * ``reload`` is never callable from another origin, CORS or not.
+* **Cross-site reads of media**: every response says ``Cross-Origin-Resource-Policy:
+  same-origin`` (``cross-origin`` when ``cors_origins`` names other sites, whose pages must show
+  the images), so a page elsewhere cannot even learn whether an item's image exists; and
+  ``X-Content-Type-Options: nosniff``.
 
 Non-browser clients (curl, ``requests``, clip-retrieval's ``ClipClient``) send no ``Origin``
 and are unaffected.
@@ -26,7 +30,7 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["BrowserGuardMiddleware", "host_allowed", "is_loopback"]
+__all__ = ["BrowserGuardMiddleware", "SecurityHeadersMiddleware", "host_allowed", "is_loopback"]
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
@@ -139,3 +143,29 @@ async def _refuse(send: Any, status: int, code: str, detail: str) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+class SecurityHeadersMiddleware:
+    """``nosniff`` and ``Cross-Origin-Resource-Policy`` on every response (module docstring)."""
+
+    def __init__(self, app: Any, *, cross_origin: bool) -> None:
+        self.app = app
+        self.headers = [
+            (b"x-content-type-options", b"nosniff"),
+            (b"cross-origin-resource-policy", b"cross-origin" if cross_origin else b"same-origin"),
+        ]
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                present = {name.lower() for name, _ in headers}
+                headers += [(name, value) for name, value in self.headers if name not in present]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -60,10 +60,10 @@ def parse_json(data: bytes | str, what: str = "the request body") -> Any:
         raise bad_request("bad_json", f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
     try:
         return json.loads(data or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise bad_request("bad_json", f"{what} is not valid JSON: {exc}") from None
     except RecursionError:  # pragma: no cover - the depth check comes first
         raise bad_request("bad_json", f"{what} nests too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer past Python's digit limit
+        raise bad_request("bad_json", f"{what} is not valid JSON: {str(exc)[:200]}") from None
 
 
 def body_limit(path: str, image_bytes: int) -> int:
@@ -167,8 +167,13 @@ class BodyLimitMiddleware:
 
 
 async def _send_json(send: Send, status: int, code: str, detail: str) -> None:
+    """An error answered before (the rest of) the body was read: the connection ends after it."""
     body = json.dumps({"error": code, "detail": detail}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -188,23 +193,59 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image
         raise bad_request("bad_image", f"cannot use the query image: {exc}") from None
 
 
-def decode_base64(text: str, *, max_bytes: int) -> bytes:
-    """A base64 string (optionally a ``data:...;base64,`` URL) -> bytes, with a size check first."""
-    if not isinstance(text, str) or not text.strip():
-        raise bad_request("bad_image", "the base64 image is empty")
+_BASE64_SPACE = re.compile(r"\s+")
+
+
+def decode_base64(text: Any, *, max_bytes: int) -> bytes:
+    """A base64 string (optionally a ``data:...;base64,`` URL) -> bytes, with a size check first.
+
+    Standard or URL-safe alphabet, line breaks and missing padding are accepted; any other
+    character makes it invalid base64 (never an "empty image")."""
+    if not isinstance(text, str):
+        raise bad_request("bad_image", f"the image must be a base64 string, received {type(text).__name__}")
     if text.startswith("data:"):
         _, _, text = text.partition(",")
     if len(text) * 3 // 4 > max_bytes + 3:
         raise too_large(f"the base64 image decodes to more than the limit of {max_bytes} bytes")
+    compact = _BASE64_SPACE.sub("", text)
+    if not compact:
+        raise bad_request("bad_image", "the base64 image is empty")
+    if "-" in compact or "_" in compact:
+        compact = compact.replace("-", "+").replace("_", "/")
+    compact += "=" * (-len(compact) % 4)
     try:
-        return base64.b64decode(text, validate=False)
-    except (binascii.Error, ValueError) as exc:
-        raise bad_request("bad_image", f"the image is not valid base64: {exc}") from None
+        data = base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError):
+        shown = next((ch for ch in compact if not (ch.isascii() and (ch.isalnum() or ch in "+/="))), None)
+        why = (
+            f"it holds {shown!r}, which is not a base64 character"
+            if shown
+            else "its length or padding is wrong"
+        )
+        raise bad_request("bad_image", f"the image is not valid base64: {why}") from None
+    if not data:
+        raise bad_request("bad_image", "the base64 image is empty")
+    return data
+
+
+def is_unicode(text: str) -> bool:
+    """Whether ``text`` is valid Unicode text (no lone surrogates, which JSON's ``\\ud800`` escapes can carry)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_text(text: Any, max_chars: int) -> str:
     if not isinstance(text, str):
         raise bad_request("bad_text", f"text must be a string, received {type(text).__name__}")
+    if not is_unicode(text):
+        raise bad_request(
+            "bad_text",
+            "the text query holds a lone surrogate (half of a UTF-16 pair, e.g. \\ud800), which is not "
+            "Unicode text; send the whole character",
+        )
     stripped = text.strip()
     if not stripped:
         raise bad_request("empty_text", "the text query is empty; type something to search for")
@@ -217,9 +258,9 @@ def check_text(text: Any, max_chars: int) -> str:
 
 def check_k(k: Any, max_k: int, name: str = "k") -> int:
     if isinstance(k, bool) or not isinstance(k, int):
-        raise bad_request("bad_k", f"{name} must be an integer, received {k!r}")
+        raise bad_request("bad_k", f"{name} must be an integer, received {_shown(k)}")
     if not 1 <= k <= max_k:
-        raise bad_request("bad_k", f"{name}={k} is out of range: expected 1 <= {name} <= {max_k}")
+        raise bad_request("bad_k", f"{name}={_shown(k)} is out of range: expected 1 <= {name} <= {max_k}")
     return k
 
 
@@ -245,7 +286,14 @@ def check_where(where: Any, fields: list[str]) -> dict[str, Any] | None:
         if where in (None, {}):
             return None
     if not isinstance(where, dict):
-        raise bad_request("bad_filter", f"where must be an object {{field: condition}}, received {where!r}")
+        raise bad_request(
+            "bad_filter", f"where must be an object {{field: condition}}, received {_shown(where)}"
+        )
+    for text in _strings(where):
+        if not is_unicode(text):
+            raise bad_request(
+                "bad_filter", "the filter holds a lone surrogate (e.g. \\ud800): not Unicode text"
+            )
     unknown = sorted(set(where) - set(fields))
     if unknown:
         raise bad_request(
@@ -265,10 +313,30 @@ def check_where(where: Any, fields: list[str]) -> dict[str, Any] | None:
             continue
         raise bad_request(
             "bad_filter",
-            f"filter on {field!r} is {cond!r}: expected a value, a non-empty list of values, or "
+            f"filter on {field!r} is {_shown(cond)}: expected a value, a non-empty list of values, or "
             f"an object with operators from {sorted(RANGE_OPERATORS)}",
         )
     return dict(where)
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string (keys too) in a JSON value."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [t for k, v in value.items() for t in (*_strings(k), *_strings(v))]
+    if isinstance(value, list):
+        return [t for v in value for t in _strings(v)]
+    return []
+
+
+def _shown(value: Any) -> str:
+    """A client's value in a message: its repr, cut short (a repr of a huge int would raise)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past the digit limit
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def check_embedding(values: Any, dim: int, max_rows: int) -> np.ndarray:

@@ -30,6 +30,8 @@ def resolve_media(root: Path, ref: str) -> tuple[Path | bytes, str]:
     root (``..``, absolute paths elsewhere, symlinks pointing out) is refused with a 403."""
     from retrieval.data.images import TAR_PREFIX, read_ref_bytes, split_tar_ref
 
+    if "\x00" in ref:  # no file has such a name (and os.path functions raise on it)
+        raise not_found("missing_image", "the item's image reference is not a file name")
     root_real = os.path.realpath(root)
     member = None
     target = ref

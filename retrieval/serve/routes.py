@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, File, Form, Header, Query, UploadFile
 from fastapi.responses import FileResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from retrieval.search import Hit
+from retrieval.serve.auth import RELOAD_KEY_HEADER
 from retrieval.serve.errors import bad_request, not_found
 from retrieval.serve.inputs import (
     check_embedding,
@@ -25,20 +26,29 @@ from retrieval.serve.inputs import (
 from retrieval.serve.media import IMAGE_FIELDS
 from retrieval.serve.served_collection import ServedCollection
 from retrieval.serve.service import Service
+from retrieval.serve.thumbnails import ThumbnailsBusy
 from retrieval.serve.urls import fetch_image_url
 
 # Images served from the media root may be SVG: never let them run scripts in our origin.
+# (Cross-Origin-Resource-Policy is set on every response: retrieval.serve.guards.)
 MEDIA_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; sandbox",
     "Cache-Control": "private, max-age=3600",
 }
 
 Modality = Literal["image", "text"]
+Number = Annotated[float, Field(strict=True)]  # a JSON number; never a string or a boolean
+
+SCORING_HELP = (
+    "what hit scores are: 'cosine' (query-item cosine similarity), 'isoftmax' or 'csls' (cosine minus "
+    "the item's hubness penalty: may be negative, only the order matters; the cosine is beside it), "
+    "with '+match' when the best hits were re-ranked by the match head (their score is its probability)"
+)
 
 
 class _Query(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    k: int = Field(10, description="number of results (1 .. the server's max_k)")
+    k: StrictInt = Field(10, description="number of results (1 .. the server's max_k)")
     where: dict[str, Any] | None = Field(
         None,
         description='metadata filter: {"field": value} | {"field": [v1, v2]} | {"field": {"gte": a, "lt": b}}',
@@ -57,16 +67,17 @@ class UrlQuery(_Query):
 
 
 class EmbeddingQuery(_Query):
-    embedding: list[float] = Field(..., description="query vector of the collection's dim (normalised here)")
+    embedding: list[Number] = Field(..., description="query vector of the collection's dim (normalised here)")
 
 
 class ItemQuery(_Query):
-    id: int = Field(..., description="id of a stored item whose vector is the query")
+    id: StrictInt = Field(..., description="id of a stored item whose vector is the query")
 
 
 class HitOut(BaseModel):
     id: int
-    score: float
+    score: float = Field(..., description="what the hits are ordered by (see the answer's 'scoring')")
+    cosine: float | None = Field(None, description="cosine similarity of query and item (the index score)")
     metadata: dict[str, Any]
     image_url: str | None = Field(None, description="where the page can fetch the item's image, if served")
 
@@ -75,6 +86,7 @@ class SearchOut(BaseModel):
     collection: str
     k: int
     took_ms: float
+    scoring: str = Field("cosine", description=SCORING_HELP)
     hits: list[HitOut]
 
 
@@ -92,35 +104,23 @@ def image_path(served: ServedCollection, item_id: int, metadata: dict[str, Any])
 
 
 def visible(served: ServedCollection, metadata: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in metadata.items() if k not in served.hidden_fields}
+    """What a client sees of an item's metadata: no hidden fields, no server paths (unless shown)."""
+    shown = {k: v for k, v in metadata.items() if k not in served.hidden_fields}
+    return served.paths.metadata(shown, served.media_root)
 
 
 def hit_out(served: ServedCollection, hit: Hit) -> HitOut:
     return HitOut(
         id=hit.id,
         score=hit.score,
+        cosine=_finite(hit.cosine),
         metadata=visible(served, hit.metadata),
         image_url=image_path(served, hit.id, hit.metadata),
     )
 
 
-def thumbnail(content: Path | bytes, max_side: int, max_pixels: int) -> bytes | None:
-    """A JPEG no larger than ``max_side`` of an image file, or ``None`` to serve the file as it is
-    (already small, or a format Pillow cannot decode such as SVG)."""
-    import io
-
-    from retrieval.data import ImageDecodeError, load_image
-
-    try:
-        image = load_image(content if isinstance(content, bytes) else str(content), max_pixels=max_pixels)
-    except ImageDecodeError:
-        return None
-    if max(image.size) <= max_side:
-        return None
-    image.thumbnail((max_side, max_side))
-    buf = io.BytesIO()
-    image.save(buf, format="JPEG", quality=85)
-    return buf.getvalue()
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
 
 
 def api_router(service: Service) -> APIRouter:
@@ -146,6 +146,7 @@ def api_router(service: Service) -> APIRouter:
             collection=served.name,
             k=k,
             took_ms=round((time.perf_counter() - t0) * 1000, 3),
+            scoring=served.scoring(query_modality),
             hits=[hit_out(served, h) for h in hits],
         )
 
@@ -171,10 +172,21 @@ def api_router(service: Service) -> APIRouter:
         served = service.get(name)
         return await served.run(served.info)
 
-    @router.post("/{name}/reload", summary="Reopen a collection changed on disk by another process")
-    async def reload(name: str) -> dict[str, Any]:
+    @router.post(
+        "/{name}/reload",
+        summary="Reopen a collection changed on disk by another process (needs the reload permission)",
+    )
+    async def reload(
+        name: str,
+        reload_key: Annotated[
+            str | None,
+            Header(alias=RELOAD_KEY_HEADER, description="the server's reload key, when it has one"),
+        ] = None,
+    ) -> dict[str, Any]:
+        service.reload_gate.check(reload_key)
         served = service.get(name)
-        reloaded = await served.run(served.reopen, True)
+        with service.reload_gate.slot(served.name):
+            reloaded = await served.run(served.reopen, True)
         return {"reloaded": reloaded, "info": await served.run(served.info)}
 
     @router.post("/{name}/search/text", summary="Search by text")
@@ -268,12 +280,16 @@ def api_router(service: Service) -> APIRouter:
     ) -> Response:
         served = service.get(name)
         content, media_type = await served.run(served.media, item_id)
-        if max_side is not None:
-            thumb = await service.work(thumbnail, content, max_side, config.max_image_pixels)
+        headers = MEDIA_HEADERS
+        if max_side is not None:  # made in the thumbnail threads, not in the query pool
+            try:
+                thumb = await service.thumbnails.get(content, max_side)
+            except ThumbnailsBusy:  # a flood of thumbnails: the original costs no decoding
+                thumb, headers = None, {**MEDIA_HEADERS, "Cache-Control": "no-store", "X-Thumbnail": "busy"}
             if thumb is not None:
                 return Response(thumb, media_type="image/jpeg", headers=MEDIA_HEADERS)
         if isinstance(content, Path):
-            return FileResponse(content, media_type=media_type, headers=MEDIA_HEADERS)
-        return Response(content, media_type=media_type, headers=MEDIA_HEADERS)
+            return FileResponse(content, media_type=media_type, headers=headers)
+        return Response(content, media_type=media_type, headers=headers)
 
     return router

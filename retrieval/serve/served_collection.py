@@ -18,6 +18,8 @@ by the owner thread; or forced (synchronously) through :meth:`ServedCollection.r
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
 import logging
 import os
 import threading
@@ -34,6 +36,7 @@ from retrieval.serve.batching import ModelRunner
 from retrieval.serve.errors import bad_request, not_found
 from retrieval.serve.inputs import json_safe
 from retrieval.serve.media import IMAGE_FIELDS, resolve_media
+from retrieval.serve.privacy import PathScrubber
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +44,9 @@ T = TypeVar("T")
 
 # Files that change on reads or while a writer works; they never trigger a reload on their own.
 _VOLATILE_SUFFIXES = ("-wal", "-shm", "-journal", ".lock", ".tmp")
+# Items counted by modality for the collection's info (reading their metadata once per version);
+# larger collections report no counts rather than stall their queries.
+MODALITY_COUNT_LIMIT = 200_000
 
 
 def _open_collection(location: str, mmap: bool) -> Any:
@@ -88,8 +94,10 @@ class ServedCollection:
         opener: Callable[[str, bool], Any] = _open_collection,
         hubness: str | None = None,
         rerank: int = 0,
+        paths: PathScrubber | None = None,
     ) -> None:
         self.name = name
+        self.paths = paths if paths is not None else PathScrubber(show=True)  # how server paths are shown
         self.hubness = Hubness(hubness) if hubness else None  # query-time hubness correction
         self.rerank = int(rerank)  # dense top-N re-ranked by the model's match head
         self.location = os.fspath(path)  # a folder or a Milvus location (see indexes.location)
@@ -107,6 +115,7 @@ class ServedCollection:
         self._opener = opener
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"collection-{name}")
         self._searcher: Searcher | None = None
+        self._counts: tuple[int, dict[str, int] | None] = (0, None)  # (id of the searcher, its counts)
         self._signature: Any = ()
         self._checked_at = 0.0
         self._reloading = False  # a background reopen is under way
@@ -179,8 +188,12 @@ class ServedCollection:
             logger.warning(
                 "collection %r changed on disk but could not be reopened (%s); retrying later", self.name, exc
             )
-            if force:
-                raise bad_request("reload_failed", f"cannot reopen collection {self.name!r}: {exc}") from None
+            if force:  # the reason (with the collection's place on disk) goes to the log, not the client
+                raise bad_request(
+                    "reload_failed",
+                    f"cannot reopen collection {self.name!r} now (a writer may be saving it); the server "
+                    "keeps serving the version it has, and its log says why",
+                ) from None
             return False
         self._swap(fresh, signature)
         return True
@@ -254,15 +267,39 @@ class ServedCollection:
         return searcher
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return self._encoder().encode_texts(list(texts))  # [n, D] unit rows
+        searcher = self._encoder()
+        try:
+            return searcher.encode_texts(list(texts))  # [n, D] unit rows
+        except (ValueError, TypeError) as exc:  # the model refused this query (the batcher isolates it)
+            raise bad_request("bad_query", f"cannot encode this text query: {_short(exc)}") from None
 
     def encode_images(self, images: Sequence[Any]) -> np.ndarray:
-        return self._encoder().encode_images(list(images))  # [n, D] unit rows
+        searcher = self._encoder()
+        try:
+            return searcher.encode_images(list(images))  # [n, D] unit rows
+        except (ValueError, TypeError) as exc:
+            raise bad_request("bad_query", f"cannot encode this image query: {_short(exc)}") from None
 
     # -- queries (owner thread only) -------------------------------------------------------
 
+    def scoring(self, query_modality: str | None) -> str:
+        """What hit scores mean for queries of ``query_modality`` (:meth:`retrieval.search.Searcher.scoring`).
+        Any thread: it depends on settings every reopened searcher shares."""
+        searcher = self._searcher
+        assert searcher is not None, "collection used after close()"
+        return searcher.scoring(query_modality)
+
+    def modality_counts(self) -> dict[str, int] | None:
+        """Items per ``modality`` value (None when the collection does not record it or is too large
+        to count quickly); counted once per version of the collection."""
+        searcher = self._fresh()
+        if self._counts[0] != id(searcher):
+            self._counts = (id(searcher), _modality_counts(searcher.collection))
+        return self._counts[1]
+
     def info(self) -> dict[str, Any]:
-        c = self._fresh().collection
+        searcher = self._fresh()
+        c = searcher.collection
         return {
             "name": self.name,
             "count": len(c),
@@ -276,6 +313,8 @@ class ServedCollection:
             "image_search": self.model is not None,
             "media": self.media_root is not None,
             "reloads": self.reloads,
+            "modalities": self.modality_counts(),
+            "scoring": {q: searcher.scoring(q) for q in ("text", "image")},
         }
 
     def fields(self) -> list[str]:
@@ -340,7 +379,7 @@ class ServedCollection:
             if deduplicate and len(hits) > 1:
                 keep = _unique_rows(np.asarray(c.vectors([h.id for h in hits]), dtype=np.float32))
                 hits = [hits[i] for i in keep]
-            results.append([Hit(h.id, h.score, json_safe(h.metadata)) for h in hits])
+            results.append([dataclasses.replace(h, metadata=json_safe(h.metadata)) for h in hits])
         return results
 
     def media(self, item_id: int) -> tuple[Path | bytes, str]:
@@ -358,6 +397,21 @@ class ServedCollection:
         if ref is None:
             raise not_found("no_image", f"item {item_id} of {self.name!r} has no image file")
         return resolve_media(self.media_root, ref)
+
+
+def _modality_counts(c: Any) -> dict[str, int] | None:
+    if "modality" not in set(c.fields()) or len(c) > MODALITY_COUNT_LIMIT:
+        return None
+    counts: collections.Counter[str] = collections.Counter()
+    ids = np.asarray(c.ids(), dtype=np.int64)
+    for start in range(0, len(ids), 4096):
+        counts.update(str(m.get("modality") or "other") for m in c.get(ids[start : start + 4096]))
+    return dict(sorted(counts.items()))
+
+
+def _short(exc: BaseException) -> str:
+    """An exception as one short line for a client."""
+    return f"{type(exc).__name__}: {exc}"[:300]
 
 
 def _get_existing(c: Any, ids: Sequence[int]) -> dict[int, dict[str, Any]]:

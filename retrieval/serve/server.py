@@ -1,14 +1,21 @@
-"""Run the service with uvicorn, refusing to expose it without an API key."""
+"""Run the service with uvicorn, refusing to expose it without an API key.
+
+The HTTP connections go through :class:`~retrieval.serve.connections.GuardedH11Protocol` (read
+deadlines, connections per client address, sockets in all); the bound on requests in progress
+is part of the application (:class:`~retrieval.serve.connections.RequestLimitMiddleware`).
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from retrieval.config import ServeConfig
 from retrieval.serve.app import create_app
+from retrieval.serve.connections import guarded_protocol
 from retrieval.serve.guards import is_loopback
 
-__all__ = ["check_exposure", "is_loopback", "run"]
+__all__ = ["check_exposure", "is_loopback", "run", "uvicorn_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +32,34 @@ def check_exposure(config: ServeConfig) -> None:
         )
     if not config.api_key:
         logger.warning("serving on %s without an API key", config.host)
+    if not config.allowed_hosts:
+        logger.warning(
+            "serving on %s and answering to any Host name: links in answers (clip-retrieval's 'url') are built "
+            "from it; name the host clients use with --allowed-host",
+            config.host,
+        )
+
+
+def uvicorn_config(config: ServeConfig, app: Any, **overrides: Any) -> Any:
+    """The ``uvicorn.Config`` that serves ``app`` as ``config`` says (protocol, limits, timeouts)."""
+    import uvicorn
+
+    settings: dict[str, Any] = {
+        "host": config.host,
+        "port": config.port,
+        "log_config": None,  # uvicorn logs through the handlers the caller (the CLI) configured
+        "access_log": False,
+        "limit_concurrency": None,  # requests in progress are bounded by the application
+        "http": guarded_protocol(
+            header_timeout=config.header_timeout,
+            body_timeout=config.body_timeout,
+            max_per_client=config.max_connections_per_client,
+            max_requests=config.max_connections,
+        ),
+        "timeout_keep_alive": min(5.0, config.header_timeout),
+    }
+    settings.update(overrides)
+    return uvicorn.Config(app, **settings)
 
 
 def run(config: ServeConfig) -> None:
@@ -34,12 +69,4 @@ def run(config: ServeConfig) -> None:
     check_exposure(config)
     app = create_app(config)
     logger.info("serving %s on http://%s:%d/", sorted(config.collections), config.host, config.port)
-    # log_config=None: uvicorn logs through the handlers the caller (the CLI) configured.
-    uvicorn.run(
-        app,
-        host=config.host,
-        port=config.port,
-        log_config=None,
-        access_log=False,
-        limit_concurrency=config.max_connections,
-    )
+    uvicorn.Server(uvicorn_config(config, app)).run()

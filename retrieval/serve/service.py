@@ -11,9 +11,12 @@ from typing import Any, TypeVar
 
 from retrieval.config import ServeConfig
 from retrieval.embed import recorded_model
+from retrieval.serve.auth import ReloadGate
 from retrieval.serve.batching import Encoder, ModelRunner, load_model
 from retrieval.serve.errors import ApiError, not_found
+from retrieval.serve.privacy import PathScrubber
 from retrieval.serve.served_collection import ServedCollection
+from retrieval.serve.thumbnails import ThumbnailCache
 
 __all__ = ["Service"]
 
@@ -23,7 +26,9 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class Service:
-    """Everything the routes share: the config, the served collections and the worker pool."""
+    """Everything the routes share: the config, the served collections, the worker pool that
+    decodes and encodes queries, the thumbnail cache (with its own threads), the reload
+    permission and how server paths are shown."""
 
     def __init__(
         self,
@@ -44,6 +49,8 @@ class Service:
             "workers",
             "batch_size",
             "max_result_ids",
+            "max_connections",
+            "thumbnail_workers",
         ):
             if getattr(config, field) < 1:
                 raise ValueError(f"ServeConfig.{field} must be >= 1, received {getattr(config, field)}")
@@ -60,8 +67,31 @@ class Service:
                 f"models/media roots given for unknown collection name(s) {unknown}; "
                 f"served collections are {sorted(config.collections)}"
             )
+        for field in ("header_timeout", "body_timeout"):
+            if not getattr(config, field) > 0:
+                raise ValueError(
+                    f"ServeConfig.{field} must be > 0 seconds, received {getattr(config, field)}"
+                )
+        for field in ("max_connections_per_client", "thumbnail_cache_bytes", "reload_min_interval"):
+            if getattr(config, field) < 0:
+                raise ValueError(f"ServeConfig.{field} must be >= 0, received {getattr(config, field)}")
         self.config = config
         self.pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="serve-worker")
+        self.thumbnails = ThumbnailCache(
+            max_bytes=config.thumbnail_cache_bytes,
+            workers=config.thumbnail_workers,
+            max_pixels=config.max_image_pixels,
+        )
+        self.reload_gate = ReloadGate(config.api_key, config.reload_key, config.reload_min_interval)
+        self.paths = PathScrubber(
+            show=config.show_paths,
+            extra_roots=[
+                *config.collections.values(),
+                *config.media_roots.values(),
+                *config.models.values(),
+                *([config.model] if config.model else []),
+            ],
+        )
         self.collections: dict[str, ServedCollection] = {}
         runners: dict[str, ModelRunner] = {}  # model source -> runner, so a model is loaded once
 
@@ -98,6 +128,7 @@ class Service:
                     hidden_fields=config.hidden_fields,
                     hubness=config.hubness,
                     rerank=config.rerank,
+                    paths=self.paths,
                 )
         except BaseException:
             self.close()
@@ -127,6 +158,7 @@ class Service:
             served.close()
         self.collections.clear()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.thumbnails.close()
 
 
 def _recorded_model(collection_path: str) -> str | None:

@@ -119,6 +119,52 @@ def test_searcher_corrects_raw_text_queries(hub_collection):
         assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 
 
+def test_corrected_hits_carry_their_cosine(hub_collection):
+    """Each corrected hit keeps the plain cosine of query and item beside its score; the searcher
+    names the scoring; without correction both are the cosine."""
+    path, items, queries = hub_collection
+    with Searcher(None, path, hubness=Hubness("csls", candidates=len(items))) as searcher:
+        fixed = searcher.search_vectors(queries, k=4, query_modality="text")
+        plain = searcher.search_vectors(queries, k=4)
+        assert searcher.scoring("text") == "csls" and searcher.scoring(None) == "cosine"
+    for row, hits in enumerate(fixed):
+        for hit in hits:
+            exact = float(queries[row] @ items[hit.id])
+            assert hit.cosine == pytest.approx(exact, abs=1e-5)
+            assert hit.score < hit.cosine  # the penalty is positive here
+    assert all(h.score == h.cosine for hits in plain for h in hits)
+
+
+def test_search_collection_applies_the_served_correction(hub_collection, monkeypatch):
+    """``search_collection`` (what `retrieval search --hubness` calls) scores as the Searcher does."""
+    import retrieval.model
+    from retrieval.search import search_collection
+
+    path, items, queries = hub_collection
+
+    class VectorModel:  # a model whose text "i" encodes as query i
+        embed_dim = items.shape[1]
+
+        def fingerprint(self):
+            return None
+
+        def encode_texts(self, texts, **kwargs):
+            return np.stack([queries[int(t)] for t in texts])
+
+        def encode_images(self, images, **kwargs):
+            raise AssertionError("no images here")
+
+    monkeypatch.setattr(retrieval.model, "load_model", lambda name, **kw: VectorModel())
+    with Searcher(None, path, hubness=Hubness("isoftmax")) as searcher:
+        expected = searcher.search_vectors(queries[2:3], k=3, query_modality="text")[0]
+    got = search_collection(path, "2", model_dir="any", k=3, hubness="isoftmax")
+    assert [(h.id, h.score, h.cosine) for h in got] == [(h.id, h.score, h.cosine) for h in expected]
+    bank = query_bank_path(path)
+    assert search_collection(path, "2", model_dir="any", k=3, hubness="isoftmax", query_bank=bank) == got
+    plain = search_collection(path, "2", model_dir="any", k=3)
+    assert [h.score for h in plain] != [h.score for h in got]
+
+
 def test_searcher_with_hubness_needs_a_bank_of_that_model(tmp_path, hub_collection):
     path, items, _ = hub_collection
     bare = tmp_path / "bare.coll"

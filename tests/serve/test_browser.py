@@ -62,15 +62,16 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def _serving(config, encoder):
-    """The app under uvicorn on a free loopback port, in a thread; yields its base URL."""
+    """The app under uvicorn as `retrieval serve` runs it, on a free loopback port, in a thread;
+    yields its base URL."""
     import uvicorn
 
     from retrieval.serve import create_app
+    from retrieval.serve.server import uvicorn_config
 
     port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(config, model=encoder), host="127.0.0.1", port=port, log_level="warning")
-    )
+    config = config.replace(port=port)
+    server = uvicorn.Server(uvicorn_config(config, create_app(config, model=encoder), log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -205,5 +206,134 @@ def test_search_page_asks_for_the_api_key(chromium: str, config, encoder):
             )
             assert page.locator(".result .caption").all_inner_texts()[:4] == ["a yellow square"] * 4
             assert len(prompts) == 1 and "API key" in prompts[0]
+        finally:
+            browser.close()
+
+
+def _launch(pw, chromium: str):
+    try:
+        return pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+    except Exception as exc:  # a broken or sandbox-less Chromium: not the page's fault
+        pytest.skip(f"Chromium at {chromium} cannot start here: {exc}")
+
+
+def _watch(page, base: str, blocked: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """Requests to other sites, and page errors / console errors. Requests the page's CSP refused go
+    to ``blocked`` when given (they never leave the browser)."""
+    elsewhere: list[str] = []
+    errors: list[str] = []
+
+    def finished(req) -> None:
+        if not req.url.startswith((base, "data:", "blob:")):
+            elsewhere.append(f"{req.resource_type} {req.url}")
+
+    def failed(req) -> None:
+        if not req.url.startswith((base, "data:", "blob:")):
+            if blocked is not None and req.failure == "csp":
+                blocked.append(f"{req.resource_type} {req.url}")
+            else:
+                elsewhere.append(f"{req.resource_type} {req.url} failed: {req.failure}")
+
+    page.on("requestfinished", finished)
+    page.on("requestfailed", failed)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on(
+        "console",
+        lambda msg: errors.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None,
+    )
+    return elsewhere, errors
+
+
+def test_page_scores_agree_with_the_cli_and_the_api(chromium: str, hubness_setup, capsys):
+    """The fourth surface of one scoring story: `/?q=...` on a server with hubness correction shows the
+    order and scores `retrieval search --hubness` prints and the JSON API and /knn-service return, each
+    card with its modality badge, corrected score, cosine and the tooltip that explains them."""
+    import json
+
+    import httpx
+    from playwright import sync_api
+
+    from retrieval.cli import main
+
+    model_dir, coll, config = hubness_setup
+    query, k = "a red dog", 8
+    capsys.readouterr()
+    argv = [
+        "search",
+        str(coll),
+        query,
+        "-k",
+        str(k),
+        "--json",
+        "--model",
+        str(model_dir),
+        "--hubness",
+        "isoftmax",
+    ]
+    assert main(argv) == 0
+    cli = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    with _serving(config, None) as base, sync_api.sync_playwright() as pw:
+        api = httpx.post(
+            f"{base}collections/tiny/search/text",
+            json={"text": query, "k": k, "modality": "image"},
+            timeout=30,
+        ).json()
+        knn = httpx.post(
+            f"{base}knn-service", json={"text": query, "num_images": k, "modality": "image"}, timeout=30
+        ).json()
+        browser = _launch(pw, chromium)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page.set_default_timeout(15_000)
+            elsewhere, errors = _watch(page, base)
+            page.goto(f"{base}?q=a%20red%20dog&k={k}&modality=image")
+            _until(lambda: len(page.query_selector_all(".result")) == k, "the linked query's results")
+            cards = page.query_selector_all(".result")
+            ids = [int(c.get_attribute("data-id")) for c in cards]
+            scores = [c.query_selector(".score").inner_text() for c in cards]
+            cosines = [c.query_selector(".cosine").inner_text() for c in cards]
+            badges = [c.query_selector(".badge").inner_text().lower() for c in cards]
+            tooltip = cards[0].query_selector(".score").get_attribute("title")
+            status = page.inner_text("#status")
+            option = page.inner_text("#collection option")
+            assert page.input_value("#query") == query
+            assert not elsewhere and not errors, (elsewhere, errors)
+        finally:
+            browser.close()
+    assert ids == [h["id"] for h in cli] == [h["id"] for h in api["hits"]] == [h["id"] for h in knn]
+    assert scores == [f"{h['score']:.3f}" for h in cli] == [f"{h['score']:.3f}" for h in api["hits"]]
+    assert scores == [f"{h['similarity']:.3f}" for h in knn]
+    assert cosines == [f"cos {h['cosine']:.3f}" for h in cli]
+    assert badges == ["image"] * k
+    assert "hubness-corrected" in tooltip and "cosine" in tooltip
+    assert "8 images" in status and "isoftmax" in status
+    assert "32 images" in option and "32 texts" in option
+
+
+@pytest.mark.parametrize(("path", "ready"), [("docs", ".swagger-ui .info .title"), ("redoc", ".api-info h1")])
+def test_api_docs_work_offline_in_chromium(chromium: str, config, encoder, path: str, ready: str):
+    """Swagger UI and ReDoc render from this server's own files only, under their CSP, with no error.
+    (ReDoc's footer asks for its maker's logo from a CDN: the CSP refuses it, so nothing leaves the
+    browser; that image is the only refusal allowed.)"""
+    from playwright import sync_api
+
+    keyed = config.replace(api_key="k")
+    with _serving(keyed, encoder) as base, sync_api.sync_playwright() as pw:
+        browser = _launch(pw, chromium)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(20_000)
+            blocked: list[str] = []
+            elsewhere, errors = _watch(page, base, blocked)
+            page.goto(base + path)
+            page.wait_for_selector(ready)
+            assert "siamese-retrieval" in page.inner_text(ready)
+            if path == "docs":
+                page.wait_for_selector(".btn.authorize")  # the API key is declared: Swagger can send it
+            page.wait_for_timeout(500)
+            assert not elsewhere, elsewhere
+            assert all(b.startswith("image ") for b in blocked), blocked
+            errors = [e for e in errors if not ("Content Security Policy" in e and "image" in e)]
+            assert not errors, errors
         finally:
             browser.close()

@@ -88,8 +88,8 @@ def test_knn_base64_image_like_clip_front(client):
     items = r.json()
     assert len(items) == 10
     assert [i["color"] for i in items[:3]] == ["blue"] * 3
-    # past num_images only ids and similarities come back (the front end asks /metadata for the rest)
-    assert set(items[5]) == {"id", "similarity"}
+    # past num_images only ids and scores come back (the front end asks /metadata for the rest)
+    assert set(items[5]) == {"id", "similarity", "cosine"}
     meta = post_raw(client, "/metadata", {"ids": [items[5]["id"]], "indice_name": "shapes"}).json()
     assert meta[0]["id"] == items[5]["id"] and "caption" in meta[0]["metadata"]
 

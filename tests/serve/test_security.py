@@ -198,3 +198,17 @@ def test_image_urls(config, encoder, image_server):
         assert r.status_code == 400 and "302" in r.json()["detail"]
         r = c.post("/collections/shapes/search/url", json={"url": f"{image_server}/big.png"})
         assert r.status_code == 413
+
+
+def test_a_public_bind_without_allowed_hosts_is_warned_about(caplog):
+    from retrieval.serve.server import check_exposure
+
+    with caplog.at_level("WARNING", logger="retrieval.serve.server"):
+        check_exposure(ServeConfig(collections={"a": "x"}, host="0.0.0.0", api_key="k"))
+    assert "--allowed-host" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="retrieval.serve.server"):
+        check_exposure(
+            ServeConfig(collections={"a": "x"}, host="0.0.0.0", api_key="k", allowed_hosts=("a.example",))
+        )
+    assert "--allowed-host" not in caplog.text

@@ -47,8 +47,22 @@ def test_cli_builds_the_config_and_calls_run(monkeypatch, tmp_path, collection_d
     assert config.cors_origins == ("*",) and config.hidden_fields == ("path",) and config.batch_size == 5
     assert config.allow_image_urls is False
 
+    assert config.reload_key is None and config.show_paths is False
+
+    seen.clear()
+    monkeypatch.setenv("RETRIEVAL_RELOAD_KEY", "admin")
+    argv = ["serve", str(collection_dir), "--header-timeout", "3", "--body-timeout", "20", "--show-paths"]
+    assert main([*argv, "--max-connections", "64", "--max-connections-per-client", "0"]) == 0
+    config = seen[0]
+    assert (config.header_timeout, config.body_timeout, config.show_paths) == (3.0, 20.0, True)
+    assert (config.max_connections, config.max_connections_per_client, config.reload_key) == (64, 0, "admin")
+    seen.clear()
+    assert main(["serve", str(collection_dir), "--reload-key", "flag"]) == 0
+    assert seen[0].reload_key == "flag"
+
     seen.clear()
     monkeypatch.delenv("RETRIEVAL_API_KEY")
+    monkeypatch.delenv("RETRIEVAL_RELOAD_KEY")
     assert main(["serve", f"a={collection_dir}", f"b={collection_dir}", "--media-root", f"b={tmp_path}"]) == 0
     assert seen[0].collections == {"a": str(collection_dir), "b": str(collection_dir)}
     assert seen[0].media_roots == {"b": str(tmp_path)} and seen[0].api_key is None
