@@ -389,6 +389,11 @@ def run_demo(
 
             bank = QueryBank({"image": train_vectors[0], "text": train_vectors[1]}, model.fingerprint())
             bank.save(query_bank_path(collection))
+            from indexes import open_collection
+            from retrieval.search import Hubness, precompute_penalties
+
+            with open_collection(collection, read_only=True) as opened:  # queries then look penalties up
+                precompute_penalties(opened, bank, Hubness(config.hubness))
             say(f"  query bank for hubness correction: {len(bank.vectors['text'])} captions, "
                 f"{len(bank.vectors['image'])} images of the train split")  # fmt: skip
         if config.rerank:

@@ -7,6 +7,8 @@ This package's ``__init__`` is its public API; the modules behind it:
 * :mod:`~retrieval.search.queries` -- checks of text queries, image queries and raw query vectors.
 * :mod:`~retrieval.search.hubness` -- hubness correction at query time (query-bank
   normalisation: inverted softmax / QB-Norm, CSLS) and the :class:`QueryBank` stored beside a collection.
+* :mod:`~retrieval.search.penalties` -- each item's hub penalty computed once and looked up at query
+  time (:class:`PenaltyTable`, :func:`precompute_penalties`), stored beside the query bank.
 * :mod:`~retrieval.search.oneshot` -- :func:`search_collection`: load the model, open the
   collection and query it in one call.
 """
@@ -15,14 +17,17 @@ from __future__ import annotations
 
 from retrieval.search.hubness import Hubness, QueryBank, build_query_bank, query_bank_path
 from retrieval.search.oneshot import search_collection, search_texts
+from retrieval.search.penalties import PenaltyTable, precompute_penalties
 from retrieval.search.searcher import Hit, Searcher
 
 __all__ = [
     "Hit",
     "Hubness",
+    "PenaltyTable",
     "QueryBank",
     "Searcher",
     "build_query_bank",
+    "precompute_penalties",
     "query_bank_path",
     "search_collection",
     "search_texts",

@@ -112,18 +112,24 @@ def item_penalties(bank: Any, items: Any, hubness: Hubness, *, chunk_size: int =
 
 
 def rerank(
-    scores: np.ndarray, ids: np.ndarray, penalty: dict[int, float], k: int
+    scores: np.ndarray, ids: np.ndarray, penalty: dict[int, float] | np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Re-rank candidate lists by ``score - penalty[id]``; keeps the best ``k`` of each row.
+    """Re-rank candidate lists by ``score - penalty``; keeps the best ``k`` of each row.
 
     ``scores, ids``: ``[n, c]`` as a collection search returns them (``-1`` ids pad rows).
+    ``penalty``: ``{id: penalty}`` (missing ids: 0), or an ``[n, c]`` array aligned with ``ids``.
     Returns ``(corrected scores [n, k'], ids [n, k'])`` with ``k' = min(k, c)``, padded with
     ``-inf`` / ``-1``. Only the order changes: no candidate among the best ``k`` by the new score
     is dropped, and no id is added.
     """
     valid = ids >= 0  # [n, c]
-    lookup = np.vectorize(lambda i: penalty.get(int(i), 0.0), otypes=[np.float64])
-    pen = lookup(ids) if ids.size else np.zeros(ids.shape)  # [n, c]
+    if isinstance(penalty, np.ndarray):
+        if penalty.shape != ids.shape:
+            raise ValueError(f"penalty array has shape {penalty.shape}, the ids {ids.shape}: align them")
+        pen = penalty.astype(np.float64)  # [n, c]
+    else:
+        lookup = np.vectorize(lambda i: penalty.get(int(i), 0.0), otypes=[np.float64])
+        pen = lookup(ids) if ids.size else np.zeros(ids.shape)  # [n, c]
     corrected = np.where(valid, scores.astype(np.float64) - pen, -np.inf)  # [n, c]
     order = np.argsort(-corrected, axis=1, kind="stable")[:, :k]  # [n, k']
     new_scores = np.take_along_axis(corrected, order, 1).astype(np.float32)

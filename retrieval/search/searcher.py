@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -31,10 +32,13 @@ import numpy as np
 from indexes.fingerprint import check_fingerprint
 from retrieval import encoding
 from retrieval.pretrained import describe_model_info
-from retrieval.search.hubness import Hubness, QueryBank, item_penalties, query_bank_path, rerank
+from retrieval.search.hubness import Hubness, QueryBank, query_bank_path, rerank
+from retrieval.search.penalties import PenaltyTable, penalty_table_path
 from retrieval.search.queries import ImageQuery, as_query_vectors, load_query_image, one_text
 
 __all__ = ["Hit", "Searcher"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +138,7 @@ class Searcher:
             )
         self._has_modality = "modality" in set(collection.fields())
         self._single: tuple[int, str | None] = (-1, None)  # (collection size, its only modality)
+        self._tables: dict[str, PenaltyTable] = {}  # query modality -> hub penalties of the items
 
     def _check_model(self) -> None:
         if self.model is None:
@@ -153,7 +158,10 @@ class Searcher:
             )
 
     def close(self) -> None:
-        """Close the collection when this searcher opened it."""
+        """Store the hub penalties computed meanwhile (beside a local collection's query bank), and
+        close the collection when this searcher opened it."""
+        if getattr(self, "_tables", None):
+            self._store_tables()
         if self._owns:
             self.collection.close()
 
@@ -296,14 +304,51 @@ class Searcher:
     def _corrected(
         self, scores: np.ndarray, ids: np.ndarray, query_modality: str, k: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The best ``k`` of the candidates ``[n, c]`` by hubness-corrected score."""
-        assert self.hubness is not None and self.query_bank is not None
-        unique = np.unique(ids[ids >= 0])  # [u]
+        """The best ``k`` of the candidates ``[n, c]`` by hubness-corrected score; each candidate's
+        penalty is looked up (computed once per item, :mod:`retrieval.search.penalties`)."""
+        valid = ids >= 0  # [n, c]
+        unique, inverse = np.unique(ids[valid], return_inverse=True)  # [u]
         if len(unique) == 0:
             return scores[:, :k], ids[:, :k]
-        bank = self.query_bank.for_queries(query_modality)  # [B, D]
-        penalties = item_penalties(bank, self.collection.vectors(unique), self.hubness)  # [u]
-        return rerank(scores, ids, dict(zip(unique.tolist(), penalties.tolist())), k)
+        penalties = self.penalty_table(query_modality).lookup(unique, self.collection)  # [u]
+        aligned = np.zeros(ids.shape, dtype=np.float32)  # [n, c]
+        aligned[valid] = penalties[inverse]
+        return rerank(scores, ids, aligned, k)
+
+    def penalty_table(self, query_modality: str) -> PenaltyTable:
+        """The hub penalties of the collection's items for queries of ``query_modality``: read from
+        beside a local collection's query bank when still valid, else filled as queries need them
+        (:meth:`prepare` fills them all at once)."""
+        if self.hubness is None or self.query_bank is None:
+            raise ValueError("this Searcher corrects no hubness: pass hubness= (and a query bank)")
+        table = self._tables.get(query_modality)
+        if table is None:
+            location = getattr(self.collection, "path", None)
+            local = location is not None and os.path.isdir(str(location))
+            path = penalty_table_path(location, query_modality, self.hubness) if local else None
+            bank = self.query_bank.for_queries(query_modality)  # [B, D]
+            table = PenaltyTable.open(self.collection, bank, self.hubness, query_modality, path=path)
+            table = self._tables.setdefault(query_modality, table)
+        return table
+
+    def prepare(self) -> None:
+        """Compute the hub penalty of every item now (for each query modality the bank holds), so
+        that no corrected query computes any; a no-op without hubness correction."""
+        if self.hubness is None or self.query_bank is None:
+            return
+        for modality in ("text", "image"):
+            if len(self.query_bank.vectors.get(modality, ())):
+                self.penalty_table(modality).update(self.collection)
+        self._store_tables()
+
+    def _store_tables(self) -> None:
+        """Write the penalty tables that changed beside the collection's query bank, where allowed."""
+        for table in self._tables.values():
+            if table.dirty and table.path is not None:
+                try:
+                    table.save()
+                except OSError as exc:  # a read-only place: the penalties are recomputed next time
+                    logger.debug("hub penalties not stored at %s: %s", table.path, exc)
 
     # -- the four directions --------------------------------------------------------------------
     def text_to_image(

@@ -151,7 +151,9 @@ class ServedCollection:
     def _searcher_for(self, collection: Any) -> Searcher:
         try:
             # checks the model's fingerprint and dim (and the query bank's, with hubness correction)
-            return Searcher(self.model, collection, hubness=self.hubness, rerank=self.rerank)
+            searcher = Searcher(self.model, collection, hubness=self.hubness, rerank=self.rerank)
+            searcher.prepare()  # every item's hub penalty, read or computed once: queries look them up
+            return searcher
         except BaseException:
             collection.close()
             raise
