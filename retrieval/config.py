@@ -565,3 +565,6 @@ class DemoConfig(ConfigBase):
     rerank: int = 0  # re-rank the dense top-N with a match head fitted on the train split's vectors (0: off)
     progress: bool = True  # progress bars (also off when stderr is not a terminal)
     seed: int = 0  # dataset split and choice of example queries
+    runtime: str = "auto"  # how the towers run in every stage: "auto" | "torch" | "onnx" (see RUNTIMES)
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"runtime": RUNTIMES}

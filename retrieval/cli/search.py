@@ -6,7 +6,8 @@ import argparse
 import json
 from typing import Any
 
-from retrieval.cli.options import MODEL_HELP
+from retrieval.cli.options import MODEL_HELP, config_default
+from retrieval.config import RUNTIMES, ServeConfig
 
 
 def _where(pairs: list[str]) -> dict[str, Any] | None:
@@ -58,6 +59,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--text-weight", type=float, default=0.5, help="weight of the text in a composed query")
     p.add_argument("--json", action="store_true", help="one JSON object per hit")
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default=config_default(ServeConfig, "runtime"),
+        help="how the towers run: torch, onnx (ONNX Runtime), or auto (default: %(default)s)",
+    )
     p.set_defaults(func=run)
 
 
@@ -73,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         where=_where(args.where),
         text_weight=args.text_weight,
         modality=args.modality,
+        runtime=args.runtime,
     )
     if args.json:
         for rank, hit in enumerate(hits, 1):

@@ -6,7 +6,9 @@
 * ``"onnx"`` -- each tower runs as its ONNX graph on ONNX Runtime (exported on first use, see
   below); raises ``ImportError`` when onnxruntime is not installed.
 * ``"auto"`` -- ONNX Runtime on the CPU when it is installed and the tower exports; on CUDA,
-  ONNX Runtime's CUDA provider when it has one, else torch.
+  ONNX Runtime's CUDA provider when it has one, else torch. Towers of fewer than
+  :data:`AUTO_MIN_PARAMETERS` parameters stay on torch: exporting and checking a graph costs about a
+  second, more than such a tower ever spends encoding.
 
 Only the towers change runtime: the projection heads always run on torch (they are small, and
 they are what training changes), so a graph depends on its tower alone and every model that
@@ -43,6 +45,7 @@ from retrieval.config import RUNTIMES
 logger = logging.getLogger(__name__)
 
 SIDES = ("image", "text")
+AUTO_MIN_PARAMETERS = 1_000_000  # "auto" runs smaller towers on torch (tests set it lower)
 ONNX_DIR = "onnx"  # graphs beside a model, in its folder
 _INPUTS = {"image": ("pixel_values",), "text": ("input_ids", "attention_mask")}
 
@@ -180,9 +183,12 @@ def tower_runner(model: Any, side: str, runtime: str | None, device: torch.devic
     """The ONNX Runtime runner of the model's ``side`` tower for ``runtime`` on ``device``, or None
     when the tower runs on torch (runtime "torch", no onnxruntime under "auto", a tower that cannot
     be exported, a model without separable towers)."""
-    choice = _provider(model_runtime(model, runtime), device)
+    chosen = model_runtime(model, runtime)
+    choice = _provider(chosen, device)
     tower = tower_of(model, side)
     if choice is None or tower is None:
+        return None
+    if chosen == "auto" and sum(p.numel() for p in tower.parameters()) < AUTO_MIN_PARAMETERS:
         return None
     key = f"{choice}:{device.index or 0}"
     fp = fingerprint(model, side)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -193,7 +194,9 @@ def _trace(module: nn.Module, args: tuple[torch.Tensor, ...], side: str, path: P
             "attention_mask": {0: "batch", 1: "length"},
             "features": {0: "batch"},
         }
-    with _quiet_export(), torch.no_grad():
+    # the exporter prints the whole graph when it fails: the reason goes into the ExportError instead
+    sink = io.StringIO()
+    with _quiet_export(), torch.no_grad(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         torch.onnx.export(
             module,
             args,
@@ -213,19 +216,28 @@ def _feeds(side: str, args: tuple[torch.Tensor, ...]) -> dict[str, np.ndarray]:
     return {"input_ids": args[0].numpy(), "attention_mask": args[1].numpy()}
 
 
-def _difference(path: Path, side: str, args: tuple[torch.Tensor, ...], expected: np.ndarray) -> float:
-    """Largest |onnx - torch| of the graph at ``path`` on ``args``; raises :class:`ExportError` when
-    an element is outside the tolerance."""
-    got = cpu_session(path).run(["features"], _feeds(side, args))[0]
-    if got.shape != expected.shape:
-        raise ExportError(f"the graph returns shape {got.shape}, the tower {expected.shape}")
-    diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
-    worst = float(diff.max()) if diff.size else 0.0
-    if not np.all(diff <= ATOL + RTOL * np.abs(expected)):
-        raise ExportError(
-            f"the graph's output differs from the tower's by up to {worst:.3g} "
-            f"(tolerance {ATOL} + {RTOL} x |value|)"
-        )
+def _check(
+    path: Path, side: str, checks: list[tuple[torch.Tensor, ...]], expected: list[np.ndarray]
+) -> float:
+    """Largest |onnx - torch| of the graph at ``path`` over the check samples; raises
+    :class:`ExportError` when the graph fails on one or an element is outside the tolerance."""
+    session = cpu_session(path)
+    worst = 0.0
+    for args, want in zip(checks, expected):
+        shape = "x".join(str(n) for n in args[0].shape)
+        try:
+            got = session.run(["features"], _feeds(side, args))[0]
+        except Exception as exc:  # ONNX Runtime raises its own types
+            raise ExportError(f"the graph fails on inputs of shape {shape} ({type(exc).__name__})") from exc
+        if got.shape != want.shape:
+            raise ExportError(f"the graph returns shape {got.shape} for inputs {shape}, the tower {want.shape}")
+        diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
+        worst = max(worst, float(diff.max()) if diff.size else 0.0)
+        if not np.all(diff <= ATOL + RTOL * np.abs(want)):
+            raise ExportError(
+                f"the graph's output differs from the tower's by up to {worst:.3g} on inputs of shape "
+                f"{shape} (tolerance {ATOL} + {RTOL} x |value|)"
+            )
     return worst
 
 
@@ -269,13 +281,17 @@ def export_tower(
     was_training = tower.training
     tower.eval()
     try:
+        # traced on one shape, checked on others: a size the tracer froze into the graph shows here
         if side == "image":
-            traced, checked = _image_sample(tower, 2, 0), _image_sample(tower, 3, 1)
+            traced = _image_sample(tower, 2, 0)
+            checks = [_image_sample(tower, 3, 1), _image_sample(tower, 1, 2)]
         else:
-            traced = _text_sample(tower, list(SAMPLE_CAPTIONS[:2]))
-            checked = _text_sample(tower, list(SAMPLE_CAPTIONS))
+            # short captions: a length at the tower's limit could be traced as that limit
+            traced = _text_sample(tower, ["a red car", "two dogs"])
+            checks = [_text_sample(tower, list(SAMPLE_CAPTIONS)), _text_sample(tower, ["x"])]
+            checks.append(_text_sample(tower, [SAMPLE_CAPTIONS[1], SAMPLE_CAPTIONS[3], SAMPLE_CAPTIONS[0]]))
         with torch.no_grad():
-            expected = tower(*checked).float().numpy()  # [n, F]
+            expected = [tower(*args).float().numpy() for args in checks]  # [n, F] each
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
@@ -286,17 +302,17 @@ def export_tower(
                 raise ExportError(
                     f"{type(tower).__name__} cannot be traced to ONNX: {type(exc).__name__}: {exc}"
                 ) from exc
-            worst = _difference(tmp / GRAPH_FILE, side, checked, expected)
+            worst = _check(tmp / GRAPH_FILE, side, checks, expected)
             optimized = False
             if side == "text" and optimize:
                 try:
                     if _optimize_text(tmp / GRAPH_FILE, tmp / OPTIMIZED_FILE, tower):
-                        worst = max(worst, _difference(tmp / OPTIMIZED_FILE, side, checked, expected))
+                        worst = max(worst, _check(tmp / OPTIMIZED_FILE, side, checks, expected))
                         optimized = True
                 except Exception as exc:  # the optimizer is an extra: keep the plain graph
                     logger.info("ONNX Runtime's transformer optimizer was not used: %s", exc)
                     (tmp / OPTIMIZED_FILE).unlink(missing_ok=True)
-            meta = _sidecar(tower, side, fingerprint, expected.shape[1], worst, optimized, tmp)
+            meta = _sidecar(tower, side, fingerprint, expected[0].shape[1], worst, optimized, tmp)
             atomic_write_json(tmp / PREPROCESS_FILE, meta, indent=2, sort_keys=True)
             try:
                 os.rename(tmp, folder)

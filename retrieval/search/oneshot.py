@@ -23,13 +23,15 @@ def search_collection(
     where: Mapping[str, Any] | None = None,
     text_weight: float = 0.5,
     modality: str | None = None,
+    runtime: str = "auto",
 ) -> list[Hit]:
     """One-call search for scripts and the CLI: loads the model (``model_dir``: any name
     :func:`retrieval.model.load_model` takes; else the one recorded when the collection was embedded)
     and queries with text, an image, or both (composed).
 
     ``modality`` is what to return: "image" | "text"; by default images for text queries and for
-    composed queries, images for image queries too.
+    composed queries, images for image queries too. ``runtime`` is how the model's towers run
+    ("auto" | "torch" | "onnx": :mod:`retrieval.encoding.towers`).
     """
     if query is None and image is None:
         raise ValueError("give a text query, an image, or both")
@@ -41,7 +43,7 @@ def search_collection(
         raise ValueError(
             f"no model recorded for collection {collection_path}: name the model (--model MODEL)"
         )
-    model = load_model(name)
+    model = load_model(name, runtime=runtime)
     target = modality or "image"
     with Searcher(model, collection_path) as searcher:
         if query is not None and image is not None:

@@ -166,11 +166,7 @@ class _Run:
                 self.log.truncate_after(self.state.step)
         # The training dataset, and the caches of fully locked towers (see retrieval.train.frozen).
         self.dataset, self.collate, text_cache, image_cache = training_data(
-            self.config,
-            self.model,
-            self.train_pairs,
-            self.ctx.device,
-            self.precision.autocast(self.ctx.device),
+            self.config, self.model, self.train_pairs, self.ctx.device
         )
         self.caches = (text_cache, image_cache)  # locked towers' outputs, also read by hard-negative mining
         self.model.train()

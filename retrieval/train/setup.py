@@ -334,6 +334,7 @@ def validate(
     from retrieval.train.frozen import (
         FrozenImageFeatures,
         FrozenTextFeatures,
+        feature_cache,
         image_tower_is_frozen,
         text_tower_is_frozen,
     )
@@ -344,7 +345,9 @@ def validate(
     with encoding.inference(model, device):  # eval mode for the cached heads too; restored after
         if use_cache and image_tower_is_frozen(model):
             if "image" not in caches:
-                caches["image"] = FrozenImageFeatures(model, images, device, batch)
+                caches["image"] = FrozenImageFeatures(
+                    model, images, device, batch, runtime=config.runtime, feature_cache=feature_cache(config)
+                )
             image_emb = _project(caches["image"], model, images, batch)  # [I, D]
         else:
             image_emb = encoding.encode_images(
@@ -352,7 +355,7 @@ def validate(
             ).vectors  # [I, D]
         if use_cache and text_tower_is_frozen(model):
             if "text" not in caches:
-                caches["text"] = FrozenTextFeatures(model, captions, device, batch)
+                caches["text"] = FrozenTextFeatures(model, captions, device, batch, runtime=config.runtime)
             text_emb = _project(caches["text"], model, captions, batch)  # [T, D]
         else:
             text_emb = encoding.encode_texts(
