@@ -63,7 +63,8 @@ def make_images(root: Path, n: int, side: int = 72) -> list[str]:
 
 def make_captions(n: int) -> list[str]:
     return [
-        f"a {WORDS[i % 5]} {WORDS[5 + i % 5]} with a {WORDS[(i // 5) % 5]} dot number {i % 13}" for i in range(n)
+        f"a {WORDS[i % 5]} {WORDS[5 + i % 5]} with a {WORDS[(i // 5) % 5]} dot number {i % 13}"
+        for i in range(n)
     ]
 
 
@@ -79,7 +80,9 @@ def timed(fn: Callable[[], object], repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--images-n", type=int, default=512, help="images encoded per timing")
     parser.add_argument("--texts-n", type=int, default=2048, help="captions encoded per timing")
     parser.add_argument("--batch", type=int, default=64, help="images / captions per forward pass")
@@ -103,7 +106,9 @@ def main() -> None:
 
     if args.images:
         exts = (".png", ".jpg", ".jpeg", ".webp")
-        paths = sorted(str(p) for p in Path(args.images).iterdir() if p.suffix.lower() in exts)[: args.images_n]
+        paths = sorted(str(p) for p in Path(args.images).iterdir() if p.suffix.lower() in exts)[
+            : args.images_n
+        ]
     else:
         paths = make_images(work / "images", args.images_n)
     captions = make_captions(args.texts_n)
@@ -159,7 +164,9 @@ def main() -> None:
         return run
 
     def encode(runtime: str, cache: object = None) -> Callable[[], None]:
-        return lambda: encoding.encode_images(model, paths, batch_size=b, runtime=runtime, feature_cache=cache)
+        return lambda: encoding.encode_images(
+            model, paths, batch_size=b, runtime=runtime, feature_cache=cache
+        )
 
     warm = encoding.FeatureCache(work / "features")
     encoding.encode_images(model, paths, batch_size=b, runtime="onnx", feature_cache=warm)  # fill it
@@ -167,7 +174,9 @@ def main() -> None:
         "bare tower, torch eager (pre-decoded pixels)": timed(bare_torch_image, args.repeats),
         "bare tower, ONNX Runtime (pre-decoded pixels)": timed(bare_onnx_image, args.repeats),
         "decode + resize only, 1 thread": timed(decode(1), args.repeats),
-        f"decode + resize only, pool of {decode_threads()} threads": timed(decode(decode_threads()), args.repeats),
+        f"decode + resize only, pool of {decode_threads()} threads": timed(
+            decode(decode_threads()), args.repeats
+        ),
         'encode_images, runtime="torch"': timed(encode("torch"), args.repeats),
         'encode_images, runtime="onnx"': timed(encode("onnx"), args.repeats),
         'encode_images, runtime="auto"': timed(encode("auto"), args.repeats),
@@ -197,7 +206,9 @@ def main() -> None:
     graph = text_runner.graph
     plain = cpu_session(graph.folder / "tower.onnx", threads=torch.get_num_threads())
     optimized = cpu_session(graph.path, threads=torch.get_num_threads()) if graph.optimized else None
-    feeds = [{"input_ids": t["input_ids"].numpy(), "attention_mask": t["attention_mask"].numpy()} for t in tokens]
+    feeds = [
+        {"input_ids": t["input_ids"].numpy(), "attention_mask": t["attention_mask"].numpy()} for t in tokens
+    ]
 
     def bare_session(sess: object) -> Callable[[], None]:
         names = {i.name for i in sess.get_inputs()}  # type: ignore[attr-defined]

@@ -157,7 +157,12 @@ def ray_session(address: str | None) -> Iterator[None]:
 
 
 def ray_batches(
-    model: Any, items: Sequence[Item], batch_size: int, num_actors: int, device: str, runtime: str | None = None
+    model: Any,
+    items: Sequence[Item],
+    batch_size: int,
+    num_actors: int,
+    device: str,
+    runtime: str | None = None,
 ) -> Iterator[EncodedBatch]:
     """Encode ``items`` with a Ray Data actor pool (one pool for both modalities); batches come
     back in item order, each of one modality."""

@@ -33,16 +33,24 @@ from retrieval.encoding.batches import (
 from retrieval.encoding.feature_cache import FeatureCache, content_hash, entry_key, namespace
 from retrieval.encoding.runtime import inference, prefetch
 
-MAX_DECODE_THREADS = 8  # threads decoding one batch's images (at most one per core)
+MAX_DECODE_THREADS = 8  # threads decoding one batch's images
+CORES_PER_DECODE_THREAD = 4  # one decoding thread per this many cores (see decode_threads)
 
 
 def decode_threads() -> int:
-    """Threads that decode and transform images: one per core the process may use, at most 8."""
+    """Threads that decode and transform images while the tower runs: one per
+    :data:`CORES_PER_DECODE_THREAD` cores the process may use, at least 1, at most 8.
+
+    The tower's forward pass already uses every core (torch's and ONNX Runtime's intra-op threads);
+    decoding and resizing a small image costs a fraction of its forward pass (EfficientNet-Lite0 at
+    224 px: ~5 ms of one core against ~17 ms of core time), so one thread per few cores keeps the
+    forward pass fed, and more only compete with it for the same cores (on 2 cores a pool of two
+    decoded slower than one thread; benchmarks/results/encode.md)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not on Linux
         cores = os.cpu_count() or 1
-    return max(1, min(MAX_DECODE_THREADS, cores))
+    return max(1, min(MAX_DECODE_THREADS, cores // CORES_PER_DECODE_THREAD))
 
 
 @dataclasses.dataclass(frozen=True)

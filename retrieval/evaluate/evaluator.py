@@ -78,7 +78,12 @@ def _encode_pairs(model: Any, pairs: Any, batch_size: int, config: EvalConfig) -
         captions = [c for c, k in zip(captions, keep_text) if k]
         g = new_index[g[keep_text]]
     text_emb = encoding.encode_texts(
-        model, captions, batch_size=batch_size, device=config.device, progress=config.progress, runtime=config.runtime
+        model,
+        captions,
+        batch_size=batch_size,
+        device=config.device,
+        progress=config.progress,
+        runtime=config.runtime,
     ).vectors  # [T, D]
     return _Encoded(
         list(images), list(image_keys), list(captions), np.asarray(g, np.int64), image_emb, text_emb, skipped

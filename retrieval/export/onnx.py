@@ -230,7 +230,9 @@ def _check(
         except Exception as exc:  # ONNX Runtime raises its own types
             raise ExportError(f"the graph fails on inputs of shape {shape} ({type(exc).__name__})") from exc
         if got.shape != want.shape:
-            raise ExportError(f"the graph returns shape {got.shape} for inputs {shape}, the tower {want.shape}")
+            raise ExportError(
+                f"the graph returns shape {got.shape} for inputs {shape}, the tower {want.shape}"
+            )
         diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
         worst = max(worst, float(diff.max()) if diff.size else 0.0)
         if not np.all(diff <= ATOL + RTOL * np.abs(want)):

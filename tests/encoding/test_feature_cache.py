@@ -116,7 +116,7 @@ def test_broken_images_and_in_memory_images_are_not_cached(model, image_files, t
     assert encoded.positions == [0, 2] and [s.reason for s in encoded.skipped] == ["decode_error"]
     assert str(broken) in encoded.skipped[0].detail
     assert cache.stats()[0] == 1  # only the file that decoded; the PIL image has no bytes to key by
-    with pytest.raises(ImageDecodeError, match="broken.png"):
+    with pytest.raises(ImageDecodeError, match=r"broken\.png"):
         encoding.encode_images(model, [str(broken)], feature_cache=cache)
 
 
@@ -177,7 +177,7 @@ def test_two_processes_writing_one_cache(tmp_path):
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     cache = FeatureCache(folder, max_bytes=300 * 256)
     count, size = cache.stats()
-    assert 0 < count and size <= cache.max_bytes
+    assert count > 0 and size <= cache.max_bytes
     for i in range(400):  # every entry left holds the value written for its key
         key = hashlib.sha256(str(i).encode()).digest()
         value = cache.get(key)

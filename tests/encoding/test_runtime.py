@@ -14,14 +14,14 @@ from PIL import Image
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
 pytest.importorskip("onnx", reason="onnx is not installed")
 
-from retrieval import encoding  # noqa: E402
-from retrieval.encoding import towers  # noqa: E402
-from retrieval.export.onnx import ATOL, RTOL, ExportError, export_tower  # noqa: E402
-from retrieval.model import build_model, load_model  # noqa: E402
-from retrieval.towers import CNNImageTower  # noqa: E402
-from retrieval.towers.base import tower_fingerprint  # noqa: E402
+from retrieval import encoding
+from retrieval.encoding import towers
+from retrieval.export.onnx import ATOL, RTOL, ExportError, export_tower
+from retrieval.model import build_model, load_model
+from retrieval.towers import CNNImageTower
+from retrieval.towers.base import tower_fingerprint
 
-from support.tiny import CAPTIONS, tiny_config  # noqa: E402
+from support.tiny import CAPTIONS, tiny_config
 
 TEXTS = [*CAPTIONS, "", "a very long caption " * 6, "émoji 🙂 and ünïcode"]
 
@@ -122,7 +122,7 @@ def test_a_tower_that_cannot_export_falls_back_to_torch_with_one_message(tmp_pat
     tower = _UnexportableTower(32, 16, 2, (0.5,) * 3, (0.25,) * 3)
     tower.load_state_dict(model.image_tower.state_dict())
     model.image_tower = tower
-    with pytest.raises(ExportError, match="cannot be traced.*i0"):
+    with pytest.raises(ExportError, match=r"cannot be traced.*i0"):
         export_tower(tower, "image", tmp_path / "direct", tower_fingerprint(tower))
     reference = encoding.encode_images(model, image_files, runtime="torch").vectors
     with caplog.at_level(logging.WARNING, logger="retrieval.encoding.towers"):
