@@ -476,7 +476,9 @@ class TrainConfig(ConfigBase):
     clip_grad_norm: float | None = 1.0  # clip the global gradient norm to this (None: no clipping)
     precision: str = "auto"  # "auto" (bf16/fp16 autocast on CUDA, fp32 on CPU) | "fp32" | "bf16" | "fp16"
     seed: int = 0  # seeds weights, data order and augmentation; same seed + CPU -> same weights
-    num_workers: int = 0  # DataLoader worker processes decoding images (0: in the training process)
+    # DataLoader worker processes decoding images (0: in the training process); None: 2 when images are
+    # decoded every step (towers that train, augmentation), 0 when their features are cached
+    num_workers: int | None = None
     checkpoint_every: int = 200  # steps between checkpoints (0: none); also after validation, at end, on stop
     keep_checkpoints: int = 2  # most recent step checkpoints kept on disk
     early_stopping_patience: int | None = 3  # validations without gain that make a plateau (None: never)
@@ -520,7 +522,9 @@ class TrainConfig(ConfigBase):
             raise ValueError(
                 f"TrainConfig.hard_negative_fraction must be in [0, 1]; received {self.hard_negative_fraction!r}"
             )
-        for name in ("warmup_steps", "num_workers", "checkpoint_every"):
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ValueError(f"TrainConfig.num_workers must be >= 0 or None; received {self.num_workers!r}")
+        for name in ("warmup_steps", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0; received {getattr(self, name)!r}")
         if not self.lr > 0:

@@ -36,6 +36,8 @@ RESUMABLE_CHANGES = frozenset(
         "max_steps",
         "time_budget",
         "num_workers",
+        "runtime",  # locked towers' features agree across runtimes within the export check's tolerance
+        "feature_cache",
         "checkpoint_every",
         "keep_checkpoints",
         "early_stopping_patience",
