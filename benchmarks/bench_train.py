@@ -249,7 +249,9 @@ def _worker_rows(runs: dict, batch: int) -> list[str]:
     for workers in ("0", "1", "2"):
         rate = batch / statistics.median(statistics.median(r["intervals"]) for r in runs[workers])
         share = statistics.median(r["data_share"] for r in runs[workers])
-        rows.append(f"| `train()` | {workers} | {rate:.1f} ({rate / plain:.2f}x plain) | {100 * share:.0f} % |")
+        rows.append(
+            f"| `train()` | {workers} | {rate:.1f} ({rate / plain:.2f}x plain) | {100 * share:.0f} % |"
+        )
     return rows
 
 
