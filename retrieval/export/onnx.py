@@ -12,9 +12,9 @@ leaving them out lets every model that shares a locked pretrained tower share on
 folder is named and keyed by :func:`retrieval.towers.base.tower_fingerprint` and holds:
 
 * ``tower.onnx`` -- the graph (the legacy TorchScript exporter, opset :data:`OPSET`);
-* ``tower.opt.onnx`` -- text towers that ONNX Runtime's transformer optimizer recognises (BERT-like
-  encoders): the graph with fused attention, layer norm and GELU, kept only when it passes the same
-  check;
+* ``tower.opt.onnx`` -- with ``optimize`` (off by default, :data:`TRANSFORMER_OPTIMIZER`), for text
+  towers that ONNX Runtime's transformer optimizer recognises (BERT-like encoders): the graph with
+  fused attention, layer norm and GELU, kept only when it passes the same check;
 * ``preprocess.json`` -- what the graph expects (:data:`PREPROCESS_FILE`): input and output
   names and shapes, the image side, mean and std, or the tokenizer files (saved beside it in
   ``tokenizer/``), the maximum length and padding; the fingerprint; the check's tolerance and
@@ -60,6 +60,10 @@ OPTIMIZED_FILE = "tower.opt.onnx"
 PREPROCESS_FILE = "preprocess.json"
 TOKENIZER_DIR = "tokenizer"
 SIDES = ("image", "text")
+# Run ONNX Runtime's offline transformer optimizer on BERT-like text towers. Off: on all-MiniLM-L6-v2
+# with ~10-token captions it did not beat the plain graph under ORT's own session optimizations (every
+# measurement so far within noise, slightly behind); benchmarks/bench_encode.py measures both.
+TRANSFORMER_OPTIMIZER = False
 SAMPLE_CAPTIONS = (
     "a red car parked by the sea",
     "two small dogs",
@@ -265,7 +269,12 @@ def _optimize_text(graph: Path, out: Path, module: nn.Module) -> bool:
 
 
 def export_tower(
-    tower: nn.Module, side: str, folder: str | os.PathLike[str], fingerprint: str, *, optimize: bool = True
+    tower: nn.Module,
+    side: str,
+    folder: str | os.PathLike[str],
+    fingerprint: str,
+    *,
+    optimize: bool = TRANSFORMER_OPTIMIZER,
 ) -> TowerGraph:
     """Export ``tower`` (the ``side`` tower: ``"image"`` or ``"text"``) into ``folder`` and check it.
 

@@ -96,6 +96,16 @@ def test_every_tower_kind_runs_on_onnxruntime_equal_to_torch(tmp_path, image_fil
         assert torch.allclose(onnx_img.norm(dim=-1), torch.ones(len(image_files)), atol=1e-5)
 
 
+def test_the_transformer_optimizer_keeps_a_bert_tower_equal(tmp_path):
+    """ONNX Runtime's transformer optimizer (off by default) on a BERT-like tower: fused, still checked."""
+    model = build_model(tiny_config("cnn", f"hf:{_tiny_bert(tmp_path / 'bert')}"), CAPTIONS, device="cpu")
+    tower = model.text_tower.eval()
+    graph = export_tower(tower, "text", tmp_path / "text", tower_fingerprint(tower), optimize=True)
+    assert graph.optimized and graph.path.name == "tower.opt.onnx" and graph.max_abs_diff <= ATOL
+    plain = export_tower(tower, "text", tmp_path / "plain", tower_fingerprint(tower), optimize=False)
+    assert not plain.optimized and plain.path.name == "tower.onnx"
+
+
 def test_the_sidecar_records_preprocessing_tolerance_and_tokenizer(tmp_path):
     model = build_model(tiny_config("cnn", "gru"), CAPTIONS, device="cpu").eval()
     image = export_tower(model.image_tower, "image", tmp_path / "image", tower_fingerprint(model.image_tower))
