@@ -211,7 +211,12 @@ def _build_runner(
     )
     if graph is None:
         try:
-            graph = export_tower(tower, side, graph_folder(target, side, fp), fp)
+            try:
+                graph = export_tower(tower, side, graph_folder(target, side, fp), fp)
+            except OSError:  # the model's folder refused the write after all (a read-only mount)
+                if target == searched[-1]:
+                    raise
+                graph = export_tower(tower, side, graph_folder(searched[-1], side, fp), fp)
         except ExportError as exc:
             if fp not in _WARNED:
                 _WARNED.add(fp)

@@ -199,6 +199,16 @@ def test_a_read_only_model_folder_exports_into_the_cache(tmp_path, image_files, 
     assert not (tmp_path / "model" / "onnx").exists()
 
 
+def test_a_model_folder_that_refuses_the_write_falls_back_to_the_cache(tmp_path, image_files):
+    torch.manual_seed(125)
+    build_model(tiny_config(), CAPTIONS, device="cpu").save(tmp_path / "model")
+    (tmp_path / "model" / "onnx").write_text("a file where the graphs' folder would go")
+    model = load_model(tmp_path / "model", device="cpu", runtime="onnx")
+    assert towers.tower_runner(model, "image", None, torch.device("cpu")) is not None
+    got = encoding.encode_images(model, image_files).vectors
+    assert _close(got, encoding.encode_images(model, image_files, runtime="torch").vectors)
+
+
 def test_a_tower_changed_in_place_never_runs_a_stale_graph(image_files):
     torch.manual_seed(0)
     model = build_model(tiny_config(), CAPTIONS, device="cpu").eval()
