@@ -169,15 +169,15 @@ def main() -> None:
             model, paths, batch_size=b, runtime=runtime, feature_cache=cache
         )
 
+    threads = decode_threads()
+    pool_row = f"decode + resize only, the encoders' pool ({threads} thread{'s' if threads > 1 else ''})"
     warm = encoding.FeatureCache(work / "features")
     encoding.encode_images(model, paths, batch_size=b, runtime="onnx", feature_cache=warm)  # fill it
     image_times = {
         "bare tower, torch eager (pre-decoded pixels)": timed(bare_torch_image, args.repeats),
         "bare tower, ONNX Runtime (pre-decoded pixels)": timed(bare_onnx_image, args.repeats),
         "decode + resize only, 1 thread": timed(decode(1), args.repeats),
-        f"decode + resize only, pool of {decode_threads()} threads": timed(
-            decode(decode_threads()), args.repeats
-        ),
+        pool_row: timed(decode(decode_threads()), args.repeats),
         'encode_images, runtime="torch"': timed(encode("torch"), args.repeats),
         'encode_images, runtime="onnx"': timed(encode("onnx"), args.repeats),
         'encode_images, runtime="auto"': timed(encode("auto"), args.repeats),
@@ -190,7 +190,7 @@ def main() -> None:
     v_onnx = encoding.encode_images(model, paths, batch_size=b, runtime="onnx").vectors
     image_diff = float((v_torch - v_onnx).abs().max())
     image_cos = float((v_torch * v_onnx).sum(-1).min())
-    decode_s = image_times[f"decode + resize only, pool of {decode_threads()} threads"]
+    decode_s = image_times[pool_row]
     forward_s = image_times["bare tower, ONNX Runtime (pre-decoded pixels)"]
     pipeline_s = image_times['encode_images, runtime="onnx"']
     overlap = (decode_s + forward_s - pipeline_s) / max(min(decode_s, forward_s), 1e-9)
