@@ -146,7 +146,7 @@ WRITER = textwrap.dedent(
     folder, seed = sys.argv[1], int(sys.argv[2])
     cache = FeatureCache(folder, max_bytes=300 * 256)  # small: both writers keep evicting
     rng = np.random.default_rng(seed)
-    for round in range(60):
+    for round in range(40):
         ids = rng.integers(0, 400, size=12)
         keys = [hashlib.sha256(str(i).encode()).digest() for i in ids]
         cache.put_many([(k, np.full(64, i, np.float32)) for k, i in zip(keys, ids)])

@@ -64,36 +64,36 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and bool(torch.allclose(a, b, rtol=10 * RTOL, atol=10 * ATOL))
 
 
-def _models(tmp_path):
+def _model(name, tmp_path):
     from support.hf import save_tiny_clip
 
-    yield "cnn+gru", build_model(tiny_config("cnn", "gru"), CAPTIONS, device="cpu")
-    yield "vit+transformer", build_model(tiny_config("vit", "transformer"), CAPTIONS, device="cpu")
-    yield "clip", load_model(str(save_tiny_clip(tmp_path / "clip")), device="cpu")
-    bert = _tiny_bert(tmp_path / "bert")
-    yield (
-        "efficientnet-lite0+bert",
-        build_model(tiny_config("efficientnet-lite0:64", f"hf:{bert}"), CAPTIONS, device="cpu"),
-    )
+    if name == "cnn+gru":
+        return build_model(tiny_config("cnn", "gru"), CAPTIONS, device="cpu")
+    if name == "vit+transformer":
+        return build_model(tiny_config("vit", "transformer"), CAPTIONS, device="cpu")
+    if name == "clip":
+        return load_model(str(save_tiny_clip(tmp_path / "clip")), device="cpu")
+    bert = _tiny_bert(tmp_path / "bert")  # EfficientNet-Lite0 (its ImageNet weights) at 64 px + BERT
+    return build_model(tiny_config("efficientnet-lite0:64", f"hf:{bert}"), CAPTIONS, device="cpu")
 
 
-def test_every_tower_kind_runs_on_onnxruntime_equal_to_torch(tmp_path, image_files):
+@pytest.mark.parametrize("name", ["cnn+gru", "vit+transformer", "clip", "efficientnet-lite0+bert"])
+def test_every_tower_kind_runs_on_onnxruntime_equal_to_torch(name, tmp_path, image_files):
     torch.manual_seed(0)
-    for name, model in _models(tmp_path):
-        model.eval()
-        for side in ("image", "text"):
-            runner = towers.tower_runner(model, side, "onnx", torch.device("cpu"))
-            # PyTorch's MultiheadAttention traces with the sample's length frozen in: the export check
-            # catches it and the scratch transformer text tower runs on torch (the vectors below agree)
-            expected = (name, side) != ("vit+transformer", "text")
-            assert (runner is not None) == expected, (name, side)
-        onnx_img = encoding.encode_images(model, image_files, batch_size=4, runtime="onnx").vectors
-        torch_img = encoding.encode_images(model, image_files, batch_size=4, runtime="torch").vectors
-        assert _close(onnx_img, torch_img), name
-        onnx_txt = encoding.encode_texts(model, TEXTS, batch_size=3, runtime="onnx").vectors
-        torch_txt = encoding.encode_texts(model, TEXTS, batch_size=3, runtime="torch").vectors
-        assert _close(onnx_txt, torch_txt), name
-        assert torch.allclose(onnx_img.norm(dim=-1), torch.ones(len(image_files)), atol=1e-5)
+    model = _model(name, tmp_path).eval()
+    for side in ("image", "text"):
+        runner = towers.tower_runner(model, side, "onnx", torch.device("cpu"))
+        # PyTorch's MultiheadAttention traces with the sample's length frozen in: the export check
+        # catches it and the scratch transformer text tower runs on torch (the vectors below agree)
+        expected = (name, side) != ("vit+transformer", "text")
+        assert (runner is not None) == expected, (name, side)
+    onnx_img = encoding.encode_images(model, image_files, batch_size=4, runtime="onnx").vectors
+    torch_img = encoding.encode_images(model, image_files, batch_size=4, runtime="torch").vectors
+    assert _close(onnx_img, torch_img)
+    onnx_txt = encoding.encode_texts(model, TEXTS, batch_size=3, runtime="onnx").vectors
+    torch_txt = encoding.encode_texts(model, TEXTS, batch_size=3, runtime="torch").vectors
+    assert _close(onnx_txt, torch_txt)
+    assert torch.allclose(onnx_img.norm(dim=-1), torch.ones(len(image_files)), atol=1e-5)
 
 
 def test_the_transformer_optimizer_keeps_a_bert_tower_equal(tmp_path):
