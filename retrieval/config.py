@@ -20,6 +20,15 @@ from retrieval.io import atomic_write_text
 
 C = TypeVar("C", bound="ConfigBase")
 
+# How towers run when they encode for inference (retrieval.encoding): "torch" (eager PyTorch),
+# "onnx" (the tower exported once to ONNX and run by ONNX Runtime) or "auto" (ONNX Runtime on the CPU
+# when it is installed and the tower exports, torch otherwise and on CUDA unless ONNX Runtime has
+# its CUDA provider). The choice never changes a model's fingerprint.
+RUNTIMES = ("auto", "torch", "onnx")
+# Default cap of the feature cache (retrieval.encoding.FeatureCache) in megabytes; the environment
+# variable RETRIEVAL_FEATURE_CACHE_MB overrides it. 2 GiB hold ~165,000 EfficientNet-Lite0 features.
+FEATURE_CACHE_MB = 2048
+
 
 def _coerce(value: Any, annotation: Any) -> Any:
     """Turn JSON values back into the field's declared type (tuples, nested configs)."""
@@ -241,6 +250,9 @@ class ServeConfig(ConfigBase):
     mmap: bool = False  # open collections memory-mapped (large indexes, less RAM, slower first queries)
     hubness: str | None = None  # "isoftmax" | "csls": correct text/image queries with the bank beside each collection
     rerank: int = 0  # re-rank the dense top-N of text/image queries by the model's match head (0: off)
+    runtime: str = "auto"  # how the towers run: "auto" | "torch" | "onnx" (see RUNTIMES)
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"runtime": RUNTIMES}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,10 +277,13 @@ class EmbedConfig(ConfigBase):
     image_root: str | None = None  # folder relative image paths start from (default: the manifest's)
     prune: bool = False  # remove from the collection the items that left the corpus (deleted, edited)
     state: str | None = None  # folder of the embed record; None: <collection>/embed, or the cache for Milvus
+    runtime: str = "auto"  # how the towers run: "auto" | "torch" | "onnx" (see RUNTIMES)
+    feature_cache: bool = True  # read (and add to) the cache of image tower features (retrieval.encoding)
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "modality": ("images", "texts", "both"),
         "engine": ("local", "ray"),
+        "runtime": RUNTIMES,
     }
 
     def __post_init__(self) -> None:
@@ -307,8 +322,10 @@ class EvalConfig(ConfigBase):
     hubness_beta: float = 10.0  # isoftmax: inverse temperature over the query bank (best on OpenMoji val)
     hubness_k: int = 10  # csls: bank neighbours averaged into an item's hub score
     rerank: int = 0  # with a match head: also re-rank each query's dense top-N (rerank/... keys, match/ECE)
+    runtime: str = "auto"  # how the towers run: "auto" | "torch" | "onnx" (see RUNTIMES)
+    feature_cache: bool = True  # read (and add to) the cache of image tower features (retrieval.encoding)
 
-    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"index_filter": ("where", "post")}
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"index_filter": ("where", "post"), "runtime": RUNTIMES}
 
     def __post_init__(self) -> None:
         self._check_choices()
@@ -472,7 +489,9 @@ class TrainConfig(ConfigBase):
     clip_grad_norm: float | None = 1.0  # clip the global gradient norm to this (None: no clipping)
     precision: str = "auto"  # "auto" (bf16/fp16 autocast on CUDA, fp32 on CPU) | "fp32" | "bf16" | "fp16"
     seed: int = 0  # seeds weights, data order and augmentation; same seed + CPU -> same weights
-    num_workers: int = 0  # DataLoader worker processes decoding images (0: in the training process)
+    # DataLoader worker processes decoding images (0: in the training process); None: 2 when images are
+    # decoded every step (towers that train, augmentation), 0 when their features are cached
+    num_workers: int | None = None
     checkpoint_every: int = 200  # steps between checkpoints (0: none); also after validation, at end, on stop
     keep_checkpoints: int = 2  # most recent step checkpoints kept on disk
     early_stopping_patience: int | None = 3  # validations without gain that make a plateau (None: never)
@@ -492,11 +511,16 @@ class TrainConfig(ConfigBase):
     hard_negative_every: int = 2  # epochs between re-embeddings of the training set (batches are recomposed every epoch)
     hard_negative_neighbours: int = 16  # nearest other images mined per caption
     hard_negative_fraction: float = 0.5  # share of each batch grown from neighbourhoods (the rest: random pairs)
+    # how locked towers run when their outputs are computed once (training features, validation):
+    # "auto" | "torch" | "onnx" (see RUNTIMES); towers that train always run on torch
+    runtime: str = "auto"
+    feature_cache: bool = True  # add locked image tower features to the shared cache (embed/eval read them)
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "optimizer": ("adamw", "adam", "sgd", "adagrad", "rmsprop"),
         "precision": ("auto", "fp32", "bf16", "fp16"),
         "schedule": ("plateau", "reduce", "cosine"),
+        "runtime": RUNTIMES,
     }
 
     def __post_init__(self) -> None:
@@ -511,7 +535,9 @@ class TrainConfig(ConfigBase):
             raise ValueError(
                 f"TrainConfig.hard_negative_fraction must be in [0, 1]; received {self.hard_negative_fraction!r}"
             )
-        for name in ("warmup_steps", "num_workers", "checkpoint_every"):
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ValueError(f"TrainConfig.num_workers must be >= 0 or None; received {self.num_workers!r}")
+        for name in ("warmup_steps", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0; received {getattr(self, name)!r}")
         if not self.lr > 0:
@@ -556,3 +582,6 @@ class DemoConfig(ConfigBase):
     rerank: int = 0  # re-rank the dense top-N with a match head fitted on the train split's vectors (0: off)
     progress: bool = True  # progress bars (also off when stderr is not a terminal)
     seed: int = 0  # dataset split and choice of example queries
+    runtime: str = "auto"  # how the towers run in every stage: "auto" | "torch" | "onnx" (see RUNTIMES)
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"runtime": RUNTIMES}

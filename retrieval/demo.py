@@ -167,6 +167,7 @@ def _train(config: DemoConfig, data: OpenmojiDataset, run_dir: Path, echo: Echo)
         out_dir=str(run_dir),
         time_budget=config.time_budget,
         progress=config.progress and config.train.progress,
+        runtime=config.runtime,
     )
     resume = (run_dir / "metrics.jsonl").exists()
     model = train_config.model
@@ -321,7 +322,7 @@ def run_demo(
     from retrieval.data import read_pairs
     from retrieval.embed import embed_corpus
     from retrieval.evaluate import evaluate_model, write_report
-    from retrieval.model import TwinEncoder
+    from retrieval.model import load_model
 
     config = config or DemoConfig()
     say: Echo = echo if echo is not None else logger.info
@@ -357,13 +358,13 @@ def run_demo(
         assert previous is not None
         say(f"[2-4/5] reusing the finished run in {out} (--fresh to redo it)")
         train_summary = previous["train"]
-        model = TwinEncoder.load(train_summary["model_dir"])
+        model = load_model(train_summary["model_dir"], runtime=config.runtime)
         metrics = previous["metrics"]
     else:
         t0 = time.perf_counter()
         train_summary = _train(config, data, out / "run", say)
         seconds["train"] = time.perf_counter() - t0
-        model = TwinEncoder.load(train_summary["model_dir"])
+        model = load_model(train_summary["model_dir"], runtime=config.runtime)
 
         t0 = time.perf_counter()
         say("[3/5] embedding every emoji image and caption into a collection")
@@ -377,7 +378,7 @@ def run_demo(
             model,
             every,
             collection,
-            EmbedConfig(progress=config.progress, num_workers=0),
+            EmbedConfig(progress=config.progress, num_workers=0, runtime=config.runtime),
             model_dir=train_summary["model_dir"],
         )
         say(f"  {embedded}")
@@ -413,6 +414,7 @@ def run_demo(
             seed=config.seed,
             hubness=config.hubness,
             rerank=config.rerank,
+            runtime=config.runtime,
         )
         evaluation = evaluate_model(model, test_pairs, config=eval_config, query_bank=bank)
         write_report(evaluation, report_dir, n_samples=eval_config.n_samples, seed=eval_config.seed)

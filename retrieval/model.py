@@ -34,6 +34,7 @@ from retrieval.pretrained import (
     resolve_model,
 )
 from retrieval.towers import ImageTower, TextTower, build_image_tower, build_text_tower, lock, packaged
+from retrieval.towers.base import state_digest
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +138,9 @@ class TwinEncoder(nn.Module):
         self._apply_locks()
         # the match head re-ranks; kept outside the module tree, so it is not part of the fingerprint
         self.__dict__["match_head"] = None
+        # how the towers run when encoding (retrieval.encoding.towers): "torch" | "onnx" | "auto";
+        # load_model(runtime=) sets it; it never changes the fingerprint
+        self.runtime = "torch"
 
     def _apply_locks(self) -> None:
         config = self.config
@@ -202,8 +206,16 @@ class TwinEncoder(nn.Module):
     # ------------------------------------------------------- training path
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` -> ``[B, D]`` unit vectors (differentiable)."""
-        features = self.image_tower(pixel_values.to(self.device))  # [B, F_img]
-        return F.normalize(self.image_projection(features).float(), dim=-1)  # [B, D]
+        return self.project_image(self.image_tower(pixel_values.to(self.device)))  # [B, D]
+
+    def project_image(self, features: torch.Tensor) -> torch.Tensor:
+        """The image tower's output ``[B, F_img]`` -> ``[B, D]`` unit vectors: the head alone (what
+        runs after a tower whose output was cached or computed by another runtime)."""
+        return F.normalize(self.image_projection(features.to(self.device)).float(), dim=-1)  # [B, D]
+
+    def project_text(self, features: torch.Tensor) -> torch.Tensor:
+        """The text tower's output ``[B, F_txt]`` -> ``[B, D]`` unit vectors: the head alone."""
+        return F.normalize(self.text_projection(features.to(self.device)).float(), dim=-1)  # [B, D]
 
     def _ids_and_mask(self, tokens: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         input_ids = tokens["input_ids"].to(self.device)  # [B, L]
@@ -215,8 +227,7 @@ class TwinEncoder(nn.Module):
 
     def text_features(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         """Tokens from :meth:`tokenize` -> ``[B, D]`` unit vectors (differentiable)."""
-        features = self.text_tower(*self._ids_and_mask(tokens))  # [B, F_txt]
-        return F.normalize(self.text_projection(features).float(), dim=-1)  # [B, D]
+        return self.project_text(self.text_tower(*self._ids_and_mask(tokens)))  # [B, D]
 
     def image_grid(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` -> the image tower's grid before pooling, ``[B, N, C]`` (no projection)."""
@@ -309,10 +320,7 @@ class TwinEncoder(nn.Module):
         :meth:`preprocess_config`. Equal across save/load and processes; any weight change alters it."""
         digest = hashlib.sha256(b"retrieval-twin-encoder-v1\0")
         digest.update(json.dumps(self.preprocess_config(), sort_keys=True, default=str).encode("utf-8"))
-        for name, tensor in sorted(_unique_state(self).items()):
-            flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-            digest.update(f"\0{name}\0{flat.dtype}\0{tuple(tensor.shape)}\0".encode())
-            digest.update(flat.view(torch.uint8).numpy().tobytes())
+        state_digest(digest, self)
         return digest.hexdigest()
 
     # ------------------------------------------------------------ save/load
@@ -453,8 +461,11 @@ class TwinEncoder(nn.Module):
         return model.to(pick_device(device)).eval()
 
 
-def load_model(name: str | os.PathLike[str], device: str | torch.device | None = None) -> TwinEncoder:
-    """The model ``name`` names, in eval mode on ``device`` (default: CUDA when available).
+def load_model(
+    name: str | os.PathLike[str], device: str | torch.device | None = None, runtime: str = "torch"
+) -> TwinEncoder:
+    """The model ``name`` names, in eval mode on ``device`` (default: CUDA when available), its towers
+    encoding on ``runtime`` ("torch" | "onnx" | "auto": :mod:`retrieval.encoding.towers`).
 
     ``name`` is a folder saved by the toolkit (e.g. a training run's ``best/``), a transformers
     CLIP / SigLIP folder (``save_pretrained``), or a Hugging Face hub id ``org/name`` with an
@@ -462,12 +473,17 @@ def load_model(name: str | os.PathLike[str], device: str | torch.device | None =
     see :func:`retrieval.pretrained.resolve_model`. Every command that takes ``--model`` calls this.
     The returned model's ``source`` says where it came from.
     """
+    from retrieval.encoding.towers import check_runtime
+
+    check_runtime(runtime)
     source = resolve_model(name)
     if source.kind == "toolkit":
         model = TwinEncoder.load(source.path, device=device)
         model.source = source
-        return model
-    return TwinEncoder._from_transformers(source, device=device)
+    else:
+        model = TwinEncoder._from_transformers(source, device=device)
+    model.runtime = runtime
+    return model
 
 
 def build_model(

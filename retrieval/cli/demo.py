@@ -31,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"override the recipe's epoch cap (default: {config_default(DemoConfig, 'train').epochs}; validation stops it earlier)",
     )
     option("n_queries", "--queries", metavar="N", help="example queries of each kind")
+    option("runtime", "--runtime", help="how the towers run: torch, onnx (ONNX Runtime), or auto")
     p.add_argument("--config", default=None, metavar="JSON", help="DemoConfig JSON file (flags override it)")
     option("progress", "--no-progress", action="store_false", help="no progress bars")
     p.set_defaults(func=run)

@@ -64,6 +64,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="folder keeping the record of what is done (default: COLLECTION/embed for a folder, the "
         "toolkit cache for a Milvus location)",
     )
+    option("runtime", "--runtime", help="how the towers run: torch, onnx (ONNX Runtime), or auto")
+    option(
+        "feature_cache",
+        "--no-feature-cache",
+        action="store_false",
+        help="neither read nor add image tower features in the feature cache",
+    )
     option("progress", "--no-progress", action="store_false", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -75,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     config = EmbedConfig().replace(**given(args, EmbedConfig))
     require_input(args.source, "corpus", flag="SOURCE")
     require_model(args.model)
-    model = load_model(args.model, device=config.device)
+    model = load_model(args.model, device=config.device, runtime=config.runtime)
     summary = embed_corpus(model, args.source, args.out, config)
     print(summary)
     return 0

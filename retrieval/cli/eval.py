@@ -70,6 +70,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     option("rerank", "--rerank", help="re-rank each query's dense top-N by the model's match head")
     option("n_samples", "--samples", help="queries shown in each sample grid")
     option("device", "--device", help="torch device (none: cuda when available)")
+    option("runtime", "--runtime", help="how the towers run: torch, onnx (ONNX Runtime), or auto")
+    option(
+        "feature_cache",
+        "--no-feature-cache",
+        action="store_false",
+        help="neither read nor add image tower features in the feature cache",
+    )
     option("progress", "--no-progress", action="store_false", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -104,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     pairs = corpus.require_pairs("evaluation")
     if pairs.skipped:
         print(f"{args.data} ({corpus.reader}): {describe_skips(pairs.skipped)}")
-    model = load_model(args.model, device=config.device)
+    model = load_model(args.model, device=config.device, runtime=config.runtime)
     with contextlib.ExitStack() as stack:
         collection = None
         if args.collection:

@@ -9,9 +9,10 @@ import sys
 from typing import Any
 
 from retrieval.cli.checks import require_collection, require_file, require_model
-from retrieval.cli.options import MODEL_HELP
+from retrieval.cli.options import MODEL_HELP, config_default
 from retrieval.cli.parsing import UsageError
 from retrieval.cli.table import hits_table
+from retrieval.config import RUNTIMES, ServeConfig
 
 
 def _where(pairs: list[str]) -> dict[str, Any] | None:
@@ -81,6 +82,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--rerank", type=int, default=0, metavar="N", help="re-rank the best N by the match head")
     p.add_argument("--json", action="store_true", help="one JSON object per hit (with its query)")
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default=config_default(ServeConfig, "runtime"),
+        help="how the towers run: torch, onnx (ONNX Runtime), or auto (default: %(default)s)",
+    )
     p.set_defaults(func=run)
 
 
@@ -118,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         require_file(args.query_bank, "query bank", flag="--query-bank")
     where = _where(args.where)
     scoring = {"hubness": args.hubness, "query_bank": args.query_bank, "rerank": args.rerank}
+    scoring["runtime"] = args.runtime
     if args.queries is not None:
         queries: list[dict[str, Any]] = [{"query": q} for q in _read_queries(args.queries)]
         results = search_texts(

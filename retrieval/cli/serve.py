@@ -171,6 +171,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     option("device", "--device", help="torch device (none: cuda when available)")
     option("mmap", "--mmap", action="store_true", help="open collections memory-mapped")
+    option("runtime", "--runtime", help="how the towers run: torch, onnx (ONNX Runtime), or auto")
     option(
         "hubness", "--hubness", choices=("isoftmax", "csls"),
         help="hubness correction of text/image queries with the query bank stored beside each collection",

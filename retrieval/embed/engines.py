@@ -52,22 +52,39 @@ def _batch(modality: str, items: Sequence[Item], encoded: Encoded) -> EncodedBat
 
 # -- local ------------------------------------------------------------------------------------
 def local_images(
-    model: Any, items: Sequence[Item], batch_size: int, num_workers: int, device: str
+    model: Any,
+    items: Sequence[Item],
+    batch_size: int,
+    num_workers: int,
+    device: str,
+    runtime: str | None = None,
+    feature_cache: Any = None,
 ) -> Iterator[EncodedBatch]:
     """Image batches encoded in this process; ``num_workers`` DataLoader processes (or, with 0, a
-    helper thread) decode the next batches while the current one runs its forward pass."""
+    helper thread and its decoding pool) prepare the next batches while the current one runs its
+    forward pass; the tower runs on ``runtime`` and its features come from ``feature_cache`` when
+    it has them."""
     refs = [it.ref for it in items]
     batches = encoding.image_batches(
-        model, refs, batch_size=batch_size, device=device, num_workers=num_workers, skip_broken=True
+        model,
+        refs,
+        batch_size=batch_size,
+        device=device,
+        num_workers=num_workers,
+        skip_broken=True,
+        runtime=runtime,
+        feature_cache=feature_cache,
     )
     for encoded in batches:
         yield _batch("image", items, encoded)
 
 
-def local_texts(model: Any, items: Sequence[Item], batch_size: int, device: str) -> Iterator[EncodedBatch]:
+def local_texts(
+    model: Any, items: Sequence[Item], batch_size: int, device: str, runtime: str | None = None
+) -> Iterator[EncodedBatch]:
     """Caption batches encoded in this process; a helper thread tokenizes the next batches."""
     for encoded in encoding.text_batches(
-        model, [it.ref for it in items], batch_size=batch_size, device=device
+        model, [it.ref for it in items], batch_size=batch_size, device=device, runtime=runtime
     ):
         yield _batch("text", items, encoded)
 
@@ -77,7 +94,7 @@ class RayEncoder:
     """Ray Data actor: holds one model copy (on ``device``, in eval mode), encodes batches of rows
     ``{"pos", "ref", "modality"}`` through :mod:`retrieval.encoding`."""
 
-    def __init__(self, model_ref: list[Any], device: str) -> None:
+    def __init__(self, model_ref: list[Any], device: str, runtime: str | None = None) -> None:
         import ray
         import torch
 
@@ -85,6 +102,7 @@ class RayEncoder:
         if isinstance(self.model, torch.nn.Module):
             self.model.to(device).eval()
         self.device = device
+        self.runtime = runtime
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         refs = [str(r) for r in batch["ref"]]
@@ -94,8 +112,11 @@ class RayEncoder:
         reasons = [""] * len(refs)
         details = [""] * len(refs)
         for rows, encode in (
-            (np.flatnonzero(is_text), encoding.encode_texts),
-            (np.flatnonzero(~is_text), functools.partial(encoding.encode_images, skip_broken=True)),
+            (np.flatnonzero(is_text), functools.partial(encoding.encode_texts, runtime=self.runtime)),
+            (
+                np.flatnonzero(~is_text),
+                functools.partial(encoding.encode_images, skip_broken=True, runtime=self.runtime),
+            ),
         ):
             if not len(rows):
                 continue
@@ -136,7 +157,12 @@ def ray_session(address: str | None) -> Iterator[None]:
 
 
 def ray_batches(
-    model: Any, items: Sequence[Item], batch_size: int, num_actors: int, device: str
+    model: Any,
+    items: Sequence[Item],
+    batch_size: int,
+    num_actors: int,
+    device: str,
+    runtime: str | None = None,
 ) -> Iterator[EncodedBatch]:
     """Encode ``items`` with a Ray Data actor pool (one pool for both modalities); batches come
     back in item order, each of one modality."""
@@ -155,7 +181,7 @@ def ray_batches(
         blocks = max(1, min(math.ceil(len(rows) / batch_size), 64 * max(1, num_actors)))
         dataset = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
             RayEncoder,
-            fn_constructor_kwargs={"model_ref": [model_ref], "device": device},
+            fn_constructor_kwargs={"model_ref": [model_ref], "device": device, "runtime": runtime},
             batch_size=batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=max(1, num_actors)),

@@ -252,7 +252,9 @@ def _caption_queries(
     if not captions:
         return None
     device = str(pick_device(config.device))
-    encoded = encoding.encode_texts(model, captions, batch_size=config.batch_size, device=device)
+    encoded = encoding.encode_texts(
+        model, captions, batch_size=config.batch_size, device=device, runtime=config.runtime
+    )
     return {"text->image": (encoded.vectors.numpy(), None)}
 
 
@@ -262,14 +264,24 @@ def _batches(
     """Encoded batches of ``items`` (images first, then texts), each of one modality, in order."""
     if config.engine == "ray":
         with engines.ray_session(config.ray_address):
-            yield from engines.ray_batches(model, items, config.batch_size, config.num_actors, device)
+            yield from engines.ray_batches(
+                model, items, config.batch_size, config.num_actors, device, config.runtime
+            )
         return
     images = [it for it in items if it.modality == "image"]
     texts = [it for it in items if it.modality == "text"]
     if images:
-        yield from engines.local_images(model, images, config.batch_size, config.num_workers, device)
+        yield from engines.local_images(
+            model,
+            images,
+            config.batch_size,
+            config.num_workers,
+            device,
+            config.runtime,
+            encoding.FeatureCache() if config.feature_cache else None,
+        )
     if texts:
-        yield from engines.local_texts(model, texts, config.batch_size, device)
+        yield from engines.local_texts(model, texts, config.batch_size, device, config.runtime)
 
 
 def _commit(

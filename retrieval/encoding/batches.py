@@ -37,7 +37,7 @@ class Skipped:
 class Encoded:
     """Vectors of the inputs that could be encoded, and what could not be."""
 
-    vectors: torch.Tensor  # [len(positions), D] float32, CPU, unit rows
+    vectors: torch.Tensor  # [len(positions), D] float32, CPU: unit rows (tower features from *_feature_*)
     positions: list[int]  # index of each row's input in the sequence given, ascending
     skipped: list[Skipped]  # inputs left out (only with skip_broken)
 

@@ -53,7 +53,14 @@ def _encode_pairs(model: Any, pairs: Any, batch_size: int, config: EvalConfig) -
     images, image_keys = pairs.images(), pairs.image_ids()
     captions, g = pairs.captions(), pairs.text_to_image()
     encoded = encoding.encode_images(
-        model, images, batch_size=batch_size, device=config.device, skip_broken=True, progress=config.progress
+        model,
+        images,
+        batch_size=batch_size,
+        device=config.device,
+        skip_broken=True,
+        progress=config.progress,
+        runtime=config.runtime,
+        feature_cache=config.feature_cache,
     )
     if not encoded.positions:
         first = encoded.skipped[0].detail if encoded.skipped else "?"
@@ -71,7 +78,12 @@ def _encode_pairs(model: Any, pairs: Any, batch_size: int, config: EvalConfig) -
         captions = [c for c, k in zip(captions, keep_text) if k]
         g = new_index[g[keep_text]]
     text_emb = encoding.encode_texts(
-        model, captions, batch_size=batch_size, device=config.device, progress=config.progress
+        model,
+        captions,
+        batch_size=batch_size,
+        device=config.device,
+        progress=config.progress,
+        runtime=config.runtime,
     ).vectors  # [T, D]
     return _Encoded(
         list(images), list(image_keys), list(captions), np.asarray(g, np.int64), image_emb, text_emb, skipped

@@ -28,6 +28,7 @@ def search_collection(
     hubness: str | Hubness | None = None,
     query_bank: str | os.PathLike[str] | QueryBank | None = None,
     rerank: int = 0,
+    runtime: str = "auto",
 ) -> list[Hit]:
     """One-call search for scripts and the CLI: loads the model (``model_dir``: any name
     :func:`retrieval.model.load_model` takes; else the one recorded when the collection was embedded)
@@ -41,10 +42,11 @@ def search_collection(
     stored beside the collection), and ``rerank=N`` re-orders the best N by the model's match head:
     the same scoring as ``retrieval serve --hubness/--rerank`` (:class:`~retrieval.search.Searcher`).
     Composed queries are scored by cosine.
+    ``runtime`` is how the model's towers run ("auto" | "torch" | "onnx": :mod:`retrieval.encoding.towers`).
     """
     if query is None and image is None:
         raise ValueError("give a text query, an image, or both")
-    model = _load_model(collection_path, model_dir)
+    model = _load_model(collection_path, model_dir, runtime)
     with _searcher(model, collection_path, hubness, query_bank, rerank) as searcher:
         target = modality or _default_modality(searcher)
         if query is not None and image is not None:
@@ -67,6 +69,7 @@ def search_texts(
     hubness: str | Hubness | None = None,
     query_bank: str | os.PathLike[str] | QueryBank | None = None,
     rerank: int = 0,
+    runtime: str = "auto",
 ) -> list[list[Hit]]:
     """Several text queries at once (e.g. one per line of a file): the model loads once and the
     queries are encoded in batches; one list of hits per query, in order. Arguments as in
@@ -74,7 +77,7 @@ def search_texts(
     if isinstance(queries, str):
         raise TypeError("search_texts takes a list of queries; for one query use search_collection")
     texts = [one_text(query) for query in queries]
-    model = _load_model(collection_path, model_dir)
+    model = _load_model(collection_path, model_dir, runtime)
     with _searcher(model, collection_path, hubness, query_bank, rerank) as searcher:
         target = modality or _default_modality(searcher)
         return searcher.search_vectors(
@@ -99,7 +102,7 @@ def _searcher(
     return Searcher(model, collection_path, hubness=correction, query_bank=bank, rerank=rerank)
 
 
-def _load_model(collection_path: str | Path, model_dir: str | Path | None) -> Any:
+def _load_model(collection_path: str | Path, model_dir: str | Path | None, runtime: str = "auto") -> Any:
     """The model named, else the one recorded when the collection was embedded."""
     from retrieval.embed import recorded_model
     from retrieval.model import load_model
@@ -109,4 +112,4 @@ def _load_model(collection_path: str | Path, model_dir: str | Path | None) -> An
         raise ValueError(
             f"no model recorded for collection {collection_path}: name the model (--model MODEL)"
         )
-    return load_model(name)
+    return load_model(name, runtime=runtime)

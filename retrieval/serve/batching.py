@@ -128,10 +128,13 @@ class ModelRunner:
         return self._texts.calls + self._images.calls
 
 
-def load_model(name: str, device: str | None = None, batch_size: int = 32) -> ModelRunner:
+def load_model(
+    name: str, device: str | None = None, batch_size: int = 32, runtime: str = "auto"
+) -> ModelRunner:
     """Load the model ``name`` names (a toolkit or transformers CLIP/SigLIP folder, or a hub id:
-    :func:`retrieval.model.load_model`; safetensors + JSON, no pickle) behind a runner."""
+    :func:`retrieval.model.load_model`; safetensors + JSON, no pickle) behind a runner, its towers
+    running on ``runtime``."""
     from retrieval.model import load_model as load_twin
 
-    model = load_twin(name, device=device)
+    model = load_twin(name, device=device, runtime=runtime)
     return ModelRunner(model, name, batch_size)

@@ -113,7 +113,9 @@ class Service:
             if directory is None:
                 return None
             if directory not in runners:
-                runners[directory] = load_model(directory, device=config.device, batch_size=config.batch_size)
+                runners[directory] = load_model(
+                    directory, device=config.device, batch_size=config.batch_size, runtime=config.runtime
+                )
             return runners[directory]
 
         try:

@@ -12,6 +12,7 @@ and ``token_features`` (text, ``[B, L, H]``); the base classes' versions raise a
 from __future__ import annotations
 
 import abc
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,8 +35,7 @@ class ImageTower(nn.Module, abc.ABC):
         ...
 
     @abc.abstractmethod
-    def image_transform(self, train: bool = False) -> Callable[[Image.Image], torch.Tensor]:
-        ...
+    def image_transform(self, train: bool = False) -> Callable[[Image.Image], torch.Tensor]: ...
 
     def grid_features(self, pixel_values: torch.Tensor) -> torch.Tensor:  # [B, 3, H, W] -> [B, N, C]
         """The spatial grid before pooling (one row per cell or patch), what a cross-attention match
@@ -50,8 +50,7 @@ class ImageTower(nn.Module, abc.ABC):
         return self.image_transform(False).config()  # type: ignore[attr-defined]
 
     @abc.abstractmethod
-    def blocks(self) -> list[nn.Module]:
-        ...
+    def blocks(self) -> list[nn.Module]: ...
 
     def head(self) -> list[nn.Module]:
         return []
@@ -70,8 +69,7 @@ class TextTower(nn.Module, abc.ABC):
     output_dim: int
 
     @abc.abstractmethod
-    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        ...
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]: ...
 
     @abc.abstractmethod
     def forward(
@@ -90,12 +88,10 @@ class TextTower(nn.Module, abc.ABC):
         )
 
     @abc.abstractmethod
-    def preprocess_config(self) -> dict[str, Any]:
-        ...
+    def preprocess_config(self) -> dict[str, Any]: ...
 
     @abc.abstractmethod
-    def blocks(self) -> list[nn.Module]:
-        ...
+    def blocks(self) -> list[nn.Module]: ...
 
     def head(self) -> list[nn.Module]:
         return []
@@ -126,3 +122,36 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over the positions where ``mask`` is 1: ``[B, L, H]``, ``[B, L]`` -> ``[B, H]``."""
     weights = mask.to(hidden.dtype).unsqueeze(-1)  # [B, L, 1]
     return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # [B, H]
+
+
+def unique_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """``state_dict`` with shared tensors kept once (under their first name in sorted order)."""
+    seen: set[tuple[int, int, tuple[int, ...]]] = set()
+    unique: dict[str, torch.Tensor] = {}
+    for name, tensor in sorted(module.state_dict().items()):
+        key = (tensor.data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if tensor.numel() and key in seen:
+            continue
+        seen.add(key)
+        unique[name] = tensor
+    return unique
+
+
+def state_digest(digest: Any, module: nn.Module) -> None:
+    """Feed every tensor of ``module`` (by name, in sorted order: dtype, shape, bytes) to ``digest``."""
+    for name, tensor in sorted(unique_state(module).items()):
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"\0{name}\0{flat.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+
+
+def tower_fingerprint(tower: nn.Module) -> str:
+    """sha256 hex digest of a tower alone: its class, its preprocessing and every tensor. Two models
+    sharing a tower (the same locked pretrained weights) share this; what is computed from the
+    tower's output alone (an exported graph, cached features) is keyed by it."""
+    digest = hashlib.sha256(b"retrieval-tower-v1\0")
+    digest.update(type(tower).__name__.encode())
+    preprocess = tower.preprocess_config()  # type: ignore[operator]
+    digest.update(json.dumps(preprocess, sort_keys=True, default=str).encode("utf-8"))
+    state_digest(digest, tower)
+    return digest.hexdigest()

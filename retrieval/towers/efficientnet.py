@@ -175,7 +175,9 @@ class EfficientNetLiteImageTower(ImageTower):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         stages, head = self._feature_map(pixel_values)
         parts = [m.mean(dim=(2, 3)) for m in (*stages, head)] + [head.amax(dim=(2, 3))]  # [B, C_i] each
-        return torch.cat([F.layer_norm(p, p.shape[-1:]) for p in parts], dim=-1)  # [B, output_dim]
+        # the sizes are the built ones (``self.parts``), constants an exported graph can hold
+        normed = [F.layer_norm(p, (n,)) for p, n in zip(parts, self.parts)]  # [B, C_i] each
+        return torch.cat(normed, dim=-1)  # [B, output_dim]
 
     def grid_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The head's feature map, one row per cell: ``[B, h * w, 1280]``."""

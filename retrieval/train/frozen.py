@@ -5,23 +5,24 @@ is the same every epoch; so is its output for an image when training images are 
 (``TrainConfig.augment=False``). The trainer then encodes every unique training caption (image)
 once, up front, in a fixed order and fixed batches (a resumed run gets the very same features), and
 each step only applies the trainable projection head, as ``text_features`` / ``image_features`` do:
-``normalize(projection(cached tower output))``. Images that cannot be decoded are left out of the
+``normalize(projection(cached tower output))``. The locked towers run on ``TrainConfig.runtime``
+(ONNX Runtime on the CPU under "auto"), and the image features are shared with ``embed`` and
+``eval`` through the feature cache (``TrainConfig.feature_cache``). Images that cannot be decoded are left out of the
 cache and their pairs are skipped (and counted) like broken images in the normal data path.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from retrieval.encoding import decoded_batches
+from retrieval import encoding
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,10 @@ class _Cache:
 
 
 class FrozenTextFeatures(_Cache):
-    """``captions -> [B, D]`` unit text embeddings from cached tower outputs (differentiable in the head)."""
+    """``captions -> [B, D]`` unit text embeddings from cached tower outputs (differentiable in the head).
+
+    The tower runs on ``runtime`` (:mod:`retrieval.encoding.towers`: ONNX Runtime under "auto" on
+    the CPU when the tower exports), once per unique caption."""
 
     def __init__(
         self,
@@ -61,27 +65,28 @@ class FrozenTextFeatures(_Cache):
         captions: Sequence[str],
         device: torch.device,
         batch_size: int = 256,
-        autocast: Any = None,
+        *,
+        runtime: str = "torch",
     ) -> None:
         unique = sorted(set(captions))
         self.index = {caption: i for i, caption in enumerate(unique)}
-        parts = []
-        with _eval(model.text_tower), torch.no_grad(), autocast or contextlib.nullcontext():
-            for start in range(0, len(unique), batch_size):
-                tokens = model.tokenize(unique[start : start + batch_size])
-                input_ids = tokens["input_ids"].to(device)  # [b, L]
-                mask = tokens.get("attention_mask")
-                mask = torch.ones_like(input_ids) if mask is None else mask.to(device)  # [b, L]
-                parts.append(model.text_tower(input_ids, mask))  # [b, F]
-        self.features = torch.cat(parts)  # [U, F]
+        encoded = encoding.encode_text_features(
+            model, unique, batch_size=batch_size, device=device, runtime=runtime
+        )
+        self.features = encoded.vectors.to(device)  # [U, F]
         logger.info("cached the locked text tower's output for %d unique captions", len(unique))
 
     def __call__(self, model: Any, captions: Sequence[str]) -> Tensor:
-        return F.normalize(model.text_projection(self.rows(captions)).float(), dim=-1)  # [B, D]
+        return model.project_text(self.rows(captions))  # [B, D]
 
 
 class FrozenImageFeatures(_Cache):
-    """``image refs -> [B, D]`` unit image embeddings from cached tower outputs (eval transform)."""
+    """``image refs -> [B, D]`` unit image embeddings from cached tower outputs (eval transform).
+
+    The tower runs on ``runtime``, once per unique image; with ``feature_cache`` (a
+    :class:`~retrieval.encoding.FeatureCache`, True for the default one) the features are read from
+    and added to the shared cache, so a rerun, ``embed`` and ``eval`` of the same images skip the
+    tower."""
 
     def __init__(
         self,
@@ -89,23 +94,26 @@ class FrozenImageFeatures(_Cache):
         images: Sequence[str],
         device: torch.device,
         batch_size: int = 256,
-        autocast: Any = None,
+        *,
+        runtime: str = "torch",
+        feature_cache: Any = None,
     ) -> None:
-        transform = model.image_transform(train=False)
         unique = sorted(set(images))
-        self.broken: dict[str, str] = {}
-        self.index = {}
-        parts = []
-        with _eval(model.image_tower), torch.no_grad(), autocast or contextlib.nullcontext():
-            for positions, pixels, skipped in decoded_batches(unique, transform, batch_size):
-                self.broken.update((s.item, s.detail) for s in skipped)
-                for i in positions:  # row of the image in the features, in decoding order
-                    self.index[unique[i]] = len(self.index)
-                if pixels is not None:
-                    parts.append(model.image_tower(pixels.to(device)))  # [b, F]
-        if not parts:
+        encoded = encoding.encode_image_features(
+            model,
+            unique,
+            batch_size=batch_size,
+            device=device,
+            skip_broken=True,
+            runtime=runtime,
+            feature_cache=feature_cache,
+        )
+        self.broken: dict[str, str] = {s.item: s.detail for s in encoded.skipped}
+        # row of each readable image in the features, in decoding order
+        self.index = {unique[i]: row for row, i in enumerate(encoded.positions)}
+        if not self.index:
             raise ValueError("no training image could be decoded")
-        self.features = torch.cat(parts)  # [U, F]
+        self.features = encoded.vectors.to(device)  # [U, F]
         logger.info(
             "cached the locked image tower's output for %d unique images (%d unreadable)",
             len(self.index),
@@ -113,17 +121,7 @@ class FrozenImageFeatures(_Cache):
         )
 
     def __call__(self, model: Any, images: Sequence[str]) -> Tensor:
-        return F.normalize(model.image_projection(self.rows(images)).float(), dim=-1)  # [B, D]
-
-
-@contextlib.contextmanager
-def _eval(module: torch.nn.Module) -> Any:
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
+        return model.project_image(self.rows(images))  # [B, D]
 
 
 class PairRefs(Dataset):
@@ -165,14 +163,35 @@ def augments(config: Any, model: Any) -> bool:
     return not image_tower_is_frozen(model)
 
 
-def training_data(
-    config: Any, model: Any, pairs: Any, device: torch.device, autocast: Any
-) -> tuple[Any, ...]:
+AUTO_DATA_WORKERS = 2  # worker processes "auto" gives a run that decodes images every step
+
+
+def data_workers(config: Any, collate: Any) -> int:
+    """DataLoader worker processes of a training run: ``config.num_workers``, or when None, none
+    when the images' features are cached (nothing is decoded per step) and otherwise
+    :data:`AUTO_DATA_WORKERS` (at most one per core), so decoding and augmenting overlap the
+    forward and backward passes (tiny towers on 96 px PNGs: 2.0x the pairs/s of decoding in the
+    training process; benchmarks/results/train.md)."""
+    if config.num_workers is not None:
+        return int(config.num_workers)
+    if collate is collate_refs:
+        return 0
+    return min(AUTO_DATA_WORKERS, os.cpu_count() or 1)
+
+
+def feature_cache(config: Any) -> Any:
+    """The shared feature cache when ``config.feature_cache`` is on (else None)."""
+    return encoding.FeatureCache() if getattr(config, "feature_cache", False) else None
+
+
+def training_data(config: Any, model: Any, pairs: Any, device: torch.device) -> tuple[Any, ...]:
     """``(dataset, collate_fn, text_cache, image_cache)`` for training on ``pairs``.
 
     The dataset is keyed by ``(index, seed)`` (:class:`~retrieval.train.sampling.SeededItems`).
     A fully locked text tower is cached when ``config.cache_locked_features``; a fully locked image
-    tower too when ``config.augment`` is off, and then images are not decoded per step at all.
+    tower too when ``config.augment`` is off, and then images are not decoded per step at all. The
+    locked towers run on ``config.runtime``; the image features go to the shared feature cache when
+    ``config.feature_cache``.
     """
     from retrieval.data import PairDataset, collate_pairs
     from retrieval.train.sampling import SeededItems
@@ -180,9 +199,18 @@ def training_data(
     text_cache = image_cache = None
     augment = augments(config, model)
     if config.cache_locked_features and text_tower_is_frozen(model):
-        text_cache = FrozenTextFeatures(model, pairs.captions(), device, config.val_batch_size, autocast)
+        text_cache = FrozenTextFeatures(
+            model, pairs.captions(), device, config.val_batch_size, runtime=config.runtime
+        )
     if config.cache_locked_features and not augment and image_tower_is_frozen(model):
-        image_cache = FrozenImageFeatures(model, pairs.images(), device, config.val_batch_size, autocast)
+        image_cache = FrozenImageFeatures(
+            model,
+            pairs.images(),
+            device,
+            config.val_batch_size,
+            runtime=config.runtime,
+            feature_cache=feature_cache(config),
+        )
         return SeededItems(PairRefs(pairs.pairs, image_cache.broken)), collate_refs, text_cache, image_cache
     dataset = PairDataset(pairs.pairs, model.image_transform(train=augment))
     return SeededItems(dataset), collate_pairs, text_cache, image_cache

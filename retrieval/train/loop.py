@@ -35,7 +35,7 @@ from retrieval.train.distributed import (
     init_distributed,
     shutdown,
 )
-from retrieval.train.frozen import training_data
+from retrieval.train.frozen import data_workers, training_data
 from retrieval.train.history import MetricsLog, plot_history, train_record
 from retrieval.train.optim import build_optimizer, set_lr
 from retrieval.train.plateau import plan_decay, schedule_factor, stop_reason
@@ -166,11 +166,7 @@ class _Run:
                 self.log.truncate_after(self.state.step)
         # The training dataset, and the caches of fully locked towers (see retrieval.train.frozen).
         self.dataset, self.collate, text_cache, image_cache = training_data(
-            self.config,
-            self.model,
-            self.train_pairs,
-            self.ctx.device,
-            self.precision.autocast(self.ctx.device),
+            self.config, self.model, self.train_pairs, self.ctx.device
         )
         self.caches = (text_cache, image_cache)  # locked towers' outputs, also read by hard-negative mining
         self.model.train()
@@ -198,9 +194,12 @@ class _Run:
         bar = _progress_bar(self.total_steps, self.state.step, self.config.progress and self.ctx.is_main)
         if self.state.step == 0:
             self._plan_decay(plateau=False)  # a cap of one decay's length decays from the start
-        with StopSignals() as signals:
-            while status == "completed" and self.state.epoch < self.config.epochs:
-                status = self._epoch(parts, signals, tally, bar)
+        try:
+            with StopSignals() as signals:
+                while status == "completed" and self.state.epoch < self.config.epochs:
+                    status = self._epoch(parts, signals, tally, bar)
+        finally:
+            self._workers = None  # the DataLoader's worker processes end with it
         bar.close()
         return self._finish(status, tally)
 
@@ -309,20 +308,32 @@ class _Run:
         return bool(every) and self.state.step % every == 0
 
     def _loader(self, order: list[int], steps: list[list[list[int]]]) -> Any:
+        """The epoch's micro-batches, prepared ahead by DataLoader worker processes when images are
+        decoded every step (:func:`~retrieval.train.frozen.data_workers`); the workers live for the
+        whole run (one start, not one per epoch), each epoch handing them its own keys."""
         config = self.config
         keys = [
             [(order[pos], item_seed(config.seed, self.state.epoch, pos)) for pos in micro]
             for step in steps
             for micro in step
         ]
-        loader = DataLoader(
-            self.dataset,
-            batch_sampler=keys,
-            collate_fn=self.collate,
-            num_workers=config.num_workers,
-            pin_memory=self.ctx.device.type == "cuda",
-        )
-        return iter(loader)
+        workers = data_workers(config, self.collate)
+        pin = self.ctx.device.type == "cuda"
+        if workers == 0:
+            loader = DataLoader(self.dataset, batch_sampler=keys, collate_fn=self.collate, pin_memory=pin)
+            return iter(loader)
+        if getattr(self, "_workers", None) is None:
+            self._plan = _EpochKeys()
+            self._workers = DataLoader(
+                self.dataset,
+                batch_sampler=self._plan,
+                collate_fn=self.collate,
+                num_workers=workers,
+                pin_memory=pin,
+                persistent_workers=True,
+            )
+        self._plan.keys = keys
+        return iter(self._workers)
 
     def _diverged_message(self, exc: Exception) -> str:
         where = (
@@ -462,3 +473,16 @@ def _progress_bar(total: int, initial: int, enabled: bool) -> Any:
 
 
 __all__ = ["StepCallback", "train"]
+
+
+class _EpochKeys:
+    """The batch sampler of a run's persistent DataLoader: the current epoch's micro-batch keys."""
+
+    def __init__(self) -> None:
+        self.keys: list[list[tuple[int, int]]] = []
+
+    def __iter__(self) -> Any:
+        return iter(list(self.keys))
+
+    def __len__(self) -> int:
+        return len(self.keys)

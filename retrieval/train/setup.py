@@ -36,6 +36,8 @@ RESUMABLE_CHANGES = frozenset(
         "max_steps",
         "time_budget",
         "num_workers",
+        "runtime",  # locked towers' features agree across runtimes within the export check's tolerance
+        "feature_cache",
         "checkpoint_every",
         "keep_checkpoints",
         "early_stopping_patience",
@@ -328,6 +330,7 @@ def validate(
     from retrieval.train.frozen import (
         FrozenImageFeatures,
         FrozenTextFeatures,
+        feature_cache,
         image_tower_is_frozen,
         text_tower_is_frozen,
     )
@@ -338,7 +341,9 @@ def validate(
     with encoding.inference(model, device):  # eval mode for the cached heads too; restored after
         if use_cache and image_tower_is_frozen(model):
             if "image" not in caches:
-                caches["image"] = FrozenImageFeatures(model, images, device, batch)
+                caches["image"] = FrozenImageFeatures(
+                    model, images, device, batch, runtime=config.runtime, feature_cache=feature_cache(config)
+                )
             image_emb = _project(caches["image"], model, images, batch)  # [I, D]
         else:
             image_emb = encoding.encode_images(
@@ -346,7 +351,7 @@ def validate(
             ).vectors  # [I, D]
         if use_cache and text_tower_is_frozen(model):
             if "text" not in caches:
-                caches["text"] = FrozenTextFeatures(model, captions, device, batch)
+                caches["text"] = FrozenTextFeatures(model, captions, device, batch, runtime=config.runtime)
             text_emb = _project(caches["text"], model, captions, batch)  # [T, D]
         else:
             text_emb = encoding.encode_texts(

@@ -209,7 +209,7 @@ def test_collections_sharing_a_model_folder_load_it_once(monkeypatch, tmp_path, 
 
     loads: list[str] = []
 
-    def fake_load(directory, device=None, batch_size=32):
+    def fake_load(directory, device=None, batch_size=32, runtime="auto"):
         loads.append(directory)
         return ModelRunner(KeywordEncoder(), directory, batch_size)
 

@@ -66,10 +66,25 @@ def test_same_seed_gives_identical_weights(config, tmp_path):
 
 
 def test_worker_processes_do_not_change_the_result(config, tmp_path):
-    config = config.replace(val_data=None, epochs=1, checkpoint_every=0)  # random crops: seeded per item
-    inline = train(config.replace(out_dir=str(tmp_path / "inline")))
+    # random crops: seeded per item; two epochs: the run's workers serve the second epoch's keys too
+    config = config.replace(val_data=None, epochs=2, checkpoint_every=0)
+    inline = train(config.replace(out_dir=str(tmp_path / "inline"), num_workers=0))
     workers = train(config.replace(out_dir=str(tmp_path / "workers"), num_workers=2))
     _assert_same_weights(inline.model_dir, workers.model_dir)
+    auto = train(config.replace(out_dir=str(tmp_path / "auto")))  # None: workers, as images are decoded
+    _assert_same_weights(inline.model_dir, auto.model_dir)
+
+
+def test_how_many_data_workers_a_run_gets(config):
+    from retrieval.data import collate_pairs
+    from retrieval.train.frozen import collate_refs, data_workers
+
+    assert config.num_workers is None
+    assert data_workers(config, collate_pairs) == min(2, os.cpu_count() or 1)  # images decoded per step
+    assert data_workers(config, collate_refs) == 0  # locked tower's features cached: nothing to decode
+    assert data_workers(config.replace(num_workers=0), collate_pairs) == 0
+    with pytest.raises(ValueError, match="num_workers must be >= 0 or None"):
+        config.replace(num_workers=-1)
 
 
 @pytest.mark.parametrize(
@@ -218,7 +233,10 @@ def test_user_errors_are_clear(config, tmp_path):
 @pytest.mark.parametrize("side", ["text", "image"])
 def test_a_locked_tower_is_encoded_once_and_matches_the_uncached_run(config, tmp_path, side):
     lock = {"lock_text": True} if side == "text" else {"lock_image": True}
-    config = config.replace(model=config.model.replace(**lock), val_data=None, epochs=2, augment=False)
+    # the shared feature cache off: the tower itself must run, once (its reuse is tested in tests/encoding)
+    config = config.replace(
+        model=config.model.replace(**lock), val_data=None, epochs=2, augment=False, feature_cache=False
+    )
     torch.manual_seed(0)
     build_model(config.model, captions=["a red circle", "a blue square"], device="cpu").save(
         tmp_path / "init"
@@ -305,6 +323,8 @@ def test_the_default_recipe_trains_only_the_heads_on_features_computed_once(conf
         hard_negative_every=1,
         hard_negative_neighbours=4,
         epochs=3,
+        runtime="torch",  # the torch tower itself counts its calls (ONNX Runtime and the cache: tests/encoding)
+        feature_cache=False,
     )
     start = build_model(run.model, device="cpu")  # the towers' weights before training
     result = train(run)
