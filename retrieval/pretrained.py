@@ -90,8 +90,11 @@ class ModelSource:
             out: dict[str, Any] = {"source": "hub", "id": self.hub_id, "revision": self.revision}
             if self.requested_revision not in (None, self.revision):
                 out["requested_revision"] = self.requested_revision
-        elif self.weights is not None:
-            out = {"source": "file", "path": str(self.weights), "weights_sha256": file_sha256(self.weights)}
+        elif self.weights is not None:  # an open_clip folder or weight file
+            named_file = self.name != str(self.path)
+            where = str(self.weights) if named_file else str(self.path)
+            out = {"source": "file" if named_file else "folder", "path": where}
+            out["weights_sha256"] = file_sha256(self.weights)
         else:
             out = {"source": "folder", "path": str(self.path), "weights_sha256": weights_sha256(self.path)}
         out["format"] = self.kind
