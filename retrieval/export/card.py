@@ -176,8 +176,8 @@ def model_card(model: Any, target: str, info: dict[str, Any], options: Any) -> s
 # {title}
 
 A {family.upper()} twin encoder: an image tower and a text tower that map pictures and captions to
-{info["embed_dim"]}-dimensional unit vectors whose cosine similarity scores how well they match
-{"(fine-tuned from [" + base + "](https://huggingface.co/" + base + "))" if base else ""}. Exported by
+{info["embed_dim"]}-dimensional unit vectors whose cosine similarity scores how well they match.
+{("Fine-tuned from [" + base + "](https://huggingface.co/" + base + "). ") if base else ""}Exported by
 siamese-retrieval to {"open_clip's" if target == "open_clip" else "transformers'"} format; its embeddings
 equal the toolkit model's within {info["tolerance"]:.0e} (largest difference measured at export:
 image {info["max_difference"]["image"]:.1e}, text {info["max_difference"]["text"]:.1e}).

@@ -75,6 +75,7 @@ def _export_transformers(model: Any, folder: Path, out: Path, options: ExportOpt
     processor.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     _save_processor(full.config.model_type, processor, tokenizer, folder)
+    _add_sentence_transformers(folder, full.config.model_type)
     reloaded = AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
     return check_embeddings(
         model,
@@ -107,6 +108,32 @@ def _save_processor(model_type: str, processor: Any, tokenizer: Any, folder: Pat
             for suffix in ("Pil", "Fast"):
                 text = text.replace(f'ImageProcessor{suffix}"', 'ImageProcessor"')
             path.write_text(text, encoding="utf-8")
+
+
+def _add_sentence_transformers(folder: Path, model_type: str) -> None:
+    """sentence-transformers' files (``modules.json``: the model, then a unit-length normalisation;
+    SigLIP's texts padded to full length, as it was trained), written by sentence-transformers itself
+    where a version that loads CLIP-style models (5.4 and later) is installed, so that
+    ``SentenceTransformer(folder).encode(images or texts)`` gives the toolkit's unit vectors."""
+    import shutil
+    import tempfile
+
+    try:
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.base.modules import Transformer
+        from sentence_transformers.sentence_transformer.modules import Normalize
+    except ImportError:
+        logger.info("sentence-transformers >= 5.4 is not installed: no sentence-transformers files written")
+        return
+    padding = {"text": {"padding": "max_length"}} if model_type == "siglip" else None
+    st = SentenceTransformer(modules=[Transformer(str(folder), processing_kwargs=padding), Normalize()], device="cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        st.save(tmp)
+        for name in ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"):
+            shutil.copyfile(Path(tmp) / name, folder / name)
+        normalize = next((p for p in Path(tmp).iterdir() if p.is_dir() and p.name.endswith("_Normalize")), None)
+        if normalize is not None:
+            shutil.copytree(normalize, folder / normalize.name)
 
 
 def _export_open_clip(model: Any, folder: Path, out: Path, options: ExportOptions) -> dict[str, float]:
