@@ -109,7 +109,14 @@ def tiny_model_cfg(quick_gelu: bool = False, **text: Any) -> dict[str, Any]:
         "embed_dim": 24,
         "quick_gelu": quick_gelu,
         "vision_cfg": {"image_size": 30, "layers": 2, "width": 32, "head_width": 8, "patch_size": 6},
-        "text_cfg": {"context_length": 16, "vocab_size": len(WORDS) + 4, "width": 32, "heads": 4, "layers": 2, **text},
+        "text_cfg": {
+            "context_length": 16,
+            "vocab_size": len(WORDS) + 4,
+            "width": 32,
+            "heads": 4,
+            "layers": 2,
+            **text,
+        },
     }
 
 
@@ -138,7 +145,12 @@ def eos_last_tokenizer(max_length: int = 16) -> Any:
     )
 
 
-PREPROCESS = {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3], "interpolation": "bicubic", "resize_mode": "shortest"}
+PREPROCESS = {
+    "mean": [0.5, 0.4, 0.3],
+    "std": [0.2, 0.25, 0.3],
+    "interpolation": "bicubic",
+    "resize_mode": "shortest",
+}
 
 
 def save_open_clip(folder: Path, seed: int = 0, quick_gelu: bool = False, tokenizer: bool = True) -> MiniCLIP:
@@ -153,7 +165,10 @@ def save_open_clip(folder: Path, seed: int = 0, quick_gelu: bool = False, tokeni
     (folder / "open_clip_config.json").write_text(
         json.dumps({"model_cfg": cfg, "preprocess_cfg": PREPROCESS}, indent=2)
     )
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        str(folder / "open_clip_model.safetensors"),
+    )
     if tokenizer:
         eos_last_tokenizer(cfg["text_cfg"]["context_length"]).save_pretrained(folder)
     return model
