@@ -126,12 +126,16 @@ def _add_sentence_transformers(folder: Path, model_type: str) -> None:
         logger.info("sentence-transformers >= 5.4 is not installed: no sentence-transformers files written")
         return
     padding = {"text": {"padding": "max_length"}} if model_type == "siglip" else None
-    st = SentenceTransformer(modules=[Transformer(str(folder), processing_kwargs=padding), Normalize()], device="cpu")
+    st = SentenceTransformer(
+        modules=[Transformer(str(folder), processing_kwargs=padding), Normalize()], device="cpu"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         st.save(tmp)
         for name in ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"):
             shutil.copyfile(Path(tmp) / name, folder / name)
-        normalize = next((p for p in Path(tmp).iterdir() if p.is_dir() and p.name.endswith("_Normalize")), None)
+        normalize = next(
+            (p for p in Path(tmp).iterdir() if p.is_dir() and p.name.endswith("_Normalize")), None
+        )
         if normalize is not None:
             shutil.copytree(normalize, folder / normalize.name)
 

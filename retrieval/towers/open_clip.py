@@ -261,11 +261,20 @@ def load_open_clip(
 def _package_parts(
     checkpoint: OpenCLIPCheckpoint, state: dict[str, torch.Tensor], name: str, reason: str
 ) -> tuple[ModelConfig, ImageTower, TextTower, float, float | None]:
+    """Towers running on the open_clip package, for architectures outside the ViT CLIP layout."""
     try:
         from retrieval.towers.open_clip_package import package_parts
     except ImportError as exc:
+        try:
+            import open_clip  # noqa: F401
+        except ImportError:
+            raise ValueError(
+                f"open_clip model {name} is not of the ViT CLIP layout the toolkit converts ({reason}); it runs "
+                f"on the open_clip package: {OPEN_CLIP_EXTRA}"
+            ) from exc
         raise ValueError(
-            f"open_clip model {name} is not of the ViT CLIP layout the toolkit converts ({reason}); it runs on "
-            f"the open_clip package: {OPEN_CLIP_EXTRA}"
+            f"open_clip model {name} is not of the ViT CLIP layout the toolkit converts ({reason}), and this "
+            "version runs only that layout (ViT image and text transformers, as OpenAI's and LAION's CLIPs): "
+            "use a CLIP-layout checkpoint, or open_clip itself for this one"
         ) from exc
     return package_parts(checkpoint, state, name)

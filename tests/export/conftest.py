@@ -8,9 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from retrieval.config import ModelConfig, TrainConfig
-from retrieval.train import train
-
+from support.finetune import fine_tune
 from support.fixtures import one_torch_thread  # noqa: F401  (an autouse fixture for this folder)
 from support.hf import save_tiny_clip, save_tiny_siglip
 
@@ -49,26 +47,6 @@ def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def siglip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_siglip(tmp_path_factory.mktemp("siglip"), texts=CAPTIONS)
-
-
-def fine_tune(init: str | Path, pairs: Path, out: Path, loss: str) -> Path:
-    """Two optimizer steps from ``init`` with both towers training (``retrieval train --init``'s path);
-    returns the run folder (its model is ``final/``)."""
-    config = TrainConfig(
-        train_data=str(pairs),
-        out_dir=str(out),
-        init_model=str(init),
-        model=ModelConfig(lock_text=False),
-        loss=loss,
-        lr=1e-3,
-        max_steps=2,
-        batch_size=4,
-        val_fraction=0.0,
-        device="cpu",
-        progress=False,
-    )
-    train(config)
-    return out
 
 
 @pytest.fixture(scope="session")
