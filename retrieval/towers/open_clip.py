@@ -146,10 +146,9 @@ def image_processor_for(preprocess_cfg: dict[str, Any], image_size: int) -> Any:
     shortest side and centre-crop (``resize_mode="shortest"``) or resize to the square
     (``"squash"``), then normalise with its mean and std. (Resampling is PIL's where open_clip uses
     torchvision's: pixels can differ by a rounding step.)"""
-    try:  # transformers 5 names the PIL implementation; its default one needs torchvision
-        from transformers import CLIPImageProcessorPil as CLIPImageProcessor
-    except ImportError:
-        from transformers import CLIPImageProcessor
+    # the class AutoImageProcessor gives back when a saved model is loaded again (transformers 5: the
+    # torchvision implementation where torchvision imports, else the PIL one), so fingerprints agree
+    from transformers import CLIPImageProcessor
 
     cfg = {**_PREPROCESS_DEFAULTS, **preprocess_cfg}
     size = cfg.get("size", image_size)

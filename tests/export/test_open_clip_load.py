@@ -67,6 +67,8 @@ def test_a_folder_and_a_weight_file_load_with_open_clips_embeddings(tmp_path: Pa
         "format": "open_clip",
         "model": str((tmp_path / "oc").resolve()),
     }
+    model.save(tmp_path / "saved")  # a toolkit folder now: the same model, fingerprint included
+    assert load_model(tmp_path / "saved", device="cpu").fingerprint() == model.fingerprint()
     by_file = load_model(weights, device="cpu")
     assert by_file.fingerprint() == model.fingerprint()
     assert by_file.source.info()["source"] == "file"

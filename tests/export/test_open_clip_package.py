@@ -132,3 +132,57 @@ def test_an_open_clip_model_loads_in_the_toolkit_with_equal_embeddings(
     back, _, _ = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'back'}")
     with torch.no_grad():
         assert torch.allclose(back.eval().encode_image(pixels), oc_model.encode_image(pixels), atol=1e-4)
+
+
+def _save_package_model(open_clip, folder: Path, cfg: dict, seed: int = 0):
+    """A random open_clip model of ``cfg`` written as open_clip writes one (config, safetensors, tokenizer)."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    oc_model = open_clip.CLIP(**cfg).eval()
+    with torch.no_grad():
+        for param in oc_model.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    folder.mkdir(parents=True)
+    preprocess = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "resize_mode": "squash"}
+    (folder / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": cfg, "preprocess_cfg": preprocess})
+    )
+    save_file(
+        {k: v.contiguous() for k, v in oc_model.state_dict().items()},
+        str(folder / "open_clip_model.safetensors"),
+    )
+    eos_last_tokenizer().save_pretrained(folder)
+    return oc_model
+
+
+def test_an_architecture_that_does_not_convert_runs_on_open_clip(
+    open_clip, tmp_path: Path, pairs: Path
+) -> None:
+    from support.finetune import fine_tune
+
+    cfg = tiny_model_cfg()
+    cfg["text_cfg"]["hf_tokenizer_name"] = "local"
+    cfg["vision_cfg"] = {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8, "head_width": 64}  # a ResNet
+    oc_model = _save_package_model(open_clip, tmp_path / "rn", cfg)
+    model = load_model(tmp_path / "rn", device="cpu")
+    assert model.config.image_tower.startswith("open_clip:")
+    tokens = open_clip.get_tokenizer(f"local-dir:{tmp_path / 'rn'}")(TEXTS)
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(
+            model.image_features(pixels), oc_model.encode_image(pixels, normalize=True), atol=1e-5
+        )
+        assert torch.allclose(
+            model.encode_texts(TEXTS), oc_model.encode_text(tokens, normalize=True), atol=1e-5
+        )
+    model.save(tmp_path / "saved")
+    again = load_model(tmp_path / "saved", device="cpu")
+    assert again.fingerprint() == model.fingerprint()
+    assert torch.equal(again.encode_texts(TEXTS), model.encode_texts(TEXTS))
+    run = fine_tune(tmp_path / "rn", pairs, tmp_path / "run", "clip")
+    tuned = load_model(run / "final", device="cpu")
+    assert tuned.base_model["format"] == "open_clip"
+    assert (tuned.encode_images(sample_images()) - model.encode_images(sample_images())).abs().max() > 1e-5
+    with pytest.raises(ValueError, match="toolkit architecture that transformers"):
+        export_model(tuned, "transformers", tmp_path / "x")
