@@ -121,7 +121,7 @@ def _head_modules(backbone: nn.Module, blocks_name: str, projection: nn.Module |
 def _output_dim(hf_config: Any, projection: nn.Module | None) -> int:
     if isinstance(projection, nn.Linear):
         return projection.out_features
-    for key in ("hidden_size", "dim", "d_model"):
+    for key in ("projection_size", "hidden_size", "dim", "d_model"):  # SigLIP's text head projects
         value = getattr(hf_config, key, None)
         if isinstance(value, int):
             return value

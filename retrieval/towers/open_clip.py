@@ -141,7 +141,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
-def image_processor_for(preprocess_cfg: dict[str, Any], image_size: int) -> Any:
+def image_processor_for(preprocess_cfg: dict[str, Any], image_size: int, family: str = "clip") -> Any:
     """A transformers ``CLIPImageProcessor`` doing what open_clip's eval transform does: resize the
     shortest side and centre-crop (``resize_mode="shortest"``) or resize to the square
     (``"squash"``), then normalise with its mean and std. (Resampling is PIL's where open_clip uses
@@ -162,6 +162,10 @@ def image_processor_for(preprocess_cfg: dict[str, Any], image_size: int) -> Any:
         return CLIPImageProcessor(
             size={"shortest_edge": int(size)}, crop_size={"height": int(size), "width": int(size)}, **common
         )
+    if cfg["resize_mode"] == "squash" and family == "siglip":
+        from transformers import SiglipImageProcessor
+
+        return SiglipImageProcessor(size={"height": int(size), "width": int(size)}, **common)
     if cfg["resize_mode"] == "squash":
         return CLIPImageProcessor(
             size={"height": int(size), "width": int(size)}, do_center_crop=False, **common
@@ -223,38 +227,70 @@ def load_open_clip(
     """``(config, image tower, text tower, logit_scale, logit_bias)`` of an open_clip checkpoint, towers
     named ``"hf:<name>"``: converted to transformers' CLIP when the architecture is of the ViT CLIP
     layout, else (:class:`NotConvertibleError`) run on the open_clip package."""
-    from retrieval.towers.hf import _skip_init, dual_encoder_parts
+    from retrieval.towers.hf import dual_encoder_parts
 
     state = read_state_dict(checkpoint.weights)
     try:
         tokenizer = _tokenizer(checkpoint, name)
-        eos = getattr(tokenizer, "eos_token_id", None)
-        kwargs = clip_config_from_open_clip(checkpoint.model_cfg, eos_token_id=eos)
-        image_size = kwargs["vision_config"]["image_size"]
-        processor = image_processor_for(checkpoint.preprocess_cfg, image_size)
-        converted, bias = open_clip_to_clip_state(state)
+        if (checkpoint.model_cfg.get("vision_cfg") or {}).get("timm_model_name"):
+            full, bias = _as_siglip(checkpoint, state)
+            tokenizer.model_input_names = ["input_ids"]  # open_clip's SigLIP text attends to padding too
+            family = "siglip"
+        else:
+            full, bias = _as_clip(checkpoint, state, tokenizer)
+            family = "clip"
+        image_size = int(full.config.vision_config.image_size)
+        processor = image_processor_for(checkpoint.preprocess_cfg, image_size, family=family)
     except NotConvertibleError as exc:
-        logger.info("open_clip model %s does not convert to transformers' CLIP (%s)", name, exc.reason)
+        logger.info("open_clip model %s does not convert to transformers (%s)", name, exc.reason)
         return _package_parts(checkpoint, state, name, exc.reason)
-    from transformers import CLIPConfig, CLIPModel
+    return dual_encoder_parts(full.eval(), processor, tokenizer, name, logit_bias=bias)
 
-    kwargs["text_config"].update(
-        {
-            k: v
-            for k, v in (("pad_token_id", tokenizer.pad_token_id), ("bos_token_id", tokenizer.bos_token_id))
-            if v is not None
-        }
-    )
-    with _skip_init():
-        full = CLIPModel(CLIPConfig(**kwargs)).to(torch.float32)
+
+def _load_converted(full: Any, converted: dict[str, torch.Tensor], name: str) -> None:
+    target = full.state_dict()
+    for key, value in converted.items():  # scalars: CLIP keeps [] where SigLIP keeps [1]
+        if key in target and target[key].shape != value.shape and target[key].numel() == value.numel():
+            converted[key] = value.reshape(target[key].shape)
     missing, unexpected = full.load_state_dict(converted, strict=False)
     missing = [k for k in missing if not k.endswith("position_ids")]
-    if missing or unexpected:  # an internal mismatch of the layout table with transformers' CLIP
+    if missing or unexpected:  # an internal mismatch of a layout table with transformers' model
         raise ValueError(
-            f"open_clip model {name}: converted weights do not fit transformers' CLIPModel "
+            f"open_clip model {name}: converted weights do not fit transformers' {type(full).__name__} "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]}); report this with the model's config"
         )
-    return dual_encoder_parts(full.eval(), processor, tokenizer, name, logit_bias=bias)
+
+
+def _as_clip(
+    checkpoint: OpenCLIPCheckpoint, state: dict[str, torch.Tensor], tokenizer: Any
+) -> tuple[Any, float | None]:
+    from transformers import CLIPConfig, CLIPModel
+
+    from retrieval.towers.hf import _skip_init
+
+    kwargs = clip_config_from_open_clip(
+        checkpoint.model_cfg, eos_token_id=getattr(tokenizer, "eos_token_id", None)
+    )
+    converted, bias = open_clip_to_clip_state(state)
+    ids = (("pad_token_id", tokenizer.pad_token_id), ("bos_token_id", tokenizer.bos_token_id))
+    kwargs["text_config"].update({k: v for k, v in ids if v is not None})
+    with _skip_init():
+        full = CLIPModel(CLIPConfig(**kwargs)).to(torch.float32)
+    _load_converted(full, converted, "clip")
+    return full, bias
+
+
+def _as_siglip(checkpoint: OpenCLIPCheckpoint, state: dict[str, torch.Tensor]) -> tuple[Any, float | None]:
+    from transformers import SiglipConfig, SiglipModel
+
+    from retrieval.towers.hf import _skip_init
+    from retrieval.towers.open_clip_siglip import open_clip_to_siglip
+
+    kwargs, converted = open_clip_to_siglip(checkpoint.model_cfg, state)
+    with _skip_init():
+        full = SiglipModel(SiglipConfig(**kwargs)).to(torch.float32)
+    _load_converted(full, converted, "siglip")
+    return full, float(converted["logit_bias"].reshape(-1)[0])
 
 
 def _package_parts(

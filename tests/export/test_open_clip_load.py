@@ -213,3 +213,41 @@ def test_load_then_export_gives_back_open_clips_own_tensors(oc_dir: Path, tmp_pa
         "interpolation": "bicubic",
         "resize_mode": "shortest",
     }
+
+
+def test_an_open_clip_siglip_converts_to_transformers_siglip(tmp_path: Path) -> None:
+    """A timm SigLIP ViT + open_clip's bidirectional text tower, as open_clip writes them, becomes a
+    SiglipModel: equal embeddings, temperature and bias kept, and it exports to transformers."""
+    from safetensors.torch import save_file
+
+    from support.open_clip_ref import MiniSigLIP, eos_last_tokenizer
+
+    torch.manual_seed(11)
+    reference = MiniSigLIP().eval()
+    folder = tmp_path / "siglip"
+    folder.mkdir()
+    preprocess = {"mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic", "resize_mode": "squash"}
+    (folder / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": MiniSigLIP.config(), "preprocess_cfg": preprocess})
+    )
+    save_file(
+        {k: v.contiguous() for k, v in reference.state_dict().items()},
+        str(folder / "open_clip_model.safetensors"),
+    )
+    eos_last_tokenizer(12).save_pretrained(folder)
+
+    model = load_model(folder, device="cpu")
+    assert model.image_tower.backbone.config.model_type == "siglip_vision_model"
+    assert model.logit_bias is not None and float(model.logit_bias.detach()) == pytest.approx(-7.0)
+    assert float(model.logit_scale.detach()) == pytest.approx(2.3)
+    tokens = model.tokenize(TEXTS)
+    assert tokens["input_ids"].shape[1] == 12  # padded to the context length, as SigLIP was trained
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.allclose(model.image_features(pixels), reference.encode_image(pixels), atol=1e-5)
+        assert torch.allclose(
+            model.text_features(tokens), reference.encode_text(tokens["input_ids"]), atol=1e-5
+        )
+    result = export_model(model, "transformers", tmp_path / "hf")
+    assert max(result.max_difference.values()) <= 1e-5
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["model_type"] == "siglip"

@@ -186,3 +186,68 @@ def test_an_architecture_that_does_not_convert_runs_on_open_clip(
     assert (tuned.encode_images(sample_images()) - model.encode_images(sample_images())).abs().max() > 1e-5
     with pytest.raises(ValueError, match="toolkit architecture that transformers"):
         export_model(tuned, "transformers", tmp_path / "x")
+
+
+@pytest.mark.parametrize("timm_name", ["vit_base_patch16_siglip_224", "vit_base_patch32_siglip_256"])
+def test_an_open_clip_siglip_with_timms_tower_converts_with_equal_embeddings(
+    open_clip, tmp_path: Path, timm_name: str
+) -> None:
+    """open_clip's SigLIP layout (timm's SigLIP ViT by name, random weights) becomes a
+    transformers SiglipModel without open_clip, embedding as open_clip does."""
+    from safetensors.torch import save_file
+
+    cfg = {
+        "embed_dim": 768,
+        "init_logit_bias": -10,
+        "custom_text": True,
+        "vision_cfg": {
+            "image_size": 64,
+            "timm_model_name": timm_name,
+            "timm_model_pretrained": False,
+            "timm_pool": "map",
+            "timm_proj": "none",
+        },
+        "text_cfg": {
+            "context_length": 12,
+            "vocab_size": 17,
+            "hf_tokenizer_name": "local",
+            "width": 32,
+            "heads": 4,
+            "layers": 2,
+            "no_causal_mask": True,
+            "proj_bias": True,
+            "pool_type": "last",
+            "norm_kwargs": {"eps": 1e-6},
+            "act_kwargs": {"approximate": "tanh"},
+        },
+    }
+    folder = tmp_path / "siglip"
+    folder.mkdir()
+    preprocess = {"mean": [0.5] * 3, "std": [0.5] * 3, "resize_mode": "squash"}
+    (folder / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": cfg, "preprocess_cfg": preprocess})
+    )
+    torch.manual_seed(0)
+    oc_model = open_clip.create_model(f"local-dir:{folder}", pretrained=None).eval()
+    with torch.no_grad():
+        for param in oc_model.parameters():
+            param.add_(torch.randn_like(param) * 0.02)
+    save_file(
+        {k: v.contiguous() for k, v in oc_model.state_dict().items()},
+        str(folder / "open_clip_model.safetensors"),
+    )
+    eos_last_tokenizer(12).save_pretrained(folder)
+
+    model = load_model(folder, device="cpu")
+    assert model.image_tower.backbone.config.model_type == "siglip_vision_model"  # converted, not wrapped
+    tokens = open_clip.get_tokenizer(f"local-dir:{folder}")(TEXTS)
+    side = int(timm_name[-3:])
+    pixels = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.allclose(
+            model.image_features(pixels), oc_model.encode_image(pixels, normalize=True), atol=1e-4
+        )
+        assert torch.allclose(
+            model.encode_texts(TEXTS), oc_model.encode_text(tokens, normalize=True), atol=1e-4
+        )
+    assert float(model.logit_bias.detach()) == pytest.approx(float(oc_model.logit_bias.detach()))

@@ -172,3 +172,132 @@ def save_open_clip(folder: Path, seed: int = 0, quick_gelu: bool = False, tokeni
     if tokenizer:
         eos_last_tokenizer(cfg["text_cfg"]["context_length"]).save_pretrained(folder)
     return model
+
+
+class TimmAttention(nn.Module):
+    """timm's ViT attention: one ``qkv`` linear layer, heads split after it, then ``proj``."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, w = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, w))
+
+
+class Mlp(nn.Module):
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class TimmBlock(nn.Module):
+    def __init__(self, width: int, heads: int, hidden: int) -> None:
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(width, eps=1e-6), TimmAttention(width, heads)
+        self.norm2, self.mlp = nn.LayerNorm(width, eps=1e-6), Mlp(width, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class AttnPool(nn.Module):
+    """timm's AttentionPoolLatent: a learned query attends over the tokens, then a residual MLP."""
+
+    def __init__(self, width: int, heads: int, hidden: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.latent = nn.Parameter(torch.randn(1, 1, width) * 0.1)
+        self.q, self.kv, self.proj = (
+            nn.Linear(width, width),
+            nn.Linear(width, 2 * width),
+            nn.Linear(width, width),
+        )
+        self.norm, self.mlp = nn.LayerNorm(width, eps=1e-6), Mlp(width, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, w = x.shape
+        q = self.q(self.latent.expand(b, -1, -1)).reshape(b, 1, self.heads, w // self.heads).transpose(1, 2)
+        k, v = self.kv(x).reshape(b, n, 2, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        x = self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, 1, w))
+        return (x + self.mlp(self.norm(x)))[:, 0]
+
+
+class Trunk(nn.Module):
+    def __init__(self, width: int, layers: int, heads: int, patch: int, size: int) -> None:
+        super().__init__()
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(3, width, patch, stride=patch)
+        self.pos_embed = nn.Parameter(torch.randn(1, (size // patch) ** 2, width) * 0.1)
+        self.blocks = nn.ModuleList(TimmBlock(width, heads, 4 * width) for _ in range(layers))
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.attn_pool = AttnPool(width, heads, 4 * width)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed.proj(pixels).flatten(2).transpose(1, 2) + self.pos_embed  # [B, N, W]
+        for block in self.blocks:
+            x = block(x)
+        return self.attn_pool(self.norm(x))  # [B, W]
+
+
+class MiniSigLIP(nn.Module):
+    """open_clip's ``CustomTextCLIP`` for a SigLIP config: a timm SigLIP ViT (``visual.trunk``) and a
+    bidirectional text transformer pooled at the last position with a biased projection."""
+
+    def __init__(self, width: int = 48, text_width: int = 32, context: int = 12) -> None:
+        super().__init__()
+        self.visual = nn.Module()
+        self.visual.trunk = Trunk(width, 2, 12, 8, 32)  # 12 heads: timm's vit_base_*_siglip_*
+        self.text = nn.Module()
+        self.text.token_embedding = nn.Embedding(len(WORDS) + 4, text_width)
+        self.text.positional_embedding = nn.Parameter(torch.randn(context, text_width) * 0.1)
+        self.text.transformer = Transformer(text_width, 2, 4, 4 * text_width, nn.GELU)
+        for block in self.text.transformer.resblocks:  # open_clip's SigLIP text layer norms
+            block.ln_1.eps = block.ln_2.eps = 1e-6
+        self.text.ln_final = nn.LayerNorm(text_width, eps=1e-6)
+        self.text.text_projection = nn.Linear(text_width, width)
+        self.logit_scale = nn.Parameter(torch.tensor(2.3))
+        self.logit_bias = nn.Parameter(torch.tensor(-7.0))
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.visual.trunk(pixels), dim=-1)
+
+    def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
+        text = self.text
+        x = text.token_embedding(ids) + text.positional_embedding[: ids.shape[1]]
+        x = text.ln_final(text.transformer(x))[:, -1]  # every position attends to every other; the last pools
+        return F.normalize(text.text_projection(x), dim=-1)
+
+    @staticmethod
+    def config() -> dict[str, Any]:
+        return {
+            "embed_dim": 48,
+            "init_logit_bias": -10,
+            "custom_text": True,
+            "vision_cfg": {
+                "image_size": 32,
+                "timm_model_name": "vit_base_patch16_siglip_224",
+                "timm_model_pretrained": False,
+                "timm_pool": "map",
+                "timm_proj": "none",
+            },
+            "text_cfg": {
+                "context_length": 12,
+                "vocab_size": len(WORDS) + 4,
+                "width": 32,
+                "heads": 4,
+                "layers": 2,
+                "no_causal_mask": True,
+                "proj_bias": True,
+                "pool_type": "last",
+                "norm_kwargs": {"eps": 1e-6},
+            },
+        }
