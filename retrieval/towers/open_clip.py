@@ -6,10 +6,12 @@ A checkpoint is open_clip's model config (``open_clip_config.json``: ``{"model_c
 with its ``state_dict``) and, usually, tokenizer files.
 
 Models of the ViT CLIP layout (OpenAI's and LAION's ViT-B/32, B/16, L/14, H/14 ...) are converted to
-a transformers ``CLIPModel`` (:mod:`retrieval.towers.open_clip_layout`) without the open_clip
-package, so they load, fine-tune, save and export like any transformers CLIP. Other architectures
-(timm or Hugging Face towers, ResNets, CoCa, SigLIP's timm image towers) run on the open_clip package
-itself: the optional extra ``pip install 'siamese-retrieval[open_clip]'``.
+a transformers ``CLIPModel`` (:mod:`retrieval.towers.open_clip_layout`), and SigLIPs (timm's SigLIP
+ViTs with open_clip's text tower) to a ``SiglipModel`` (:mod:`retrieval.towers.open_clip_siglip`),
+without the open_clip package, so they load, fine-tune, save and export like any transformers
+model. Other architectures (other timm towers, ResNets, CoCa, Hugging Face text towers) run on the
+open_clip package itself (:mod:`retrieval.towers.open_clip_package`): the optional extra
+``pip install 'siamese-retrieval[open_clip]'``.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 weights, such as ``ViT-B-32/laion2b_s34b_b79k``), resolved to a config and a Hugging Face hub repo.
 
 With the open_clip package installed, its own tables answer (every architecture and tag it knows).
-Without it, a short table of the most used ViT CLIPs answers, as open_clip's registry states them
-(hub repos, QuickGELU for OpenAI's weights, and the model configs of ``ViT-B-32``, ``ViT-B-16`` and
-``ViT-L-14``); anything else asks for the package.
+Without it, a short table of the most used ViT CLIPs and SigLIPs answers, as open_clip's registry
+states them (hub repos, QuickGELU for OpenAI's weights, SigLIP's preprocessing, and the model
+configs of ``ViT-B-32``, ``ViT-B-16`` and ``ViT-L-14``; SigLIP repos carry their own config);
+anything else asks for the package.
 """
 
 from __future__ import annotations
@@ -36,7 +37,13 @@ _ARCHS: dict[str, dict[str, Any]] = {
     "ViT-B-16": _vit(512, 12, 768, 16, 512, 8),
     "ViT-L-14": _vit(768, 24, 1024, 14, 768, 12),
 }
-# (arch, tag) -> (hub repo, the tag's settings: QuickGELU for OpenAI's weights)
+_SIGLIP = {
+    "mean": (0.5, 0.5, 0.5),
+    "std": (0.5, 0.5, 0.5),
+    "interpolation": "bicubic",
+    "resize_mode": "squash",
+}
+# (arch, tag) -> (hub repo, the tag's settings: QuickGELU for OpenAI's weights, SigLIP's preprocessing)
 _TAGS: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
     ("ViT-B-32", "openai"): ("timm/vit_base_patch32_clip_224.openai", {"quick_gelu": True}),
     ("ViT-B-32", "laion2b_s34b_b79k"): ("laion/CLIP-ViT-B-32-laion2B-s34B-b79K", {}),
@@ -44,6 +51,10 @@ _TAGS: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
     ("ViT-B-16", "laion2b_s34b_b88k"): ("laion/CLIP-ViT-B-16-laion2B-s34B-b88K", {}),
     ("ViT-L-14", "openai"): ("timm/vit_large_patch14_clip_224.openai", {"quick_gelu": True}),
     ("ViT-L-14", "laion2b_s32b_b82k"): ("laion/CLIP-ViT-L-14-laion2B-s32B-b82K", {}),
+    # SigLIP (its repos hold their open_clip_config.json and tokenizer): Inception statistics, square resize
+    ("ViT-B-16-SigLIP", "webli"): ("timm/ViT-B-16-SigLIP", _SIGLIP),
+    ("ViT-L-16-SigLIP-384", "webli"): ("timm/ViT-L-16-SigLIP-384", _SIGLIP),
+    ("ViT-SO400M-14-SigLIP", "webli"): ("timm/ViT-SO400M-14-SigLIP", _SIGLIP),
 }
 
 
