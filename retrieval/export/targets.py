@@ -149,8 +149,9 @@ def _export_open_clip(model: Any, folder: Path, out: Path, options: ExportOption
     config, state, tokenizer = as_open_clip(model, _tokenizer_name(model, out, options))
     atomic_write_json(folder / OPEN_CLIP_CONFIG, config, indent=2)
     save_file(state, str(folder / "open_clip_model.safetensors"), metadata={"format": "pt"})
-    tokenizer.save_pretrained(folder)
-    # loaded back as any open_clip checkpoint is loaded here (config + state dict -> transformers' CLIP)
+    if hasattr(tokenizer, "save_pretrained"):  # open_clip's own CLIP tokenizer ships with the package
+        tokenizer.save_pretrained(folder)
+    # loaded back as any open_clip checkpoint is loaded here (converted, or on the open_clip package)
     checkpoint = OpenCLIPCheckpoint.from_config_file(
         folder / OPEN_CLIP_CONFIG, folder / "open_clip_model.safetensors"
     )

@@ -4,11 +4,13 @@ the folder open_clip loads as ``local-dir:DIR`` (and as ``hf-hub:ORG/NAME`` once
 The model must be a transformers CLIP underneath (:func:`retrieval.export.to_transformers.as_transformers`)
 whose settings open_clip's ``CLIP`` can build (:func:`retrieval.towers.open_clip_layout.open_clip_config_from_clip`).
 SigLIP is refused: open_clip builds SigLIP image towers only as timm's named models, which a
-fine-tuned or resized SigLIP need not match.
+fine-tuned or resized SigLIP need not match. Models whose towers already run on the open_clip
+package (architectures that do not convert) are written back as they are.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import torch
@@ -53,11 +55,36 @@ def preprocess_cfg_of(processor: Any) -> dict[str, Any]:
     }
 
 
+def _package_model(model: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor], Any] | None:
+    """A model whose towers run on the open_clip package is open_clip's model already: its config,
+    the two towers' weights under open_clip's names, its tokenizer's files."""
+    image, text = model.image_tower, model.text_tower
+    if type(image).__name__ != "OpenCLIPImageTower" or type(text).__name__ != "OpenCLIPTextTower":
+        return None
+    for head, what in ((model.image_projection, "image"), (model.text_projection, "text")):
+        if not isinstance(head, torch.nn.Identity):
+            raise ExportError(
+                f"this model adds a projection head to open_clip's {what} tower: export it with --to onnx"
+            )
+    state = {f"visual.{k}": v for k, v in image.visual.state_dict().items()}
+    state.update({k: v for k, v in text.model.state_dict().items() if not k.startswith("visual.")})
+    state["logit_scale"] = model.logit_scale.detach().reshape(())
+    config = json.loads(json.dumps(text.open_clip_config))
+    if model.logit_bias is not None:
+        state["logit_bias"] = model.logit_bias.detach().reshape(())
+        config["model_cfg"]["init_logit_bias"] = float(model.logit_bias.detach())
+    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    return config, state, getattr(text.tokenizer, "tokenizer", text.tokenizer)
+
+
 def as_open_clip(model: Any, tokenizer_name: str) -> tuple[dict[str, Any], dict[str, torch.Tensor], Any]:
     """``(open_clip_config.json content, state dict, tokenizer)`` for ``model``; the config names
     ``tokenizer_name`` as its Hugging Face tokenizer (the hub repo the folder will live in, or its
     base model's), which is how open_clip finds the tokenizer files. :class:`ExportError` when
     open_clip cannot express the model."""
+    package = _package_model(model)
+    if package is not None:
+        return package
     if transformers_family(model) == "siglip":
         raise ExportError(
             "open_clip builds SigLIP image towers only as timm's named models, which this SigLIP need not "

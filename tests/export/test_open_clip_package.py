@@ -186,6 +186,15 @@ def test_an_architecture_that_does_not_convert_runs_on_open_clip(
     assert (tuned.encode_images(sample_images()) - model.encode_images(sample_images())).abs().max() > 1e-5
     with pytest.raises(ValueError, match="toolkit architecture that transformers"):
         export_model(tuned, "transformers", tmp_path / "x")
+    result = export_model(
+        tuned, "open_clip", tmp_path / "back"
+    )  # it is an open_clip model: written back as one
+    assert max(result.max_difference.values()) <= 1e-4
+    back, _, _ = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'back'}")
+    with torch.no_grad():
+        assert torch.allclose(
+            back.eval().encode_image(pixels, normalize=True), tuned.image_features(pixels), atol=1e-5
+        )
 
 
 @pytest.mark.parametrize("timm_name", ["vit_base_patch16_siglip_224", "vit_base_patch32_siglip_256"])
