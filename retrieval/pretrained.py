@@ -50,6 +50,7 @@ _WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin")
 # What a hub snapshot needs for an open_clip model: its config, weights and tokenizer files.
 OPEN_CLIP_PATTERNS = [OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS[0], "*.json", "*.txt", "*.model"]
 OPEN_CLIP_FALLBACK = ["open_clip_pytorch_model.bin"]
+OPEN_CLIP_IGNORED = ["*/*"]  # sub-folders; the transformers weights some repos also hold match no pattern
 OPEN_CLIP_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 HF_HUB_PREFIX = "hf-hub:"
 OPEN_CLIP_PREFIX = "open_clip:"
@@ -375,7 +376,7 @@ def _open_clip_hub_source(repo_id: str, revision: str | None, named: str | None 
         repo_id,
         revision,
         OPEN_CLIP_PATTERNS,
-        HUB_IGNORED,
+        OPEN_CLIP_IGNORED,
         OPEN_CLIP_FALLBACK,
         lambda f: find_weights(f) is not None,
     )

@@ -251,3 +251,45 @@ def test_an_open_clip_siglip_converts_to_transformers_siglip(tmp_path: Path) -> 
     result = export_model(model, "transformers", tmp_path / "hf")
     assert max(result.max_difference.values()) <= 1e-5
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["model_type"] == "siglip"
+
+
+def test_downloads_fetch_open_clips_files_for_open_clip_names_only(
+    oc_dir: Path, clip_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Online, the file patterns decide what is downloaded: a repo holding both formats (as LAION's do)
+    gives open_clip's files to hf-hub: names and transformers' files to plain hub ids."""
+    import huggingface_hub
+    from huggingface_hub.utils import filter_repo_objects
+
+    repo = tmp_path / "repo"  # both formats side by side
+    shutil.copytree(clip_dir, repo)
+    for file in oc_dir.iterdir():
+        if file.name.startswith("open_clip_"):
+            shutil.copy(file, repo / file.name)
+    fetched: list[set[str]] = []
+
+    def fake_snapshot_download(
+        repo_id,
+        revision=None,
+        cache_dir=None,
+        local_files_only=False,
+        allow_patterns=None,
+        ignore_patterns=None,
+    ):
+        names = [p.name for p in repo.iterdir()]
+        kept = set(filter_repo_objects(names, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns))
+        fetched.append(kept)
+        snapshot = tmp_path / "cache" / repo_id.replace("/", "--") / REVISION
+        snapshot.mkdir(parents=True, exist_ok=True)
+        for name in kept:
+            shutil.copy(repo / name, snapshot / name)
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    source = resolve_model("hf-hub:laion/both-formats")
+    assert source.kind == "open_clip" and source.weights.name == "open_clip_model.safetensors"
+    assert "open_clip_config.json" in fetched[-1] and "model.safetensors" not in fetched[-1]
+    plain = resolve_model("laion/both-formats-hf")
+    assert plain.kind == "transformers"
+    assert "model.safetensors" in fetched[-1] and not any(n.startswith("open_clip_") for n in fetched[-1])
