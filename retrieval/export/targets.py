@@ -170,11 +170,9 @@ def _export_open_clip(model: Any, folder: Path, out: Path, options: ExportOption
 
 
 def _open_clip_package() -> Any:
-    try:
-        import open_clip
-    except ImportError:
-        return None
-    return open_clip
+    from retrieval.towers.open_clip import open_clip_package
+
+    return open_clip_package()
 
 
 def _check_with_open_clip(

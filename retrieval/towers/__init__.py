@@ -114,13 +114,15 @@ def _build_hf_text(
 
 
 def _open_clip_package(kind: str, assets: Path | None) -> ImageTower | TextTower:
-    try:
-        from retrieval.towers.open_clip_package import build_package_tower
-    except ImportError as exc:
+    from retrieval.towers.open_clip import OPEN_CLIP_EXTRA, open_clip_package
+
+    if open_clip_package() is None:
         raise ValueError(
-            f"this model's {kind} tower runs on the open_clip package, which is not installed: "
-            "pip install 'siamese-retrieval[open_clip]'"
-        ) from exc
+            f"this model's {kind} tower runs on the open_clip package, which cannot be imported here: "
+            f"{OPEN_CLIP_EXTRA} (with a torchvision built for this torch)"
+        )
+    from retrieval.towers.open_clip_package import build_package_tower
+
     return build_package_tower(kind, assets)
 
 

@@ -41,6 +41,7 @@ __all__ = [
     "find_weights",
     "image_processor_for",
     "load_open_clip",
+    "open_clip_package",
     "read_state_dict",
 ]
 
@@ -106,6 +107,31 @@ class OpenCLIPCheckpoint:
         )
 
 
+_IMPORT_ERROR: list[str] = []  # why open_clip did not import, once tried
+
+
+def open_clip_package() -> Any:
+    """The open_clip module, or ``None`` when it cannot be imported: not installed, or failing on
+    import (open_clip imports torchvision, which fails beside a torch it was not built for)."""
+    try:
+        import open_clip
+    except Exception as exc:  # ImportError, or torchvision's RuntimeError against another torch
+        if not _IMPORT_ERROR:
+            _IMPORT_ERROR.append(f"{type(exc).__name__}: {exc}".splitlines()[0][:200])
+            logger.debug("open_clip cannot be imported: %s", _IMPORT_ERROR[0])
+        return None
+    return open_clip
+
+
+def _why_not() -> str:
+    if not _IMPORT_ERROR:
+        return "is not installed"
+    first = _IMPORT_ERROR[0]
+    if first.startswith(("ModuleNotFoundError", "ImportError: No module named")) and "open_clip" in first:
+        return "is not installed"
+    return f"fails to import here ({first}; open_clip needs a torchvision built for this torch)"
+
+
 def find_weights(folder: Path) -> Path | None:
     """The open_clip weight file of ``folder`` (open_clip's preferred names first), or ``None``."""
     for name in OPEN_CLIP_WEIGHTS:
@@ -144,14 +170,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def image_processor_for(preprocess_cfg: dict[str, Any], image_size: int, family: str = "clip") -> Any:
-    """A transformers ``CLIPImageProcessor`` doing what open_clip's eval transform does: resize the
-    shortest side and centre-crop (``resize_mode="shortest"``) or resize to the square
-    (``"squash"``), then normalise with its mean and std. (Resampling is PIL's where open_clip uses
-    torchvision's: pixels can differ by a rounding step.)"""
-    # the class AutoImageProcessor gives back when a saved model is loaded again (transformers 5: the
-    # torchvision implementation where torchvision imports, else the PIL one), so fingerprints agree
-    from transformers import CLIPImageProcessor
-
+    """A transformers image processor doing what open_clip's eval transform does: resize the shortest
+    side and centre-crop (``resize_mode="shortest"``) or resize to the square (``"squash"``; SigLIP's
+    processor for ``family="siglip"``), then normalise with its mean and std. (transformers
+    resamples, with PIL or torchvision, where open_clip uses torchvision's transforms: pixels can
+    differ by a rounding step.)"""
     cfg = {**_PREPROCESS_DEFAULTS, **preprocess_cfg}
     size = cfg.get("size", image_size)
     if isinstance(size, (list, tuple)):
@@ -160,19 +183,34 @@ def image_processor_for(preprocess_cfg: dict[str, Any], image_size: int, family:
         size = size[0]
     resample = 2 if cfg["interpolation"] == "bilinear" else 3  # PIL's BILINEAR / BICUBIC
     common = {"image_mean": list(cfg["mean"]), "image_std": list(cfg["std"]), "resample": resample}
+    square = {"height": int(size), "width": int(size)}
     if cfg["resize_mode"] == "shortest":
-        return CLIPImageProcessor(
-            size={"shortest_edge": int(size)}, crop_size={"height": int(size), "width": int(size)}, **common
+        return _auto_processor(
+            "CLIPImageProcessor",
+            size={"shortest_edge": int(size)},
+            crop_size=square,
+            do_center_crop=True,
+            **common,
         )
     if cfg["resize_mode"] == "squash" and family == "siglip":
-        from transformers import SiglipImageProcessor
-
-        return SiglipImageProcessor(size={"height": int(size), "width": int(size)}, **common)
+        return _auto_processor("SiglipImageProcessor", size=square, **common)
     if cfg["resize_mode"] == "squash":
-        return CLIPImageProcessor(
-            size={"height": int(size), "width": int(size)}, do_center_crop=False, **common
-        )
+        return _auto_processor("CLIPImageProcessor", size=square, do_center_crop=False, **common)
     raise NotConvertibleError(f"its images are resized with resize_mode={cfg['resize_mode']!r}")
+
+
+def _auto_processor(kind: str, **settings: Any) -> Any:
+    """The image processor ``kind`` with ``settings``, made by ``AutoImageProcessor`` as a saved model's
+    is when loaded again (transformers 5 picks its torchvision or PIL implementation), so the
+    preprocessing, and the fingerprint, read the same before and after a save."""
+    import tempfile
+
+    from transformers import AutoImageProcessor
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = {"image_processor_type": kind, **settings}
+        (Path(tmp) / "preprocessor_config.json").write_text(json.dumps(config), encoding="utf-8")
+        return AutoImageProcessor.from_pretrained(tmp)
 
 
 def _tokenizer(checkpoint: OpenCLIPCheckpoint, name: str) -> Any:
@@ -185,14 +223,13 @@ def _tokenizer(checkpoint: OpenCLIPCheckpoint, name: str) -> Any:
     hf_name = (checkpoint.model_cfg.get("text_cfg") or {}).get("hf_tokenizer_name")
     if hf_name:
         return AutoTokenizer.from_pretrained(hf_name)
-    try:
-        import open_clip  # noqa: F401
-    except ImportError as exc:
+    if open_clip_package() is None:
         raise ValueError(
             f"open_clip model {name} has no tokenizer files beside its weights and uses open_clip's own CLIP "
-            f"tokenizer, whose vocabulary ships with the open_clip package: {OPEN_CLIP_EXTRA}, or put the "
-            "tokenizer files (tokenizer.json, vocab.json, merges.txt) of openai/clip-vit-base-patch32 beside it"
-        ) from exc
+            f"tokenizer, whose vocabulary ships with the open_clip package ({_why_not()}): {OPEN_CLIP_EXTRA}, "
+            "or put the tokenizer files (tokenizer.json, vocab.json, merges.txt) of "
+            "openai/clip-vit-base-patch32 beside it"
+        )
     return _clip_bpe_tokenizer(int(checkpoint.model_cfg["text_cfg"].get("context_length", 77)))
 
 
@@ -298,20 +335,12 @@ def _as_siglip(checkpoint: OpenCLIPCheckpoint, state: dict[str, torch.Tensor]) -
 def _package_parts(
     checkpoint: OpenCLIPCheckpoint, state: dict[str, torch.Tensor], name: str, reason: str
 ) -> tuple[ModelConfig, ImageTower, TextTower, float, float | None]:
-    """Towers running on the open_clip package, for architectures outside the ViT CLIP layout."""
-    try:
-        from retrieval.towers.open_clip_package import package_parts
-    except ImportError as exc:
-        try:
-            import open_clip  # noqa: F401
-        except ImportError:
-            raise ValueError(
-                f"open_clip model {name} is not of the ViT CLIP layout the toolkit converts ({reason}); it runs "
-                f"on the open_clip package: {OPEN_CLIP_EXTRA}"
-            ) from exc
+    """Towers running on the open_clip package, for architectures outside the converted layouts."""
+    if open_clip_package() is None:
         raise ValueError(
-            f"open_clip model {name} is not of the ViT CLIP layout the toolkit converts ({reason}), and this "
-            "version runs only that layout (ViT image and text transformers, as OpenAI's and LAION's CLIPs): "
-            "use a CLIP-layout checkpoint, or open_clip itself for this one"
-        ) from exc
+            f"open_clip model {name} is not of a layout the toolkit converts (ViT CLIP or SigLIP: {reason}); it "
+            f"runs on the open_clip package, which {_why_not()}: {OPEN_CLIP_EXTRA}"
+        )
+    from retrieval.towers.open_clip_package import package_parts
+
     return package_parts(checkpoint, state, name)

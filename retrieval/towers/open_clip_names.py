@@ -63,11 +63,9 @@ def _normalise(arch: str) -> str:
 
 
 def _package() -> Any:
-    try:
-        import open_clip
-    except ImportError:
-        return None
-    return open_clip
+    from retrieval.towers.open_clip import open_clip_package
+
+    return open_clip_package()
 
 
 def arch_config(arch: str) -> dict[str, Any]:

@@ -172,12 +172,12 @@ def test_architectures_that_do_not_convert_name_the_extra(tmp_path: Path) -> Non
     folder = tmp_path / "rn"
     save_open_clip(folder)
     config = json.loads((folder / "open_clip_config.json").read_text())
-    config["model_cfg"]["vision_cfg"]["timm_model_name"] = "vit_base_patch16_siglip_224"
+    config["model_cfg"]["vision_cfg"]["timm_model_name"] = "convnext_tiny"
     (folder / "open_clip_config.json").write_text(json.dumps(config))
     try:
         import open_clip  # noqa: F401
     except ImportError:
-        with pytest.raises(ValueError, match=r"timm_model_name=.*siamese-retrieval\[open_clip\]"):
+        with pytest.raises(ValueError, match=r"timm's 'convnext_tiny'.*siamese-retrieval\[open_clip\]"):
             load_model(folder)
     else:  # pragma: no cover - with the package the model runs on it
         pytest.skip("the open_clip package is installed here")
@@ -293,3 +293,25 @@ def test_downloads_fetch_open_clips_files_for_open_clip_names_only(
     plain = resolve_model("laion/both-formats-hf")
     assert plain.kind == "transformers"
     assert "model.safetensors" in fetched[-1] and not any(n.startswith("open_clip_") for n in fetched[-1])
+
+
+def test_an_open_clip_that_fails_to_import_is_named_not_raised(
+    oc_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """open_clip imports torchvision, which fails beside a torch it was not built for: converted models
+    still load, the others get an error saying so (not torchvision's traceback)."""
+    from retrieval.towers import open_clip as towers_open_clip
+
+    fake = tmp_path / "site" / "open_clip"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('raise RuntimeError("operator torchvision::nms does not exist")\n')
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setattr(towers_open_clip, "_IMPORT_ERROR", [])
+    assert load_model(oc_dir, device="cpu").source.kind == "open_clip"
+    folder = tmp_path / "other"
+    shutil.copytree(oc_dir, folder)
+    config = json.loads((folder / "open_clip_config.json").read_text())
+    config["model_cfg"]["vision_cfg"]["layers"] = [1, 1, 1, 1]
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"fails to import here \(RuntimeError: operator torchvision::nms"):
+        load_model(folder)
