@@ -26,7 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.towers.hf import DUAL_MODELS
-from retrieval.towers.open_clip import OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, OpenCLIPCheckpoint, find_weights
+from retrieval.towers.open_clip_files import (
+    OPEN_CLIP_CONFIG,
+    OPEN_CLIP_WEIGHTS,
+    OpenCLIPCheckpoint,
+    find_weights,
+)
 
 __all__ = [
     "ModelSource",

@@ -170,7 +170,7 @@ def _export_open_clip(model: Any, folder: Path, out: Path, options: ExportOption
 
 
 def _open_clip_package() -> Any:
-    from retrieval.towers.open_clip import open_clip_package
+    from retrieval.towers.open_clip_files import open_clip_package
 
     return open_clip_package()
 

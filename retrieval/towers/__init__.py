@@ -114,7 +114,7 @@ def _build_hf_text(
 
 
 def _open_clip_package(kind: str, assets: Path | None) -> ImageTower | TextTower:
-    from retrieval.towers.open_clip import OPEN_CLIP_EXTRA, open_clip_package
+    from retrieval.towers.open_clip_files import OPEN_CLIP_EXTRA, open_clip_package
 
     if open_clip_package() is None:
         raise ValueError(

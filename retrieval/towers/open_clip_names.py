@@ -63,7 +63,7 @@ def _normalise(arch: str) -> str:
 
 
 def _package() -> Any:
-    from retrieval.towers.open_clip import open_clip_package
+    from retrieval.towers.open_clip_files import open_clip_package
 
     return open_clip_package()
 

@@ -30,7 +30,7 @@ from retrieval.data.transforms import ProcessorTransform
 from retrieval.io import atomic_write_text
 from retrieval.towers.base import ImageTower, TextTower
 from retrieval.towers.hf import _largest_module_list
-from retrieval.towers.open_clip import OPEN_CLIP_CONFIG, OpenCLIPCheckpoint, image_processor_for
+from retrieval.towers.open_clip_files import OPEN_CLIP_CONFIG, OpenCLIPCheckpoint, image_processor_for
 
 __all__ = ["OpenCLIPImageTower", "OpenCLIPTextTower", "build_package_tower", "package_parts"]
 

@@ -300,13 +300,13 @@ def test_an_open_clip_that_fails_to_import_is_named_not_raised(
 ) -> None:
     """open_clip imports torchvision, which fails beside a torch it was not built for: converted models
     still load, the others get an error saying so (not torchvision's traceback)."""
-    from retrieval.towers import open_clip as towers_open_clip
+    from retrieval.towers import open_clip_files
 
     fake = tmp_path / "site" / "open_clip"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text('raise RuntimeError("operator torchvision::nms does not exist")\n')
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    monkeypatch.setattr(towers_open_clip, "_IMPORT_ERROR", [])
+    monkeypatch.setattr(open_clip_files, "_IMPORT_ERROR", [])
     assert load_model(oc_dir, device="cpu").source.kind == "open_clip"
     folder = tmp_path / "other"
     shutil.copytree(oc_dir, folder)
