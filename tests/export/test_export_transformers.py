@@ -27,7 +27,9 @@ def _plain_transformers(folder: Path, padding: str | bool):
 
     model = AutoModel.from_pretrained(folder).eval()
     processor = AutoProcessor.from_pretrained(folder)
-    inputs = processor(text=TEXTS, images=sample_images(), return_tensors="pt", padding=padding)
+    inputs = processor(
+        text=TEXTS, images=sample_images(), return_tensors="pt", padding=padding, truncation=True
+    )
     with torch.no_grad():
         image = model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output
         text = model.get_text_features(
