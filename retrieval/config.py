@@ -184,11 +184,7 @@ class ModelConfig(ConfigBase):
         for name in ("dropout", "projection_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"ModelConfig.{name} must be in [0, 1), received {getattr(self, name)!r}")
-        if (
-            isinstance(self.projection_hidden, bool)
-            or not isinstance(self.projection_hidden, int)
-            or self.projection_hidden < 0
-        ):
+        if isinstance(self.projection_hidden, bool) or not isinstance(self.projection_hidden, int) or self.projection_hidden < 0:
             raise ValueError(
                 f"ModelConfig.projection_hidden must be an integer >= 0 (0: the tower's output size), "
                 f"received {self.projection_hidden!r}"
@@ -210,50 +206,32 @@ class ServeConfig(ConfigBase):
     from inside the collection's declared media root.
     """
 
-    collections: dict[str, str] = dataclasses.field(
-        default_factory=dict
-    )  # name -> collection folder or Milvus location
-    model: str | None = (
-        None  # default model (folder or hub id) for every collection (None: the one `embed` recorded)
-    )
-    models: dict[str, str] = dataclasses.field(
-        default_factory=dict
-    )  # name -> model (folder or hub id), overrides `model`
-    media_roots: dict[str, str] = dataclasses.field(
-        default_factory=dict
-    )  # name -> folder the image endpoint may serve
+    collections: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> collection folder or Milvus location
+    model: str | None = None  # default model (folder or hub id) for every collection (None: the one `embed` recorded)
+    models: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> model (folder or hub id), overrides `model`
+    media_roots: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> folder the image endpoint may serve
     host: str = "127.0.0.1"  # interface to bind; anything but loopback needs an api_key (or allow_insecure)
     port: int = 8000  # TCP port to bind
     api_key: str | None = None  # when set, every data endpoint requires the header X-API-Key with this value
     allow_insecure: bool = False  # allow binding a non-loopback interface without an api_key
     allow_image_urls: bool = False  # let clients ask the server to download a query image from a URL
-    allow_private_urls: bool = (
-        False  # with allow_image_urls: also fetch from loopback/private/link-local hosts
-    )
+    allow_private_urls: bool = False  # with allow_image_urls: also fetch from loopback/private/link-local hosts
     url_timeout: float = 10.0  # seconds allowed for downloading a query image from a URL
     max_upload_bytes: int = 10 * 1024 * 1024  # largest accepted query image (upload, base64 or URL download)
-    max_image_pixels: int = (
-        40_000_000  # larger query images are refused before decoding (decompression bombs)
-    )
+    max_image_pixels: int = 40_000_000  # larger query images are refused before decoding (decompression bombs)
     max_text_chars: int = 1000  # longest accepted text query
     max_k: int = 100  # most results one search may ask for
     max_result_ids: int = 1000  # clip-retrieval `num_result_ids` is capped at this many
     workers: int = 4  # threads that decode and encode queries (the model is shared by all of them)
     batch_size: int = 32  # most queries encoded in one forward pass (queries arriving together are batched)
     max_connections: int = 256  # beyond this many concurrent connections the server answers 503
-    reload_interval: float = (
-        2.0  # seconds between checks for a collection changed on disk (0: only on /reload)
-    )
+    reload_interval: float = 2.0  # seconds between checks for a collection changed on disk (0: only on /reload)
     cors_origins: tuple[str, ...] = ()  # origins allowed to call the API from a browser ("*" for any)
-    allowed_hosts: tuple[
-        str, ...
-    ] = ()  # Host header names accepted; () = loopback names when bound to loopback, else any
+    allowed_hosts: tuple[str, ...] = ()  # Host header names accepted; () = loopback names when bound to loopback, else any
     hidden_fields: tuple[str, ...] = ()  # metadata fields never returned (e.g. "path" to hide server paths)
     device: str | None = None  # torch device for the models; None: "cuda" when available, else "cpu"
     mmap: bool = False  # open collections memory-mapped (large indexes, less RAM, slower first queries)
-    hubness: str | None = (
-        None  # "isoftmax" | "csls": correct text/image queries with the bank beside each collection
-    )
+    hubness: str | None = None  # "isoftmax" | "csls": correct text/image queries with the bank beside each collection
     rerank: int = 0  # re-rank the dense top-N of text/image queries by the model's match head (0: off)
 
 
@@ -303,20 +281,11 @@ class EvalConfig(ConfigBase):
     chunk_size: int = 4096  # queries and candidates per block of scores (memory ~ chunk_size^2 floats)
     top_n: int = 10  # best hits kept per query for the per-query CSV and the sample grids
     n_samples: int = 8  # queries drawn (seeded) for each sample grid of the report
-    zero_shot_label_column: str | None = (
-        None  # pair metadata field with a class name: adds zero-shot accuracy
-    )
-    templates: tuple[str, ...] = (
-        "a photo of a {}.",
-        "a picture of a {}.",
-        "an image of a {}.",
-        "{}",
-    )  # prompts
+    zero_shot_label_column: str | None = None  # pair metadata field with a class name: adds zero-shot accuracy
+    templates: tuple[str, ...] = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.", "{}")  # prompts
     key_field: str = "image_id"  # collection metadata field that names an item's image (index evaluation)
     refine: int | None = None  # with a collection: exact re-scoring of refine * k index candidates
-    index_filter: str = (
-        "where"  # mixed collection: "where" (filtered search, as Searcher) | "post" (raw ANN, then filter)
-    )
+    index_filter: str = "where"  # mixed collection: "where" (filtered search, as Searcher) | "post" (raw ANN, then filter)
     device: str | None = None  # "cpu" | "cuda" | None: cuda when available, else cpu
     progress: bool = True  # progress bars while encoding (only on a terminal)
     seed: int = 0  # which queries the sample grids show
@@ -324,9 +293,7 @@ class EvalConfig(ConfigBase):
     caption_column: str = "caption"  # retrieval eval: manifest column with the caption(s)
     id_column: str | None = None  # retrieval eval: manifest column naming the image (default: its path)
     split: str | None = None  # retrieval eval: only rows of this split
-    hubness: str | None = (
-        None  # with a query bank: also rank with "isoftmax" (QB-Norm) or "csls" (hub/... keys)
-    )
+    hubness: str | None = None  # with a query bank: also rank with "isoftmax" (QB-Norm) or "csls" (hub/... keys)
     hubness_beta: float = 10.0  # isoftmax: inverse temperature over the query bank (best on OpenMoji val)
     hubness_k: int = 10  # csls: bank neighbours averaged into an item's hub score
     rerank: int = 0  # with a match head: also re-rank each query's dense top-N (rerank/... keys, match/ECE)
@@ -480,17 +447,11 @@ class TrainConfig(ConfigBase):
     momentum: float = 0.9  # sgd and rmsprop momentum
     betas: tuple[float, float] = (0.9, 0.98)  # adam/adamw moment decays (CLIP's 0.98 steadies training)
     warmup_steps: int = 50  # linear warmup from 0 to lr over this many optimizer steps
-    epochs: int = (
-        100  # most passes over the training pairs ("plateau": a cap; "cosine": the schedule's length)
-    )
+    epochs: int = 100  # most passes over the training pairs ("plateau": a cap; "cosine": the schedule's length)
     max_steps: int | None = None  # stop after this many optimizer steps (also caps the schedule length)
-    decay_fraction: float = (
-        0.4  # "plateau": the decay lasts this share of the epochs before it, >= 1 epoch (0.4: measured)
-    )
+    decay_fraction: float = 0.4  # "plateau": the decay lasts this share of the epochs before it, >= 1 epoch (0.4: measured)
     lr_reduce_factor: float = 0.5  # "reduce": the learning rate is multiplied by this at each plateau
-    max_lr_reductions: int = (
-        4  # "reduce": the plateau after this many cuts (or after a cut without gain) stops
-    )
+    max_lr_reductions: int = 4  # "reduce": the plateau after this many cuts (or after a cut without gain) stops
     time_budget: float | None = None  # stop (with a checkpoint) after this many seconds of training
     batch_size: int = 128  # pairs per micro-batch per process (the negatives each pair is contrasted with)
     grad_accum: int = 1  # micro-batches per optimizer step
@@ -513,17 +474,11 @@ class TrainConfig(ConfigBase):
     # image tower trains, off when it is locked (its outputs are then computed once, not every epoch)
     augment: bool | None = None
     cache_locked_features: bool = True  # fully locked tower: encode each caption (image: if not augment) once
-    hard_negatives: bool = (
-        True  # after a warm-up, batches are neighbourhoods mined from an index of the current space
-    )
+    hard_negatives: bool = True  # after a warm-up, batches are neighbourhoods mined from an index of the current space
     hard_negative_warmup: int = 2  # epochs of random batches before the first mining
-    hard_negative_every: int = (
-        2  # epochs between re-embeddings of the training set (batches are recomposed every epoch)
-    )
+    hard_negative_every: int = 2  # epochs between re-embeddings of the training set (batches are recomposed every epoch)
     hard_negative_neighbours: int = 16  # nearest other images mined per caption
-    hard_negative_fraction: float = (
-        0.5  # share of each batch grown from neighbourhoods (the rest: random pairs)
-    )
+    hard_negative_fraction: float = 0.5  # share of each batch grown from neighbourhoods (the rest: random pairs)
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "optimizer": ("adamw", "adam", "sgd", "adagrad", "rmsprop"),
@@ -551,9 +506,7 @@ class TrainConfig(ConfigBase):
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"TrainConfig.max_steps must be >= 1 or None; received {self.max_steps!r}")
         if not 0 <= self.val_fraction < 1:
-            raise ValueError(
-                f"TrainConfig.val_fraction must be in [0, 1) (0: off); received {self.val_fraction!r}"
-            )
+            raise ValueError(f"TrainConfig.val_fraction must be in [0, 1) (0: off); received {self.val_fraction!r}")
         if not self.decay_fraction > 0 or not self.min_improvement >= 0:
             raise ValueError(
                 f"TrainConfig.decay_fraction must be > 0 and min_improvement >= 0; received "

@@ -84,7 +84,9 @@ def run_eval(args: argparse.Namespace) -> int:
         column = (
             json.loads(meta.read_text())["label_column"] if meta.exists() else ClassifyConfig().label_column
         )
-    report = evaluate_classifier(load_model(args.model), classifier, _pairs(args.data, args.split), column)
+    report = evaluate_classifier(
+        load_model(args.model), classifier, _pairs(args.data, args.split), column
+    )
     out = write_classification_report(report, args.out)
     for inputs in ("image", "text", "both"):
         print(

@@ -34,7 +34,8 @@ class ImageTower(nn.Module, abc.ABC):
         ...
 
     @abc.abstractmethod
-    def image_transform(self, train: bool = False) -> Callable[[Image.Image], torch.Tensor]: ...
+    def image_transform(self, train: bool = False) -> Callable[[Image.Image], torch.Tensor]:
+        ...
 
     def grid_features(self, pixel_values: torch.Tensor) -> torch.Tensor:  # [B, 3, H, W] -> [B, N, C]
         """The spatial grid before pooling (one row per cell or patch), what a cross-attention match
@@ -49,7 +50,8 @@ class ImageTower(nn.Module, abc.ABC):
         return self.image_transform(False).config()  # type: ignore[attr-defined]
 
     @abc.abstractmethod
-    def blocks(self) -> list[nn.Module]: ...
+    def blocks(self) -> list[nn.Module]:
+        ...
 
     def head(self) -> list[nn.Module]:
         return []
@@ -68,7 +70,8 @@ class TextTower(nn.Module, abc.ABC):
     output_dim: int
 
     @abc.abstractmethod
-    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]: ...
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        ...
 
     @abc.abstractmethod
     def forward(
@@ -87,10 +90,12 @@ class TextTower(nn.Module, abc.ABC):
         )
 
     @abc.abstractmethod
-    def preprocess_config(self) -> dict[str, Any]: ...
+    def preprocess_config(self) -> dict[str, Any]:
+        ...
 
     @abc.abstractmethod
-    def blocks(self) -> list[nn.Module]: ...
+    def blocks(self) -> list[nn.Module]:
+        ...
 
     def head(self) -> list[nn.Module]:
         return []

@@ -100,9 +100,7 @@ class MBConv(nn.Module):
         self.expand: nn.Module = nn.Identity()
         if expand != 1:
             self.expand = nn.Sequential(SameConv2d(in_channels, mid, 1), _norm(mid), nn.ReLU6())
-        self.depthwise = nn.Sequential(
-            SameConv2d(mid, mid, kernel, stride, groups=mid), _norm(mid), nn.ReLU6()
-        )
+        self.depthwise = nn.Sequential(SameConv2d(mid, mid, kernel, stride, groups=mid), _norm(mid), nn.ReLU6())
         self.project = nn.Sequential(SameConv2d(mid, out_channels, 1), _norm(out_channels))
         self.residual = stride == 1 and in_channels == out_channels
 
@@ -131,9 +129,7 @@ class EfficientNetLiteImageTower(ImageTower):
     def __init__(self, variant: str = "lite0", image_size: int | None = None) -> None:
         super().__init__()
         if variant not in VARIANTS:
-            raise ValueError(
-                f"unknown EfficientNet-Lite variant {variant!r}; expected one of {list(VARIANTS)}"
-            )
+            raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; expected one of {list(VARIANTS)}")
         width, depth, native = VARIANTS[variant]
         self.variant = variant
         self.image_size = int(image_size or native)
@@ -234,9 +230,7 @@ _BLOCK_PARTS = {
 }
 
 
-def checkpoint_to_state_dict(
-    tower: EfficientNetLiteImageTower, checkpoint: Mapping[str, Any]
-) -> dict[str, Any]:
+def checkpoint_to_state_dict(tower: EfficientNetLiteImageTower, checkpoint: Mapping[str, Any]) -> dict[str, Any]:
     """The converted ImageNet checkpoint renamed to ``tower``'s parameters (its classifier dropped).
     Raises ``ValueError`` when a tensor is missing or has another shape (a checkpoint of another
     variant)."""

@@ -286,9 +286,7 @@ class _Run:
 
     def _plan_decay(self, plateau: bool) -> bool:
         """At an epoch boundary (after its validation): update the schedule; whether to stop now."""
-        self.state, stop = plan_decay(
-            self.config, self.state, plateau, self.steps_per_epoch, self.total_steps
-        )
+        self.state, stop = plan_decay(self.config, self.state, plateau, self.steps_per_epoch, self.total_steps)
         return stop
 
     def _stop_reason(self, record: dict[str, Any], signals: StopSignals, tally: Tally) -> str:

@@ -188,9 +188,7 @@ def compose_hard_batches(
     return order
 
 
-def _cached_vectors(
-    model: Any, cache: Any, keys: Sequence[str], device: Any, batch: int = 1024
-) -> np.ndarray:
+def _cached_vectors(model: Any, cache: Any, keys: Sequence[str], device: Any, batch: int = 1024) -> np.ndarray:
     """Unit vectors of ``keys`` from a locked tower's cached outputs, through the heads in eval mode."""
     from retrieval import encoding
 

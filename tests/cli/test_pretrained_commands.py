@@ -151,7 +151,4 @@ def test_classify_takes_a_transformers_folder(checkpoints, manifest, tmp_path, c
     argv = ["classify", "train", str(manifest), "--model", str(folder), "--out", str(clf),
             "--label-column", "label", "--epochs", "1"]  # fmt: skip
     assert main(argv) == 0
-    assert (
-        main(["classify", "predict", "--model", str(folder), "--classifier", str(clf), "--text", "a red car"])
-        == 0
-    )
+    assert main(["classify", "predict", "--model", str(folder), "--classifier", str(clf), "--text", "a red car"]) == 0

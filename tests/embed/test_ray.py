@@ -43,10 +43,7 @@ def local_ray():
         for attempt in (1, 2):
             try:
                 ray.init(
-                    num_cpus=2,
-                    include_dashboard=False,
-                    log_to_driver=False,
-                    _temp_dir=os.environ["RAY_TMPDIR"],
+                    num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=os.environ["RAY_TMPDIR"]
                 )
                 break
             except Exception as exc:  # Ray gives its node a fixed 30 s to start; a loaded machine can miss it

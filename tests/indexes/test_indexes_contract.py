@@ -156,14 +156,9 @@ def test_fingerprint_is_checked(filled: str) -> None:
     with open_collection(filled, read_only=True) as coll:
         coll.check_fingerprint("fpA")
         coll.check_fingerprint(None)
-        with pytest.raises(
-            ValueError,
-            match="made by the model with fingerprint fpA, but the model given has fingerprint fpB",
-        ):
+        with pytest.raises(ValueError, match="made by the model with fingerprint fpA, but the model given has fingerprint fpB"):
             coll.check_fingerprint("fpB")
-    with pytest.raises(
-        ValueError, match="made by the model with fingerprint fpA, but the model given has fingerprint fpB"
-    ):
+    with pytest.raises(ValueError, match="made by the model with fingerprint fpA, but the model given has fingerprint fpB"):
         open_collection(filled, read_only=True, fingerprint="fpB")
     with open_collection(filled, read_only=True, fingerprint="fpA") as coll:
         assert coll.fingerprint == "fpA"

@@ -181,10 +181,7 @@ def test_fingerprint_and_tune_errors(coll: Collection, tmp_path: Path) -> None:
     coll.check_fingerprint(None)
     with Collection.create(tmp_path / "fp", 4, index="Flat", fingerprint="model-a") as other:
         other.check_fingerprint("model-a")
-        with pytest.raises(
-            ValueError,
-            match="made by the model with fingerprint model-a, but the model given has fingerprint model-b",
-        ):
+        with pytest.raises(ValueError, match="made by the model with fingerprint model-a, but the model given has fingerprint model-b"):
             other.check_fingerprint("model-b")
     with pytest.raises(ValueError, match="cannot tune"):
         coll.tune()

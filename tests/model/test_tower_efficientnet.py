@@ -124,9 +124,7 @@ def test_missing_weights_package_names_the_install(monkeypatch):
 
 
 def _recipe(**changes) -> ModelConfig:
-    return RECIPE_MODEL.replace(
-        image_tower="efficientnet-lite0:64", text_tower="gru", vocab_size=100, **changes
-    )
+    return RECIPE_MODEL.replace(image_tower="efficientnet-lite0:64", text_tower="gru", vocab_size=100, **changes)
 
 
 def test_a_saved_model_reloads_without_the_weights_package(tmp_path, monkeypatch):

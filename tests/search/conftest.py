@@ -36,6 +36,8 @@ def collection(tmp_path_factory: pytest.TempPathFactory, fake_model, corpus_rows
     return root / "coll"
 
 
+
+
 @pytest.fixture(scope="module")
 def tiny_config():
     return CNN_GRU

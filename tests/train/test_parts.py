@@ -140,9 +140,7 @@ def test_checkpoint_round_trip_is_exact(tmp_path, name):
         model.proj(torch.randn(2, 4)).pow(2).sum().backward()
         optimizer.step()
     torch.manual_seed(123)
-    path = ckpt.save_checkpoint(
-        tmp_path, model, optimizer, LoopState(step=7, epoch=1, step_in_epoch=2), keep=1
-    )
+    path = ckpt.save_checkpoint(tmp_path, model, optimizer, LoopState(step=7, epoch=1, step_in_epoch=2), keep=1)
     expected_rng = torch.rand(3)
     assert not any(p.name.endswith(".pkl") or p.suffix in (".pt", ".bin") for p in path.rglob("*"))
     fresh = build_optimizer(TrainConfig(optimizer=name), model)
