@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint browser clean-venv
+.PHONY: demo test test-slow test-open-clip lint browser clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,9 +35,26 @@ test: $(STAMP) browser
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
 
+# Round trips against the real open_clip package, in a venv of their own: open_clip_torch imports
+# torchvision, which must match torch exactly, so this job pins its own pair (not part of `make test`).
+OC_VENV  ?= .venv-open-clip
+OC_PY    := $(OC_VENV)/bin/python
+OC_TORCH ?= torch==2.14.1 torchvision==0.29.1
+OC_STAMP := $(OC_VENV)/.installed
+
+$(OC_STAMP): pyproject.toml
+	test -x $(OC_PY) || $(PYTHON) -m venv $(OC_VENV)
+	$(OC_PY) -m pip install --quiet --upgrade pip
+	$(OC_PY) -m pip install --quiet $(OC_TORCH)
+	$(OC_PY) -m pip install --quiet -e ".[open_clip,dev]"
+	touch $(OC_STAMP)
+
+test-open-clip: $(OC_STAMP)
+	$(OC_PY) -m pytest -m open_clip tests/export
+
 lint: $(STAMP)
 	$(PY) -m ruff check retrieval indexes tests examples benchmarks
 	$(PY) -m ruff format --check retrieval indexes tests examples benchmarks
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(OC_VENV)

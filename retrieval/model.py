@@ -167,7 +167,7 @@ class TwinEncoder(nn.Module):
         the source of a model loaded from a transformers checkpoint or the hub."""
         if self.base_model is not None:
             return self.base_model
-        if self.source is not None and self.source.kind == "transformers":
+        if self.source is not None and self.source.kind in ("transformers", "open_clip"):
             return self.source.info()
         return None
 
@@ -449,9 +449,16 @@ class TwinEncoder(nn.Module):
 
     @classmethod
     def _from_transformers(cls, source: ModelSource, device: str | torch.device | None = None) -> TwinEncoder:
-        from retrieval.towers.hf import load_dual_encoder
+        if source.kind == "open_clip":
+            from retrieval.pretrained import open_clip_checkpoint
+            from retrieval.towers.open_clip import load_open_clip
 
-        config, image_tower, text_tower, scale, bias = load_dual_encoder(str(source.path), name=source.label)
+            parts = load_open_clip(open_clip_checkpoint(source), name=source.name.partition("@")[0])
+        else:
+            from retrieval.towers.hf import load_dual_encoder
+
+            parts = load_dual_encoder(str(source.path), name=source.label)
+        config, image_tower, text_tower, scale, bias = parts
         model = cls(config, image_tower, text_tower)
         with torch.no_grad():
             model.logit_scale.fill_(scale)
@@ -468,9 +475,10 @@ def load_model(
     encoding on ``runtime`` ("torch" | "onnx" | "auto": :mod:`retrieval.encoding.towers`).
 
     ``name`` is a folder saved by the toolkit (e.g. a training run's ``best/``), a transformers
-    CLIP / SigLIP folder (``save_pretrained``), or a Hugging Face hub id ``org/name`` with an
-    optional ``@revision``, fetched through the standard Hugging Face cache (offline once cached);
-    see :func:`retrieval.pretrained.resolve_model`. Every command that takes ``--model`` calls this.
+    CLIP / SigLIP folder (``save_pretrained``), a Hugging Face hub id ``org/name`` with an
+    optional ``@revision``, fetched through the standard Hugging Face cache (offline once cached),
+    or an open_clip checkpoint (``hf-hub:org/name``, ``open_clip:ARCH/TAG``, a weight file with its
+    ``open_clip_config.json``); see :func:`retrieval.pretrained.resolve_model`. Every command that takes ``--model`` calls this.
     The returned model's ``source`` says where it came from.
     """
     from retrieval.encoding.towers import check_runtime

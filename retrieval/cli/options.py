@@ -21,7 +21,8 @@ __all__ = ["MODEL_HELP", "config_default", "config_option", "given"]
 # How every command describes a model name (resolved by retrieval.model.load_model).
 MODEL_HELP = (
     "a model folder saved by the toolkit (e.g. a training run's best/), a transformers CLIP/SigLIP "
-    "folder, or a Hugging Face hub id org/name[@revision] (cached in the Hugging Face cache)"
+    "folder, a Hugging Face hub id org/name[@revision] (cached in the Hugging Face cache), or an open_clip "
+    "checkpoint (hf-hub:org/name, open_clip:ARCH/TAG, a weight file with open_clip_config.json beside it)"
 )
 
 

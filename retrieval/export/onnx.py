@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from retrieval.export.errors import ExportError
 from retrieval.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -71,10 +72,6 @@ SAMPLE_CAPTIONS = (
     "x",
     "café, naïve façade — 日本",
 )
-
-
-class ExportError(RuntimeError):
-    """A tower could not be exported, or its graph does not compute what the tower does."""
 
 
 @dataclasses.dataclass(frozen=True)

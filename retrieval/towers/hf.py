@@ -121,7 +121,7 @@ def _head_modules(backbone: nn.Module, blocks_name: str, projection: nn.Module |
 def _output_dim(hf_config: Any, projection: nn.Module | None) -> int:
     if isinstance(projection, nn.Linear):
         return projection.out_features
-    for key in ("hidden_size", "dim", "d_model"):
+    for key in ("projection_size", "hidden_size", "dim", "d_model"):  # SigLIP's text head projects
         value = getattr(hf_config, key, None)
         if isinstance(value, int):
             return value
@@ -396,9 +396,21 @@ def load_dual_encoder(
             "build_model(ModelConfig(image_tower='hf:...'))"
         )
     full = AutoModel.from_pretrained(source, **_float32())
-    vision, vision_proj, text, text_proj = DUAL_MODELS[hf_config.model_type]
+    return dual_encoder_parts(
+        full, AutoImageProcessor.from_pretrained(source), AutoTokenizer.from_pretrained(source), name
+    )
+
+
+def dual_encoder_parts(
+    full: nn.Module, processor: Any, tokenizer: Any, name: str, logit_bias: float | None = None
+) -> tuple[ModelConfig, HFImageTower, HFTextTower, float, float | None]:
+    """:func:`load_dual_encoder` on a ``CLIPModel`` / ``SiglipModel`` in memory with its image
+    processor and tokenizer (``logit_bias``: a bias the model itself has no place for)."""
+    vision, vision_proj, text, text_proj = DUAL_MODELS[full.config.model_type]
     text_model = getattr(full, text)
     max_length = int(text_model.config.max_position_embeddings)
+    if logit_bias is None and hasattr(full, "logit_bias"):
+        logit_bias = float(full.logit_bias.detach().reshape(-1)[0])
     config = ModelConfig(
         image_tower=f"hf:{name}",
         text_tower=f"hf:{name}",
@@ -408,19 +420,13 @@ def load_dual_encoder(
         projection="none",
         pooling="pooler",
         context_length=max_length,
-        use_bias=hasattr(full, "logit_bias"),
+        use_bias=logit_bias is not None,
         init_logit_scale=float(full.logit_scale.detach().reshape(-1)[0]),
-        init_logit_bias=float(full.logit_bias.detach().reshape(-1)[0])
-        if hasattr(full, "logit_bias")
-        else -10.0,
+        init_logit_bias=logit_bias if logit_bias is not None else -10.0,
     )
     image_tower = HFImageTower(
-        getattr(full, vision),
-        getattr(full, vision_proj) if vision_proj else None,
-        AutoImageProcessor.from_pretrained(source),
-        name,
+        getattr(full, vision), getattr(full, vision_proj) if vision_proj else None, processor, name
     )
-    tokenizer = AutoTokenizer.from_pretrained(source)
     _, padding, _ = _text_settings(text_model, tokenizer, config)
     text_tower = HFTextTower(
         text_model,
@@ -431,5 +437,4 @@ def load_dual_encoder(
         max_length=max_length,
         source=name,
     )
-    bias = float(full.logit_bias.detach().reshape(-1)[0]) if hasattr(full, "logit_bias") else None
-    return config, image_tower, text_tower, config.init_logit_scale, bias
+    return config, image_tower, text_tower, config.init_logit_scale, logit_bias
