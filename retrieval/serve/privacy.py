@@ -6,7 +6,8 @@ layout. Unless the operator asks for them (``ServeConfig.show_paths``), every me
 is such a path is shown relative to the collection's media root when it lies inside it (what the
 page needs to name a file), else as its file name; error messages get the same treatment.
 
-A string counts as a server path when it is a ``tar://`` or ``file://`` reference, or an absolute
+A string counts as a server path when it is a ``tar://``, ``file://``, ``parquet://`` or ``arrow://``
+reference (the last two name image bytes in a row of a table file), or an absolute
 path whose first folder exists at the root of this machine (``/home/...``, ``/data/...``): a
 caption that happens to start with a slash ("/r/aww") is left alone.
 """
@@ -24,8 +25,9 @@ __all__ = ["PathScrubber"]
 
 _TAR = "tar://"
 _FILE = "file://"
+_ROWS = ("parquet://", "arrow://")  # image bytes in a row of a table file: retrieval.data.refs
 # An absolute path inside a message: after a space, quote, bracket or the start; up to a quote or space.
-_IN_TEXT = re.compile(r"""(?<![\w/:.~-])(?:tar://|file://)?/[^\s'"`<>()\[\]{},;]+""")
+_IN_TEXT = re.compile(r"""(?<![\w/:.~-])(?:tar://|file://|parquet://|arrow://)?/[^\s'"`<>()\[\]{},;]+""")
 
 
 def _root_names() -> frozenset[str]:
@@ -46,7 +48,7 @@ class PathScrubber:
         self._known = tuple(sorted(roots, key=len, reverse=True))
 
     def is_server_path(self, text: str) -> bool:
-        if text.startswith((_TAR, _FILE)):
+        if text.startswith((_TAR, _FILE, *_ROWS)):
             return True
         if not text.startswith("/") or "\n" in text or len(text) > 4096:
             return False
@@ -62,6 +64,13 @@ class PathScrubber:
         if text.startswith(_TAR):
             target, sep, member = text[len(_TAR) :].partition("#")
             member = sep + member
+        elif text.startswith(_ROWS):  # kind://FILE#column/row: the file is shown as any path is
+            kind, _, body = text.partition("://")
+            target, sep, member = body.rpartition("#")
+            if not sep:
+                target, member = body, ""
+            member = f"{sep}{member}"
+            return f"{kind}://{_shown(target, media_root)}{member}"
         elif text.startswith(_FILE):
             target = unquote(urlsplit(text).path)
         return _shown(target, media_root) + member

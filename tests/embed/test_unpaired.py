@@ -208,3 +208,50 @@ def test_odd_real_images_embed(config, tmp_path):
     Image.new("LA", (5, 41), (100, 128)).save(folder / "la.png")
     summary = embed_corpus(KeywordEncoder(), folder, tmp_path / "c", config)
     assert summary.embedded == 5 and summary.skipped == {}
+
+
+def test_images_inside_a_parquet_file_are_served_from_its_rows(config, tmp_path):
+    """A Parquet export with image bytes (Hugging Face ``{bytes, path}`` structs) is embedded, searched
+    and served: the item's image comes from its row, typed by its bytes; its path is shown without
+    the server's folders."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "data"
+    data.mkdir()
+    blobs = [png_bytes(c, size=24) for c in COLOURS[:3]]
+    buffer = io.BytesIO()
+    Image.new("RGB", (20, 12), (200, 10, 10)).save(buffer, format="JPEG")
+    blobs.append(buffer.getvalue())
+    images = pa.array(
+        [{"bytes": b, "path": f"{i}.img"} for i, b in enumerate(blobs)],
+        type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
+    )
+    captions = [f"a {c} square" for c in COLOURS[:3]] + ["a red photo"]
+    pq.write_table(pa.table({"image": images, "text": captions}), data / "train.parquet")
+    model = KeywordEncoder()
+    coll = tmp_path / "rows.coll"
+    assert embed_corpus(model, data / "train.parquet", coll, config).embedded == 8
+    with _serve("rows", coll, data, model) as client:
+        r = client.post("/collections/rows/search/text", json={"text": "something green", "k": 4})
+        assert r.status_code == 200, r.text
+        hits = [h for h in r.json()["hits"] if h["metadata"].get("modality") == "image"]
+        assert hits and all(h["metadata"]["path"].startswith("parquet://train.parquet#image/") for h in hits)
+        assert str(tmp_path) not in r.text  # no server folder in the answer
+        served = {}
+        for hit in hits:
+            got = client.get(hit["image_url"])
+            assert got.status_code == 200, got.text
+            served[hit["metadata"]["path"]] = (got.headers["content-type"], got.content)
+        row = {path.rsplit("/", 1)[1]: value for path, value in served.items()}
+        for index, (kind, content) in row.items():
+            assert content == blobs[int(index)]
+            assert kind == ("image/jpeg" if index == "3" else "image/png")
+    # a media root that does not hold the table file refuses it
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with _serve("rows", coll, elsewhere, model) as client:
+        hit = client.post("/collections/rows/search/text", json={"text": "red", "k": 1}).json()["hits"][0]
+        assert client.get(hit["image_url"]).status_code == 403
