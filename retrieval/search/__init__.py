@@ -7,6 +7,8 @@ This package's ``__init__`` is its public API; the modules behind it:
 * :mod:`~retrieval.search.queries` -- checks of text queries, image queries and raw query vectors.
 * :mod:`~retrieval.search.hubness` -- hubness correction at query time (query-bank
   normalisation: inverted softmax / QB-Norm, CSLS) and the :class:`QueryBank` stored beside a collection.
+* :mod:`~retrieval.search.hybrid` -- :class:`Hybrid`: text queries answered by the dense arm and
+  BM25 over the items' text fields, fused (reciprocal rank fusion or weighted normalised scores).
 * :mod:`~retrieval.search.oneshot` -- :func:`search_collection`: load the model, open the
   collection and query it in one call.
 """
@@ -14,15 +16,19 @@ This package's ``__init__`` is its public API; the modules behind it:
 from __future__ import annotations
 
 from retrieval.search.hubness import Hubness, QueryBank, build_query_bank, query_bank_path
+from retrieval.search.hybrid import Hybrid, fuse_rrf, fuse_weighted
 from retrieval.search.oneshot import search_collection, search_texts
 from retrieval.search.searcher import Hit, Searcher
 
 __all__ = [
     "Hit",
     "Hubness",
+    "Hybrid",
     "QueryBank",
     "Searcher",
     "build_query_bank",
+    "fuse_rrf",
+    "fuse_weighted",
     "query_bank_path",
     "search_collection",
     "search_texts",

@@ -15,7 +15,9 @@ from indexes.lexical import TextIndex
 
 from support.lexical_reference import bm25_reference, check_text_search
 
-SMALL = Limits(buffer_bytes=4 * (4 * 4 + 8), segment_min_rows=2, merge_factor=2, tier_floor=2, lexicon_chunk_rows=3)
+SMALL = Limits(
+    buffer_bytes=4 * (4 * 4 + 8), segment_min_rows=2, merge_factor=2, tier_floor=2, lexicon_chunk_rows=3
+)
 
 
 def _vectors(n: int, dim: int = 4, seed: int = 0) -> np.ndarray:
@@ -92,7 +94,9 @@ def test_fields_are_searched_together_or_alone(tmp_path: Path) -> None:
         for fields in (None, ["tags"], ["title"]):
             scores, ids = coll.search_text(["red drink", "sport runs"], 5, fields=fields)
             chosen = fields or ["title", "tags"]
-            check_text_search([bm25_reference(metas, chosen, q) for q in ["red drink", "sport runs"]], 5, scores, ids)
+            check_text_search(
+                [bm25_reference(metas, chosen, q) for q in ["red drink", "sport runs"]], 5, scores, ids
+            )
         with pytest.raises(ValueError, match="not in the text index"):
             coll.search_text("red", 3, fields=["sku"])
 
