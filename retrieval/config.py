@@ -265,10 +265,13 @@ class EmbedConfig(ConfigBase):
     image_root: str | None = None  # folder relative image paths start from (default: the manifest's)
     prune: bool = False  # remove from the collection the items that left the corpus (deleted, edited)
     state: str | None = None  # folder of the embed record; None: <collection>/embed, or the cache for Milvus
+    text_fields: tuple[str, ...] | None = None  # metadata fields of the collection's text index (hybrid search)
+    text_stemming: str = "none"  # words of the text index read by their English stems: "porter"
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "modality": ("images", "texts", "both"),
         "engine": ("local", "ray"),
+        "text_stemming": ("none", "porter"),
     }
 
     def __post_init__(self) -> None:

@@ -90,7 +90,7 @@ class TextIndex:
             if name not in self.fields:
                 raise ValueError(
                     f"field {name!r} is not in the text index (it covers {list(self.fields)}): search those, or "
-                    "index it too with set_text_fields([...]) (`retrieval index COLL --text-fields ...`)"
+                    "index it too with set_text_fields([...]) (`retrieval text-index COLL FIELD[,FIELD]`)"
                 )
             if self.fields.index(name) not in out:
                 out.append(self.fields.index(name))

@@ -59,7 +59,7 @@ class TextSearch:
         if self._lexical is None:
             raise ValueError(
                 f"collection {self._path} has no text index: declare the metadata fields to search with "
-                "set_text_fields(['title', 'tags']) (`retrieval index COLL --text-fields title,tags`), or "
+                "set_text_fields(['title', 'tags']) (`retrieval text-index COLL title,tags`), or "
                 "create it with text_fields=[...] (`retrieval embed ... --text-fields title,tags`)"
             )
         return self._lexical

@@ -419,6 +419,19 @@ class EmbedState:
             atomic_write_bytes(meta_path, sink.getvalue())
 
 
+def declare_text_fields(location: Any, text_fields: Sequence[str] | None, stemming: str = "none") -> None:
+    """Give the collection at ``location`` the text index over ``text_fields`` (a no-op when it has it)."""
+    if not text_fields:
+        return
+    from indexes import open_collection
+    from indexes.lexical import text_index_of
+
+    wanted = text_index_of(list(text_fields), stemming)
+    with open_collection(location) as coll:
+        if getattr(coll, "text_index", None) != wanted:
+            coll.set_text_fields(wanted)
+
+
 def open_or_create(
     location: Any, dim: int, index: str, fingerprint: str, model_info: dict[str, Any] | None = None
 ) -> Any:

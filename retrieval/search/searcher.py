@@ -160,7 +160,7 @@ class Searcher:
             raise ValueError(
                 f"collection {self.collection.path} "
                 + (f"indexes the text of {indexed}, not {missing}" if indexed else "has no text index")
-                + ": declare the fields to search (`retrieval index COLL --text-fields title,tags`, "
+                + ": declare the fields to search (`retrieval text-index COLL title,tags`, "
                 "Collection.set_text_fields) or search the indexed ones"
             )
         return hybrid
