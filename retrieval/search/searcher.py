@@ -144,19 +144,21 @@ class Searcher:
             )
         self._has_modality = "modality" in set(collection.fields())
         self._single: tuple[int, str | None] = (-1, None)  # (collection size, its only modality)
-        self.hybrid = self._check_hybrid(hybrid)
+        try:
+            self.hybrid = self._check_hybrid(hybrid)
+        except Exception:
+            self.close()
+            raise
 
     def _check_hybrid(self, hybrid: Hybrid | None) -> Hybrid | None:
         """``hybrid`` when the collection can answer it (a text index holding its fields), else ValueError."""
         if hybrid is None:
             return None
         if not isinstance(hybrid, Hybrid):
-            self.close()
             raise TypeError(f"hybrid must be a retrieval.search.Hybrid or None; received {type(hybrid).__name__}")
         indexed = list(getattr(self.collection, "text_fields", None) or [])
         missing = sorted(set(hybrid.fields or ()) - set(indexed))
         if not indexed or missing:
-            self.close()
             raise ValueError(
                 f"collection {self.collection.path} "
                 + (f"indexes the text of {indexed}, not {missing}" if indexed else "has no text index")
