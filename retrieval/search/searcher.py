@@ -155,7 +155,9 @@ class Searcher:
         if hybrid is None:
             return None
         if not isinstance(hybrid, Hybrid):
-            raise TypeError(f"hybrid must be a retrieval.search.Hybrid or None; received {type(hybrid).__name__}")
+            raise TypeError(
+                f"hybrid must be a retrieval.search.Hybrid or None; received {type(hybrid).__name__}"
+            )
         indexed = list(getattr(self.collection, "text_fields", None) or [])
         missing = sorted(set(hybrid.fields or ()) - set(indexed))
         if not indexed or missing:
@@ -395,7 +397,9 @@ class Searcher:
         :mod:`retrieval.search.hybrid`); ``vectors`` [n, D] are their embeddings when already encoded."""
         chosen = self._check_hybrid(hybrid) if hybrid is not None else self.hybrid
         if chosen is None:
-            raise ValueError("search_hybrid needs hybrid settings: Searcher(..., hybrid=Hybrid(...)) or hybrid=")
+            raise ValueError(
+                "search_hybrid needs hybrid settings: Searcher(..., hybrid=Hybrid(...)) or hybrid="
+            )
         if isinstance(queries, str) or not isinstance(queries, Sequence):
             raise TypeError(f"text queries must be a sequence of str; received {type(queries).__name__}")
         texts = [one_text(q) for q in queries]
@@ -403,7 +407,9 @@ class Searcher:
             return []
         if vectors is not None:
             vectors = as_query_vectors(vectors, self.collection.dim)
-        fused = hybrid_search(self, texts, vectors, k, modality=modality, where=where, refine=refine, hybrid=chosen)
+        fused = hybrid_search(
+            self, texts, vectors, k, modality=modality, where=where, refine=refine, hybrid=chosen
+        )
         valid = fused.ids >= 0  # [n, k]; padding comes last
         flat = fused.ids[valid]
         by_id = dict(zip(flat.tolist(), self.collection.get(flat) if len(flat) else []))

@@ -71,7 +71,7 @@ def test_query_syntax_is_read_as_words(tmp_path: Path) -> None:
     with _make(tmp_path, text_fields=["title"]) as coll:
         coll.add(_vectors(len(ITEMS)), ITEMS)
         for query in ['"unbalanced', "NOT AND OR", "title:cafe*", "-- ,, ", ""]:
-            scores, ids = coll.search_text(query, 4)  # never a syntax error
+            scores, _ = coll.search_text(query, 4)  # never a syntax error
             assert scores.shape == (1, 4)
         assert coll.search_text("", 2)[1].tolist() == [[-1, -1]]
         assert coll.search_text("title:cafe*", 2)[1][0, 0] == 0  # the words "title" and "cafe"
