@@ -310,8 +310,18 @@ class EvalConfig(ConfigBase):
     hubness_beta: float = 10.0  # isoftmax: inverse temperature over the query bank (best on OpenMoji val)
     hubness_k: int = 10  # csls: bank neighbours averaged into an item's hub score
     rerank: int = 0  # with a match head: also re-rank each query's dense top-N (rerank/... keys, match/ECE)
+    hybrid_fields: tuple[str, ...] | None = None  # with a collection: text fields of hybrid t2i (hybrid/... keys)
+    fusion: str = "rrf"  # hybrid: "rrf" (reciprocal rank fusion), "weighted" (alpha) or "lexical" (BM25 alone)
+    rrf_k: int = 60  # hybrid rrf: the rank constant
+    alpha: float = 0.5  # hybrid weighted: share of the dense arm
+    hybrid_candidates: int = 100  # hybrid: hits of each arm fused
+    tune_hybrid: bool = False  # hybrid: choose rrf k / alpha on a validation share of the captions
+    tune_share: float = 0.5  # hybrid tuning: share of the evaluated images whose captions validate
 
-    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"index_filter": ("where", "post")}
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "index_filter": ("where", "post"),
+        "fusion": ("rrf", "weighted", "lexical"),
+    }
 
     def __post_init__(self) -> None:
         self._check_choices()
@@ -324,6 +334,8 @@ class EvalConfig(ConfigBase):
                 raise ValueError(f"EvalConfig.{name} must be >= 1; received {getattr(self, name)!r}")
         if int(self.rerank) < 0:
             raise ValueError(f"EvalConfig.rerank must be >= 0 (0: no re-ranking); received {self.rerank!r}")
+        if not 0.0 < float(self.tune_share) < 1.0:
+            raise ValueError(f"EvalConfig.tune_share must be in (0, 1); received {self.tune_share!r}")
 
 
 @dataclasses.dataclass(frozen=True)

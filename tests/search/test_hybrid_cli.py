@@ -12,9 +12,14 @@ from retrieval.cli import main
 
 
 @pytest.fixture(scope="module")
-def embedded(tmp_path_factory, corpus_rows, tiny_model_dir) -> Path:
-    manifest = tmp_path_factory.mktemp("manifest") / "corpus.jsonl"
-    manifest.write_text("".join(json.dumps(r) + "\n" for r in corpus_rows))
+def manifest(tmp_path_factory, corpus_rows) -> Path:
+    path = tmp_path_factory.mktemp("manifest") / "corpus.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in corpus_rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory, manifest, tiny_model_dir) -> Path:
     out = tmp_path_factory.mktemp("cli") / "coll"
     argv = ["embed", str(manifest), "--model", str(tiny_model_dir), "--out", str(out), "--workers", "1"]
     assert (
@@ -91,3 +96,16 @@ def test_text_index_command(embedded, tmp_path, capsys) -> None:
     assert json.loads(capsys.readouterr().out)["fields"] == ["image_id", "caption"]
     assert main(["text-index", str(copy)]) == 2
     assert main(["check", str(copy)]) == 0
+
+
+def test_eval_reports_dense_lexical_and_hybrid(embedded, manifest, tiny_model_dir, tmp_path, capsys) -> None:
+    argv = ["eval", str(manifest), "--model", str(tiny_model_dir), "--collection", str(embedded)]
+    argv += ["--hybrid", "image_id", "--id-column", "image_id", "--out", str(tmp_path / "r"), "--no-progress"]
+    assert main([*argv, "--tune-hybrid", "-k", "1", "10"]) == 0
+    printed = capsys.readouterr().out
+    assert "dense" in printed and "lexical" in printed and "tuned on" in printed
+    saved = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    for key in ("t2i/R@10", "dense/t2i/R@10", "lexical/t2i/R@10", "hybrid/t2i/R@10"):
+        assert key in saved["metrics"], key
+    assert saved["hybrid"]["tuned"]["validation_queries"] > 0
+    assert main(["eval", str(manifest), "--model", str(tiny_model_dir), "--hybrid", "image_id"]) == 2
