@@ -64,9 +64,12 @@ def _postings(part: PartText, fields: Sequence[int], term: str) -> tuple[np.ndar
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     if len(rows_parts) == 1:
         rows, tfs = rows_parts[0], tf_parts[0]
-    else:
-        rows, inverse = np.unique(np.concatenate(rows_parts), return_inverse=True)
-        tfs = np.bincount(inverse, weights=np.concatenate(tf_parts)).astype(np.int64)
+    else:  # the union of the fields' rows: counts summed per row (a pass over the rows, no sort)
+        summed = np.bincount(
+            np.concatenate(rows_parts), weights=np.concatenate(tf_parts), minlength=part.ids.shape[0]
+        )
+        rows = np.flatnonzero(summed)
+        tfs = summed[rows].astype(np.int64)
     if part.live is not None:
         keep = part.live[rows]
         rows, tfs = rows[keep], tfs[keep]
@@ -119,9 +122,14 @@ def bm25_search(
             tfs = np.concatenate([found[pi][ti][1] for ti in range(len(weights))]).astype(np.float64)
             w = np.concatenate([np.full(r.size, weights[ti]) for ti, r in enumerate(rows_list)])
             norm = k1 * (1.0 - b + b * lengths[pi][rows] / avgdl)
-            contrib = w * tfs * (k1 + 1.0) / (tfs + norm)
-            uniq, inverse = np.unique(rows, return_inverse=True)
-            sums = np.bincount(inverse, weights=contrib)
+            contrib = w * tfs * (k1 + 1.0) / (tfs + norm)  # > 0: every idf is
+            if rows.size * 8 < part.ids.shape[0]:  # few matches: sort them
+                uniq, inverse = np.unique(rows, return_inverse=True)
+                sums = np.bincount(inverse, weights=contrib)
+            else:  # many: one pass over the part's rows
+                dense = np.bincount(rows, weights=contrib, minlength=part.ids.shape[0])
+                uniq = np.flatnonzero(dense)
+                sums = dense[uniq]
             if part.allowed is not None:
                 keep = part.allowed[uniq]
                 uniq, sums = uniq[keep], sums[keep]
