@@ -150,7 +150,9 @@ def embed_corpus(
     model_info: dict[str, Any] = dict(source.info()) if source is not None else {}
     model_info.update({key: record[key] for key in ("model", "model_dir") if key in record})
     # A collection made by another model is refused before any work is done.
-    open_or_create(location, dim, config.index, fingerprint, model_info).close()
+    open_or_create(
+        location, dim, config.index, fingerprint, model_info, config.text_fields, config.text_stemming
+    ).close()
     declare_text_fields(location, config.text_fields, config.text_stemming)  # lexicons written with the items
     root = Path(config.state) if config.state else state_dir(location)
     with EmbedState(root) as state:  # one job per collection at a time
