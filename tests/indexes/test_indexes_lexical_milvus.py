@@ -112,3 +112,12 @@ def test_our_rrf_is_milvus_hybrid_search_rrf(shop: str) -> None:
 def test_an_old_milvus_server_is_refused_by_version(milvus_server) -> None:
     with pytest.raises(ValueError, match=r"is version .*text fields need BM25 full-text search.*2\.5"):
         create_collection(milvus_server.location(unique_name("old")), dim=4, text_fields=["title"])
+
+
+def test_copy_keeps_the_text_index(shop: str, tmp_path: Path) -> None:
+    from indexes import copy_collection
+
+    copy_collection(shop, tmp_path / "local")
+    with open_collection(tmp_path / "local", read_only=True) as coll:
+        assert coll.text_fields == ["title", "tags"]
+        assert coll.search_text("cafe", 2)[1][0, 0] == 0
