@@ -228,8 +228,8 @@ def demonstration(args: argparse.Namespace) -> list[str]:
         with Collection.create(path, dim=images.shape[1], index="Flat", fingerprint=str(model.fingerprint()),
                                text_fields=["keywords", "keywords_strict"]) as coll:  # fmt: skip
             coll.add(np.asarray(images, dtype=np.float32), metas)
-        test = read_pairs(str(data.test))
-        val = read_pairs(str(data.val))
+        test = read_pairs(str(data.test), id_column="id")
+        val = read_pairs(str(data.val), id_column="id")
         captions, keys, g = test.captions(), test.image_ids(), test.text_to_image()
         emb = encoding.encode_texts(model, captions, progress=False).vectors
         val_emb = encoding.encode_texts(model, val.captions(), progress=False).vectors
