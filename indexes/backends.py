@@ -64,6 +64,12 @@ class VectorCollection(Protocol):
     def search(
         self, queries: Any, k: int, where: dict[str, Any] | None = None, refine: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]: ...
+    @property
+    def text_fields(self) -> list[str]: ...
+    def search_text(
+        self, queries: Any, k: int, where: dict[str, Any] | None = None, fields: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+    def set_text_fields(self, text_fields: Any, stemming: str | None = None) -> None: ...
     def tune(
         self, recall_target: float | None = None, queries: Any = None, k: int = 10
     ) -> dict[str, Any]: ...
@@ -120,11 +126,14 @@ def create_collection(
     overwrite: bool = False,
     model_info: dict[str, Any] | None = None,
     limits: Limits | None = None,
+    text_fields: Any = None,
+    stemming: str | None = None,
 ) -> VectorCollection:
     """Create an empty collection at ``location`` and return it open for writing.
 
     Arguments as in :meth:`indexes.Collection.create`; on Milvus ``index`` is ``"auto"`` or one of
-    the factory strings Milvus can build (see :mod:`indexes.milvus.kinds`).
+    the factory strings Milvus can build (see :mod:`indexes.milvus.kinds`), and ``text_fields`` need
+    Milvus 2.5+ (BM25 full-text search: :mod:`indexes.milvus.text`).
     """
     loc = parse_location(location)
     kwargs: dict[str, Any] = dict(
@@ -139,6 +148,8 @@ def create_collection(
         kwargs["model_info"] = model_info
     if limits is not None:
         kwargs["limits"] = limits
+    if text_fields is not None:
+        kwargs.update(text_fields=text_fields, stemming=stemming)
     if loc.is_milvus:
         return _milvus().create(loc, dim, **kwargs)
     from indexes.collection import Collection

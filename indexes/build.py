@@ -147,8 +147,14 @@ def build_collection(
     engine: str = "local",
     ray_address: str | None = None,
     overwrite: bool = False,
+    text_fields: Sequence[str] | None = None,
+    stemming: str | None = None,
 ) -> BuildSummary:
-    """Build the collection ``out`` from embedding shards (see the module doc) and return a summary."""
+    """Build the collection ``out`` from embedding shards (see the module doc) and return a summary.
+
+    ``text_fields`` / ``stemming`` declare a text index over those metadata fields (as
+    :meth:`indexes.Collection.create`); each segment's lexicon is built by the task writing it.
+    """
     from indexes.collection import Collection
 
     t0 = time.perf_counter()
@@ -166,6 +172,7 @@ def build_collection(
         "index": index,
         "metric": metric,
         "fingerprint": fingerprint,
+        **({"text_fields": list(text_fields), "stemming": stemming} if text_fields else {}),
     }
     plan_key = hashlib.blake2b(json.dumps(plan, sort_keys=True).encode(), digest_size=16).hexdigest()
     reuse = False
@@ -202,6 +209,8 @@ def build_collection(
             memory_budget=memory_budget,
             recall_target=recall_target,
             overwrite=overwrite,
+            text_fields=text_fields,
+            stemming=stemming,
         )
         state_dir.mkdir(exist_ok=True)
         (state_dir / "done").mkdir(exist_ok=True)
@@ -316,6 +325,8 @@ def _build(coll: Any, shards: list[Shard], runner: Runner, state_dir: Path) -> B
                     "metric": coll.metric,
                     "generation": generation,
                     "done": str(done),
+                    "lexical": coll._lexical.as_dict() if coll._lexical else None,
+                    "lexicon_chunk_rows": coll.limits.lexicon_chunk_rows,
                 }
             )
         first_id += shard.rows

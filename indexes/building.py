@@ -162,7 +162,7 @@ class IndexBuilding:
             self._requested = requested
         assert self._buffer is not None
         old = self._buffer
-        fresh = Buffer(self.dim, state.template)
+        fresh = Buffer(self.dim, state.template, self._lexical)
         if old.rows:
             ids, vecs = old.live_arrays()
             fresh.add(ids, vecs, [_text(m) for m in old.meta.get(ids)], old.meta.counts_for(ids))

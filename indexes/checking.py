@@ -24,6 +24,8 @@ import numpy as np
 
 from indexes import files, persist
 from indexes.files import DamagedFileError
+from indexes.lexical.config import TextIndex
+from indexes.lexical.store import compare_lexicon
 from indexes.metadata import MetadataStore
 from indexes.template import Template
 
@@ -107,6 +109,7 @@ class SegmentState:
     ids_ok: bool = True
     index_ok: bool = True
     deleted_ok: bool = True
+    lexicon_ok: bool = True  # the lexicon of the text fields (absent when none is declared)
 
 
 class Checker:
@@ -126,6 +129,21 @@ class Checker:
         self.template: Template | None = None
         self.newer: list[str] = []  # files of a newer version than the manifest (see persist.newer_files)
         self.newest = int(manifest.get("version", 0))
+        declared = manifest.get("lexical")
+        self.lexical: TextIndex | None = None
+        if declared:
+            try:
+                self.lexical = TextIndex.from_dict(declared)
+            except (KeyError, TypeError, ValueError) as exc:
+                report.problems.append(
+                    Problem(
+                        persist.MANIFEST,
+                        f"its text index declaration cannot be read ({exc})",
+                        "cannot be repaired automatically: restore a backup, or declare the text fields "
+                        "again (set_text_fields)",
+                        repairable=False,
+                    )
+                )
 
     def problem(self, file: str, detail: str, repair: str, repairable: bool = True) -> None:
         self.report.problems.append(Problem(file, detail, repair, repairable))
@@ -208,6 +226,25 @@ class Checker:
                 "the count is recomputed from the segments",
             )
 
+    def _check_lexicon(self, entry: dict[str, Any], state: SegmentState) -> None:
+        """The segment's lexicon: present when the collection declares text fields, intact, and holding
+        exactly what its metadata gives (it is rebuilt from the metadata when not)."""
+        rec = entry.get("lexical") or {}
+        if self.lexical is None:
+            if rec:
+                state.lexicon_ok = False
+                self.problem(
+                    f"{entry['name']}/{rec['file']}",
+                    "a lexicon although the collection declares no text fields",
+                    "the segment stops referring to it",
+                )
+            return
+        detail = _lexicon_detail(entry, state, self.lexical, self.path / entry["name"])
+        if detail is not None:
+            state.lexicon_ok = False
+            where = f"{entry['name']}/{rec['file']}" if rec else entry["name"]
+            self.problem(where, detail, "the lexicon is rebuilt from the segment's metadata")
+
     def check_segment(self, entry: dict[str, Any]) -> SegmentState:
         """Check one segment, unless an earlier attempt found this very segment (same entry) intact."""
         key = json.dumps(entry, sort_keys=True)
@@ -229,7 +266,7 @@ class Checker:
             bad = self.check_file(f"{name}/{file}", digest)
             if bad:
                 state.bad_files[file] = bad
-        for key in ("index", "deleted"):
+        for key in ("index", "deleted", "lexical"):
             rec = entry.get(key)
             if rec:
                 bad = self.check_file(f"{name}/{rec['file']}", rec.get("digest"))
@@ -328,6 +365,7 @@ class Checker:
                 except Exception as exc:
                     state.index_ok = False
                     self.problem(f"{name}/{rec['file']}", str(exc), "rebuilt from the segment's vectors")
+        self._check_lexicon(entry, state)
         # deleted ids
         rec = entry.get("deleted")
         if rec:
@@ -367,6 +405,19 @@ class Checker:
                         repairable=False,
                     )
         return state
+
+
+def _lexicon_detail(
+    entry: dict[str, Any], state: SegmentState, config: TextIndex, folder: Path
+) -> str | None:
+    rec = entry.get("lexical")
+    if not rec:
+        return "the segment has no lexicon of the collection's text fields"
+    if rec["file"] in state.bad_files:
+        return files.describe_damage(state.bad_files[rec["file"]])
+    if not state.metadata_ok:
+        return None  # the segment is rewritten from what metadata is left; its lexicon with it
+    return compare_lexicon(folder / rec["file"], folder / "metadata.sqlite", config, int(entry["rows"]))
 
 
 def _check_index(folder: Path, rec: dict[str, Any], rows: int, template: Template | None) -> None:

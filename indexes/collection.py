@@ -53,6 +53,8 @@ from indexes.files import DamagedFileError
 from indexes.filter_cache import FilterCache
 from indexes.fingerprint import check_fingerprint
 from indexes.legacy import Format1Conversion
+from indexes.lexical.config import TextIndex, text_index_of
+from indexes.lexical.searching import TextSearch
 from indexes.limits import DEFAULT_LIMITS, Limits, as_limits
 from indexes.location import local_folder
 from indexes.merging import Merging
@@ -70,7 +72,9 @@ logger = logging.getLogger(__name__)
 MAX_PADDING_BYTES = 1 << 30  # a search asking for more results than items may pad its answer up to this size
 
 
-class Collection(Description, Saving, IndexBuilding, Tuning, IndexChoice, Merging, Format1Conversion):
+class Collection(
+    Description, Saving, IndexBuilding, Tuning, IndexChoice, Merging, Format1Conversion, TextSearch
+):
     """Vectors + metadata on disk, searchable with FAISS. Build with :meth:`create`, reopen with :meth:`open`."""
 
     default_limits: Limits = DEFAULT_LIMITS  # the limits of handles opened without ``limits=``
@@ -104,7 +108,9 @@ class Collection(Description, Saving, IndexBuilding, Tuning, IndexChoice, Mergin
         self._queries_record: dict[str, Any] | None = manifest.get("queries")
         self._read_only = read_only
         self._lock_fd = lock_fd
-        self._buffer: Buffer | None = None if read_only else Buffer(self._dim, template)
+        record = manifest.get("lexical")
+        self._lexical: TextIndex | None = TextIndex.from_dict(record) if record else None  # the text index
+        self._buffer: Buffer | None = None if read_only else Buffer(self._dim, template, self._lexical)
         self._pending: set[Path] = set()  # files written for the next commit (flushed segments, indexes)
         self._in_flight: set[Path] = set()  # folders worker processes are writing (bulk builds): never swept
         self._deleted_fields: dict[str, dict[str, int]] = {
@@ -129,6 +135,8 @@ class Collection(Description, Saving, IndexBuilding, Tuning, IndexChoice, Mergin
         overwrite: bool = False,
         model_info: dict[str, Any] | None = None,
         limits: Limits | None = None,
+        text_fields: Sequence[str] | TextIndex | None = None,
+        stemming: str | None = None,
     ) -> Collection:
         """Create an empty collection at ``path`` (written to disk at once) and return it open for writing.
 
@@ -140,13 +148,17 @@ class Collection(Description, Saving, IndexBuilding, Tuning, IndexChoice, Mergin
         (never a directory that is not one). ``model_info`` is a small JSON-able dict saying where the
         model with ``fingerprint`` came from (e.g. a hub id and revision), kept with the collection
         and shown by :meth:`info`. ``limits`` sets the sizes at which this handle changes path
-        (see :class:`indexes.Limits`; not saved).
+        (see :class:`indexes.Limits`; not saved). ``text_fields`` declares a text index over those
+        metadata fields (:meth:`search_text`, BM25; see :mod:`indexes.lexical`), ``stemming="porter"``
+        reads English words by their stems; :meth:`set_text_fields` changes it later.
         """
         path = Path(path)
         limits = as_limits(cls.default_limits if limits is None else limits)
         manifest, template = opening.new_manifest(
             dim, metric, index, fingerprint, memory_budget, recall_target, model_info
         )
+        text_index = text_index_of(text_fields, stemming)
+        manifest["lexical"] = text_index.as_dict() if text_index else None
         opening.check_folder(path, overwrite)
         with files.storage_errors(path.parent if not path.exists() else path, "create the collection"):
             path.mkdir(parents=True, exist_ok=True)

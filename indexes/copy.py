@@ -110,6 +110,7 @@ def _open_destination(
             recall_target=float(info.get("recall_target", 0.95)),
             overwrite=overwrite,
             model_info=info.get("model_info"),
+            text_fields=getattr(src, "text_index", None),  # the text index travels with the items
         )
     coll = open_collection(dst)
     mismatch = [

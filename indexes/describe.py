@@ -55,10 +55,12 @@ class Description:
         """Manifest fields plus live figures (count, segments, removed rows, memory, auto decision)."""
         parts = self._parts()
         stored = sum(p.rows for p in parts)
-        on_disk = 0
+        on_disk = text_bytes = 0
         for entry in self._manifest.get("segments") or []:
             for _, digest in _files_of(entry):
                 on_disk += int(digest["size"]) if digest else 0
+            lexical = entry.get("lexical") or {}
+            text_bytes += int((lexical.get("digest") or {}).get("size", 0))
         return {
             "path": str(self._path),
             "format_version": int(self._manifest.get("format_version", FORMAT_VERSION)),
@@ -80,6 +82,9 @@ class Description:
             "memory_budget": self._budget,
             "recall_target": self._recall_target,
             "fields": self.fields(),
+            "text_index": None
+            if self._lexical is None
+            else {**self._lexical.as_dict(), "bytes_on_disk": text_bytes},
             "segments": len(self._segments),
             "tombstones": stored - len(self),
             "unsaved_items": 0 if self._buffer is None else self._buffer.n_live,
@@ -104,7 +109,7 @@ class Description:
 
 def _files_of(entry: dict[str, Any]) -> list[tuple[str, dict[str, Any] | None]]:
     out = list((entry.get("files") or {}).items())
-    for key in ("index", "deleted"):
+    for key in ("index", "deleted", "lexical"):
         if entry.get(key):
             out.append((entry[key]["file"], entry[key].get("digest")))
     return out

@@ -57,6 +57,8 @@ class Limits:
     tune_min: int = 1_000  # search parameters are tuned from this many vectors
     tune_queries: int = 200  # queries per query set that tuning measures with
     retune_after_merge: float = 0.25  # re-tune once merges rewrote this share of the rows
+    # ---- text index (indexes.lexical)
+    lexicon_chunk_rows: int = 65_536  # rows tokenized at a time (and postings stored per chunk of rows)
     # ---- opening and checking (indexes.segment)
     verify_on_open_bytes: int = 64 << 20  # files up to this size are checksummed whole when opened
     # ---- Milvus
@@ -74,7 +76,14 @@ class Limits:
                 ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
             if not ok:
                 raise ValueError(f"Limits.{f.name} must be a number >= 0, received {value!r}")
-        for name in ("exact_block_rows", "thread_queries", "segment_min_rows", "tier_floor", "request_rows"):
+        for name in (
+            "exact_block_rows",
+            "thread_queries",
+            "segment_min_rows",
+            "tier_floor",
+            "request_rows",
+            "lexicon_chunk_rows",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"Limits.{name} must be >= 1, received {getattr(self, name)!r}")
         if self.merge_factor < 2:

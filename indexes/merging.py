@@ -87,7 +87,16 @@ class Merging:
                 continue
             name = f"s{generation:06d}-{secrets.token_hex(4)}"
             created.append(self.path / name)
-            entry = write_merged(self.path, name, chunk, self.dim, use, generation)
+            entry = write_merged(
+                self.path,
+                name,
+                chunk,
+                self.dim,
+                use,
+                generation,
+                self._lexical,
+                self._limits.lexicon_chunk_rows,
+            )
             out.append(Segment.open(self.path, entry, self.dim, template or self._template, check=False))
         return out
 

@@ -139,6 +139,17 @@ def read_version(
             segments.append(
                 Segment.open(path, entry, dim, template, verify_bytes=limits.verify_on_open_bytes)
             )
+        declared = manifest.get("lexical")
+        for seg in segments:
+            record = seg.entry.get("lexical")
+            if declared and (not record or record.get("config") != declared):
+                raise DamagedFileError(
+                    seg.folder,
+                    "the segment has no lexicon of the collection's text fields"
+                    if not record
+                    else f"its lexicon indexes {record['config'].get('fields')}, the collection {declared.get('fields')}",
+                    hint,
+                )
         count = sum(s.n_live for s in segments)
         if count != int(manifest["count"]):
             raise ValueError(

@@ -65,7 +65,9 @@ DATA_RE = re.compile(r"^v\d{6}-[0-9a-f]{8}$")  # format 1 data folders: v<versio
 SEGMENT_RE = re.compile(r"^s\d{6}-[0-9a-f]{8}$")  # segment folders: s<version>-<random>
 TEMPLATE_RE = re.compile(r"^t\d{6}-[0-9a-f]{8}\.faiss$")  # trained index templates
 QUERIES_RE = re.compile(r"^q\d{6}-[0-9a-f]{8}\.npz$")  # stored tuning queries
-GENERATION_RE = re.compile(r"^(index|lists|deleted)-(\d{6})-[0-9a-f]{8}\.(faiss|ivf|npy)$")  # inside segments
+GENERATION_RE = re.compile(
+    r"^(index|lists|deleted|lexical)-(\d{6})-[0-9a-f]{8}\.(faiss|ivf|npy|sqlite)$"
+)  # inside segments
 
 
 class CollectionBusyError(RuntimeError):
@@ -254,7 +256,7 @@ def referenced(manifest: dict[str, Any]) -> tuple[set[str], dict[str, set[str]]]
     inside: dict[str, set[str]] = {}
     for entry in manifest.get("segments") or []:
         names = set((entry.get("files") or {}).keys())
-        for key in ("index", "deleted"):
+        for key in ("index", "deleted", "lexical"):
             if entry.get(key):
                 names.add(entry[key]["file"])
         inside[entry["name"]] = names

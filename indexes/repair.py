@@ -154,7 +154,9 @@ class Repairer:
         name = entry["name"]
         folder = self.path / name
         rows = int(entry["rows"])
-        touched = bool(state.bad_files) or not (state.ids_ok and state.metadata_ok and state.index_ok)
+        touched = bool(state.bad_files) or not (
+            state.ids_ok and state.metadata_ok and state.index_ok and state.lexicon_ok
+        )
         if not touched:
             return entry
         ids = self._ids(state)
@@ -183,9 +185,32 @@ class Repairer:
         self._lose(ids[~keep & ~np.isin(ids, deleted)], None)
         keep &= ~np.isin(ids, deleted)
         if keep.all() and vectors is None and readable is None and state.ids_ok:
-            # only the index is damaged: write a new index generation in the same folder
-            return self._reindex(entry, template)
+            # only the index or the lexicon is damaged: write a new generation of it in the same folder
+            if not state.index_ok or (entry.get("index") or {}).get("file") in state.bad_files:
+                entry = self._reindex(entry, template)
+            if not state.lexicon_ok:
+                entry = self._relex(entry)
+            return entry
         return self._rewrite(entry, ids, keep, vectors, readable, template)
+
+    def _relex(self, entry: dict[str, Any]) -> dict[str, Any]:
+        from indexes.lexical.store import write_lexicon_record
+
+        if self.checker.lexical is None:  # a lexicon the collection does not declare
+            return {key: value for key, value in entry.items() if key != "lexical"}
+        folder = self.path / entry["name"]
+        record = write_lexicon_record(
+            folder, self.checker.lexical, self.version, int(entry["rows"]), self._chunk_rows(entry)
+        )
+        self.created.append(folder / record["file"])
+        self.report.notes.append(f"segment {entry['name']}: lexicon rebuilt from its metadata")
+        return dict(entry, lexical=record)
+
+    @staticmethod
+    def _chunk_rows(entry: dict[str, Any]) -> int:
+        from indexes.limits import DEFAULT_LIMITS
+
+        return int((entry.get("lexical") or {}).get("chunk_rows") or DEFAULT_LIMITS.lexicon_chunk_rows)
 
     def _ids(self, state: SegmentState) -> np.ndarray | None:
         folder = self.path / state.entry["name"]
@@ -273,8 +298,9 @@ class Repairer:
             texts = [readable[int(i)] for i in new_ids]
         vecs = np.asarray(vectors[np.flatnonzero(keep)], dtype=np.float32)
         entry_new = write_segment(
-            self.path, name, new_ids, vecs, None, template, None, self.version, texts=texts
-        )
+            self.path, name, new_ids, vecs, None, template, None, self.version, texts=texts,
+            lexical=self.checker.lexical, chunk_rows=self._chunk_rows(entry),
+        )  # fmt: skip
         self.report.notes.append(
             f"segment {entry['name']} rewritten as {name} ({int(keep.sum())} of {entry['rows']} rows kept)"
         )

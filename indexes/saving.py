@@ -59,14 +59,14 @@ class Saving:
             return
         if not self._buffer.n_live:  # every buffered row was removed: nothing to write
             self._buffer.close()
-            self._buffer = Buffer(self._dim, self._template)
+            self._buffer = Buffer(self._dim, self._template, self._lexical)
             self._filters.clear()
             return
         name = self._segment_name()
         generation = int(self._manifest.get("version", 0)) + 1
         with files.storage_errors(self._path, "write unsaved items to disk", self._buffer.nbytes * 2):
             try:
-                entry = self._buffer.flush(self._path, name, generation)
+                entry = self._buffer.flush(self._path, name, generation, self._limits.lexicon_chunk_rows)
             except BaseException:
                 persist.remove_folder(self._path / name)
                 raise
@@ -75,7 +75,7 @@ class Saving:
         self._segments.append(segment)
         self._deleted_fields[segment.name] = {}
         self._buffer.close()
-        self._buffer = Buffer(self._dim, self._template)
+        self._buffer = Buffer(self._dim, self._template, self._lexical)
         self._filters.clear()
 
     def _discard_pending(self) -> None:
@@ -115,7 +115,7 @@ class Saving:
                 if self._buffer.rows and self._buffer.n_live:
                     name = f"s{version:06d}-{secrets.token_hex(4)}"
                     created.append(self._path / name)
-                    entry = self._buffer.flush(self._path, name, version)
+                    entry = self._buffer.flush(self._path, name, version, self._limits.lexicon_chunk_rows)
                     segment = Segment.open(self._path, entry, self._dim, self._template, check=False)
                     opened.append(segment)
                     segments.append(segment)
@@ -163,7 +163,7 @@ class Saving:
             )
         if self._buffer.rows:
             self._buffer.close()
-            self._buffer = Buffer(self._dim, self._template)
+            self._buffer = Buffer(self._dim, self._template, self._lexical)
         self._changed_deletes.clear()
         self._filters.clear()
         if rewritten:
@@ -185,6 +185,7 @@ class Saving:
             template=self._template_record,
             queries=self._queries_record,
             auto=self._auto,
+            lexical=self._lexical.as_dict() if self._lexical else None,
         )
         return manifest
 

@@ -34,6 +34,8 @@ import numpy as np
 
 from indexes import files, metadata
 from indexes.files import DamagedFileError
+from indexes.lexical.config import TextIndex
+from indexes.lexical.store import BufferLexicon, Lexicon, SegmentLexicon, write_lexicon_record
 from indexes.limits import DEFAULT_LIMITS
 from indexes.metadata import MetadataStore
 from indexes.template import PartIndex, Template
@@ -65,6 +67,7 @@ class Part:
     meta: MetadataStore
     index: PartIndex | None
     deleted: np.ndarray  # sorted int64 ids removed from this part (may include ids not in it: format 1)
+    lexicon: Lexicon | None = None  # the postings of its text fields (indexes.lexical), when declared
 
     def __init__(self) -> None:
         self._mask: np.ndarray | None = None
@@ -184,6 +187,7 @@ class Segment(Part):
         meta: MetadataStore,
         index: PartIndex | None,
         deleted: np.ndarray,
+        lexicon: Lexicon | None = None,
     ) -> None:
         super().__init__()
         self.folder = folder
@@ -193,6 +197,7 @@ class Segment(Part):
         self.meta = meta
         self.index = index
         self.deleted = deleted
+        self.lexicon = lexicon
 
     @property
     def name(self) -> str:
@@ -209,13 +214,25 @@ class Segment(Part):
 
     def close(self) -> None:
         self.meta.close()
+        if self.lexicon is not None:
+            self.lexicon.close()
 
     def with_deleted(self, deleted: np.ndarray, entry: dict[str, Any]) -> Segment:
         """The same segment with another deletion record (arrays and connections are shared)."""
-        return Segment(self.folder, entry, self.vectors, self.ids, self.meta, self.index, deleted)
+        return Segment(
+            self.folder, entry, self.vectors, self.ids, self.meta, self.index, deleted, self.lexicon
+        )
 
     def with_index(self, index: PartIndex | None, entry: dict[str, Any]) -> Segment:
-        return Segment(self.folder, entry, self.vectors, self.ids, self.meta, index, self.deleted)
+        return Segment(
+            self.folder, entry, self.vectors, self.ids, self.meta, index, self.deleted, self.lexicon
+        )
+
+    def with_lexicon(self, lexicon: Lexicon | None, entry: dict[str, Any]) -> Segment:
+        """The same segment with another lexicon (the caller closes the old one once unused)."""
+        return Segment(
+            self.folder, entry, self.vectors, self.ids, self.meta, self.index, self.deleted, lexicon
+        )
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -274,10 +291,19 @@ class Segment(Part):
                     raise DamagedFileError(
                         folder / spec["file"], f"it indexes {index.ntotal} vectors, expected {expected}", hint
                     )
+            lexicon = None
+            record = entry.get("lexical")
+            if record:
+                try:
+                    lexicon = SegmentLexicon.open(folder, record, rows)
+                except (sqlite3.Error, KeyError, ValueError) as exc:
+                    raise DamagedFileError(
+                        folder / record["file"], f"it cannot be read ({exc})", hint
+                    ) from exc
         except BaseException:
             meta.close()
             raise
-        return cls(folder, entry, vectors, ids, meta, index, deleted)
+        return cls(folder, entry, vectors, ids, meta, index, deleted, lexicon)
 
 
 def _load_part(folder: Path, spec: dict[str, Any], template: Template) -> PartIndex:
@@ -294,7 +320,7 @@ def _load_part(folder: Path, spec: dict[str, Any], template: Template) -> PartIn
 def _entry_files(entry: dict[str, Any]) -> list[tuple[str, dict[str, Any] | None]]:
     """(file name, digest) of every file a segment entry references."""
     out = [(name, digest) for name, digest in (entry.get("files") or {}).items()]
-    for key in ("index", "deleted"):
+    for key in ("index", "deleted", "lexical"):
         record = entry.get(key)
         if record:
             out.append((record["file"], record.get("digest")))
@@ -338,12 +364,14 @@ def write_segment(
     index: PartIndex | None = None,
     generation: int = 0,
     texts: list[str] | None = None,
+    lexical: TextIndex | None = None,
+    chunk_rows: int = DEFAULT_LIMITS.lexicon_chunk_rows,
 ) -> dict[str, Any]:
     """Write a new segment folder ``root/name`` and return its manifest entry (files fsynced, checksummed).
 
     Metadata comes from ``meta`` (copied whole) or ``texts`` (one JSON object per id). ``index`` is
-    written when given, else built with ``template`` when it is ready. Nothing outside the new
-    folder is touched.
+    written when given, else built with ``template`` when it is ready. ``lexical``: the collection's
+    text index (its lexicon is written too). Nothing outside the new folder is touched.
     """
     folder = root / name
     folder.mkdir()
@@ -357,7 +385,7 @@ def write_segment(
         counts = meta.field_counts()
     else:
         counts = metadata.create_file(folder / "metadata.sqlite", ids, texts)
-    entry = _new_entry(folder, np.asarray(ids), digests, counts)
+    entry = _new_entry(folder, np.asarray(ids), digests, counts, lexical, generation, chunk_rows)
     if index is None and template.ready and entry["rows"]:
         index = template.build_part(np.load(folder / "vectors.npy", mmap_mode="r"))
     if index is not None and entry["rows"]:
@@ -373,6 +401,8 @@ def write_merged(
     dim: int,
     template: Template | None,
     generation: int,
+    lexical: TextIndex | None = None,
+    chunk_rows: int = DEFAULT_LIMITS.lexicon_chunk_rows,
 ) -> dict[str, Any]:
     """Write the new segment ``root/name`` from rows of existing segments; returns its manifest entry.
 
@@ -395,7 +425,8 @@ def write_merged(
     counts = metadata.merge_files(folder / "metadata.sqlite", keep)
     assert vec_out.digest is not None and id_out.digest is not None
     ids = np.load(folder / "ids.npy", mmap_mode="r")
-    entry = _new_entry(folder, ids, {"vectors.npy": vec_out.digest, "ids.npy": id_out.digest}, counts)
+    digests = {"vectors.npy": vec_out.digest, "ids.npy": id_out.digest}
+    entry = _new_entry(folder, ids, digests, counts, lexical, generation, chunk_rows)
     if template is not None and template.ready and total:
         part = template.build_part(np.load(folder / "vectors.npy", mmap_mode="r"))
         if part is not None:
@@ -405,7 +436,13 @@ def write_merged(
 
 
 def _new_entry(
-    folder: Path, ids: np.ndarray, digests: dict[str, Any], counts: dict[str, int]
+    folder: Path,
+    ids: np.ndarray,
+    digests: dict[str, Any],
+    counts: dict[str, int],
+    lexical: TextIndex | None = None,
+    generation: int = 0,
+    chunk_rows: int = DEFAULT_LIMITS.lexicon_chunk_rows,
 ) -> dict[str, Any]:
     """The manifest entry of a segment whose vectors, ids and metadata are written (digests of the first
     two given; the metadata file is fsynced and checksummed here).
@@ -413,10 +450,12 @@ def _new_entry(
     Every new segment passes here once its metadata is final (flushed buffers, merges, repairs, bulk
     builds): files derived from a segment's metadata (a per-segment side index over its fields) are
     written and recorded in ``files`` at this point, and merges, deletion records and garbage
-    collection then carry them with the segment.
+    collection then carry them with the segment. The lexicon of the collection's text fields
+    (``lexical``, :mod:`indexes.lexical`) is that file: written here, under ``generation``.
     """
     files.fsync_file(folder / "metadata.sqlite")
     rows = int(ids.shape[0])
+    record = write_lexicon_record(folder, lexical, generation, rows, chunk_rows) if lexical else None
     return {
         "name": folder.name,
         "rows": rows,
@@ -426,6 +465,7 @@ def _new_entry(
         "fields": dict(sorted(counts.items())),
         "index": None,
         "deleted": None,
+        **({"lexical": record} if record else {}),
     }
 
 
@@ -457,8 +497,10 @@ def write_deleted(
 class Buffer(Part):
     """Items added since the last save: vectors, ids and metadata in memory, with their own index."""
 
-    def __init__(self, dim: int, template: Template) -> None:
+    def __init__(self, dim: int, template: Template, lexical: TextIndex | None = None) -> None:
         super().__init__()
+        self.lexical = lexical  # the collection's text index: flushed segments get its lexicon
+        self.lexicon: BufferLexicon | None = None  # built on the first text search (indexes.lexical)
         self.dim = dim
         self._vecs = np.empty((0, dim), dtype=np.float32)
         self._ids = np.empty(0, dtype=np.int64)
@@ -521,8 +563,13 @@ class Buffer(Part):
             return self.ids, self.vectors
         return self.ids[mask], self.vectors[mask]
 
-    def flush(self, root: Path, name: str, generation: int) -> dict[str, Any]:
+    def flush(
+        self, root: Path, name: str, generation: int, chunk_rows: int = DEFAULT_LIMITS.lexicon_chunk_rows
+    ) -> dict[str, Any]:
         """Write the live rows as the new segment ``root/name``; returns its entry (the buffer is unchanged)."""
         ids, vecs = self.live_arrays()
         index = self.index if self.deleted.size == 0 else None  # rebuilt without the removed rows
-        return write_segment(root, name, ids, vecs, self.meta, self.template, index, generation)
+        return write_segment(
+            root, name, ids, vecs, self.meta, self.template, index, generation,
+            lexical=self.lexical, chunk_rows=chunk_rows,
+        )  # fmt: skip

@@ -75,6 +75,7 @@ def read_metadata(shard: Shard, lo: int, hi: int) -> list[str]:
 
 def segment_task(args: dict[str, Any]) -> dict[str, Any]:
     """Worker: rows ``lo:hi`` of one shard -> a segment folder (no index yet). Returns its entry."""
+    from indexes.lexical.config import TextIndex
     from indexes.segment import write_segment
     from indexes.template import Template
 
@@ -90,9 +91,11 @@ def segment_task(args: dict[str, Any]) -> dict[str, Any]:
     ids = np.arange(first_id, first_id + (hi - lo), dtype=np.int64)
     texts = read_metadata(shard, lo, hi)
     flat = Template("Flat", shard.dim, args["metric"])
+    lexical = TextIndex.from_dict(args["lexical"]) if args.get("lexical") else None
     entry = write_segment(
-        root, args["name"], ids, vectors, None, flat, None, int(args["generation"]), texts=texts
-    )
+        root, args["name"], ids, vectors, None, flat, None, int(args["generation"]), texts=texts,
+        lexical=lexical, chunk_rows=int(args.get("lexicon_chunk_rows") or 65_536),
+    )  # fmt: skip
     done = Path(args["done"])
     files.write_bytes(done.with_suffix(".tmp"), json.dumps(entry).encode())
     os.replace(done.with_suffix(".tmp"), done)

@@ -279,11 +279,14 @@ class EmbedConfig(ConfigBase):
     state: str | None = None  # folder of the embed record; None: <collection>/embed, or the cache for Milvus
     runtime: str = "auto"  # how the towers run: "auto" | "torch" | "onnx" (see RUNTIMES)
     feature_cache: bool = True  # read (and add to) the cache of image tower features (retrieval.encoding)
+    text_fields: tuple[str, ...] | None = None  # metadata fields of the collection's text index (hybrid search)
+    text_stemming: str = "none"  # words of the text index read by their English stems: "porter"
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "modality": ("images", "texts", "both"),
         "engine": ("local", "ray"),
         "runtime": RUNTIMES,
+        "text_stemming": ("none", "porter"),
     }
 
     def __post_init__(self) -> None:
@@ -324,8 +327,19 @@ class EvalConfig(ConfigBase):
     rerank: int = 0  # with a match head: also re-rank each query's dense top-N (rerank/... keys, match/ECE)
     runtime: str = "auto"  # how the towers run: "auto" | "torch" | "onnx" (see RUNTIMES)
     feature_cache: bool = True  # read (and add to) the cache of image tower features (retrieval.encoding)
+    hybrid_fields: tuple[str, ...] | None = None  # with a collection: text fields of hybrid t2i (hybrid/... keys)
+    fusion: str = "rrf"  # hybrid: "rrf" (reciprocal rank fusion), "weighted" (alpha) or "lexical" (BM25 alone)
+    rrf_k: int = 60  # hybrid rrf: the rank constant
+    alpha: float = 0.5  # hybrid weighted: share of the dense arm
+    hybrid_candidates: int = 100  # hybrid: hits of each arm fused
+    tune_hybrid: bool = False  # hybrid: choose rrf k / alpha on a validation share of the captions
+    tune_share: float = 0.5  # hybrid tuning: share of the evaluated images whose captions validate
 
-    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"index_filter": ("where", "post"), "runtime": RUNTIMES}
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "index_filter": ("where", "post"),
+        "fusion": ("rrf", "weighted", "lexical"),
+        "runtime": RUNTIMES,
+    }
 
     def __post_init__(self) -> None:
         self._check_choices()
@@ -338,6 +352,8 @@ class EvalConfig(ConfigBase):
                 raise ValueError(f"EvalConfig.{name} must be >= 1; received {getattr(self, name)!r}")
         if int(self.rerank) < 0:
             raise ValueError(f"EvalConfig.rerank must be >= 0 (0: no re-ranking); received {self.rerank!r}")
+        if not 0.0 < float(self.tune_share) < 1.0:
+            raise ValueError(f"EvalConfig.tune_share must be in (0, 1); received {self.tune_share!r}")
 
 
 @dataclasses.dataclass(frozen=True)

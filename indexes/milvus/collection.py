@@ -45,6 +45,7 @@ import numpy as np
 from indexes import auto, exact
 from indexes.checks import MAX_ID
 from indexes.fingerprint import check_fingerprint
+from indexes.lexical.config import text_index_of
 from indexes.limits import DEFAULT_LIMITS, Limits, as_limits
 from indexes.location import Location
 from indexes.metadata import validate_metadata
@@ -56,6 +57,7 @@ from indexes.milvus.indexing import INDEX_WAIT, MilvusIndexing
 from indexes.milvus.opening import check_schema, json_dict, milvus_location
 from indexes.milvus.state import FORMAT_VERSION, State, now
 from indexes.milvus.table import METRICS, Table
+from indexes.milvus.text import MilvusText, add_text_fields, create_text_index, text_support
 from indexes.milvus.tuning import MilvusTuning
 from indexes.persist import CollectionBusyError
 
@@ -67,7 +69,7 @@ MAX_TOPK = 16_384  # Milvus's limit on k (and on rows per query)
 SCORE_CONVENTION = {"ip": "inner product (higher is better)", "l2": "-squared L2 distance (higher is better)"}
 
 
-class MilvusCollection(MilvusIndexing, MilvusTuning):
+class MilvusCollection(MilvusIndexing, MilvusTuning, MilvusText):
     """Vectors + metadata in a Milvus collection. Build with :meth:`create`, reopen with :meth:`open`."""
 
     def __init__(
@@ -83,6 +85,7 @@ class MilvusCollection(MilvusIndexing, MilvusTuning):
         self._client = client
         self._table = Table(client, str(location.name), str(location), state.metric, limits.request_rows)
         self._state = state
+        self._table.text = self.text_index
         self._read_only = read_only
         self._token: str | None = None  # the writer token this handle holds (writable handles)
         self._index = kinds.translate(state.index_spec, state.dim, client.lite)
@@ -103,6 +106,8 @@ class MilvusCollection(MilvusIndexing, MilvusTuning):
         overwrite: bool = False,
         model_info: dict[str, Any] | None = None,
         limits: Limits | None = None,
+        text_fields: Sequence[str] | None = None,
+        stemming: str | None = None,
     ) -> MilvusCollection:
         """Create an empty collection at a Milvus ``location`` and return it open for writing.
 
@@ -111,8 +116,11 @@ class MilvusCollection(MilvusIndexing, MilvusTuning):
         the factory strings of :mod:`indexes.milvus.kinds` or ``"auto"``. ``overwrite=True`` drops
         an existing collection of this toolkit first (never a collection made by something else).
         ``limits``: the sizes at which this handle changes path (see :class:`indexes.Limits`).
+        ``text_fields`` / ``stemming``: a text index searched by Milvus's BM25 (Milvus 2.5+; see
+        :mod:`indexes.milvus.text`).
         """
         loc = milvus_location(location)
+        text_index = text_index_of(text_fields, stemming)
         limits = as_limits(limits)
         dim = check_int("dim", dim, 1)
         if dim > 32_768:
@@ -132,6 +140,8 @@ class MilvusCollection(MilvusIndexing, MilvusTuning):
         requested = index.strip() if isinstance(index, str) else index
         client = Client(loc)
         try:
+            if text_index is not None:
+                text_support(client, text_index)
             lite = client.lite
             built = (
                 kinds.choose(0, dim, budget, lite, limits)
@@ -161,12 +171,16 @@ class MilvusCollection(MilvusIndexing, MilvusTuning):
                 updated=stamp,
                 writer=secrets.token_hex(8),
                 model_info=model_info,
+                text_index=text_index.as_dict() if text_index else None,
             )
+            schema = client.schema(dim)
+            if text_index is not None:
+                add_text_fields(schema, client, text_index)
             client.call(
                 "creating the collection",
                 "create_collection",
                 name,
-                schema=client.schema(dim),
+                schema=schema,
                 consistency_level="Session",
                 properties=state.to_properties(),
                 description=f"siamese-retrieval collection: dim {dim}, metric {metric}, model {fingerprint}",
@@ -174,6 +188,8 @@ class MilvusCollection(MilvusIndexing, MilvusTuning):
             coll = cls(loc, client, state, read_only=False, limits=limits)
             coll._token = state.writer
             coll._table.create_index(built, INDEX_WAIT)
+            if text_index is not None:
+                create_text_index(client, name)
             coll._table.ensure_loaded()
         except BaseException:
             client.close()
@@ -376,6 +392,7 @@ class MilvusCollection(MilvusIndexing, MilvusTuning):
             "memory_budget": self._state.memory_budget,
             "recall_target": self._state.recall_target,
             "fields": self.fields(),
+            "text_index": self._state.text_index,
             "next_id": self._state.next_id,
             "needs_rebuild": reason is not None,
             "rebuild_reason": reason,

@@ -47,6 +47,9 @@ class State:
     updated: str = ""
     writer: str | None = None  # token of the handle allowed to write (one writer at a time)
     model_info: dict[str, Any] | None = None  # where the model came from (as given to create)
+    text_index: dict[str, Any] | None = (
+        None  # the text fields' declaration (indexes.lexical.TextIndex.as_dict)
+    )
 
     def to_properties(self) -> dict[str, str]:
         data = asdict(self)

@@ -37,6 +37,7 @@ class Table:
         self.where = where
         self.metric = metric
         self.batch = int(request_rows)  # rows per write, read or delete request (Limits.request_rows)
+        self.text: Any = None  # the collection's TextIndex: each row written gets its text column
 
     # ----- rows -----------------------------------------------------------------------------
     def count(self, expr: str = "") -> int:
@@ -121,6 +122,11 @@ class Table:
         for lo in range(0, ids.size, self.batch):
             hi = min(ids.size, lo + self.batch)
             rows = [{"id": int(ids[j]), "vector": vectors[j], "meta": metas[j]} for j in range(lo, hi)]
+            if self.text is not None:
+                from indexes.milvus.text import row_text
+
+                for row in rows:
+                    row["text"] = row_text(row["meta"], self.text)
             self.client.call(f"writing rows {lo}..{hi}", method, self.name, rows)
 
     def delete(self, ids: np.ndarray) -> None:
@@ -150,6 +156,34 @@ class Table:
                 **_READ,
             )
             out_s[lo : lo + step], out_i[lo : lo + step] = hits_to_arrays(result, k, self.metric)
+        return out_s, out_i
+
+    def search_text(self, texts: list[str], k: int, expr: str) -> tuple[np.ndarray, np.ndarray]:
+        """Milvus BM25 search of folded query texts -> (scores [n, k], ids [n, k]), higher is better."""
+        out_s, out_i = exact.padded(len(texts), k)
+        step = max(1, min(1_024, SEARCH_CELLS // k))
+        for lo in range(0, len(texts), step):
+            batch = texts[lo : lo + step]
+            live = [i for i, t in enumerate(batch) if t.strip()]  # Milvus refuses an empty text
+            if not live:
+                continue
+            result = self.client.call(
+                "searching text",
+                "search",
+                self.name,
+                data=[batch[i] for i in live],
+                anns_field="text_sparse",
+                limit=k,
+                filter=expr,
+                output_fields=["id"],
+                search_params={"metric_type": "BM25"},
+                **_READ,
+            )
+            scores, ids = hits_to_arrays(result, k, "ip")
+            if self.client.lite:  # Milvus Lite reports BM25 as a distance (lower is better)
+                scores = np.where(ids >= 0, -scores, -np.inf).astype(np.float32)
+            rows = np.asarray(live) + lo
+            out_s[rows], out_i[rows] = scores, ids
         return out_s, out_i
 
     def exact(self, q: np.ndarray, k: int, expr: str) -> tuple[np.ndarray, np.ndarray]:

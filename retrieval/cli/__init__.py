@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "index": "retrieval.cli.index",
     "check": "retrieval.cli.check",
     "compact": "retrieval.cli.compact",
+    "text-index": "retrieval.cli.text_index",
     "copy": "retrieval.cli.copy",
     "embed": "retrieval.cli.embed",
     "search": "retrieval.cli.search",

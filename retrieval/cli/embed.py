@@ -71,8 +71,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_false",
         help="neither read nor add image tower features in the feature cache",
     )
+    option(
+        "text_fields",
+        "--text-fields",
+        type=_field_list,
+        metavar="FIELD[,FIELD]",
+        help="metadata fields of the collection's text index (BM25 for `retrieval search --hybrid`)",
+    )
+    option("text_stemming", "--text-stemming", help="read the indexed words by their English stems (porter)")
     option("progress", "--no-progress", action="store_false", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def _field_list(value: str) -> tuple[str, ...]:
+    """``title,tags`` -> ("title", "tags")."""
+    fields = tuple(f.strip() for f in value.split(",") if f.strip())
+    if not fields:
+        raise argparse.ArgumentTypeError(f"expected field names separated by commas, received {value!r}")
+    return fields
 
 
 def run(args: argparse.Namespace) -> int:

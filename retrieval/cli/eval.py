@@ -68,6 +68,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="query bank (.querybank.npz) for --hubness (default: the one stored beside --collection)",
     )
     option("rerank", "--rerank", help="re-rank each query's dense top-N by the model's match head")
+    option(
+        "hybrid_fields", "--hybrid", type=_field_list, metavar="FIELD[,FIELD]",
+        help="with --collection: also text->image by BM25 over these text fields of the image items and fused "
+        "with the dense search (dense/, lexical/, hybrid/ keys; `all`: every indexed field)",
+    )  # fmt: skip
+    option("fusion", "--fusion", help="with --hybrid: how the two rankings are fused")
+    option("rrf_k", "--rrf-k", metavar="K", help="with --fusion rrf: the rank constant")
+    option("alpha", "--alpha", help="with --fusion weighted: share of the dense search")
+    option("hybrid_candidates", "--candidates", metavar="N", help="with --hybrid: hits of each arm fused")
+    option(
+        "tune_hybrid", "--tune-hybrid", action="store_true",
+        help="with --hybrid: choose RRF k or alpha on a validation share of the captions (--tune-share), "
+        "report on the others",
+    )  # fmt: skip
+    option(
+        "tune_share", "--tune-share", help="with --tune-hybrid: share of the images whose captions validate"
+    )
     option("n_samples", "--samples", help="queries shown in each sample grid")
     option("device", "--device", help="torch device (none: cuda when available)")
     option("runtime", "--runtime", help="how the towers run: torch, onnx (ONNX Runtime), or auto")
@@ -79,6 +96,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     option("progress", "--no-progress", action="store_false", help="no progress bars")
     p.set_defaults(func=run)
+
+
+def _field_list(value: str) -> tuple[str, ...]:
+    fields = tuple(f.strip() for f in value.split(",") if f.strip())
+    if not fields:
+        raise argparse.ArgumentTypeError(f"expected field names separated by commas, received {value!r}")
+    return fields
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,6 +121,10 @@ def run(args: argparse.Namespace) -> int:
     require_model(args.model)
     if args.collection:
         require_collection(args.collection, flag="--collection")
+    elif config.hybrid_fields:
+        from retrieval.cli.parsing import UsageError
+
+        raise UsageError("--hybrid measures through a collection: give --collection COLLECTION")
     if args.query_bank:
         require_file(args.query_bank, "query bank", flag="--query-bank")
     out = Path(args.out) if args.out else cache_dir("reports") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -144,6 +172,15 @@ def run(args: argparse.Namespace) -> int:
     if config.rerank:
         rer = ", ".join(f"t2i R@{k} {m[f'rerank/t2i/R@{k}']:.4f}" for k in result.ks)
         print(f"re-ranked top {config.rerank}: {rer}; ECE {m['match/ECE']:.4f}")
+    if result.hybrid is not None:
+        print(f"text->image through the collection ({result.hybrid.n_queries} captions):")
+        print(f"{'K':>5} {'dense':>9} {'lexical':>9} {'hybrid':>9}")
+        for k in result.ks:
+            print(
+                f"{k:>5} {m[f'dense/t2i/R@{k}']:>9.4f} {m[f'lexical/t2i/R@{k}']:>9.4f} {m[f'hybrid/t2i/R@{k}']:>9.4f}"
+            )
+        for note in result.hybrid.notes:
+            print(note)
     if result.zero_shot is not None:
         print("zero-shot " + ", ".join(f"{n} {v:.4f}" for n, v in result.zero_shot.accuracy.items()))
     print(f"report: {out}")

@@ -34,6 +34,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--fingerprint", default=None, help="fingerprint of the model that made the embeddings")
     p.add_argument("--overwrite", action="store_true", help="replace an existing collection at --out")
+    p.add_argument(
+        "--text-fields", default=None, metavar="FIELD[,FIELD]",
+        help="metadata fields of a text index (BM25, for `retrieval search --hybrid`)",
+    )  # fmt: skip
+    p.add_argument(
+        "--text-stemming",
+        choices=("none", "porter"),
+        default="none",
+        help="with --text-fields: English stems",
+    )
     p.set_defaults(func=run)
 
 
@@ -53,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
         engine=args.engine,
         ray_address=args.ray_address,
         overwrite=args.overwrite,
+        text_fields=[f.strip() for f in args.text_fields.split(",") if f.strip()]
+        if args.text_fields
+        else None,
+        stemming=args.text_stemming if args.text_fields else None,
     )
     print(json.dumps(summary.__dict__, indent=2, sort_keys=True))
     return 0

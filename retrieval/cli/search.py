@@ -81,6 +81,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="query bank (.querybank.npz) for --hubness (default: the one stored beside the collection)",
     )  # fmt: skip
     p.add_argument("--rerank", type=int, default=0, metavar="N", help="re-rank the best N by the match head")
+    p.add_argument(
+        "--hybrid", default=None, metavar="FIELD[,FIELD]",
+        help="also match the words of the query in these text fields (BM25; `all`: every indexed field), fused "
+        "with the dense search; needs a text index (`retrieval text-index`, `embed --text-fields`)",
+    )  # fmt: skip
+    p.add_argument(
+        "--fusion", choices=("rrf", "weighted", "lexical"), default="rrf",
+        help="with --hybrid: reciprocal rank fusion, weighted normalised scores (--alpha), or the words alone",
+    )  # fmt: skip
+    p.add_argument("--rrf-k", type=int, default=60, metavar="K", help="with --fusion rrf: the rank constant")
+    p.add_argument(
+        "--alpha", type=float, default=0.5, help="with --fusion weighted: weight of the dense search (0..1)"
+    )
+    p.add_argument(
+        "--candidates", type=int, default=100, metavar="N", help="with --hybrid: hits of each arm fused"
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per hit (with its query)")
     p.add_argument(
         "--runtime",
@@ -89,6 +105,31 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="how the towers run: torch, onnx (ONNX Runtime), or auto (default: %(default)s)",
     )
     p.set_defaults(func=run)
+
+
+def _hybrid(args: argparse.Namespace) -> Any:
+    """The --hybrid options as a :class:`retrieval.search.Hybrid` (None without --hybrid)."""
+    from retrieval.search import Hybrid
+
+    hybrid_only = ("fusion", "rrf_k", "alpha", "candidates")
+    if args.hybrid is None:
+        defaults = {"fusion": "rrf", "rrf_k": 60, "alpha": 0.5, "candidates": 100}
+        changed = [f"--{n.replace('_', '-')}" for n in hybrid_only if getattr(args, n) != defaults[n]]
+        if changed:
+            raise UsageError(f"{', '.join(changed)} only apply with --hybrid FIELD[,FIELD]")
+        return None
+    fields = [f.strip() for f in args.hybrid.split(",") if f.strip()]
+    if not fields:
+        raise UsageError(
+            f"--hybrid expects text field names separated by commas (or all), received {args.hybrid!r}"
+        )
+    return Hybrid(
+        fields=None if fields == ["all"] else tuple(fields),
+        fusion=args.fusion,
+        k=args.rrf_k,
+        alpha=args.alpha,
+        candidates=args.candidates,
+    )
 
 
 def _read_queries(path: str) -> list[str]:
@@ -113,19 +154,29 @@ def run(args: argparse.Namespace) -> int:
     require_collection(args.collection)
     if args.model is not None:
         require_model(args.model)
+    elif args.hybrid is not None and args.fusion == "lexical":
+        pass  # the words alone: no model
     else:
         from retrieval.embed import recorded_model
 
         recorded = recorded_model(args.collection)
         if recorded is not None:  # moved or deleted since: say so before anything loads
             require_model(recorded, flag="the model `retrieval embed` recorded; name another with --model")
+    if args.hybrid is not None and args.image is not None:
+        raise UsageError("--hybrid matches the words of a text query: give no --image")
     if args.image is not None and "://" not in args.image:
         require_file(args.image, "image", flag="--image")
     if args.query_bank is not None:
         require_file(args.query_bank, "query bank", flag="--query-bank")
     where = _where(args.where)
-    scoring = {"hubness": args.hubness, "query_bank": args.query_bank, "rerank": args.rerank}
-    scoring["runtime"] = args.runtime
+    hybrid = _hybrid(args)
+    scoring = {
+        "hubness": args.hubness,
+        "query_bank": args.query_bank,
+        "rerank": args.rerank,
+        "hybrid": hybrid,
+        "runtime": args.runtime,
+    }
     if args.queries is not None:
         queries: list[dict[str, Any]] = [{"query": q} for q in _read_queries(args.queries)]
         results = search_texts(
@@ -151,7 +202,9 @@ def run(args: argparse.Namespace) -> int:
         )
         query = {"query": args.query} if args.query is not None else {}
         queries, results = [{**query, **({"image": args.image} if args.image else {})}], [hits]
-    corrected = bool(args.hubness or args.rerank)  # corrected scores are shown with the cosine beside them
+    corrected = bool(
+        args.hubness or args.rerank or hybrid
+    )  # such scores are shown with the cosine beside them
     _print(queries, results, as_json=args.json, headers=args.queries is not None, cosine=corrected)
     return 0
 
@@ -171,6 +224,7 @@ def _print(
                             "id": hit.id,
                             "score": hit.score,
                             "cosine": hit.cosine,
+                            **({"lexical": hit.lexical} if hit.lexical is not None else {}),
                             "metadata": hit.metadata,
                         }
                     )

@@ -34,7 +34,7 @@ from retrieval import encoding
 from retrieval.config import EmbedConfig
 from retrieval.embed import engines
 from retrieval.embed.items import Item, PairLike, caption_sample, corpus_items, read_source
-from retrieval.embed.store import EmbedState, open_or_create, state_dir
+from retrieval.embed.store import EmbedState, declare_text_fields, open_or_create, state_dir
 from retrieval.encoding import pick_device
 
 logger = logging.getLogger(__name__)
@@ -150,7 +150,10 @@ def embed_corpus(
     model_info: dict[str, Any] = dict(source.info()) if source is not None else {}
     model_info.update({key: record[key] for key in ("model", "model_dir") if key in record})
     # A collection made by another model is refused before any work is done.
-    open_or_create(location, dim, config.index, fingerprint, model_info).close()
+    open_or_create(
+        location, dim, config.index, fingerprint, model_info, config.text_fields, config.text_stemming
+    ).close()
+    declare_text_fields(location, config.text_fields, config.text_stemming)  # lexicons written with the items
     root = Path(config.state) if config.state else state_dir(location)
     with EmbedState(root) as state:  # one job per collection at a time
         state.check_model(fingerprint, dim)
@@ -182,6 +185,7 @@ def embed_corpus(
             added += state.sync_collection(
                 location, config.index, fingerprint, dim, tuning_queries=tuning, model_info=model_info
             )
+        declare_text_fields(location, config.text_fields, config.text_stemming)  # after a rebuild too
         state.write_errors(source_skips, {it.key for it in items})
         export = Path(config.npy_export) if config.npy_export else None
         if export is not None:

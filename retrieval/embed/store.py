@@ -419,14 +419,39 @@ class EmbedState:
             atomic_write_bytes(meta_path, sink.getvalue())
 
 
+def declare_text_fields(location: Any, text_fields: Sequence[str] | None, stemming: str = "none") -> None:
+    """Give the collection at ``location`` the text index over ``text_fields`` (a no-op when it has it)."""
+    if not text_fields:
+        return
+    from indexes import open_collection
+    from indexes.lexical import text_index_of
+
+    wanted = text_index_of(list(text_fields), stemming)
+    with open_collection(location) as coll:
+        if getattr(coll, "text_index", None) != wanted:
+            coll.set_text_fields(wanted)
+
+
 def open_or_create(
-    location: Any, dim: int, index: str, fingerprint: str, model_info: dict[str, Any] | None = None
+    location: Any,
+    dim: int,
+    index: str,
+    fingerprint: str,
+    model_info: dict[str, Any] | None = None,
+    text_fields: Sequence[str] | None = None,
+    stemming: str = "none",
 ) -> Any:
-    """Open the collection at ``location`` (any location :mod:`indexes` takes) for writing, or create it."""
+    """Open the collection at ``location`` (any location :mod:`indexes` takes) for writing, or create it
+    (with a text index over ``text_fields`` when given)."""
     from indexes import collection_exists, create_collection, open_collection
 
     if not collection_exists(location):
-        return create_collection(location, dim, index=index, fingerprint=fingerprint, model_info=model_info)
+        extra: dict[str, Any] = (
+            {"text_fields": list(text_fields), "stemming": stemming} if text_fields else {}
+        )
+        return create_collection(
+            location, dim, index=index, fingerprint=fingerprint, model_info=model_info, **extra
+        )
     coll = open_collection(location)
     try:
         check_fingerprint(

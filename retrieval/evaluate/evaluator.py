@@ -167,6 +167,11 @@ def evaluate_model(
             with ``config.rerank = N``, each query's dense top-N is re-ranked by it (``rerank/...``
             keys, the added time per query, and its calibration: ``match/ECE`` and ``calibration``).
 
+    With ``config.hybrid_fields`` (and a collection with a text index), text-to-image is also measured
+    through the collection by the dense arm, BM25 over those fields of the image items, and their
+    fusion (``dense/t2i/R@K``, ``lexical/t2i/R@K``, ``hybrid/t2i/R@K``; ``config.tune_hybrid`` chooses
+    the fusion on a validation share of the captions: :mod:`retrieval.evaluate.hybrid_eval`).
+
     Images that cannot be decoded are skipped with their captions and listed in ``skipped``.
     Writing the report is a step of its own on the result: :func:`retrieval.evaluate.write_report`.
     """
@@ -235,6 +240,31 @@ def evaluate_model(
         metrics.update({f"index/{key}": value for key, value in index.index.items()})
         seconds["index"] = time.perf_counter() - t0
 
+    hybrid = None
+    if config.hybrid_fields:
+        if collection is None:
+            raise ValueError(
+                "EvalConfig.hybrid_fields needs a collection (--collection) whose image items carry those text fields"
+            )
+        from retrieval.evaluate.hybrid_eval import compare_hybrid
+        from retrieval.search.hybrid import Hybrid
+
+        t0 = time.perf_counter()
+        settings = Hybrid(
+            fields=None if list(config.hybrid_fields) == ["all"] else tuple(config.hybrid_fields),
+            fusion=config.fusion,
+            k=config.rrf_k,
+            alpha=config.alpha,
+            candidates=config.hybrid_candidates,
+        )
+        hybrid = compare_hybrid(
+            collection, text_emb, captions, image_keys, g, ks,
+            hybrid=settings, key_field=config.key_field, refine=config.refine,
+            tune=config.tune_hybrid, validation_share=config.tune_share, seed=config.seed,
+        )  # fmt: skip
+        metrics.update(hybrid.metrics)
+        seconds["hybrid"] = time.perf_counter() - t0
+
     zero_shot, zs_images = None, None
     if config.zero_shot_label_column:
         t0 = time.perf_counter()
@@ -259,6 +289,7 @@ def evaluate_model(
         seconds=seconds,
         model_info=_model_info(model),
         calibration=calibration,
+        hybrid=hybrid,
     )
 
 

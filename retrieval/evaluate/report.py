@@ -315,6 +315,8 @@ def markdown_summary(result: EvalResult, files: list[str]) -> str:
             f"| {int(m[d + '/n_queries'])} |"
         )
     lines += _extra_tables(result)
+    if result.hybrid is not None:
+        lines += ["", "## Dense, lexical and hybrid text → image", "", result.hybrid.markdown(result.ks)]
     if result.index is not None:
         lines += ["", "## Exact search vs the collection's index", "", result.index.markdown()]
         if result.index.missing_images and not result.index.added_images:

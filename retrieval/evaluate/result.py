@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from retrieval.evaluate._ranking import Ranking
+from retrieval.evaluate.hybrid_eval import HybridComparison
 from retrieval.evaluate.index_eval import IndexComparison
 from retrieval.evaluate.zeroshot import ZeroShotResult
 
@@ -37,6 +38,7 @@ class EvalResult:
             when it was loaded by name (``retrieval.model.load_model``).
         seconds: wall time of each stage.
         calibration: with re-ranking, the match head's reliability table on the re-ranked pairs.
+        hybrid: dense, lexical and hybrid text-to-image through the collection, when asked.
     """
 
     metrics: dict[str, float]
@@ -55,6 +57,7 @@ class EvalResult:
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     model_info: dict[str, Any] | None = None
     calibration: list[dict[str, float]] | None = None
+    hybrid: HybridComparison | None = None
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary (what ``metrics.json`` holds)."""
@@ -70,6 +73,8 @@ class EvalResult:
         }
         if self.model_info is not None:
             out["model_info"] = self.model_info
+        if self.hybrid is not None:
+            out["hybrid"] = self.hybrid.as_dict()
         if self.index is not None:
             out["index"] = {
                 "index_spec": self.index.index_spec,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.search.hubness import Hubness, QueryBank
+from retrieval.search.hybrid import Hybrid
 from retrieval.search.queries import ImageQuery, one_text
 from retrieval.search.searcher import Hit, Searcher
 
@@ -29,6 +30,7 @@ def search_collection(
     query_bank: str | os.PathLike[str] | QueryBank | None = None,
     rerank: int = 0,
     runtime: str = "auto",
+    hybrid: Hybrid | None = None,
 ) -> list[Hit]:
     """One-call search for scripts and the CLI: loads the model (``model_dir``: any name
     :func:`retrieval.model.load_model` takes; else the one recorded when the collection was embedded)
@@ -41,14 +43,20 @@ def search_collection(
     queries with a query bank (``query_bank``: a bank or its ``.querybank.npz`` file; default the one
     stored beside the collection), and ``rerank=N`` re-orders the best N by the model's match head:
     the same scoring as ``retrieval serve --hubness/--rerank`` (:class:`~retrieval.search.Searcher`).
-    Composed queries are scored by cosine.
-    ``runtime`` is how the model's towers run ("auto" | "torch" | "onnx": :mod:`retrieval.encoding.towers`).
+    Composed queries are scored by cosine. ``hybrid`` (a :class:`~retrieval.search.Hybrid`) answers a
+    text query by the dense arm and BM25 over the items' indexed text fields, fused; its lexical-only
+    mode loads no model. ``runtime`` is how the model's towers run ("auto" | "torch" | "onnx":
+    :mod:`retrieval.encoding.towers`).
     """
     if query is None and image is None:
         raise ValueError("give a text query, an image, or both")
-    model = _load_model(collection_path, model_dir, runtime)
-    with _searcher(model, collection_path, hubness, query_bank, rerank) as searcher:
+    if hybrid is not None and image is not None:
+        raise ValueError("hybrid search takes a text query alone: drop the image, or search without hybrid")
+    model = _load_model(collection_path, model_dir, hybrid, runtime)
+    with _searcher(model, collection_path, hubness, query_bank, rerank, hybrid) as searcher:
         target = modality or _default_modality(searcher)
+        if hybrid is not None:
+            return searcher.search_hybrid([one_text(query)], k=k, modality=target, where=where)[0]
         if query is not None and image is not None:
             return searcher.composed(image, query, k, text_weight=text_weight, modality=target, where=where)
         if image is not None:
@@ -70,6 +78,7 @@ def search_texts(
     query_bank: str | os.PathLike[str] | QueryBank | None = None,
     rerank: int = 0,
     runtime: str = "auto",
+    hybrid: Hybrid | None = None,
 ) -> list[list[Hit]]:
     """Several text queries at once (e.g. one per line of a file): the model loads once and the
     queries are encoded in batches; one list of hits per query, in order. Arguments as in
@@ -77,9 +86,11 @@ def search_texts(
     if isinstance(queries, str):
         raise TypeError("search_texts takes a list of queries; for one query use search_collection")
     texts = [one_text(query) for query in queries]
-    model = _load_model(collection_path, model_dir, runtime)
-    with _searcher(model, collection_path, hubness, query_bank, rerank) as searcher:
+    model = _load_model(collection_path, model_dir, hybrid, runtime)
+    with _searcher(model, collection_path, hubness, query_bank, rerank, hybrid) as searcher:
         target = modality or _default_modality(searcher)
+        if hybrid is not None:
+            return searcher.search_hybrid(texts, k=k, modality=target, where=where)
         return searcher.search_vectors(
             searcher.encode_texts(texts), k, modality=target, where=where, query_modality="text"
         )
@@ -96,17 +107,25 @@ def _searcher(
     hubness: str | Hubness | None,
     query_bank: str | os.PathLike[str] | QueryBank | None,
     rerank: int,
+    hybrid: Hybrid | None = None,
 ) -> Searcher:
     correction = Hubness(hubness) if isinstance(hubness, str) else hubness
     bank = QueryBank.load(query_bank) if isinstance(query_bank, (str, os.PathLike)) else query_bank
-    return Searcher(model, collection_path, hubness=correction, query_bank=bank, rerank=rerank)
+    return Searcher(model, collection_path, hubness=correction, query_bank=bank, rerank=rerank, hybrid=hybrid)
 
 
-def _load_model(collection_path: str | Path, model_dir: str | Path | None, runtime: str = "auto") -> Any:
-    """The model named, else the one recorded when the collection was embedded."""
+def _load_model(
+    collection_path: str | Path,
+    model_dir: str | Path | None,
+    hybrid: Hybrid | None = None,
+    runtime: str = "auto",
+) -> Any:
+    """The model named, else the one recorded when the collection was embedded (None for words alone)."""
     from retrieval.embed import recorded_model
     from retrieval.model import load_model
 
+    if hybrid is not None and hybrid.fusion == "lexical" and model_dir is None:
+        return None
     name = str(model_dir) if model_dir is not None else recorded_model(collection_path)
     if name is None:
         raise ValueError(

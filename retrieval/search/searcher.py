@@ -33,6 +33,7 @@ from indexes.fingerprint import check_fingerprint
 from retrieval import encoding
 from retrieval.pretrained import describe_model_info
 from retrieval.search.hubness import Hubness, QueryBank, query_bank_path, rerank
+from retrieval.search.hybrid import Hybrid, hybrid_search
 from retrieval.search.penalties import PenaltyTable, penalty_table_path
 from retrieval.search.queries import ImageQuery, as_query_vectors, load_query_image, one_text
 
@@ -49,12 +50,15 @@ class Hit:
     searcher corrects hubness (then the corrected score, ``cosine - penalty``, which may be
     negative; see :mod:`retrieval.search.hubness`) or re-ranks (then the match probability of the
     re-ranked hits). ``cosine`` is always the plain similarity from the index, so both can be shown.
+    Hybrid searches (:mod:`retrieval.search.hybrid`) score by the fusion and keep the item's BM25
+    score in ``lexical`` when the lexical arm found it.
     """
 
     id: int
     score: float
     metadata: dict[str, Any]
     cosine: float | None = None  # the index similarity (== score when nothing corrects it)
+    lexical: float | None = None  # BM25 score of a hybrid search's lexical arm (None: not found by it)
 
 
 class Searcher:
@@ -86,6 +90,11 @@ class Searcher:
     the candidates' stored vectors: two-stage retrieval. Re-ranked hits carry the match
     probability as their score; hits past ``N`` keep their dense score. The set of the best
     ``max(N, k)`` candidates never changes, only its order.
+
+    ``hybrid`` (a :class:`~retrieval.search.hybrid.Hybrid`) answers text queries (text->image,
+    text->text) by the dense arm above and BM25 over the items' indexed text fields, fused (RRF by
+    default); ``Hybrid(fusion="lexical")`` searches words alone and needs no model. The collection
+    needs a text index (``text_fields``). :meth:`search_hybrid` takes queries already encoded.
     """
 
     def __init__(
@@ -97,6 +106,7 @@ class Searcher:
         hubness: Hubness | None = None,
         query_bank: QueryBank | None = None,
         rerank: int = 0,
+        hybrid: Hybrid | None = None,
     ) -> None:
         self._owns = isinstance(collection, (str, os.PathLike))
         if self._owns:
@@ -139,6 +149,30 @@ class Searcher:
         self._has_modality = "modality" in set(collection.fields())
         self._single: tuple[int, str | None] = (-1, None)  # (collection size, its only modality)
         self._tables: dict[str, PenaltyTable] = {}  # query modality -> hub penalties of the items
+        try:
+            self.hybrid = self._check_hybrid(hybrid)
+        except Exception:
+            self.close()
+            raise
+
+    def _check_hybrid(self, hybrid: Hybrid | None) -> Hybrid | None:
+        """``hybrid`` when the collection can answer it (a text index holding its fields), else ValueError."""
+        if hybrid is None:
+            return None
+        if not isinstance(hybrid, Hybrid):
+            raise TypeError(
+                f"hybrid must be a retrieval.search.Hybrid or None; received {type(hybrid).__name__}"
+            )
+        indexed = list(getattr(self.collection, "text_fields", None) or [])
+        missing = sorted(set(hybrid.fields or ()) - set(indexed))
+        if not indexed or missing:
+            raise ValueError(
+                f"collection {self.collection.path} "
+                + (f"indexes the text of {indexed}, not {missing}" if indexed else "has no text index")
+                + ": declare the fields to search (`retrieval text-index COLL title,tags`, "
+                "Collection.set_text_fields) or search the indexed ones"
+            )
+        return hybrid
 
     def _check_model(self) -> None:
         if self.model is None:
@@ -268,6 +302,8 @@ class Searcher:
         """What the hit scores of a query of ``query_modality`` are: ``"cosine"``, the hubness method
         (``"isoftmax"`` / ``"csls"``: cosine minus the item's hub penalty), or that followed by
         ``"+match"`` when the best ``rerank`` hits carry the match head's probability instead."""
+        if self.hybrid is not None and query_modality == "text":
+            return self.hybrid.scoring
         if query_modality is None or (self.hubness is None and not self.rerank):
             return "cosine"
         if query_modality not in ("text", "image"):
@@ -365,6 +401,8 @@ class Searcher:
         where: Mapping[str, Any] | None = None,
         refine: int | None = None,
     ) -> list[list[Hit]]:
+        if self.hybrid is not None:
+            return self.search_hybrid(queries, k=k, modality="image", where=where, refine=refine)
         return self.search_vectors(
             self.encode_texts(queries), k, modality="image", where=where, refine=refine, query_modality="text"
         )
@@ -383,9 +421,55 @@ class Searcher:
         where: Mapping[str, Any] | None = None,
         refine: int | None = None,
     ) -> list[list[Hit]]:
+        if self.hybrid is not None:
+            return self.search_hybrid(queries, k=k, modality="text", where=where, refine=refine)
         return self.search_vectors(
             self.encode_texts(queries), k, modality="text", where=where, refine=refine, query_modality="text"
         )
+
+    def search_hybrid(
+        self,
+        queries: Sequence[str],
+        vectors: Any = None,
+        k: int = 10,
+        *,
+        modality: str | None = None,
+        where: Mapping[str, Any] | None = None,
+        refine: int | None = None,
+        hybrid: Hybrid | None = None,
+    ) -> list[list[Hit]]:
+        """Hits of text queries by both arms fused (``hybrid``, default the searcher's; see
+        :mod:`retrieval.search.hybrid`); ``vectors`` [n, D] are their embeddings when already encoded."""
+        chosen = self._check_hybrid(hybrid) if hybrid is not None else self.hybrid
+        if chosen is None:
+            raise ValueError(
+                "search_hybrid needs hybrid settings: Searcher(..., hybrid=Hybrid(...)) or hybrid="
+            )
+        if isinstance(queries, str) or not isinstance(queries, Sequence):
+            raise TypeError(f"text queries must be a sequence of str; received {type(queries).__name__}")
+        texts = [one_text(q) for q in queries]
+        if not texts:
+            return []
+        if vectors is not None:
+            vectors = as_query_vectors(vectors, self.collection.dim)
+        fused = hybrid_search(
+            self, texts, vectors, k, modality=modality, where=where, refine=refine, hybrid=chosen
+        )
+        valid = fused.ids >= 0  # [n, k]; padding comes last
+        flat = fused.ids[valid]
+        by_id = dict(zip(flat.tolist(), self.collection.get(flat) if len(flat) else []))
+
+        def number(x: float) -> float | None:
+            return None if np.isnan(x) else float(x)
+
+        return [
+            [
+                Hit(int(i), float(s), dict(by_id[int(i)]), number(c), number(b))
+                for i, s, c, b in zip(fused.ids[r], fused.scores[r], fused.cosines[r], fused.lexical[r])
+                if i >= 0
+            ]
+            for r in range(fused.ids.shape[0])
+        ]
 
     def image_to_text(
         self,

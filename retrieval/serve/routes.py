@@ -12,7 +12,7 @@ from fastapi import APIRouter, File, Form, Header, Query, UploadFile
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from retrieval.search import Hit
+from retrieval.search import Hit, Hybrid
 from retrieval.serve.auth import RELOAD_KEY_HEADER
 from retrieval.serve.errors import bad_request, not_found
 from retrieval.serve.inputs import (
@@ -42,8 +42,24 @@ Number = Annotated[float, Field(strict=True)]  # a JSON number; never a string o
 SCORING_HELP = (
     "what hit scores are: 'cosine' (query-item cosine similarity), 'isoftmax' or 'csls' (cosine minus "
     "the item's hubness penalty: may be negative, only the order matters; the cosine is beside it), "
-    "with '+match' when the best hits were re-ranked by the match head (their score is its probability)"
+    "with '+match' when the best hits were re-ranked by the match head (their score is its probability); "
+    "for hybrid text searches 'rrf' (reciprocal rank fusion of the dense and the lexical ranks), "
+    "'weighted' (alpha * normalised dense score + (1 - alpha) * normalised BM25) or 'bm25' (words alone)"
 )
+
+
+class HybridIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    fields: list[str] | None = Field(
+        None, description="indexed text fields to match (default: all visible ones)"
+    )
+    fusion: Literal["rrf", "weighted", "lexical"] = Field(
+        "rrf",
+        description="rrf: reciprocal rank fusion; weighted: normalised scores mixed by alpha; lexical: words alone",
+    )
+    k: StrictInt = Field(60, description="rrf: the rank constant")
+    alpha: Number = Field(0.5, description="weighted: the share of the dense search (0..1)")
+    candidates: StrictInt = Field(100, description="hits of each arm that are fused")
 
 
 class _Query(BaseModel):
@@ -60,6 +76,11 @@ class _Query(BaseModel):
 
 class TextQuery(_Query):
     text: str = Field(..., description="the query text")
+    hybrid: bool | HybridIn = Field(
+        False,
+        description="also match the words of the query in the items' indexed text fields (BM25) and fuse "
+        "both rankings: true for the defaults (RRF over every indexed field), or the settings",
+    )
 
 
 class UrlQuery(_Query):
@@ -78,6 +99,9 @@ class HitOut(BaseModel):
     id: int
     score: float = Field(..., description="what the hits are ordered by (see the answer's 'scoring')")
     cosine: float | None = Field(None, description="cosine similarity of query and item (the index score)")
+    lexical: float | None = Field(
+        None, description="hybrid searches: the item's BM25 score, when its words matched"
+    )
     metadata: dict[str, Any]
     image_url: str | None = Field(None, description="where the page can fetch the item's image, if served")
 
@@ -114,9 +138,29 @@ def hit_out(served: ServedCollection, hit: Hit) -> HitOut:
         id=hit.id,
         score=hit.score,
         cosine=_finite(hit.cosine),
+        lexical=_finite(hit.lexical),
         metadata=visible(served, hit.metadata),
         image_url=image_path(served, hit.id, hit.metadata),
     )
+
+
+def _hybrid_of(value: bool | HybridIn) -> Hybrid | None:
+    """The request's hybrid settings (None: dense search only); 400 on settings out of range."""
+    if value is False:
+        return None
+    try:
+        if value is True:
+            return Hybrid()
+        data = value.model_dump()
+        return Hybrid(
+            fields=tuple(data["fields"]) if data["fields"] is not None else None,
+            fusion=data["fusion"],
+            k=data["k"],
+            alpha=data["alpha"],
+            candidates=data["candidates"],
+        )
+    except ValueError as exc:
+        raise bad_request("bad_hybrid", str(exc)) from None
 
 
 def _finite(value: float | None) -> float | None:
@@ -189,15 +233,36 @@ def api_router(service: Service) -> APIRouter:
             reloaded = await served.run(served.reopen, True)
         return {"reloaded": reloaded, "info": await served.run(served.info)}
 
-    @router.post("/{name}/search/text", summary="Search by text")
+    @router.post("/{name}/search/text", summary="Search by text (optionally hybrid: words and meaning)")
     async def search_text(name: str, query: TextQuery) -> SearchOut:
         t0 = time.perf_counter()
         served = service.get(name)
         text = check_text(query.text, config.max_text_chars)
         checks = await checked(served, query.k, query.where, query.modality)
+        hybrid = _hybrid_of(query.hybrid)
+        if hybrid is not None:
+            return await run_hybrid(served, text, hybrid, checks, t0)
         served.require_model()
         vector = await service.work(served.encode_texts, [text])  # [1, D]
         return await run_search(served, vector, checks, t0, "text")
+
+    async def run_hybrid(
+        served: ServedCollection, text: str, hybrid: Hybrid, query: tuple[Any, ...], t0: float
+    ) -> SearchOut:
+        k, where, modality = query
+        hybrid = await served.run(served.check_hybrid, hybrid)
+        vector = None
+        if hybrid.fusion != "lexical":
+            served.require_model()
+            vector = await service.work(served.encode_texts, [text])  # [1, D]
+        hits = (await served.run(served.search_hybrid, [text], vector, k, where, modality, hybrid))[0]
+        return SearchOut(
+            collection=served.name,
+            k=k,
+            took_ms=round((time.perf_counter() - t0) * 1000, 3),
+            scoring=hybrid.scoring,
+            hits=[hit_out(served, h) for h in hits],
+        )
 
     @router.post("/{name}/search/image", summary="Search by an uploaded image (multipart form)")
     async def search_image(

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from retrieval.search import Hit, Hubness, Searcher
+from retrieval.search import Hit, Hubness, Hybrid, Searcher
 from retrieval.serve.batching import ModelRunner
 from retrieval.serve.errors import bad_request, not_found
 from retrieval.serve.inputs import json_safe
@@ -311,6 +311,7 @@ class ServedCollection:
             "fingerprint": c.fingerprint,
             "model_fingerprint": self.model.fingerprint() if self.model else None,
             "fields": sorted(set(c.fields()) - self.hidden_fields),
+            "text_fields": self._text_fields(c),
             "text_search": self.model is not None,
             "image_search": self.model is not None,
             "media": self.media_root is not None,
@@ -383,6 +384,58 @@ class ServedCollection:
                 hits = [hits[i] for i in keep]
             results.append([dataclasses.replace(h, metadata=json_safe(h.metadata)) for h in hits])
         return results
+
+    def _text_fields(self, c: Any) -> list[str]:
+        """The indexed text fields clients may search (hidden fields are left out: matching their
+        words would reveal them)."""
+        return [f for f in (getattr(c, "text_fields", None) or []) if f not in self.hidden_fields]
+
+    def check_hybrid(self, hybrid: Hybrid) -> Hybrid:
+        """``hybrid`` with its fields checked against what may be searched (400 otherwise)."""
+        c = self._fresh().collection
+        allowed = self._text_fields(c)
+        if not allowed:
+            raise bad_request(
+                "no_text_index",
+                f"collection {self.name!r} has no text index to search words in: declare one "
+                "(`retrieval text-index COLLECTION FIELD[,FIELD]`) or search without hybrid",
+            )
+        unknown = sorted(set(hybrid.fields or ()) - set(allowed))
+        if unknown:
+            raise bad_request(
+                "unknown_text_field",
+                f"text field(s) {unknown} are not searchable; this collection has {allowed}",
+            )
+        if hybrid.fields is None and len(allowed) < len(getattr(c, "text_fields", [])):
+            hybrid = dataclasses.replace(hybrid, fields=tuple(allowed))
+        return hybrid
+
+    def search_hybrid(
+        self,
+        texts: Sequence[str],
+        vectors: np.ndarray | None,
+        k: int,
+        where: Mapping[str, Any] | None,
+        modality: str | None,
+        hybrid: Hybrid,
+    ) -> list[list[Hit]]:
+        """Hybrid hits of text queries (``vectors``: their embeddings, None for the words alone)."""
+        searcher = self._fresh()
+        fields = set(searcher.collection.fields()) - self.hidden_fields
+        unknown = sorted(set(where or {}) - fields)
+        if unknown:
+            raise bad_request(
+                "unknown_field",
+                f"unknown filter field(s) {unknown}; this collection has fields {sorted(fields)}",
+            )
+        hybrid = self.check_hybrid(hybrid)
+        try:
+            rows = searcher.search_hybrid(
+                list(texts), vectors, k, modality=modality, where=where, hybrid=hybrid
+            )
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise bad_request("bad_query", f"search refused: {exc}") from None
+        return [[dataclasses.replace(h, metadata=json_safe(h.metadata)) for h in hits] for hits in rows]
 
     def media(self, item_id: int) -> tuple[Path | bytes, str]:
         """The image file of an item, if it lies inside the media root: ``(path or bytes, media type)``."""

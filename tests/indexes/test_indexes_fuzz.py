@@ -56,7 +56,8 @@ import pytest
 from indexes import Collection, Limits, auto
 from indexes.template import Template
 
-from support.storage_fuzz import FuzzStats, Reference, Target, make_program, run_program
+from support.lexical_reference import bm25_reference, check_text_search
+from support.storage_fuzz import FuzzStats, Reference, Target, make_program, random_text_query, run_program
 
 DIM = 8
 KINDS = [  # (index spec, metric): exact, graph, IVF trained and untrained, codes, IVF-PQ with refine, auto
@@ -104,6 +105,7 @@ def random_limits(rng: np.random.Generator) -> Limits:
         tune_queries=pick(20, 50),
         retune_after_merge=pick(0.1, 0.25),
         verify_on_open_bytes=pick(0, 64 << 20),
+        lexicon_chunk_rows=pick(2, 7, 65_536),
     )
 
 
@@ -111,19 +113,24 @@ class LocalTarget(Target):
     """A local :class:`indexes.Collection` under test, with read-only readers opened beside it."""
 
     name = "local"
+    text = True
 
-    def __init__(self, kind: str, metric: str, root: Path, limits: Limits) -> None:
+    def __init__(
+        self, kind: str, metric: str, root: Path, limits: Limits, text_fields: list[str] | None
+    ) -> None:
         super().__init__(kind, metric, DIM)
         self.root, self.limits = root, limits
         self.path = root
+        self.text_fields = text_fields
         self._coll: Collection | None = None
-        self.readers: list[tuple[Collection, dict[int, tuple[np.ndarray, dict]]]] = []
+        self.readers: list[tuple[Collection, dict[int, tuple[np.ndarray, dict]], list[str]]] = []
 
     def create(self) -> None:
         self.path = self.root / f"c{next(SEEDS)}"
         self._coll = Collection.create(
-            self.path, DIM, metric=self.metric, index=self.kind, recall_target=0.9, limits=self.limits
-        )
+            self.path, DIM, metric=self.metric, index=self.kind, recall_target=0.9, limits=self.limits,
+            text_fields=self.text_fields,
+        )  # fmt: skip
 
     def coll(self) -> Collection:
         assert self._coll is not None
@@ -137,7 +144,7 @@ class LocalTarget(Target):
         assert self._coll.verify().ok
 
     def close(self) -> None:
-        for reader, _ in self.readers:
+        for reader, _, _ in self.readers:
             reader.close()
         self.readers.clear()
         if self._coll is not None:
@@ -182,14 +189,16 @@ class LocalTarget(Target):
             coll.compact(force=rng.random() < 0.5)
             ref.commit()
         elif op == "reader":
-            for reader, snapshot in self.readers:  # earlier readers still see the version they opened
-                _check_reader(reader, snapshot, rng)
+            for reader, snapshot, fields in self.readers:  # earlier readers still see the version they opened
+                _check_reader(reader, snapshot, fields, rng)
             if self.readers and rng.random() < 0.5:
-                reader, _ = self.readers.pop(0)
+                reader, _, _ = self.readers.pop(0)
                 reader.close()
             reader = Collection.open(self.path, read_only=True, limits=self.limits)
-            self.readers.append((reader, dict(ref.saved[0])))
-            _check_reader(reader, ref.saved[0], rng)
+            self.readers.append((reader, dict(ref.saved[0]), list(ref.text_fields)))
+            _check_reader(reader, ref.saved[0], ref.text_fields, rng)
+        elif op == "repair_text":
+            _damage_and_repair_a_lexicon(coll, ref, rng)
         elif op == "rebuild":
             choices = [None, "auto"] if self.kind == "auto" else [None, None, "Flat", self.kind]
             coll.rebuild(choices[int(rng.integers(len(choices)))])
@@ -212,11 +221,39 @@ class LocalTarget(Target):
         return True
 
 
+def _damage_and_repair_a_lexicon(coll: Collection, ref: Reference, rng: np.random.Generator) -> None:
+    """Flip bytes in one segment's lexicon file: check finds it, a repair rebuilds it from the metadata."""
+    coll.save()
+    ref.commit()
+    with_text = [s for s in coll._segments if s.entry.get("lexical")]
+    if not with_text:
+        return
+    seg = with_text[int(rng.integers(len(with_text)))]
+    file = seg.folder / seg.entry["lexical"]["file"]
+    data = bytearray(file.read_bytes())
+    at = int(rng.integers(len(data)))
+    data[at] ^= 0xFF
+    file.write_bytes(bytes(data))
+    report = coll.verify(repair=True)
+    assert not report.ok and report.repaired, report.summary()
+    assert any("lexicon rebuilt" in note for note in report.notes), report.summary()
+    assert coll.verify().ok
+
+
 def _check_reader(
-    reader: Collection, snapshot: dict[int, tuple[np.ndarray, dict]], rng: np.random.Generator
+    reader: Collection,
+    snapshot: dict[int, tuple[np.ndarray, dict]],
+    fields: list[str],
+    rng: np.random.Generator,
 ) -> None:
     ids = sorted(snapshot)
     assert reader.ids().tolist() == ids, "a reader sees the version it opened"
+    assert reader.text_fields == fields, "a reader keeps the text index of the version it opened"
+    if fields:
+        queries = [random_text_query(rng) for _ in range(2)]
+        scores, found = reader.search_text(queries, 10)
+        metas = {i: m for i, (_, m) in snapshot.items()}
+        check_text_search([bm25_reference(metas, fields, q) for q in queries], 10, scores, found)
     if ids:
         pick = sorted(rng.choice(ids, size=min(len(ids), 10), replace=False).tolist())
         assert reader.get(pick) == [snapshot[i][1] for i in pick]
@@ -253,7 +290,8 @@ def _run_kind(
             with monkeypatch.context() as patch:
                 if kind == "auto" and seed % 2:
                     _index_looks_faster(patch)
-                target = LocalTarget(kind, metric, tmp_path, limits)
+                text_fields = [None, ["t"], ["t", "tags"], ["t", "tags"]][seed % 4]
+                target = LocalTarget(kind, metric, tmp_path, limits, text_fields)
                 stats = run_program(
                     target, make_program(seed, operations), seed, describe=lambda limits=limits: repr(limits)
                 )

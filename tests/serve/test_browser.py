@@ -337,3 +337,38 @@ def test_api_docs_work_offline_in_chromium(chromium: str, config, encoder, path:
             assert not errors, errors
         finally:
             browser.close()
+
+
+def test_hybrid_toggle_in_chromium(chromium: str, config, collection_dir: Path, encoder, tmp_path: Path):
+    """A collection with a text index shows the "words too" toggle; checked, text queries are hybrid."""
+    from playwright import sync_api
+
+    from indexes import Collection
+
+    with Collection.open(collection_dir) as coll:
+        coll.set_text_fields(["caption"])
+    with _serving(config, encoder) as url, sync_api.sync_playwright() as pw:
+        try:
+            browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        except Exception as exc:
+            pytest.skip(f"Chromium at {chromium} cannot start here: {exc}")
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 800})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.set_default_timeout(15_000)
+            page.goto(url)
+            page.wait_for_selector("#collection option", state="attached")
+            assert page.is_visible("#hybrid-label"), "the toggle shows for a collection with a text index"
+            page.check("#hybrid")
+            page.fill("#query", "blue")
+            page.click("#search-btn")
+            _until(lambda: "scores: rrf" in page.inner_text("#status"), "the hybrid answer arrives")
+            assert page.locator(".result .lexical").count() > 0, "BM25 scores are shown beside the fused ones"
+            assert "hybrid=1" in page.url
+            page.screenshot(path=str(tmp_path / "page-hybrid.png"), full_page=True)
+            page.uncheck("#hybrid")  # a change of the toggle runs the query again
+            _until(lambda: "scores: cosine" in page.inner_text("#status"), "the dense answer arrives")
+            assert not errors, errors
+        finally:
+            browser.close()

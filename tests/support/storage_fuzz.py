@@ -17,6 +17,14 @@ What "agree" means (:func:`check_search`):
 * ANN answers: scores of kinds that store exact vectors (or are refined) are the ids' exact
   scores; recall@k is summed per program and checked against the recall the tuning promised.
 
+Targets with a text index (``Target.text``: the local collection) get items with text fields
+(``t``: words in various cases, with and without diacritics, separated by spaces and punctuation,
+sometimes a number; ``tags``: a list of words) and three more operations: ``search_text`` (BM25 over
+some or all of the text fields, with the same filters; checked against
+:func:`support.lexical_reference.bm25_reference`: the same ids, and each its score, whatever the
+segmenting), ``text_fields`` (the indexed fields change, or the index is dropped and declared
+again) and, through the target, damage to a lexicon file repaired by ``verify(repair=True)``.
+
 A failure raises :class:`FuzzFailure` naming the seed, the operation and the whole program, so
 ``FUZZ_SEED=<seed> FUZZ_OPS=<length>`` replays it.
 """
@@ -30,6 +38,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from support.lexical_reference import bm25_reference, check_text_search
 
 __all__ = [
     "FuzzFailure",
@@ -146,6 +156,7 @@ class Reference:
         self.next_id = 0
         self.saved: tuple[dict[int, tuple[np.ndarray, dict[str, Any]]], int] = ({}, 0)
         self.changes_since_tuning = 0  # items added or removed since the search parameters were tuned
+        self.text_fields: list[str] = []  # the fields of the text index (committed at once when changed)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray, metas: list[dict[str, Any]]) -> None:
         for i, v, m in zip(ids.tolist(), vectors, metas):
@@ -175,6 +186,13 @@ class Reference:
     def matching(self, where: dict[str, Any] | None) -> np.ndarray:
         return np.array([i for i in self.ids() if matches(self.items[i][1], where)], dtype=np.int64)
 
+    def text_scores(
+        self, query: str, fields: list[str] | None, where: dict[str, Any] | None
+    ) -> dict[int, float]:
+        """id -> reference BM25 score of the items ``where`` admits that hold a word of ``query``."""
+        metas = {i: m for i, (_, m) in self.items.items()}
+        return bm25_reference(metas, fields or self.text_fields, query, lambda meta: matches(meta, where))
+
     def scores(self, q: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Exact float64 scores [n, m] of ``q`` [n, d] against ``ids`` [m] (higher is better)."""
         if ids.size == 0:
@@ -202,7 +220,17 @@ OPS: dict[str, float] = {  # operation -> weight
     "reserve_ids": 0.2,
     "search": 10,
     "get": 2,
+    "search_text": 4,  # targets with a text index only (Target.text)
+    "text_fields": 0.3,
+    "repair_text": 0.2,  # through Target.extra_ops
 }
+
+# Words of the text fields: accents, case and separators vary; "cafe" / "Café" / "CAFÉ" are one word.
+TEXT_WORDS = [
+    "red", "Red", "bike", "bikes", "café", "cafe", "CAFÉ", "naïve", "naive", "über", "sku", "4411", "B",
+    "ångström", "zebra", "élan", "elan", "data", "x9", "東京", "λόγος", "crème", "the", "a", "of",
+]  # fmt: skip
+TEXT_SEPARATORS = [" ", " ", "-", ", ", "/", "_", ". ", "\n", "(", ") "]
 
 
 def make_program(seed: int, n_ops: int, ops: dict[str, float] | None = None) -> list[dict[str, Any]]:
@@ -252,6 +280,37 @@ def random_meta(rng: np.random.Generator, allow_null: bool, odd_names: bool) -> 
     return meta
 
 
+def random_text(rng: np.random.Generator, words: int) -> str:
+    parts = []
+    for i in range(words):
+        if i:
+            parts.append(TEXT_SEPARATORS[int(rng.integers(len(TEXT_SEPARATORS)))])
+        parts.append(TEXT_WORDS[int(rng.integers(len(TEXT_WORDS)))])
+    return "".join(parts)
+
+
+def add_text(rng: np.random.Generator, meta: dict[str, Any]) -> dict[str, Any]:
+    """The item with text fields: ``t`` (words, sometimes a number), ``tags`` (a list of words)."""
+    if rng.random() < 0.8:
+        meta["t"] = (
+            random_text(rng, int(rng.integers(0, 7))) if rng.random() < 0.9 else int(rng.integers(4400, 4420))
+        )
+    if rng.random() < 0.5:
+        meta["tags"] = [random_text(rng, 1) for _ in range(int(rng.integers(0, 4)))]
+    return meta
+
+
+def random_text_query(rng: np.random.Generator) -> str:
+    kind = rng.random()
+    if kind < 0.05:
+        return " -- ,, "  # no word at all
+    if kind < 0.1:
+        return "unseen " + random_text(rng, 1)
+    if kind < 0.15:
+        return f'NOT {random_text(rng, 1)} OR "{random_text(rng, 1)}" t:x*'  # FTS5 syntax is read as words
+    return random_text(rng, int(rng.integers(1, 4)))
+
+
 def random_where(rng: np.random.Generator, allow_null: bool, odd_names: bool) -> tuple[str, Any]:
     """(kind, where): none, selective, broad, empty or unknown filters."""
     kind = ["none", "none", "selective", "selective", "broad", "broad", "empty", "unknown"][
@@ -294,6 +353,7 @@ class Target:
     name = "target"
     discards_unsaved = True  # reopening without saving loses the changes since the last save
     ascending_explicit_ids = True  # explicit ids must be above every id handed out so far
+    text = False  # items carry text fields and the collection indexes them (search_text, set_text_fields)
 
     def __init__(self, kind: str, metric: str, dim: int) -> None:
         self.kind, self.metric, self.dim = kind, metric, dim
@@ -400,6 +460,8 @@ def run_program(
     stats = FuzzStats(programs=1)
     ref = reference(target.metric)
     target.create()
+    if target.text:
+        ref.text_fields = list(target.coll().text_fields)
     ref.commit()
     step = -1
     tuned: Any = None
@@ -448,6 +510,8 @@ def _apply(
         n = int(rng.choice([0, 1, 3, 7, 20, 45]))
         x = random_vectors(rng, n, target.dim)
         metas = [random_meta(rng, allow_null, odd_names) for _ in range(n)]
+        if target.text:
+            metas = [add_text(rng, m) for m in metas]
         with_meta = rng.random() < 0.8
         if rng.random() < 0.3 and n:
             gaps = rng.integers(1, 4, n)
@@ -536,6 +600,42 @@ def _apply(
             and ref.changes_since_tuning <= 0.1 * len(ref.items)
             else None,
         )
+    elif op == "search_text":
+        if not target.text:
+            return
+        if not ref.text_fields:
+            try:
+                coll.search_text("red", 3)
+            except ValueError as exc:
+                assert "no text index" in str(exc), exc
+                return
+            raise AssertionError("search_text on a collection without a text index must fail")
+        queries = [random_text_query(rng) for _ in range(int(rng.choice([1, 2, 5])))]
+        k = int(rng.choice([1, 3, 10, 50]))
+        _, where = random_where(rng, allow_null, odd_names)
+        fields = None
+        if len(ref.text_fields) > 1 and rng.random() < 0.4:
+            fields = [ref.text_fields[int(rng.integers(len(ref.text_fields)))]]
+        if where and any(name not in ref.fields() for name in where):
+            try:
+                coll.search_text(queries, k, where=where, fields=fields)
+            except ValueError as exc:
+                assert "unknown filter field" in str(exc), exc
+                return
+            raise AssertionError(f"a filter on a field no live item carries must fail: {where}")
+        scores, ids = coll.search_text(queries, k, where=where, fields=fields)
+        check_text_search([ref.text_scores(q, fields, where) for q in queries], k, scores, ids)
+        stats.searches_exact += 1
+    elif op == "text_fields":
+        if not target.text:
+            return
+        choices = [["t"], ["t", "tags"], ["tags", "t"], ["tags"], None]
+        new = choices[int(rng.integers(len(choices)))]
+        coll.set_text_fields(new)
+        if list(new or []) != ref.text_fields:
+            ref.commit()  # a change saves the unsaved changes first
+        ref.text_fields = list(new or [])
+        assert coll.text_fields == ref.text_fields
     elif op == "reserve_ids":
         target_id = ref.next_id + int(rng.integers(0, 20))
         coll.reserve_ids(target_id)
