@@ -44,6 +44,7 @@ COMMANDS: dict[str, str] = {
     "demo": "retrieval.cli.demo",
     "classify": "retrieval.cli.classify",
     "match": "retrieval.cli.match",
+    "dedup": "retrieval.cli.dedup",
 }
 
 EPILOG = f"""\
