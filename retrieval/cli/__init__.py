@@ -45,6 +45,7 @@ COMMANDS: dict[str, str] = {
     "classify": "retrieval.cli.classify",
     "match": "retrieval.cli.match",
     "dedup": "retrieval.cli.dedup",
+    "export": "retrieval.cli.export",
 }
 
 EPILOG = f"""\
