@@ -46,6 +46,7 @@ COMMANDS: dict[str, str] = {
     "match": "retrieval.cli.match",
     "dedup": "retrieval.cli.dedup",
     "export": "retrieval.cli.export",
+    "score": "retrieval.cli.score",
 }
 
 EPILOG = f"""\

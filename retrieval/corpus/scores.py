@@ -1,0 +1,356 @@
+"""Pair scores: the image-caption cosine of every pair of a corpus, streamed and resumable, then the
+corpus filtered by it and a histogram of the scores.
+
+LAION was built this way: every image-caption pair scored with CLIP, the pairs below a cosine
+threshold dropped (Schuhmann et al., 2022). :func:`score_pairs` reads the corpus with the one reader
+(:func:`retrieval.data.read_corpus`), encodes each image once and every caption through the one
+inference path (the embed engines, :mod:`retrieval.embed.engines`), and writes one row per pair to
+a Parquet file: ``image``, ``caption``, ``image_id``, ``score`` and the pair's metadata.
+
+Resumable like ``embed``, with its machinery (:class:`retrieval.embed.store.EmbedState`): scores are
+committed to a state folder (``<out>.state/`` by default) in atomic shards of ``chunk_size`` pairs,
+each pair named by a key of its caption, its image reference and the image file's size and
+modification time. Killed at any point, the same call scores only what is missing; after files were
+added to the corpus, only the new pairs; after an image file changed, its pairs again. The state
+records the model: scores of another model are refused (choose another ``--state`` or delete it).
+Memory holds one chunk of vectors, however large the corpus. Images that cannot be decoded skip
+their pairs, counted by reason and listed in the state's ``errors.jsonl``.
+
+``keep_above`` / ``keep_top_fraction`` also write the kept pairs in the corpus's own format
+(:mod:`retrieval.corpus.filtered`).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrieval.corpus.columns import ColumnTypes
+from retrieval.corpus.config import ScoreConfig
+from retrieval.corpus.progress import progress_bar
+from retrieval.embed.items import Item, image_items, normal_ref, read_source, text_items
+from retrieval.io import atomic_path
+
+__all__ = ["ScoreResult", "score_pairs", "state_folder"]
+
+FIXED = ("image", "caption", "image_id", "score")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreResult:
+    """What :func:`score_pairs` did."""
+
+    out: Path  # the scores (Parquet)
+    pairs: int  # pairs of the corpus
+    scored: int  # pairs scored by this call
+    already_done: int  # pairs found scored by an earlier call
+    skipped: dict[str, int]  # reason -> pairs without a score
+    threshold: float | None  # the cut of the filter (keep_above, or the score at keep_top_fraction)
+    kept: int | None  # pairs kept by the filter
+    filtered: Path | None  # the filtered corpus
+    plot: Path | None  # the histogram
+    state: Path  # the state folder (shards, errors.jsonl)
+    quantiles: dict[str, float]  # of the scores
+    seconds: float
+
+    def __str__(self) -> str:
+        skipped = ", ".join(f"{n} {why}" for why, n in self.skipped.items()) or "none"
+        lines = [
+            f"scored {self.scored} pairs, already done {self.already_done}, skipped {sum(self.skipped.values())} "
+            f"({skipped}) in {self.seconds:.1f}s -> {self.out} (errors: {self.state / 'errors.jsonl'})",
+            "score " + ", ".join(f"{name} {value:.4f}" for name, value in self.quantiles.items()),
+        ]
+        if self.kept is not None and self.threshold is not None:
+            scored = self.pairs - sum(self.skipped.values())
+            lines.append(
+                f"kept {self.kept} of {scored} pairs (cosine >= {self.threshold:.4f}) -> {self.filtered}"
+            )
+        if self.plot is not None:
+            lines.append(f"histogram: {self.plot}")
+        return "\n".join(lines)
+
+
+def state_folder(out: str | Path) -> Path:
+    """The default state folder of a scores file: ``scores.parquet`` -> ``scores.state/``."""
+    out = Path(out)
+    return out.with_name(out.stem + ".state")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pair:
+    record: Any  # the corpus record (image, caption, image_id, metadata)
+    key: str  # identity of the scored content
+    image: Item | None  # the image item (None: its file is missing)
+    text: Item  # the caption item
+
+
+def _pairs(records: Sequence[Any]) -> list[_Pair]:
+    """The pairs of ``records`` with their identity keys (a caption's key, plus its image's; an image
+    whose file is missing has no item)."""
+    pairs = [r for r in records if r.image is not None and r.caption is not None]
+    images, _ = image_items(pairs)
+    by_ref = {item.ref: item for item in images}
+    texts, _ = text_items(pairs)
+    out = []
+    with_text = [r for r in pairs if str(r.caption).strip()]
+    assert len(with_text) == len(texts), (len(with_text), len(texts))
+    for record, text in zip(with_text, texts):
+        image = by_ref.get(normal_ref(str(record.image)))
+        key = f"pair:{text.key}:{image.key if image is not None else 'missing'}"
+        meta = {"path": text.metadata.get("path"), "caption": text.ref}
+        out.append(_Pair(record, key, image, Item(key, "text", text.ref, meta)))
+    return out
+
+
+def score_pairs(
+    model: Any,
+    source: Any,
+    out: str | Path,
+    config: ScoreConfig | None = None,
+    *,
+    state: str | Path | None = None,
+    filtered: str | Path | None = None,
+    plot: str | Path | None = True,  # type: ignore[assignment]
+) -> ScoreResult:
+    """Score every image-caption pair of ``source`` with ``model`` into ``out`` (Parquet).
+
+    ``source`` is what :func:`retrieval.data.read_corpus` reads (read with ``config``'s column
+    options), a ``Corpus`` or a ``PairSet``; ``model`` anything :mod:`retrieval.encoding` encodes with
+    (a :class:`~retrieval.model.TwinEncoder`, a transformers CLIP/SigLIP loaded by
+    :func:`~retrieval.model.load_model`). ``state``: the state folder (default :func:`state_folder`).
+    ``filtered``: where the kept pairs go when ``config`` filters (default beside ``out``,
+    :func:`retrieval.corpus.filtered.default_path`). ``plot``: the histogram PNG (``True``: ``out``
+    with ``.png``; ``None``: none). Raises :class:`~retrieval.data.UnpairedCorpusError` when the
+    source holds no pair.
+    """
+    from retrieval.embed.store import EmbedState
+
+    config = config or ScoreConfig()
+    started = time.perf_counter()
+    out = Path(out)
+    if isinstance(source, (str, os.PathLike)):
+        from retrieval.data import read_corpus
+
+        source = read_corpus(source, **config.read_options())
+    reader = str(getattr(source, "reader", "records"))
+    shown = getattr(source, "source", type(source).__name__)
+    records, source_skips = read_source(source)
+    pairs = _pairs(records)
+    if not pairs:
+        from retrieval.data import UnpairedCorpusError
+
+        raise UnpairedCorpusError(
+            f"{shown} has no image-caption pair to score ({len(records)} records, none with both an image and "
+            "a caption): give the images captions, or a caption column with --caption-column"
+        )
+    root = Path(state) if state is not None else state_folder(out)
+    with EmbedState(root) as st:
+        st.check_model(str(model.fingerprint()), 1)
+        st.record(source=str(shown), out=str(out))
+        done = st.done_keys()
+        pending = [p for p in pairs if p.key not in done]
+        missing = [p for p in pending if p.image is None]
+        todo = [p for p in pending if p.image is not None]
+        if missing:  # pairs whose image file is gone: recorded as skipped, like a broken image
+            st.write_shard(
+                "text",
+                [],
+                np.zeros((0, 1), np.float32),
+                [
+                    (p.text, "missing_file", f"image file not found: {p.text.metadata['path']}")
+                    for p in missing
+                ],
+            )
+        scored = 0
+        with progress_bar(len(todo), config.progress, "score", "pair") as bar:
+            for chunk in _chunks(todo, config.chunk_size):
+                ok, vectors, failed = _score_chunk(model, chunk, config)
+                st.write_shard("text", [p.text for p in ok], vectors, failed)
+                scored += len(ok)
+                bar.update(len(chunk))
+        # a missing image is in the shards already, one skip per pair
+        st.write_errors([s for s in source_skips if s.costs("both")], {p.key for p in pairs})
+        scores, reasons = _read_scores(st, {p.key for p in pairs})
+    skipped = dict(collections.Counter(reasons.values()))
+    values = np.array([scores[p.key] for p in pairs if p.key in scores], dtype=np.float32)
+    _write_scores(out, pairs, scores)
+    threshold, kept, filtered_path = None, None, None
+    if config.filters and len(values):
+        from retrieval.corpus.filtered import default_path, write_filtered
+
+        threshold = _cut(values, config)
+        keep = [p for p in pairs if p.key in scores and scores[p.key] >= threshold]
+        if config.keep_top_fraction is not None:  # exactly the asked share, best first, ties by order
+            keep = sorted(keep, key=lambda p: -scores[p.key])[
+                : math.ceil(config.keep_top_fraction * len(values))
+            ]
+            keep_keys = {p.key for p in keep}
+            keep = [p for p in pairs if p.key in keep_keys]
+        filtered_path = Path(filtered) if filtered is not None else default_path(out, reader)
+        write_filtered([(p.record, scores[p.key]) for p in keep], filtered_path, reader)
+        kept = len(keep)
+    plot_path = None
+    if plot is not None and plot is not False and len(values):
+        plot_path = out.with_suffix(".png") if plot is True else Path(plot)
+        _histogram(values, plot_path, threshold, config.bins, kept)
+    return ScoreResult(
+        out=out,
+        pairs=len(pairs),
+        scored=scored,
+        already_done=len(pairs) - len(pending),
+        skipped=skipped,
+        threshold=threshold,
+        kept=kept,
+        filtered=filtered_path,
+        plot=plot_path,
+        state=root,
+        quantiles=_quantiles(values),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _chunks(pairs: list[_Pair], size: int) -> Iterator[list[_Pair]]:
+    """Pairs grouped by image (each image encoded once), about ``size`` pairs at a time."""
+    by_image: dict[str, list[_Pair]] = {}
+    for pair in pairs:
+        assert pair.image is not None
+        by_image.setdefault(pair.image.key, []).append(pair)
+    chunk: list[_Pair] = []
+    for group in by_image.values():
+        chunk += group
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _score_chunk(
+    model: Any, chunk: list[_Pair], config: ScoreConfig
+) -> tuple[list[_Pair], np.ndarray, list[tuple[Item, str, str]]]:
+    """(scored pairs, their scores [n, 1], failed (caption item, reason, detail))."""
+    from retrieval.embed import engines
+    from retrieval.encoding import pick_device
+
+    device = str(pick_device(config.device))
+    images = list({p.image.key: p.image for p in chunk if p.image is not None}.values())
+    image_vectors: dict[str, np.ndarray] = {}
+    image_failed: dict[str, tuple[str, str]] = {}
+    for batch in engines.local_images(model, images, config.batch_size, config.num_workers, device):
+        image_vectors.update(zip((it.key for it in batch.items), batch.vectors))
+        image_failed.update({it.key: (reason, detail) for it, reason, detail in batch.failed})
+    wanted = [p for p in chunk if p.image is not None and p.image.key in image_vectors]
+    text_vectors: dict[str, np.ndarray] = {}
+    text_failed: dict[str, tuple[str, str]] = {}
+    for batch in engines.local_texts(model, [p.text for p in wanted], config.batch_size, device):
+        text_vectors.update(zip((it.key for it in batch.items), batch.vectors))
+        text_failed.update({it.key: (reason, detail) for it, reason, detail in batch.failed})
+    ok = [p for p in wanted if p.key in text_vectors]
+    failed = [
+        (p.text, *image_failed[p.image.key])
+        for p in chunk
+        if p.image is not None and p.image.key in image_failed
+    ]
+    failed += [(p.text, *text_failed[p.key]) for p in wanted if p.key in text_failed]
+    if not ok:
+        return ok, np.zeros((0, 1), np.float32), failed
+    img = np.stack([image_vectors[p.image.key] for p in ok])  # [n, D]
+    txt = np.stack([text_vectors[p.key] for p in ok])  # [n, D]
+    cosine = np.einsum("nd,nd->n", img, txt) / (
+        np.linalg.norm(img, axis=1) * np.linalg.norm(txt, axis=1)
+    )  # [n]
+    return ok, cosine.astype(np.float32)[:, None], failed
+
+
+def _read_scores(state: Any, keys: set[str]) -> tuple[dict[str, float], dict[str, str]]:
+    """key -> score of every scored pair still in the corpus; key -> reason of every skipped one."""
+    import json
+
+    scores: dict[str, float] = {}
+    reasons: dict[str, str] = {}
+    for shard in state.shards():
+        with np.load(shard.path, allow_pickle=False) as data:
+            for key, value in zip(
+                data["keys"].tolist(), data["vectors"][:, 0].tolist() if len(data["keys"]) else []
+            ):
+                if key in keys:
+                    scores[key] = float(value)
+                    reasons.pop(key, None)
+            for key, record in zip(data["skip_keys"].tolist(), data["skip_records"].tolist()):
+                if key in keys and key not in scores:
+                    reasons[key] = json.loads(record)["reason"]
+    return scores, reasons
+
+
+def _cut(values: np.ndarray, config: ScoreConfig) -> float:
+    if config.keep_above is not None:
+        return float(config.keep_above)
+    assert config.keep_top_fraction is not None
+    n = math.ceil(config.keep_top_fraction * len(values))
+    return float(np.sort(values)[::-1][n - 1])
+
+
+def _quantiles(values: np.ndarray) -> dict[str, float]:
+    if not len(values):
+        return {}
+    named = (("min", 0.0), ("p10", 0.1), ("median", 0.5), ("p90", 0.9), ("max", 1.0))
+    return {name: float(np.quantile(values, q)) for name, q in named}
+
+
+def _write_scores(out: Path, pairs: list[_Pair], scores: dict[str, float]) -> None:
+    """One row per scored pair, in the corpus's order: image, caption, image_id, score, metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [p for p in pairs if p.key in scores]
+    types = ColumnTypes(reserved=FIXED).observe(p.record.metadata or {} for p in rows)
+    fixed_types = {
+        "image": pa.string(),
+        "caption": pa.string(),
+        "image_id": pa.string(),
+        "score": pa.float32(),
+    }
+    schema = pa.schema([*(pa.field(n, t) for n, t in fixed_types.items()), *types.arrow_fields()])
+    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for start in range(0, max(len(rows), 1), 65_536):
+            part = rows[start : start + 65_536]
+            fixed = {
+                "image": (pa.string(), [str(p.record.image) for p in part]),
+                "caption": (pa.string(), [str(p.record.caption) for p in part]),
+                "image_id": (pa.string(), [p.record.image_id for p in part]),
+                "score": (pa.float32(), [scores[p.key] for p in part]),
+            }
+            writer.write_table(types.table(fixed, [p.record.metadata or {} for p in part]))
+
+
+def _histogram(values: np.ndarray, path: Path, threshold: float | None, bins: int, kept: int | None) -> None:
+    from matplotlib.figure import Figure
+
+    from retrieval.io import atomic_write_bytes
+
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    ax.hist(values, bins=bins, color="#4c72b0")
+    ax.set_xlabel("image-caption cosine")
+    ax.set_ylabel("pairs")
+    title = f"{len(values)} pairs, median {np.median(values):.3f}"
+    if threshold is not None:
+        ax.axvline(threshold, color="#c44e52", linestyle="--")
+        title += f"; kept {kept} at >= {threshold:.3f}"
+    ax.set_title(title)
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    atomic_write_bytes(path, buffer.getvalue())
