@@ -47,6 +47,7 @@ COMMANDS: dict[str, str] = {
     "dedup": "retrieval.cli.dedup",
     "export": "retrieval.cli.export",
     "score": "retrieval.cli.score",
+    "leakage": "retrieval.cli.leakage",
 }
 
 EPILOG = f"""\

@@ -4,25 +4,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-from collections.abc import Callable
 from pathlib import Path
 
 from retrieval.cli.checks import require_collection
-from retrieval.cli.options import config_option, given
-from retrieval.corpus.config import DedupConfig, check_cosine
-
-
-def cosine_type(flag: str, *, positive: bool = False) -> Callable[[str], float]:
-    """An argparse ``type`` reading a cosine (a bad value is a usage error naming it)."""
-
-    def parse(text: str) -> float:
-        try:
-            return check_cosine(text, flag, positive=positive)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc).replace(f"{flag} must", "must")) from None
-
-    parse.__name__ = "cosine"
-    return parse
+from retrieval.cli.options import config_option, cosine_type, given
+from retrieval.corpus.config import DedupConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -7,8 +7,7 @@ import argparse
 import functools
 
 from retrieval.cli.checks import require_input, require_model
-from retrieval.cli.dedup import cosine_type
-from retrieval.cli.options import MODEL_HELP, config_option, given
+from retrieval.cli.options import MODEL_HELP, config_option, cosine_type, given
 from retrieval.cli.parsing import UsageError
 from retrieval.corpus.config import ScoreConfig, check_fraction
 

@@ -39,7 +39,7 @@ from retrieval.corpus.progress import progress_bar
 from retrieval.embed.items import Item, image_items, normal_ref, read_source, text_items
 from retrieval.io import atomic_path
 
-__all__ = ["ScoreResult", "score_pairs", "state_folder"]
+__all__ = ["ScoreResult", "histogram_edges", "score_pairs", "state_folder"]
 
 FIXED = ("image", "caption", "image_id", "score")
 
@@ -331,6 +331,14 @@ def _write_scores(out: Path, pairs: list[_Pair], scores: dict[str, float]) -> No
             writer.write_table(types.table(fixed, [p.record.metadata or {} for p in part]))
 
 
+def histogram_edges(values: np.ndarray, mark: float | None, bins: int) -> np.ndarray:
+    """``bins + 1`` edges covering ``values`` and the ``mark`` (a threshold), never of zero width."""
+    low = float(min(values.min(), mark if mark is not None else np.inf))
+    high = float(max(values.max(), mark if mark is not None else -np.inf))
+    pad = max(1e-3, 0.02 * (high - low))
+    return np.linspace(low - pad, high + pad, bins + 1)
+
+
 def _histogram(values: np.ndarray, path: Path, threshold: float | None, bins: int, kept: int | None) -> None:
     from matplotlib.figure import Figure
 
@@ -338,7 +346,7 @@ def _histogram(values: np.ndarray, path: Path, threshold: float | None, bins: in
 
     fig = Figure(figsize=(7, 4))
     ax = fig.add_subplot()
-    ax.hist(values, bins=bins, color="#4c72b0")
+    ax.hist(values, bins=histogram_edges(values, threshold, bins), color="#4c72b0")
     ax.set_xlabel("image-caption cosine")
     ax.set_ylabel("pairs")
     title = f"{len(values)} pairs, median {np.median(values):.3f}"

@@ -247,6 +247,7 @@ def evaluate_model(
         seconds=seconds,
         model_info=_model_info(model),
         calibration=calibration,
+        image_vectors=image_emb.detach().cpu().float().numpy(),
     )
 
 
