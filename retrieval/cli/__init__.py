@@ -48,6 +48,7 @@ COMMANDS: dict[str, str] = {
     "export": "retrieval.cli.export",
     "score": "retrieval.cli.score",
     "leakage": "retrieval.cli.leakage",
+    "map": "retrieval.cli.map",
 }
 
 EPILOG = f"""\
