@@ -409,14 +409,20 @@ def _estimate(coll: Any, modality: str | None, config: DedupConfig) -> Duplicate
             nearest = np.maximum(nearest, scores.max(axis=1, initial=-np.inf))
     else:
         where = where_of(coll, modality)
-        found = range_search(
-            coll, queries, config.threshold, where=where, exclude=drawn, k=config.k, max_k=config.max_k,
-            refine=config.refine,
-        )  # fmt: skip
-        counts, saturated = np.diff(found.lims), found.saturated
-        _, near_ids = coll.search(queries, min(config.k, n), where=where, refine=config.refine)  # [s, k]
-        near_ids = np.where(near_ids == drawn[:, None], -1, near_ids)
-        nearest = exact_scores(coll, queries, near_ids).max(axis=1, initial=-np.inf)
+        counts = np.zeros(len(drawn), dtype=np.int64)
+        nearest = np.full(len(drawn), -np.inf, dtype=np.float32)
+        for start in range(0, len(drawn), config.batch_size):  # memory of one batch of queries
+            rows = slice(start, start + config.batch_size)
+            found = range_search(
+                coll, queries[rows], config.threshold, where=where, exclude=drawn[rows], k=config.k,
+                max_k=config.max_k, refine=config.refine,
+            )  # fmt: skip
+            counts[rows], saturated = np.diff(found.lims), saturated + found.saturated
+            _, near_ids = coll.search(
+                queries[rows], min(config.k, n), where=where, refine=config.refine
+            )  # [b, k]
+            near_ids = np.where(near_ids == drawn[rows, None], -1, near_ids)
+            nearest[rows] = exact_scores(coll, queries[rows], near_ids).max(axis=1, initial=-np.inf)
     with_dup = int((counts > 0).sum())
     low, high = wilson(with_dup, len(drawn), n)
     finite = nearest[np.isfinite(nearest)]
