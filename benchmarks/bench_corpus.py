@@ -201,7 +201,7 @@ def openmoji_model(args: argparse.Namespace, data, work: Path) -> str:
         folder = work / "random-model"
         build_model(config, captions=["a face"], device="cpu").save(folder)
         return str(folder)
-    demo = cache_dir("demo") / "run" / "best"
+    demo = cache_dir() / "demo" / "run" / "best"  # (cache_dir("demo") would create the folder)
     if demo.exists():
         return str(demo)
     from retrieval.config import TrainConfig

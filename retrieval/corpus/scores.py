@@ -118,7 +118,7 @@ def score_pairs(
     *,
     state: str | Path | None = None,
     filtered: str | Path | None = None,
-    plot: str | Path | None = True,  # type: ignore[assignment]
+    plot: str | Path | bool | None = True,
 ) -> ScoreResult:
     """Score every image-caption pair of ``source`` with ``model`` into ``out`` (Parquet).
 
@@ -198,7 +198,7 @@ def score_pairs(
         write_filtered([(p.record, scores[p.key]) for p in keep], filtered_path, reader)
         kept = len(keep)
     plot_path = None
-    if plot is not None and plot is not False and len(values):
+    if plot not in (None, False) and len(values):
         plot_path = out.with_suffix(".png") if plot is True else Path(plot)
         _histogram(values, plot_path, threshold, config.bins, kept)
     return ScoreResult(
