@@ -272,3 +272,24 @@ def test_cli_scores_with_a_pretrained_clip_folder(tmp_path: Path, capsys) -> Non
     got = _scores(tmp_path / "s.parquet")
     np.testing.assert_allclose([got[(r["image"], r["caption"])] for r in rows], want, atol=1e-4)
     assert len(read_corpus(tmp_path / "s.kept.jsonl").records) == 3
+
+
+def test_a_pretrained_siglip_loaded_by_name_scores_its_own_cosines(tmp_path: Path) -> None:
+    from retrieval.model import load_model
+
+    from support.hf import save_tiny_siglip
+
+    siglip = load_model(str(save_tiny_siglip(tmp_path / "siglip")), device="cpu")
+    rows = [
+        dict(r, caption=c)
+        for r, c in zip(
+            write_corpus(tmp_path / "images", 4), ["a red car", "a blue dog", "the cat", "a photo"]
+        )
+    ]
+    result = score_pairs(siglip, _jsonl(tmp_path / "pairs.jsonl", rows), tmp_path / "s.parquet", QUIET)
+    assert result.scored == 4
+    images = siglip.encode_images([r["image"] for r in rows])
+    texts = siglip.encode_texts([r["caption"] for r in rows])
+    want = (images * texts).sum(dim=1).numpy()
+    got = _scores(tmp_path / "s.parquet")
+    np.testing.assert_allclose([got[(r["image"], r["caption"])] for r in rows], want, atol=1e-5)
