@@ -208,6 +208,8 @@ def openmoji_model(args: argparse.Namespace, data, work: Path) -> str:
     from retrieval.train import train
 
     run = cache_dir("benchmarks") / "corpus-run"
+    if (run / "best").exists() and (run / "final").exists():  # trained by an earlier run of this script
+        return str(run / "best")
     result = train(
         TrainConfig(train_data=str(data.train), val_data=str(data.val), out_dir=str(run), time_budget=420.0)
     )
@@ -233,7 +235,7 @@ def family_pairs(images: list[str], family: dict[str, str]) -> set[tuple[int, in
 def choose_threshold(
     vectors: np.ndarray, families: list[str]
 ) -> tuple[float, tuple[float, float, float, float]]:
-    """The cosine threshold (a 0.0025 grid from 0.80) whose image pairs best match the families (F1),
+    """The cosine threshold (a 0.0025 grid from 0.30) whose image pairs best match the families (F1),
     and (threshold, precision, recall, F1) there."""
     n = len(vectors)
     rows, cols = np.triu_indices(n, 1)
@@ -244,7 +246,7 @@ def choose_threshold(
     hits = np.cumsum(same[order])
     sorted_scores = scores[order]
     best = (1.0, 0.0, 0.0, 0.0)
-    for t in np.round(np.arange(0.80, 0.9995, 0.0025), 4):
+    for t in np.round(np.arange(0.30, 0.9995, 0.0025), 4):
         k = int(np.searchsorted(-sorted_scores, -t, side="right"))  # pairs at or above t
         if k == 0 or not same.any():
             continue
@@ -399,7 +401,25 @@ def openmoji(args: argparse.Namespace, work: Path) -> str:
         f"| t2i R@1 / R@10, random split: all queries vs without flagged | {m.get('t2i/R@1', float('nan')):.3f} / {m.get('t2i/R@10', float('nan')):.3f} vs {m.get('clean/t2i/R@1', float('nan')):.3f} / {m.get('clean/t2i/R@10', float('nan')):.3f} |",
         f"| leakage, the family split (honest): test images flagged | {len(honest.leaked)} of {honest.test_images} ({100 * honest.share:.1f} %) |",
         f"| pair scores: ROC AUC of true vs 10 % shuffled captions ({len(true_scores)} / {len(fake_scores)}) | {roc:.4f} |",
+        "",
+        "Other thresholds (dedup on the test split: pairs within groups; leakage flags from the same nearest-image cosines):",
+        "",
+        "| threshold | dedup P / R / F1 | random split: flagged | flags P / R / F1 | family split: flagged |",
+        "|---:|---|---:|---|---:|",
     ]
+    for t in sorted({threshold, 0.85, 0.9, 0.95, 0.98}):
+        swept = find_duplicates(
+            test_coll, DedupConfig(threshold=t, progress=False), out=work / f"test-dedup-{t}"
+        )
+        dp, dr, df = prf(pair_set(reported_groups(work / f"test-dedup-{t}")), test_truth)
+        flags = {evaluated[i] for i in np.flatnonzero(leaky.nearest >= t)}
+        fp, fr, ff = prf(flags, truth_flags)
+        honest_n = int((honest.nearest >= t).sum())
+        lines.append(
+            f"| {t:.4f} | {dp:.3f} / {dr:.3f} / {df:.3f} ({swept.duplicates} would go) | {len(flags)} "
+            f"({100 * len(flags) / leaky.test_images:.1f} %) | {fp:.3f} / {fr:.3f} / {ff:.3f} | {honest_n} "
+            f"({100 * honest_n / honest.test_images:.1f} %) |"
+        )
     return "\n".join(lines)
 
 
