@@ -118,7 +118,7 @@ class ScoreConfig(ConfigBase):
     batch_size: int = 64  # images or captions per forward pass
     num_workers: int = 2  # processes decoding images (0: a helper thread)
     device: str | None = None  # "cpu", "cuda", ...; None: cuda when available
-    chunk_size: int = 4096  # pairs per committed shard: the unit of work kept after an interruption
+    chunk_size: int = 4096  # pairs per committed shard (about): the unit of work kept after an interruption
     keep_above: float | None = None  # keep the pairs whose cosine is at least this
     keep_top_fraction: float | None = None  # keep this share of the pairs, best first
     bins: int = 50  # bars of the histogram plot

@@ -8,12 +8,13 @@ inference path (the embed engines, :mod:`retrieval.embed.engines`), and writes o
 a Parquet file: ``image``, ``caption``, ``image_id``, ``score`` and the pair's metadata.
 
 Resumable like ``embed``, with its machinery (:class:`retrieval.embed.store.EmbedState`): scores are
-committed to a state folder (``<out>.state/`` by default) in atomic shards of ``chunk_size`` pairs,
+committed to a state folder (``<out>.state/`` by default) in atomic shards of about ``chunk_size`` pairs,
 each pair named by a key of its caption, its image reference and the image file's size and
 modification time. Killed at any point, the same call scores only what is missing; after files were
 added to the corpus, only the new pairs; after an image file changed, its pairs again. The state
 records the model: scores of another model are refused (choose another ``--state`` or delete it).
-Memory holds one chunk of vectors, however large the corpus. Images that cannot be decoded skip
+The images stream through one decoding pipeline (each image once, however many captions it has);
+memory holds the vectors of one shard's pairs, however large the corpus. Images that cannot be decoded skip
 their pairs, counted by reason and listed in the state's ``errors.jsonl``.
 
 ``keep_above`` / ``keep_top_fraction`` also write the kept pairs in the corpus's own format
@@ -27,7 +28,7 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -169,13 +170,8 @@ def score_pairs(
                     for p in missing
                 ],
             )
-        scored = 0
         with progress_bar(len(todo), config.progress, "score", "pair") as bar:
-            for chunk in _chunks(todo, config.chunk_size):
-                ok, vectors, failed = _score_chunk(model, chunk, config)
-                st.write_shard("text", [p.text for p in ok], vectors, failed)
-                scored += len(ok)
-                bar.update(len(chunk))
+            scored = _score(model, todo, config, st, bar)
         # a missing image is in the shards already, one skip per pair
         st.write_errors([s for s in source_skips if s.costs("both")], {p.key for p in pairs})
         scores, reasons = _read_scores(st, {p.key for p in pairs})
@@ -217,57 +213,65 @@ def score_pairs(
     )
 
 
-def _chunks(pairs: list[_Pair], size: int) -> Iterator[list[_Pair]]:
-    """Pairs grouped by image (each image encoded once), about ``size`` pairs at a time."""
-    by_image: dict[str, list[_Pair]] = {}
-    for pair in pairs:
-        assert pair.image is not None
-        by_image.setdefault(pair.image.key, []).append(pair)
-    chunk: list[_Pair] = []
-    for group in by_image.values():
-        chunk += group
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def _score_chunk(
-    model: Any, chunk: list[_Pair], config: ScoreConfig
-) -> tuple[list[_Pair], np.ndarray, list[tuple[Item, str, str]]]:
-    """(scored pairs, their scores [n, 1], failed (caption item, reason, detail))."""
+def _score(model: Any, pairs: list[_Pair], config: ScoreConfig, state: Any, bar: Any) -> int:
+    """Score ``pairs`` and commit a shard each time ``chunk_size`` pairs are handled; returns how many
+    were scored. The images stream through one decoding pipeline, each image once (its pairs follow
+    it); the captions of a shard's pairs are encoded when the shard is committed."""
     from retrieval.embed import engines
     from retrieval.encoding import pick_device
 
     device = str(pick_device(config.device))
-    images = list({p.image.key: p.image for p in chunk if p.image is not None}.values())
-    image_vectors: dict[str, np.ndarray] = {}
-    image_failed: dict[str, tuple[str, str]] = {}
-    for batch in engines.local_images(model, images, config.batch_size, config.num_workers, device):
-        image_vectors.update(zip((it.key for it in batch.items), batch.vectors))
-        image_failed.update({it.key: (reason, detail) for it, reason, detail in batch.failed})
-    wanted = [p for p in chunk if p.image is not None and p.image.key in image_vectors]
-    text_vectors: dict[str, np.ndarray] = {}
-    text_failed: dict[str, tuple[str, str]] = {}
-    for batch in engines.local_texts(model, [p.text for p in wanted], config.batch_size, device):
-        text_vectors.update(zip((it.key for it in batch.items), batch.vectors))
-        text_failed.update({it.key: (reason, detail) for it, reason, detail in batch.failed})
-    ok = [p for p in wanted if p.key in text_vectors]
-    failed = [
-        (p.text, *image_failed[p.image.key])
-        for p in chunk
-        if p.image is not None and p.image.key in image_failed
-    ]
-    failed += [(p.text, *text_failed[p.key]) for p in wanted if p.key in text_failed]
-    if not ok:
-        return ok, np.zeros((0, 1), np.float32), failed
-    img = np.stack([image_vectors[p.image.key] for p in ok])  # [n, D]
-    txt = np.stack([text_vectors[p.key] for p in ok])  # [n, D]
-    cosine = np.einsum("nd,nd->n", img, txt) / (
-        np.linalg.norm(img, axis=1) * np.linalg.norm(txt, axis=1)
-    )  # [n]
-    return ok, cosine.astype(np.float32)[:, None], failed
+    by_image: dict[str, list[_Pair]] = {}
+    for pair in pairs:
+        assert pair.image is not None
+        by_image.setdefault(pair.image.key, []).append(pair)
+    images = [group[0].image for group in by_image.values()]
+    ready: list[tuple[_Pair, np.ndarray]] = []  # pairs whose image is encoded, with its vector
+    failed: list[tuple[Item, str, str]] = []
+    scored = 0
+
+    def commit() -> None:
+        nonlocal scored
+        ok, vectors, text_failed = _with_captions(model, ready, config, device)
+        state.write_shard("text", [p.text for p in ok], vectors, failed + text_failed)
+        scored += len(ok)
+        bar.update(len(ready) + len(failed))
+        ready.clear()
+        failed.clear()
+
+    for batch in engines.local_images(model, images, config.batch_size, config.num_workers, device):  # type: ignore[arg-type]
+        for item, vector in zip(batch.items, batch.vectors):
+            ready += [(pair, vector) for pair in by_image[item.key]]
+        for item, reason, detail in batch.failed:
+            failed += [(pair.text, reason, detail) for pair in by_image[item.key]]
+        if len(ready) + len(failed) >= config.chunk_size:
+            commit()
+    if ready or failed:
+        commit()
+    return scored
+
+
+def _with_captions(
+    model: Any, ready: list[tuple[_Pair, np.ndarray]], config: ScoreConfig, device: str
+) -> tuple[list[_Pair], np.ndarray, list[tuple[Item, str, str]]]:
+    """(scored pairs, their cosines [n, 1], captions that failed (item, reason, detail))."""
+    from retrieval.embed import engines
+
+    image_of = {pair.key: vector for pair, vector in ready}
+    ok: list[_Pair] = []
+    rows: list[float] = []
+    failed: list[tuple[Item, str, str]] = []
+    by_key = {pair.key: pair for pair, _ in ready}
+    for batch in engines.local_texts(model, [pair.text for pair, _ in ready], config.batch_size, device):
+        for item, text_vector in zip(batch.items, batch.vectors):
+            image_vector = image_of[item.key]
+            cosine = float(image_vector @ text_vector) / float(
+                np.linalg.norm(image_vector) * np.linalg.norm(text_vector)
+            )
+            ok.append(by_key[item.key])
+            rows.append(cosine)
+        failed += batch.failed
+    return ok, np.asarray(rows, dtype=np.float32).reshape(-1, 1), failed
 
 
 def _read_scores(state: Any, keys: set[str]) -> tuple[dict[str, float], dict[str, str]]:
