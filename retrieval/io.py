@@ -4,6 +4,7 @@
   temporary sibling, fsync it, rename it over the target. A reader (or a run after a crash) sees
   the old file or the new one, never half of one. ``durable=False`` skips the fsync, for many
   small files that are cheap to make again.
+* :func:`atomic_path`: the same for a file written by a streaming writer (Parquet, JSON Lines).
 * :func:`staged_directory`: build a folder under a temporary sibling name, then swap it into
   place (:func:`swap_directory`); a crash leaves the previous folder or the new one.
 * :func:`settle_file`: give a file written by another library (safetensors writes 0600) the usual
@@ -31,6 +32,7 @@ from typing import Any
 
 __all__ = [
     "FileLock",
+    "atomic_path",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
@@ -96,6 +98,24 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, *, durable: bool 
 def atomic_write_json(path: str | os.PathLike[str], value: Any, **dumps: Any) -> None:
     """:func:`atomic_write_text` of ``json.dumps(value, **dumps)`` plus a final newline."""
     atomic_write_text(path, json.dumps(value, **dumps) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary sibling path for a writer that streams (a Parquet writer, a JSONL file
+    written line by line); on a clean exit it is fsync'ed and renamed over ``path``, on an error
+    removed, so ``path`` holds the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        yield tmp
+        fsync_file(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def fsync_file(path: str | os.PathLike[str]) -> None:

@@ -46,6 +46,11 @@ COMMANDS: dict[str, str] = {
     "classify": "retrieval.cli.classify",
     "match": "retrieval.cli.match",
     "export-model": "retrieval.cli.export_model",
+    "dedup": "retrieval.cli.dedup",
+    "export": "retrieval.cli.export",
+    "score": "retrieval.cli.score",
+    "leakage": "retrieval.cli.leakage",
+    "map": "retrieval.cli.map",
 }
 
 EPILOG = f"""\

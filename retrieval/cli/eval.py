@@ -6,8 +6,9 @@ import argparse
 import functools
 
 from retrieval.cli.checks import require_collection, require_file, require_input, require_model
-from retrieval.cli.options import MODEL_HELP, config_option, given
+from retrieval.cli.options import MODEL_HELP, config_option, cosine_type, given
 from retrieval.config import EvalConfig
+from retrieval.corpus.config import LeakageConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -85,6 +86,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     option(
         "tune_share", "--tune-share", help="with --tune-hybrid: share of the images whose captions validate"
     )
+    p.add_argument(
+        "--leakage", default=None, metavar="TRAIN",
+        help="also report test images with a near-duplicate in the training data TRAIN (a corpus, or a "
+        "collection this model embedded), and recall without them",
+    )  # fmt: skip
+    p.add_argument(
+        "--leakage-threshold", default=None, metavar="T", type=cosine_type("--leakage-threshold", positive=True),
+        help=f"cosine at or above which a test image counts as a copy (default: {LeakageConfig().threshold})",
+    )  # fmt: skip
     option("n_samples", "--samples", help="queries shown in each sample grid")
     option("device", "--device", help="torch device (none: cuda when available)")
     option("runtime", "--runtime", help="how the towers run: torch, onnx (ONNX Runtime), or auto")
@@ -127,6 +137,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--hybrid measures through a collection: give --collection COLLECTION")
     if args.query_bank:
         require_file(args.query_bank, "query bank", flag="--query-bank")
+    if args.leakage:
+        require_input(args.leakage, "training data", flag="--leakage")
+    elif args.leakage_threshold is not None:
+        raise ValueError("--leakage-threshold needs --leakage TRAIN (the training data to compare with)")
     out = Path(args.out) if args.out else cache_dir("reports") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
     corpus = read_corpus(
         args.data,
@@ -154,6 +168,16 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError("--hubness needs a query bank: pass --query-bank FILE or --collection DIR")
             bank = QueryBank.load(args.query_bank or query_bank_path(args.collection))
         result = evaluate_model(model, pairs, collection=collection, config=config, query_bank=bank)
+    if args.leakage:
+        from retrieval.corpus.leakage import with_leakage
+
+        leakage = LeakageConfig(
+            **({"threshold": args.leakage_threshold} if args.leakage_threshold is not None else {}),
+            ks=config.ks, batch_size=config.batch_size, chunk_size=config.chunk_size, device=config.device,
+            progress=config.progress, image_column=config.image_column, caption_column=config.caption_column,
+            id_column=config.id_column, image_root=config.image_root,
+        )  # fmt: skip
+        result = with_leakage(result, model, args.leakage, leakage)
     write_report(result, out, n_samples=config.n_samples, seed=config.seed)
     m = result.metrics
     print(f"{len(result.captions)} captions, {len(result.images)} images, {len(result.skipped)} skipped")
@@ -181,6 +205,8 @@ def run(args: argparse.Namespace) -> int:
             )
         for note in result.hybrid.notes:
             print(note)
+    if result.leakage is not None:
+        print(f"leakage: {result.leakage}")
     if result.zero_shot is not None:
         print("zero-shot " + ", ".join(f"{n} {v:.4f}" for n, v in result.zero_shot.accuracy.items()))
     print(f"report: {out}")

@@ -14,9 +14,10 @@ import argparse
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["MODEL_HELP", "config_default", "config_option", "given"]
+__all__ = ["MODEL_HELP", "config_default", "config_option", "cosine_type", "given"]
 
 # How every command describes a model name (resolved by retrieval.model.load_model).
 MODEL_HELP = (
@@ -89,3 +90,17 @@ def given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     """The fields of ``cls`` set on the command line (options added by :func:`config_option`)."""
     prefix = f"{cls.__name__}."
     return {key[len(prefix) :]: value for key, value in vars(args).items() if key.startswith(prefix)}
+
+
+def cosine_type(flag: str, *, positive: bool = False) -> Callable[[str], float]:
+    """An argparse ``type`` reading a cosine (a bad value is a usage error naming it)."""
+    from retrieval.corpus.config import check_cosine
+
+    def parse(text: str) -> float:
+        try:
+            return check_cosine(text, flag, positive=positive)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc).replace(f"{flag} must", "must")) from None
+
+    parse.__name__ = "cosine"
+    return parse

@@ -11,30 +11,9 @@ from typing import Any
 from retrieval.cli.checks import require_collection, require_file, require_model
 from retrieval.cli.options import MODEL_HELP, config_default
 from retrieval.cli.parsing import UsageError
+from retrieval.cli.queries import parse_where, read_queries
 from retrieval.cli.table import hits_table
 from retrieval.config import RUNTIMES, ServeConfig
-
-
-def _where(pairs: list[str]) -> dict[str, Any] | None:
-    """``field=value`` strings -> a where filter; a repeated field means "any of"; numbers are parsed."""
-    where: dict[str, Any] = {}
-    for pair in pairs:
-        field, sep, raw = pair.partition("=")
-        if not sep or not field:
-            raise ValueError(f"--where expects field=value, received {pair!r}")
-        value: Any = raw
-        try:
-            value = json.loads(raw)
-            if not isinstance(value, (int, float, bool)):
-                value = raw
-        except ValueError:
-            pass
-        if field in where:
-            previous = where[field]
-            where[field] = [*previous, value] if isinstance(previous, list) else [previous, value]
-        else:
-            where[field] = value
-    return where or None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -132,20 +111,6 @@ def _hybrid(args: argparse.Namespace) -> Any:
     )
 
 
-def _read_queries(path: str) -> list[str]:
-    """The non-blank lines of ``path`` (``-``: stdin), without their line ends."""
-    if path == "-":
-        lines = sys.stdin.read().splitlines()
-    else:
-        require_file(path, "query list", flag="--queries")
-        with open(path, encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
-    queries = [line.strip() for line in lines if line.strip()]
-    if not queries:
-        raise ValueError(f"no query in {path} (--queries): write one text query per line")
-    return queries
-
-
 def run(args: argparse.Namespace) -> int:
     from retrieval.search import search_collection, search_texts
 
@@ -168,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         require_file(args.image, "image", flag="--image")
     if args.query_bank is not None:
         require_file(args.query_bank, "query bank", flag="--query-bank")
-    where = _where(args.where)
+    where = parse_where(args.where)
     hybrid = _hybrid(args)
     scoring = {
         "hubness": args.hubness,
@@ -178,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         "runtime": args.runtime,
     }
     if args.queries is not None:
-        queries: list[dict[str, Any]] = [{"query": q} for q in _read_queries(args.queries)]
+        queries: list[dict[str, Any]] = [{"query": q} for q in read_queries(args.queries)]
         results = search_texts(
             args.collection,
             [q["query"] for q in queries],

@@ -7,7 +7,8 @@ is chosen from the content, not from flags:
 
 * a folder: a ``datasets.save_to_disk`` folder (``state.json``; a ``DatasetDict`` with
   ``dataset_dict.json`` and one folder per split), a clip_benchmark webdataset root
-  (``ROOT/<split>/*.tar``), a folder of ``.tar`` shards, a Hugging Face image folder (images with a
+  (``ROOT/<split>/*.tar``), a folder of ``.tar`` shards, a folder of Parquet / Arrow tables (a hub
+  dataset's ``data/`` folder, ``retrieval export --format parquet``), a Hugging Face image folder (images with a
   ``metadata.jsonl`` / ``.csv`` / ``.parquet`` naming them in a ``file_name`` column), or an image
   folder (sidecar ``.txt`` captions when there are some: :mod:`retrieval.data.folders`);
 * a file, by its first bytes: Parquet (``PAR1``), Arrow IPC / Feather (``ARROW1`` or a stream),
@@ -223,6 +224,15 @@ def _read_folder(path: Path, out: Collector, options: ReadOptions) -> str:
     if shards and not folder_images(path):
         _read_shards(shards, out, options, class_names(path))
         return "webdataset shards"
+    table_files = [
+        p
+        for p in sorted(path.iterdir(), key=lambda p: natural_key(p.name))
+        if p.suffix.lower() in (".parquet", ".arrow", ".feather") and tables.table_kind(p) is not None
+    ]
+    if table_files and not folder_images(path):
+        for file in table_files:
+            _read_table(file, str(tables.table_kind(file)), out, options)
+        return "folder of tables"
     if not read_image_folder(path, out, options.caption_column, options.id_column):
         out.note(f"{path} holds no image ({', '.join(IMAGE_EXTENSIONS)}), no shard and no manifest")
     return "image folder"

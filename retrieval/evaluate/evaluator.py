@@ -290,6 +290,7 @@ def evaluate_model(
         model_info=_model_info(model),
         calibration=calibration,
         hybrid=hybrid,
+        image_vectors=image_emb.detach().cpu().float().numpy(),
     )
 
 

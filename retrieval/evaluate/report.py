@@ -321,6 +321,8 @@ def markdown_summary(result: EvalResult, files: list[str]) -> str:
         lines += ["", "## Exact search vs the collection's index", "", result.index.markdown()]
         if result.index.missing_images and not result.index.added_images:
             lines.append(f"\n{result.index.missing_images} evaluated images are not in the collection.")
+    if result.leakage is not None:
+        lines += ["", "## Leakage from the training data", "", result.leakage.markdown()]
     if result.zero_shot is not None:
         zs = result.zero_shot
         acc = ", ".join(f"{name} {value:.4f}" for name, value in zs.accuracy.items())

@@ -39,6 +39,9 @@ class EvalResult:
         seconds: wall time of each stage.
         calibration: with re-ranking, the match head's reliability table on the re-ranked pairs.
         hybrid: dense, lexical and hybrid text-to-image through the collection, when asked.
+        image_vectors: ``[len(images), D]`` float32 vectors of the evaluated images.
+        leakage: test images with near-duplicates in the training data, when checked
+            (:func:`retrieval.corpus.leakage.with_leakage`; it has ``summary()`` and ``markdown()``).
     """
 
     metrics: dict[str, float]
@@ -58,6 +61,8 @@ class EvalResult:
     model_info: dict[str, Any] | None = None
     calibration: list[dict[str, float]] | None = None
     hybrid: HybridComparison | None = None
+    image_vectors: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
+    leakage: Any = dataclasses.field(default=None, compare=False)
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary (what ``metrics.json`` holds)."""
@@ -89,6 +94,8 @@ class EvalResult:
                 "added_images": self.index.added_images,
                 "added_texts": self.index.added_texts,
             }
+        if self.leakage is not None:
+            out["leakage"] = self.leakage.summary()
         if self.calibration is not None:
             out["calibration"] = [{k: _json_float(v) for k, v in row.items()} for row in self.calibration]
         if self.zero_shot is not None:
