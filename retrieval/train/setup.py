@@ -324,7 +324,8 @@ def validate(
 
     With ``caches`` (a dict kept between calls) and ``config.cache_locked_features``, the outputs of
     fully locked towers on the validation set are computed at the first call and reused: later
-    validations only run the projection heads on that side.
+    validations only run the projection heads on that side (and a partly trained image tower's
+    suffix on its cached locked prefix).
     """
     from retrieval.evaluate import retrieval_metrics_from_embeddings
     from retrieval.train.frozen import (
@@ -334,12 +335,27 @@ def validate(
         image_tower_is_frozen,
         text_tower_is_frozen,
     )
+    from retrieval.train.prefix import PrefixImageFeatures, tower_split
 
     use_cache = caches is not None and config.cache_locked_features
     batch = config.val_batch_size
     images, captions = pairs.images(), pairs.captions()
+    split = tower_split(model)
     with encoding.inference(model, device):  # eval mode for the cached heads too; restored after
-        if use_cache and image_tower_is_frozen(model):
+        if use_cache and split is not None:
+            key = f"image_prefix_{split}"
+            if key not in caches:
+                caches[key] = PrefixImageFeatures(
+                    model,
+                    images,
+                    split,
+                    device,
+                    batch,
+                    feature_cache=feature_cache(config),
+                    runtime=config.runtime,
+                )
+            image_emb = _project(caches[key], model, images, batch)  # [I, D]
+        elif use_cache and image_tower_is_frozen(model):
             if "image" not in caches:
                 caches["image"] = FrozenImageFeatures(
                     model, images, device, batch, runtime=config.runtime, feature_cache=feature_cache(config)
