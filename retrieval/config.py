@@ -516,6 +516,13 @@ class TrainConfig(ConfigBase):
     runtime: str = "auto"
     feature_cache: bool = True  # add locked image tower features to the shared cache (embed/eval read them)
     tower_lr_scale: float = 1.0  # the towers' trainable layers learn at this share of lr (the heads at lr)
+    # metadata field(s) of the training pairs with tags or keywords of their image (a list of strings, a
+    # JSON list, or "a, b; c | d"; several fields: "tags,keywords"): each distinct tag becomes one more
+    # training pair of its image (retrieval.train.tags); None: no tags
+    tags_column: str | None = None
+    # clip loss: captions and tags of one image (and rows of one text) in a batch are positives of each
+    # other (UniCL's soft targets) instead of being left out of the softmax
+    multi_positive: bool = False
     # Partial adaptation (retrieval.train.adaptation): after the heads have trained on the locked image
     # tower, training continues from the best of them with the tower's last `adapt_image_layers` units
     # unfrozen (efficientnet-lite: 1 = the head conv, 2 = the last stage and the head conv, ...; hf

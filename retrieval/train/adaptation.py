@@ -36,7 +36,7 @@ from retrieval.config import TrainConfig
 from retrieval.io import atomic_write_json, staged_directory
 from retrieval.train.loop import StepCallback, train_run
 from retrieval.train.result import TrainResult
-from retrieval.train.setup import check_config, effective_config
+from retrieval.train.setup import check_config, effective_config, find_resume
 
 logger = logging.getLogger(__name__)
 
@@ -72,15 +72,15 @@ def train(
     run_dir = Path(config.out_dir)
     record_path = run_dir / RECORD_FILE
     record = _read_record(record_path) if resume else None
-    if record is not None and isinstance(record.get("result"), dict):
-        logger.info("the run in %s is finished: %s", run_dir, record.get("decision", ""))
-        done = _result_from(record["result"])
-        return dataclasses.replace(
-            done, phases=tuple(record.get("phases", ())), adaptation=record.get("decision", "")
-        )
-    if record is not None and record.get("heads", {}).get("finished"):
+    if record is not None and record.get("heads", {}).get("finished") and (run_dir / ADAPT_DIR).is_dir():
+        find_resume(run_dir, True, config)  # the same run: a changed config is refused as for any resume
+        if isinstance(record.get("result"), dict):  # both phases finished: nothing is left to do
+            logger.info("the run in %s is finished: %s", run_dir, record.get("decision", ""))
+            done = _result_from(record["result"])
+            phases = tuple(record.get("phases", ()))
+            return dataclasses.replace(done, phases=phases, adaptation=record.get("decision", ""))
         first = _result_from(record["heads"]["result"])
-        logger.info("the heads phase of %s finished before: resuming with what came after it", run_dir)
+        logger.info("the heads phase of %s finished before: resuming the adaptation phase", run_dir)
     else:
         if not resume:
             record_path.unlink(missing_ok=True)
@@ -181,10 +181,14 @@ def _adapt(
     )
     trained = f"the image tower's last {layers} unit(s) (from part {split} of {units}) and the heads"
     started = time.perf_counter()
+    if config.time_budget is not None and config.time_budget <= first.seconds:
+        reason = f"the heads used the time budget ({config.time_budget:.0f}s)"
+        return _finish(run_dir, first, [heads], f"no adaptation: {reason}", record_path, adapted=None)
     prepared = None
     resuming = resume and (adapt_dir / "checkpoints").is_dir()
     if not resuming:
         shutil.rmtree(adapt_dir, ignore_errors=True)  # a phase that never checkpointed starts over
+        adapt_dir.mkdir(parents=True)  # from now on a resumed run continues here, not in the heads phase
         train_pairs, *_ = read_data(config, check_val_images=False)
         prepared = PrefixImageFeatures(
             model,
@@ -293,8 +297,12 @@ def _finish(
     chosen = adapted if adapted is not None else first
     seconds = first.seconds + (last.seconds if last is not None else 0.0)
     model_dir = run_dir / "best" if adapted is not None else first.model_dir
+    stopped = last if last is not None and last.status == "interrupted" else chosen
     result = dataclasses.replace(
         chosen,
+        status=stopped.status,
+        stop_reason=stopped.stop_reason,
+        checkpoint=(last or first).checkpoint,
         run_dir=run_dir,
         model_dir=model_dir,
         steps=first.steps + (last.steps if last is not None else 0),
@@ -304,9 +312,11 @@ def _finish(
         phases=tuple(phases),
         adaptation=why,
     )
-    if result.status != "interrupted":  # a finished run: resuming it returns this result
-        heads = {**phases[0], "finished": True, "result": _result_dict(first)}
-        record = {"decision": why, "phases": phases, "heads": heads, "result": _result_dict(result)}
+    heads = {**phases[0], "finished": True, "result": _result_dict(first)}
+    record = {"decision": why, "phases": phases, "heads": heads}
+    if result.status != "interrupted" and len(phases) > 1:  # resuming the finished run returns this
+        record["result"] = _result_dict(result)
+    if first.status != "interrupted":
         _write_record(record_path, record)
     return result
 

@@ -133,7 +133,7 @@ class _Run:
             config, ctx, model, self.train_pairs, self.resume_from, self.ckpt_root
         )
         self.precision: Precision = resolve_precision(config.precision, ctx.device)
-        self.loss_fn = _build_loss(self.config.loss).to(ctx.device)
+        self.loss_fn = _build_loss(self.config).to(ctx.device)
         self.optimizer = build_optimizer(self.config, self.model)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.precision.use_scaler)
         self.state = LoopState(world_size=ctx.world_size)
@@ -464,10 +464,12 @@ def _seed_step(seed: int, device: torch.device) -> None:
         torch.cuda.manual_seed(seed)
 
 
-def _build_loss(name: str) -> torch.nn.Module:
+def _build_loss(config: TrainConfig) -> torch.nn.Module:
     from retrieval.losses import LOSSES
 
-    return LOSSES[name]()
+    if config.loss == "clip":
+        return LOSSES["clip"](multi_positive=config.multi_positive)
+    return LOSSES[config.loss]()
 
 
 def _save_model(model: Any, directory: Path) -> None:

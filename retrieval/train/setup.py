@@ -157,6 +157,11 @@ def read_data(config: TrainConfig, check_val_images: bool = True) -> tuple[Any, 
                 raise ValueError(f"no validation pair in {config.val_data} has a readable image")
         if val_pairs.skipped:
             logger.warning("validation data %s: %s", config.val_data, describe_skips(val_pairs.skipped))
+    if config.tags_column:
+        from retrieval.train.tags import with_tags
+
+        train_pairs, added = with_tags(train_pairs, config.tags_column)
+        logger.info("tags (%s): %d training pairs added, one per distinct tag of an image", config.tags_column, added)
     logger.info(
         "%d training pairs (%d images)%s",
         len(train_pairs),
