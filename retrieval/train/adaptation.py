@@ -11,7 +11,8 @@
    of its own: checkpoints, ``best/``, metrics). The locked prefix's output is computed once
    (:mod:`retrieval.train.prefix`), the tower layers learn at ``adapt_lr_scale`` of the heads'
    rate, and the same validation-decided schedule ends it. Its model is kept only when its best
-   validation ``select_metric`` beats the heads' best; then it replaces ``out_dir/best/``.
+   validation ``select_metric`` beats the heads' best; then it replaces ``out_dir/best/`` (the heads'
+   best model stays in ``out_dir/heads-best/``).
 
 The phase runs only where it can help and be judged: the heads phase ended normally (not
 interrupted), with validation, on a pretrained image tower that was locked and splits into a
@@ -40,10 +41,11 @@ from retrieval.train.setup import check_config, effective_config, find_resume
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ADAPT_DIR", "MIN_EPOCHS", "RECORD_FILE", "train"]
+__all__ = ["ADAPT_DIR", "HEADS_BEST", "MIN_EPOCHS", "RECORD_FILE", "train"]
 
 ADAPT_DIR = "adapt"  # the adaptation phase's run folder, inside the run's
 RECORD_FILE = "adaptation.json"  # what was tried and decided, in the run folder
+HEADS_BEST = "heads-best"  # where the heads phase's best model stays when adaptation replaced best/
 MIN_EPOCHS = 3  # the adaptation phase starts only when the time budget leaves room for this many epochs
 
 
@@ -270,7 +272,12 @@ def _epoch_estimate(model: Any, prepared: Any, config: TrainConfig, first: Train
 
 
 def _replace_best(best: Path, chosen: Path) -> None:
-    """Make ``best`` (the run's ``best/``) a copy of the chosen model folder, atomically."""
+    """Make ``best`` (the run's ``best/``) a copy of the chosen model folder, atomically; the heads
+    phase's best model moves to ``heads-best/`` beside it."""
+    kept = best.with_name(HEADS_BEST)
+    if best.is_dir():
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.copytree(best, kept)
     with staged_directory(best) as tmp:
         for item in Path(chosen).iterdir():
             if item.is_dir():

@@ -86,7 +86,9 @@ def test_clip_matches_the_dense_reference(case, multi):
     got, got_grads = _value_and_grads(
         lambda i, t, s: loss(i, t, s, image_ids=image_ids, text_ids=text_ids), img, txt, scale
     )
-    want, want_grads = _value_and_grads(lambda i, t, s: reference(i, t, s, image_ids, text_ids), img, txt, scale)
+    want, want_grads = _value_and_grads(
+        lambda i, t, s: reference(i, t, s, image_ids, text_ids), img, txt, scale
+    )
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     for g, w in zip(got_grads, want_grads):
         torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)

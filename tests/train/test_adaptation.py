@@ -215,15 +215,23 @@ def test_adaptation_is_kept_when_validation_improves(run_config, monkeypatch):
     chosen = TwinEncoder.load(run / "best", device="cpu")
     adapted = TwinEncoder.load(run / ADAPT_DIR / "best", device="cpu")
     assert chosen.fingerprint() == adapted.fingerprint()
-    heads_model = TwinEncoder.load(run / "final", device="cpu")
-    assert chosen.image_tower.stages[6][0].project[0].weight.ne(
-        heads_model.image_tower.stages[6][0].project[0].weight
-    ).any()  # the last stage was trained
+    heads_model = TwinEncoder.load(run / "heads-best", device="cpu")
+    assert heads_model.fingerprint() != chosen.fingerprint()
+    assert (
+        chosen.image_tower.stages[6][0]
+        .project[0]
+        .weight.ne(heads_model.image_tower.stages[6][0].project[0].weight)
+        .any()
+    )  # the last stage was trained
     torch.testing.assert_close(  # the locked prefix was not
-        chosen.image_tower.stages[5][0].project[0].weight, heads_model.image_tower.stages[5][0].project[0].weight
+        chosen.image_tower.stages[5][0].project[0].weight,
+        heads_model.image_tower.stages[5][0].project[0].weight,
     )
     config = json.loads((run / ADAPT_DIR / "config.json").read_text())
-    assert config["tower_lr_scale"] == run_config.adapt_lr_scale and config["model"]["unfreeze_image_layers"] == 2
+    assert (
+        config["tower_lr_scale"] == run_config.adapt_lr_scale
+        and config["model"]["unfreeze_image_layers"] == 2
+    )
 
 
 def test_adaptation_is_dropped_when_validation_does_not_improve(run_config, monkeypatch):
@@ -234,7 +242,10 @@ def test_adaptation_is_dropped_when_validation_does_not_improve(run_config, monk
     assert "not kept" in result.adaptation and result.best_metric == 0.3
     assert result.model_dir == result.run_dir / "best"
     chosen = TwinEncoder.load(result.model_dir, device="cpu")
-    assert chosen.fingerprint() != TwinEncoder.load(result.run_dir / ADAPT_DIR / "best", device="cpu").fingerprint()
+    assert (
+        chosen.fingerprint()
+        != TwinEncoder.load(result.run_dir / ADAPT_DIR / "best", device="cpu").fingerprint()
+    )
 
 
 @pytest.mark.parametrize(
