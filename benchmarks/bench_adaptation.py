@@ -30,6 +30,7 @@ Prints a table and writes ``benchmarks/results/adaptation.md``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -55,7 +56,7 @@ from retrieval.model import TwinEncoder
 from retrieval.paths import cache_dir
 from retrieval.search.hubness import Hubness, item_penalties
 from retrieval.train import train
-from retrieval.train.adaptation import HEADS_BEST
+from retrieval.train.adaptation import ADAPT_DIR, HEADS_BEST, RECORD_FILE
 from retrieval.train.prefix import PrefixImageFeatures, tower_split
 
 BUILDERS = {"openmoji": build_openmoji, "icons": build_icons}
@@ -142,15 +143,46 @@ def metrics(model: Any, data: Any) -> dict[str, float]:
     return out
 
 
-def run_setting(name: str, data: Any, setting: str, seed: int, work: Path) -> list[dict[str, Any]]:
+def heads_key(config: TrainConfig) -> str:
+    """What the heads phase depends on: the config without the adaptation settings and the folder."""
+    data = {k: v for k, v in config.to_dict().items() if not k.startswith("adapt_") and k != "out_dir"}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def keep_heads(out: Path, store: Path) -> None:
+    """Store the finished heads phase of ``out`` (its best model as it was before adaptation)."""
+    if store.exists():
+        return
+    tmp = store.with_name(store.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(out, tmp, ignore=shutil.ignore_patterns(ADAPT_DIR, HEADS_BEST))
+    if (out / HEADS_BEST).is_dir():
+        shutil.rmtree(tmp / "best")
+        shutil.copytree(out / HEADS_BEST, tmp / "best")
+    record = json.loads((tmp / RECORD_FILE).read_text())
+    (tmp / RECORD_FILE).write_text(json.dumps({"heads": record["heads"]}))
+    (tmp / ADAPT_DIR).mkdir()
+    tmp.rename(store)
+
+
+def run_setting(
+    name: str, data: Any, setting: str, seed: int, work: Path, reuse: bool
+) -> list[dict[str, Any]]:
     out = work / f"{name}-{setting}-seed{seed}".replace("/", "_")
     if out.exists():  # a run interrupted before its rows were written starts over
         shutil.rmtree(out)
     config = setting_config(setting, data, out, seed)
+    store = work / "heads" / f"{name}-seed{seed}-{heads_key(config)}"
+    reused = reuse and store.is_dir() and config.adapt_image_layers > 0
+    if reused:  # the same heads phase ran before: adapt its result (train resumes after the heads)
+        shutil.copytree(store, out)
     load0 = os.getloadavg()[0]
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    result = train(config)
+    result = train(config, resume=reused)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    if result.status != "interrupted" and (out / RECORD_FILE).is_file() and result.best_metric is not None:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        keep_heads(out, store)
     load = (load0 + os.getloadavg()[0]) / 2
     if result.status == "interrupted":
         raise SystemExit(f"interrupted during {name} {setting}; finished rows are kept in {work}")
@@ -172,6 +204,7 @@ def run_setting(name: str, data: Any, setting: str, seed: int, work: Path) -> li
                 "phase_seconds": phase["seconds"] + phase.get("prefix_seconds", 0.0),
                 "train_cpu_s": cpu,
                 "train_wall_s": wall,
+                "heads_reused": reused,
                 "load_1min": load,
                 "decision": result.adaptation,
                 **metrics(model, data),
@@ -189,7 +222,9 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
         f"the 1-minute load average beside them. {info['note']} Data: {info['counts']}. Val = mean of the six "
         "R@K on the val split; test = the test split (families unseen in training), plain and with hubness "
         "correction (`hub`: inverted softmax, bank = the train split). `chosen` marks the phase whose model "
-        "the run returned.",
+        "the run returned; `phase s` is each phase's own training time (the adaptation's with its prefix "
+        "encoding). `*`: the heads phase was reused from a setting that differs only in adapt_* fields, "
+        "so the train seconds of that row leave it out.",
         "",
         "| set | setting | seed | phase | chosen | epochs | phase s | train CPU s | train wall s | load | val | "
         "test t2i R@1 | test t2i R@10 | test i2t R@10 | hub t2i R@1 | hub t2i R@10 | hub i2t R@10 |",
@@ -198,7 +233,8 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
     for r in rows:
         lines.append(
             f"| {r['set']} | {r['setting']} | {r['seed']} | {r['phase']} | {'yes' if r['kept'] else ''} | "
-            f"{r['epochs']} | {r['phase_seconds']:.0f} | {r['train_cpu_s']:.0f} | {r['train_wall_s']:.0f} | "
+            f"{r['epochs']} | {r['phase_seconds']:.0f} | {r['train_cpu_s']:.0f}{'*' if r.get('heads_reused') else ''} | "
+            f"{r['train_wall_s']:.0f}{'*' if r.get('heads_reused') else ''} | "
             f"{r['load_1min']:.1f} | {r['val/mean_recall']:.3f} | "
             + " | ".join(f"{r[f'test/{k}']:.3f}" for k in KEYS)
             + " | "
@@ -264,6 +300,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(RESULTS), help="markdown file to write")
     parser.add_argument("--note", default="", help="a sentence about the machine's state for the table")
     parser.add_argument("--report-only", action="store_true", help="train nothing: write the table of --work")
+    parser.add_argument(
+        "--no-reuse",
+        action="store_true",
+        help="train the heads phase for every setting (by default settings that differ only in adapt_* "
+        "fields adapt the same finished heads; their train seconds then leave the heads out)",
+    )
     args = parser.parse_args(argv)
     work = Path(args.work) if args.work else cache_dir("bench-adaptation")
     work.mkdir(parents=True, exist_ok=True)
@@ -283,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                 if any(r["set"] == name and r["setting"] == setting and r["seed"] == seed for r in done):
                     continue
                 print(f"{name} {setting} seed {seed} (load {os.getloadavg()[0]:.1f})", flush=True)
-                new = run_setting(name, data, setting, seed, work)
+                new = run_setting(name, data, setting, seed, work, not args.no_reuse)
                 with open(rows_file, "a", encoding="utf-8") as fh:
                     for row in new:
                         fh.write(json.dumps(row) + "\n")

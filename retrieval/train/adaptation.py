@@ -76,7 +76,8 @@ def train(
     record = _read_record(record_path) if resume else None
     if record is not None and record.get("heads", {}).get("finished") and (run_dir / ADAPT_DIR).is_dir():
         find_resume(run_dir, True, config)  # the same run: a changed config is refused as for any resume
-        if isinstance(record.get("result"), dict):  # both phases finished: nothing is left to do
+        same = record.get("adapt_settings") == _adapt_settings(config)
+        if isinstance(record.get("result"), dict) and same:  # both phases finished: nothing is left to do
             logger.info("the run in %s is finished: %s", run_dir, record.get("decision", ""))
             done = _result_from(record["result"])
             phases = tuple(record.get("phases", ()))
@@ -91,8 +92,15 @@ def train(
     reason = _why_not(config, first, model)
     if reason is not None:
         return _finish(run_dir, first, [heads], f"no adaptation: {reason}", record_path, adapted=None)
-    _write_record(record_path, {"heads": {**heads, "finished": True, "result": _result_dict(first)}})
-    return _adapt(config, first, heads, resume and record is not None, callback, record_path)
+    kept = {k: v for k, v in (_read_record(record_path) or {}).items() if k == "adapt_settings"}
+    _write_record(record_path, {**kept, "heads": {**heads, "finished": True, "result": _result_dict(first)}})
+    # an adaptation phase left unfinished resumes; a finished one (other settings now) starts anew
+    unfinished = resume and record is not None and not isinstance(record.get("result"), dict)
+    return _adapt(config, first, heads, unfinished, callback, record_path)
+
+
+def _adapt_settings(config: TrainConfig) -> dict[str, Any]:
+    return {k: v for k, v in config.to_dict().items() if k.startswith("adapt_")}
 
 
 def _tagged(callback: StepCallback | None, phase: str) -> StepCallback | None:
@@ -159,6 +167,10 @@ def _adapt(
     run_dir = Path(config.out_dir)
     adapt_dir = run_dir / ADAPT_DIR
     layers = config.adapt_image_layers
+    heads_best = run_dir / HEADS_BEST
+    if heads_best.is_dir() and not (resume and (adapt_dir / "checkpoints").is_dir()):
+        _replace_best(run_dir / "best", heads_best, keep=False)  # another adaptation starts from the heads
+        shutil.rmtree(heads_best)
     device = _device(config)
     model = TwinEncoder.load(first.model_dir, device=device)
     units = len(model.image_tower.blocks())
@@ -182,12 +194,23 @@ def _adapt(
         time_budget=None,
     )
     trained = f"the image tower's last {layers} unit(s) (from part {split} of {units}) and the heads"
+    settings = _adapt_settings(config)
     started = time.perf_counter()
     if config.time_budget is not None and config.time_budget <= first.seconds:
         reason = f"the heads used the time budget ({config.time_budget:.0f}s)"
         return _finish(run_dir, first, [heads], f"no adaptation: {reason}", record_path, adapted=None)
     prepared = None
     resuming = resume and (adapt_dir / "checkpoints").is_dir()
+    saved = (_read_record(record_path) or {}).get("adapt_settings")
+    if resuming and saved is not None and saved != settings:
+        changed = "; ".join(
+            f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in settings.items() if saved.get(k) != v
+        )
+        raise ValueError(
+            f"cannot resume: the adaptation phase in {adapt_dir} ran with other settings ({changed}). Resume "
+            f"with the original settings, or delete {adapt_dir} to adapt the finished heads anew"
+        )
+    _write_record(record_path, {**(_read_record(record_path) or {}), "adapt_settings": settings})
     if not resuming:
         shutil.rmtree(adapt_dir, ignore_errors=True)  # a phase that never checkpointed starts over
         adapt_dir.mkdir(parents=True)  # from now on a resumed run continues here, not in the heads phase
@@ -271,11 +294,11 @@ def _epoch_estimate(model: Any, prepared: Any, config: TrainConfig, first: Train
     return min(timings) * steps
 
 
-def _replace_best(best: Path, chosen: Path) -> None:
-    """Make ``best`` (the run's ``best/``) a copy of the chosen model folder, atomically; the heads
-    phase's best model moves to ``heads-best/`` beside it."""
+def _replace_best(best: Path, chosen: Path, keep: bool = True) -> None:
+    """Make ``best`` (the run's ``best/``) a copy of the chosen model folder, atomically; with ``keep``
+    the heads phase's best model is copied to ``heads-best/`` beside it first."""
     kept = best.with_name(HEADS_BEST)
-    if best.is_dir():
+    if keep and best.is_dir():
         shutil.rmtree(kept, ignore_errors=True)
         shutil.copytree(best, kept)
     with staged_directory(best) as tmp:
@@ -320,7 +343,8 @@ def _finish(
         adaptation=why,
     )
     heads = {**phases[0], "finished": True, "result": _result_dict(first)}
-    record = {"decision": why, "phases": phases, "heads": heads}
+    record = {**(_read_record(record_path) or {}), "decision": why, "phases": phases, "heads": heads}
+    record.pop("result", None)
     if result.status != "interrupted" and len(phases) > 1:  # resuming the finished run returns this
         record["result"] = _result_dict(result)
     if first.status != "interrupted":

@@ -45,6 +45,13 @@ RESUMABLE_CHANGES = frozenset(
         "val_batch_size",
         "device",
         "progress",
+        # what happens after the heads phase (retrieval.train.adaptation): another adaptation may be
+        # tried on finished heads; the adaptation phase's own folder checks its settings
+        "adapt_image_layers",
+        "adapt_lr_scale",
+        "adapt_lr",
+        "adapt_epochs",
+        "adapt_batchnorm",
     }
 )
 

@@ -286,3 +286,34 @@ def test_an_adaptation_phase_resumes_where_it_stopped(run_config, monkeypatch):
     assert resumed.phases[-1]["phase"] == "adapt" and resumed.phases[-1]["steps"] > 2
     again = train(run_config.replace(checkpoint_every=1), resume=True)  # finished: nothing more
     assert again.adaptation == resumed.adaptation and again.steps == resumed.steps
+
+
+def test_finished_heads_take_another_adaptation_on_resume(run_config, monkeypatch):
+    _fake_validation(monkeypatch, [0.2, 0.3, 0.35, 0.4, 0.31, 0.32])
+    first = train(run_config)
+    assert first.phases[-1]["kept"]  # best/ holds the adapted model, heads-best/ the heads'
+    heads_fp = TwinEncoder.load(first.run_dir / "heads-best", device="cpu").fingerprint()
+    second = train(run_config.replace(adapt_image_layers=1), resume=True)
+    assert second.phases[0]["steps"] == first.phases[0]["steps"]  # the heads were not trained again
+    assert second.phases[-1]["trained"].startswith("the image tower's last 1 unit")
+    assert second.phases[-1]["kept"] and "0.3000 -> 0.3200" in second.adaptation
+    adapted = TwinEncoder.load(second.model_dir, device="cpu")
+    trained = adapted.image_tower.stages[6][0].project[0].weight
+    heads = TwinEncoder.load(first.run_dir / "heads-best", device="cpu")
+    assert heads.fingerprint() == heads_fp
+    torch.testing.assert_close(
+        trained, heads.image_tower.stages[6][0].project[0].weight
+    )  # only the head conv
+
+
+def test_a_changed_adaptation_cannot_resume_mid_phase(run_config):
+    stop = {"n": 0}
+
+    def stop_early(record):
+        stop["n"] += record["phase"] == "adapt"
+        return stop["n"] == 1
+
+    config = run_config.replace(checkpoint_every=1)
+    assert train(config, callback=stop_early).status == "interrupted"
+    with pytest.raises(ValueError, match=r"cannot resume: the adaptation phase.*adapt_lr_scale"):
+        train(config.replace(adapt_lr_scale=0.5), resume=True)
