@@ -152,7 +152,9 @@ class ModelConfig(ConfigBase):
     # efficientnet-lite towers (their features are computed once), trained for every other tower
     lock_image: bool | None = None
     lock_text: bool = True  # freeze the text tower (the default: pretrained MiniLM locked, LiT-style)
-    unfreeze_image_layers: int = 0  # > 0: freeze the image tower except its last N blocks and final norm
+    # > 0: freeze the image tower except its last N blocks and final norm (efficientnet-lite: its last N
+    # units, the head conv counting as the last: 1 = the head conv, 2 = the last stage and the head conv)
+    unfreeze_image_layers: int = 0
     unfreeze_text_layers: int = 0  # > 0: freeze the text tower except its last N blocks and final norm
     init_logit_scale: float = 2.6592  # initial log of the logit multiplier: log(1/0.07) CLIP, log(10) SigLIP
     init_logit_bias: float = -10.0  # initial logit bias (SigLIP); used only when use_bias is true

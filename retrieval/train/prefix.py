@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["PrefixImageFeatures", "encode_prefix_rows", "recompute_batchnorm", "tower_split"]
 
+PREFIX_BATCH = 32  # images per forward pass of the locked prefix
+
 
 def tower_split(model: Any) -> int | None:
     """The split point of ``model``'s image tower (its locked prefix before it), or None when the
@@ -134,7 +136,9 @@ def encode_prefix_rows(
     if todo:
         runner = _prefix_runner(model, split, fingerprint, runtime, device)
         refs = [images[i] for i in todo]
-        batches = encoding.decoded_batches(refs, transform, batch_size, skip_broken=True)
+        # small batches: the prefix's activations at full resolution dominate memory (ONNX Runtime keeps
+        # its peak allocation for the session's life)
+        batches = encoding.decoded_batches(refs, transform, min(batch_size, PREFIX_BATCH), skip_broken=True)
         was_training = tower.training
         tower.eval()
         try:
