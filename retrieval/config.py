@@ -152,7 +152,9 @@ class ModelConfig(ConfigBase):
     # efficientnet-lite towers (their features are computed once), trained for every other tower
     lock_image: bool | None = None
     lock_text: bool = True  # freeze the text tower (the default: pretrained MiniLM locked, LiT-style)
-    unfreeze_image_layers: int = 0  # > 0: freeze the image tower except its last N blocks and final norm
+    # > 0: freeze the image tower except its last N blocks and final norm (efficientnet-lite: its last N
+    # units, the head conv counting as the last: 1 = the head conv, 2 = the last stage and the head conv)
+    unfreeze_image_layers: int = 0
     unfreeze_text_layers: int = 0  # > 0: freeze the text tower except its last N blocks and final norm
     init_logit_scale: float = 2.6592  # initial log of the logit multiplier: log(1/0.07) CLIP, log(10) SigLIP
     init_logit_bias: float = -10.0  # initial logit bias (SigLIP); used only when use_bias is true
@@ -531,12 +533,34 @@ class TrainConfig(ConfigBase):
     # "auto" | "torch" | "onnx" (see RUNTIMES); towers that train always run on torch
     runtime: str = "auto"
     feature_cache: bool = True  # add locked image tower features to the shared cache (embed/eval read them)
+    tower_lr_scale: float = 1.0  # the towers' trainable layers learn at this share of lr (the heads at lr)
+    # metadata field(s) of the training pairs with tags or keywords of their image (a list of strings, a
+    # JSON list, or "a, b; c | d"; several fields: "tags,keywords"): each distinct tag becomes one more
+    # training pair of its image (retrieval.train.tags); None: no tags
+    tags_column: str | None = None
+    # clip loss: captions and tags of one image (and rows of one text) in a batch are positives of each
+    # other (UniCL's soft targets) instead of being left out of the softmax
+    multi_positive: bool = False
+    # Partial adaptation (retrieval.train.adaptation): after the heads have trained on the locked image
+    # tower, training continues from the best of them with the tower's last `adapt_image_layers` units
+    # unfrozen (efficientnet-lite: 1 = the head conv, 2 = the last stage and the head conv, ...; hf
+    # towers: transformer blocks) on its locked prefix's cached output, and the result is kept only
+    # when validation recall improves. 0: no adaptation phase. It runs when the image tower was
+    # locked for the heads, validation exists and the time budget (if any) leaves room for it.
+    adapt_image_layers: int = 0
+    adapt_lr_scale: float = 0.1  # the adapted tower layers' learning rate as a share of the heads'
+    adapt_lr: float | None = None  # peak learning rate of the heads while adapting (None: lr)
+    adapt_epochs: int = 30  # most epochs of the adaptation phase (validation stops it earlier)
+    # BatchNorm of the adapted layers: "frozen" keeps the pretrained statistics, "recompute" replaces
+    # them once by the training images' before adapting (AdaBN); both then stay fixed while training
+    adapt_batchnorm: str = "frozen"
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "optimizer": ("adamw", "adam", "sgd", "adagrad", "rmsprop"),
         "precision": ("auto", "fp32", "bf16", "fp16"),
         "schedule": ("plateau", "reduce", "cosine"),
         "runtime": RUNTIMES,
+        "adapt_batchnorm": ("frozen", "recompute"),
     }
 
     def __post_init__(self) -> None:
@@ -567,6 +591,18 @@ class TrainConfig(ConfigBase):
                 f"TrainConfig.decay_fraction must be > 0 and min_improvement >= 0; received "
                 f"{self.decay_fraction!r} and {self.min_improvement!r}"
             )
+        if not self.tower_lr_scale > 0 or not self.adapt_lr_scale > 0:
+            raise ValueError(
+                f"TrainConfig.tower_lr_scale and adapt_lr_scale must be > 0; received {self.tower_lr_scale!r} "
+                f"and {self.adapt_lr_scale!r}"
+            )
+        if self.adapt_image_layers < 0 or self.adapt_epochs < 1:
+            raise ValueError(
+                f"TrainConfig.adapt_image_layers must be >= 0 (0: no adaptation) and adapt_epochs >= 1; "
+                f"received {self.adapt_image_layers!r} and {self.adapt_epochs!r}"
+            )
+        if self.adapt_lr is not None and not self.adapt_lr > 0:
+            raise ValueError(f"TrainConfig.adapt_lr must be positive or None; received {self.adapt_lr!r}")
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
             raise ValueError(f"TrainConfig.clip_grad_norm must be > 0 or None; got {self.clip_grad_norm!r}")
         if not 0 < self.lr_reduce_factor < 1 or self.max_lr_reductions < 0:

@@ -131,6 +131,11 @@ class _EpochEcho:
         self.shown = 0
 
     def __call__(self, record: dict[str, Any]) -> bool:
+        if record.get("phase") == "adapt" and self.metrics_path.parent.name != "adapt":
+            self.flush()  # the heads phase is over: follow the adaptation phase's own log
+            self.metrics_path = self.metrics_path.parent / "adapt" / self.metrics_path.name
+            self.shown, self.losses = 0, []
+            self.echo("  then adapting the image tower's last layers (kept if validation recall improves):")
         self.flush()
         self.losses.append(float(record["loss"]))
         return False
@@ -189,6 +194,8 @@ def _train(config: DemoConfig, data: OpenmojiDataset, run_dir: Path, echo: Echo)
         f"  training {result.status} after {result.steps} steps, {result.epochs_completed} epochs, "
         f"{result.seconds:.0f}s ({result.pairs_per_second:.0f} pairs/s)"
     )
+    if result.adaptation and len(result.phases) > 1:
+        echo(f"  {result.adaptation}")
     return {
         "status": result.status,
         "steps": result.steps,
@@ -196,6 +203,7 @@ def _train(config: DemoConfig, data: OpenmojiDataset, run_dir: Path, echo: Echo)
         "seconds": result.seconds,
         "best_val": result.best_metrics,
         "model_dir": str(result.model_dir),
+        "adaptation": result.adaptation,
     }
 
 

@@ -9,8 +9,9 @@ L2-normalised (the towers emit unit vectors). ``logit_scale`` is the logit multi
 exponentiated* (``model.logit_scale.exp()``, as in open_clip); ``logit_bias`` is the additive logit
 bias of the sigmoid loss. A loss that uses no scale or bias accepts and ignores them, so the trainer
 can swap losses by name. ``image_ids`` ([B] tensor or sequence of hashables, optional) marks rows that
-show the same image: several captions of one image in a batch are *not* negatives of each other, and
-every loss leaves those pairs out.
+show the same image, ``text_ids`` rows that carry the same text (a tag shared by several images):
+image ``i`` and text ``j`` of such rows *match*, so they are never negatives of each other, and every
+loss leaves those pairs out; ``ClipLoss(multi_positive=True)`` counts them as positives instead.
 
 ================  ===============================================  ====================================
 name              loss                                             uses
@@ -39,6 +40,7 @@ __all__ = [
     "TripletLoss",
     "UnknownLossError",
     "build_loss",
+    "matching_mask",
     "same_image_mask",
 ]
 
@@ -79,9 +81,23 @@ def same_image_mask(image_ids: ImageIds, batch: int, device: torch.device | str 
     return ids[:, None] == ids[None, :]  # [B, B]
 
 
-def _negatives_excluded(image_ids: ImageIds, batch: int, device: torch.device) -> Tensor | None:
-    """``[B, B]`` bool, true for off-diagonal pairs of the same image (neither positive nor negative)."""
+def matching_mask(
+    image_ids: ImageIds, batch: int, device: torch.device | str = "cpu", text_ids: ImageIds = None
+) -> Tensor | None:
+    """``[B, B]`` bool, true where image row ``i`` and text row ``j`` match: the same image
+    (``image_ids``) or the same text (``text_ids``), the diagonal included; None when neither is given."""
     same = same_image_mask(image_ids, batch, device)
+    texts = same_image_mask(text_ids, batch, device)
+    if texts is None:
+        return same
+    return texts if same is None else same | texts  # [B, B]
+
+
+def _negatives_excluded(
+    image_ids: ImageIds, batch: int, device: torch.device, text_ids: ImageIds = None
+) -> Tensor | None:
+    """``[B, B]`` bool, true for off-diagonal matching pairs (neither positive nor negative)."""
+    same = matching_mask(image_ids, batch, device, text_ids)
     if same is None:
         return None
     eye = torch.eye(batch, dtype=torch.bool, device=device)  # [B, B]
@@ -99,11 +115,23 @@ class ClipLoss(nn.Module):
         L = \frac{1}{2B}\sum_i \Big[-\log\frac{e^{s_{ii}}}{\sum_j e^{s_{ij}}}
             -\log\frac{e^{s_{ii}}}{\sum_j e^{s_{ji}}}\Big]
 
-    Off-diagonal pairs of the same image (``image_ids``) are removed from both softmaxes.
-    Inputs: unit ``image_emb`` / ``text_emb`` [B, D]; uses ``logit_scale`` (a float or 0-d tensor,
-    already exponentiated), ignores ``logit_bias``. Relation: :class:`SigLipLoss` replaces the
-    softmax by independent binary decisions per pair; :class:`TripletLoss` keeps only the hardest
-    negative with a hinge. Minimum 0 (diagonal dominating with a large scale); ``log B`` at chance.
+    Off-diagonal matching pairs (the same image: ``image_ids``; the same text: ``text_ids``) are
+    removed from both softmaxes. With ``multi_positive=True`` they are positives instead: each row's
+    target spreads evenly over its matching pairs (UniCL, Yang et al. 2022, "Unified Contrastive
+    Learning in Image-Text-Label Space"), with :math:`M` the matching mask (diagonal included),
+
+    .. math::
+        L = \frac{1}{2B}\sum_i \Big[-\sum_j \frac{M_{ij}}{\sum_k M_{ik}}
+            \log\frac{e^{s_{ij}}}{\sum_k e^{s_{ik}}}
+            -\sum_j \frac{M_{ji}}{\sum_k M_{ki}} \log\frac{e^{s_{ji}}}{\sum_k e^{s_{ki}}}\Big]
+
+    so a caption, its image's other captions and its tags all pull toward the image (and a tag
+    shared by several images toward each of them). Without matches beyond the diagonal both forms
+    are the loss above. Inputs: unit ``image_emb`` / ``text_emb`` [B, D]; uses ``logit_scale`` (a
+    float or 0-d tensor, already exponentiated), ignores ``logit_bias``. Relation:
+    :class:`SigLipLoss` replaces the softmax by independent binary decisions per pair;
+    :class:`TripletLoss` keeps only the hardest negative with a hinge. Minimum 0 (diagonal
+    dominating with a large scale); ``log B`` at chance.
 
     Example::
 
@@ -112,6 +140,10 @@ class ClipLoss(nn.Module):
         4.5e-05
     """
 
+    def __init__(self, multi_positive: bool = False) -> None:
+        super().__init__()
+        self.multi_positive = bool(multi_positive)
+
     def forward(
         self,
         image_emb: Tensor,
@@ -119,14 +151,26 @@ class ClipLoss(nn.Module):
         logit_scale: Tensor | float = 1.0,
         logit_bias: Tensor | float | None = None,
         image_ids: ImageIds = None,
+        text_ids: ImageIds = None,
     ) -> Tensor:
         batch = _check_pair(image_emb, text_emb)
         logits = logit_scale * image_emb @ text_emb.T  # [B, B] image i vs text j
-        excluded = _negatives_excluded(image_ids, batch, logits.device)
+        if self.multi_positive:
+            match = matching_mask(image_ids, batch, logits.device, text_ids)
+            if match is not None:
+                match = match | torch.eye(batch, dtype=torch.bool, device=logits.device)  # [B, B]
+                targets = match.to(logits.dtype)  # [B, B]
+                i2t = F.cross_entropy(logits, targets / targets.sum(1, keepdim=True))
+                t2i = F.cross_entropy(logits.T, targets.T / targets.T.sum(1, keepdim=True))
+                return (i2t + t2i) / 2
+        excluded = _negatives_excluded(image_ids, batch, logits.device, text_ids)
         if excluded is not None:
             logits = logits.masked_fill(excluded, float("-inf"))  # [B, B]
         targets = torch.arange(batch, device=logits.device)  # [B]
         return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+    def extra_repr(self) -> str:
+        return f"multi_positive={self.multi_positive}"
 
 
 class SigLipLoss(nn.Module):
@@ -159,6 +203,7 @@ class SigLipLoss(nn.Module):
         logit_scale: Tensor | float = 1.0,
         logit_bias: Tensor | float | None = None,
         image_ids: ImageIds = None,
+        text_ids: ImageIds = None,
     ) -> Tensor:
         batch = _check_pair(image_emb, text_emb)
         logits = logit_scale * image_emb @ text_emb.T  # [B, B]
@@ -167,7 +212,7 @@ class SigLipLoss(nn.Module):
         eye = torch.eye(batch, dtype=torch.bool, device=logits.device)  # [B, B]
         signs = eye.to(logits.dtype) * 2 - 1  # [B, B] +1 on the diagonal, -1 elsewhere
         per_pair = -F.logsigmoid(signs * logits)  # [B, B]
-        excluded = _negatives_excluded(image_ids, batch, logits.device)
+        excluded = _negatives_excluded(image_ids, batch, logits.device, text_ids)
         if excluded is not None:
             per_pair = per_pair.masked_fill(excluded, 0.0)  # [B, B]
         return per_pair.sum() / batch
@@ -221,6 +266,7 @@ class ContrastiveLoss(nn.Module):
         logit_bias: Tensor | float | None = None,
         image_ids: ImageIds = None,
         labels: Tensor | Sequence[float] | None = None,
+        text_ids: ImageIds = None,
     ) -> Tensor:
         batch = _check_pair(image_emb, text_emb)
         if labels is not None:
@@ -239,7 +285,7 @@ class ContrastiveLoss(nn.Module):
             ).clamp_min(0)  # [B, B]
             eye = torch.eye(batch, dtype=torch.bool, device=image_emb.device)  # [B, B]
             pos_mask = eye
-            same = same_image_mask(image_ids, batch, image_emb.device)
+            same = matching_mask(image_ids, batch, image_emb.device, text_ids)
             neg_mask = ~eye if same is None else ~same  # [B, B]
         dist = sq.clamp_min(1e-12).sqrt()  # finite gradient at d = 0
         pos = _masked_mean(sq, pos_mask) / 2
@@ -293,13 +339,14 @@ class TripletLoss(nn.Module):
         logit_scale: Tensor | float | None = None,
         logit_bias: Tensor | float | None = None,
         image_ids: ImageIds = None,
+        text_ids: ImageIds = None,
     ) -> Tensor:
         batch = _check_pair(image_emb, text_emb)
         sim = image_emb @ text_emb.T  # [B, B]
         pos = sim.diagonal()  # [B]
         cost_text = (self.margin + sim - pos[:, None]).clamp_min(0)  # [B, B] image i anchor, text j negative
         cost_image = (self.margin + sim - pos[None, :]).clamp_min(0)  # [B, B] text j anchor, image i negative
-        same = same_image_mask(image_ids, batch, sim.device)
+        same = matching_mask(image_ids, batch, sim.device, text_ids)
         if same is None:
             same = torch.eye(batch, dtype=torch.bool, device=sim.device)  # [B, B]
         cost_text = cost_text.masked_fill(same, 0.0)

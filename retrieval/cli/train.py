@@ -153,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{result.status}: {result.steps} steps, {result.epochs_completed} epochs, "
         f"{result.pairs_per_second:.0f} pairs/s{best}\nwhy: {result.stop_reason}\n"
-        f"model: {result.model_dir}\nrun: {result.run_dir}"
+        + (f"{result.adaptation}\n" if result.adaptation else "")
+        + f"model: {result.model_dir}\nrun: {result.run_dir}"
     )
     return stopped

@@ -55,6 +55,28 @@ class ImageTower(nn.Module, abc.ABC):
     def head(self) -> list[nn.Module]:
         return []
 
+    # ------------------------------------------------- partial adaptation (locked prefix, trained suffix)
+    def split_point(self) -> int | None:
+        """Where the tower splits into a locked prefix and a trained suffix, as its parameters'
+        ``requires_grad`` say now: the index (in the tower's own units) of the first part that trains,
+        or None when the tower cannot be split that way (then it runs whole every step) or nothing
+        trains. Towers that split implement :meth:`prefix_modules`, :meth:`encode_prefix` and
+        :meth:`forward_suffix` so that ``forward_suffix(encode_prefix(x, s), s) == forward(x)``."""
+        return None
+
+    def prefix_modules(self, split: int) -> list[nn.Module]:
+        """The modules of the locked prefix before ``split`` (what its fingerprint hashes)."""
+        raise NotImplementedError(f"{type(self).__name__} does not split into a prefix and a suffix")
+
+    def encode_prefix(self, pixel_values: torch.Tensor, split: int) -> torch.Tensor:  # [B, 3, H, W] -> [B, P]
+        """The locked prefix's output, one flat float row per image (cacheable: it depends on the
+        image, the preprocessing and the prefix's weights only)."""
+        raise NotImplementedError(f"{type(self).__name__} does not split into a prefix and a suffix")
+
+    def forward_suffix(self, prefix: torch.Tensor, split: int) -> torch.Tensor:  # [B, P] -> [B, output_dim]
+        """The rest of :meth:`forward` from :meth:`encode_prefix`'s rows (differentiable)."""
+        raise NotImplementedError(f"{type(self).__name__} does not split into a prefix and a suffix")
+
     def save_assets(self, directory: Path) -> None:
         """Write what a rebuild needs besides the weights (processor, backbone config); by default the
         preprocessing settings, for people reading the folder."""
@@ -143,6 +165,20 @@ def state_digest(digest: Any, module: nn.Module) -> None:
         flat = tensor.detach().to("cpu").contiguous().reshape(-1)
         digest.update(f"\0{name}\0{flat.dtype}\0{tuple(tensor.shape)}\0".encode())
         digest.update(flat.view(torch.uint8).numpy().tobytes())
+
+
+def prefix_fingerprint(tower: ImageTower, split: int) -> str:
+    """sha256 hex digest of a tower's locked prefix before ``split``: its class, its preprocessing, the
+    split and every tensor of :meth:`ImageTower.prefix_modules`. Models that share the prefix (the
+    same pretrained tower, whatever was trained after it) share this, and so do the prefix outputs
+    cached under it."""
+    digest = hashlib.sha256(b"retrieval-tower-prefix-v1\0")
+    digest.update(f"{type(tower).__name__}\0{split}\0".encode())
+    digest.update(json.dumps(tower.preprocess_config(), sort_keys=True, default=str).encode("utf-8"))
+    for index, module in enumerate(tower.prefix_modules(split)):
+        digest.update(f"\0module {index}\0".encode())
+        state_digest(digest, module)
+    return digest.hexdigest()
 
 
 def tower_fingerprint(tower: nn.Module) -> str:

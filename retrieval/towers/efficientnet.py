@@ -100,7 +100,9 @@ class MBConv(nn.Module):
         self.expand: nn.Module = nn.Identity()
         if expand != 1:
             self.expand = nn.Sequential(SameConv2d(in_channels, mid, 1), _norm(mid), nn.ReLU6())
-        self.depthwise = nn.Sequential(SameConv2d(mid, mid, kernel, stride, groups=mid), _norm(mid), nn.ReLU6())
+        self.depthwise = nn.Sequential(
+            SameConv2d(mid, mid, kernel, stride, groups=mid), _norm(mid), nn.ReLU6()
+        )
         self.project = nn.Sequential(SameConv2d(mid, out_channels, 1), _norm(out_channels))
         self.residual = stride == 1 and in_channels == out_channels
 
@@ -129,7 +131,9 @@ class EfficientNetLiteImageTower(ImageTower):
     def __init__(self, variant: str = "lite0", image_size: int | None = None) -> None:
         super().__init__()
         if variant not in VARIANTS:
-            raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; expected one of {list(VARIANTS)}")
+            raise ValueError(
+                f"unknown EfficientNet-Lite variant {variant!r}; expected one of {list(VARIANTS)}"
+            )
         width, depth, native = VARIANTS[variant]
         self.variant = variant
         self.image_size = int(image_size or native)
@@ -165,19 +169,91 @@ class EfficientNetLiteImageTower(ImageTower):
     def _feature_map(self, pixel_values: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The last three stages' maps and the head's map ``[B, 1280, H/32, W/32]``."""
         x = self.stem(pixel_values.contiguous(memory_format=torch.channels_last))  # [B, 32, H/2, W/2]
+        return self._run_stages(x, 0)
+
+    def _run_stages(self, x: torch.Tensor, start: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Stages ``start..`` and the head on the map ``x`` (the input of stage ``start``): the maps of
+        the last three stages among them, and the head's map."""
         kept = []
-        for index, stage in enumerate(self.stages):
-            x = stage(x)  # [B, C, h, w]
+        for index in range(start, len(self.stages)):
+            x = self.stages[index](x)  # [B, C, h, w]
             if index >= len(self.stages) - 3:
                 kept.append(x)
         return kept, self.head_conv(x)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        stages, head = self._feature_map(pixel_values)
-        parts = [m.mean(dim=(2, 3)) for m in (*stages, head)] + [head.amax(dim=(2, 3))]  # [B, C_i] each
+    def _pool(self, pooled: list[torch.Tensor], maps: list[torch.Tensor], head: torch.Tensor) -> torch.Tensor:
+        """The features: ``pooled`` (stage averages known already), then the averages of ``maps``, the
+        head's average and maximum, each layer-normalised, concatenated ``[B, output_dim]``."""
+        parts = [*pooled, *(m.mean(dim=(2, 3)) for m in (*maps, head)), head.amax(dim=(2, 3))]  # [B, C_i]
         # the sizes are the built ones (``self.parts``), constants an exported graph can hold
         normed = [F.layer_norm(p, (n,)) for p, n in zip(parts, self.parts)]  # [B, C_i] each
         return torch.cat(normed, dim=-1)  # [B, output_dim]
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        stages, head = self._feature_map(pixel_values)
+        return self._pool([], stages, head)
+
+    # ------------------------------------------------- partial adaptation (locked prefix, trained suffix)
+    def _units(self) -> list[nn.Module]:
+        """The parts a split point counts in: the stages, then the head conv (index 7 for every variant)."""
+        return [*self.stages, self.head_conv]
+
+    def split_point(self) -> int | None:
+        """The first stage (0-6) with a trainable parameter, 7 when only the head conv trains; None when
+        nothing trains or the stem does (no prefix left to cache)."""
+        if any(p.requires_grad for p in self.stem.parameters()):
+            return None
+        for index, unit in enumerate(self._units()):
+            if any(p.requires_grad for p in unit.parameters()):
+                return index
+        return None
+
+    def _check_split(self, split: int) -> None:
+        if isinstance(split, bool) or not isinstance(split, int) or not 0 <= split <= len(self.stages):
+            raise ValueError(
+                f"an EfficientNet-{self.variant} split point is a stage index between 0 and "
+                f"{len(self.stages)} (the head conv), received {split!r}"
+            )
+
+    def prefix_modules(self, split: int) -> list[nn.Module]:
+        self._check_split(split)
+        return [self.stem, *self.stages[:split]]
+
+    def _kept_before(self, split: int) -> int:
+        """How many of the pooled stage averages come from the prefix."""
+        return max(0, split - (len(self.stages) - 3))
+
+    def encode_prefix(self, pixel_values: torch.Tensor, split: int) -> torch.Tensor:
+        """The stem and stages ``0..split-1``: the averages of those among the last three stages, then
+        the map entering stage ``split`` flattened (channels, rows, columns): ``[B, P]``."""
+        self._check_split(split)
+        x = self.stem(pixel_values.contiguous(memory_format=torch.channels_last))  # [B, 32, H/2, W/2]
+        pooled = []
+        for index in range(split):
+            x = self.stages[index](x)  # [B, C, h, w]
+            if index >= len(self.stages) - 3:
+                pooled.append(x.mean(dim=(2, 3)))  # [B, C]
+        return torch.cat([*pooled, x.flatten(1)], dim=1)  # [B, P]
+
+    def forward_suffix(self, prefix: torch.Tensor, split: int) -> torch.Tensor:
+        """Stages ``split..`` and the head on :meth:`encode_prefix`'s rows: equal to :meth:`forward`."""
+        self._check_split(split)
+        sizes = list(self.parts[: self._kept_before(split)])
+        channels = self.stages[split - 1][-1].project[1].num_features if split else _STEM
+        cells = (prefix.shape[1] - sum(sizes)) // channels
+        side = math.isqrt(cells)
+        if side * side * channels + sum(sizes) != prefix.shape[1]:
+            raise ValueError(
+                f"prefix rows of {prefix.shape[1]} numbers do not fit split {split} of EfficientNet-"
+                f"{self.variant} ({sum(sizes)} pooled + {channels} channels x a square map): were they "
+                "encoded with another split or input size?"
+            )
+        *pooled, flat = prefix.split([*sizes, side * side * channels], dim=1)
+        x = flat.reshape(-1, channels, side, side).contiguous(
+            memory_format=torch.channels_last
+        )  # [B, C, h, w]
+        maps, head = self._run_stages(x, split)
+        return self._pool(list(pooled), maps, head)
 
     def grid_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The head's feature map, one row per cell: ``[B, h * w, 1280]``."""
@@ -187,11 +263,12 @@ class EfficientNetLiteImageTower(ImageTower):
         return ImageTransform(self.image_size, MEAN, STD, train=train)
 
     def blocks(self) -> list[nn.Module]:
-        """The MBConv blocks, input to output (partial unfreezing trains the last ones and the head)."""
-        return [block for stage in self.stages for block in stage]
+        """The units partial unfreezing counts, input to output: the seven stages, then the head conv.
+        ``unfreeze_image_layers=1`` trains the head conv, ``2`` the last stage too, and so on."""
+        return self._units()
 
     def head(self) -> list[nn.Module]:
-        return [self.head_conv]
+        return []
 
 
 def efficientnet_lite_weights_path(variant: str) -> Path:
@@ -232,7 +309,9 @@ _BLOCK_PARTS = {
 }
 
 
-def checkpoint_to_state_dict(tower: EfficientNetLiteImageTower, checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+def checkpoint_to_state_dict(
+    tower: EfficientNetLiteImageTower, checkpoint: Mapping[str, Any]
+) -> dict[str, Any]:
     """The converted ImageNet checkpoint renamed to ``tower``'s parameters (its classifier dropped).
     Raises ``ValueError`` when a tensor is missing or has another shape (a checkpoint of another
     variant)."""

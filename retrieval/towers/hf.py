@@ -133,6 +133,21 @@ def _output_dim(hf_config: Any, projection: nn.Module | None) -> int:
     )
 
 
+_SPLIT_VISION_MODELS = {"clip_vision_model", "siglip_vision_model"}
+
+
+def _run_block(block: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """One transformer block (or a norm) on ``hidden`` without an attention mask; transformers 4.x
+    blocks return tuples and take a causal mask, 5.x blocks return the hidden states."""
+    if isinstance(block, nn.LayerNorm):
+        return block(hidden)
+    try:
+        out = block(hidden, None)
+    except TypeError:
+        out = block(hidden, None, None)
+    return out[0] if isinstance(out, tuple) else out
+
+
 def _plain(value: Any) -> Any:
     if hasattr(value, "items"):
         return {str(k): _plain(v) for k, v in dict(value).items() if v is not None}
@@ -201,6 +216,67 @@ class HFImageTower(ImageTower):
     @property
     def has_projection(self) -> bool:
         return isinstance(self.projection, nn.Linear)
+
+    # ------------------------------------------------- partial adaptation (locked prefix, trained suffix)
+    def _splittable(self) -> bool:
+        """CLIP and SigLIP vision transformers: embeddings, (CLIP: pre-norm), the blocks, post-norm and
+        (SigLIP) the attention-pooling head, run here in that order on the cached hidden states."""
+        kind = getattr(self.backbone.config, "model_type", "")
+        parts = ("embeddings", "encoder", "post_layernorm")
+        return kind in _SPLIT_VISION_MODELS and all(hasattr(self.backbone, name) for name in parts)
+
+    def split_point(self) -> int | None:
+        """The first transformer block that trains (the number of blocks when only the final norm, the
+        pooling head or the projection train); None when nothing trains, the patch embedding trains, or
+        the backbone is not a CLIP / SigLIP vision transformer (it then runs whole)."""
+        if not self._splittable():
+            return None
+        prefix = [self.backbone.embeddings, getattr(self.backbone, "pre_layrnorm", None)]
+        if any(p.requires_grad for m in prefix if m is not None for p in m.parameters()):
+            return None
+        for index, block in enumerate(self._blocks):
+            if any(p.requires_grad for p in block.parameters()):
+                return index
+        return len(self._blocks) if any(p.requires_grad for p in self.parameters()) else None
+
+    def _check_split(self, split: int) -> None:
+        if not self._splittable():
+            raise NotImplementedError(
+                f"{type(self.backbone).__name__} does not split into a prefix and a suffix "
+                f"(only {sorted(_SPLIT_VISION_MODELS)} do)"
+            )
+        if isinstance(split, bool) or not isinstance(split, int) or not 0 <= split <= len(self._blocks):
+            raise ValueError(f"a split point is a block index between 0 and {len(self._blocks)}, received {split!r}")
+
+    def prefix_modules(self, split: int) -> list[nn.Module]:
+        self._check_split(split)
+        pre = getattr(self.backbone, "pre_layrnorm", None)
+        return [self.backbone.embeddings, *([pre] if pre is not None else []), *self._blocks[:split]]
+
+    def encode_prefix(self, pixel_values: torch.Tensor, split: int) -> torch.Tensor:
+        """The hidden states entering block ``split``, flattened: ``[B, tokens * hidden]``."""
+        hidden = self.backbone.embeddings(pixel_values)  # [B, T, H]
+        for module in self.prefix_modules(split)[1:]:
+            hidden = _run_block(module, hidden)
+        return hidden.flatten(1)  # [B, T * H]
+
+    def forward_suffix(self, prefix: torch.Tensor, split: int) -> torch.Tensor:
+        self._check_split(split)
+        width = int(self.backbone.config.hidden_size)
+        if prefix.shape[1] % width:
+            raise ValueError(
+                f"prefix rows of {prefix.shape[1]} numbers are not whole tokens of {width}: were they encoded "
+                "by another tower?"
+            )
+        hidden = prefix.reshape(prefix.shape[0], -1, width)  # [B, T, H]
+        for block in self._blocks[split:]:
+            hidden = _run_block(block, hidden)
+        if getattr(self.backbone.config, "model_type", "") == "siglip_vision_model":
+            last = self.backbone.post_layernorm(hidden)  # [B, T, H]
+            pooled = self.backbone.head(last) if getattr(self.backbone, "use_head", False) else last.mean(dim=1)
+        else:  # CLIP: the class token's state, normalised
+            pooled = self.backbone.post_layernorm(hidden[:, 0])  # [B, H]
+        return self.projection(pooled.flatten(1))  # [B, D]
 
     def save_assets(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)

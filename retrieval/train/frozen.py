@@ -23,6 +23,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from retrieval import encoding
+from retrieval.train.prefix import PrefixImageFeatures, tower_split
 
 logger = logging.getLogger(__name__)
 
@@ -156,11 +157,12 @@ def collate_refs(batch: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
 
 
 def augments(config: Any, model: Any) -> bool:
-    """Whether training images are augmented: ``config.augment``, or when it is None, whether any
-    parameter of the image tower trains (a locked tower's outputs are then computed once)."""
+    """Whether training images are augmented: ``config.augment``, or when it is None, whether the
+    image tower trains whole (a locked tower's outputs, and a partly trained tower's locked prefix,
+    are then computed once: :mod:`retrieval.train.prefix`)."""
     if config.augment is not None:
         return bool(config.augment)
-    return not image_tower_is_frozen(model)
+    return not image_tower_is_frozen(model) and tower_split(model) is None
 
 
 AUTO_DATA_WORKERS = 2  # worker processes "auto" gives a run that decodes images every step
@@ -184,14 +186,17 @@ def feature_cache(config: Any) -> Any:
     return encoding.FeatureCache() if getattr(config, "feature_cache", False) else None
 
 
-def training_data(config: Any, model: Any, pairs: Any, device: torch.device) -> tuple[Any, ...]:
+def training_data(
+    config: Any, model: Any, pairs: Any, device: torch.device, prepared: Any = None
+) -> tuple[Any, ...]:
     """``(dataset, collate_fn, text_cache, image_cache)`` for training on ``pairs``.
 
     The dataset is keyed by ``(index, seed)`` (:class:`~retrieval.train.sampling.SeededItems`).
     A fully locked text tower is cached when ``config.cache_locked_features``; a fully locked image
-    tower too when ``config.augment`` is off, and then images are not decoded per step at all. The
+    tower too when ``config.augment`` is off, and then images are not decoded per step at all; so is
+    the locked prefix of a partly trained image tower that splits (:mod:`retrieval.train.prefix`). The
     locked towers run on ``config.runtime``; the image features go to the shared feature cache when
-    ``config.feature_cache``.
+    ``config.feature_cache``. ``prepared`` is a prefix cache of the training images built already.
     """
     from retrieval.data import PairDataset, collate_pairs
     from retrieval.train.sampling import SeededItems
@@ -202,6 +207,20 @@ def training_data(config: Any, model: Any, pairs: Any, device: torch.device) -> 
         text_cache = FrozenTextFeatures(
             model, pairs.captions(), device, config.val_batch_size, runtime=config.runtime
         )
+    split = tower_split(model)
+    if config.cache_locked_features and not augment and split is not None:
+        image_cache = prepared
+        if getattr(prepared, "split", None) != split:
+            image_cache = PrefixImageFeatures(
+                model,
+                pairs.images(),
+                split,
+                device,
+                config.val_batch_size,
+                feature_cache=feature_cache(config),
+                runtime=config.runtime,
+            )
+        return SeededItems(PairRefs(pairs.pairs, image_cache.broken)), collate_refs, text_cache, image_cache
     if config.cache_locked_features and not augment and image_tower_is_frozen(model):
         image_cache = FrozenImageFeatures(
             model,

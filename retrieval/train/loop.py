@@ -1,4 +1,4 @@
-"""The training loop: ``train(config) -> TrainResult``.
+"""The training loop of one run: ``train_run(config) -> TrainResult``.
 
 Run folder (``config.out_dir``)::
 
@@ -75,14 +75,16 @@ StepCallback = Callable[[dict[str, Any]], Any]
 PLOT_EVERY_SECONDS = 30.0  # plots are redrawn after a validation at most this often (and at the end)
 
 
-def train(
+def train_run(
     config: TrainConfig,
     *,
     resume: bool = False,
     model: TwinEncoder | None = None,
     callback: StepCallback | None = None,
+    image_cache: Any = None,
 ) -> TrainResult:
-    """Train a :class:`~retrieval.model.TwinEncoder` on ``config.train_data``; see :class:`TrainConfig`.
+    """One training run in ``config.out_dir`` (the heads phase, or the adaptation phase in its own
+    folder: :func:`retrieval.train.train` runs both); see :class:`TrainConfig`.
 
     ``resume=True`` continues the run in ``config.out_dir`` from its latest checkpoint (exactly: the
     same batches, augmentations and weights as an uninterrupted run) or starts it when there is
@@ -91,13 +93,14 @@ def train(
     record and may return True to stop as if interrupted. Ctrl-C / SIGTERM stop at the next step boundary with a checkpoint (a second
     Ctrl-C aborts at once). A non-finite loss raises :class:`TrainingDivergedError` and leaves the
     last good checkpoint in place. Under ``torchrun`` every process calls this function; rank 0
-    writes the files.
+    writes the files. ``image_cache`` is the training images' prepared cache
+    (:class:`~retrieval.train.prefix.PrefixImageFeatures`) when the caller built it already.
     """
     check_config(config)
     config = effective_config(config, model)
     ctx = init_distributed(config.device)
     try:
-        return _Run(config, ctx, resume, model, callback).run()
+        return _Run(config, ctx, resume, model, callback, image_cache).run()
     finally:
         shutdown(ctx)
 
@@ -107,9 +110,16 @@ class _Run:
     after every step, epoch and validation, saved whole by every checkpoint)."""
 
     def __init__(
-        self, config: TrainConfig, ctx: DistContext, resume: bool, model: Any, callback: StepCallback | None
+        self,
+        config: TrainConfig,
+        ctx: DistContext,
+        resume: bool,
+        model: Any,
+        callback: StepCallback | None,
+        image_cache: Any = None,
     ) -> None:
         self.config, self.ctx, self.callback = config, ctx, callback
+        self.prepared_image_cache = image_cache
         self.run_dir = Path(config.out_dir)
         self.ckpt_root = self.run_dir / "checkpoints"
         self.log = MetricsLog(self.run_dir / "metrics.jsonl")
@@ -123,7 +133,7 @@ class _Run:
             config, ctx, model, self.train_pairs, self.resume_from, self.ckpt_root
         )
         self.precision: Precision = resolve_precision(config.precision, ctx.device)
-        self.loss_fn = _build_loss(self.config.loss).to(ctx.device)
+        self.loss_fn = _build_loss(self.config).to(ctx.device)
         self.optimizer = build_optimizer(self.config, self.model)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.precision.use_scaler)
         self.state = LoopState(world_size=ctx.world_size)
@@ -166,7 +176,7 @@ class _Run:
                 self.log.truncate_after(self.state.step)
         # The training dataset, and the caches of fully locked towers (see retrieval.train.frozen).
         self.dataset, self.collate, text_cache, image_cache = training_data(
-            self.config, self.model, self.train_pairs, self.ctx.device
+            self.config, self.model, self.train_pairs, self.ctx.device, self.prepared_image_cache
         )
         self.caches = (text_cache, image_cache)  # locked towers' outputs, also read by hard-negative mining
         self.model.train()
@@ -454,10 +464,12 @@ def _seed_step(seed: int, device: torch.device) -> None:
         torch.cuda.manual_seed(seed)
 
 
-def _build_loss(name: str) -> torch.nn.Module:
+def _build_loss(config: TrainConfig) -> torch.nn.Module:
     from retrieval.losses import LOSSES
 
-    return LOSSES[name]()
+    if config.loss == "clip":
+        return LOSSES["clip"](multi_positive=config.multi_positive)
+    return LOSSES[config.loss]()
 
 
 def _save_model(model: Any, directory: Path) -> None:
@@ -472,7 +484,7 @@ def _progress_bar(total: int, initial: int, enabled: bool) -> Any:
     return tqdm(total=total, initial=initial, disable=not show, unit="step", dynamic_ncols=True, leave=False)
 
 
-__all__ = ["StepCallback", "train"]
+__all__ = ["StepCallback", "train_run"]
 
 
 class _EpochKeys:

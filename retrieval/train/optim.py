@@ -20,33 +20,41 @@ def check_optimizer_name(name: str) -> None:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {list(OPTIMIZERS)}")
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Trainable parameters split in two groups: matrices and kernels decay; biases, norm gains and
-    the logit scale/bias (any parameter with fewer than 2 dimensions) do not (as in open_clip)."""
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
+def parameter_groups(
+    model: nn.Module, weight_decay: float, tower_lr_scale: float = 1.0
+) -> list[dict[str, Any]]:
+    """Trainable parameters in groups: matrices and kernels decay; biases, norm gains and the logit
+    scale/bias (any parameter with fewer than 2 dimensions) do not (as in open_clip). Parameters of
+    the towers (names starting with ``image_tower.`` or ``text_tower.``) form groups of their own
+    whose ``lr_scale`` is ``tower_lr_scale`` (pretrained layers adapted at a lower rate than the
+    heads learn: ULMFiT's discriminative rates, Howard & Ruder 2018); :func:`set_lr` applies it."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if param.ndim < 2 or name.startswith("logit_") or ".logit_" in name:
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    groups = []
-    if decay:
-        groups.append({"params": decay, "weight_decay": weight_decay})
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+        tower = tower_lr_scale != 1.0 and name.startswith(("image_tower.", "text_tower."))
+        decays = not (param.ndim < 2 or name.startswith("logit_") or ".logit_" in name)
+        groups.setdefault((tower, decays), []).append(param)
     if not groups:
         raise ValueError("the model has no trainable parameters: unlock a tower or enable learn_logit_scale")
-    return groups
+    return [
+        {
+            "params": groups[key],
+            "weight_decay": weight_decay if key[1] else 0.0,
+            "lr_scale": tower_lr_scale if key[0] else 1.0,
+        }
+        for key in ((False, True), (False, False), (True, True), (True, False))
+        if key in groups
+    ]
 
 
 def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """The optimizer named by ``config.optimizer`` over the model's trainable parameters."""
     check_optimizer_name(config.optimizer)
-    groups = parameter_groups(model, config.weight_decay)
+    groups = parameter_groups(model, config.weight_decay, config.tower_lr_scale)
     name, lr = config.optimizer, config.lr
+    for group in groups:
+        group["lr"] = lr * group["lr_scale"]
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(config.betas), eps=1e-6)
     if name == "adam":
@@ -99,5 +107,6 @@ def decay_length(steps_done: int, steps_per_epoch: int, fraction: float) -> int:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the learning rate of every group: ``lr`` times the group's ``lr_scale`` (1 when absent)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -31,6 +31,10 @@ class TrainResult:
     checkpoint: Path | None  # the last checkpoint written
     stop_reason: str = ""  # why training stopped, in words (also logged)
     validation: dict = dataclasses.field(default_factory=dict)  # where validation came from (validation.json)
+    # the phases tried (retrieval.train.adaptation): per phase its name, what trained, its run folder,
+    # status, epochs, steps, seconds, best validation, and whether its model was kept
+    phases: tuple = ()
+    adaptation: str = ""  # what was decided about adapting the image tower, and why (also logged)
 
 
 @dataclasses.dataclass

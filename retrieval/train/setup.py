@@ -45,6 +45,13 @@ RESUMABLE_CHANGES = frozenset(
         "val_batch_size",
         "device",
         "progress",
+        # what happens after the heads phase (retrieval.train.adaptation): another adaptation may be
+        # tried on finished heads; the adaptation phase's own folder checks its settings
+        "adapt_image_layers",
+        "adapt_lr_scale",
+        "adapt_lr",
+        "adapt_epochs",
+        "adapt_batchnorm",
     }
 )
 
@@ -157,6 +164,11 @@ def read_data(config: TrainConfig, check_val_images: bool = True) -> tuple[Any, 
                 raise ValueError(f"no validation pair in {config.val_data} has a readable image")
         if val_pairs.skipped:
             logger.warning("validation data %s: %s", config.val_data, describe_skips(val_pairs.skipped))
+    if config.tags_column:
+        from retrieval.train.tags import with_tags
+
+        train_pairs, added = with_tags(train_pairs, config.tags_column)
+        logger.info("tags (%s): %d training pairs added, one per distinct tag of an image", config.tags_column, added)
     logger.info(
         "%d training pairs (%d images)%s",
         len(train_pairs),
@@ -324,7 +336,8 @@ def validate(
 
     With ``caches`` (a dict kept between calls) and ``config.cache_locked_features``, the outputs of
     fully locked towers on the validation set are computed at the first call and reused: later
-    validations only run the projection heads on that side.
+    validations only run the projection heads on that side (and a partly trained image tower's
+    suffix on its cached locked prefix).
     """
     from retrieval.evaluate import retrieval_metrics_from_embeddings
     from retrieval.train.frozen import (
@@ -334,12 +347,27 @@ def validate(
         image_tower_is_frozen,
         text_tower_is_frozen,
     )
+    from retrieval.train.prefix import PrefixImageFeatures, tower_split
 
     use_cache = caches is not None and config.cache_locked_features
     batch = config.val_batch_size
     images, captions = pairs.images(), pairs.captions()
+    split = tower_split(model)
     with encoding.inference(model, device):  # eval mode for the cached heads too; restored after
-        if use_cache and image_tower_is_frozen(model):
+        if use_cache and split is not None:
+            key = f"image_prefix_{split}"
+            if key not in caches:
+                caches[key] = PrefixImageFeatures(
+                    model,
+                    images,
+                    split,
+                    device,
+                    batch,
+                    feature_cache=feature_cache(config),
+                    runtime=config.runtime,
+                )
+            image_emb = _project(caches[key], model, images, batch)  # [I, D]
+        elif use_cache and image_tower_is_frozen(model):
             if "image" not in caches:
                 caches["image"] = FrozenImageFeatures(
                     model, images, device, batch, runtime=config.runtime, feature_cache=feature_cache(config)

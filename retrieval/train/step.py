@@ -90,13 +90,17 @@ def global_loss(
     image_ids: list[str],
     ctx: DistContext,
     detach_scale: bool = False,
+    captions: list[str] | None = None,
 ) -> tuple[Tensor | None, int]:
     """The loss over every rank's rows (features gathered with their gradients); ``(None, 0)`` when
-    the global batch is empty. ``detach_scale`` keeps the logit scale/bias out of the gradient."""
+    the global batch is empty. ``detach_scale`` keeps the logit scale/bias out of the gradient.
+    Rows of one image, and rows of one caption text (a tag naming several images), match: the loss
+    never takes them for negatives of each other."""
     ids = image_id_codes(image_ids, ctx.device)  # [b]
     image_all = gather_with_grad(image_emb, ctx)  # [B, D] global batch, rank order
     text_all = gather_with_grad(text_emb, ctx)  # [B, D]
     ids_all = gather_no_grad(ids, ctx)  # [B]
+    texts_all = gather_no_grad(image_id_codes(captions, ctx.device), ctx) if captions is not None else None
     if image_all.shape[0] == 0:
         return None, 0
     scale = model.logit_scale.exp()
@@ -104,7 +108,7 @@ def global_loss(
     if detach_scale:
         scale = scale.detach()
         bias = bias.detach() if bias is not None else None
-    loss = loss_fn(image_all, text_all, scale, bias, image_ids=ids_all)
+    loss = loss_fn(image_all, text_all, scale, bias, image_ids=ids_all, text_ids=texts_all)
     return loss, int(image_all.shape[0])
 
 
@@ -122,7 +126,9 @@ def batch_loss(
     (a :class:`~retrieval.train.frozen.FrozenTextFeatures`) replaces a locked text tower, and
     ``image_cache`` a locked image tower (the batch then carries ``"images"`` refs, not pixels)."""
     image_emb, text_emb = local_features(model, batch, ctx, autocast, text_cache, image_cache)
-    return global_loss(model, loss_fn, image_emb, text_emb, batch["image_ids"], ctx)
+    return global_loss(
+        model, loss_fn, image_emb, text_emb, batch["image_ids"], ctx, captions=batch["captions"]
+    )
 
 
 def _rng_state(device: torch.device) -> tuple[Tensor, Tensor | None]:
@@ -171,13 +177,16 @@ def _accumulate(parts: StepParts, micro: list[dict[str, Any]]) -> tuple[list[Ten
             states.append(_rng_state(ctx.device))
             cached.append(local_features(model, batch, ctx, autocast, *caches))
     image_ids = [i for batch in micro for i in batch["image_ids"]]
+    captions = [c for batch in micro for c in batch["captions"]]
     losses, pairs = [], 0
     for j, batch in enumerate(micro):
         _set_rng_state(states[j], ctx.device)
         fresh = local_features(model, batch, ctx, autocast, *caches)
         image_emb = torch.cat([fresh[0] if k == j else c[0] for k, c in enumerate(cached)])  # [b_total, D]
         text_emb = torch.cat([fresh[1] if k == j else c[1] for k, c in enumerate(cached)])  # [b_total, D]
-        loss, n = global_loss(model, loss_fn, image_emb, text_emb, image_ids, ctx, detach_scale=j > 0)
+        loss, n = global_loss(
+            model, loss_fn, image_emb, text_emb, image_ids, ctx, detach_scale=j > 0, captions=captions
+        )
         if loss is None:
             return [], 0
         _check(loss)

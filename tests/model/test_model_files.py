@@ -88,7 +88,7 @@ def test_locked_package_weights_are_referenced_not_copied(recipe, tmp_path):
 
 
 def test_tensors_training_changed_are_stored(lite, tmp_path):
-    block = lite.image_tower.blocks()[-1]
+    block = lite.image_tower.stages[-1]
     with torch.no_grad():
         for parameter in block.parameters():
             parameter.add_(0.01)  # as if the last block had been unfrozen and trained

@@ -46,7 +46,8 @@ def test_stride_one_conv_keeps_the_size():
 )
 def test_layout_follows_the_scaling_rules(variant, blocks, last):
     tower = EfficientNetLiteImageTower(variant, 64)
-    assert len(tower.blocks()) == blocks  # first and last stage stay at one block in the Lite models
+    assert sum(len(stage) for stage in tower.stages) == blocks  # first and last stage stay at one block
+    assert tower.blocks() == [*tower.stages, tower.head_conv]  # what partial unfreezing counts
     assert tower.parts == (*last, 1280, 1280)
     assert tower.output_dim == sum(tower.parts)
     features = tower(torch.randn(2, 3, 64, 64))

@@ -1,0 +1,248 @@
+"""A partly trained image tower on cached prefix outputs: the locked stages run once per image.
+
+When only the last parts of a pretrained image tower train (partial adaptation: the head conv and
+the last stages of EfficientNet-Lite), everything before them is locked, so its output for an
+image never changes: it is computed once, before training, and every step runs only the trained
+suffix and the heads on it. The locked prefix's output is stored in the shared feature cache
+(:class:`~retrieval.encoding.FeatureCache`) under its own namespace,
+
+    namespace(prefix fingerprint, transform),  prefix fingerprint = the prefix's class, split, weights
+
+(:func:`retrieval.towers.base.prefix_fingerprint`), so a second run on the same images, with
+another seed or another suffix trained, reads it instead of running the prefix again.
+
+Images are not augmented here: augmenting pixels would mean running the locked prefix every
+step. BatchNorm layers of the suffix keep their statistics frozen (ImageNet's, or recomputed on
+the training images once before adaptation: :func:`recompute_batchnorm`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from retrieval import encoding
+from retrieval.data.images import ImageDecodeError, read_ref_bytes
+from retrieval.encoding.feature_cache import content_hash, entry_key, namespace
+from retrieval.towers.base import prefix_fingerprint
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PrefixImageFeatures", "encode_prefix_rows", "recompute_batchnorm", "tower_split"]
+
+PREFIX_BATCH = 32  # images per forward pass of the locked prefix
+
+
+def tower_split(model: Any) -> int | None:
+    """The split point of ``model``'s image tower (its locked prefix before it), or None when the
+    tower does not split, trains whole or does not train at all."""
+    tower = getattr(model, "image_tower", None)
+    if tower is None or getattr(model.config, "shared", False) or not hasattr(tower, "split_point"):
+        return None
+    split = tower.split_point()
+    return split if split else None  # 0: nothing locked before the first trained part
+
+
+class _Prefix(nn.Module):
+    """The locked prefix of an image tower as a module of its own (what ONNX export traces)."""
+
+    def __init__(self, tower: Any, split: int) -> None:
+        super().__init__()
+        self.tower, self.split = tower, split
+
+    def forward(self, pixel_values: Tensor) -> Tensor:  # [B, 3, H, W] -> [B, P]
+        return self.tower.encode_prefix(pixel_values, self.split)
+
+    def image_transform(self, train: bool = False) -> Any:
+        return self.tower.image_transform(train)
+
+    def preprocess_config(self) -> dict[str, Any]:
+        return self.tower.preprocess_config()
+
+
+_RUNNERS: dict[str, Any] = {}  # prefix fingerprint -> ONNX Runtime runner (sessions are reused)
+
+
+def _prefix_runner(model: Any, split: int, fingerprint: str, runtime: str, device: torch.device) -> Any:
+    """The locked prefix on ONNX Runtime (exported once into the cache, keyed by its fingerprint) when
+    ``runtime`` picks it on ``device`` (see :mod:`retrieval.encoding.towers`), else None (torch)."""
+    from retrieval.encoding.towers import ONNX_DIR, TowerRunner, check_runtime
+    from retrieval.export.onnx import (
+        ExportError,
+        export_tower,
+        graph_folder,
+        onnxruntime_available,
+        read_graph,
+    )
+    from retrieval.paths import cache_dir
+
+    if check_runtime(runtime) == "torch" or device.type != "cpu":
+        return None
+    if not onnxruntime_available():
+        if runtime == "onnx":
+            raise ImportError("runtime='onnx' needs onnxruntime and onnx: pip install onnxruntime onnx")
+        return None
+    if fingerprint not in _RUNNERS:
+        folder = graph_folder(cache_dir(ONNX_DIR), "image", fingerprint)
+        graph = read_graph(folder, "image", fingerprint)
+        try:
+            if graph is None:
+                graph = export_tower(_Prefix(model.image_tower, split), "image", folder, fingerprint)
+            _RUNNERS[fingerprint] = TowerRunner(graph, "image", "cpu")
+        except (ExportError, OSError) as exc:
+            logger.warning("the image tower's locked prefix runs on torch (%s)", exc)
+            _RUNNERS[fingerprint] = None
+    return _RUNNERS[fingerprint]
+
+
+def _keys(images: Sequence[str], space: bytes) -> list[bytes | None]:
+    keys: list[bytes | None] = []
+    for ref in images:
+        try:
+            keys.append(entry_key(space, content_hash(read_ref_bytes(ref))))
+        except ImageDecodeError:
+            keys.append(None)  # decoding reports it below
+    return keys
+
+
+def encode_prefix_rows(
+    model: Any,
+    images: Sequence[str],
+    split: int,
+    device: torch.device,
+    batch_size: int = 128,
+    *,
+    feature_cache: Any = None,
+    runtime: str = "torch",
+) -> tuple[Tensor, list[int], dict[str, str]]:
+    """``(rows [n_ok, P] float32 CPU, positions of the readable images, {ref: why} of the others)``:
+    the image tower's locked prefix before ``split`` on every image (eval transform), read from
+    ``feature_cache`` (a :class:`~retrieval.encoding.FeatureCache` or None) when it has them and
+    added to it otherwise. The prefix runs on ``runtime`` (ONNX Runtime under "auto" on the CPU)."""
+    tower = model.image_tower
+    transform = model.image_transform(False)
+    fingerprint = prefix_fingerprint(tower, split)
+    space = namespace(fingerprint, transform.config())
+    keys = _keys(images, space) if feature_cache is not None else [None] * len(images)
+    found = feature_cache.get_many([k for k in keys if k is not None]) if feature_cache is not None else {}
+    todo = [i for i, key in enumerate(keys) if key is None or key not in found]
+    computed: dict[int, np.ndarray] = {}
+    broken: dict[str, str] = {}
+    if todo:
+        runner = _prefix_runner(model, split, fingerprint, runtime, device)
+        refs = [images[i] for i in todo]
+        # small batches: the prefix's activations at full resolution dominate memory (ONNX Runtime keeps
+        # its peak allocation for the session's life)
+        batches = encoding.decoded_batches(refs, transform, min(batch_size, PREFIX_BATCH), skip_broken=True)
+        was_training = tower.training
+        tower.eval()
+        try:
+            for positions, pixels, skipped in batches:
+                for skip in skipped:
+                    broken[refs[skip.position]] = skip.detail
+                if pixels is None:
+                    continue
+                if runner is not None:
+                    rows = runner(pixels).numpy()  # [b, P]
+                else:
+                    with torch.inference_mode():
+                        rows = tower.encode_prefix(pixels.to(device), split).float().cpu().clone().numpy()
+                stored = []
+                for row, position in zip(rows, positions):
+                    computed[todo[position]] = row
+                    key = keys[todo[position]]
+                    if key is not None:
+                        stored.append((key, row))
+                if feature_cache is not None and stored:
+                    feature_cache.put_many(stored)
+        finally:
+            batches.close()
+            tower.train(was_training)
+    kept = [i for i in range(len(images)) if i in computed or (keys[i] is not None and keys[i] in found)]
+    if not kept:
+        return torch.empty(0, 0), [], broken
+    out = np.stack([computed[i] if i in computed else found[keys[i]] for i in kept])  # [n_ok, P]
+    if feature_cache is not None:
+        feature_cache.hits += len(images) - len(todo)
+        feature_cache.misses += len(todo)
+    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)), kept, broken
+
+
+class PrefixImageFeatures:
+    """``image refs -> [B, D]`` unit image embeddings of a partly trained image tower: the cached
+    output of its locked prefix (:func:`encode_prefix_rows`, once per unique image), then the trained
+    suffix and the head (differentiable in both). The interface of
+    :class:`~retrieval.train.frozen.FrozenImageFeatures` (``index``, ``broken``, ``__call__``), so
+    batches, validation and hard-negative mining use it the same way."""
+
+    def __init__(
+        self,
+        model: Any,
+        images: Sequence[str],
+        split: int,
+        device: torch.device,
+        batch_size: int = 128,
+        *,
+        feature_cache: Any = None,
+        runtime: str = "torch",
+    ) -> None:
+        unique = sorted(set(images))
+        self.split = int(split)
+        rows, kept, self.broken = encode_prefix_rows(
+            model, unique, self.split, device, batch_size, feature_cache=feature_cache, runtime=runtime
+        )
+        if not kept:
+            raise ValueError("no training image could be decoded")
+        self.index = {unique[i]: row for row, i in enumerate(kept)}
+        self.features = rows.to(device)  # [U, P]
+        logger.info(
+            "cached the locked prefix of the image tower (before part %d, %d numbers per image) for %d "
+            "unique images (%d unreadable)",
+            self.split,
+            rows.shape[1],
+            len(self.index),
+            len(self.broken),
+        )
+
+    def rows(self, keys: Sequence[str]) -> Tensor:
+        ids = torch.tensor([self.index[k] for k in keys], device=self.features.device)  # [B]
+        return self.features.index_select(0, ids)  # [B, P]
+
+    def tower_features(self, model: Any, keys: Sequence[str]) -> Tensor:
+        """The tower's output ``[B, F]`` (the suffix run on the cached prefix rows)."""
+        return model.image_tower.forward_suffix(self.rows(keys), self.split)  # [B, F]
+
+    def __call__(self, model: Any, keys: Sequence[str]) -> Tensor:
+        return model.project_image(self.tower_features(model, keys))  # [B, D]
+
+
+def recompute_batchnorm(model: Any, cache: PrefixImageFeatures, batch_size: int = 256) -> int:
+    """Replace the running statistics of the BatchNorm layers after the split by those of the
+    training images (AdaBN: Li et al. 2016, "Revisiting Batch Normalization For Practical Domain
+    Adaptation"): one pass of the suffix over the cached prefix rows, no gradient, every image
+    weighted alike. The layers then stay frozen with these statistics. Returns the layers updated."""
+    tower = model.image_tower
+    suffix = [*tower.blocks()[cache.split :], *tower.head()]
+    norms = [m for unit in suffix for m in unit.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return 0
+    saved = [(m.momentum, m.training) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over every batch
+        m.train()
+    keys = sorted(cache.index, key=cache.index.__getitem__)
+    try:
+        with torch.no_grad():
+            for start in range(0, len(keys), batch_size):
+                cache.tower_features(model, keys[start : start + batch_size])
+    finally:
+        for m, (momentum, training) in zip(norms, saved):
+            m.momentum = momentum
+            m.train(training)
+    return len(norms)
