@@ -1,5 +1,6 @@
-"""A training run's folders hold what was trained, not copies of the locked pretrained towers, and
-every file is created with the usual permissions."""
+"""A training run's folders hold what was trained, not copies of the locked pretrained towers (the
+units the adaptation phase unfroze are stored, the rest referenced), and every file is created with
+the usual permissions."""
 
 from __future__ import annotations
 
@@ -23,12 +24,15 @@ def test_a_run_stores_the_heads_and_references_the_locked_tower(config):
     run = result.run_dir
     folders = [run / "best", run / "final", *sorted((run / "checkpoints").glob("step-*/model"))]
     assert len(folders) >= 3
+    assert result.phases[-1]["phase"] == "adapt"  # the default adapts the head conv after the heads
+    pristine = build_model(model, captions=["a red circle"], device="cpu")
     for folder in folders:
         stored = load_file(str(folder / "model.safetensors"))
-        assert stored and not [name for name in stored if name.startswith("image_tower.")], folder
-    pristine = build_model(model, captions=["a red circle"], device="cpu")
-    loaded = TwinEncoder.load(run / "final", device="cpu")
-    for name, tensor in pristine.image_tower.state_dict().items():
-        assert (tensor == loaded.image_tower.state_dict()[name]).all(), name
+        tower = [name for name in stored if name.startswith("image_tower.")]
+        assert stored and all(name.startswith("image_tower.head_conv.") for name in tower), folder
+        loaded = TwinEncoder.load(folder, device="cpu").image_tower.state_dict()
+        for name, tensor in pristine.image_tower.state_dict().items():
+            expected = stored.get(f"image_tower.{name}", tensor)
+            assert (expected == loaded[name]).all(), (folder, name)
     modes = {stat.S_IMODE(p.stat().st_mode) for p in run.rglob("*") if p.is_file()}
     assert modes == {0o644}

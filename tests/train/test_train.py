@@ -300,7 +300,8 @@ def test_validation_reuses_locked_tower_outputs(config, dataset):
 
 def test_the_default_recipe_trains_only_the_heads_on_features_computed_once(config, monkeypatch):
     """TrainConfig()'s model: both pretrained towers locked, each image and caption through its tower
-    once (not per epoch, validation or mining); the image tower's weights never change."""
+    once (not per epoch, validation or mining); the image tower's weights never change in the heads
+    phase (the adaptation phase after it: tests/train/test_adaptation.py)."""
     from retrieval.config import RECIPE_MODEL, TrainConfig
     from retrieval.towers.efficientnet import EfficientNetLiteImageTower
 
@@ -325,6 +326,7 @@ def test_the_default_recipe_trains_only_the_heads_on_features_computed_once(conf
         epochs=3,
         runtime="torch",  # the torch tower itself counts its calls (ONNX Runtime and the cache: tests/encoding)
         feature_cache=False,
+        adapt_image_layers=0,
     )
     start = build_model(run.model, device="cpu")  # the towers' weights before training
     result = train(run)
