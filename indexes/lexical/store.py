@@ -22,6 +22,7 @@ catches up with rows added since it last looked (rows are only ever appended to 
 
 from __future__ import annotations
 
+import abc
 import json
 import secrets
 import sqlite3
@@ -58,22 +59,22 @@ CREATE TABLE postings (
 """
 
 
-class Lexicon:
+class Lexicon(abc.ABC):
     """What BM25 scoring reads from a part's postings (a segment file or the buffer)."""
 
     config: TextIndex
     rows: int
 
+    @abc.abstractmethod
     def postings(self, field: int, term: str) -> tuple[np.ndarray, np.ndarray]:
         """(rows int64 [m] ascending, term frequencies int64 [m]) of ``term`` in field position ``field``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def lengths(self, field: int) -> np.ndarray:
         """int64 [rows]: tokens of each row in field position ``field``."""
-        raise NotImplementedError
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # a part that holds files closes them; the buffer holds none
+        return None
 
 
 # ---------------------------------------------------------------------------------------------- building

@@ -20,6 +20,7 @@ so an interrupted export leaves no half dataset.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import io
 import json
@@ -37,7 +38,7 @@ FORMATS = ("folder", "parquet", "webdataset")
 FIXED = ("file_name", "image", "caption")
 
 
-class DatasetWriter:
+class DatasetWriter(abc.ABC):
     """Base of the three layouts: :meth:`add` records, then :meth:`close` (or :meth:`abort`)."""
 
     def __init__(self, folder: Path, shard_size: int, types: ColumnTypes, caption_list: bool) -> None:
@@ -61,11 +62,13 @@ class DatasetWriter:
         self.count += 1
         self.images += image is not None
 
+    @abc.abstractmethod
     def _add(self, image: bytes | None, ext: str, captions: list[str], metadata: dict[str, Any]) -> None:
-        raise NotImplementedError
+        """Write one record in the writer's format."""
 
     def _finish(self) -> None:
-        """Flush what is buffered (before the folder is swapped into place)."""
+        """Flush what is buffered (before the folder is swapped into place); nothing by default."""
+        return None
 
     def close(self) -> Path:
         """Finish the files and put the folder in place; returns it."""
@@ -81,8 +84,8 @@ class DatasetWriter:
         with contextlib.suppress(RuntimeError):
             self._stage.__exit__(RuntimeError, failure, None)
 
-    def _abort_files(self) -> None:
-        pass
+    def _abort_files(self) -> None:  # close what a writer keeps open; nothing by default
+        return None
 
     def _key(self) -> str:
         return f"{self.count:08d}"
