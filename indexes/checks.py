@@ -25,6 +25,20 @@ def check_int(name: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
+def check_creation(metric: Any, metrics: Any, recall_target: Any, fingerprint: Any) -> None:
+    """The arguments every backend's ``create`` shares: ``ValueError`` naming the one that is wrong."""
+    if metric not in metrics:
+        raise ValueError(f"metric {metric!r} is not supported; expected one of {sorted(metrics)}")
+    if (
+        isinstance(recall_target, bool)
+        or not isinstance(recall_target, (int, float))
+        or not 0 < recall_target <= 1
+    ):
+        raise ValueError(f"recall_target must be a number in (0, 1], received {recall_target!r}")
+    if fingerprint is not None and not isinstance(fingerprint, str):
+        raise ValueError(f"fingerprint must be a string or None, received {type(fingerprint).__name__}")
+
+
 def as_ids(ids: Any) -> np.ndarray:
     """int64 [n] from any 1-D sequence of integers (a scalar becomes [1]); values outside int64 are
     refused by value (never wrapped around)."""

@@ -48,17 +48,8 @@ def new_manifest(
 ) -> tuple[dict[str, Any], Template]:
     """(manifest of an empty collection at version 0, its template); ``ValueError`` naming any bad argument."""
     dim = checks.check_int("dim", dim, 1)
-    if metric not in METRICS:
-        raise ValueError(f"metric {metric!r} is not supported; expected one of {sorted(METRICS)}")
+    checks.check_creation(metric, METRICS, recall_target, fingerprint)
     budget = auto.parse_memory(memory_budget)
-    if (
-        isinstance(recall_target, bool)
-        or not isinstance(recall_target, (int, float))
-        or not 0 < recall_target <= 1
-    ):
-        raise ValueError(f"recall_target must be a number in (0, 1], received {recall_target!r}")
-    if fingerprint is not None and not isinstance(fingerprint, str):
-        raise ValueError(f"fingerprint must be a string or None, received {type(fingerprint).__name__}")
     if model_info is not None:
         try:
             model_info = json.loads(json.dumps(model_info, allow_nan=False))

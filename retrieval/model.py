@@ -34,7 +34,7 @@ from retrieval.pretrained import (
     resolve_model,
 )
 from retrieval.towers import ImageTower, TextTower, build_image_tower, build_text_tower, lock, packaged
-from retrieval.towers.base import state_digest
+from retrieval.towers.base import state_digest, unique_state
 
 logger = logging.getLogger(__name__)
 
@@ -349,7 +349,7 @@ class TwinEncoder(nn.Module):
         references, referenced = ({}, set()) if self_contained else self._package_references()
         state = {
             name: tensor.detach().to("cpu").contiguous()
-            for name, tensor in _unique_state(self).items()
+            for name, tensor in unique_state(self).items()
             if name not in referenced
         }
         with staged_directory(directory) as tmp:
@@ -506,19 +506,6 @@ def build_model(
     text_tower = build_text_tower(config, captions)
     model = TwinEncoder(config, image_tower, text_tower)
     return model.to(pick_device(device))
-
-
-def _unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``state_dict`` with shared tensors kept once (under their first name in sorted order)."""
-    seen: set[tuple[int, int, tuple[int, ...]]] = set()
-    unique: dict[str, torch.Tensor] = {}
-    for name, tensor in sorted(model.state_dict().items()):
-        key = (tensor.data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
-        if tensor.numel() and key in seen:
-            continue
-        seen.add(key)
-        unique[name] = tensor
-    return unique
 
 
 def read_format_info(directory: str | os.PathLike[str]) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from indexes import auto, exact
-from indexes.checks import MAX_ID
+from indexes.checks import MAX_ID, check_creation
 from indexes.fingerprint import check_fingerprint
 from indexes.lexical.config import text_index_of
 from indexes.limits import DEFAULT_LIMITS, Limits, as_limits
@@ -125,17 +125,8 @@ class MilvusCollection(MilvusIndexing, MilvusTuning, MilvusText):
         dim = check_int("dim", dim, 1)
         if dim > 32_768:
             raise ValueError(f"dim must be at most 32768 for Milvus, received {dim}")
-        if metric not in METRICS:
-            raise ValueError(f"metric {metric!r} is not supported; expected one of {sorted(METRICS)}")
+        check_creation(metric, METRICS, recall_target, fingerprint)
         budget = auto.parse_memory(memory_budget)
-        if (
-            isinstance(recall_target, bool)
-            or not isinstance(recall_target, (int, float))
-            or not 0 < recall_target <= 1
-        ):
-            raise ValueError(f"recall_target must be a number in (0, 1], received {recall_target!r}")
-        if fingerprint is not None and not isinstance(fingerprint, str):
-            raise ValueError(f"fingerprint must be a string or None, received {type(fingerprint).__name__}")
         model_info = json_dict("model_info", model_info)
         requested = index.strip() if isinstance(index, str) else index
         client = Client(loc)
