@@ -17,10 +17,13 @@ key needed) refuse everyone else. Here:
   are answered at once, counted once their headers are in and their API key checked, so sockets
   still sending headers take no place there; more get ``503`` with ``Retry-After``.
 
-After an answer sent before the request body was read (a ``401``, a ``413``), the connection
-stops: the server half-closes it, discards what the client still sends for :data:`LINGER_SECONDS`
-(closing at once could reset the connection before the client has read the answer) and closes it,
-instead of reading the rest of the body.
+After an answer started before the whole request body was in (a ``401`` or ``413`` from a check
+of the headers, a ``403`` from the browser guard, a ``404`` from a handler that had no use for
+the body), the connection stops, and the answer says so (``Connection: close``, added here
+whatever answered): a client that kept the connection would send its next request into a socket
+nobody reads. The server half-closes the connection, discards what the client still sends for
+:data:`LINGER_SECONDS` (closing at once could reset the connection before the client has read the
+answer) and closes it, instead of reading the rest of the body.
 """
 
 from __future__ import annotations
@@ -65,6 +68,11 @@ class GuardedH11Protocol(H11Protocol):
         self._phase: str | None = None
         self._address: str | None = None
         self._lingering = False
+        self._ends_early = False
+        # uvicorn closes the transport it gave the request cycle once an answer says "close":
+        # that close lingers after an early answer (module docstring)
+        self.transport = _LingeringClose(transport, self)
+        self.app = self._announcing_close(self.app)
         address = self.client[0] if self.client else None
         if len(self.connections) > self.max_open:
             self._refuse("the server has too many open connections; try again in a moment")
@@ -96,25 +104,40 @@ class GuardedH11Protocol(H11Protocol):
         self._track()
 
     def on_response_complete(self) -> None:
-        if not self.transport.is_closing() and self.conn.their_state is h11.SEND_BODY:
-            # answered before the body was read (401, 413): do not read the rest of it
+        if self._lingering:  # the answer ended the connection before its body was read
             self.server_state.total_requests += 1
-            self._linger()
             return
         super().on_response_complete()
         self._track()
 
+    def _announcing_close(self, app: Any) -> Any:
+        """``app`` whose answers say ``Connection: close`` when they start before the body is in."""
+
+        async def announcing(scope: Any, receive: Any, send: Any) -> None:
+            async def send_announcing(message: Any) -> None:
+                if message["type"] == "http.response.start" and self.conn.their_state is h11.SEND_BODY:
+                    self._ends_early = True
+                    headers = list(message.get("headers", ()))
+                    if not any(name.lower() == b"connection" for name, _ in headers):
+                        message = {**message, "headers": [*headers, (b"connection", b"close")]}
+                await send(message)
+
+            await app(scope, receive, send_announcing)
+
+        return announcing
+
     def _linger(self) -> None:
         self._arm(None)
         self._lingering = True
+        transport = self.transport.wrapped
         try:
-            if self.transport.can_write_eof():
-                self.transport.write_eof()  # the client sees the end of the answer
+            if transport.can_write_eof():
+                transport.write_eof()  # the client sees the end of the answer
         except (OSError, RuntimeError):
-            self.transport.close()
+            transport.close()
             return
         self.flow.resume_reading()
-        self._deadline = self.loop.call_later(LINGER_SECONDS, self.transport.close)
+        self._deadline = self.loop.call_later(LINGER_SECONDS, transport.close)
 
     # -- deadlines ---------------------------------------------------------------------------
 
@@ -158,6 +181,24 @@ class GuardedH11Protocol(H11Protocol):
     def _refuse(self, detail: str) -> None:
         self.transport.write(_raw_response(503, "Service Unavailable", "busy", detail))
         self.transport.close()
+
+
+class _LingeringClose:
+    """The connection's transport, whose ``close`` lingers after an early answer (module docstring)."""
+
+    def __init__(self, transport: Any, protocol: GuardedH11Protocol) -> None:
+        self.wrapped = transport
+        self._protocol = protocol
+
+    def close(self) -> None:
+        protocol = self._protocol
+        if protocol._ends_early and not protocol._lingering and not self.wrapped.is_closing():
+            protocol._linger()
+        else:
+            self.wrapped.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wrapped, name)
 
 
 def guarded_protocol(

@@ -275,6 +275,64 @@ def test_early_answers_reach_clients_that_sent_a_body(config, serving):
         assert client.get("healthz").status_code == 200
 
 
+@pytest.mark.parametrize("case", ["wrong key", "too large"])
+def test_early_answers_say_the_connection_closes(config, serving, case):
+    """An answer sent before the body was read ends its connection, so it must say so
+    (``Connection: close``): a client that reuses the connection would otherwise send its next
+    request into a socket the server is closing and get no answer at all."""
+    body = b'{"text": "' + b"a" * (200_000 if case == "wrong key" else 100_000) + b'"}'
+    path = b"/knn-service" if case == "wrong key" else b"/collections/shapes/search/text"
+    key = b"no" if case == "wrong key" else b"s3cret"
+    with serving(config.replace(api_key="s3cret"), KeywordEncoder()) as base, _connect(base) as sock:
+        sock.sendall(
+            b"POST "
+            + path
+            + b" HTTP/1.1\r\nHost: localhost\r\nX-API-Key: "
+            + key
+            + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
+        sock.sendall(body[:1000])
+        data, closed = _read_all(sock, 5.0)
+        head = data.split(b"\r\n\r\n", 1)[0].lower()
+        assert head.startswith(b"http/1.1 401" if case == "wrong key" else b"http/1.1 413"), data
+        assert b"\r\nconnection: close" in head, head
+        assert closed
+
+
+@pytest.mark.parametrize(
+    "path, headers",
+    [
+        # 403 from the browser guard
+        (
+            "/collections/shapes/search/text",
+            b"Origin: http://evil.example\r\nContent-Type: application/json\r\n",
+        ),
+        # a refusal of an upload where none is taken
+        ("/upload", b"Content-Type: multipart/form-data; boundary=x\r\n"),
+    ],
+)
+def test_any_answer_before_the_body_arrived_ends_the_connection_and_says_so(config, serving, path, headers):
+    """Whatever answers before the whole body is in (a middleware, a handler, an error), the answer
+    carries ``Connection: close``, and the rest of the body is not taken for a next request. Without
+    it, a client whose body arrived a moment after the answer reused the connection and got nothing."""
+    with serving(config, KeywordEncoder()) as base, _connect(base) as sock:
+        body = b'{"text": "red"}'
+        sock.sendall(
+            b"POST "
+            + path.encode()
+            + b" HTTP/1.1\r\nHost: localhost\r\n"
+            + headers
+            + b"Content-Length: %d\r\n\r\n" % len(body)
+        )
+        answer, _ = _read_all(sock, 1.0)  # the body is still to come
+        head = answer.split(b"\r\n\r\n", 1)[0].lower()
+        assert head.startswith(b"http/1.1 4"), answer
+        assert b"\r\nconnection: close" in head, head
+        sock.sendall(body + b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        rest, closed = _read_all(sock, 5.0)
+        assert closed and b"HTTP/1.1" not in rest, rest  # the next request went nowhere, as announced
+
+
 def test_requests_in_progress_are_bounded(config):
     """Past max_connections requests being answered, more get 503 with Retry-After (sockets still
     sending headers do not count: see the flood test)."""
