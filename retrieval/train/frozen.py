@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from retrieval import encoding
-from retrieval.train.prefix import PrefixImageFeatures, tower_split
+from retrieval.train.prefix import PrefixImageFeatures, features_through_prefix, planned_split, tower_split
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,9 @@ class FrozenImageFeatures(_Cache):
     The tower runs on ``runtime``, once per unique image; with ``feature_cache`` (a
     :class:`~retrieval.encoding.FeatureCache`, True for the default one) the features are read from
     and added to the shared cache, so a rerun, ``embed`` and ``eval`` of the same images skip the
-    tower."""
+    tower. With ``split`` (:func:`~retrieval.train.prefix.planned_split`: the run adapts the tower
+    later) the tower runs as its locked prefix, whose output the cache keeps for the adaptation
+    phase, then its suffix (:func:`~retrieval.train.prefix.features_through_prefix`)."""
 
     def __init__(
         self,
@@ -98,27 +100,35 @@ class FrozenImageFeatures(_Cache):
         *,
         runtime: str = "torch",
         feature_cache: Any = None,
+        split: int | None = None,
     ) -> None:
         unique = sorted(set(images))
-        encoded = encoding.encode_image_features(
-            model,
-            unique,
-            batch_size=batch_size,
-            device=device,
-            skip_broken=True,
-            runtime=runtime,
-            feature_cache=feature_cache,
-        )
-        self.broken: dict[str, str] = {s.item: s.detail for s in encoded.skipped}
+        if split is not None and isinstance(feature_cache, encoding.FeatureCache):
+            features, positions, self.broken = features_through_prefix(
+                model, unique, split, device, batch_size, feature_cache=feature_cache, runtime=runtime
+            )
+        else:
+            encoded = encoding.encode_image_features(
+                model,
+                unique,
+                batch_size=batch_size,
+                device=device,
+                skip_broken=True,
+                runtime=runtime,
+                feature_cache=feature_cache,
+            )
+            self.broken = {s.item: s.detail for s in encoded.skipped}
+            features, positions = encoded.vectors, encoded.positions
         # row of each readable image in the features, in decoding order
-        self.index = {unique[i]: row for row, i in enumerate(encoded.positions)}
+        self.index = {unique[i]: row for row, i in enumerate(positions)}
         if not self.index:
             raise ValueError("no training image could be decoded")
-        self.features = encoded.vectors.to(device)  # [U, F]
+        self.features = features.to(device)  # [U, F]
         logger.info(
-            "cached the locked image tower's output for %d unique images (%d unreadable)",
+            "cached the locked image tower's output for %d unique images (%d unreadable)%s",
             len(self.index),
             len(self.broken),
+            f", through its prefix before part {split}" if split is not None else "",
         )
 
     def __call__(self, model: Any, images: Sequence[str]) -> Tensor:
@@ -222,13 +232,15 @@ def training_data(
             )
         return SeededItems(PairRefs(pairs.pairs, image_cache.broken)), collate_refs, text_cache, image_cache
     if config.cache_locked_features and not augment and image_tower_is_frozen(model):
+        images = pairs.images()
         image_cache = FrozenImageFeatures(
             model,
-            pairs.images(),
+            images,
             device,
             config.val_batch_size,
             runtime=config.runtime,
             feature_cache=feature_cache(config),
+            split=planned_split(config, model, len(set(images))),
         )
         return SeededItems(PairRefs(pairs.pairs, image_cache.broken)), collate_refs, text_cache, image_cache
     dataset = PairDataset(pairs.pairs, model.image_transform(train=augment))

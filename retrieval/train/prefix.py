@@ -33,9 +33,18 @@ from retrieval.towers.base import prefix_fingerprint
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PrefixImageFeatures", "encode_prefix_rows", "recompute_batchnorm", "tower_split"]
+__all__ = [
+    "PrefixImageFeatures",
+    "encode_prefix_rows",
+    "features_through_prefix",
+    "planned_split",
+    "recompute_batchnorm",
+    "tower_split",
+]
 
 PREFIX_BATCH = 32  # images per forward pass of the locked prefix
+THROUGH_PREFIX_CHUNK = 512  # images whose prefix rows are held at once by features_through_prefix
+PREFIX_SHARE_OF_CACHE = 0.5  # the heads phase stores prefix rows only when they fill at most this share
 
 
 def tower_split(model: Any) -> int | None:
@@ -46,6 +55,103 @@ def tower_split(model: Any) -> int | None:
         return None
     split = tower.split_point()
     return split if split else None  # 0: nothing locked before the first trained part
+
+
+def planned_split(config: Any, model: Any, n_images: int) -> int | None:
+    """The split the adaptation phase of this run will cache the locked prefix at, when the heads
+    phase should compute the locked image tower's features through that prefix (then the prefix's
+    output is in the feature cache when adaptation starts, and the tower ran once, not twice); else
+    None. It applies when the run adapts (``adapt_image_layers``), uses the feature cache, the image
+    tower is locked and splits, and the prefix rows of ``n_images`` images fill at most
+    :data:`PREFIX_SHARE_OF_CACHE` of the cache (larger sets would evict them before adaptation)."""
+    from retrieval.encoding.feature_cache import default_max_bytes
+    from retrieval.towers.base import ImageTower
+
+    layers = int(getattr(config, "adapt_image_layers", 0) or 0)
+    tower = getattr(model, "image_tower", None)
+    if layers <= 0 or not getattr(config, "feature_cache", False):
+        return None
+    if tower is None or getattr(model.config, "shared", False):
+        return None
+    if any(p.requires_grad for p in tower.parameters()):
+        return None
+    if type(tower).encode_prefix is ImageTower.encode_prefix or not hasattr(tower, "blocks"):
+        return None
+    split = len(tower.blocks()) - layers  # lock() unfreezes the last `layers` blocks: the first that trains
+    if split < 1:
+        return None
+    size = int(getattr(tower, "image_size", 0) or 0)
+    if size <= 0:
+        return None
+    try:
+        with torch.inference_mode():
+            was_training = tower.training
+            tower.eval()
+            width = tower.encode_prefix(torch.zeros(1, 3, size, size), split).shape[1]
+            tower.train(was_training)
+    except (NotImplementedError, RuntimeError, ValueError):
+        return None
+    if n_images * width * 4 > PREFIX_SHARE_OF_CACHE * default_max_bytes():
+        return None
+    return split
+
+
+def features_through_prefix(
+    model: Any,
+    images: Sequence[str],
+    split: int,
+    device: torch.device,
+    batch_size: int = 128,
+    *,
+    feature_cache: Any,
+    runtime: str = "torch",
+) -> tuple[Tensor, list[int], dict[str, str]]:
+    """``(features [n_ok, F] float32 CPU, positions of the readable images, {ref: why} of the others)``:
+    the locked image tower's output, as :func:`retrieval.encoding.encode_image_features` gives it, computed
+    as its locked prefix (:func:`encode_prefix_rows`, whose rows go to ``feature_cache`` for the
+    adaptation phase) followed by the suffix on torch; the features go to the cache under the whole
+    tower's name too, so ``embed`` and ``eval`` of the same images read them. Images already there are
+    read, not computed. Prefix rows are held :data:`THROUGH_PREFIX_CHUNK` images at a time."""
+    from retrieval.encoding.towers import fingerprint
+
+    tower = model.image_tower
+    transform = model.image_transform(False)
+    space = namespace(fingerprint(model, "image"), transform.config())
+    keys = _keys(images, space)
+    found = feature_cache.get_many([k for k in keys if k is not None])
+    todo = [i for i, key in enumerate(keys) if key is None or key not in found]
+    computed: dict[int, np.ndarray] = {}
+    broken: dict[str, str] = {}
+    was_training = tower.training
+    tower.eval()
+    try:
+        for start in range(0, len(todo), THROUGH_PREFIX_CHUNK):
+            chunk = todo[start : start + THROUGH_PREFIX_CHUNK]
+            refs = [images[i] for i in chunk]
+            rows, kept, missing = encode_prefix_rows(
+                model, refs, split, device, batch_size, feature_cache=feature_cache, runtime=runtime
+            )
+            broken.update(missing)
+            stored = []
+            with torch.inference_mode():
+                for first in range(0, len(kept), batch_size):
+                    part = rows[first : first + batch_size].to(device)  # [b, P]
+                    features = tower.forward_suffix(part, split).float().cpu().numpy()  # [b, F]
+                    for row, at in zip(features, kept[first : first + batch_size]):
+                        position = chunk[at]
+                        computed[position] = row.copy()
+                        if keys[position] is not None:
+                            stored.append((keys[position], computed[position]))
+            feature_cache.put_many(stored)
+    finally:
+        tower.train(was_training)
+    kept_all = [i for i in range(len(images)) if i in computed or (keys[i] is not None and keys[i] in found)]
+    feature_cache.hits += len(images) - len(todo)
+    feature_cache.misses += len(todo)
+    if not kept_all:
+        return torch.empty(0, int(getattr(tower, "output_dim", 0))), [], broken
+    out = np.stack([computed[i] if i in computed else found[keys[i]] for i in kept_all])  # [n_ok, F]
+    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)), kept_all, broken
 
 
 class _Prefix(nn.Module):

@@ -168,7 +168,9 @@ def read_data(config: TrainConfig, check_val_images: bool = True) -> tuple[Any, 
         from retrieval.train.tags import with_tags
 
         train_pairs, added = with_tags(train_pairs, config.tags_column)
-        logger.info("tags (%s): %d training pairs added, one per distinct tag of an image", config.tags_column, added)
+        logger.info(
+            "tags (%s): %d training pairs added, one per distinct tag of an image", config.tags_column, added
+        )
     logger.info(
         "%d training pairs (%d images)%s",
         len(train_pairs),
@@ -347,7 +349,7 @@ def validate(
         image_tower_is_frozen,
         text_tower_is_frozen,
     )
-    from retrieval.train.prefix import PrefixImageFeatures, tower_split
+    from retrieval.train.prefix import PrefixImageFeatures, planned_split, tower_split
 
     use_cache = caches is not None and config.cache_locked_features
     batch = config.val_batch_size
@@ -370,7 +372,13 @@ def validate(
         elif use_cache and image_tower_is_frozen(model):
             if "image" not in caches:
                 caches["image"] = FrozenImageFeatures(
-                    model, images, device, batch, runtime=config.runtime, feature_cache=feature_cache(config)
+                    model,
+                    images,
+                    device,
+                    batch,
+                    runtime=config.runtime,
+                    feature_cache=feature_cache(config),
+                    split=planned_split(config, model, len(set(images))),
                 )
             image_emb = _project(caches["image"], model, images, batch)  # [I, D]
         else:

@@ -4,6 +4,7 @@ heads first and the adapted model kept only when validation says so."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +18,13 @@ from retrieval.towers.efficientnet import EfficientNetLiteImageTower
 from retrieval.train import train
 from retrieval.train.adaptation import ADAPT_DIR, RECORD_FILE
 from retrieval.train.optim import build_optimizer, set_lr
-from retrieval.train.prefix import PrefixImageFeatures, encode_prefix_rows, recompute_batchnorm, tower_split
+from retrieval.train.prefix import (
+    PrefixImageFeatures,
+    encode_prefix_rows,
+    features_through_prefix,
+    recompute_batchnorm,
+    tower_split,
+)
 
 LITE = ModelConfig(
     image_tower="efficientnet-lite0:32",
@@ -149,6 +156,58 @@ def test_cached_prefix_gives_the_models_own_vectors(lite_model, dataset):
         got = cache(model, images)  # [N, D]
     want = model.encode_images(images)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_features_through_the_prefix_are_the_towers_and_fill_both_caches(lite_model, dataset, tmp_path):
+    from retrieval import encoding
+    from retrieval.data import read_pairs
+
+    model = lite_model.eval()
+    images = read_pairs(str(dataset["train"])).images()
+    unique = sorted(set(images))
+    cache = FeatureCache(tmp_path / "features")
+    features, kept, broken = features_through_prefix(
+        model, unique, 7, torch.device("cpu"), 5, feature_cache=cache
+    )
+    assert kept == list(range(len(unique))) and not broken
+    want = encoding.encode_image_features(model, unique, batch_size=5, runtime="torch").vectors
+    torch.testing.assert_close(features, want, rtol=1e-4, atol=1e-5)
+    # embed / eval of the same images read the whole tower's features from the cache
+    again = FeatureCache(tmp_path / "features")
+    read = encoding.encode_image_features(model, unique, batch_size=5, runtime="torch", feature_cache=again)
+    assert again.hits == len(unique) and again.misses == 0
+    torch.testing.assert_close(read.vectors, features)
+    # and the adaptation phase reads the prefix rows
+    rows, _, _ = encode_prefix_rows(model, unique, 7, torch.device("cpu"), 5, feature_cache=again)
+    assert again.misses == 0 and rows.shape[0] == len(unique)
+
+
+def test_a_run_that_adapts_runs_the_locked_tower_once_per_image(run_config, monkeypatch, tmp_path):
+    """The heads' features come from the prefix the adaptation phase needs: every training and
+    validation image goes through the tower's locked part once in the whole run."""
+    from retrieval.data import read_pairs
+
+    monkeypatch.setenv("RETRIEVAL_CACHE", str(tmp_path / "cache"))
+    prefix_rows, whole = [0], [0]
+    encode_prefix, forward = EfficientNetLiteImageTower.encode_prefix, EfficientNetLiteImageTower.forward
+
+    def counting_prefix(self, pixel_values, split):
+        if pixel_values.abs().sum() > 0:  # not the all-zero probe of the prefix's width
+            prefix_rows[0] += pixel_values.shape[0]
+        return encode_prefix(self, pixel_values, split)
+
+    def counting_forward(self, pixel_values):
+        whole[0] += pixel_values.shape[0]
+        return forward(self, pixel_values)
+
+    monkeypatch.setattr(EfficientNetLiteImageTower, "encode_prefix", counting_prefix)
+    monkeypatch.setattr(EfficientNetLiteImageTower, "forward", counting_forward)
+    config = run_config.replace(feature_cache=True, adapt_image_layers=1, adapt_epochs=1, epochs=1)
+    result = train(config)
+    assert [p["phase"] for p in result.phases] == ["heads", "adapt"]
+    images = {*read_pairs(config.train_data).images(), *read_pairs(config.val_data).images()}
+    contents = {Path(image).read_bytes() for image in images}  # the cache knows an image by its bytes
+    assert prefix_rows[0] == len(contents) and whole[0] == 0
 
 
 def test_recomputed_batchnorm_holds_the_training_images_statistics(dataset):
