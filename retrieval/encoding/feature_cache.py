@@ -11,6 +11,11 @@ fingerprint) or another preprocessing (size, mean, std, resampling) can never re
 the same bytes under two paths share one entry. Only images given by reference (paths,
 ``tar://`` members) are cached; in-memory PIL images are encoded every time.
 
+Training that adapts the last parts of a pretrained tower also stores the rows of its locked
+prefix (:mod:`retrieval.train.prefix`, under the prefix's own fingerprint); encoding with the
+adapted model reads them (never adds them: a prefix row is several times a feature's size), so
+the images training saw run only the trained suffix.
+
 Storage is one SQLite database (``features.sqlite3`` in ``$RETRIEVAL_CACHE/features``, WAL
 journal): several processes may read and write it at once (SQLite's own locking; writers wait up
 to :data:`BUSY_TIMEOUT` seconds), and a crash mid-write leaves the last committed state. Its size is

@@ -32,6 +32,7 @@ from retrieval.encoding.batches import (
 )
 from retrieval.encoding.feature_cache import FeatureCache, content_hash, entry_key, namespace
 from retrieval.encoding.runtime import inference, prefetch
+from retrieval.towers.base import ImageTower, prefix_fingerprint
 
 MAX_DECODE_THREADS = 8  # threads decoding one batch's images
 CORES_PER_DECODE_THREAD = 4  # one decoding thread per this many cores (see decode_threads)
@@ -59,6 +60,9 @@ class _Lookup:
 
     cache: FeatureCache
     space: bytes  # retrieval.encoding.feature_cache.namespace(tower fingerprint, transform)
+    # a partly trained tower (adapted by training): where training left its locked prefix's rows
+    prefix_space: bytes | None = None  # namespace(prefix fingerprint, transform)
+    split: int | None = None
 
 
 @dataclasses.dataclass
@@ -71,6 +75,8 @@ class _Prepared:
     cached: dict[int, np.ndarray]  # row -> cached features [F]
     keys: list[bytes | None]  # cache key of each pixels row (None: not cacheable)
     skipped: list[Skipped]
+    prefix_rows: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)  # row -> cached prefix [P]
+    prefix_keys: dict[int, bytes] = dataclasses.field(default_factory=dict)  # row -> features key
 
 
 def _decode(
@@ -112,7 +118,9 @@ def _prepare(
     datas: list[bytes | None] = [None] * len(chunk)
     keys: list[bytes | None] = [None] * len(chunk)
     found: dict[bytes, np.ndarray] = {}
+    prefixes: dict[int, np.ndarray] = {}  # j -> the locked prefix's cached row
     if lookup is not None:
+        digests: dict[int, bytes] = {}
         for j, item in enumerate(chunk):
             if isinstance(item, Image.Image):
                 continue
@@ -120,10 +128,17 @@ def _prepare(
                 datas[j] = read_ref_bytes(item)
             except ImageDecodeError:
                 continue  # decoding reports it below
-            keys[j] = entry_key(lookup.space, content_hash(datas[j]))  # type: ignore[arg-type]
+            digests[j] = content_hash(datas[j])  # type: ignore[arg-type]
+            keys[j] = entry_key(lookup.space, digests[j])
         found = lookup.cache.get_many([k for k in keys if k is not None])
+        if lookup.prefix_space is not None:  # only read: training writes prefix rows, encoding never does
+            wanted = {
+                j: entry_key(lookup.prefix_space, d) for j, d in digests.items() if keys[j] not in found
+            }
+            rows = lookup.cache.get_many(list(wanted.values())) if wanted else {}
+            prefixes = {j: rows[key] for j, key in wanted.items() if key in rows}
 
-    todo = [j for j in range(len(chunk)) if keys[j] is None or keys[j] not in found]
+    todo = [j for j in range(len(chunk)) if (keys[j] is None or keys[j] not in found) and j not in prefixes]
 
     def decode(j: int) -> tuple[torch.Tensor | None, Skipped | None]:
         return _decode(start + j, chunk[j], transform, catch, datas[j])
@@ -136,9 +151,14 @@ def _prepare(
     pixel_rows: list[int] = []
     pixel_keys: list[bytes | None] = []
     cached: dict[int, np.ndarray] = {}
+    prefix_rows: dict[int, np.ndarray] = {}
+    prefix_keys: dict[int, bytes] = {}
     skipped: list[Skipped] = []
     for j in range(len(chunk)):
-        if j in decoded:
+        if j in prefixes:
+            prefix_rows[len(positions)] = prefixes[j]
+            prefix_keys[len(positions)] = keys[j]  # type: ignore[assignment]
+        elif j in decoded:
             tensor, skip = decoded[j]
             if skip is not None:
                 skipped.append(skip)
@@ -150,7 +170,7 @@ def _prepare(
             cached[len(positions)] = found[keys[j]]  # type: ignore[index]
         positions.append(start + j)
     stacked = torch.stack(pixels) if pixels else None  # [m, 3, H, W]
-    return _Prepared(positions, stacked, pixel_rows, cached, pixel_keys, skipped)
+    return _Prepared(positions, stacked, pixel_rows, cached, pixel_keys, skipped, prefix_rows, prefix_keys)
 
 
 def _as_is(batch: _Prepared) -> _Prepared:
@@ -261,11 +281,31 @@ def decoded_batches(
 
 
 def _lookup(model: Any, transform: Any, feature_cache: FeatureCache | bool | None) -> _Lookup | None:
-    if feature_cache is None or feature_cache is False or towers.tower_of(model, "image") is None:
+    """Cache access for ``model``'s image tower; for a tower whose last parts were trained on its
+    locked prefix's cached rows (partial adaptation), also where those rows are, so images that
+    training saw run only the trained suffix."""
+    tower = towers.tower_of(model, "image")
+    if feature_cache is None or feature_cache is False or tower is None:
         return None
     cache = FeatureCache() if feature_cache is True else feature_cache
     config = transform.config() if hasattr(transform, "config") else repr(transform)
-    return _Lookup(cache, namespace(towers.fingerprint(model, "image"), config))
+    space = namespace(towers.fingerprint(model, "image"), config)
+    split = _trained_split(model, tower)
+    if split is None:
+        return _Lookup(cache, space)
+    return _Lookup(cache, space, namespace(prefix_fingerprint(tower, split), config), split)
+
+
+def _trained_split(model: Any, tower: Any) -> int | None:
+    """Where a partly trained image tower splits into its locked prefix and trained suffix (None: it
+    does not split, trains whole or not at all)."""
+    if getattr(model.config, "shared", False) or type(tower).encode_prefix is ImageTower.encode_prefix:
+        return None
+    try:
+        split = tower.split_point()
+    except NotImplementedError:
+        return None
+    return split if split else None
 
 
 def image_feature_batches(
@@ -327,15 +367,31 @@ def _features(
             rows = [(key, computed[i].numpy()) for i, key in enumerate(batch.keys) if key is not None]
             lookup.cache.misses += len(rows)
             lookup.cache.put_many(rows)
+    suffixed = None
+    if batch.prefix_rows:  # the trained suffix on the locked prefix's cached rows (torch)
+        assert lookup is not None and lookup.split is not None
+        order = sorted(batch.prefix_rows)
+        prefix = torch.from_numpy(
+            np.stack([batch.prefix_rows[r] for r in order]).astype(np.float32)
+        )  # [m, P]
+        with torch.inference_mode():
+            suffixed = tower.forward_suffix(prefix.to(target), lookup.split).float().cpu()  # [m, F]
+        suffixed = suffixed.clone()
+        lookup.cache.hits += len(order)
+        lookup.cache.put_many([(batch.prefix_keys[r], suffixed[i].numpy()) for i, r in enumerate(order)])
     if lookup is not None:
         lookup.cache.hits += len(batch.cached)
     if computed is not None:
         dim = computed.shape[1]
+    elif suffixed is not None:
+        dim = suffixed.shape[1]
     else:
         dim = next(iter(batch.cached.values())).shape[0] if batch.cached else 0
     out = torch.empty((len(batch.positions), dim), dtype=torch.float32)  # [b, F]
     if computed is not None:
         out[batch.pixel_rows] = computed
+    if suffixed is not None:
+        out[sorted(batch.prefix_rows)] = suffixed
     for row, features in batch.cached.items():
         out[row] = torch.from_numpy(np.array(features, dtype=np.float32))
     return out

@@ -40,6 +40,23 @@ def test_stride_one_conv_keeps_the_size():
     assert conv(torch.randn(2, 4, 9, 9)).shape == (2, 4, 9, 9)
 
 
+def test_a_trained_pointwise_conv_is_the_convolution_as_a_matrix_product():
+    torch.manual_seed(0)
+    conv = SameConv2d(6, 5, 1).to(memory_format=torch.channels_last)
+    x = torch.randn(3, 6, 4, 4).contiguous(memory_format=torch.channels_last)
+    y = conv(x)  # the weight trains and gradients are on: the matrix product
+    y.square().sum().backward()
+    got = conv.weight.grad.clone()
+    conv.weight.grad = None
+    want = F.conv2d(x, conv.weight)
+    want.square().sum().backward()
+    torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, conv.weight.grad, rtol=1e-4, atol=1e-4)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():  # inference (and ONNX export) keeps the convolution
+        torch.testing.assert_close(conv(x), want.detach(), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("variant", "blocks", "last"),
     [("lite0", 16, (112, 192, 320)), ("lite1", 21, (112, 192, 320)), ("lite2", 21, (120, 208, 352))],

@@ -210,6 +210,37 @@ def test_a_run_that_adapts_runs_the_locked_tower_once_per_image(run_config, monk
     assert prefix_rows[0] == len(contents) and whole[0] == 0
 
 
+def test_an_adapted_model_encodes_training_images_from_their_cached_prefix(run_config, monkeypatch, tmp_path):
+    """embed / eval of the adapted model run only its trained suffix on images training saw: their
+    locked prefix's rows are in the feature cache; other images run the whole tower."""
+    from retrieval import encoding
+    from retrieval.data import read_pairs
+
+    monkeypatch.setenv("RETRIEVAL_CACHE", str(tmp_path / "cache"))
+    _fake_validation(monkeypatch, [0.2, 0.3])  # the adapted model is kept
+    config = run_config.replace(feature_cache=True, adapt_image_layers=1, adapt_epochs=1, epochs=1)
+    result = train(config)
+    assert result.phases[-1]["kept"]
+    model = TwinEncoder.load(result.model_dir, device="cpu")
+    assert tower_split(model) == 7
+    seen = sorted(set(read_pairs(config.train_data).images()))
+    unseen = sorted(set(read_pairs(config.val_data).images()))  # the fake validation never encoded them
+    want = encoding.encode_images(model, seen + unseen, runtime="torch").vectors  # no cache: the whole tower
+    whole = [0]
+    forward = EfficientNetLiteImageTower.forward
+
+    def counting_forward(self, pixel_values):
+        whole[0] += pixel_values.shape[0]
+        return forward(self, pixel_values)
+
+    monkeypatch.setattr(EfficientNetLiteImageTower, "forward", counting_forward)
+    cache = FeatureCache()
+    got = encoding.encode_images(model, seen + unseen, batch_size=7, runtime="torch", feature_cache=cache)
+    torch.testing.assert_close(got.vectors, want, rtol=1e-4, atol=1e-5)
+    contents = {Path(image).read_bytes() for image in unseen} - {Path(image).read_bytes() for image in seen}
+    assert whole[0] == len(contents)  # only images training never saw ran the whole tower
+
+
 def test_recomputed_batchnorm_holds_the_training_images_statistics(dataset):
     from retrieval.data import read_pairs
 
