@@ -54,6 +54,7 @@ def local_ray():
         ray.shutdown()
 
 
+@pytest.mark.slow  # starts a Ray cluster: tens of seconds
 def test_ray_engine_equals_local_engine(local_ray, corpus, config, tmp_path):
     rows = corpus.read_text().splitlines()
     broken = rows[2].split('"image": "')[1].split('"')[0]

@@ -150,6 +150,7 @@ def test_bad_shards_are_clear_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # starts a Ray cluster: tens of seconds
 def test_ray_build_equals_local_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ray = pytest.importorskip("ray")
     monkeypatch.setattr(Collection, "_segment_max_rows", lambda self: 700)

@@ -18,7 +18,9 @@ def test_a_run_stores_the_heads_and_references_the_locked_tower(config):
     model = RECIPE_MODEL.replace(image_tower="efficientnet-lite0:64", text_tower="gru", vocab_size=120)
     previous = os.umask(0o022)
     try:
-        result = train(config.replace(model=model, epochs=1, checkpoint_every=2, keep_checkpoints=2))
+        result = train(
+            config.replace(model=model, epochs=1, adapt_epochs=1, checkpoint_every=2, keep_checkpoints=2)
+        )
     finally:
         os.umask(previous)
     run = result.run_dir
