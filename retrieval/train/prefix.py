@@ -83,14 +83,15 @@ def planned_split(config: Any, model: Any, n_images: int) -> int | None:
     size = int(getattr(tower, "image_size", 0) or 0)
     if size <= 0:
         return None
+    was_training = tower.training
+    tower.eval()
     try:
-        with torch.inference_mode():
-            was_training = tower.training
-            tower.eval()
+        with torch.inference_mode():  # the width of a prefix row, from one blank image
             width = tower.encode_prefix(torch.zeros(1, 3, size, size), split).shape[1]
-            tower.train(was_training)
-    except (NotImplementedError, RuntimeError, ValueError):
+    except (NotImplementedError, RuntimeError, ValueError):  # a tower whose prefix cannot run alone
         return None
+    finally:
+        tower.train(was_training)
     if n_images * width * 4 > PREFIX_SHARE_OF_CACHE * default_max_bytes():
         return None
     return split

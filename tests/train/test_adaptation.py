@@ -182,6 +182,21 @@ def test_features_through_the_prefix_are_the_towers_and_fill_both_caches(lite_mo
     assert again.misses == 0 and rows.shape[0] == len(unique)
 
 
+def test_the_heads_go_through_the_prefix_only_when_adaptation_will_read_it(lite_model, monkeypatch):
+    from retrieval.train.prefix import planned_split
+
+    config = TrainConfig(train_data="unused", feature_cache=True, adapt_image_layers=1)
+    assert not any(p.requires_grad for p in lite_model.image_tower.parameters())
+    assert planned_split(config, lite_model, 100) == 7  # the head conv: the last of 8 units
+    assert planned_split(config.replace(adapt_image_layers=2), lite_model, 100) == 6
+    assert planned_split(config.replace(adapt_image_layers=0), lite_model, 100) is None
+    assert planned_split(config.replace(feature_cache=False), lite_model, 100) is None  # nowhere to keep rows
+    monkeypatch.setenv("RETRIEVAL_FEATURE_CACHE_MB", "1")
+    assert planned_split(config, lite_model, 100) == 7  # 100 rows of ~2.5 KB fit in half a megabyte
+    assert planned_split(config, lite_model, 10_000) is None  # 10,000 would evict each other
+    assert lite_model.image_tower.training == lite_model.training  # the probe left its mode alone
+
+
 def test_a_run_that_adapts_runs_the_locked_tower_once_per_image(run_config, monkeypatch, tmp_path):
     """The heads' features come from the prefix the adaptation phase needs: every training and
     validation image goes through the tower's locked part once in the whole run."""
