@@ -32,7 +32,7 @@ from retrieval.encoding.batches import (
 )
 from retrieval.encoding.feature_cache import FeatureCache, content_hash, entry_key, namespace
 from retrieval.encoding.runtime import inference, prefetch
-from retrieval.towers.base import ImageTower, prefix_fingerprint
+from retrieval.towers.base import prefix_fingerprint, tower_split
 
 MAX_DECODE_THREADS = 8  # threads decoding one batch's images
 CORES_PER_DECODE_THREAD = 4  # one decoding thread per this many cores (see decode_threads)
@@ -290,22 +290,10 @@ def _lookup(model: Any, transform: Any, feature_cache: FeatureCache | bool | Non
     cache = FeatureCache() if feature_cache is True else feature_cache
     config = transform.config() if hasattr(transform, "config") else repr(transform)
     space = namespace(towers.fingerprint(model, "image"), config)
-    split = _trained_split(model, tower)
+    split = tower_split(model)
     if split is None:
         return _Lookup(cache, space)
     return _Lookup(cache, space, namespace(prefix_fingerprint(tower, split), config), split)
-
-
-def _trained_split(model: Any, tower: Any) -> int | None:
-    """Where a partly trained image tower splits into its locked prefix and trained suffix (None: it
-    does not split, trains whole or not at all)."""
-    if getattr(model.config, "shared", False) or type(tower).encode_prefix is ImageTower.encode_prefix:
-        return None
-    try:
-        split = tower.split_point()
-    except NotImplementedError:
-        return None
-    return split if split else None
 
 
 def image_feature_batches(

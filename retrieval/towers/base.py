@@ -167,6 +167,20 @@ def state_digest(digest: Any, module: nn.Module) -> None:
         digest.update(flat.view(torch.uint8).numpy().tobytes())
 
 
+def tower_split(model: object) -> int | None:
+    """The split point of ``model``'s image tower (its locked prefix before it), or None when the
+    tower does not split, trains whole or does not train at all."""
+    tower = getattr(model, "image_tower", None)
+    if (
+        tower is None
+        or getattr(getattr(model, "config", None), "shared", False)
+        or not hasattr(tower, "split_point")
+    ):
+        return None
+    split = tower.split_point()
+    return split if split else None  # 0: nothing locked before the first trained part
+
+
 def prefix_fingerprint(tower: ImageTower, split: int) -> str:
     """sha256 hex digest of a tower's locked prefix before ``split``: its class, its preprocessing, the
     split and every tensor of :meth:`ImageTower.prefix_modules`. Models that share the prefix (the

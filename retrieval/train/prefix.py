@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from retrieval import encoding
 from retrieval.data.images import ImageDecodeError, read_ref_bytes
 from retrieval.encoding.feature_cache import content_hash, entry_key, namespace
-from retrieval.towers.base import prefix_fingerprint
+from retrieval.towers.base import prefix_fingerprint, tower_split
 
 logger = logging.getLogger(__name__)
 
@@ -47,16 +47,6 @@ THROUGH_PREFIX_CHUNK = 512  # images whose prefix rows are held at once by featu
 PREFIX_SHARE_OF_CACHE = 0.5  # the heads phase stores prefix rows only when they fill at most this share
 
 
-def tower_split(model: Any) -> int | None:
-    """The split point of ``model``'s image tower (its locked prefix before it), or None when the
-    tower does not split, trains whole or does not train at all."""
-    tower = getattr(model, "image_tower", None)
-    if tower is None or getattr(model.config, "shared", False) or not hasattr(tower, "split_point"):
-        return None
-    split = tower.split_point()
-    return split if split else None  # 0: nothing locked before the first trained part
-
-
 def planned_split(config: Any, model: Any, n_images: int) -> int | None:
     """The split the adaptation phase of this run will cache the locked prefix at, when the heads
     phase should compute the locked image tower's features through that prefix (then the prefix's
@@ -65,7 +55,6 @@ def planned_split(config: Any, model: Any, n_images: int) -> int | None:
     tower is locked and splits, and the prefix rows of ``n_images`` images fill at most
     :data:`PREFIX_SHARE_OF_CACHE` of the cache (larger sets would evict them before adaptation)."""
     from retrieval.encoding.feature_cache import default_max_bytes
-    from retrieval.towers.base import ImageTower
 
     layers = int(getattr(config, "adapt_image_layers", 0) or 0)
     tower = getattr(model, "image_tower", None)
@@ -75,7 +64,7 @@ def planned_split(config: Any, model: Any, n_images: int) -> int | None:
         return None
     if any(p.requires_grad for p in tower.parameters()):
         return None
-    if type(tower).encode_prefix is ImageTower.encode_prefix or not hasattr(tower, "blocks"):
+    if not hasattr(tower, "blocks"):  # a tower without a prefix of its own fails the probe below
         return None
     split = len(tower.blocks()) - layers  # lock() unfreezes the last `layers` blocks: the first that trains
     if split < 1:
