@@ -134,7 +134,11 @@ class FeatureCache:
                 "CREATE TABLE IF NOT EXISTS features (key BLOB PRIMARY KEY, dim INTEGER NOT NULL, "
                 "value BLOB NOT NULL, size INTEGER NOT NULL, used REAL NOT NULL) WITHOUT ROWID"
             )
-            conn.execute("CREATE INDEX IF NOT EXISTS features_used ON features (used)")
+            # sizes beside the use times: the cap check after every write (SUM of sizes) and the
+            # eviction order read this small index, never the feature rows themselves (with the
+            # values stored before it, reading a row's size means reading through its value)
+            conn.execute("CREATE INDEX IF NOT EXISTS features_used_size ON features (used, size)")
+            conn.execute("DROP INDEX IF EXISTS features_used")  # what caches written before held
         except (sqlite3.Error, OSError) as exc:
             self._disable(exc)
             return None

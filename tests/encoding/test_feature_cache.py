@@ -137,6 +137,33 @@ def test_the_cache_stays_under_its_cap_dropping_the_least_recently_used(tmp_path
         FeatureCache(tmp_path / "x", max_bytes=-1)
 
 
+def test_the_size_check_reads_an_index_not_the_features(tmp_path):
+    """Every write checks the cap; with large rows (a prefix row is 60 KB) that check must not read
+    the stored features, also in a cache written before the index existed."""
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    old = sqlite3.connect(folder / "features.sqlite3")  # the layout earlier versions wrote
+    old.execute(
+        "CREATE TABLE features (key BLOB PRIMARY KEY, dim INTEGER NOT NULL, value BLOB NOT NULL, "
+        "size INTEGER NOT NULL, used REAL NOT NULL) WITHOUT ROWID"
+    )
+    old.execute("CREATE INDEX features_used ON features (used)")
+    key = hashlib.sha256(b"old").digest()
+    old.execute("INSERT INTO features VALUES (?, 3, ?, 12, 1.0)", (key, np.ones(3, np.float32).tobytes()))
+    old.commit()
+    old.close()
+    cache = FeatureCache(folder, max_bytes=10_000)
+    assert (cache.get_many([key])[key] == 1).all()  # what the old layout stored is still read
+    conn = cache._connection()
+    for query in ("SELECT COALESCE(SUM(size), 0) FROM features", "SELECT key, size FROM features ORDER BY used"):
+        plan = " ".join(str(row[-1]) for row in conn.execute("EXPLAIN QUERY PLAN " + query))
+        assert "COVERING INDEX" in plan, plan
+    indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "features_used" not in indexes  # the old index is not kept up to date for nothing
+    cache.put_many([(hashlib.sha256(bytes([i])).digest(), np.full(1000, i, np.float32)) for i in range(4)])
+    assert cache.stats()[1] <= cache.max_bytes
+
+
 WRITER = textwrap.dedent(
     """
     import hashlib, sys
