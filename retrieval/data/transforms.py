@@ -104,11 +104,17 @@ def to_tensor(
     """RGB ``PIL.Image`` -> ``[3, H, W]`` float32 ``(pixel / 255 - mean) / std``.
 
     Computed in numpy: per-image tensors are small, and torch's intra-op threads only add
-    synchronisation cost here (much more on a busy machine)."""
-    array = np.asarray(image.convert("RGB"), dtype=np.float32)  # [H, W, 3]
-    scale = np.asarray(std, dtype=np.float32) * 255.0  # [3]
-    array = (array - np.asarray(mean, dtype=np.float32) * 255.0) / scale  # [H, W, 3]
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))  # [3, H, W]
+    synchronisation cost here (much more on a busy machine). The bytes are put in channel order
+    first and converted once, then scaled and shifted in place (``pixel * a + b``): one float array
+    and no temporaries, several times faster than converting and normalising the ``[H, W, 3]`` array."""
+    pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))  # [H, W, 3] uint8
+    std_ = np.asarray(std, dtype=np.float64)
+    scale = (1.0 / (std_ * 255.0)).astype(np.float32)[:, None, None]  # [3, 1, 1]
+    shift = (-np.asarray(mean, dtype=np.float64) / std_).astype(np.float32)[:, None, None]  # [3, 1, 1]
+    array = np.ascontiguousarray(pixels.transpose(2, 0, 1)).astype(np.float32)  # [3, H, W]
+    array *= scale
+    array += shift
+    return torch.from_numpy(array)
 
 
 class ImageTransform:

@@ -8,7 +8,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from retrieval.data import ImageTransform, Pair, PairDataset, collate_pairs
-from retrieval.data.transforms import random_resized_crop_box, resize_center_crop
+from retrieval.data.transforms import random_resized_crop_box, resize_center_crop, to_tensor
 
 from support.images import jpeg_bytes, rgb_image
 
@@ -50,6 +50,22 @@ def test_eval_transform_resizes_crops_and_normalises() -> None:
     expected = (torch.tensor([128, 64, 255]) / 255.0 - 0.5) / 0.25
     assert torch.allclose(out[:, 8, 8], expected, atol=1e-6)
     assert resize_center_crop(image, 10).size == (10, 10)
+
+
+def test_to_tensor_is_the_normalisation_formula_for_every_image_mode() -> None:
+    """Pixels in channel order as ``(pixel / 255 - mean) / std``, in float32, whatever the mode."""
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    rgb = Image.fromarray(rng.integers(0, 256, size=(9, 13, 3), dtype=np.uint8))
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    for image in (rgb, rgb.convert("L"), rgb.convert("RGBA"), rgb.convert("P"), rgb.convert("CMYK")):
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float64)  # [H, W, 3]
+        expected = ((pixels / 255 - np.array(mean)) / np.array(std)).transpose(2, 0, 1)  # [3, H, W]
+        out = to_tensor(image, mean, std)
+        assert out.dtype == torch.float32 and out.shape == (3, 9, 13) and out.is_contiguous()
+        np.testing.assert_allclose(out.numpy(), expected, rtol=0, atol=2e-6)
+    assert float(to_tensor(rgb).max()) <= 1.0 and float(to_tensor(rgb).min()) >= 0.0  # defaults: pixel / 255
 
 
 def test_train_transform_is_seeded_and_augments() -> None:
