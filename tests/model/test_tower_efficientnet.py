@@ -57,6 +57,58 @@ def test_a_trained_pointwise_conv_is_the_convolution_as_a_matrix_product():
         torch.testing.assert_close(conv(x), want.detach(), rtol=1e-5, atol=1e-5)
 
 
+def _suffix_by_layers(tower, rows, split):
+    """The suffix as the layers compute it (BatchNorm as a layer, ``amax``): the reference."""
+    conv, norm, _ = tower.head_conv
+    sizes = list(tower.parts[: tower._kept_before(split)])
+    channels = tower.stages[split - 1][-1].project[1].num_features
+    *pooled, flat = rows.split([*sizes, rows.shape[1] - sum(sizes)], dim=1)
+    side = int((flat.shape[1] // channels) ** 0.5)
+    maps, last = tower._run_stages(flat.reshape(-1, channels, side, side), split)
+    head = F.batch_norm(F.conv2d(last, conv.weight), norm.running_mean, norm.running_var, norm.weight, norm.bias,
+                        False, 0.0, norm.eps).clamp(0, 6)  # fmt: skip
+    parts = [*pooled, *(m.mean(dim=(2, 3)) for m in maps), head.mean(dim=(2, 3)), head.amax(dim=(2, 3))]
+    return torch.cat([F.layer_norm(p, (n,)) for p, n in zip(parts, tower.parts)], dim=-1)
+
+
+@pytest.mark.parametrize("split", [7, 6])
+def test_a_trained_head_conv_runs_folded_with_the_same_values_and_gradients(split):
+    """While the head conv trains, its frozen BatchNorm is folded into one matrix product: outputs and
+    the gradients of the conv, the BatchNorm's affine parameters and the stages before are the layers'."""
+    torch.manual_seed(split)
+    tower = build_efficientnet_lite("lite0", 128)  # a 4 x 4 map: a 2 x 2 one has near-tied border cells
+    norm = tower.head_conv[1]
+    with torch.no_grad():  # statistics far from the identity, so that folding them matters
+        norm.running_mean.normal_(0, 0.5)
+        norm.running_var.uniform_(0.2, 3.0)
+        norm.weight.normal_(1.0, 0.3)
+        norm.bias.normal_(0.0, 0.5)
+    for p in tower.parameters():
+        p.requires_grad_(False)
+    for unit in tower.blocks()[split:]:
+        for p in unit.parameters():
+            p.requires_grad_(True)
+    tower.train()  # BatchNorm stays frozen in train mode
+    with torch.no_grad():
+        rows = tower.encode_prefix(torch.rand(5, 3, 128, 128), split)
+    weights = torch.randn(5, tower.output_dim)
+    trained = [p for p in tower.parameters() if p.requires_grad]
+    calls = []
+    norm.register_forward_hook(lambda *_: calls.append(1))
+    got = tower.forward_suffix(rows, split)
+    assert not calls  # folded: the BatchNorm layer did not run over the map
+    got_grads = torch.autograd.grad((got * weights).sum(), trained)
+    want = _suffix_by_layers(tower, rows, split)
+    want_grads = torch.autograd.grad((want * weights).sum(), trained)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=5e-5)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)  # sums of thousands of terms near 100
+    assert any(p is norm.weight for p in trained) and float(got_grads[-1].abs().sum()) > 0
+    with torch.no_grad():  # inference runs the layers themselves
+        torch.testing.assert_close(tower.forward_suffix(rows, split), want.detach(), rtol=1e-5, atol=5e-5)
+    assert calls
+
+
 @pytest.mark.parametrize(
     ("variant", "blocks", "last"),
     [("lite0", 16, (112, 192, 320)), ("lite1", 21, (112, 192, 320)), ("lite2", 21, (120, 208, 352))],
