@@ -20,15 +20,51 @@ from retrieval.encoding.batches import (
 )
 from retrieval.encoding.runtime import inference, prefetch
 
+SORT_WINDOW = 16  # batches of texts sorted by length together, then given back in input order
 
-def _tokenized(model: Any, texts: Sequence[str], batch_size: int) -> Iterator[tuple[int, int, Any]]:
-    starts = range(0, len(texts), batch_size)
-    tokenized: Iterator[tuple[int, int, Any]] = (
-        (start, len(chunk), model.tokenize(chunk))
-        for start in starts
-        for chunk in [list(texts[start : start + batch_size])]
-    )
-    return prefetch(tokenized) if len(starts) > 1 else tokenized
+
+def _windows(texts: Sequence[str], batch_size: int) -> Iterator[list[int]]:
+    """The positions of each run of :data:`SORT_WINDOW` batches of ``texts``, shortest text first: a
+    batch is padded to its longest text, so batches of similar lengths run far fewer padding tokens
+    (1.6x the texts/s on the demo's captions, 4 to 26 tokens), while a window bounds what waits to be
+    put back in order."""
+    span = batch_size * SORT_WINDOW
+    for start in range(0, len(texts), span):
+        yield sorted(range(start, min(start + span, len(texts))), key=lambda i: len(texts[i]))
+
+
+def _tokenized(model: Any, texts: Sequence[str], batch_size: int) -> Iterator[tuple[list[int], bool, Any]]:
+    """``(positions, ends its window, tokens)`` per batch, in the order of :func:`_windows`; the next
+    batches are tokenized in a helper thread."""
+
+    def batches() -> Iterator[tuple[list[int], bool, Any]]:
+        for order in _windows(texts, batch_size):
+            for start in range(0, len(order), batch_size):
+                chunk = order[start : start + batch_size]
+                yield chunk, start + batch_size >= len(order), model.tokenize([texts[i] for i in chunk])
+
+    return prefetch(batches()) if len(texts) > batch_size else batches()
+
+
+def _in_order(parts: Iterator[tuple[list[int], bool, torch.Tensor]], batch_size: int) -> Iterator[Encoded]:
+    """Rows computed window by window in length order, given back as :class:`Encoded` batches of
+    ``batch_size`` consecutive positions, in input order."""
+    positions: list[int] = []
+    rows: list[torch.Tensor] = []
+    for chunk, last, vectors in parts:
+        positions += chunk
+        rows.append(vectors)
+        if not last:
+            continue
+        window = torch.cat(rows)  # [W, F] in length order
+        first = min(positions)
+        inverse = torch.empty(len(positions), dtype=torch.long)
+        inverse[torch.tensor(positions) - first] = torch.arange(len(positions))
+        ordered = window[inverse]  # [W, F] in input order
+        for start in range(0, len(positions), batch_size):
+            part = ordered[start : start + batch_size]
+            yield Encoded(part, list(range(first + start, first + start + len(part))), [])
+        positions, rows = [], []
 
 
 def _check_texts(texts: Any, what: str) -> None:
@@ -59,18 +95,22 @@ def text_feature_batches(
     with inference(model, device) as target:
         runner = towers.tower_runner(model, "text", runtime, target)
         tokenized = _tokenized(model, texts, batch_size)
-        try:
-            for start, n, tokens in tokenized:
+
+        def features() -> Iterator[tuple[list[int], bool, torch.Tensor]]:
+            for chunk, last, tokens in tokenized:
                 input_ids = tokens["input_ids"]  # [b, L]
                 mask = tokens.get("attention_mask")
                 mask = torch.ones_like(input_ids) if mask is None else mask  # [b, L]
                 if runner is not None:
-                    features = runner(input_ids, mask)  # [b, F]
+                    out = runner(input_ids, mask)  # [b, F]
                 else:
                     with torch.inference_mode():
-                        features = tower(input_ids.to(target), mask.to(target)).float().cpu()  # [b, F]
-                    features = features.clone()  # a plain tensor again, outside inference mode
-                yield Encoded(features, list(range(start, start + n)), [])
+                        out = tower(input_ids.to(target), mask.to(target)).float().cpu()  # [b, F]
+                    out = out.clone()  # a plain tensor again, outside inference mode
+                yield chunk, last, out
+
+        try:
+            yield from _in_order(features(), batch_size)
         finally:
             if hasattr(tokenized, "close"):
                 tokenized.close()
@@ -103,12 +143,16 @@ def text_batches(
         return
     tokenized = _tokenized(model, texts, batch_size)
     with inference(model, device) as target:
-        try:
-            for start, n, tokens in tokenized:
+
+        def vectors() -> Iterator[tuple[list[int], bool, torch.Tensor]]:
+            for chunk, last, tokens in tokenized:
                 on_device = {k: v.to(target) if hasattr(v, "to") else v for k, v in tokens.items()}
                 with torch.inference_mode():
                     features = model.text_features(on_device)  # [b, D]
-                yield Encoded(unit(features), list(range(start, start + n)), [])
+                yield chunk, last, unit(features)
+
+        try:
+            yield from _in_order(vectors(), batch_size)
         finally:
             if hasattr(tokenized, "close"):
                 tokenized.close()

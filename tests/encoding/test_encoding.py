@@ -59,6 +59,36 @@ def test_texts_in_several_batches_equal_one_batch(model):
     assert torch.allclose(many.vectors, plain, atol=1e-5)
 
 
+@pytest.mark.parametrize("features", [False, True])
+def test_texts_run_sorted_by_length_and_come_back_in_order(model, monkeypatch, features):
+    """Each window of batches runs shortest text first (little padding); the batches given back hold
+    consecutive positions in input order, each row its own text's vector."""
+    from retrieval.encoding import texts as text_module
+
+    monkeypatch.setattr(text_module, "SORT_WINDOW", 2)
+    rng = np.random.default_rng(0)
+    words = [w for c in CAPTIONS for w in c.split()]
+    texts = [" ".join(rng.choice(words, size=int(n))) for n in rng.integers(1, 12, size=23)]
+    seen = []
+    tokenize = model.tokenize
+    monkeypatch.setattr(model, "tokenize", lambda batch: seen.append(list(batch)) or tokenize(batch))
+    encode = encoding.text_feature_batches if features else encoding.text_batches
+    batches = list(encode(model, texts, batch_size=4))
+    monkeypatch.undo()
+    assert [b.positions for b in batches] == [list(range(s, min(s + 4, 23))) for s in range(0, 23, 4)]
+    for batch in seen:  # each tokenized batch is length-sorted, and together they cover every text once
+        assert [len(t) for t in batch] == sorted(len(t) for t in batch)
+    assert sorted(t for batch in seen for t in batch) == sorted(texts)
+    assert max(len(t) for t in seen[0]) <= min(len(t) for t in seen[1])  # one window: the shortest first
+    got = torch.cat([b.vectors for b in batches])
+    with torch.no_grad():
+        if features:
+            want = torch.cat([model.text_tower(**dict(model.tokenize([t]))) for t in texts])
+        else:
+            want = torch.cat([encoding.encode_texts(model, [t]).vectors for t in texts])
+    torch.testing.assert_close(got, want.float(), rtol=1e-4, atol=1e-5)
+
+
 def test_broken_images_are_skipped_and_reported_or_raise(model, image_files, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
