@@ -164,7 +164,7 @@ def state_digest(digest: Any, module: nn.Module) -> None:
     for name, tensor in sorted(unique_state(module).items()):
         flat = tensor.detach().to("cpu").contiguous().reshape(-1)
         digest.update(f"\0{name}\0{flat.dtype}\0{tuple(tensor.shape)}\0".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
+        digest.update(flat.view(torch.uint8).numpy())  # the buffer itself: no copy of the bytes
 
 
 def tower_split(model: object) -> int | None:

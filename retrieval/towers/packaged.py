@@ -40,7 +40,7 @@ def tensor_sha256(tensor: torch.Tensor) -> str:
     """sha256 of a tensor's dtype, shape and bytes (on the CPU, contiguous)."""
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)
     digest = hashlib.sha256(f"{flat.dtype}\0{tuple(tensor.shape)}\0".encode())
-    digest.update(flat.view(torch.uint8).numpy().tobytes())
+    digest.update(flat.view(torch.uint8).numpy())  # the buffer itself: no copy of the bytes
     return digest.hexdigest()
 
 

@@ -203,3 +203,19 @@ def test_minilm_text_tower_offline(tmp_path: Path) -> None:
     assert torch.allclose(
         TwinEncoder.load(tmp_path / "m", device="cpu").encode_texts(texts), embeddings, atol=1e-6
     )
+
+
+def test_the_text_towers_vocabulary_digest_follows_its_tokenizer() -> None:
+    """The tokenizer's digest is remembered between saves, and is computed anew when the tokenizer
+    grows or is replaced: the fingerprint never describes a vocabulary the model no longer has."""
+    from retrieval.config import RECIPE_MODEL
+
+    model = build_model(RECIPE_MODEL.replace(image_tower="efficientnet-lite0:64"), captions=["a"], device="cpu")
+    tower = model.text_tower
+    first = model.fingerprint()
+    assert model.fingerprint() == first
+    tower.tokenizer.add_tokens(["qqzzyx"])
+    grown = model.fingerprint()
+    assert grown != first
+    tower.tokenizer = type(tower.tokenizer).from_pretrained(tower.tokenizer.name_or_path)  # the original again
+    assert model.fingerprint() == first
