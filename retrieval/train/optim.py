@@ -48,6 +48,17 @@ def parameter_groups(
     ]
 
 
+def _fused(groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """``fused=True`` for Adam / AdamW when every parameter is a float tensor on the CPU or CUDA: one
+    kernel updates them all (the same values; on the CPU a step of the default recipe's heads took
+    5 ms instead of 39 ms one tensor at a time)."""
+    params = [p for group in groups for p in group["params"]]
+    devices = {p.device.type for p in params}
+    if params and devices <= {"cpu", "cuda"} and len(devices) == 1 and all(p.is_floating_point() for p in params):
+        return {"fused": True}
+    return {}
+
+
 def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """The optimizer named by ``config.optimizer`` over the model's trainable parameters."""
     check_optimizer_name(config.optimizer)
@@ -56,9 +67,9 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
     for group in groups:
         group["lr"] = lr * group["lr_scale"]
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(config.betas), eps=1e-6)
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(config.betas), eps=1e-6, **_fused(groups))
     if name == "adam":
-        return torch.optim.Adam(groups, lr=lr, betas=tuple(config.betas), eps=1e-6)
+        return torch.optim.Adam(groups, lr=lr, betas=tuple(config.betas), eps=1e-6, **_fused(groups))
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, nesterov=config.momentum > 0)
     if name == "adagrad":

@@ -69,6 +69,31 @@ def test_optimizers_by_name(name):
         assert optimizer.param_groups[0]["momentum"] == 0.9
 
 
+@pytest.mark.parametrize("name", ["adamw", "adam"])
+def test_adam_runs_fused_with_the_reference_updates(name):
+    """Adam / AdamW update every parameter in one fused kernel: the same weights, step by step, as the
+    optimizer run one tensor at a time (with the groups' own rates and decay)."""
+    config = TrainConfig(optimizer=name, lr=0.05, weight_decay=0.3)
+    torch.manual_seed(0)
+    fast_model, slow_model = _Tiny(), _Tiny()
+    slow_model.load_state_dict(fast_model.state_dict())
+    fast = build_optimizer(config, fast_model)
+    assert all(group["fused"] for group in fast.param_groups)
+    groups = parameter_groups(slow_model, config.weight_decay, config.tower_lr_scale)
+    for group in groups:
+        group["lr"] = config.lr * group.pop("lr_scale")
+    kind = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    slow = kind(groups, lr=config.lr, betas=tuple(config.betas), eps=1e-6, foreach=False)
+    for _ in range(4):
+        x = torch.randn(5, 4)
+        for model, optimizer in ((fast_model, fast), (slow_model, slow)):
+            optimizer.zero_grad()
+            (model.norm(model.proj(x)) * model.logit_scale).square().sum().backward()
+            optimizer.step()
+    for a, b in zip(fast_model.parameters(), slow_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_unknown_optimizer_lists_choices():
     with pytest.raises(ValueError, match=r"unknown TrainConfig.optimizer 'lamb'.*'adamw', 'adam', 'sgd'"):
         TrainConfig(optimizer="lamb")
