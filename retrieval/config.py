@@ -280,7 +280,7 @@ class EmbedConfig(ConfigBase):
     prune: bool = False  # remove from the collection the items that left the corpus (deleted, edited)
     state: str | None = None  # folder of the embed record; None: <collection>/embed, or the cache for Milvus
     runtime: str = "auto"  # how the towers run: "auto" | "torch" | "onnx" (see RUNTIMES)
-    feature_cache: bool = True  # read (and add to) the cache of image tower features (retrieval.encoding)
+    feature_cache: bool = True  # read (and add to) the cache of image and text tower features (retrieval.encoding)
     text_fields: tuple[str, ...] | None = None  # metadata fields of the collection's text index (hybrid search)
     text_stemming: str = "none"  # words of the text index read by their English stems: "porter"
 
@@ -328,7 +328,7 @@ class EvalConfig(ConfigBase):
     hubness_k: int = 10  # csls: bank neighbours averaged into an item's hub score
     rerank: int = 0  # with a match head: also re-rank each query's dense top-N (rerank/... keys, match/ECE)
     runtime: str = "auto"  # how the towers run: "auto" | "torch" | "onnx" (see RUNTIMES)
-    feature_cache: bool = True  # read (and add to) the cache of image tower features (retrieval.encoding)
+    feature_cache: bool = True  # read (and add to) the cache of image and text tower features (retrieval.encoding)
     hybrid_fields: tuple[str, ...] | None = None  # with a collection: text fields of hybrid t2i (hybrid/... keys)
     fusion: str = "rrf"  # hybrid: "rrf" (reciprocal rank fusion), "weighted" (alpha) or "lexical" (BM25 alone)
     rrf_k: int = 60  # hybrid rrf: the rank constant
@@ -532,7 +532,7 @@ class TrainConfig(ConfigBase):
     # how locked towers run when their outputs are computed once (training features, validation):
     # "auto" | "torch" | "onnx" (see RUNTIMES); towers that train always run on torch
     runtime: str = "auto"
-    feature_cache: bool = True  # add locked image tower features to the shared cache (embed/eval read them)
+    feature_cache: bool = True  # add locked tower features to the shared cache (embed/eval read them)
     tower_lr_scale: float = 1.0  # the towers' trainable layers learn at this share of lr (the heads at lr)
     # metadata field(s) of the training pairs with tags or keywords of their image (a list of strings, a
     # JSON list, or "a, b; c | d"; several fields: "tags,keywords"): each distinct tag becomes one more

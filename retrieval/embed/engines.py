@@ -80,11 +80,22 @@ def local_images(
 
 
 def local_texts(
-    model: Any, items: Sequence[Item], batch_size: int, device: str, runtime: str | None = None
+    model: Any,
+    items: Sequence[Item],
+    batch_size: int,
+    device: str,
+    runtime: str | None = None,
+    feature_cache: Any = None,
 ) -> Iterator[EncodedBatch]:
-    """Caption batches encoded in this process; a helper thread tokenizes the next batches."""
+    """Caption batches encoded in this process; a helper thread tokenizes the next batches; the text
+    tower's features come from ``feature_cache`` when it has them."""
     for encoded in encoding.text_batches(
-        model, [it.ref for it in items], batch_size=batch_size, device=device, runtime=runtime
+        model,
+        [it.ref for it in items],
+        batch_size=batch_size,
+        device=device,
+        runtime=runtime,
+        feature_cache=feature_cache,
     ):
         yield _batch("text", items, encoded)
 

@@ -285,7 +285,14 @@ def _batches(
             encoding.FeatureCache() if config.feature_cache else None,
         )
     if texts:
-        yield from engines.local_texts(model, texts, config.batch_size, device, config.runtime)
+        yield from engines.local_texts(
+            model,
+            texts,
+            config.batch_size,
+            device,
+            config.runtime,
+            encoding.FeatureCache() if config.feature_cache else None,
+        )
 
 
 def _commit(

@@ -1,4 +1,4 @@
-"""A content-addressed cache of image tower outputs, shared by training, ``embed`` and ``eval``.
+"""A content-addressed cache of tower outputs, shared by training, ``embed`` and ``eval``.
 
 A locked tower gives an image the same features every time, so what one run computed another can
 read: training stores the features of its train and validation images, and ``embed`` / ``eval``
@@ -9,7 +9,9 @@ of the same images then run only the model's heads. An entry's key is
 so a changed file (other bytes), another tower (other weights: a fine-tuned tower has its own
 fingerprint) or another preprocessing (size, mean, std, resampling) can never read a stale entry;
 the same bytes under two paths share one entry. Only images given by reference (paths,
-``tar://`` members) are cached; in-memory PIL images are encoded every time.
+``tar://`` members) are cached; in-memory PIL images are encoded every time. Text tower outputs
+are kept the same way, keyed by the text's UTF-8 bytes under ``namespace(text tower fingerprint,
+{"kind": "text"})`` (the fingerprint covers the tokenizer: :mod:`retrieval.encoding.texts`).
 
 Training that adapts the last parts of a pretrained tower also stores the rows of its locked
 prefix (:mod:`retrieval.train.prefix`, under the prefix's own fingerprint); encoding with the

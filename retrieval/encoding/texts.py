@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from retrieval.encoding import towers
@@ -18,6 +19,7 @@ from retrieval.encoding.batches import (
     progress_bar,
     unit,
 )
+from retrieval.encoding.feature_cache import FeatureCache, content_hash, entry_key, namespace
 from retrieval.encoding.runtime import inference, prefetch
 
 SORT_WINDOW = 16  # batches of texts sorted by length together, then given back in input order
@@ -33,15 +35,56 @@ def _windows(texts: Sequence[str], batch_size: int) -> Iterator[list[int]]:
         yield sorted(range(start, min(start + span, len(texts))), key=lambda i: len(texts[i]))
 
 
-def _tokenized(model: Any, texts: Sequence[str], batch_size: int) -> Iterator[tuple[list[int], bool, Any]]:
-    """``(positions, ends its window, tokens)`` per batch, in the order of :func:`_windows`; the next
-    batches are tokenized in a helper thread."""
+TEXT_CACHE_KIND = "text"  # the namespace's second part for text features (images give their transform)
 
-    def batches() -> Iterator[tuple[list[int], bool, Any]]:
+
+class _TextLookup:
+    """Text tower features in a :class:`FeatureCache`, keyed by the text's UTF-8 bytes under the
+    tower's fingerprint (which covers its tokenizer)."""
+
+    def __init__(self, model: Any, cache: FeatureCache) -> None:
+        self.cache = cache
+        self.space = namespace(towers.fingerprint(model, "text"), {"kind": TEXT_CACHE_KIND})
+
+    def key(self, text: str) -> bytes:
+        return entry_key(self.space, content_hash(text.encode("utf-8")))
+
+    def get(self, texts: Sequence[str], positions: Sequence[int]) -> dict[int, np.ndarray]:
+        keys = {i: self.key(texts[i]) for i in positions}
+        found = self.cache.get_many(list(keys.values()))
+        rows = {i: found[k] for i, k in keys.items() if k in found}
+        self.cache.hits += len(rows)
+        return rows
+
+    def put(self, texts: Sequence[str], positions: Sequence[int], rows: torch.Tensor) -> None:
+        self.cache.misses += len(positions)
+        self.cache.put_many([(self.key(texts[i]), row.numpy()) for i, row in zip(positions, rows)])
+
+
+def _text_lookup(model: Any, feature_cache: FeatureCache | bool | None) -> _TextLookup | None:
+    if feature_cache is None or feature_cache is False or towers.tower_of(model, "text") is None:
+        return None
+    return _TextLookup(model, FeatureCache() if feature_cache is True else feature_cache)
+
+
+def _tokenized(
+    model: Any, texts: Sequence[str], batch_size: int, lookup: _TextLookup | None = None
+) -> Iterator[tuple[list[int], bool, Any, torch.Tensor | None]]:
+    """``(positions, ends its window, tokens, None)`` per batch to run, in the order of
+    :func:`_windows`, and ``(positions, ends its window, None, features)`` for the texts of a window
+    that ``lookup`` has; the next batches are tokenized in a helper thread."""
+
+    def batches() -> Iterator[tuple[list[int], bool, Any, torch.Tensor | None]]:
         for order in _windows(texts, batch_size):
-            for start in range(0, len(order), batch_size):
-                chunk = order[start : start + batch_size]
-                yield chunk, start + batch_size >= len(order), model.tokenize([texts[i] for i in chunk])
+            found = lookup.get(texts, order) if lookup is not None else {}
+            todo = [i for i in order if i not in found]
+            if found:
+                rows = torch.from_numpy(np.stack([np.asarray(found[i], dtype=np.float32) for i in found]))
+                yield list(found), not todo, None, rows
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start : start + batch_size]
+                tokens = model.tokenize([texts[i] for i in chunk])
+                yield chunk, start + batch_size >= len(todo), tokens, None
 
     return prefetch(batches()) if len(texts) > batch_size else batches()
 
@@ -81,10 +124,13 @@ def text_feature_batches(
     batch_size: int = TEXT_BATCH_SIZE,
     device: str | torch.device | None = None,
     runtime: str | None = None,
+    feature_cache: FeatureCache | bool | None = None,
 ) -> Iterator[Encoded]:
     """One :class:`Encoded` per batch whose ``vectors`` are the text tower's outputs ``[b, F]``
     (float32 CPU, before the head) for a model whose head runs apart from its tower; the tower runs
-    on ``runtime`` (None: the model's ``runtime``, else torch)."""
+    on ``runtime`` (None: the model's ``runtime``, else torch). Features found in ``feature_cache``
+    (a :class:`FeatureCache`, True for the default one) are read instead of computed, and computed
+    ones are added to it (keyed by the text and the tower's fingerprint, tokenizer included)."""
     _check_texts(texts, "encode_text_features")
     check_batch_size(batch_size)
     tower = towers.tower_of(model, "text")
@@ -94,10 +140,14 @@ def text_feature_batches(
         )
     with inference(model, device) as target:
         runner = towers.tower_runner(model, "text", runtime, target)
-        tokenized = _tokenized(model, texts, batch_size)
+        lookup = _text_lookup(model, feature_cache)
+        tokenized = _tokenized(model, texts, batch_size, lookup)
 
         def features() -> Iterator[tuple[list[int], bool, torch.Tensor]]:
-            for chunk, last, tokens in tokenized:
+            for chunk, last, tokens, cached in tokenized:
+                if cached is not None:
+                    yield chunk, last, cached
+                    continue
                 input_ids = tokens["input_ids"]  # [b, L]
                 mask = tokens.get("attention_mask")
                 mask = torch.ones_like(input_ids) if mask is None else mask  # [b, L]
@@ -107,6 +157,8 @@ def text_feature_batches(
                     with torch.inference_mode():
                         out = tower(input_ids.to(target), mask.to(target)).float().cpu()  # [b, F]
                     out = out.clone()  # a plain tensor again, outside inference mode
+                if lookup is not None:
+                    lookup.put(texts, chunk, out)
                 yield chunk, last, out
 
         try:
@@ -123,18 +175,22 @@ def text_batches(
     batch_size: int = TEXT_BATCH_SIZE,
     device: str | torch.device | None = None,
     runtime: str | None = None,
+    feature_cache: FeatureCache | bool | None = None,
 ) -> Iterator[Encoded]:
     """One :class:`Encoded` per batch of ``texts``, in order; the next batches are tokenized in a
     helper thread while the current one runs its forward pass. A model whose head runs apart from its
     tower (a :class:`~retrieval.model.TwinEncoder`) runs the tower on ``runtime`` (None: the model's
-    ``runtime``, else torch) and the head on torch."""
+    ``runtime``, else torch) and the head on torch, reading and adding tower features in
+    ``feature_cache`` (a :class:`FeatureCache`, True for the default one, None / False: off)."""
     _check_texts(texts, "encode_texts")
     check_batch_size(batch_size)
     if not (hasattr(model, "tokenize") and hasattr(model, "text_features")):
         yield from black_box(model, model.encode_texts, texts, batch_size, device, False)
         return
     if towers.tower_of(model, "text") is not None:
-        features = text_feature_batches(model, texts, batch_size=batch_size, device=device, runtime=runtime)
+        features = text_feature_batches(
+            model, texts, batch_size=batch_size, device=device, runtime=runtime, feature_cache=feature_cache
+        )
         with inference(model, device):
             for encoded in features:
                 with torch.inference_mode():
@@ -145,7 +201,7 @@ def text_batches(
     with inference(model, device) as target:
 
         def vectors() -> Iterator[tuple[list[int], bool, torch.Tensor]]:
-            for chunk, last, tokens in tokenized:
+            for chunk, last, tokens, _ in tokenized:
                 on_device = {k: v.to(target) if hasattr(v, "to") else v for k, v in tokens.items()}
                 with torch.inference_mode():
                     features = model.text_features(on_device)  # [b, D]
@@ -166,9 +222,12 @@ def encode_texts(
     device: str | torch.device | None = None,
     progress: bool = False,
     runtime: str | None = None,
+    feature_cache: FeatureCache | bool | None = None,
 ) -> Encoded:
     """All of ``texts`` encoded (:func:`text_batches` gathered): ``vectors [n, D]``."""
-    batches = text_batches(model, texts, batch_size=batch_size, device=device, runtime=runtime)
+    batches = text_batches(
+        model, texts, batch_size=batch_size, device=device, runtime=runtime, feature_cache=feature_cache
+    )
     return gather(model, progress_bar(batches, progress, len(texts), batch_size, "texts"))
 
 
@@ -180,10 +239,13 @@ def encode_text_features(
     device: str | torch.device | None = None,
     progress: bool = False,
     runtime: str | None = None,
+    feature_cache: FeatureCache | bool | None = None,
 ) -> Encoded:
     """All of ``texts`` through the text tower alone: ``vectors [n, F]`` are tower features, what
     ``model.project_text`` turns into unit vectors."""
-    batches = text_feature_batches(model, texts, batch_size=batch_size, device=device, runtime=runtime)
+    batches = text_feature_batches(
+        model, texts, batch_size=batch_size, device=device, runtime=runtime, feature_cache=feature_cache
+    )
     parts = list(progress_bar(batches, progress, len(texts), batch_size, "texts"))
     if not parts:
         dim = int(getattr(model.text_tower, "output_dim", 0))

@@ -84,6 +84,7 @@ def _encode_pairs(model: Any, pairs: Any, batch_size: int, config: EvalConfig) -
         device=config.device,
         progress=config.progress,
         runtime=config.runtime,
+        feature_cache=config.feature_cache,
     ).vectors  # [T, D]
     return _Encoded(
         list(images), list(image_keys), list(captions), np.asarray(g, np.int64), image_emb, text_emb, skipped

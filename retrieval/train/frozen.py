@@ -58,7 +58,9 @@ class FrozenTextFeatures(_Cache):
     """``captions -> [B, D]`` unit text embeddings from cached tower outputs (differentiable in the head).
 
     The tower runs on ``runtime`` (:mod:`retrieval.encoding.towers`: ONNX Runtime under "auto" on
-    the CPU when the tower exports), once per unique caption."""
+    the CPU when the tower exports), once per unique caption; with ``feature_cache`` (a
+    :class:`~retrieval.encoding.FeatureCache`) its outputs are read from and added to the shared
+    cache, so the adaptation phase, a rerun, ``embed`` and ``eval`` of the same captions skip it."""
 
     def __init__(
         self,
@@ -68,11 +70,12 @@ class FrozenTextFeatures(_Cache):
         batch_size: int = 256,
         *,
         runtime: str = "torch",
+        feature_cache: Any = None,
     ) -> None:
         unique = sorted(set(captions))
         self.index = {caption: i for i, caption in enumerate(unique)}
         encoded = encoding.encode_text_features(
-            model, unique, batch_size=batch_size, device=device, runtime=runtime
+            model, unique, batch_size=batch_size, device=device, runtime=runtime, feature_cache=feature_cache
         )
         self.features = encoded.vectors.to(device)  # [U, F]
         logger.info("cached the locked text tower's output for %d unique captions", len(unique))
@@ -215,7 +218,12 @@ def training_data(
     augment = augments(config, model)
     if config.cache_locked_features and text_tower_is_frozen(model):
         text_cache = FrozenTextFeatures(
-            model, pairs.captions(), device, config.val_batch_size, runtime=config.runtime
+            model,
+            pairs.captions(),
+            device,
+            config.val_batch_size,
+            runtime=config.runtime,
+            feature_cache=feature_cache(config),
         )
     split = tower_split(model)
     if config.cache_locked_features and not augment and split is not None:

@@ -387,7 +387,9 @@ def validate(
             ).vectors  # [I, D]
         if use_cache and text_tower_is_frozen(model):
             if "text" not in caches:
-                caches["text"] = FrozenTextFeatures(model, captions, device, batch, runtime=config.runtime)
+                caches["text"] = FrozenTextFeatures(
+                    model, captions, device, batch, runtime=config.runtime, feature_cache=feature_cache(config)
+                )
             text_emb = _project(caches["text"], model, captions, batch)  # [T, D]
         else:
             text_emb = encoding.encode_texts(

@@ -62,6 +62,41 @@ def test_features_are_stored_then_read_by_content(model, image_files, tmp_path):
     assert cache.stats()[0] == 7 and cache.hits == 7 + 7 + 1
 
 
+def test_text_features_are_stored_then_read_by_text_and_tower(model, tmp_path, monkeypatch):
+    """Captions are cached like images: by their text under the text tower's fingerprint; a hit skips
+    the tower, another tower (other weights) misses, and ``feature_cache=None`` never touches it."""
+    cache = FeatureCache(tmp_path / "cache")
+    texts = [*CAPTIONS, CAPTIONS[0].upper(), CAPTIONS[1]]
+    plain = encoding.encode_texts(model, texts, batch_size=2).vectors
+    first = encoding.encode_texts(model, texts, batch_size=2, feature_cache=cache).vectors
+    assert (cache.hits, cache.misses) == (0, len(texts)) and cache.stats()[0] == len(set(texts))
+    torch.testing.assert_close(first, plain, rtol=0, atol=1e-6)
+    runs = []
+    forward = type(model.text_tower).forward
+    monkeypatch.setattr(
+        type(model.text_tower), "forward", lambda self, *a, **k: runs.append(1) or forward(self, *a, **k)
+    )
+    again = encoding.encode_texts(model, texts, batch_size=2, feature_cache=cache).vectors
+    features = encoding.encode_text_features(model, texts[:2], feature_cache=cache).vectors
+    assert not runs and cache.hits == len(texts) + 2  # read, not computed
+    torch.testing.assert_close(again, first, rtol=0, atol=1e-6)
+    monkeypatch.undo()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            features, model.text_tower(**dict(model.tokenize(texts[:2]))), rtol=1e-5, atol=1e-5
+        )
+    torch.manual_seed(1)
+    other = build_model(tiny_config(), CAPTIONS, device="cpu").eval()
+    before = cache.misses
+    encoding.encode_texts(other, texts, feature_cache=cache)
+    assert cache.misses == before + len(texts) and cache.stats()[0] == 2 * len(set(texts))
+    monkeypatch.setenv("RETRIEVAL_CACHE", str(tmp_path / "default"))
+    encoding.encode_texts(model, texts, feature_cache=None)
+    assert not (tmp_path / "default" / "features").exists()
+    encoding.encode_texts(model, texts, feature_cache=True)  # True: the default cache
+    assert FeatureCache().stats()[0] == len(set(texts))
+
+
 def test_what_is_stored_is_what_is_read(model, image_files, tmp_path):
     """The cache is read instead of the tower: an entry changed behind its back comes out."""
     cache = FeatureCache(tmp_path / "cache")
@@ -155,7 +190,10 @@ def test_the_size_check_reads_an_index_not_the_features(tmp_path):
     cache = FeatureCache(folder, max_bytes=10_000)
     assert (cache.get_many([key])[key] == 1).all()  # what the old layout stored is still read
     conn = cache._connection()
-    for query in ("SELECT COALESCE(SUM(size), 0) FROM features", "SELECT key, size FROM features ORDER BY used"):
+    for query in (
+        "SELECT COALESCE(SUM(size), 0) FROM features",
+        "SELECT key, size FROM features ORDER BY used",
+    ):
         plan = " ".join(str(row[-1]) for row in conn.execute("EXPLAIN QUERY PLAN " + query))
         assert "COVERING INDEX" in plan, plan
     indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}

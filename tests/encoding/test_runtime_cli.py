@@ -53,7 +53,9 @@ def test_embed_search_and_eval_on_onnxruntime(corpus, tmp_path, monkeypatch, cap
     manifest, model = corpus
     base = ["--model", str(model), "--no-progress"]
     assert main(["embed", str(manifest), "--out", str(tmp_path / "c1"), *base, "--runtime", "torch"]) == 0
-    assert FeatureCache().stats()[0] == 10  # the images' tower features, for eval to read
+    captions = {json.loads(line)["caption"] for line in manifest.read_text(encoding="utf-8").splitlines()}
+    # the images' and the captions' tower features, for eval to read
+    assert FeatureCache().stats()[0] == 10 + len(captions)
     assert not (model / "onnx").exists()
     # the other runtime on the same collection: the model's fingerprint does not change with it
     assert main(["embed", str(manifest), "--out", str(tmp_path / "c1"), *base, "--runtime", "onnx"]) == 0

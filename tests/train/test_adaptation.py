@@ -225,6 +225,30 @@ def test_a_run_that_adapts_runs_the_locked_tower_once_per_image(run_config, monk
     assert prefix_rows[0] == len(contents) and whole[0] == 0
 
 
+def test_a_run_that_adapts_runs_the_locked_text_tower_once_per_caption(run_config, monkeypatch, tmp_path):
+    """With the text tower locked too, its features go to the feature cache in the heads phase and
+    the adaptation phase reads them: each distinct caption runs the tower once in the whole run."""
+    from retrieval.data import read_pairs
+    from retrieval.towers.scratch import GRUTextTower
+
+    monkeypatch.setenv("RETRIEVAL_CACHE", str(tmp_path / "cache"))
+    texts = [0]
+    forward = GRUTextTower.forward
+
+    def counting(self, input_ids, attention_mask=None):
+        texts[0] += input_ids.shape[0]
+        return forward(self, input_ids, attention_mask)
+
+    monkeypatch.setattr(GRUTextTower, "forward", counting)
+    config = run_config.replace(
+        feature_cache=True, adapt_image_layers=1, adapt_epochs=1, epochs=1, model=LITE.replace(lock_text=True)
+    )
+    result = train(config)
+    assert [p["phase"] for p in result.phases] == ["heads", "adapt"]
+    captions = {*read_pairs(config.train_data).captions(), *read_pairs(config.val_data).captions()}
+    assert texts[0] == len(captions)
+
+
 def test_an_adapted_model_encodes_training_images_from_their_cached_prefix(run_config, monkeypatch, tmp_path):
     """embed / eval of the adapted model run only its trained suffix on images training saw: their
     locked prefix's rows are in the feature cache; other images run the whole tower."""
