@@ -10,13 +10,14 @@ with the same settings is a cache hit (then nothing is rendered).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -129,18 +130,56 @@ def render_missing(
     unit: str,
 ) -> int:
     """Render ``<image_dir>/<id>.png`` for each record that lacks it (all with ``force``); returns
-    how many were rendered. An interrupted build resumes: PNGs already written are kept."""
+    how many were rendered. An interrupted build resumes: PNGs already written are kept.
+
+    With more than :data:`PARALLEL_FROM` to render and a picklable ``render`` (a module-level
+    function, or a ``functools.partial`` of one), the renderer runs in one process per core (the
+    SVG renderers hold the GIL: threads gain nothing); this process writes the PNGs, in order."""
     image_dir.mkdir(parents=True, exist_ok=True)
     todo = [r for r in records if force or not (image_dir / f"{r.id}.png").exists()]
     if todo:
         from tqdm.auto import tqdm
 
         show = sys.stderr.isatty() if progress is None else progress
-        for record in tqdm(todo, desc=desc, unit=unit, disable=not show):
-            # No fsync: thousands of small files; a lost one is noticed and rendered again.
-            atomic_write_bytes(image_dir / f"{record.id}.png", render(record), durable=False)
+        with _rendered(render, todo) as pngs:
+            for record, png in tqdm(zip(todo, pngs), total=len(todo), desc=desc, unit=unit, disable=not show):
+                # No fsync: thousands of small files; a lost one is noticed and rendered again.
+                atomic_write_bytes(image_dir / f"{record.id}.png", png, durable=False)
         logger.info("rendered %d PNGs into %s", len(todo), image_dir)
     return len(todo)
+
+
+PARALLEL_FROM = 200  # images to render from which rendering runs in worker processes
+
+
+@contextlib.contextmanager
+def _rendered(render: Callable[[Any], bytes], todo: Sequence[Any]) -> Iterator[Iterable[bytes]]:
+    """The PNG of each of ``todo``, in order: from worker processes when that pays, else here."""
+    workers = min(os.cpu_count() or 1, 8)
+    if workers < 2 or len(todo) < PARALLEL_FROM or not _picklable(render, todo[0]):
+        yield (render(record) for record in todo)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawned, not forked: the caller may hold threads (torch's, a server's) a fork would copy locked
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        chunk = max(1, min(64, len(todo) // (workers * 8)))
+        try:
+            yield pool.map(render, todo, chunksize=chunk)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def _picklable(*values: Any) -> bool:
+    import pickle
+
+    try:
+        pickle.dumps(values)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        return False
+    return True
 
 
 def write_manifests(

@@ -21,6 +21,7 @@ with the same settings renders nothing.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -150,6 +151,10 @@ def render_svg_text(svg: str, size: int) -> bytes:
     return render_svg_png(size, text=svg)
 
 
+def _render_record(record: IconRecord, size: int) -> bytes:
+    return render_svg_text(record.svg, size)
+
+
 def build_icons(
     out_dir: str | os.PathLike[str] | None = None,
     *,
@@ -195,7 +200,7 @@ def build_icons(
     rendered = render_missing(
         records,
         image_dir,
-        lambda record: render_svg_text(record.svg, size),
+        functools.partial(_render_record, size=size),
         force=force,
         progress=progress,
         desc=f"rendering icons at {size}px",

@@ -26,6 +26,7 @@ renders nothing.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -330,6 +331,10 @@ def render_svg(svg_path: str | os.PathLike[str], size: int) -> bytes:
 # --------------------------------------------------------------------------- build
 
 
+def _render_record(record: EmojiRecord, size: int) -> bytes:
+    return render_svg(record.svg, size)
+
+
 def build_openmoji(
     out_dir: str | os.PathLike[str] | None = None,
     *,
@@ -389,7 +394,7 @@ def build_openmoji(
     rendered = render_missing(
         records,
         image_dir,
-        lambda record: render_svg(record.svg, size),
+        functools.partial(_render_record, size=size),
         force=force,
         progress=progress,
         desc=f"rendering OpenMoji at {size}px",
