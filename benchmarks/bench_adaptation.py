@@ -23,6 +23,7 @@ timings). Finished rows are cached in the work folder, so an interrupted run con
     python benchmarks/bench_adaptation.py [--sets openmoji,icons] [--settings default,...] [--seeds 0,1]
     python benchmarks/bench_adaptation.py --sets openmoji@224 --settings "default[adapt_image_layers=2]"
     python benchmarks/bench_adaptation.py --limit 300 --seeds 0 --work /tmp/b --out /tmp/b.md   # smoke run
+    python benchmarks/bench_adaptation.py --report-only --all-settings --out results/adaptation_levers.md
 
 Prints a table and writes ``benchmarks/results/adaptation.md``.
 """
@@ -301,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", default="", help="a sentence about the machine's state for the table")
     parser.add_argument("--report-only", action="store_true", help="train nothing: write the table of --work")
     parser.add_argument(
+        "--all-settings", action="store_true", help="the table shows every setting of --work, not only --settings"
+    )
+    parser.add_argument(
         "--no-reuse",
         action="store_true",
         help="train the heads phase for every setting (by default settings that differ only in adapt_* "
@@ -339,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
                         + f" | {row['train_wall_s']:.0f}s wall, load {row['load_1min']:.1f}",
                         flush=True,
                     )
-    rows = [r for r in done if r["set"] in sets]
+    rows = [r for r in done if r["set"] in sets and (args.all_settings or r["setting"] in settings)]
     rows.sort(
         key=lambda r: (
             sets.index(r["set"]),

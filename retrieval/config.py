@@ -135,6 +135,10 @@ class ModelConfig(ConfigBase):
     image_width: int = 32  # cnn: channels of the first stage (doubled per stage); vit: token width
     image_layers: int = 3  # cnn: residual stages; vit: transformer blocks
     image_heads: int = 4  # vit: attention heads
+    # efficientnet-lite (other towers ignore it, like the fields of other towers above): append a soft
+    # colour histogram over a colour_levels^3 RGB grid to the tower's features (0: none; 6: 216 bins);
+    # pooled ImageNet features hardly tell colours apart
+    colour_levels: int = 0
     patch_size: int = 8  # vit: side of a square patch (image_size must be divisible by it)
     image_mean: tuple[float, ...] = (0.485, 0.456, 0.406)  # normalisation of the from-scratch image towers
     image_std: tuple[float, ...] = (0.229, 0.224, 0.225)  # (ImageNet statistics)
@@ -187,6 +191,12 @@ class ModelConfig(ConfigBase):
         for name in ("unfreeze_image_layers", "unfreeze_text_layers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"ModelConfig.{name} must be >= 0, received {getattr(self, name)!r}")
+        levels = self.colour_levels
+        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 0 or levels == 1 or levels > 16:
+            raise ValueError(
+                f"ModelConfig.colour_levels must be 0 (no colour histogram) or 2 to 16 levels per channel, "
+                f"received {levels!r}"
+            )
         if self.lock_image not in (None, True, False):
             raise ValueError(
                 f"ModelConfig.lock_image must be true, false or null (null: locked for the efficientnet-lite "
@@ -447,6 +457,7 @@ RECIPE_MODEL = ModelConfig(
     text_projection="linear",
     projection_hidden=1024,
     projection_dropout=0.5,
+    colour_levels=6,
 )
 
 

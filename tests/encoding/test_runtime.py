@@ -74,10 +74,14 @@ def _model(name, tmp_path):
     if name == "clip":
         return load_model(str(save_tiny_clip(tmp_path / "clip")), device="cpu")
     bert = _tiny_bert(tmp_path / "bert")  # EfficientNet-Lite0 (its ImageNet weights) at 64 px + BERT
-    return build_model(tiny_config("efficientnet-lite0:64", f"hf:{bert}"), CAPTIONS, device="cpu")
+    colour = 4 if name.endswith("+colour") else 0  # with the colour histogram the default recipe adds
+    config = tiny_config("efficientnet-lite0:64", f"hf:{bert}", colour_levels=colour)
+    return build_model(config, CAPTIONS, device="cpu")
 
 
-@pytest.mark.parametrize("name", ["cnn+gru", "vit+transformer", "clip", "efficientnet-lite0+bert"])
+@pytest.mark.parametrize(
+    "name", ["cnn+gru", "vit+transformer", "clip", "efficientnet-lite0+bert", "efficientnet-lite0+bert+colour"]
+)
 def test_every_tower_kind_runs_on_onnxruntime_equal_to_torch(name, tmp_path, image_files):
     torch.manual_seed(0)
     model = _model(name, tmp_path).eval()

@@ -67,10 +67,10 @@ def run_config(dataset, tmp_path) -> TrainConfig:
 
 
 # ------------------------------------------------------------------------------ the split itself
-@pytest.mark.parametrize("variant", ["lite0", "lite2"])
-def test_every_split_gives_the_towers_own_features(variant):
+@pytest.mark.parametrize(("variant", "colour"), [("lite0", 0), ("lite2", 0), ("lite0", 3)])
+def test_every_split_gives_the_towers_own_features(variant, colour):
     torch.manual_seed(1)
-    tower = EfficientNetLiteImageTower(variant, 64).eval()
+    tower = EfficientNetLiteImageTower(variant, 64, colour_levels=colour).eval()
     with torch.no_grad():  # random BatchNorm statistics, so every stage matters
         for module in tower.modules():
             if isinstance(module, nn.BatchNorm2d):
@@ -106,8 +106,11 @@ def test_bad_prefix_rows_and_splits_are_named():
     with pytest.raises(ValueError, match="stage index between 0 and 7"):
         tower.encode_prefix(torch.zeros(1, 3, 32, 32), 9)
     rows = tower.encode_prefix(torch.zeros(1, 3, 32, 32), 6)
-    with pytest.raises(ValueError, match="another split or input size"):
+    with pytest.raises(ValueError, match="another split, input size"):
         tower.forward_suffix(rows, 5)
+    coloured = EfficientNetLiteImageTower("lite0", 32, colour_levels=2).eval()
+    with pytest.raises(ValueError, match="colour histogram"):
+        coloured.forward_suffix(rows, 6)  # rows of the tower without the histogram
 
 
 def test_unfreezing_counts_the_head_conv_then_stages(lite_model):
