@@ -111,7 +111,7 @@ def test_a_model_saved_before_the_histogram_loads_without_it():
     saved = RECIPE_MODEL.to_dict()
     saved.pop("colour_levels")  # the config of a model saved before the field existed
     assert ModelConfig.from_dict(saved).colour_levels == 0
-    assert RECIPE_MODEL.colour_levels == 6  # the default recipe has it
+    assert RECIPE_MODEL.colour_levels == 8  # the default recipe has it
 
 
 def test_colour_levels_are_checked_with_the_tower():
@@ -121,7 +121,7 @@ def test_colour_levels_are_checked_with_the_tower():
 
 
 def test_other_towers_ignore_colour_levels_like_other_towers_fields():
-    """The default recipe sets colour_levels=6; a user who switches its image tower to one without a
+    """The default recipe sets colour_levels=8; a user who switches its image tower to one without a
     histogram (model.image_tower=cnn) gets that tower as it always was, not an error."""
     from support.tiny import tiny_config
 
