@@ -136,7 +136,7 @@ class ModelConfig(ConfigBase):
     image_layers: int = 3  # cnn: residual stages; vit: transformer blocks
     image_heads: int = 4  # vit: attention heads
     # efficientnet-lite (other towers ignore it, like the fields of other towers above): append a soft
-    # colour histogram over a colour_levels^3 RGB grid to the tower's features (0: none; 6: 216 bins);
+    # colour histogram over a colour_levels^3 RGB grid to the tower's features (0: none; 8: 512 bins);
     # pooled ImageNet features hardly tell colours apart
     colour_levels: int = 0
     patch_size: int = 8  # vit: side of a square patch (image_size must be divisible by it)

@@ -2,10 +2,10 @@
 
 The EfficientNet-Lite towers of the default recipe append a colour histogram to their features
 (``ModelConfig.colour_levels``, :mod:`retrieval.towers.colour`). On images with colour it is what
-tells "dark skin tone" from "light skin tone" (OpenMoji, 8 levels: validation mean recall 0.373 ->
+tells "dark skin tone" from "light skin tone" (OpenMoji, 8 levels: validation mean recall 0.377 ->
 0.405, test text->image R@10 with hubness correction 0.604 -> 0.687, mean of two seeds); on greyscale images it
 can only describe grey levels, which the tower's own features describe already, and (6 levels) it cost
-the Material Design icons validation recall (0.464 -> 0.447) and test recall
+the Material Design icons validation recall (0.473 -> 0.458) and test recall
 (benchmarks/results/adaptation.md). So before a model is built, a sample of the training images
 is looked at, and when (almost) none of their pixels has colour the tower is built without it.
 """
