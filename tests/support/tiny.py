@@ -45,3 +45,19 @@ CNN_GRU = ModelConfig(
     vocab_size=300,
     context_length=16,
 )
+
+
+# EfficientNet-Lite0 (its ImageNet weights) at 32 px with a tiny GRU text tower and an MLP head: the
+# smallest model with a pretrained tower that splits, for the adaptation and colour-histogram tests.
+LITE = ModelConfig(
+    image_tower="efficientnet-lite0:32",
+    text_tower="gru",
+    embed_dim=16,
+    text_width=8,
+    text_layers=1,
+    vocab_size=120,
+    context_length=8,
+    lock_text=False,
+    projection="mlp",
+    projection_hidden=32,
+)

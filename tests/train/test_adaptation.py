@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from retrieval.config import ModelConfig, TrainConfig
+from retrieval.config import TrainConfig
 from retrieval.encoding import FeatureCache
 from retrieval.model import TwinEncoder, build_model
 from retrieval.towers.base import prefix_fingerprint
@@ -26,18 +26,7 @@ from retrieval.train.prefix import (
     tower_split,
 )
 
-LITE = ModelConfig(
-    image_tower="efficientnet-lite0:32",
-    text_tower="gru",
-    embed_dim=16,
-    text_width=8,
-    text_layers=1,
-    vocab_size=120,
-    context_length=8,
-    lock_text=False,
-    projection="mlp",
-    projection_hidden=32,
-)
+from support.tiny import LITE
 
 
 @pytest.fixture(scope="module")

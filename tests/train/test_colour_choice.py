@@ -14,19 +14,9 @@ from retrieval.model import TwinEncoder
 from retrieval.train import train
 from retrieval.train.colour import coloured_share, model_config_for_images
 
-LITE = ModelConfig(
-    image_tower="efficientnet-lite0:32",
-    text_tower="gru",
-    embed_dim=16,
-    text_width=8,
-    text_layers=1,
-    vocab_size=120,
-    context_length=8,
-    lock_text=False,
-    projection="mlp",
-    projection_hidden=32,
-    colour_levels=3,
-)
+from support.tiny import LITE as PLAIN_LITE
+
+LITE = PLAIN_LITE.replace(colour_levels=3)
 
 
 def _glyphs(root: Path, name: str, mode: str) -> Path:
@@ -48,22 +38,6 @@ def _glyphs(root: Path, name: str, mode: str) -> Path:
     return manifest
 
 
-def write_pairs(root: Path, name: str, _variants: int = 1) -> Path:
-    """A manifest of coloured shapes on white."""
-    root.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for colour, rgb in {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220)}.items():
-        for shape in ("circle", "square"):
-            image = Image.new("RGB", (24, 24), "white")
-            draw = ImageDraw.Draw(image)
-            (draw.ellipse if shape == "circle" else draw.rectangle)((4, 4, 20, 20), fill=rgb)
-            image.save(root / f"{name}-{colour}-{shape}.png")
-            rows.append({"image": f"{name}-{colour}-{shape}.png", "caption": f"a {colour} {shape}"})
-    manifest = root / f"{name}.jsonl"
-    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return manifest
-
-
 def _images(manifest: Path) -> list[str]:
     return [str(manifest.parent / json.loads(line)["image"]) for line in manifest.read_text().splitlines()]
 
@@ -74,15 +48,15 @@ def test_greyscale_images_have_no_coloured_pixels(mode, tmp_path):
     assert (share, read) == (0.0, 8)
 
 
-def test_coloured_shapes_count_their_coloured_pixels(tmp_path):
-    images = _images(write_pairs(tmp_path, "c", 1))
+def test_coloured_shapes_count_their_coloured_pixels(dataset):
+    images = sorted(set(_images(dataset["train"])))  # a manifest row per caption: images repeat
     share, read = coloured_share(images)
-    assert read == len(set(images)) and 0.3 < share < 0.9  # a shape on white: most of the image
+    assert read == len(images) and 0.3 < share < 0.9  # a shape on white: most of the image
 
 
-def test_the_sample_is_spread_over_the_set_and_skips_unreadable_images(tmp_path):
+def test_the_sample_is_spread_over_the_set_and_skips_unreadable_images(dataset, tmp_path):
     grey = _images(_glyphs(tmp_path / "g", "g", "L"))
-    coloured = _images(write_pairs(tmp_path / "c", "c", 1))
+    coloured = _images(dataset["train"])
     share, read = coloured_share([*grey, *coloured], sample=8)
     assert read == 8 and share > 0  # evenly spread: the coloured half is sampled too
     broken = tmp_path / "broken.png"
@@ -90,9 +64,9 @@ def test_the_sample_is_spread_over_the_set_and_skips_unreadable_images(tmp_path)
     assert coloured_share([str(broken), str(tmp_path / "missing.png")]) == (0.0, 0)
 
 
-def test_only_greyscale_training_images_drop_the_histogram(tmp_path, caplog):
+def test_only_greyscale_training_images_drop_the_histogram(dataset, tmp_path, caplog):
     grey = _images(_glyphs(tmp_path / "g", "g", "L"))
-    coloured = _images(write_pairs(tmp_path / "c", "c", 1))
+    coloured = _images(dataset["train"])
     with caplog.at_level(logging.INFO, logger="retrieval.train.colour"):
         assert model_config_for_images(LITE, grey).colour_levels == 0
     assert "greyscale" in caplog.text and "model.colour_levels=0" in caplog.text
@@ -106,11 +80,11 @@ def test_only_greyscale_training_images_drop_the_histogram(tmp_path, caplog):
 
 
 @pytest.mark.parametrize("kind", ["greyscale", "coloured"])
-def test_a_run_builds_the_tower_the_training_images_call_for(kind, tmp_path):
+def test_a_run_builds_the_tower_the_training_images_call_for(kind, dataset, tmp_path):
     if kind == "greyscale":
         train_data, val_data = _glyphs(tmp_path / "d", "train", "L"), _glyphs(tmp_path / "d", "val", "RGBA")
-    else:
-        train_data, val_data = write_pairs(tmp_path / "d", "train", 1), write_pairs(tmp_path / "d", "val", 1)
+    else:  # the trainer tests' coloured shapes
+        train_data, val_data = dataset["train"], dataset["val"]
     config = TrainConfig(
         train_data=str(train_data),
         val_data=str(val_data),
