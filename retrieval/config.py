@@ -147,6 +147,9 @@ class ModelConfig(ConfigBase):
     text_heads: int = 4  # transformer: attention heads
     context_length: int = 64  # max tokens per caption (longer captions are truncated)
     vocab_size: int = 8192  # target vocabulary of the tokenizer trained on the captions
+    # hf / minilm text towers (other towers ignore it): append the layer-normalised mean of the caption's
+    # static word embeddings to the pooled sentence vector, so a head can weigh single words
+    text_words: bool = False
     tokenizer: str = "bpe"  # tokenizer trained on the captions: "bpe" (byte-level) | "wordpiece"
     lowercase: bool = True  # lowercase captions before tokenizing (trained tokenizers only)
     pooling: str = "auto"  # text: "auto" | "mean" | "cls" | "pooler" (auto: CLIP/SigLIP pooler, else mean)
@@ -197,6 +200,8 @@ class ModelConfig(ConfigBase):
                 f"ModelConfig.colour_levels must be 0 (no colour histogram) or 2 to 16 levels per channel, "
                 f"received {levels!r}"
             )
+        if not isinstance(self.text_words, bool):
+            raise ValueError(f"ModelConfig.text_words must be true or false, received {self.text_words!r}")
         if self.lock_image not in (None, True, False):
             raise ValueError(
                 f"ModelConfig.lock_image must be true, false or null (null: locked for the efficientnet-lite "

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -292,7 +293,16 @@ class HFTextTower(TextTower):
 
     ``pooling``: "mean" (masked mean of the last hidden states), "cls" (first token) or "pooler"
     (the model's pooled output, e.g. CLIP's end-of-text state, SigLIP's head). ``padding`` is
-    "longest" or "max_length" (SigLIP was trained on max-length padding)."""
+    "longest" or "max_length" (SigLIP was trained on max-length padding).
+
+    ``words=True`` appends a second part to the pooled output: the mean of the caption's static word
+    embeddings (the backbone's input embedding table; special and padding tokens left out),
+    layer-normalised, so ``output_dim`` grows by the table's width (the simple word-embedding model,
+    SWEM-aver, of Shen et al. 2018, "Baseline Needs More Love"). A sentence encoder pools a short
+    caption into one blend; "account alert outline" and "account alert" land almost on one vector.
+    In the average each word adds its own vector, so a linear head can weigh "outline" or "off" on
+    its own, and a word unseen in training still brings its pretrained meaning. No weights of its own.
+    """
 
     def __init__(
         self,
@@ -304,6 +314,7 @@ class HFTextTower(TextTower):
         padding: str,
         max_length: int,
         source: str,
+        words: bool = False,
     ) -> None:
         super().__init__()
         if pooling not in ("mean", "cls", "pooler"):
@@ -320,6 +331,23 @@ class HFTextTower(TextTower):
         self._pass_mask = "attention_mask" in getattr(tokenizer, "model_input_names", ["attention_mask"])
         self._blocks_name, self._blocks = _largest_module_list(backbone)
         self.output_dim = _output_dim(backbone.config, projection)
+        self.words = bool(words)
+        self.word_dim = 0
+        if self.words:
+            table = backbone.get_input_embeddings()
+            if not isinstance(table, nn.Embedding):
+                raise ValueError(
+                    f"text tower {source!r} has no word embedding table ({type(table).__name__}); "
+                    "set model.text_words=false"
+                )
+            self.word_dim = table.embedding_dim
+            self.output_dim += self.word_dim
+            # 1 for a word, 0 for the tokenizer's special tokens ([CLS], [SEP], [PAD], ...): a gather
+            # (not a membership test) so exported graphs hold it as a constant
+            counted = torch.ones(table.num_embeddings)
+            special = [i for i in getattr(tokenizer, "all_special_ids", []) if 0 <= i < table.num_embeddings]
+            counted[special] = 0.0
+            self.register_buffer("_word_counted", counted, persistent=False)
 
     @property
     def has_projection(self) -> bool:
@@ -361,7 +389,17 @@ class HFTextTower(TextTower):
             pooled = out.last_hidden_state[:, 0]  # [B, H]
         else:
             pooled = masked_mean(out.last_hidden_state, attention_mask)  # [B, H]
-        return self.projection(pooled)  # [B, D]
+        if not self.words:
+            return self.projection(pooled)  # [B, D]
+        return torch.cat([self.projection(pooled), self._word_part(input_ids, attention_mask)], dim=-1)
+
+    def _word_part(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The layer-normalised mean of the words' input embeddings ``[B, E]`` (zeros for a caption of
+        special tokens only)."""
+        embedded = self.backbone.get_input_embeddings()(input_ids)  # [B, L, E]
+        counted = self._word_counted[input_ids] * attention_mask.to(embedded.dtype)  # [B, L]
+        mean = masked_mean(embedded, counted)  # [B, E]
+        return F.layer_norm(mean, (self.word_dim,))  # [B, E]
 
     def _vocab_sha256(self) -> str:
         """The digest of the tokenizer's vocabulary, computed once per tokenizer object (every model
@@ -382,6 +420,7 @@ class HFTextTower(TextTower):
             "padding": self.padding,
             "max_length": self.max_length,
             "pooling": self.pooling,
+            **({"words": True} if self.words else {}),  # only when on: other fingerprints stay as they were
         }
 
     def blocks(self) -> list[nn.Module]:
@@ -448,6 +487,7 @@ def build_hf_text_tower(config: ModelConfig, source: str, assets: Path | None) -
             padding=meta["padding"],
             max_length=meta["max_length"],
             source=meta["source"],
+            words=config.text_words,
         )
     backbone, projection, _ = _load_backbone(source, "text")
     tokenizer = AutoTokenizer.from_pretrained(source)
@@ -460,6 +500,7 @@ def build_hf_text_tower(config: ModelConfig, source: str, assets: Path | None) -
         padding=padding,
         max_length=max_length,
         source=source,
+        words=config.text_words,
     )
 
 

@@ -21,6 +21,7 @@ from retrieval.model import build_model, load_model
 from retrieval.towers import CNNImageTower
 from retrieval.towers.base import tower_fingerprint
 
+from support.hf import save_tiny_bert
 from support.tiny import CAPTIONS, tiny_config
 
 TEXTS = [*CAPTIONS, "", "a very long caption " * 6, "émoji 🙂 and ünïcode"]
@@ -35,27 +36,6 @@ def image_files(tmp_path):
         Image.fromarray(rng.integers(0, 256, size=(20 + i, 24, 3), dtype=np.uint8)).save(path)
         paths.append(str(path))
     return paths
-
-
-def _tiny_bert(folder):
-    """A random 2-layer BERT text encoder with a word tokenizer (all-MiniLM-L6-v2's architecture, tiny)."""
-    from transformers import BertConfig, BertModel
-
-    from support.hf import word_tokenizer
-
-    tokenizer = word_tokenizer(24)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        max_position_embeddings=32,
-    )
-    BertModel(config).eval().save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -73,14 +53,23 @@ def _model(name, tmp_path):
         return build_model(tiny_config("vit", "transformer"), CAPTIONS, device="cpu")
     if name == "clip":
         return load_model(str(save_tiny_clip(tmp_path / "clip")), device="cpu")
-    bert = _tiny_bert(tmp_path / "bert")  # EfficientNet-Lite0 (its ImageNet weights) at 64 px + BERT
+    bert = save_tiny_bert(tmp_path / "bert")  # EfficientNet-Lite0 (its ImageNet weights) at 64 px + BERT
     colour = 4 if name.endswith("+colour") else 0  # with the colour histogram the default recipe adds
-    config = tiny_config("efficientnet-lite0:64", f"hf:{bert}", colour_levels=colour)
+    words = name.endswith("+words")  # with the word part of the text tower the default recipe adds
+    config = tiny_config("efficientnet-lite0:64", f"hf:{bert}", colour_levels=colour, text_words=words)
     return build_model(config, CAPTIONS, device="cpu")
 
 
 @pytest.mark.parametrize(
-    "name", ["cnn+gru", "vit+transformer", "clip", "efficientnet-lite0+bert", "efficientnet-lite0+bert+colour"]
+    "name",
+    [
+        "cnn+gru",
+        "vit+transformer",
+        "clip",
+        "efficientnet-lite0+bert",
+        "efficientnet-lite0+bert+colour",
+        "efficientnet-lite0+bert+words",
+    ],
 )
 def test_every_tower_kind_runs_on_onnxruntime_equal_to_torch(name, tmp_path, image_files):
     torch.manual_seed(0)
@@ -102,7 +91,7 @@ def test_every_tower_kind_runs_on_onnxruntime_equal_to_torch(name, tmp_path, ima
 
 def test_the_transformer_optimizer_keeps_a_bert_tower_equal(tmp_path):
     """ONNX Runtime's transformer optimizer (off by default) on a BERT-like tower: fused, still checked."""
-    model = build_model(tiny_config("cnn", f"hf:{_tiny_bert(tmp_path / 'bert')}"), CAPTIONS, device="cpu")
+    model = build_model(tiny_config("cnn", f"hf:{save_tiny_bert(tmp_path / 'bert')}"), CAPTIONS, device="cpu")
     tower = model.text_tower.eval()
     graph = export_tower(tower, "text", tmp_path / "text", tower_fingerprint(tower), optimize=True)
     assert graph.optimized and graph.path.name == "tower.opt.onnx" and graph.max_abs_diff <= ATOL

@@ -61,6 +61,26 @@ def _tokenizer(texts: list[str] | None, max_length: int):
     return word_tokenizer(max_length) if texts is None else trained_tokenizer(texts, max_length)
 
 
+def save_tiny_bert(folder: Path) -> str:
+    """A random 2-layer BERT text encoder with the WORDS tokenizer (all-MiniLM-L6-v2's architecture,
+    tiny), saved to ``folder``; returns the folder as a string."""
+    from transformers import BertConfig, BertModel
+
+    tokenizer = word_tokenizer(24)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=32,
+    )
+    BertModel(config).eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
 def save_tiny_clip(path: Path, texts: list[str] | None = None) -> Path:
     """A random 2-layer CLIP (``CLIPModel.save_pretrained``) with its processor and a word tokenizer
     (over WORDS, or trained on ``texts``)."""
