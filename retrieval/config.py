@@ -563,7 +563,7 @@ class TrainConfig(ConfigBase):
     # tower, training continues from the best of them with the tower's last `adapt_image_layers` units
     # unfrozen (efficientnet-lite: 1 = the head conv, 2 = the last stage and the head conv, ...; hf
     # towers: transformer blocks) on its locked prefix's cached output, and the result is kept only
-    # when validation recall improves (default 1: validation chose it, benchmarks/results/adaptation.md).
+    # when validation recall improves (default 1: validation chose it, benchmarks/results/adaptation_levers.md).
     # 0: no adaptation phase. It runs when the image tower was
     # locked for the heads, validation exists and the time budget (if any) leaves room for it.
     adapt_image_layers: int = 1

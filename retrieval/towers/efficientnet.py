@@ -142,7 +142,7 @@ class EfficientNetLiteImageTower(ImageTower):
     layer-normalised like the others. Pooled ImageNet features hardly tell colours apart; with the
     histogram the heads can match "medium-dark skin tone" or "red" (the default recipe, 8 levels, on
     OpenMoji, mean of two seeds: validation mean recall 0.377 -> 0.405, unseen test families'
-    text->image R@10 with hubness correction 0.604 -> 0.687; benchmarks/results/adaptation.md). Training leaves it
+    text->image R@10 with hubness correction 0.604 -> 0.687; benchmarks/results/adaptation_levers.md). Training leaves it
     out for greyscale images (:mod:`retrieval.train.colour`).
 
     BatchNorm keeps the ImageNet statistics: the layers stay in eval mode even while the tower

@@ -6,7 +6,7 @@ tells "dark skin tone" from "light skin tone" (OpenMoji, 8 levels: validation me
 0.405, test text->image R@10 with hubness correction 0.604 -> 0.687, mean of two seeds); on greyscale images it
 can only describe grey levels, which the tower's own features describe already, and (6 levels) it cost
 the Material Design icons validation recall (0.473 -> 0.458) and test recall
-(benchmarks/results/adaptation.md). So before a model is built, a sample of the training images
+(benchmarks/results/adaptation_levers.md). So before a model is built, a sample of the training images
 is looked at, and when (almost) none of their pixels has colour the tower is built without it.
 """
 
