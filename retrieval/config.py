@@ -139,6 +139,9 @@ class ModelConfig(ConfigBase):
     # colour histogram over a colour_levels^3 RGB grid to the tower's features (0: none; 8: 512 bins);
     # pooled ImageNet features hardly tell colours apart
     colour_levels: int = 0
+    # efficientnet-lite: append the second-to-last stage's map averaged over an N x N grid of image
+    # regions (0: none; 2: four regions), so the heads see where a shape lies, not only that it is there
+    image_regions: int = 0
     patch_size: int = 8  # vit: side of a square patch (image_size must be divisible by it)
     image_mean: tuple[float, ...] = (0.485, 0.456, 0.406)  # normalisation of the from-scratch image towers
     image_std: tuple[float, ...] = (0.229, 0.224, 0.225)  # (ImageNet statistics)
@@ -199,6 +202,11 @@ class ModelConfig(ConfigBase):
             raise ValueError(
                 f"ModelConfig.colour_levels must be 0 (no colour histogram) or 2 to 16 levels per channel, "
                 f"received {levels!r}"
+            )
+        regions = self.image_regions
+        if isinstance(regions, bool) or not isinstance(regions, int) or regions not in (0, 2, 3, 4):
+            raise ValueError(
+                f"ModelConfig.image_regions must be 0 (none) or a grid side of 2 to 4 regions, received {regions!r}"
             )
         if not isinstance(self.text_words, bool):
             raise ValueError(f"ModelConfig.text_words must be true or false, received {self.text_words!r}")

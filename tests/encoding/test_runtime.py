@@ -56,7 +56,10 @@ def _model(name, tmp_path):
     bert = save_tiny_bert(tmp_path / "bert")  # EfficientNet-Lite0 (its ImageNet weights) at 64 px + BERT
     colour = 4 if name.endswith("+colour") else 0  # with the colour histogram the default recipe adds
     words = name.endswith("+words")  # with the word part of the text tower the default recipe adds
-    config = tiny_config("efficientnet-lite0:64", f"hf:{bert}", colour_levels=colour, text_words=words)
+    regions = 2 if name.endswith("+regions") else 0  # with the image tower's region part
+    config = tiny_config(
+        "efficientnet-lite0:64", f"hf:{bert}", colour_levels=colour, text_words=words, image_regions=regions
+    )
     return build_model(config, CAPTIONS, device="cpu")
 
 
@@ -69,6 +72,7 @@ def _model(name, tmp_path):
         "efficientnet-lite0+bert",
         "efficientnet-lite0+bert+colour",
         "efficientnet-lite0+bert+words",
+        "efficientnet-lite0+bert+regions",
     ],
 )
 def test_every_tower_kind_runs_on_onnxruntime_equal_to_torch(name, tmp_path, image_files):

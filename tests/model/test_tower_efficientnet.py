@@ -64,7 +64,7 @@ def _suffix_by_layers(tower, rows, split):
     channels = tower.stages[split - 1][-1].project[1].num_features
     *pooled, flat = rows.split([*sizes, rows.shape[1] - sum(sizes)], dim=1)
     side = int((flat.shape[1] // channels) ** 0.5)
-    maps, last = tower._run_stages(flat.reshape(-1, channels, side, side), split)
+    maps, last, _ = tower._run_stages(flat.reshape(-1, channels, side, side), split)
     head = F.batch_norm(F.conv2d(last, conv.weight), norm.running_mean, norm.running_var, norm.weight, norm.bias,
                         False, 0.0, norm.eps).clamp(0, 6)  # fmt: skip
     parts = [*pooled, *(m.mean(dim=(2, 3)) for m in maps), head.mean(dim=(2, 3)), head.amax(dim=(2, 3))]
