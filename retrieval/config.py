@@ -274,6 +274,7 @@ class ServeConfig(ConfigBase):
     device: str | None = None  # torch device for the models; None: "cuda" when available, else "cpu"
     mmap: bool = False  # open collections memory-mapped (large indexes, less RAM, slower first queries)
     hubness: str | None = None  # "isoftmax" | "csls": correct text/image queries with the bank beside each collection
+    expand: bool = False  # expand text->image / image->text queries through that bank's pairs (retrieval.search.expansion)
     rerank: int = 0  # re-rank the dense top-N of text/image queries by the model's match head (0: off)
     runtime: str = "auto"  # how the towers run: "auto" | "torch" | "onnx" (see RUNTIMES)
 
@@ -349,6 +350,12 @@ class EvalConfig(ConfigBase):
     hubness: str | None = None  # with a query bank: also rank with "isoftmax" (QB-Norm) or "csls" (hub/... keys)
     hubness_beta: float = 10.0  # isoftmax: inverse temperature over the query bank (best on OpenMoji val)
     hubness_k: int = 10  # csls: bank neighbours averaged into an item's hub score
+    # with a query bank of pairs: also rank with each query expanded through the bank (exp/... keys;
+    # then hubness-corrected when hubness is set): retrieval.search.expansion
+    expansion: bool = False
+    expansion_k: int = 10  # expansion: bank neighbours whose partners are added to the query
+    expansion_weight: float = 0.5  # expansion: weight of the partners' average beside the query
+    expansion_temperature: float = 0.05  # expansion: softmax temperature over the neighbours' similarities
     rerank: int = 0  # with a match head: also re-rank each query's dense top-N (rerank/... keys, match/ECE)
     runtime: str = "auto"  # how the towers run: "auto" | "torch" | "onnx" (see RUNTIMES)
     feature_cache: bool = True  # read (and add to) the cache of image and text tower features (retrieval.encoding)
@@ -377,6 +384,14 @@ class EvalConfig(ConfigBase):
                 raise ValueError(f"EvalConfig.{name} must be >= 1; received {getattr(self, name)!r}")
         if int(self.rerank) < 0:
             raise ValueError(f"EvalConfig.rerank must be >= 0 (0: no re-ranking); received {self.rerank!r}")
+        k = self.expansion_k
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"EvalConfig.expansion_k must be an int >= 1 (bank neighbours); received {k!r}")
+        if not (float(self.expansion_weight) >= 0 and float(self.expansion_temperature) > 0):
+            raise ValueError(
+                "EvalConfig.expansion_weight must be >= 0 and expansion_temperature > 0; received "
+                f"{self.expansion_weight!r} and {self.expansion_temperature!r}"
+            )
         if not 0.0 < float(self.tune_share) < 1.0:
             raise ValueError(f"EvalConfig.tune_share must be in (0, 1); received {self.tune_share!r}")
 
@@ -658,6 +673,10 @@ class DemoConfig(ConfigBase):
     # validation recall chose it for the default recipe's model (mean of the six R@K +0.015 / +0.007 on
     # seeds 0 / 1; CSLS +0.012 / +0.008); it was off for the from-scratch recipe, where it lost val recall.
     hubness: str | None = "isoftmax"
+    # move each text->image / image->text query towards the partners of its nearest train pairs in that
+    # bank (retrieval.search.expansion), measured in the report and used by the queries; on because
+    # validation recall chose it on OpenMoji and the icons (benchmarks/results/expansion.md)
+    expand: bool = True
     rerank: int = 0  # re-rank the dense top-N with a match head fitted on the train split's vectors (0: off)
     progress: bool = True  # progress bars (also off when stderr is not a terminal)
     seed: int = 0  # dataset split and choice of example queries

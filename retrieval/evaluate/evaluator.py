@@ -109,33 +109,54 @@ def _zero_shot(
     return result, chosen
 
 
-def _hubness_metrics(
+def _bank_metrics(
     text_emb: torch.Tensor,
     image_emb: torch.Tensor,
     g: np.ndarray,
     ks: Sequence[int],
     config: EvalConfig,
     query_bank: Any,
+    *,
+    expand: bool,
 ) -> dict[str, float]:
-    """Both directions ranked by hubness-corrected scores ``s - penalty[candidate]`` (exact, all candidates).
+    """Both directions ranked with the query bank, exactly over all candidates: hubness-corrected
+    scores ``s - penalty[candidate]`` (``hub/`` keys), or with ``expand`` the queries expanded first
+    (:mod:`retrieval.search.expansion`) and then corrected when ``config.hubness`` is set (``exp/``).
 
     A penalty on the candidate is one more coordinate: ``[q, 1] . [c, -p] = s - p``.
     """
+    from retrieval.search.expansion import Expansion, expand_queries
     from retrieval.search.hubness import Hubness, item_penalties
 
-    hub = Hubness(config.hubness or "isoftmax", beta=config.hubness_beta, k=config.hubness_k)
-    texts = text_emb.detach().cpu().float()  # [T, D]
-    pics = image_emb.detach().cpu().float()  # [I, D]
-    p_img = torch.from_numpy(item_penalties(query_bank.for_queries("text"), pics.numpy(), hub))  # [I]
-    p_txt = torch.from_numpy(item_penalties(query_bank.for_queries("image"), texts.numpy(), hub))  # [T]
-    ones_t, ones_i = torch.ones(len(texts), 1), torch.ones(len(pics), 1)
+    texts = text_emb.detach().cpu().float()  # [T, D] candidates of image queries
+    pics = image_emb.detach().cpu().float()  # [I, D] candidates of text queries
+    text_q, image_q = texts, pics  # the queries
+    if expand:
+        how = Expansion(config.expansion_k, config.expansion_weight, config.expansion_temperature)
+        text_q = torch.from_numpy(expand_queries(texts.numpy(), query_bank, "text", how))
+        image_q = torch.from_numpy(expand_queries(pics.numpy(), query_bank, "image", how))
+    p_img, p_txt = torch.zeros(len(pics)), torch.zeros(len(texts))
+    if config.hubness:
+        hub = Hubness(config.hubness, beta=config.hubness_beta, k=config.hubness_k)
+        p_img = torch.from_numpy(item_penalties(query_bank.for_queries("text"), pics.numpy(), hub))  # [I]
+        p_txt = torch.from_numpy(item_penalties(query_bank.for_queries("image"), texts.numpy(), hub))  # [T]
     t2i, _ = retrieval_rankings_from_embeddings(
-        torch.cat([texts, ones_t], 1), torch.cat([pics, -p_img[:, None]], 1), g, chunk_size=config.chunk_size
+        torch.cat([text_q, torch.ones(len(texts), 1)], 1),
+        torch.cat([pics, -p_img[:, None]], 1),
+        g,
+        chunk_size=config.chunk_size,
     )
     _, i2t = retrieval_rankings_from_embeddings(
-        torch.cat([texts, -p_txt[:, None]], 1), torch.cat([pics, ones_i], 1), g, chunk_size=config.chunk_size
+        torch.cat([texts, -p_txt[:, None]], 1),
+        torch.cat([image_q, torch.ones(len(pics), 1)], 1),
+        g,
+        chunk_size=config.chunk_size,
     )
-    return {**ranking_metrics(t2i, ks, "hub/t2i/"), **ranking_metrics(i2t, ks, "hub/i2t/", true_recall=True)}
+    prefix = "exp/" if expand else "hub/"
+    return {
+        **ranking_metrics(t2i, ks, f"{prefix}t2i/"),
+        **ranking_metrics(i2t, ks, f"{prefix}i2t/", true_recall=True),
+    }
 
 
 def evaluate_model(
@@ -163,7 +184,9 @@ def evaluate_model(
         config: the remaining settings (:class:`retrieval.config.EvalConfig`).
         query_bank: a :class:`retrieval.search.QueryBank` of queries from outside this set (e.g.
             the training split); with ``config.hubness``, the rankings are also measured after
-            query-bank normalisation over all candidates (``hub/t2i/...``, ``hub/i2t/...`` keys).
+            query-bank normalisation over all candidates (``hub/t2i/...``, ``hub/i2t/...`` keys); with
+            ``config.expansion`` (a bank with pairs), also with the queries expanded through the bank
+            (and then corrected, with ``config.hubness``: ``exp/...`` keys).
         match_head: a :class:`retrieval.match.MatchHead` (default: the one attached to ``model``);
             with ``config.rerank = N``, each query's dense top-N is re-ranked by it (``rerank/...``
             keys, the added time per query, and its calibration: ``match/ECE`` and ``calibration``).
@@ -212,8 +235,17 @@ def evaluate_model(
                 "outside the evaluated set, e.g. retrieval.search.build_query_bank on the training split)"
             )
         t0 = time.perf_counter()
-        metrics.update(_hubness_metrics(text_emb, image_emb, g, ks, config, query_bank))
+        metrics.update(_bank_metrics(text_emb, image_emb, g, ks, config, query_bank, expand=False))
         seconds["hubness"] = time.perf_counter() - t0
+    if config.expansion:
+        if query_bank is None:
+            raise ValueError(
+                "EvalConfig.expansion needs a query bank of training pairs: pass query_bank= (e.g. "
+                "retrieval.search.build_query_bank on the training split)"
+            )
+        t0 = time.perf_counter()
+        metrics.update(_bank_metrics(text_emb, image_emb, g, ks, config, query_bank, expand=True))
+        seconds["expansion"] = time.perf_counter() - t0
 
     calibration = None
     if config.rerank:

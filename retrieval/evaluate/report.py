@@ -117,6 +117,7 @@ def _extra_tables(result: EvalResult) -> list[str]:
     m, lines = result.metrics, []
     for prefix, title in (
         ("hub/", "With hubness correction"),
+        ("exp/", "With query expansion through the query bank"),
         ("rerank/", "With re-ranking by the match head"),
     ):
         if f"{prefix}t2i/R@{result.ks[0]}" not in m:

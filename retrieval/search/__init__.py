@@ -7,6 +7,8 @@ This package's ``__init__`` is its public API; the modules behind it:
 * :mod:`~retrieval.search.queries` -- checks of text queries, image queries and raw query vectors.
 * :mod:`~retrieval.search.hubness` -- hubness correction at query time (query-bank
   normalisation: inverted softmax / QB-Norm, CSLS) and the :class:`QueryBank` stored beside a collection.
+* :mod:`~retrieval.search.expansion` -- :class:`Expansion`: cross-modal queries moved towards the
+  partners of their nearest pairs in the query bank (:func:`expand_queries`).
 * :mod:`~retrieval.search.penalties` -- each item's hub penalty computed once and looked up at query
   time (:class:`PenaltyTable`, :func:`precompute_penalties`), stored beside the query bank.
 * :mod:`~retrieval.search.hybrid` -- :class:`Hybrid`: text queries answered by the dense arm and
@@ -17,6 +19,7 @@ This package's ``__init__`` is its public API; the modules behind it:
 
 from __future__ import annotations
 
+from retrieval.search.expansion import Expansion, expand_queries
 from retrieval.search.hubness import Hubness, QueryBank, build_query_bank, query_bank_path
 from retrieval.search.hybrid import Hybrid, fuse_rrf, fuse_weighted
 from retrieval.search.oneshot import search_collection, search_texts
@@ -24,6 +27,7 @@ from retrieval.search.penalties import PenaltyTable, precompute_penalties
 from retrieval.search.searcher import Hit, Searcher
 
 __all__ = [
+    "Expansion",
     "Hit",
     "Hubness",
     "Hybrid",
@@ -31,6 +35,7 @@ __all__ = [
     "QueryBank",
     "Searcher",
     "build_query_bank",
+    "expand_queries",
     "fuse_rrf",
     "fuse_weighted",
     "precompute_penalties",

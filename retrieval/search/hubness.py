@@ -147,17 +147,36 @@ def query_bank_path(collection_path: str | os.PathLike[str]) -> Path:
 class QueryBank:
     """Typical query vectors per query modality (``"text"``, ``"image"``), each ``[B, D]`` unit rows.
 
-    ``fingerprint`` names the model that encoded them (it must be the collection's).
+    ``fingerprint`` names the model that encoded them (it must be the collection's). ``pairs``, when
+    the bank's captions and images come from pairs, gives for each text row the row of its image
+    (``[B_text]`` int64, like ``PairSet.text_to_image``); query expansion
+    (:mod:`retrieval.search.expansion`) needs it, hubness correction does not.
     """
 
     vectors: dict[str, np.ndarray]
     fingerprint: str | None = None
+    pairs: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         for modality, rows in self.vectors.items():
             if modality not in ("text", "image"):
                 raise ValueError(f"query bank modality must be 'text' or 'image'; received {modality!r}")
             _rows(rows, f"the {modality} query bank")
+        if self.pairs is not None:
+            pairs = np.asarray(self.pairs)
+            n_text = len(self.vectors.get("text", ()))
+            n_image = len(self.vectors.get("image", ()))
+            if pairs.shape != (n_text,) or not np.issubdtype(pairs.dtype, np.integer):
+                raise ValueError(
+                    f"query bank pairs must be {n_text} ints (the image row of each text row); "
+                    f"received an array of shape {pairs.shape} and dtype {pairs.dtype}"
+                )
+            if n_text and (pairs.min() < 0 or pairs.max() >= n_image):
+                raise ValueError(
+                    f"query bank pairs must name image rows 0..{n_image - 1}; received values "
+                    f"{int(pairs.min())}..{int(pairs.max())}"
+                )
+            object.__setattr__(self, "pairs", pairs.astype(np.int64))
 
     def for_queries(self, modality: str) -> np.ndarray:
         """The bank of queries of ``modality``; a clear error when the bank has none."""
@@ -173,6 +192,8 @@ class QueryBank:
         buffer = io.BytesIO()
         meta = json.dumps({"fingerprint": self.fingerprint, "modalities": sorted(self.vectors)})
         arrays = {m: np.asarray(v, dtype=np.float32) for m, v in self.vectors.items()}
+        if self.pairs is not None:
+            arrays["pairs"] = self.pairs
         np.savez(buffer, meta=np.array(meta), **arrays)
         atomic_write_bytes(path, buffer.getvalue())
 
@@ -187,31 +208,47 @@ class QueryBank:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
             vectors = {m: np.asarray(data[m], dtype=np.float32) for m in meta["modalities"]}
-        return cls(vectors, meta.get("fingerprint"))
+            pairs = (
+                np.asarray(data["pairs"]) if "pairs" in data.files else None
+            )  # banks saved before pairs: None
+        return cls(vectors, meta.get("fingerprint"), pairs)
 
 
 def build_query_bank(
     model: Any, pairs: Any, *, max_queries: int = 5000, seed: int = 0, batch_size: int = 64
 ) -> QueryBank:
     """A bank of typical queries from a pair set (e.g. the training split): up to ``max_queries``
-    captions (text queries) and images (image queries), drawn with ``seed``, encoded by ``model``."""
+    pairs drawn with ``seed``, their captions (text queries) and their images (image queries, each
+    once), encoded by ``model``, with which caption belongs to which image (``pairs``). Images that
+    cannot be decoded are left out with their captions."""
     from retrieval import encoding
 
     rng = np.random.default_rng(seed)
     captions, images = list(pairs.captions()), list(pairs.images())
     if not captions or not images:
         raise ValueError("the pair set is empty: build the query bank from some images and captions")
-
-    def draw(items: list[Any]) -> list[Any]:
-        chosen = np.sort(rng.choice(len(items), size=min(max_queries, len(items)), replace=False))
-        return [items[int(i)] for i in chosen]
-
-    texts = encoding.encode_texts(model, draw(captions), batch_size=batch_size, progress=False).vectors
-    pics = encoding.encode_images(
-        model, draw(images), batch_size=batch_size, skip_broken=True, progress=False
-    ).vectors
+    image_of = np.asarray(pairs.text_to_image(), dtype=np.int64)  # [n_pairs]
+    drawn = np.sort(rng.choice(len(captions), size=min(max_queries, len(captions)), replace=False))
+    chosen_images = np.unique(image_of[drawn])  # sorted image rows of the drawn pairs
+    encoded = encoding.encode_images(
+        model,
+        [images[int(i)] for i in chosen_images],
+        batch_size=batch_size,
+        skip_broken=True,
+        progress=False,
+    )
+    row_of = {int(chosen_images[position]): row for row, position in enumerate(encoded.positions)}
+    drawn = np.asarray([int(i) for i in drawn if int(image_of[i]) in row_of], dtype=np.int64)
+    if len(drawn) == 0:
+        raise ValueError(
+            "no image of the drawn pairs could be decoded: build the query bank from readable images"
+        )
+    texts = encoding.encode_texts(
+        model, [captions[int(i)] for i in drawn], batch_size=batch_size, progress=False
+    )
     fingerprint = str(model.fingerprint()) if hasattr(model, "fingerprint") else None
-    return QueryBank({"text": _numpy(texts), "image": _numpy(pics)}, fingerprint)
+    links = np.asarray([row_of[int(image_of[i])] for i in drawn], dtype=np.int64)
+    return QueryBank({"text": _numpy(texts.vectors), "image": _numpy(encoded.vectors)}, fingerprint, links)
 
 
 def _numpy(x: Any) -> np.ndarray:

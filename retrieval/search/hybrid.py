@@ -235,8 +235,9 @@ def _dense_arm(
     filters: dict[str, Any] | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(scores [n, c], ids [n, c], index similarity [n, c]) of the dense arm: the collection's search, or
-    the searcher's corrected and re-ranked hits when it corrects hubness or re-ranks."""
-    if searcher.hubness is None and not searcher.rerank:
+    the searcher's expanded, corrected and re-ranked hits when it expands queries, corrects hubness or
+    re-ranks."""
+    if searcher.hubness is None and not searcher.rerank and searcher.expansion is None:
         scores, ids = searcher.collection.search(queries, wide, where=filters, refine=refine)  # [n, c]
         return scores, ids, np.where(ids >= 0, scores, np.nan).astype(np.float32)
     hits = searcher.search_vectors(

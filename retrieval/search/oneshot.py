@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from retrieval.search.expansion import Expansion
 from retrieval.search.hubness import Hubness, QueryBank
 from retrieval.search.hybrid import Hybrid
 from retrieval.search.queries import ImageQuery, one_text
@@ -31,6 +32,7 @@ def search_collection(
     rerank: int = 0,
     runtime: str = "auto",
     hybrid: Hybrid | None = None,
+    expansion: bool | Expansion = False,
 ) -> list[Hit]:
     """One-call search for scripts and the CLI: loads the model (``model_dir``: any name
     :func:`retrieval.model.load_model` takes; else the one recorded when the collection was embedded)
@@ -43,6 +45,8 @@ def search_collection(
     queries with a query bank (``query_bank``: a bank or its ``.querybank.npz`` file; default the one
     stored beside the collection), and ``rerank=N`` re-orders the best N by the model's match head:
     the same scoring as ``retrieval serve --hubness/--rerank`` (:class:`~retrieval.search.Searcher`).
+    ``expansion`` (``True`` for the default :class:`~retrieval.search.Expansion`) moves a text query for
+    images, or an image query for captions, towards the partners of its nearest pairs in that bank.
     Composed queries are scored by cosine. ``hybrid`` (a :class:`~retrieval.search.Hybrid`) answers a
     text query by the dense arm and BM25 over the items' indexed text fields, fused; its lexical-only
     mode loads no model. ``runtime`` is how the model's towers run ("auto" | "torch" | "onnx":
@@ -53,7 +57,7 @@ def search_collection(
     if hybrid is not None and image is not None:
         raise ValueError("hybrid search takes a text query alone: drop the image, or search without hybrid")
     model = _load_model(collection_path, model_dir, hybrid, runtime)
-    with _searcher(model, collection_path, hubness, query_bank, rerank, hybrid) as searcher:
+    with _searcher(model, collection_path, hubness, query_bank, rerank, hybrid, expansion) as searcher:
         target = modality or _default_modality(searcher)
         if hybrid is not None:
             return searcher.search_hybrid([one_text(query)], k=k, modality=target, where=where)[0]
@@ -79,6 +83,7 @@ def search_texts(
     rerank: int = 0,
     runtime: str = "auto",
     hybrid: Hybrid | None = None,
+    expansion: bool | Expansion = False,
 ) -> list[list[Hit]]:
     """Several text queries at once (e.g. one per line of a file): the model loads once and the
     queries are encoded in batches; one list of hits per query, in order. Arguments as in
@@ -87,7 +92,7 @@ def search_texts(
         raise TypeError("search_texts takes a list of queries; for one query use search_collection")
     texts = [one_text(query) for query in queries]
     model = _load_model(collection_path, model_dir, hybrid, runtime)
-    with _searcher(model, collection_path, hubness, query_bank, rerank, hybrid) as searcher:
+    with _searcher(model, collection_path, hubness, query_bank, rerank, hybrid, expansion) as searcher:
         target = modality or _default_modality(searcher)
         if hybrid is not None:
             return searcher.search_hybrid(texts, k=k, modality=target, where=where)
@@ -108,10 +113,14 @@ def _searcher(
     query_bank: str | os.PathLike[str] | QueryBank | None,
     rerank: int,
     hybrid: Hybrid | None = None,
+    expansion: bool | Expansion = False,
 ) -> Searcher:
     correction = Hubness(hubness) if isinstance(hubness, str) else hubness
     bank = QueryBank.load(query_bank) if isinstance(query_bank, (str, os.PathLike)) else query_bank
-    return Searcher(model, collection_path, hubness=correction, query_bank=bank, rerank=rerank, hybrid=hybrid)
+    expand = Expansion() if expansion is True else (expansion or None)
+    return Searcher(
+        model, collection_path, hubness=correction, query_bank=bank, rerank=rerank, hybrid=hybrid, expansion=expand
+    )
 
 
 def _load_model(

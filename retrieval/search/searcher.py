@@ -32,6 +32,7 @@ import numpy as np
 from indexes.fingerprint import check_fingerprint
 from retrieval import encoding
 from retrieval.pretrained import describe_model_info
+from retrieval.search.expansion import Expansion, expand_with, expansion_pairs
 from retrieval.search.hubness import Hubness, QueryBank, query_bank_path, rerank
 from retrieval.search.hybrid import Hybrid, hybrid_search
 from retrieval.search.penalties import PenaltyTable, penalty_table_path
@@ -40,6 +41,8 @@ from retrieval.search.queries import ImageQuery, as_query_vectors, load_query_im
 __all__ = ["Hit", "Searcher"]
 
 logger = logging.getLogger(__name__)
+
+_OTHER = {"text": "image", "image": "text"}  # the modality a cross-modal query searches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +88,12 @@ class Searcher:
     corrected scores, each hit keeping its cosine beside (:class:`Hit`); :meth:`scoring` names
     what the scores are. Raw-vector searches are corrected when given ``query_modality``.
 
+    ``expansion`` (a :class:`~retrieval.search.expansion.Expansion`) moves each text query searching
+    images, and each image query searching captions, towards the partners of its nearest pairs in
+    the query bank (the same bank, which must record its pairs; :mod:`retrieval.search.expansion`)
+    before the index is asked (the dense arm of hybrid searches too): cosines are then the expanded
+    query's. Same-modality searches (image->image, text->text) are not expanded.
+
     ``rerank=N`` re-orders the best ``N`` dense (or hubness-corrected) candidates of each text or
     image query by the model's match head (:meth:`retrieval.model.TwinEncoder.match`), reading
     the candidates' stored vectors: two-stage retrieval. Re-ranked hits carry the match
@@ -107,6 +116,7 @@ class Searcher:
         query_bank: QueryBank | None = None,
         rerank: int = 0,
         hybrid: Hybrid | None = None,
+        expansion: Expansion | None = None,
     ) -> None:
         self._owns = isinstance(collection, (str, os.PathLike))
         if self._owns:
@@ -133,9 +143,17 @@ class Searcher:
                 "rerank needs a model with a match head (retrieval.match.train_match_head, then "
                 "model.attach_match_head or a head saved beside the model)"
             )
-        if hubness is not None and query_bank is None:
+        self.expansion = expansion
+        if (hubness is not None or expansion is not None) and query_bank is None:
             try:
                 self.query_bank = QueryBank.load(query_bank_path(collection.path))
+            except Exception:
+                self.close()
+                raise
+        self._expansion_pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # query modality -> keys, values
+        if expansion is not None:
+            try:  # a bank without pairs fails here, not at the first query
+                self._expansion_pairs = {m: expansion_pairs(self.query_bank, m) for m in ("text", "image")}
             except Exception:
                 self.close()
                 raise
@@ -281,6 +299,8 @@ class Searcher:
             )
         if len(queries) == 0:
             return []
+        if self.expansion is not None and query_modality in _OTHER and modality == _OTHER[query_modality]:
+            queries = expand_with(queries, *self._expansion_pairs[query_modality], self.expansion)
         filters = self._filters(modality, where)
         if self.scoring(query_modality) == "cosine":
             scores, ids = self.collection.search(queries, int(k), where=filters, refine=refine)  # [n, k]

@@ -165,7 +165,7 @@ def test_query_csvs_escape_cells_a_spreadsheet_would_run(tmp_path):
 def test_hubness_metrics_equal_corrected_dense_scores(method):
     import torch
 
-    from retrieval.evaluate.evaluator import _hubness_metrics
+    from retrieval.evaluate.evaluator import _bank_metrics
     from retrieval.search import Hubness, QueryBank
     from retrieval.search.hubness import item_penalties
 
@@ -178,7 +178,7 @@ def test_hubness_metrics_equal_corrected_dense_scores(method):
     image, text, g = unit(10), unit(25), rng.integers(0, 10, 25)  # random: no ties
     bank = QueryBank({"text": unit(7), "image": unit(6)})
     config = EvalConfig(hubness=method, hubness_k=2, hubness_beta=5.0)
-    got = _hubness_metrics(torch.from_numpy(text), torch.from_numpy(image), g, (1, 5), config, bank)
+    got = _bank_metrics(torch.from_numpy(text), torch.from_numpy(image), g, (1, 5), config, bank, expand=False)
     hub = Hubness(method, beta=5.0, k=2)
     p_img = item_penalties(bank.vectors["text"], image, hub)  # images are penalised for text queries
     p_txt = item_penalties(bank.vectors["image"], text, hub)  # texts for image queries
