@@ -87,6 +87,7 @@ def _settings(config: DemoConfig, data: OpenmojiDataset) -> dict[str, Any]:
         "seed": config.seed,
         "time_budget": config.time_budget,
         "hubness": config.hubness,
+        "expand": config.expand,
         "rerank": config.rerank,
         "train": config.train.replace(progress=True).to_dict(),
     }
@@ -262,7 +263,7 @@ def split_image_paths(collection: Path, split: str) -> list[str]:
 
 
 def _example_queries(model: Any, collection: Path, test_pairs: Any, config: DemoConfig) -> list[QueryResult]:
-    from retrieval.search import Hubness, Searcher
+    from retrieval.search import Expansion, Hubness, Searcher
 
     rng = np.random.default_rng(config.seed)
     images = test_pairs.images()
@@ -275,7 +276,8 @@ def _example_queries(model: Any, collection: Path, test_pairs: Any, config: Demo
     out: list[QueryResult] = []
     hubness = Hubness(config.hubness) if config.hubness else None
     rerank = config.rerank if getattr(model, "match_head", None) is not None else 0
-    with Searcher(model, str(collection), hubness=hubness, rerank=rerank) as searcher:
+    expansion = Expansion() if config.expand else None
+    with Searcher(model, str(collection), hubness=hubness, rerank=rerank, expansion=expansion) as searcher:
 
         def hits(found: Sequence[Any], expected: str | None) -> list[dict[str, Any]]:
             rows = []
@@ -391,19 +393,22 @@ def run_demo(
         )
         say(f"  {embedded}")
         bank = head = None
-        if config.hubness or config.rerank:
+        if config.hubness or config.expand or config.rerank:
             train_vectors = split_vectors(collection, "train")
-        if config.hubness:
+        if config.hubness or config.expand:
             from retrieval.search import QueryBank, query_bank_path
 
-            bank = QueryBank({"image": train_vectors[0], "text": train_vectors[1]}, model.fingerprint())
+            images, texts, _, pairs = train_vectors
+            bank = QueryBank({"image": images, "text": texts}, model.fingerprint(), pairs)
             bank.save(query_bank_path(collection))
-            from indexes import open_collection
-            from retrieval.search import Hubness, precompute_penalties
+            if config.hubness:
+                from indexes import open_collection
+                from retrieval.search import Hubness, precompute_penalties
 
-            with open_collection(collection, read_only=True) as opened:  # queries then look penalties up
-                precompute_penalties(opened, bank, Hubness(config.hubness))
-            say(f"  query bank for hubness correction: {len(bank.vectors['text'])} captions, "
+                with open_collection(collection, read_only=True) as opened:  # queries then look penalties up
+                    precompute_penalties(opened, bank, Hubness(config.hubness))
+            uses = " and ".join(["hubness correction"] * bool(config.hubness) + ["query expansion"] * config.expand)
+            say(f"  query bank for {uses}: {len(bank.vectors['text'])} captions, "
                 f"{len(bank.vectors['image'])} images of the train split")  # fmt: skip
         if config.rerank:
             from retrieval.match import MATCH_HEAD_DIR, fit_match_head
@@ -421,6 +426,7 @@ def run_demo(
             progress=config.progress and sys.stderr.isatty(),
             seed=config.seed,
             hubness=config.hubness,
+            expansion=config.expand,
             rerank=config.rerank,
             runtime=config.runtime,
         )
@@ -436,6 +442,8 @@ def run_demo(
     serve = f"retrieval serve {collection} --model {train_summary['model_dir']} --media-root {image_dir}"
     if config.hubness:  # search the browser's queries the way the demo's were
         serve += f" --hubness {config.hubness}"
+    if config.expand:
+        serve += " --expand"
     if not reused:
         record = {
             "settings": settings,
@@ -483,9 +491,17 @@ def format_result(result: DemoResult) -> str:
     ]
     if "hub/t2i/R@1" in m:
         lines += [
-            "  with hubness correction (query-bank normalisation, the example queries use it):",
+            "  with hubness correction (query-bank normalisation"
+            + (")" if "exp/t2i/R@1" in m else ", the example queries use it):"),
             f"  text->image {m['hub/t2i/R@1']:.3f}   {m['hub/t2i/R@5']:.3f}   {m['hub/t2i/R@10']:.3f}",
             f"  image->text {m['hub/i2t/R@1']:.3f}   {m['hub/i2t/R@5']:.3f}   {m['hub/i2t/R@10']:.3f}",
+        ]
+    if "exp/t2i/R@1" in m:
+        also = " and hubness correction" if "hub/t2i/R@1" in m else ""
+        lines += [
+            f"  with query expansion through the training pairs{also} (the example queries use it):",
+            f"  text->image {m['exp/t2i/R@1']:.3f}   {m['exp/t2i/R@5']:.3f}   {m['exp/t2i/R@10']:.3f}",
+            f"  image->text {m['exp/i2t/R@1']:.3f}   {m['exp/i2t/R@5']:.3f}   {m['exp/i2t/R@10']:.3f}",
         ]
     if "rerank/t2i/R@1" in m:
         lines += [

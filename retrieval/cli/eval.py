@@ -62,11 +62,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "hubness", "--hubness", choices=("isoftmax", "csls"),
         help="also rank after query-bank normalisation (hub/... metrics); needs a query bank",
     )  # fmt: skip
+    option(
+        "expansion", "--expand", action="store_true",
+        help="also rank with each query expanded through the query bank's pairs (exp/... metrics; "
+        "hubness-corrected too with --hubness)",
+    )  # fmt: skip
     p.add_argument(
         "--query-bank",
         default=None,
         metavar="FILE",
-        help="query bank (.querybank.npz) for --hubness (default: the one stored beside --collection)",
+        help="query bank (.querybank.npz) for --hubness / --expand (default: the one stored beside --collection)",
     )
     option("rerank", "--rerank", help="re-rank each query's dense top-N by the model's match head")
     option(
@@ -161,11 +166,12 @@ def run(args: argparse.Namespace) -> int:
 
             collection = stack.enter_context(open_collection(args.collection, read_only=True))
         bank = None
-        if config.hubness:
+        if config.hubness or config.expansion:
             from retrieval.search import QueryBank, query_bank_path
 
             if args.query_bank is None and args.collection is None:
-                raise ValueError("--hubness needs a query bank: pass --query-bank FILE or --collection DIR")
+                flag = "--hubness" if config.hubness else "--expand"
+                raise ValueError(f"{flag} needs a query bank: pass --query-bank FILE or --collection DIR")
             bank = QueryBank.load(args.query_bank or query_bank_path(args.collection))
         result = evaluate_model(model, pairs, collection=collection, config=config, query_bank=bank)
     if args.leakage:
@@ -193,6 +199,9 @@ def run(args: argparse.Namespace) -> int:
     if config.hubness:
         for k in result.ks:
             print(f"{k:>5} hub t2i R@K {m[f'hub/t2i/R@{k}']:.4f}  hub i2t R@K {m[f'hub/i2t/R@{k}']:.4f}")
+    if config.expansion:
+        for k in result.ks:
+            print(f"{k:>5} exp t2i R@K {m[f'exp/t2i/R@{k}']:.4f}  exp i2t R@K {m[f'exp/i2t/R@{k}']:.4f}")
     if config.rerank:
         rer = ", ".join(f"t2i R@{k} {m[f'rerank/t2i/R@{k}']:.4f}" for k in result.ks)
         print(f"re-ranked top {config.rerank}: {rer}; ECE {m['match/ECE']:.4f}")

@@ -59,6 +59,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--query-bank", default=None, metavar="FILE",
         help="query bank (.querybank.npz) for --hubness (default: the one stored beside the collection)",
     )  # fmt: skip
+    p.add_argument(
+        "--expand", action="store_true",
+        help="move a text query for images (an image query for captions) towards the partners of its nearest "
+        "pairs in the query bank, as `retrieval serve --expand` does (needs a bank of pairs)",
+    )  # fmt: skip
     p.add_argument("--rerank", type=int, default=0, metavar="N", help="re-rank the best N by the match head")
     p.add_argument(
         "--hybrid", default=None, metavar="FIELD[,FIELD]",
@@ -140,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
         "query_bank": args.query_bank,
         "rerank": args.rerank,
         "hybrid": hybrid,
+        "expansion": args.expand,
         "runtime": args.runtime,
     }
     if args.queries is not None:

@@ -176,6 +176,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "hubness", "--hubness", choices=("isoftmax", "csls"),
         help="hubness correction of text/image queries with the query bank stored beside each collection",
     )  # fmt: skip
+    option(
+        "expand", "--expand", action="store_true",
+        help="expand text->image and image->text queries through the pairs of the query bank beside each collection",
+    )  # fmt: skip
     option("rerank", "--rerank", help="re-rank the dense top-N of text/image queries by the match head")
     p.add_argument("--config", default=None, help="ServeConfig JSON file (flags override it)")
     p.set_defaults(func=run)

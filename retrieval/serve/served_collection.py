@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from retrieval.search import Hit, Hubness, Hybrid, Searcher
+from retrieval.search import Expansion, Hit, Hubness, Hybrid, Searcher
 from retrieval.serve.batching import ModelRunner
 from retrieval.serve.errors import bad_request, not_found
 from retrieval.serve.inputs import json_safe
@@ -95,11 +95,13 @@ class ServedCollection:
         hubness: str | None = None,
         rerank: int = 0,
         paths: PathScrubber | None = None,
+        expand: bool = False,
     ) -> None:
         self.name = name
         self.paths = paths if paths is not None else PathScrubber(show=True)  # how server paths are shown
         self.hubness = Hubness(hubness) if hubness else None  # query-time hubness correction
         self.rerank = int(rerank)  # dense top-N re-ranked by the model's match head
+        self.expansion = Expansion() if expand else None  # cross-modal queries expanded through the bank
         self.location = os.fspath(path)  # a folder or a Milvus location (see indexes.location)
         self.path = Path(self.location)
         self.model = model
@@ -151,7 +153,9 @@ class ServedCollection:
     def _searcher_for(self, collection: Any) -> Searcher:
         try:
             # checks the model's fingerprint and dim (and the query bank's, with hubness correction)
-            searcher = Searcher(self.model, collection, hubness=self.hubness, rerank=self.rerank)
+            searcher = Searcher(
+                self.model, collection, hubness=self.hubness, rerank=self.rerank, expansion=self.expansion
+            )
             searcher.prepare()  # every item's hub penalty, read or computed once: queries look them up
             return searcher
         except BaseException:

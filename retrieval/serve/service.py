@@ -131,6 +131,7 @@ class Service:
                     hubness=config.hubness,
                     rerank=config.rerank,
                     paths=self.paths,
+                    expand=config.expand,
                 )
         except BaseException:
             self.close()

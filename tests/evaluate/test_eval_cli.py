@@ -99,6 +99,10 @@ def test_cli_hubness_with_a_query_bank(dataset, tmp_path, capsys):
     assert "hub/i2t/R@5" in json.loads((out / "metrics.json").read_text())["metrics"]
     assert main([*argv[:-3], "--no-progress"]) == 1  # --hubness without a bank
     assert "needs a query bank" in capsys.readouterr().err
+    assert main([*argv, "--expand"]) == 0  # the bank's pairs expand the queries: exp/ metrics beside hub/
+    assert "exp t2i R@K" in capsys.readouterr().out
+    assert "exp/t2i/R@5" in json.loads((out / "metrics.json").read_text())["metrics"]
+    assert "## With query expansion" in (out / "report.md").read_text()
 
 
 def test_cli_classify_and_match_smoke(dataset, tmp_path, capsys):

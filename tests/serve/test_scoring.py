@@ -88,3 +88,23 @@ def test_item_and_embedding_searches_are_plain_cosine(hubness_setup):
         r = client.post("/collections/tiny/search/item", json={"id": 0, "k": 3}).json()
         assert r["scoring"] == "cosine"
         assert all(h["score"] == h["cosine"] for h in r["hits"])
+
+
+def test_expanded_queries_score_alike_on_the_cli_and_the_api(capsys, hubness_setup):
+    """`serve --expand` and `search --expand` move a text query through the bank's pairs alike; the
+    expanded scores are not the unexpanded ones."""
+    import dataclasses
+
+    model_dir, coll, config = hubness_setup
+    changed = False
+    with TestClient(create_app(dataclasses.replace(config, expand=True)), base_url="http://localhost") as client:
+        for query in QUERIES:
+            extra = ("--hubness", "isoftmax")
+            cli = [(h["id"], h["score"], h["cosine"]) for h in cli_hits(capsys, model_dir, coll, query, *extra, "--expand")]
+            api = surfaces(client, query)["api"]
+            assert [h[0] for h in api] == [h[0] for h in cli], query
+            for (_, score, cosine), (_, cli_score, cli_cosine) in zip(api, cli):
+                assert score == pytest.approx(cli_score, abs=1e-5) and cosine == pytest.approx(cli_cosine, abs=1e-5)
+            unexpanded = [(h["id"], h["score"]) for h in cli_hits(capsys, model_dir, coll, query, *extra)]
+            changed |= unexpanded != [(i, s) for i, s, _ in cli]
+    assert changed
