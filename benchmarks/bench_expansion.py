@@ -14,6 +14,7 @@ scored on test, so the table shows whether the default is where validation would
 is the expansion's own time per query (the bank lookup; encoding and search are the same).
 
     python benchmarks/bench_expansion.py [--sets openmoji,icons] [--seeds 0,1] [--setting default]
+    python benchmarks/bench_expansion.py --also "icons@224|default[model.image_regions=2]"   # more runs
 
 Reads the run folders of ``bench_adaptation.py``'s work folder (run that first); prints a table and
 writes ``benchmarks/results/expansion.md``.
@@ -85,6 +86,14 @@ def measure(name: str, data: Any, model_dir: Path) -> dict[str, Any]:
     for how in ("plain", "hub", "exp"):
         row[f"val/{how}"] = mean_recall(ranked(*splits["val"], bank, how))
         row.update({f"test/{how}/{k}": v for k, v in ranked(*splits["test"], bank, how).items()})
+    # the collection as the demo builds it: every split's images, the training ones included
+    test_texts, test_images, test_g = splits["test"]
+    val_images = splits["val"][1]
+    everything = np.concatenate([bank_images, val_images, test_images])
+    offset = len(bank_images) + len(val_images)
+    for how in ("hub", "exp"):
+        m = ranked(test_texts, everything, test_g + offset, bank, how)
+        row.update({f"all/{how}/t2i/R@{k}": m[f"t2i/R@{k}"] for k in (1, 10)})
     scores = [(mean_recall(ranked(*splits["val"], bank, "exp", e)), e) for e in GRID]
     best_val, best = max(scores, key=lambda s: s[0])
     row["val/best"] = best_val
@@ -106,15 +115,18 @@ def markdown(rows: list[dict[str, Any]], note: str, setting: str) -> str:
         "",
         f"Machine: {os.cpu_count()} CPUs ({platform.machine()}), torch {torch.__version__}; load average "
         f"{note} (the end: its own threads). The models are the ones `bench_adaptation.py` returned for "
-        f"the default command (seeds 0 and 1; its run folders of setting `{setting}`). Val = mean of the six R@K on the val split; test = the test split (families unseen in "
+        f"the command of each row's setting (seeds 0 and 1); its run folders of setting `{setting}` are the "
+        "default command's. Val = mean of the six R@K on the val split; test = the test split (families unseen in "
         "training): t2i R@1 / t2i R@10 / i2t R@10. `plain` = cosine; `hub` = hubness correction (inverted "
         "softmax, bank = the train split), as the demo ranks; `exp` = the default expansion (10 neighbours, "
         "weight 0.5, temperature 0.05) through the train split's pairs, then the same correction; "
         "`val-best` = the expansion setting (k / weight / temperature) of an 18-point grid that validation "
-        "prefers, with its test. `ms/q` = the expansion's time per query (both directions' queries, numpy).",
+        "prefers, with its test. `ms/q` = the expansion's time per query (both directions' queries, numpy). "
+        "`all images` = the test captions searching every split's images, the training images (the bank's "
+        "own) included, as in the demo's collection: t2i R@1 / R@10, hub -> exp.",
         "",
-        "| set | seed | bank | val plain | val hub | val exp | test plain | test hub | test exp | val-best setting | val-best val | val-best test | ms/q |",
-        "|---|---:|---|---:|---:|---:|---|---|---|---|---:|---|---:|",
+        "| set | setting | seed | bank | val plain | val hub | val exp | test plain | test hub | test exp | val-best setting | val-best val | val-best test | ms/q | all images hub -> exp |",
+        "|---|---|---:|---|---:|---:|---:|---|---|---|---|---:|---|---:|---|",
     ]
 
     def trio(r: dict[str, Any], how: str) -> str:
@@ -122,19 +134,27 @@ def markdown(rows: list[dict[str, Any]], note: str, setting: str) -> str:
 
     for r in rows:
         out.append(
-            f"| {r['set']} | {r['seed']} | {r['bank']} | {r['val/plain']:.3f} | {r['val/hub']:.3f} | "
+            f"| {r['set']} | {r['setting']} | {r['seed']} | {r['bank']} | {r['val/plain']:.3f} | {r['val/hub']:.3f} | "
             f"{r['val/exp']:.3f} | {trio(r, 'plain')} | {trio(r, 'hub')} | {trio(r, 'exp')} | {r['best']} | "
-            f"{r['val/best']:.3f} | {trio(r, 'best')} | {r['ms_per_query']:.3f} |"
+            f"{r['val/best']:.3f} | {trio(r, 'best')} | {r['ms_per_query']:.3f} | "
+            f"{r['all/hub/t2i/R@1']:.3f} / {r['all/hub/t2i/R@10']:.3f} -> "
+            f"{r['all/exp/t2i/R@1']:.3f} / {r['all/exp/t2i/R@10']:.3f} |"
         )
-    out += ["", "Means over the seeds:", "", "| set | val hub | val exp | test hub | test exp |", "|---|---:|---:|---|---|"]
-    for name in dict.fromkeys(r["set"] for r in rows):
-        mine = [r for r in rows if r["set"] == name]
+    out += [
+        "",
+        "Means over the seeds:",
+        "",
+        "| set | setting | val hub | val exp | test hub | test exp |",
+        "|---|---|---:|---:|---|---|",
+    ]
+    for name, setting in dict.fromkeys((r["set"], r["setting"]) for r in rows):
+        mine = [r for r in rows if (r["set"], r["setting"]) == (name, setting)]
 
         def avg(key: str, mine: list[dict[str, Any]] = mine) -> float:
             return float(np.mean([r[key] for r in mine]))
 
         out.append(
-            f"| {name} | {avg('val/hub'):.3f} | {avg('val/exp'):.3f} | "
+            f"| {name} | {setting} | {avg('val/hub'):.3f} | {avg('val/exp'):.3f} | "
             + " / ".join(f"{avg(f'test/hub/{k}'):.3f}" for k in KEYS)
             + " | "
             + " / ".join(f"{avg(f'test/exp/{k}'):.3f}" for k in KEYS)
@@ -148,21 +168,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", default="openmoji,icons", help="comma-separated: openmoji, icons")
     parser.add_argument("--seeds", default="0,1", help="comma-separated training seeds")
     parser.add_argument("--setting", default="default", help="bench_adaptation's setting whose runs are read")
+    parser.add_argument(
+        "--also", action="append", default=[], metavar="SET|SETTING", help="more runs to read (repeatable)"
+    )
     parser.add_argument("--work", default=None, help="bench_adaptation's work folder (default: the toolkit cache)")
     parser.add_argument("--out", default=str(RESULTS), help="markdown file to write")
     args = parser.parse_args(argv)
     work = Path(args.work) if args.work else cache_dir("bench-adaptation")
     load_before = os.getloadavg()[0]
     rows = []
-    for name in [s for s in args.sets.split(",") if s]:
+    runs = [(name, args.setting) for name in args.sets.split(",") if name]
+    runs += [tuple(extra.split("|", 1)) for extra in args.also]
+    for name, setting in runs:
         data = build_set(name, None)
         for seed in [int(s) for s in args.seeds.split(",") if s]:
-            run = work / f"{name}-{args.setting}-seed{seed}" / "best"
+            run = work / f"{name}-{setting}-seed{seed}" / "best"
             if not run.is_dir():
-                raise SystemExit(f"no model at {run}: run bench_adaptation.py --sets {name} --seeds {seed} first")
-            row = {"set": name, "seed": seed, **measure(name, data, run)}
+                raise SystemExit(
+                    f"no model at {run}: run bench_adaptation.py --sets {name} --settings '{setting}' --seeds {seed}"
+                )
+            row = {"set": name, "setting": setting, "seed": seed, **measure(name, data, run)}
             rows.append(row)
-            print(f"{name} seed {seed}: val hub {row['val/hub']:.3f} exp {row['val/exp']:.3f}", flush=True)
+            print(f"{name} {setting} seed {seed}: val hub {row['val/hub']:.3f} exp {row['val/exp']:.3f}", flush=True)
     text = markdown(rows, f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after", args.setting)
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

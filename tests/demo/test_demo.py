@@ -38,7 +38,7 @@ def demo_run(tmp_path_factory):
     """One finished demo (200 emoji, ~40 training steps): its folder, command line and output."""
     root = tmp_path_factory.mktemp("demo")
     config_path = root / "demo-config.json"
-    DemoConfig(train=TINY_RECIPE, n_queries=2, seed=0, hubness="isoftmax", rerank=5).save(config_path)
+    DemoConfig(train=TINY_RECIPE, n_queries=2, seed=0, hubness="isoftmax", expand=True, rerank=5).save(config_path)
     argv = ["demo", "--config", str(config_path), "--out", str(root / "out"), "--data", str(root / "data")]
     argv += ["--limit", "200", "--no-progress"]
     printed = io.StringIO()
@@ -61,13 +61,20 @@ def test_demo_runs_end_to_end_and_beats_chance(demo_run):
     assert "with hubness correction" in printed
     assert "re-ranking the top 5 with the match head" in printed
     assert f"retrieval serve {out / 'collection'} --model" in printed
-    assert "--hubness isoftmax" in printed  # the browser's queries are ranked like the demo's
+    assert "--hubness isoftmax --expand" in printed  # the browser's queries are ranked like the demo's
     assert DemoConfig().hubness == "isoftmax"  # the default, chosen by validation recall
+    assert "with query expansion through the training pairs and hubness correction" in printed
+    assert DemoConfig().expand is False  # it favours the training items the demo's collection holds
+    from retrieval.search import QueryBank
+
+    bank = QueryBank.load(out / "collection.querybank.npz")  # the train split's pairs, linked
+    assert bank.pairs is not None and len(bank.pairs) == len(bank.vectors["text"]) > len(bank.vectors["image"]) > 0
     assert "text->image: " in printed and "image->text: " in printed
     summary = json.loads((out / "demo.json").read_text(encoding="utf-8"))
     metrics, chance = summary["metrics"], summary["chance"]
     assert 0 <= metrics["hub/t2i/R@10"] <= 1 and 0 <= metrics["hub/i2t/R@10"] <= 1
     assert 0 <= metrics["rerank/t2i/R@1"] <= 1
+    assert 0 <= metrics["exp/t2i/R@10"] <= 1 and 0 <= metrics["exp/i2t/R@10"] <= 1
     assert (Path(summary["train"]["model_dir"]) / "match_head").is_dir()
     assert (out / "report" / "reliability.png").is_file()
     # unseen test emoji: clearly better than a random ranking
