@@ -387,9 +387,13 @@ class EvalConfig(ConfigBase):
         k = self.expansion_k
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"EvalConfig.expansion_k must be an int >= 1 (bank neighbours); received {k!r}")
-        if not (float(self.expansion_weight) >= 0 and float(self.expansion_temperature) > 0):
+        weight, temperature = self.expansion_weight, self.expansion_temperature
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (weight, temperature)) or not (
+            0 <= weight < float("inf") and 0 < temperature < float("inf")
+        ):
             raise ValueError(
-                "EvalConfig.expansion_weight must be >= 0 and expansion_temperature > 0; received "
+                "EvalConfig.expansion_weight must be a finite number >= 0 and expansion_temperature a finite "
+                "number > 0; received "
                 f"{self.expansion_weight!r} and {self.expansion_temperature!r}"
             )
         if not 0.0 < float(self.tune_share) < 1.0:

@@ -97,8 +97,8 @@ def same_settings(saved: Any, current: Any, defaults: Any = None) -> bool:
     """Whether a finished demo's ``saved`` settings match ``current``. A field the toolkit added since
     that demo ran (absent from ``saved``) matches when it holds its default, so an upgrade alone
     does not force a rerun; any other difference does."""
-    if defaults is None:
-        defaults = {"train": TrainConfig().to_dict()}
+    if defaults is None:  # top-level fields added since: their defaults
+        defaults = {"train": TrainConfig().to_dict(), "expand": DemoConfig().expand}
     if not (isinstance(saved, dict) and isinstance(current, dict)):
         return bool(saved == current)
     if set(saved) - set(current):
@@ -492,7 +492,7 @@ def format_result(result: DemoResult) -> str:
     if "hub/t2i/R@1" in m:
         lines += [
             "  with hubness correction (query-bank normalisation"
-            + (")" if "exp/t2i/R@1" in m else ", the example queries use it):"),
+            + ("):" if "exp/t2i/R@1" in m else ", the example queries use it):"),
             f"  text->image {m['hub/t2i/R@1']:.3f}   {m['hub/t2i/R@5']:.3f}   {m['hub/t2i/R@10']:.3f}",
             f"  image->text {m['hub/i2t/R@1']:.3f}   {m['hub/i2t/R@5']:.3f}   {m['hub/i2t/R@10']:.3f}",
         ]

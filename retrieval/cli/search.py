@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument(
         "--query-bank", default=None, metavar="FILE",
-        help="query bank (.querybank.npz) for --hubness (default: the one stored beside the collection)",
+        help="query bank (.querybank.npz) for --hubness / --expand (default: the one stored beside the collection)",
     )  # fmt: skip
     p.add_argument(
         "--expand", action="store_true",

@@ -214,6 +214,15 @@ def evaluate_model(
             what=f"collection {collection.path}",
             fix="evaluate with the model that built it, or re-embed the collection",
         )
+    if config.expansion:  # a bank that cannot expand fails before the encoding, not after
+        if query_bank is None:
+            raise ValueError(
+                "EvalConfig.expansion needs a query bank of training pairs: pass query_bank= (e.g. "
+                "retrieval.search.build_query_bank on the training split)"
+            )
+        from retrieval.search.expansion import expansion_pairs
+
+        expansion_pairs(query_bank, "text")
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     enc = _encode_pairs(model, pairs, batch_size, config)
@@ -238,11 +247,6 @@ def evaluate_model(
         metrics.update(_bank_metrics(text_emb, image_emb, g, ks, config, query_bank, expand=False))
         seconds["hubness"] = time.perf_counter() - t0
     if config.expansion:
-        if query_bank is None:
-            raise ValueError(
-                "EvalConfig.expansion needs a query bank of training pairs: pass query_bank= (e.g. "
-                "retrieval.search.build_query_bank on the training split)"
-            )
         t0 = time.perf_counter()
         metrics.update(_bank_metrics(text_emb, image_emb, g, ks, config, query_bank, expand=True))
         seconds["expansion"] = time.perf_counter() - t0

@@ -203,7 +203,7 @@ class QueryBank:
         if not Path(path).exists():
             raise FileNotFoundError(
                 f"no query bank at {path}: build one (retrieval.search.build_query_bank, or the demo) "
-                "or search without hubness correction"
+                "or search without hubness correction and query expansion"
             )
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
@@ -217,10 +217,11 @@ class QueryBank:
 def build_query_bank(
     model: Any, pairs: Any, *, max_queries: int = 5000, seed: int = 0, batch_size: int = 64
 ) -> QueryBank:
-    """A bank of typical queries from a pair set (e.g. the training split): up to ``max_queries``
-    pairs drawn with ``seed``, their captions (text queries) and their images (image queries, each
-    once), encoded by ``model``, with which caption belongs to which image (``pairs``). Images that
-    cannot be decoded are left out with their captions."""
+    """A bank of typical queries from a pair set (e.g. the training split), drawn with ``seed`` and
+    encoded by ``model``: up to ``max_queries`` captions (text queries, drawn as pairs) and up to
+    ``max_queries`` images (image queries: the drawn pairs' images, then others drawn from the rest),
+    with which caption belongs to which image (``pairs``). Images that cannot be decoded are left out
+    with their captions."""
     from retrieval import encoding
 
     rng = np.random.default_rng(seed)
@@ -230,6 +231,10 @@ def build_query_bank(
     image_of = np.asarray(pairs.text_to_image(), dtype=np.int64)  # [n_pairs]
     drawn = np.sort(rng.choice(len(captions), size=min(max_queries, len(captions)), replace=False))
     chosen_images = np.unique(image_of[drawn])  # sorted image rows of the drawn pairs
+    room = min(max_queries, len(images)) - len(chosen_images)  # several captions per image leave room
+    if room > 0:
+        others = np.setdiff1d(np.arange(len(images)), chosen_images)
+        chosen_images = np.union1d(chosen_images, rng.choice(others, size=room, replace=False))
     encoded = encoding.encode_images(
         model,
         [images[int(i)] for i in chosen_images],

@@ -92,7 +92,9 @@ class Searcher:
     images, and each image query searching captions, towards the partners of its nearest pairs in
     the query bank (the same bank, which must record its pairs; :mod:`retrieval.search.expansion`)
     before the index is asked (the dense arm of hybrid searches too): cosines are then the expanded
-    query's. Same-modality searches (image->image, text->text) are not expanded.
+    query's. Same-modality searches (image->image, text->text) are not expanded, nor are searches
+    over both modalities at once (``modality=None`` on a collection holding both); on a collection
+    holding one modality, ``modality=None`` searches that one.
 
     ``rerank=N`` re-orders the best ``N`` dense (or hubness-corrected) candidates of each text or
     image query by the model's match head (:meth:`retrieval.model.TwinEncoder.match`), reading
@@ -152,8 +154,14 @@ class Searcher:
                 raise
         self._expansion_pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # query modality -> keys, values
         if expansion is not None:
-            try:  # a bank without pairs fails here, not at the first query
+            try:  # a bank without pairs, or of another width, fails here, not at the first query
                 self._expansion_pairs = {m: expansion_pairs(self.query_bank, m) for m in ("text", "image")}
+                width = self._expansion_pairs["text"][0].shape[1]
+                if width != int(collection.dim):
+                    raise ValueError(
+                        f"the query bank holds {width}-d vectors, collection {collection.path} {collection.dim}-d: "
+                        "rebuild the bank with the model that built the collection"
+                    )
             except Exception:
                 self.close()
                 raise
@@ -299,8 +307,11 @@ class Searcher:
             )
         if len(queries) == 0:
             return []
-        if self.expansion is not None and query_modality in _OTHER and modality == _OTHER[query_modality]:
-            queries = expand_with(queries, *self._expansion_pairs[query_modality], self.expansion)
+        asked = queries  # the match head scores the query as encoded, expanded or not
+        if self.expansion is not None and query_modality in _OTHER:
+            target = modality if modality is not None else (self._only_modality() if self._has_modality else None)
+            if target == _OTHER[query_modality]:  # cross-modal: a mixed search (modality None) is not expanded
+                queries = expand_with(queries, *self._expansion_pairs[query_modality], self.expansion)
         filters = self._filters(modality, where)
         if self.scoring(query_modality) == "cosine":
             scores, ids = self.collection.search(queries, int(k), where=filters, refine=refine)  # [n, k]
@@ -314,7 +325,7 @@ class Searcher:
         if self.hubness is not None:
             scores, ids = self._corrected(scores, ids, query_modality, keep)  # [n, keep]
         if self.rerank:
-            scores, ids = self._reranked(queries, scores, ids, query_modality)
+            scores, ids = self._reranked(asked, scores, ids, query_modality)
         scores, ids = scores[:, : int(k)], ids[:, : int(k)]
         return self._hits(scores, ids, _dense_of(ids, dense_ids, dense_scores))
 

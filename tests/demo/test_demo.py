@@ -132,3 +132,6 @@ def test_a_demo_from_before_a_new_default_field_is_reused_but_not_one_with_other
     assert not same_settings({**older, "gone": 1}, current)  # a setting this version no longer has
     lr = {**current, "train": {**current["train"], "lr": 0.5}}
     assert not same_settings(older, lr)
+    # a top-level field added since (query expansion): its default matches, another value does not
+    assert same_settings(older, {**current, "expand": False})
+    assert not same_settings(older, {**current, "expand": True})

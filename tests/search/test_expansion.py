@@ -19,8 +19,9 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def _bank(rng: np.random.Generator, n_images: int, n_texts: int, dim: int) -> QueryBank:
-    """Random unit rows; every image has a caption, some have several."""
-    pairs = np.concatenate([np.arange(n_images), rng.integers(0, n_images, n_texts - n_images)])
+    """Random unit rows; some images have several captions, the last one may have none."""
+    captioned = max(1, n_images - int(rng.integers(0, 2)))
+    pairs = np.concatenate([np.arange(captioned), rng.integers(0, captioned, n_texts - captioned)])
     rng.shuffle(pairs)
     texts = _unit(rng.standard_normal((n_texts, dim)))
     images = _unit(rng.standard_normal((n_images, dim)))
@@ -148,10 +149,34 @@ def test_searcher_expands_cross_modal_queries_only(paired_collection):
             np.testing.assert_allclose([h.cosine for h in row], np.sort(sims)[::-1][:3], atol=1e-5)
 
 
-def test_searcher_refuses_a_bank_without_pairs(paired_collection):
+def test_searcher_expands_a_search_of_the_only_modality_but_not_a_mixed_one(tmp_path, paired_collection):
+    """``modality=None`` searches what a one-modality collection holds: expanded when that is the other
+    modality; on a mixed collection it searches both, unexpanded."""
+    path, bank, images, _ = paired_collection
+    queries = _unit(np.random.default_rng(2).standard_normal((3, images.shape[1])))
+    how = Expansion(k=3, weight=1.0)
+    only = tmp_path / "images.coll"
+    with Collection.create(only, dim=images.shape[1], index="Flat") as coll:
+        coll.add(images, metadata=[{"modality": "image"}] * len(images))
+        coll.save()
+    bank.save(query_bank_path(only))
+    expanded = expand_queries(queries, bank, "text", how)
+    with Searcher(None, only, expansion=how) as searcher:
+        hits = searcher.search_vectors(queries, k=2, query_modality="text")
+    assert [[h.id for h in row] for row in hits] == [list(np.argsort(-(images @ q))[:2]) for q in expanded]
+    with Searcher(None, path, expansion=how) as searcher, Searcher(None, path) as plain:
+        mixed = searcher.search_vectors(queries, k=4, query_modality="text")
+        assert [[h.id for h in r] for r in mixed] == [[h.id for h in r] for r in plain.search_vectors(queries, k=4)]
+
+
+def test_searcher_refuses_a_bank_without_pairs_or_of_another_width(paired_collection):
     path, bank, _, _ = paired_collection
     QueryBank(bank.vectors, bank.fingerprint).save(query_bank_path(path))
     with pytest.raises(ValueError, match="rebuild it"):
+        Searcher(None, path, expansion=Expansion())
+    wide = {m: np.concatenate([v, v], axis=1) / np.sqrt(2) for m, v in bank.vectors.items()}
+    QueryBank(wide, None, bank.pairs).save(query_bank_path(path))
+    with pytest.raises(ValueError, match="12-d vectors"):
         Searcher(None, path, expansion=Expansion())
 
 
@@ -164,10 +189,12 @@ def test_built_banks_link_each_caption_to_its_image(tmp_path, fake_model, corpus
     manifest = tmp_path / "pairs.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     pairs = read_pairs(str(manifest))
-    for max_queries in (100, 5):
+    for max_queries in (100, 5, 2):
         bank = build_query_bank(fake_model, pairs, max_queries=max_queries, seed=1)
         texts, images = bank.vectors["text"], bank.vectors["image"]
         assert len(texts) == len(bank.pairs) <= min(max_queries, 7)
+        # as many images as before pairs were drawn (the broken one may be among them)
+        assert min(max_queries, 7) - 1 <= len(images) <= min(max_queries, 7)
         by_caption = {p.caption: p.image for p in pairs}
         captions = [c for c in pairs.captions() if c != "a broken image"]
         expected_text = fake_model.encode_texts(captions).numpy()
