@@ -34,12 +34,13 @@ import numpy as np
 import torch
 from bench_adaptation import build_set, vectors
 
+from retrieval.config import EvalConfig
 from retrieval.data import read_pairs
 from retrieval.evaluate import ranking_metrics, retrieval_rankings_from_embeddings
+from retrieval.evaluate.evaluator import _bank_metrics
 from retrieval.model import TwinEncoder
 from retrieval.paths import cache_dir
 from retrieval.search import Expansion, QueryBank, expand_queries
-from retrieval.search.hubness import Hubness, item_penalties
 
 RESULTS = Path(__file__).resolve().parent / "results" / "expansion.md"
 GRID = [Expansion(k, w, t) for k, w, t in itertools.product((5, 10, 30), (0.25, 0.5, 1.0), (0.05, 0.1))]
@@ -48,24 +49,18 @@ KEYS = ("t2i/R@1", "t2i/R@10", "i2t/R@10")
 
 def ranked(texts: np.ndarray, images: np.ndarray, g: np.ndarray, bank: QueryBank, how: str,
            expansion: Expansion | None = None) -> dict[str, float]:  # fmt: skip
-    """R@1/5/10 both ways: ``how`` = plain | hub | exp (expanded, then hubness-corrected)."""
-    text_q, image_q = texts, images
-    if how == "exp":
-        text_q = expand_queries(texts, bank, "text", expansion or Expansion())
-        image_q = expand_queries(images, bank, "image", expansion or Expansion())
-    p_img, p_txt = np.zeros(len(images), np.float32), np.zeros(len(texts), np.float32)
-    if how != "plain":
-        p_img = item_penalties(bank.vectors["text"], images, Hubness("isoftmax"))
-        p_txt = item_penalties(bank.vectors["image"], texts, Hubness("isoftmax"))
-
-    def t(x: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-
-    t2i, _ = retrieval_rankings_from_embeddings(
-        t(np.c_[text_q, np.ones(len(texts))]), t(np.c_[images, -p_img]), g
+    """R@1/5/10 both ways, as ``retrieval eval`` ranks: ``how`` = plain | hub | exp (expanded, then
+    hubness-corrected)."""
+    t, i = torch.from_numpy(texts), torch.from_numpy(images)
+    if how == "plain":
+        t2i, i2t = retrieval_rankings_from_embeddings(t, i, g)
+        return {**ranking_metrics(t2i, (1, 5, 10), "t2i/"), **ranking_metrics(i2t, (1, 5, 10), "i2t/", true_recall=True)}
+    e = expansion or Expansion()
+    config = EvalConfig(
+        hubness="isoftmax", expansion_k=e.k, expansion_weight=e.weight, expansion_temperature=e.temperature
     )
-    _, i2t = retrieval_rankings_from_embeddings(t(np.c_[texts, -p_txt]), t(np.c_[image_q, np.ones(len(images))]), g)
-    return {**ranking_metrics(t2i, (1, 5, 10), "t2i/"), **ranking_metrics(i2t, (1, 5, 10), "i2t/", true_recall=True)}
+    metrics = _bank_metrics(t, i, g, (1, 5, 10), config, bank, expand=how == "exp")
+    return {key[len(how) + 1 :]: value for key, value in metrics.items()}
 
 
 def mean_recall(m: dict[str, float]) -> float:

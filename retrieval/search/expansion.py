@@ -32,7 +32,7 @@ from retrieval.search.hubness import QueryBank
 
 __all__ = ["Expansion", "expand_queries", "expand_with", "expansion_pairs"]
 
-_OTHER = {"text": "image", "image": "text"}
+OTHER_MODALITY = {"text": "image", "image": "text"}  # what a cross-modal query of each modality searches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,31 +45,29 @@ class Expansion:
 
     k: int = 10  # bank neighbours of the query whose partners are added
     weight: float = 0.5  # weight of the partners' average beside the query (0: no change)
-    temperature: float = (
-        0.05  # softmax temperature of the neighbours' similarities (lower: the nearest count more)
-    )
+    temperature: float = 0.05  # softmax temperature over the neighbours' similarities (lower: sharper)
 
     def __post_init__(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
             raise ValueError(f"Expansion.k must be an int >= 1 (bank neighbours); received {self.k!r}")
-        if not (np.isfinite(float(self.weight)) and float(self.weight) >= 0):
-            raise ValueError(f"Expansion.weight must be a finite number >= 0; received {self.weight!r}")
-        if not (np.isfinite(float(self.temperature)) and float(self.temperature) > 0):
-            raise ValueError(
-                f"Expansion.temperature must be a finite number > 0; received {self.temperature!r}"
-            )
+        for name, low in (("weight", 0.0), ("temperature", None)):
+            value = getattr(self, name)
+            number = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+            if not number or not np.isfinite(value) or (value < 0 if low is not None else value <= 0):
+                bound = ">= 0" if low is not None else "> 0"
+                raise ValueError(f"Expansion.{name} must be a finite number {bound}; received {value!r}")
 
 
 def expansion_pairs(bank: QueryBank, query_modality: str) -> tuple[np.ndarray, np.ndarray]:
     """``(keys [B, D], values [B, D])`` for queries of ``query_modality``: text queries are compared
     with the bank's captions and take their images; image queries are compared with the bank's images
     that have a caption and take the normalised mean of those captions."""
-    if query_modality not in _OTHER:
+    if query_modality not in OTHER_MODALITY:
         raise ValueError(f"query modality must be 'text' or 'image'; received {query_modality!r}")
     if bank.pairs is None:
         raise ValueError(
             "this query bank does not record which caption belongs to which image, so it cannot expand "
-            "queries: rebuild it (retrieval.search.build_query_bank, or run the demo again)"
+            "queries: rebuild it (retrieval.search.build_query_bank, or `retrieval demo --fresh`)"
         )
     texts, images = bank.for_queries("text"), bank.for_queries("image")
     if query_modality == "text":

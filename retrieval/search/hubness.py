@@ -208,9 +208,7 @@ class QueryBank:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
             vectors = {m: np.asarray(data[m], dtype=np.float32) for m in meta["modalities"]}
-            pairs = (
-                np.asarray(data["pairs"]) if "pairs" in data.files else None
-            )  # banks saved before pairs: None
+            pairs = np.asarray(data["pairs"]) if "pairs" in data.files else None  # None: saved before pairs
         return cls(vectors, meta.get("fingerprint"), pairs)
 
 

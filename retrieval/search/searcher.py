@@ -32,7 +32,7 @@ import numpy as np
 from indexes.fingerprint import check_fingerprint
 from retrieval import encoding
 from retrieval.pretrained import describe_model_info
-from retrieval.search.expansion import Expansion, expand_with, expansion_pairs
+from retrieval.search.expansion import OTHER_MODALITY, Expansion, expand_with, expansion_pairs
 from retrieval.search.hubness import Hubness, QueryBank, query_bank_path, rerank
 from retrieval.search.hybrid import Hybrid, hybrid_search
 from retrieval.search.penalties import PenaltyTable, penalty_table_path
@@ -41,8 +41,6 @@ from retrieval.search.queries import ImageQuery, as_query_vectors, load_query_im
 __all__ = ["Hit", "Searcher"]
 
 logger = logging.getLogger(__name__)
-
-_OTHER = {"text": "image", "image": "text"}  # the modality a cross-modal query searches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,9 +306,9 @@ class Searcher:
         if len(queries) == 0:
             return []
         asked = queries  # the match head scores the query as encoded, expanded or not
-        if self.expansion is not None and query_modality in _OTHER:
+        if self.expansion is not None and query_modality in OTHER_MODALITY:
             target = modality if modality is not None else (self._only_modality() if self._has_modality else None)
-            if target == _OTHER[query_modality]:  # cross-modal: a mixed search (modality None) is not expanded
+            if target == OTHER_MODALITY[query_modality]:  # cross-modal: a mixed search (modality None) is not expanded
                 queries = expand_with(queries, *self._expansion_pairs[query_modality], self.expansion)
         filters = self._filters(modality, where)
         if self.scoring(query_modality) == "cosine":

@@ -106,7 +106,8 @@ def test_banks_without_pairs_and_bad_settings_are_refused(tmp_path):
         QueryBank({"text": texts, "image": images}, pairs=[0, 1, 2, 0])
     with pytest.raises(ValueError, match="4 ints"):
         QueryBank({"text": texts, "image": images}, pairs=[0.0, 1.0, 1.0, 0.0])
-    for bad in ({"k": 0}, {"k": True}, {"k": 2.5}, {"weight": -1.0}, {"weight": float("nan")}, {"temperature": 0.0}):
+    for bad in ({"k": 0}, {"k": True}, {"k": 2.5}, {"weight": -1.0}, {"weight": float("nan")}, {"weight": "0.5"},
+                {"temperature": 0.0}, {"temperature": None}, {"temperature": float("inf")}):
         with pytest.raises(ValueError, match="Expansion"):
             Expansion(**bad)
     # pairs survive a save; a bank saved without them loads without them
